@@ -1,0 +1,292 @@
+//! The broker: where tasks wait, and the leases that keep them from being lost.
+//!
+//! A [`Broker`] stores tasks and hands them to workers under a [`Lease`]. The
+//! model is at-least-once:
+//!
+//! - [`Broker::acquire`] moves tasks atomically from pending to active, counts
+//!   the attempt, and gives each a lease with a fencing token. Idle callers
+//!   block inside `acquire` (up to `block_for`), they never sleep-poll.
+//! - [`Broker::heartbeat`] extends the leases a worker holds;
+//!   [`Broker::maintain`] returns tasks whose lease expired to pending (or to
+//!   the dead set once out of attempts) and makes delayed tasks due.
+//! - [`Broker::update`] (a checkpoint after each handler) and [`Broker::ack`]
+//!   check the token: a worker whose lease moved on gets
+//!   [`BrokerError::LeaseLost`] and cannot overwrite the task.
+//! - Delayed tasks and retries wait by time; failed tasks past their attempts
+//!   and malformed entries go to the dead set with their reason; finished
+//!   tasks are kept for a retention period; every set is bounded.
+//!
+//! This module owns the trait and the types that cross it. It knows nothing of
+//! wasm, and no backend's types (Redis or otherwise) appear in it.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::task::{ArgsMap, Task, TaskError, TaskId};
+
+pub use embedded::EmbeddedBroker;
+
+/// Identifies one worker process (and its leases).
+pub type WorkerId = String;
+
+/// A worker's claim on one active task. Only the holder of the current token
+/// may checkpoint or finish the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The leased task.
+    pub task_id: TaskId,
+    /// The tenant that owns the task.
+    pub tenant: String,
+    /// The task's queue.
+    pub queue: String,
+    /// The fencing token: grows on every acquire of this task.
+    pub token: u64,
+    /// The worker holding the lease.
+    pub worker: WorkerId,
+}
+
+/// A task handed to a worker, with its lease.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// The claim to present on update and ack.
+    pub lease: Lease,
+    /// The task as stored, with `attempt` already counted.
+    pub task: Task,
+}
+
+/// What a worker asks [`Broker::acquire`] for.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    /// Queue names to take from, served fairly across tenants.
+    pub queues: Vec<String>,
+    /// The worker that will hold the leases.
+    pub worker: WorkerId,
+    /// Take at most this many tasks.
+    pub max: usize,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_for: Duration,
+    /// How long to wait for a task when none is ready.
+    pub block_for: Duration,
+}
+
+/// Progress through a handler chain, saved after each handler so a recovered
+/// task resumes where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The next handler to run.
+    pub current_handler_index: u32,
+    /// The args for that handler.
+    pub args_map: ArgsMap,
+    /// The result log so far.
+    pub result_log: String,
+    /// The handlers' captured output so far.
+    pub log: String,
+}
+
+impl Checkpoint {
+    /// The task's current progress.
+    pub fn of(task: &Task) -> Self {
+        Self {
+            current_handler_index: task.current_handler_index,
+            args_map: task.args_map.clone(),
+            result_log: task.result_log.clone(),
+            log: task.log.clone(),
+        }
+    }
+
+    /// Writes this progress into `task`.
+    pub fn apply(self, task: &mut Task) {
+        task.current_handler_index = self.current_handler_index;
+        task.args_map = self.args_map;
+        task.result_log = self.result_log;
+        task.log = self.log;
+    }
+}
+
+/// How a worker finishes with a leased task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every handler ran; the final progress is stored.
+    Completed(Checkpoint),
+    /// A retryable failure: run again at `at`, from the last checkpoint.
+    Retry {
+        /// What went wrong.
+        error: TaskError,
+        /// When to run again.
+        at: DateTime<Utc>,
+    },
+    /// Failed for good: goes to the dead set.
+    Dead(TaskError),
+    /// Handed back untouched (a worker shutting down): back to pending, and the
+    /// attempt is not counted.
+    Release,
+}
+
+/// What one [`Broker::maintain`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Delayed or retrying tasks made pending.
+    pub promoted: usize,
+    /// Tasks whose lease expired, returned to pending.
+    pub recovered: usize,
+    /// Tasks whose lease expired on their last attempt, sent to the dead set.
+    pub expired_dead: usize,
+    /// Finished records dropped past retention or bounds.
+    pub trimmed: usize,
+}
+
+/// Counts of tasks by state, for status pages and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Waiting for a worker.
+    pub pending: usize,
+    /// Waiting for their time (delayed or retrying).
+    pub scheduled: usize,
+    /// Under a lease.
+    pub active: usize,
+    /// Completed and still retained.
+    pub completed: usize,
+    /// In the dead set.
+    pub dead: usize,
+}
+
+/// How long finished tasks are kept, and how many.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Completed tasks are dropped this long after they finish.
+    pub completed_ttl: Duration,
+    /// Dead tasks are dropped this long after they die.
+    pub dead_ttl: Duration,
+    /// At most this many completed tasks are kept (oldest dropped first).
+    pub max_completed: usize,
+    /// At most this many dead tasks are kept (oldest dropped first).
+    pub max_dead: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            completed_ttl: Duration::from_secs(24 * 3600),
+            dead_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_completed: 100_000,
+            max_dead: 100_000,
+        }
+    }
+}
+
+/// What can go wrong talking to a broker. Each variant names the operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The lease was taken over (expired and re-acquired, or the task moved
+    /// on): the caller must stop working on the task.
+    #[error("{op}: lease on task {task_id} is no longer held (token {token})")]
+    LeaseLost {
+        /// The operation refused.
+        op: &'static str,
+        /// The task concerned.
+        task_id: TaskId,
+        /// The token presented.
+        token: u64,
+    },
+    /// A task with this id already exists.
+    #[error("{op}: task {task_id} already exists")]
+    Duplicate {
+        /// The operation refused.
+        op: &'static str,
+        /// The id that exists.
+        task_id: TaskId,
+    },
+    /// The task was refused as it stands (empty names, zero attempts, ...).
+    #[error("{op}: invalid task: {reason}")]
+    Invalid {
+        /// The operation refused.
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A bound was reached (queue full).
+    #[error("{op}: {reason}")]
+    Full {
+        /// The operation refused.
+        op: &'static str,
+        /// Which bound.
+        reason: String,
+    },
+    /// The backend could not be reached or answered with an error; the
+    /// operation may be retried.
+    #[error("{op}: broker unavailable: {reason}")]
+    Unavailable {
+        /// The operation that failed.
+        op: &'static str,
+        /// The backend's words.
+        reason: String,
+    },
+    /// Stored data that should be ours did not parse.
+    #[error("{op}: corrupt record: {reason}")]
+    Corrupt {
+        /// The operation that failed.
+        op: &'static str,
+        /// What did not parse.
+        reason: String,
+    },
+}
+
+/// A store of tasks with leases. See the module docs for the semantics every
+/// implementation keeps; `tests/all/conformance.rs` checks them.
+pub trait Broker: Send + Sync + 'static {
+    /// Stores new tasks: pending, or scheduled when `run_at` is in the
+    /// future. All or nothing is not promised across tasks, but each task is
+    /// stored whole or not at all.
+    fn enqueue(&self, tasks: Vec<Task>) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Leases up to `req.max` ready tasks, waiting up to `req.block_for` for
+    /// the first. Returns an empty list when none came in time.
+    fn acquire(
+        &self,
+        req: &AcquireRequest,
+    ) -> impl Future<Output = Result<Vec<Leased>, BrokerError>> + Send;
+
+    /// Saves progress of a leased task.
+    fn update(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Finishes with leased tasks, each with its outcome.
+    fn ack(
+        &self,
+        results: Vec<(Lease, Outcome)>,
+    ) -> impl Future<Output = Result<Vec<Result<(), BrokerError>>, BrokerError>> + Send;
+
+    /// Extends the given leases by `lease_for`; returns the ids of those no
+    /// longer held (the worker must abandon them).
+    fn heartbeat(
+        &self,
+        leases: &[Lease],
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<Vec<TaskId>, BrokerError>> + Send;
+
+    /// One maintenance pass: promote due tasks, recover expired leases, trim
+    /// finished records.
+    fn maintain(&self) -> impl Future<Output = Result<Maintenance, BrokerError>> + Send;
+
+    /// The stored task, if it is still known.
+    fn task(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> impl Future<Output = Result<Option<Task>, BrokerError>> + Send;
+
+    /// Counts by state for one tenant's queue.
+    fn stats(
+        &self,
+        tenant: &str,
+        queue: &str,
+    ) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send;
+}

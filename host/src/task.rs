@@ -1,0 +1,381 @@
+//! The task model and its JSON form.
+//!
+//! A [`Task`] is what producers enqueue and workers run. Its JSON keeps the
+//! seed's field names (`task_id`, `created_at`, `updated_at`, `queue_name`,
+//! `job_name`, `args_map`, `current_handler_index`, `original_args_map`,
+//! `result_log`) so tasks written by hand or by older producers still parse;
+//! Corral's own fields (`tenant`, `state`, `attempt`, ...) have defaults.
+//!
+//! This module owns parsing and validation only. It never talks to a broker
+//! and never panics on input: [`Task::from_json`] turns anything malformed
+//! into a [`TaskParseError`] that says what is wrong.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The args map: names to JSON values.
+pub type ArgsMap = serde_json::Map<String, serde_json::Value>;
+
+/// A task id: a UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub Uuid);
+
+impl TaskId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting in its queue for a worker.
+    #[default]
+    Pending,
+    /// Waiting for its `run_at` time (a delayed task).
+    Scheduled,
+    /// Held by a worker under a lease.
+    Active,
+    /// Failed with a retryable error; waits for its backoff to pass.
+    Retrying,
+    /// Every handler succeeded.
+    Completed,
+    /// Failed for good: a fatal error, out of attempts, or malformed. Kept in
+    /// the dead set with its error.
+    Dead,
+}
+
+impl TaskState {
+    /// Whether the task will never run again.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Completed | TaskState::Dead)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            TaskState::Pending => "pending",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Active => "active",
+            TaskState::Retrying => "retrying",
+            TaskState::Completed => "completed",
+            TaskState::Dead => "dead",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why a task failed, as stored on the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskError {
+    /// A stable machine-readable kind (`guest_error`, `out_of_fuel`,
+    /// `deadline`, `unknown_job`, ...).
+    pub kind: String,
+    /// What happened, naming the handler where there is one.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// Index of the handler that failed, if a handler failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler_index: Option<u32>,
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// The default number of attempts a task gets.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The tenant of tasks that do not name one.
+pub const DEFAULT_TENANT: &str = "default";
+/// The queue of tasks that do not name one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_owned()
+}
+
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+
+/// A unit of work: run job `job_name`'s handler chain on `original_args_map`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// Unique id (UUID v7).
+    pub task_id: TaskId,
+    /// When the producer created the task.
+    pub created_at: DateTime<Utc>,
+    /// When the task last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The queue the task waits in.
+    pub queue_name: String,
+    /// The job whose handler chain runs the task.
+    pub job_name: String,
+    /// The args for the handler at `current_handler_index`: the original args
+    /// before the first handler, then each handler's output.
+    pub args_map: ArgsMap,
+    /// The handler to run next; equals the chain length once all have run.
+    pub current_handler_index: u32,
+    /// The args the producer gave; what handler 0 receives.
+    pub original_args_map: ArgsMap,
+    /// What the handlers appended to the result log, in order.
+    pub result_log: String,
+
+    /// The tenant that owns the task.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Where the task is in its life.
+    #[serde(default)]
+    pub state: TaskState,
+    /// How many times a worker has started the task (1 on the first run).
+    #[serde(default)]
+    pub attempt: u32,
+    /// How many attempts the task gets before it goes to the dead set.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Do not run before this time (delayed tasks and retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Fail the task if it has not completed by this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+    /// Wall-clock budget for the whole chain on one attempt, in milliseconds;
+    /// narrows the job's own limit, never widens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The version of the job definition the task was enqueued against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_version: Option<u32>,
+    /// The last failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    /// What the handlers wrote to stdout, stderr and the `log` import, each
+    /// line labelled with its handler and stream; bounded per handler.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
+}
+
+/// Why a task's JSON was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed task: {reason}")]
+pub struct TaskParseError {
+    /// What is wrong, as serde_json or validation put it.
+    pub reason: String,
+}
+
+impl Task {
+    /// A new pending task for `job_name` in the default queue and tenant.
+    pub fn new(job_name: impl Into<String>, args: ArgsMap) -> Self {
+        let now = Utc::now();
+        Self {
+            task_id: TaskId::new(),
+            created_at: now,
+            updated_at: now,
+            queue_name: DEFAULT_QUEUE.to_owned(),
+            job_name: job_name.into(),
+            args_map: args.clone(),
+            current_handler_index: 0,
+            original_args_map: args,
+            result_log: String::new(),
+            tenant: default_tenant(),
+            state: TaskState::Pending,
+            attempt: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            run_at: None,
+            deadline: None,
+            timeout_ms: None,
+            job_version: None,
+            error: None,
+            log: String::new(),
+        }
+    }
+
+    /// Parses and validates a task's JSON. Unknown fields, missing seed
+    /// fields, wrong types and empty names are errors.
+    pub fn from_json(json: &[u8]) -> Result<Self, TaskParseError> {
+        let task: Task = serde_json::from_slice(json).map_err(|e| TaskParseError {
+            reason: e.to_string(),
+        })?;
+        task.validate()?;
+        Ok(task)
+    }
+
+    /// The task as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A Task holds only strings, numbers, maps and timestamps: it always
+        // serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Checks what serde cannot: names are not empty, counters are sane.
+    pub fn validate(&self) -> Result<(), TaskParseError> {
+        let fail = |reason: &str| {
+            Err(TaskParseError {
+                reason: reason.to_owned(),
+            })
+        };
+        if self.job_name.trim().is_empty() {
+            return fail("`job_name` is empty");
+        }
+        if self.queue_name.trim().is_empty() {
+            return fail("`queue_name` is empty");
+        }
+        if self.tenant.trim().is_empty() {
+            return fail("`tenant` is empty");
+        }
+        if self.max_attempts == 0 {
+            return fail("`max_attempts` must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The per-attempt wall-clock budget the task asks for.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_ms.map(Duration::from_millis)
+    }
+
+    /// Appends one handler's text to the result log, one line per handler.
+    pub fn append_log(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if !self.result_log.is_empty() && !self.result_log.ends_with('\n') {
+            self.result_log.push('\n');
+        }
+        self.result_log.push_str(text);
+    }
+}
+
+/// Parses `key=value` pairs into an args map; a value that parses as JSON is
+/// taken as JSON, anything else as a string (`n=3` is a number, `s=hi` a
+/// string, `s="3"` the string "3").
+pub fn parse_arg_pairs<'a>(
+    pairs: impl IntoIterator<Item = &'a str>,
+) -> Result<ArgsMap, TaskParseError> {
+    let mut map = ArgsMap::new();
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').ok_or_else(|| TaskParseError {
+            reason: format!("argument `{pair}` is not of the form key=value"),
+        })?;
+        if key.is_empty() {
+            return Err(TaskParseError {
+                reason: format!("argument `{pair}` has an empty key"),
+            });
+        }
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        map.insert(key.to_owned(), value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_TASK: &str = r#"{
+        "task_id": "0190a5c2-7a1e-7cc2-9a41-3f1d7e2b9c10",
+        "created_at": "2024-07-01T12:00:00Z",
+        "updated_at": "2024-07-01T12:00:00Z",
+        "queue_name": "default",
+        "job_name": "text-stats",
+        "args_map": {"text": "Hello hello world"},
+        "current_handler_index": 0,
+        "original_args_map": {"text": "Hello hello world"},
+        "result_log": ""
+    }"#;
+
+    #[test]
+    fn seed_format_parses_with_defaults() {
+        let task = Task::from_json(SEED_TASK.as_bytes()).expect("seed task parses");
+        assert_eq!(task.job_name, "text-stats");
+        assert_eq!(task.tenant, DEFAULT_TENANT);
+        assert_eq!(task.state, TaskState::Pending);
+        assert_eq!(task.attempt, 0);
+        assert_eq!(task.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(task.args_map["text"], "Hello hello world");
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut task = Task::new("j", parse_arg_pairs(["a=1", "b=x"]).unwrap());
+        task.error = Some(TaskError {
+            kind: "guest_error".into(),
+            message: "m".into(),
+            retryable: true,
+            handler_index: Some(1),
+        });
+        let back = Task::from_json(&task.to_json()).unwrap();
+        assert_eq!(back, task);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let json = SEED_TASK.replace("\"result_log\": \"\"", "\"result_log\": \"\", \"oops\": 1");
+        let err = Task::from_json(json.as_bytes()).unwrap_err();
+        assert!(err.reason.contains("unknown field `oops`"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let json = SEED_TASK.replace("\"job_name\": \"text-stats\",", "");
+        let err = Task::from_json(json.as_bytes()).unwrap_err();
+        assert!(err.reason.contains("missing field `job_name`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_garbage_are_errors() {
+        let json = SEED_TASK.replace("\"current_handler_index\": 0", "\"current_handler_index\": -1");
+        assert!(Task::from_json(json.as_bytes()).is_err());
+        let json = SEED_TASK.replace("{\"text\": \"Hello hello world\"}", "[1,2]");
+        assert!(Task::from_json(json.as_bytes()).is_err());
+        assert!(Task::from_json(b"\xff\x00not json").is_err());
+        assert!(Task::from_json(b"").is_err());
+        let json = SEED_TASK.replace("\"text-stats\"", "\"  \"");
+        assert!(Task::from_json(json.as_bytes()).unwrap_err().reason.contains("job_name"));
+    }
+
+    #[test]
+    fn arg_pairs_parse_json_when_they_can() {
+        let map = parse_arg_pairs(["n=3", "s=hi", "q=\"3\"", "o={\"a\":[1]}", "e="]).unwrap();
+        assert_eq!(map["n"], 3);
+        assert_eq!(map["s"], "hi");
+        assert_eq!(map["q"], "3");
+        assert_eq!(map["o"]["a"][0], 1);
+        assert_eq!(map["e"], "");
+        assert!(parse_arg_pairs(["novalue"]).is_err());
+        assert!(parse_arg_pairs(["=v"]).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Runs one leased task's handler chain and decides its outcome.
+//!
+//! Handler `i` gets the args handler `i - 1` returned; after each handler but
+//! the last, progress is checkpointed through [`Broker::update`], so a task
+//! recovered from a dead worker resumes at the handler that was running. A
+//! failure names the handler and its cause; retryable failures go back with
+//! backoff until the task runs out of attempts. The executor never acks: it
+//! returns the [`Outcome`] for the worker's acker to send.
+
+use std::sync::Arc;
+
+use crate::broker::{Broker, BrokerError, Checkpoint, Leased, Outcome};
+use crate::clock;
+use crate::registry::{Registry, RegistryError};
+use crate::sandbox::CallContext;
+use crate::task::{Task, TaskError};
+
+use super::retry::RetryPolicy;
+
+/// Runs `leased` to an outcome. `Err` means the lease was lost (or the broker
+/// failed mid-chain): the task is no longer ours and must not be acked.
+pub(crate) async fn run_task<B: Broker>(
+    broker: &B,
+    registry: &Registry,
+    retry: &RetryPolicy,
+    leased: &Leased,
+) -> Result<Outcome, BrokerError> {
+    let mut task = leased.task.clone();
+    let job = match registry.resolve(&task.tenant, &task.job_name, task.job_version) {
+        Ok(job) => job,
+        Err(e) => {
+            let kind = match e {
+                RegistryError::UnknownVersion { .. } => "unknown_job_version",
+                _ => "unknown_job",
+            };
+            return Ok(fail(
+                &task,
+                retry,
+                TaskError {
+                    kind: kind.into(),
+                    message: e.to_string(),
+                    retryable: false,
+                    handler_index: None,
+                },
+            ));
+        }
+    };
+    let count = job.handlers.len() as u32;
+    let mut limits = job.definition.limits;
+    if let Some(timeout) = task.timeout() {
+        limits.timeout_ms = limits.timeout_ms.min(timeout.as_millis().max(1) as u64);
+    }
+    let sandbox = registry.sandbox();
+
+    while task.current_handler_index < count {
+        let index = task.current_handler_index;
+        let handler = &job.handlers[index as usize];
+        let spec = &job.definition.handlers[index as usize];
+        let ctx = CallContext {
+            task_id: task.task_id.to_string(),
+            job: task.job_name.clone(),
+            tenant: task.tenant.clone(),
+            attempt: task.attempt,
+            handler_index: index,
+            handler_count: count,
+        };
+        let result = sandbox.call(handler, ctx, &task.args_map, &limits).await;
+        match result {
+            Ok(out) => {
+                append_guest_log(&mut task, index, &spec.name, &out.guest_log);
+                task.args_map = out.args;
+                task.append_log(&out.result_log);
+                task.current_handler_index = index + 1;
+                if task.current_handler_index < count {
+                    broker.update(&leased.lease, &Checkpoint::of(&task)).await?;
+                }
+            }
+            Err(err) => {
+                append_guest_log(&mut task, index, &spec.name, &err.guest_log);
+                let error = TaskError {
+                    kind: err.failure.kind().into(),
+                    message: format!(
+                        "handler {index} (`{}`) of job `{}` {}",
+                        spec.name, task.job_name, err.failure
+                    ),
+                    retryable: err.failure.is_retryable(),
+                    handler_index: Some(index),
+                };
+                tracing::warn!(task = %task.task_id, error = %error.message, "handler failed");
+                if !task.log.is_empty() {
+                    // Keep what the failing handler wrote; the outcome itself
+                    // carries only the error.
+                    broker.update(&leased.lease, &Checkpoint::of(&task)).await?;
+                }
+                return Ok(fail(&task, retry, error));
+            }
+        }
+    }
+    Ok(Outcome::Completed(Checkpoint::of(&task)))
+}
+
+fn fail(task: &Task, retry: &RetryPolicy, error: TaskError) -> Outcome {
+    if error.retryable && task.attempt < task.max_attempts {
+        let at = clock::add(chrono::Utc::now(), retry.delay(task.attempt));
+        Outcome::Retry { error, at }
+    } else {
+        Outcome::Dead(error)
+    }
+}
+
+fn append_guest_log(task: &mut Task, index: u32, name: &str, text: &str) {
+    for line in text.lines() {
+        task.log.push_str(&format!("[{index}:{name}]{line}\n"));
+    }
+}
+
+/// Shared, cheaply cloned pieces every task runner needs.
+pub(crate) struct Runner<B> {
+    pub broker: B,
+    pub registry: Registry,
+    pub retry: RetryPolicy,
+}
+
+impl<B: Broker> Runner<B> {
+    pub(crate) async fn run(self: &Arc<Self>, leased: &Leased) -> Result<Outcome, BrokerError> {
+        run_task(&self.broker, &self.registry, &self.retry, leased).await
+    }
+}

@@ -1,0 +1,21 @@
+//! `big-output` (hostile): returns a single arg, `data`, a string of arg
+//! `bytes` bytes (default 32 MiB).
+//!
+//! Demonstrates a handler whose output is far larger than any task result
+//! should be. Expected: the host refuses the output (output size limit) and
+//! fails the task instead of storing or forwarding it. Note that building and
+//! serializing the string needs about three times `bytes` of guest memory, so
+//! a tight memory limit can stop it first.
+
+use corral_guest::{Args, Context, Error, Output, export_handler};
+
+const DEFAULT_BYTES: usize = 32 << 20;
+
+fn big_output(_ctx: Context, args: Args) -> Result<Output, Error> {
+    let bytes = args.get_opt::<usize>("bytes")?.unwrap_or(DEFAULT_BYTES);
+    let mut out = Args::new();
+    out.insert("data", "x".repeat(bytes).as_str())?;
+    Ok(Output::new(out).log(format!("returned {bytes} bytes")))
+}
+
+export_handler!(big_output);
