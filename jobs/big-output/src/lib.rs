@@ -3,9 +3,14 @@
 //!
 //! Demonstrates a handler whose output is far larger than any task result
 //! should be. Expected: the host refuses the output (output size limit) and
-//! fails the task instead of storing or forwarding it. Note that building and
-//! serializing the string needs about three times `bytes` of guest memory, so
-//! a tight memory limit can stop it first.
+//! fails the task instead of storing or forwarding it.
+//!
+//! Building the value and serializing it to JSON text (in the SDK) needs
+//! about five times `bytes` of guest memory at the peak: the default 32 MiB
+//! needs between 160 and 176 MiB, so under a smaller memory limit the job
+//! dies of the memory limit first (allocation failure, then a trap). Pass a
+//! smaller `bytes` (e.g. 4 MiB, which fits in 24 MiB) to reach the output
+//! limit under a tight memory limit.
 
 use corral_guest::{Args, Context, Error, Output, export_handler};
 

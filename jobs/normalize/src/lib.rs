@@ -27,3 +27,26 @@ fn normalize_text(text: &str) -> String {
 }
 
 export_handler!(normalize);
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_text;
+
+    #[test]
+    fn lowercases_and_collapses_punctuation_and_whitespace() {
+        assert_eq!(
+            normalize_text("  The CAT, the\tcat!\n(42x) "),
+            "the cat the cat 42x"
+        );
+    }
+
+    #[test]
+    fn keeps_non_ascii_letters() {
+        assert_eq!(normalize_text("Été—STRASSE straße"), "été strasse straße");
+    }
+
+    #[test]
+    fn nothing_alphanumeric_gives_empty_text() {
+        assert_eq!(normalize_text(" ,;- "), "");
+    }
+}

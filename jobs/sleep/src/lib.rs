@@ -3,7 +3,9 @@
 //!
 //! Demonstrates a handler that uses no CPU, and so no fuel, while it waits:
 //! the wait happens inside a WASI host call (a monotonic-clock poll).
-//! Expected: the host's wall-clock deadline stops it.
+//! Expected: the host's wall-clock deadline stops it. Epoch interruption
+//! alone cannot: it only fires while wasm code runs, so the deadline must
+//! also cut blocking host calls short (e.g. async wasmtime under a timeout).
 
 use std::thread;
 use std::time::Duration;

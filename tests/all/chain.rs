@@ -1,0 +1,334 @@
+//! The walking skeleton end to end on the embedded broker: handler chains,
+//! checkpoints, guest errors, limits, unknown jobs and shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral::broker::{
+    AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Maintenance,
+    Outcome, QueueStats,
+};
+use corral::registry::RegistryError;
+use corral::sandbox::Limits;
+use corral::task::{Task, TaskId, TaskState};
+use corral::Client;
+
+use crate::support::{self, RunningWorker};
+
+const PIPELINE: &[&str] = &["normalize", "count_words", "top_k"];
+
+/// An embedded broker that records every checkpoint it is sent.
+#[derive(Clone, Default)]
+struct RecordingBroker {
+    inner: EmbeddedBroker,
+    updates: Arc<Mutex<Vec<(TaskId, Checkpoint)>>>,
+}
+
+impl Broker for RecordingBroker {
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
+        self.inner.enqueue(tasks).await
+    }
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
+        self.inner.acquire(req).await
+    }
+    async fn update(&self, lease: &Lease, cp: &Checkpoint) -> Result<(), BrokerError> {
+        self.updates.lock().unwrap().push((lease.task_id, cp.clone()));
+        self.inner.update(lease, cp).await
+    }
+    async fn ack(
+        &self,
+        results: Vec<(Lease, Outcome)>,
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        self.inner.ack(results).await
+    }
+    async fn heartbeat(&self, leases: &[Lease], d: Duration) -> Result<Vec<TaskId>, BrokerError> {
+        self.inner.heartbeat(leases, d).await
+    }
+    async fn maintain(&self) -> Result<Maintenance, BrokerError> {
+        self.inner.maintain().await
+    }
+    async fn task(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, BrokerError> {
+        self.inner.task(tenant, id).await
+    }
+    async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.stats(tenant, queue).await
+    }
+}
+
+fn quick_limits() -> Limits {
+    Limits {
+        fuel: 200_000_000,
+        memory_bytes: 32 << 20,
+        timeout_ms: 1_500,
+        ..Limits::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_flow_through_the_chain_and_checkpoints_advance() {
+    let broker = RecordingBroker::default();
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]);
+    let client = Client::new(broker.clone());
+    let task = client
+        .task("text-stats")
+        .arg("text", "The cat, the HAT; the bat!")
+        .unwrap()
+        .arg("k", &2)
+        .unwrap()
+        .build();
+    client.enqueue(task.clone()).await.unwrap();
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(2));
+    let done = support::wait(&client, &task, 30).await;
+    worker.stop().await;
+
+    assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+    assert_eq!(done.attempt, 1);
+    assert_eq!(done.current_handler_index, 3);
+    // normalize → count_words → top_k, each reading what the previous wrote.
+    assert_eq!(done.args_map["text"], "the cat the hat the bat");
+    assert_eq!(done.args_map["total"], 6);
+    assert_eq!(done.args_map["counts"]["the"], 3);
+    assert_eq!(done.args_map["top"], serde_json::json!([["the", 3], ["bat", 1]]));
+    assert_eq!(done.original_args_map["text"], "The cat, the HAT; the bat!");
+    let lines: Vec<&str> = done.result_log.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", done.result_log);
+    assert!(lines[0].starts_with("normalized"), "{}", lines[0]);
+    assert!(lines[1].starts_with("counted 6 words"), "{}", lines[1]);
+    assert!(lines[2].starts_with("top 2 of 4 distinct: the (3)"), "{}", lines[2]);
+
+    // One checkpoint after each handler but the last (the ack carries that).
+    let updates = broker.updates.lock().unwrap().clone();
+    let indexes: Vec<u32> = updates
+        .iter()
+        .filter(|(id, _)| *id == task.task_id)
+        .map(|(_, cp)| cp.current_handler_index)
+        .collect();
+    assert_eq!(indexes, vec![1, 2]);
+    assert_eq!(updates[0].1.args_map["text"], "the cat the hat the bat");
+    assert_eq!(updates[1].1.result_log.lines().count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_task_resumes_at_its_handler() {
+    let broker = EmbeddedBroker::new();
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]);
+    let client = Client::new(broker.clone());
+    // As a recovered task looks: handler 0 already ran and checkpointed.
+    let mut task = client.task("text-stats").arg("text", "B b a").unwrap().build();
+    task.current_handler_index = 1;
+    task.args_map.insert("text".into(), "b b a".into());
+    task.result_log = "normalized 5 chars".into();
+    client.enqueue(task.clone()).await.unwrap();
+    let worker = RunningWorker::start(broker, registry, support::worker_config(1));
+    let done = support::wait(&client, &task, 30).await;
+    worker.stop().await;
+    assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+    let lines: Vec<&str> = done.result_log.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", done.result_log);
+    assert_eq!(lines[0], "normalized 5 chars");
+    assert!(lines[1].starts_with("counted 3 words"));
+    assert_eq!(done.args_map["top"][0], serde_json::json!(["b", 2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_errors_fail_the_task_with_the_guests_message() {
+    let broker = EmbeddedBroker::new();
+    let registry = support::registry(&[("fail", &["fail"], Limits::default())]);
+    let client = Client::new(broker.clone());
+    let fatal = client
+        .task("fail")
+        .arg("kind", "fatal")
+        .unwrap()
+        .arg("message", "bad input: no customer id")
+        .unwrap()
+        .build();
+    let retryable = client
+        .task("fail")
+        .arg("kind", "retryable")
+        .unwrap()
+        .arg("message", "upstream busy")
+        .unwrap()
+        .max_attempts(3)
+        .build();
+    client
+        .enqueue_many(vec![fatal.clone(), retryable.clone()])
+        .await
+        .unwrap();
+    let worker = RunningWorker::start(broker, registry, support::worker_config(2));
+    let fatal_done = support::wait(&client, &fatal, 30).await;
+    let retry_done = support::wait(&client, &retryable, 30).await;
+    let stats = worker.stats.clone();
+    worker.stop().await;
+
+    assert_eq!(fatal_done.state, TaskState::Dead);
+    assert_eq!(fatal_done.attempt, 1, "fatal errors are not retried");
+    let err = fatal_done.error.unwrap();
+    assert_eq!(err.kind, "guest_error");
+    assert!(!err.retryable);
+    assert_eq!(err.handler_index, Some(0));
+    assert!(err.message.contains("bad input: no customer id"), "{}", err.message);
+    assert!(err.message.contains("handler 0 (`fail`)"), "{}", err.message);
+
+    assert_eq!(retry_done.state, TaskState::Dead);
+    assert_eq!(retry_done.attempt, 3, "retried until out of attempts");
+    let err = retry_done.error.unwrap();
+    assert!(err.retryable);
+    assert!(err.message.contains("upstream busy"));
+    assert_eq!(stats.retried.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+/// Runs `job` (one hostile handler) and then a normal task on the same
+/// worker; returns the hostile task's error.
+async fn contained(handler: &str, args: &[(&str, serde_json::Value)], limits: Limits) -> corral::task::TaskError {
+    let broker = EmbeddedBroker::new();
+    let registry = support::registry(&[
+        ("hostile", &[handler], limits),
+        ("text-stats", PIPELINE, Limits::default()),
+    ]);
+    let client = Client::new(broker.clone());
+    let mut builder = client.task("hostile").max_attempts(1);
+    for (name, value) in args {
+        builder = builder.arg(name, value).unwrap();
+    }
+    let hostile = builder.build();
+    client.enqueue(hostile.clone()).await.unwrap();
+    let worker = RunningWorker::start(broker, registry, support::worker_config(1));
+    let done = support::wait(&client, &hostile, 30).await;
+    // The same worker, with its only slot, runs the next task normally.
+    let next = client.task("text-stats").arg("text", "still alive").unwrap().build();
+    client.enqueue(next.clone()).await.unwrap();
+    let next_done = support::wait(&client, &next, 30).await;
+    worker.stop().await;
+    assert_eq!(next_done.state, TaskState::Completed, "{:?}", next_done.error);
+    assert_eq!(next_done.args_map["total"], 2);
+    assert_eq!(done.state, TaskState::Dead);
+    done.error.expect("a dead task carries its error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_stopped_by_fuel() {
+    let err = contained("spin", &[], quick_limits()).await;
+    assert_eq!(err.kind, "out_of_fuel", "{err}");
+    assert!(err.message.contains("ran out of fuel (200000000 units)"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_guest_is_stopped_by_its_deadline() {
+    let err = contained("sleep", &[("ms", 60_000.into())], quick_limits()).await;
+    assert_eq!(err.kind, "deadline", "{err}");
+    assert!(err.message.contains("deadline of 1500 ms"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_waiting_guest_is_stopped_by_its_deadline() {
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        ..quick_limits()
+    };
+    let err = contained("busy_wait", &[("ms", 60_000.into())], limits).await;
+    assert_eq!(err.kind, "deadline", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
+    let err = contained("memory_bomb", &[], quick_limits()).await;
+    assert_eq!(err.kind, "memory_limit", "{err}");
+    assert!(err.message.contains("over its limit of 33554432"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_job_fails_its_task_and_the_worker_carries_on() {
+    let broker = EmbeddedBroker::new();
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]);
+    let client = Client::new(broker.clone());
+    let unknown = client.task("no-such-job").build();
+    let known = client.task("text-stats").arg("text", "a b").unwrap().build();
+    client
+        .enqueue_many(vec![unknown.clone(), known.clone()])
+        .await
+        .unwrap();
+    let worker = RunningWorker::start(broker, registry, support::worker_config(1));
+    let unknown_done = support::wait(&client, &unknown, 30).await;
+    let known_done = support::wait(&client, &known, 30).await;
+    worker.stop().await;
+    assert_eq!(unknown_done.state, TaskState::Dead);
+    let err = unknown_done.error.unwrap();
+    assert_eq!(err.kind, "unknown_job");
+    assert!(err.message.contains("unknown job `no-such-job`"), "{}", err.message);
+    assert_eq!(unknown_done.attempt, 1, "an unknown job is not retried");
+    assert_eq!(known_done.state, TaskState::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_name_twice_is_an_error_unless_replaced() {
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]);
+    let files: Vec<_> = PIPELINE.iter().map(|h| support::job(h)).collect();
+    let err = registry
+        .register_files("default", "text-stats", &files, Limits::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::AlreadyRegistered { version: 1, .. }),
+        "{err}"
+    );
+    // Another tenant may use the same name.
+    let other = registry
+        .register_files("acme", "text-stats", &files, Limits::default())
+        .unwrap();
+    assert_eq!(other.version, 1);
+    let def = registry.resolve("default", "text-stats", None).unwrap();
+    let replaced = registry
+        .replace("default", "text-stats", def.definition.handlers[..1].to_vec(), Limits::default())
+        .unwrap();
+    assert_eq!(replaced.version, 2);
+    assert_eq!(registry.resolve("default", "text-stats", Some(1)).unwrap().handlers.len(), 3);
+    assert_eq!(registry.resolve("default", "text-stats", None).unwrap().handlers.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_stdout_stderr_and_log_land_in_the_task_log() {
+    let broker = EmbeddedBroker::new();
+    let registry = support::registry(&[("echo", &["echo_log"], Limits::default())]);
+    let client = Client::new(broker.clone());
+    let task = client.task("echo").arg("x", &1).unwrap().build();
+    client.enqueue(task.clone()).await.unwrap();
+    let worker = RunningWorker::start(broker, registry, support::worker_config(1));
+    let done = support::wait(&client, &task, 30).await;
+    worker.stop().await;
+    assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+    assert_eq!(done.args_map["x"], 1);
+    assert!(done.log.contains("[0:echo_log][stdout] "), "{}", done.log);
+    assert!(done.log.contains("[0:echo_log][stderr] "), "{}", done.log);
+    assert!(done.log.contains("[0:echo_log][info] "), "{}", done.log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_back_tasks_still_running_after_the_grace_period() {
+    let broker = EmbeddedBroker::new();
+    let limits = Limits {
+        timeout_ms: 30_000,
+        ..Limits::default()
+    };
+    let registry = support::registry(&[("slow", &["sleep"], limits)]);
+    let client = Client::new(broker.clone());
+    let task = client.task("slow").arg("ms", &20_000).unwrap().build();
+    client.enqueue(task.clone()).await.unwrap();
+    let config = corral::WorkerConfig {
+        shutdown_grace: Duration::from_millis(300),
+        ..support::worker_config(1)
+    };
+    let worker = RunningWorker::start(broker.clone(), registry, config);
+    // Wait until the worker holds the task.
+    for _ in 0..500 {
+        let t = client.status("default", task.task_id).await.unwrap().unwrap();
+        if t.state == TaskState::Active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = worker.stats.clone();
+    worker.stop().await;
+    let back = client.status("default", task.task_id).await.unwrap().unwrap();
+    assert_eq!(back.state, TaskState::Pending, "handed back, not lost");
+    assert_eq!(back.attempt, 0, "a handed-back run does not count as an attempt");
+    assert_eq!(stats.released.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
