@@ -63,6 +63,11 @@ clear_outer_env() {
 }
 clear_outer_env
 
+# CORRAL_JOBS_TARGET_DIR puts the guests' build folder elsewhere (CI keeps it
+# in a cache outside the clone).
+target_root="${CORRAL_JOBS_TARGET_DIR:-$jobs_dir/target}"
+export CARGO_TARGET_DIR="$target_root"
+
 # The active rustup toolchain, if it has the wasm32-wasip2 target installed.
 rustup_toolchain() {
     command -v rustup >/dev/null 2>&1 || return 1
@@ -130,7 +135,7 @@ build_seconds=$((SECONDS - build_start))
 
 # Copy the components out, checking each one's header: `\0asm` then the
 # component layer's version bytes 0d 00 01 00 (a core module has 01 00 00 00).
-out_dir="target/$target/release"
+out_dir="$target_root/$target/release"
 rm -rf dist
 mkdir -p dist
 for manifest in */Cargo.toml; do

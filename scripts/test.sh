@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs Corral's whole test suite: installs what the tests need when it is
+# missing (redis-server; a toolchain for the guest jobs), builds the guest
+# jobs, checks formatting, and runs every test in the release profile (the
+# one profile everything here builds in, so wasmtime is compiled once).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+if [[ ${#need_apt[@]} -gt 0 ]]; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing ${need_apt[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y --no-install-recommends "${need_apt[@]}"
+    else
+        echo "test.sh: the tests need ${need_apt[*]}; install them (e.g. apt-get install ${need_apt[*]})" >&2
+        exit 1
+    fi
+fi
+
+jobs/build.sh --install
+cargo fmt --all -- --check
+cargo test --release --workspace
