@@ -143,9 +143,8 @@ impl Args {
     fn from_wire(args: Vec<wit::Arg>) -> Result<Self, Error> {
         let mut values = BTreeMap::new();
         for arg in args {
-            let value = serde_json::from_str(&arg.value).map_err(|e| {
-                Error::fatal(format!("arg `{}` is not valid JSON: {e}", arg.name))
-            })?;
+            let value = serde_json::from_str(&arg.value)
+                .map_err(|e| Error::fatal(format!("arg `{}` is not valid JSON: {e}", arg.name)))?;
             values.insert(arg.name, value);
         }
         Ok(Self { values })

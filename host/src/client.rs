@@ -99,7 +99,12 @@ impl<B: Broker> Client<B> {
     }
 
     /// Waits until the task completes or dies, up to `timeout`.
-    pub async fn wait(&self, tenant: &str, id: TaskId, timeout: Duration) -> Result<Task, WaitError> {
+    pub async fn wait(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        timeout: Duration,
+    ) -> Result<Task, WaitError> {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
@@ -144,7 +149,11 @@ pub struct TaskBuilder {
 
 impl TaskBuilder {
     /// Sets arg `name` to `value` (any serde-serializable value).
-    pub fn arg<T: Serialize + ?Sized>(mut self, name: &str, value: &T) -> Result<Self, serde_json::Error> {
+    pub fn arg<T: Serialize + ?Sized>(
+        mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<Self, serde_json::Error> {
         let value = serde_json::to_value(value)?;
         self.task.args_map.insert(name.to_owned(), value.clone());
         self.task.original_args_map.insert(name.to_owned(), value);

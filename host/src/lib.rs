@@ -14,16 +14,20 @@
 //! | [`broker`] | the broker trait, leases, the embedded broker |
 //! | [`sandbox`] | the engine, limits, the component cache, host imports |
 //! | [`registry`] | job definitions: name → handler chain + limits |
+//! | [`catalog`] | storage of tenants, modules and job definitions |
+//! | [`tenant`] | tenants, their limits and API tokens |
 //! | [`worker`] | fetch loop, concurrency, heartbeats, shutdown |
 //! | [`client`] | the producer API |
 
 pub mod broker;
+pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod registry;
 pub mod sandbox;
 pub mod task;
+pub mod tenant;
 pub mod worker;
 
 pub use broker::{Broker, EmbeddedBroker};

@@ -1,21 +1,34 @@
 //! The registry: which handlers make up each job, and their limits.
 //!
 //! A [`JobDefinition`] maps a tenant's job name to an ordered chain of module
-//! hashes plus [`Limits`]. Modules are stored by content hash and validated
-//! (through the sandbox) when added. Registering a name that exists is an
-//! error unless the caller asks to replace it, which makes a new version;
-//! tasks carry the version they were enqueued with and keep running it.
+//! hashes plus [`Limits`]. Modules are stored by content hash in a
+//! [`Catalog`] after the sandbox validated them (a component, of the handler
+//! world, importing only what the host provides, under the size cap).
+//! Registering a name that exists is an error unless the caller asks to
+//! replace it, which makes a new version; tasks carry the version they were
+//! enqueued with and keep running it.
 //!
-//! The registry owns definitions and module bytes. It never runs a handler and
-//! never touches the broker.
+//! Workers resolve jobs here: module bytes are fetched from the catalog by
+//! hash on first use and compiled once (the sandbox caches by hash); a
+//! resolved version is immutable, so it is cached for good, and "newest
+//! version" lookups are cached for [`LATEST_TTL`] to keep the store off the
+//! per-task path.
+//!
+//! The registry never runs a handler and never touches the broker.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{LoadError, LoadedHandler, Limits, ModuleHash, Sandbox};
+use crate::catalog::{Catalog, CatalogError, MemoryCatalog};
+use crate::sandbox::{Limits, LoadError, LoadedHandler, ModuleHash, Sandbox};
+use crate::tenant::TenantLimits;
+
+/// How long a "newest version of job X" answer is reused.
+pub const LATEST_TTL: Duration = Duration::from_secs(1);
 
 /// One version of a job: its handler chain and limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,14 +87,30 @@ pub enum RegistryError {
         /// The version asked for.
         version: u32,
     },
-    /// A chain names a module that was never added.
+    /// A chain names a module the tenant never uploaded.
     #[error("unknown module {0}")]
     UnknownModule(ModuleHash),
+    /// The module is over the tenant's size cap.
+    #[error("module is {size} bytes, over the tenant's cap of {limit}")]
+    ModuleTooLarge {
+        /// The module's size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// The job's limits exceed the tenant's ceilings.
+    #[error("{0}")]
+    OverTenantLimits(String),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(CatalogError),
     /// A chain with no handlers.
     #[error("job `{0}` has no handlers")]
     EmptyChain(String),
     /// A name that is empty or too long.
-    #[error("invalid job name `{0}`: use 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`")]
+    #[error(
+        "invalid job name `{0}`: use 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`"
+    )]
     InvalidName(String),
     /// Limits that cannot work.
     #[error("invalid limits: {0}")]
@@ -99,18 +128,17 @@ pub enum RegistryError {
     },
 }
 
-#[derive(Default)]
-struct State {
-    modules: HashMap<ModuleHash, Arc<[u8]>>,
-    /// (tenant, name) → every version, oldest first.
-    jobs: HashMap<(String, String), Vec<Arc<ResolvedJob>>>,
-}
+type JobKey = (String, String);
 
 /// Job definitions and module bytes, shared by clients and workers.
 #[derive(Clone)]
 pub struct Registry {
     sandbox: Sandbox,
-    state: Arc<RwLock<State>>,
+    catalog: Arc<dyn Catalog>,
+    /// Resolved versions: immutable, kept for good.
+    resolved: Arc<RwLock<HashMap<(String, String, u32), Arc<ResolvedJob>>>>,
+    /// Newest version per job, and when it was read.
+    latest: Arc<RwLock<HashMap<JobKey, (u32, Instant)>>>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -121,12 +149,30 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
+impl From<CatalogError> for RegistryError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::JobExists { name, version } => {
+                RegistryError::AlreadyRegistered { name, version }
+            }
+            other => RegistryError::Catalog(other),
+        }
+    }
+}
+
 impl Registry {
-    /// An empty registry compiling through `sandbox`.
+    /// A registry over an in-memory catalog, compiling through `sandbox`.
     pub fn new(sandbox: Sandbox) -> Self {
+        Self::with_catalog(sandbox, Arc::new(MemoryCatalog::new()))
+    }
+
+    /// A registry over `catalog`.
+    pub fn with_catalog(sandbox: Sandbox, catalog: Arc<dyn Catalog>) -> Self {
         Self {
             sandbox,
-            state: Arc::new(RwLock::new(State::default())),
+            catalog,
+            resolved: Arc::default(),
+            latest: Arc::default(),
         }
     }
 
@@ -135,60 +181,80 @@ impl Registry {
         &self.sandbox
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+    /// The catalog behind the registry.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+    /// The tenant's limits; a tenant not in the catalog (the embedded
+    /// setup's `default`) gets the defaults.
+    pub async fn tenant_limits(&self, tenant: &str) -> Result<TenantLimits, RegistryError> {
+        Ok(self
+            .catalog
+            .tenant(tenant)
+            .await?
+            .map(|t| t.limits)
+            .unwrap_or_default())
     }
 
-    /// Validates and stores a module; returns its hash. Adding the same bytes
-    /// twice is harmless.
-    pub fn add_module(&self, bytes: &[u8]) -> Result<ModuleHash, RegistryError> {
+    /// Validates and stores a module for `tenant`; returns its hash. Adding
+    /// the same bytes twice is harmless.
+    pub async fn add_module(
+        &self,
+        tenant: &str,
+        bytes: &[u8],
+    ) -> Result<ModuleHash, RegistryError> {
+        let limits = self.tenant_limits(tenant).await?;
+        if bytes.len() as u64 > limits.max_module_bytes {
+            return Err(RegistryError::ModuleTooLarge {
+                size: bytes.len() as u64,
+                limit: limits.max_module_bytes,
+            });
+        }
         let hash = self.sandbox.validate(bytes)?;
-        self.write()
-            .modules
-            .entry(hash.clone())
-            .or_insert_with(|| bytes.into());
+        self.catalog.put_module(tenant, &hash, bytes).await?;
         Ok(hash)
     }
 
     /// Reads, validates and stores a module file.
-    pub fn add_module_file(&self, path: &Path) -> Result<ModuleHash, RegistryError> {
+    pub async fn add_module_file(
+        &self,
+        tenant: &str,
+        path: &Path,
+    ) -> Result<ModuleHash, RegistryError> {
         let bytes = std::fs::read(path).map_err(|e| RegistryError::Io {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        self.add_module(&bytes)
+        self.add_module(tenant, &bytes).await
     }
 
     /// Registers a new job; an existing name is an error.
-    pub fn register(
+    pub async fn register(
         &self,
         tenant: &str,
         name: &str,
         handlers: Vec<HandlerSpec>,
         limits: Limits,
     ) -> Result<JobDefinition, RegistryError> {
-        self.define(tenant, name, handlers, limits, false)
+        self.define(tenant, name, handlers, limits, false).await
     }
 
     /// Registers a job, or a new version of it when it exists. Tasks enqueued
     /// against an older version keep running that version.
-    pub fn replace(
+    pub async fn replace(
         &self,
         tenant: &str,
         name: &str,
         handlers: Vec<HandlerSpec>,
         limits: Limits,
     ) -> Result<JobDefinition, RegistryError> {
-        self.define(tenant, name, handlers, limits, true)
+        self.define(tenant, name, handlers, limits, true).await
     }
 
     /// Adds each file as a module and registers the chain of them under
     /// `name`, handler names taken from the file stems.
-    pub fn register_files<P: AsRef<Path>>(
+    pub async fn register_files<P: AsRef<Path>>(
         &self,
         tenant: &str,
         name: &str,
@@ -203,13 +269,13 @@ impl Registry {
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| path.display().to_string()),
-                module: self.add_module_file(path)?,
+                module: self.add_module_file(tenant, path).await?,
             });
         }
-        self.register(tenant, name, handlers, limits)
+        self.register(tenant, name, handlers, limits).await
     }
 
-    fn define(
+    async fn define(
         &self,
         tenant: &str,
         name: &str,
@@ -224,83 +290,117 @@ impl Registry {
             return Err(RegistryError::EmptyChain(name.to_owned()));
         }
         limits.validate().map_err(RegistryError::InvalidLimits)?;
-        let mut compiled = Vec::with_capacity(handlers.len());
-        {
-            let st = self.read();
-            for spec in &handlers {
-                let bytes = st
-                    .modules
-                    .get(&spec.module)
-                    .ok_or_else(|| RegistryError::UnknownModule(spec.module.clone()))?;
-                compiled.push(self.sandbox.load(bytes)?);
+        self.tenant_limits(tenant)
+            .await?
+            .check_job_limits(&limits)
+            .map_err(RegistryError::OverTenantLimits)?;
+        for spec in &handlers {
+            if self.catalog.module(tenant, &spec.module).await?.is_none() {
+                return Err(RegistryError::UnknownModule(spec.module.clone()));
             }
-        }
-        let mut st = self.write();
-        let versions = st
-            .jobs
-            .entry((tenant.to_owned(), name.to_owned()))
-            .or_default();
-        if let Some(current) = versions.last()
-            && !replace
-        {
-            return Err(RegistryError::AlreadyRegistered {
-                name: name.to_owned(),
-                version: current.definition.version,
-            });
         }
         let definition = JobDefinition {
             tenant: tenant.to_owned(),
             name: name.to_owned(),
-            version: versions.last().map_or(1, |j| j.definition.version + 1),
+            version: 0,
             handlers,
             limits,
         };
-        versions.push(Arc::new(ResolvedJob {
-            definition: definition.clone(),
-            handlers: compiled,
-        }));
-        Ok(definition)
+        let stored = self.catalog.add_job_version(definition, replace).await?;
+        self.latest
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (tenant.to_owned(), name.to_owned()),
+                (stored.version, Instant::now()),
+            );
+        Ok(stored)
     }
 
-    /// The job to run: `version`, or the newest when `None`.
-    pub fn resolve(
+    /// The job to run: `version`, or the newest when `None`; its modules are
+    /// fetched and compiled on first use.
+    pub async fn resolve(
         &self,
         tenant: &str,
         name: &str,
         version: Option<u32>,
     ) -> Result<Arc<ResolvedJob>, RegistryError> {
-        let st = self.read();
-        let versions = st
-            .jobs
-            .get(&(tenant.to_owned(), name.to_owned()))
-            .ok_or_else(|| RegistryError::UnknownJob {
-                name: name.to_owned(),
-            })?;
-        match version {
-            None => versions.last().cloned().ok_or_else(|| RegistryError::UnknownJob {
-                name: name.to_owned(),
-            }),
-            Some(v) => versions
-                .iter()
-                .find(|j| j.definition.version == v)
-                .cloned()
-                .ok_or(RegistryError::UnknownVersion {
-                    name: name.to_owned(),
-                    version: v,
-                }),
+        let unknown = || RegistryError::UnknownJob {
+            name: name.to_owned(),
+        };
+        let version = match version {
+            Some(v) => Some(v),
+            None => self
+                .latest
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(tenant.to_owned(), name.to_owned()))
+                .filter(|(_, at)| at.elapsed() < LATEST_TTL)
+                .map(|(v, _)| *v),
+        };
+        if let Some(v) = version
+            && let Some(job) = self
+                .resolved
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(tenant.to_owned(), name.to_owned(), v))
+        {
+            return Ok(job.clone());
         }
+        let definition = match self.catalog.job(tenant, name, version).await? {
+            Some(d) => d,
+            None => {
+                return Err(match version {
+                    Some(v) if self.catalog.job(tenant, name, None).await?.is_some() => {
+                        RegistryError::UnknownVersion {
+                            name: name.to_owned(),
+                            version: v,
+                        }
+                    }
+                    _ => unknown(),
+                });
+            }
+        };
+        if version.is_none() {
+            self.latest
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    (tenant.to_owned(), name.to_owned()),
+                    (definition.version, Instant::now()),
+                );
+        }
+        let mut handlers = Vec::with_capacity(definition.handlers.len());
+        for spec in &definition.handlers {
+            let loaded = match self.sandbox.cached(&spec.module) {
+                Some(h) => h,
+                None => {
+                    let bytes = self
+                        .catalog
+                        .module(tenant, &spec.module)
+                        .await?
+                        .ok_or_else(|| RegistryError::UnknownModule(spec.module.clone()))?;
+                    self.sandbox.load(&bytes)?
+                }
+            };
+            handlers.push(loaded);
+        }
+        let key = (tenant.to_owned(), name.to_owned(), definition.version);
+        let job = Arc::new(ResolvedJob {
+            definition,
+            handlers,
+        });
+        Ok(self
+            .resolved
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert(job)
+            .clone())
     }
 
     /// The newest version of each of `tenant`'s jobs, by name.
-    pub fn jobs(&self, tenant: &str) -> Vec<JobDefinition> {
-        let st = self.read();
-        let mut out: Vec<JobDefinition> = st
-            .jobs
-            .iter()
-            .filter(|((t, _), _)| t == tenant)
-            .filter_map(|(_, versions)| versions.last().map(|j| j.definition.clone()))
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+    pub async fn jobs(&self, tenant: &str) -> Result<Vec<JobDefinition>, RegistryError> {
+        Ok(self.catalog.jobs(tenant).await?)
     }
 }

@@ -357,14 +357,22 @@ mod tests {
 
     #[test]
     fn wrong_types_and_garbage_are_errors() {
-        let json = SEED_TASK.replace("\"current_handler_index\": 0", "\"current_handler_index\": -1");
+        let json = SEED_TASK.replace(
+            "\"current_handler_index\": 0",
+            "\"current_handler_index\": -1",
+        );
         assert!(Task::from_json(json.as_bytes()).is_err());
         let json = SEED_TASK.replace("{\"text\": \"Hello hello world\"}", "[1,2]");
         assert!(Task::from_json(json.as_bytes()).is_err());
         assert!(Task::from_json(b"\xff\x00not json").is_err());
         assert!(Task::from_json(b"").is_err());
         let json = SEED_TASK.replace("\"text-stats\"", "\"  \"");
-        assert!(Task::from_json(json.as_bytes()).unwrap_err().reason.contains("job_name"));
+        assert!(
+            Task::from_json(json.as_bytes())
+                .unwrap_err()
+                .reason
+                .contains("job_name")
+        );
     }
 
     #[test]

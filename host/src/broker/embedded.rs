@@ -198,11 +198,7 @@ impl State {
     }
 
     /// Checks `lease` against the stored token and returns the entry.
-    fn leased_entry(
-        &mut self,
-        op: &'static str,
-        lease: &Lease,
-    ) -> Result<&mut Entry, BrokerError> {
+    fn leased_entry(&mut self, op: &'static str, lease: &Lease) -> Result<&mut Entry, BrokerError> {
         let lost = || BrokerError::LeaseLost {
             op,
             task_id: lease.task_id,

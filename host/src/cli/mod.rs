@@ -154,9 +154,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ..Limits::default()
     };
     let chains: [(&str, &[&str], Limits); 3] = [
-        ("text-stats", &["normalize", "count_words", "top_k"], Limits::default()),
+        (
+            "text-stats",
+            &["normalize", "count_words", "top_k"],
+            Limits::default(),
+        ),
         ("always-fails", &["fail"], Limits::default()),
-        ("runaway", &["spin"], Limits { fuel: 50_000_000, ..quick }),
+        (
+            "runaway",
+            &["spin"],
+            Limits {
+                fuel: 50_000_000,
+                ..quick
+            },
+        ),
     ];
     for (name, handlers, limits) in chains {
         let files = handlers
@@ -165,8 +176,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let def = registry
             .register_files(tenant, name, &files, limits)
+            .await
             .with_context(|| format!("registering job `{name}`"))?;
-        println!("registered job {name} v{}: {}", def.version, handlers.join(" -> "));
+        println!(
+            "registered job {name} v{}: {}",
+            def.version,
+            handlers.join(" -> ")
+        );
     }
 
     let broker = EmbeddedBroker::new();
@@ -179,7 +195,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     ];
     let mut tasks: Vec<Task> = Vec::new();
     for text in texts {
-        tasks.push(client.task("text-stats").arg("text", text)?.arg("k", &3)?.build());
+        tasks.push(
+            client
+                .task("text-stats")
+                .arg("text", text)?
+                .arg("k", &3)?
+                .build(),
+        );
     }
     tasks.push(
         client
@@ -252,7 +274,9 @@ fn print_task(task: &Task) {
 async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
     let limits = args.sandbox.limits();
-    registry.register_files(DEFAULT_TENANT, "local", &args.handlers, limits)?;
+    registry
+        .register_files(DEFAULT_TENANT, "local", &args.handlers, limits)
+        .await?;
     let broker = EmbeddedBroker::new();
     let client = Client::new(broker.clone());
     let task = client
@@ -261,12 +285,21 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         .max_attempts(1)
         .build();
     let id = client.enqueue(task).await?;
-    let worker = Worker::new(broker, registry, WorkerConfig { concurrency: 1, ..Default::default() });
+    let worker = Worker::new(
+        broker,
+        registry,
+        WorkerConfig {
+            concurrency: 1,
+            ..Default::default()
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async move {
         let _ = stop_rx.await;
     }));
-    let wait_for = Duration::from_millis(limits.timeout_ms.saturating_mul(args.handlers.len() as u64)) + Duration::from_secs(30);
+    let wait_for =
+        Duration::from_millis(limits.timeout_ms.saturating_mul(args.handlers.len() as u64))
+            + Duration::from_secs(30);
     let task = client.wait(DEFAULT_TENANT, id, wait_for).await?;
     let _ = stop_tx.send(());
     running.await??;
@@ -277,4 +310,3 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
-

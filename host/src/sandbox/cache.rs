@@ -17,7 +17,9 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// A module's content hash: lowercase hex sha256 of its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct ModuleHash(pub String);
 
@@ -29,8 +31,10 @@ impl ModuleHash {
 
     /// Parses a 64-character lowercase hex string.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_owned()))
+        (s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_owned()))
     }
 
     /// The hex text.
@@ -125,7 +129,8 @@ impl DiskCache {
         let bytes = std::fs::read(&path).ok()?;
         let sound = bytes.len() > MAGIC.len() + 32
             && bytes.starts_with(MAGIC)
-            && Sha256::digest(&bytes[MAGIC.len() + 32..])[..] == bytes[MAGIC.len()..MAGIC.len() + 32];
+            && Sha256::digest(&bytes[MAGIC.len() + 32..])[..]
+                == bytes[MAGIC.len()..MAGIC.len() + 32];
         if !sound {
             tracing::warn!(path = %path.display(), "discarding corrupt precompiled artifact");
             let _ = std::fs::remove_file(&path);

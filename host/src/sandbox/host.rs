@@ -304,9 +304,18 @@ mod tests {
         let mut log = CallLog::new(40);
         log.write_stream(LogSource::Stdout, b"hello\nwor");
         log.write_stream(LogSource::Stdout, b"ld\n");
-        log.push_line(LogSource::Log(Level::Info), "this line is far too long to fit in");
+        log.push_line(
+            LogSource::Log(Level::Info),
+            "this line is far too long to fit in",
+        );
         let text = log.finish();
-        assert!(text.starts_with("[stdout] hello\n[stdout] world\n"), "{text}");
-        assert!(text.contains("log truncated: 36 bytes dropped past the 40-byte budget"), "{text}");
+        assert!(
+            text.starts_with("[stdout] hello\n[stdout] world\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("log truncated: 36 bytes dropped past the 40-byte budget"),
+            "{text}"
+        );
     }
 }

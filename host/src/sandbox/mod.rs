@@ -226,6 +226,11 @@ impl Sandbox {
         self.inner.memory.len()
     }
 
+    /// The handler with this hash, if it is compiled and in memory.
+    pub fn cached(&self, hash: &ModuleHash) -> Option<Arc<LoadedHandler>> {
+        self.inner.memory.get(hash)
+    }
+
     /// The handler compiled from `bytes`, compiling it on first use.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedHandler>, LoadError> {
         self.load_traced(bytes).map(|(handler, _)| handler)
@@ -314,9 +319,8 @@ impl Sandbox {
         let span = tracing::info_span!("handler", task = %ctx.task_id, job = %ctx.job, index = ctx.handler_index);
         let state = HostState::new(limits.memory_bytes, limits.max_log_bytes as usize, span);
         let log = state.log();
-        let finish_log = || {
-            std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner())).finish()
-        };
+        let finish_log =
+            || std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner())).finish();
 
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| s);
@@ -379,7 +383,11 @@ impl Sandbox {
             failure,
             guest_log: guest_log.clone(),
         };
-        tracing::trace!(fuel = consumed, elapsed_us = started.elapsed().as_micros() as u64, "handler call done");
+        tracing::trace!(
+            fuel = consumed,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "handler call done"
+        );
 
         let output = match outcome {
             Ok(Ok(output)) => output,
@@ -434,7 +442,12 @@ impl Sandbox {
 struct DeadlineExceeded;
 
 /// Turns a wasmtime error into the failure it stands for.
-fn classify(e: wasmtime::Error, instantiating: bool, limits: &Limits, guest_log: &str) -> HandlerFailure {
+fn classify(
+    e: wasmtime::Error,
+    instantiating: bool,
+    limits: &Limits,
+    guest_log: &str,
+) -> HandlerFailure {
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return HandlerFailure::Deadline {
             limit: limits.timeout(),

@@ -26,12 +26,18 @@ pub(crate) async fn run_task<B: Broker>(
     leased: &Leased,
 ) -> Result<Outcome, BrokerError> {
     let mut task = leased.task.clone();
-    let job = match registry.resolve(&task.tenant, &task.job_name, task.job_version) {
+    let job = match registry
+        .resolve(&task.tenant, &task.job_name, task.job_version)
+        .await
+    {
         Ok(job) => job,
         Err(e) => {
-            let kind = match e {
-                RegistryError::UnknownVersion { .. } => "unknown_job_version",
-                _ => "unknown_job",
+            let (kind, retryable) = match e {
+                RegistryError::UnknownVersion { .. } => ("unknown_job_version", false),
+                RegistryError::UnknownJob { .. } => ("unknown_job", false),
+                // The store was briefly unreachable: worth another attempt.
+                RegistryError::Catalog(_) => ("registry_unavailable", true),
+                _ => ("job_unloadable", false),
             };
             return Ok(fail(
                 &task,
@@ -39,7 +45,7 @@ pub(crate) async fn run_task<B: Broker>(
                 TaskError {
                     kind: kind.into(),
                     message: e.to_string(),
-                    retryable: false,
+                    retryable,
                     handler_index: None,
                 },
             ));

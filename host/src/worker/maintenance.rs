@@ -12,7 +12,11 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 
-pub(crate) async fn run<B: Broker>(broker: Arc<B>, every: Duration, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run<B: Broker>(
+    broker: Arc<B>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

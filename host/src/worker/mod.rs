@@ -90,7 +90,11 @@ pub fn default_worker_id() -> WorkerId {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "worker".to_owned());
-    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// What a worker did, counted as outcomes reach the broker.
@@ -127,7 +131,7 @@ impl WorkerStats {
 ///
 /// # async fn demo() -> anyhow::Result<()> {
 /// let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
-/// registry.register_files("default", "pipeline", &["jobs/dist/normalize.wasm"], Default::default())?;
+/// registry.register_files("default", "pipeline", &["jobs/dist/normalize.wasm"], Default::default()).await?;
 /// let worker = Worker::new(EmbeddedBroker::new(), registry, WorkerConfig::default());
 /// worker.run(corral::worker::shutdown_signal()).await?;
 /// # Ok(()) }

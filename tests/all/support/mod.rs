@@ -46,12 +46,13 @@ pub fn sandbox() -> Sandbox {
 
 /// A registry with `chains` registered for tenant `default`: (job name,
 /// handler component names, limits).
-pub fn registry(chains: &[(&str, &[&str], Limits)]) -> Registry {
+pub async fn registry(chains: &[(&str, &[&str], Limits)]) -> Registry {
     let registry = Registry::new(sandbox());
     for (name, handlers, limits) in chains {
         let files: Vec<PathBuf> = handlers.iter().map(|h| job(h)).collect();
         registry
             .register_files("default", name, &files, *limits)
+            .await
             .expect("register job");
     }
     registry
