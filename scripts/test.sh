@@ -24,3 +24,5 @@ fi
 jobs/build.sh --install
 cargo fmt --all -- --check
 cargo test --release --workspace
+# The examples are documentation that must keep working: run them.
+cargo run --release --quiet --example embedded
