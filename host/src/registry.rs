@@ -295,7 +295,7 @@ impl Registry {
             .check_job_limits(&limits)
             .map_err(RegistryError::OverTenantLimits)?;
         for spec in &handlers {
-            if self.catalog.module(tenant, &spec.module).await?.is_none() {
+            if !self.catalog.has_module(tenant, &spec.module).await? {
                 return Err(RegistryError::UnknownModule(spec.module.clone()));
             }
         }

@@ -10,6 +10,7 @@
 //! sandbox) and never sees tasks.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 
@@ -18,6 +19,7 @@ use crate::sandbox::ModuleHash;
 use crate::tenant::{Tenant, TokenHash};
 
 pub use memory::MemoryCatalog;
+pub use redis::RedisCatalog;
 
 /// What storage can refuse or fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +70,12 @@ pub trait Catalog: Send + Sync + 'static {
         tenant: &str,
         hash: &ModuleHash,
     ) -> Result<Option<Vec<u8>>, CatalogError>;
+
+    /// Whether the tenant has uploaded this module. Stores that can answer
+    /// without reading the bytes (which may be tens of MiB) override this.
+    async fn has_module(&self, tenant: &str, hash: &ModuleHash) -> Result<bool, CatalogError> {
+        Ok(self.module(tenant, hash).await?.is_some())
+    }
 
     /// Stores `definition` as the next version of its job (its `version`
     /// field is ignored and assigned here, atomically). Without `replace`, an

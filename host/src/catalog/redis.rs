@@ -1,0 +1,456 @@
+//! The Redis catalog: tenants, tokens, module bytes and job versions in the
+//! broker's Redis, so every API and worker process sees the same registry.
+//!
+//! Key layout, with `P` the prefix (`corral` by default) and `T` the tenant's
+//! name percent-encoded ([`encode`]):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `P:{t:T}:tenant` | string | the [`Tenant`] as JSON (name and limits) |
+//! | `P:{t:T}:module:<sha256>` | string | a module's bytes, stored once |
+//! | `P:{t:T}:job:<name>` | hash | version → [`JobDefinition`] JSON |
+//! | `P:{t:T}:jobs` | hash | job name → newest version |
+//! | `P:token:<sha256>` | string | the tenant a token belongs to |
+//!
+//! Every key of a tenant carries the tenant in the hash tag `{t:T}`, so a
+//! tenant's keys live in one Redis Cluster slot and the version script below
+//! can name all it touches in `KEYS[]`. The `t:` inside the tag and the
+//! suffixes (`tenant`, `module:…`, `job:…`, `jobs`) never equal the broker's
+//! queue tags and suffixes, so the two share a server without colliding.
+//! Token keys are the one exception to "keyed by tenant": a token is looked up
+//! before its tenant is known. Only the sha256 of a token is stored.
+//!
+//! Versions are assigned atomically by one Lua script ([`ADD_JOB_VERSION`]);
+//! stored versions are never rewritten, so reads need no transaction.
+//! This module never validates wasm and never sees tasks.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+
+use super::{Catalog, CatalogError};
+use crate::registry::JobDefinition;
+use crate::sandbox::ModuleHash;
+use crate::tenant::{Tenant, TokenHash};
+
+/// The key prefix used when none is given.
+pub const DEFAULT_PREFIX: &str = "corral";
+
+/// How long connecting to a server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may take (module bytes can be tens of MiB).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Adds the next version of a job, atomically.
+///
+/// KEYS[1] `P:{t:T}:job:<name>` (hash version → definition JSON)
+/// KEYS[2] `P:{t:T}:jobs` (hash name → newest version)
+/// ARGV[1] the job's name
+/// ARGV[2] `1` to replace an existing job, `0` to refuse
+/// ARGV[3] the definition's JSON (its `version` field is rewritten on read)
+///
+/// Returns `{1, version}` when stored as `version`, `{0, current}` when the
+/// job exists and replace was not asked for.
+pub const ADD_JOB_VERSION: &str = r#"
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if current > 0 and ARGV[2] ~= '1' then
+    return {0, current}
+end
+local version = current + 1
+redis.call('HSET', KEYS[1], tostring(version), ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], version)
+return {1, version}
+"#;
+
+/// A connection to a standalone server or to a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A [`Catalog`] in Redis (standalone or cluster).
+#[derive(Clone)]
+pub struct RedisCatalog {
+    conn: Conn,
+    prefix: String,
+    add_version: Script,
+}
+
+/// Percent-encodes a name for use inside a key: ASCII letters, digits, `-`,
+/// `_` and `.` stay, every other byte becomes `%XX`, so a name holding `:`,
+/// `{` or `}` can neither break the hash tag nor collide with another.
+pub fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `P:{t:T}:suffix`: a key of `tenant`, in the tenant's hash tag.
+fn tenant_key(prefix: &str, tenant: &str, suffix: &str) -> String {
+    format!("{prefix}:{{t:{}}}:{suffix}", encode(tenant))
+}
+
+fn unavailable(op: &'static str, e: RedisError) -> CatalogError {
+    CatalogError::Unavailable(format!("{op}: {e}"))
+}
+
+fn corrupt(op: &'static str, what: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Corrupt(format!("{op}: {what}"))
+}
+
+impl RedisCatalog {
+    /// Connects to the server at `url` (`redis://host:port/db`), keys under
+    /// [`DEFAULT_PREFIX`]. The connection reconnects by itself with backoff.
+    pub async fn connect(url: &str) -> Result<Self, CatalogError> {
+        Self::connect_with_prefix(url, DEFAULT_PREFIX).await
+    }
+
+    /// Like [`connect`](Self::connect), with keys under `prefix`.
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, CatalogError> {
+        let op = "catalog connect";
+        let client = redis::Client::open(url).map_err(|e| unavailable(op, e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(8);
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| unavailable(op, e))?;
+        Ok(Self::new(Conn::Single(manager), prefix))
+    }
+
+    /// Connects to a Redis Cluster through its seed `nodes`.
+    pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, CatalogError> {
+        let op = "catalog connect";
+        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(6)
+            .build()
+            .map_err(|e| unavailable(op, e))?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| unavailable(op, e))?;
+        Ok(Self::new(Conn::Cluster(conn), prefix))
+    }
+
+    fn new(conn: Conn, prefix: &str) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            add_version: Script::new(ADD_JOB_VERSION),
+        }
+    }
+
+    fn tenant_key(&self, tenant: &str, suffix: &str) -> String {
+        tenant_key(&self.prefix, tenant, suffix)
+    }
+
+    fn token_key(&self, token: &TokenHash) -> String {
+        format!("{}:token:{}", self.prefix, encode(&token.0))
+    }
+
+    fn module_key(&self, tenant: &str, hash: &ModuleHash) -> String {
+        self.tenant_key(tenant, &format!("module:{}", encode(hash.as_str())))
+    }
+
+    fn job_key(&self, tenant: &str, name: &str) -> String {
+        self.tenant_key(tenant, &format!("job:{}", encode(name)))
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &Cmd,
+    ) -> Result<T, CatalogError> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(op, e))
+    }
+
+    /// Parses a stored definition and checks it is the one asked for.
+    fn definition(
+        op: &'static str,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        json: &[u8],
+    ) -> Result<JobDefinition, CatalogError> {
+        let mut def: JobDefinition = serde_json::from_slice(json)
+            .map_err(|e| corrupt(op, format!("job `{name}` v{version}: {e}")))?;
+        if def.tenant != tenant || def.name != name {
+            return Err(corrupt(
+                op,
+                format!(
+                    "record of job `{name}` names `{}`/`{}`",
+                    def.tenant, def.name
+                ),
+            ));
+        }
+        def.version = version;
+        Ok(def)
+    }
+}
+
+#[async_trait]
+impl Catalog for RedisCatalog {
+    async fn create_tenant(&self, tenant: &Tenant, token: &TokenHash) -> Result<(), CatalogError> {
+        let op = "create_tenant";
+        let record = serde_json::to_vec(tenant).map_err(|e| corrupt(op, e))?;
+        let token_key = self.token_key(token);
+        // The token first: until the tenant record exists it leads nowhere
+        // (`tenant_for_token` needs both), and if the name turns out to be
+        // taken the token is removed again. The two keys live in different
+        // cluster slots, so they cannot be written in one transaction.
+        self.query::<()>(op, redis::cmd("SET").arg(&token_key).arg(&tenant.name))
+            .await?;
+        let created: Option<String> = self
+            .query(
+                op,
+                redis::cmd("SET")
+                    .arg(self.tenant_key(&tenant.name, "tenant"))
+                    .arg(record)
+                    .arg("NX"),
+            )
+            .await?;
+        if created.is_none() {
+            self.query::<()>(op, redis::cmd("DEL").arg(&token_key))
+                .await?;
+            return Err(CatalogError::TenantExists(tenant.name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn tenant(&self, name: &str) -> Result<Option<Tenant>, CatalogError> {
+        let op = "tenant";
+        let record: Option<Vec<u8>> = self
+            .query(op, redis::cmd("GET").arg(self.tenant_key(name, "tenant")))
+            .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let tenant: Tenant = serde_json::from_slice(&record)
+            .map_err(|e| corrupt(op, format!("tenant `{name}`: {e}")))?;
+        if tenant.name != name {
+            return Err(corrupt(
+                op,
+                format!("record of tenant `{name}` names `{}`", tenant.name),
+            ));
+        }
+        Ok(Some(tenant))
+    }
+
+    async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError> {
+        let name: Option<String> = self
+            .query(
+                "tenant_for_token",
+                redis::cmd("GET").arg(self.token_key(token)),
+            )
+            .await?;
+        match name {
+            Some(name) => self.tenant(&name).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn put_module(
+        &self,
+        tenant: &str,
+        hash: &ModuleHash,
+        bytes: &[u8],
+    ) -> Result<(), CatalogError> {
+        // NX: content-addressed, so an existing value is these same bytes.
+        self.query::<Option<String>>(
+            "put_module",
+            redis::cmd("SET")
+                .arg(self.module_key(tenant, hash))
+                .arg(bytes)
+                .arg("NX"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn module(
+        &self,
+        tenant: &str,
+        hash: &ModuleHash,
+    ) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.query(
+            "module",
+            redis::cmd("GET").arg(self.module_key(tenant, hash)),
+        )
+        .await
+    }
+
+    async fn has_module(&self, tenant: &str, hash: &ModuleHash) -> Result<bool, CatalogError> {
+        let n: i64 = self
+            .query(
+                "has_module",
+                redis::cmd("EXISTS").arg(self.module_key(tenant, hash)),
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn add_job_version(
+        &self,
+        mut definition: JobDefinition,
+        replace: bool,
+    ) -> Result<JobDefinition, CatalogError> {
+        let op = "add_job_version";
+        definition.version = 0;
+        let json = serde_json::to_vec(&definition).map_err(|e| corrupt(op, e))?;
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .add_version
+            .key(self.job_key(&definition.tenant, &definition.name))
+            .key(self.tenant_key(&definition.tenant, "jobs"))
+            .arg(&definition.name)
+            .arg(if replace { "1" } else { "0" })
+            .arg(json)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(op, e))?;
+        let version = |v: i64| u32::try_from(v).map_err(|_| corrupt(op, "version out of range"));
+        match reply.as_slice() {
+            [1, v] => {
+                definition.version = version(*v)?;
+                Ok(definition)
+            }
+            [0, current] => Err(CatalogError::JobExists {
+                name: definition.name,
+                version: version(*current)?,
+            }),
+            other => Err(corrupt(op, format!("unexpected script reply {other:?}"))),
+        }
+    }
+
+    async fn job(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<JobDefinition>, CatalogError> {
+        let op = "job";
+        let version = match version {
+            Some(v) => v,
+            None => {
+                let latest: Option<u32> = self
+                    .query(
+                        op,
+                        redis::cmd("HGET")
+                            .arg(self.tenant_key(tenant, "jobs"))
+                            .arg(name),
+                    )
+                    .await?;
+                match latest {
+                    Some(v) => v,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let json: Option<Vec<u8>> = self
+            .query(
+                op,
+                redis::cmd("HGET")
+                    .arg(self.job_key(tenant, name))
+                    .arg(version),
+            )
+            .await?;
+        json.map(|json| Self::definition(op, tenant, name, version, &json))
+            .transpose()
+    }
+
+    async fn jobs(&self, tenant: &str) -> Result<Vec<JobDefinition>, CatalogError> {
+        let op = "jobs";
+        let index: std::collections::HashMap<String, u32> = self
+            .query(
+                op,
+                redis::cmd("HGETALL").arg(self.tenant_key(tenant, "jobs")),
+            )
+            .await?;
+        let mut latest: Vec<(String, u32)> = index.into_iter().collect();
+        latest.sort();
+        if latest.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (name, version) in &latest {
+            pipe.cmd("HGET")
+                .arg(self.job_key(tenant, name))
+                .arg(*version);
+        }
+        let mut conn = self.conn.clone();
+        let records: Vec<Option<Vec<u8>>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(op, e))?;
+        let mut out = Vec::with_capacity(latest.len());
+        for ((name, version), json) in latest.iter().zip(records) {
+            let json = json.ok_or_else(|| {
+                corrupt(
+                    op,
+                    format!("job `{name}` v{version} is indexed but not stored"),
+                )
+            })?;
+            out.push(Self::definition(op, tenant, name, *version, &json)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_tenant_in_one_hash_tag() {
+        assert_eq!(tenant_key("corral", "acme", "jobs"), "corral:{t:acme}:jobs");
+        assert_eq!(tenant_key("p", "a}b{", "tenant"), "p:{t:a%7Db%7B}:tenant");
+        assert_eq!(encode("job:x y"), "job%3Ax%20y");
+    }
+}
