@@ -56,6 +56,22 @@ impl Broker for RecordingBroker {
     async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
         self.inner.stats(tenant, queue).await
     }
+    async fn dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<Task>, BrokerError> {
+        self.inner.dead(tenant, queue, limit).await
+    }
+    async fn enqueue_raw(
+        &self,
+        tenant: &str,
+        queue: &str,
+        raw: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        self.inner.enqueue_raw(tenant, queue, raw).await
+    }
 }
 
 fn quick_limits() -> Limits {

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
-    QueueStats, Retention,
+    QueueStats, Retention, malformed_task, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
 use crate::task::{Task, TaskError, TaskId, TaskState};
@@ -369,7 +369,13 @@ impl Broker for EmbeddedBroker {
             let mut st = self.lock();
             for (lease, outcome) in results {
                 if let Err(e) = st.leased_entry("ack", &lease) {
-                    out.push(Err(e));
+                    // The same outcome under the same token, already applied
+                    // (a retried ack): accepted again, without effect.
+                    let applied = st
+                        .tasks
+                        .get(&lease.task_id)
+                        .is_some_and(|e| e.token == lease.token && e.task.state == outcome.state());
+                    out.push(if applied { Ok(()) } else { Err(e) });
                     continue;
                 }
                 st.release_active(lease.task_id);
@@ -498,6 +504,75 @@ impl Broker for EmbeddedBroker {
             .get(&id)
             .filter(|e| e.task.tenant == tenant)
             .map(|e| e.task.clone()))
+    }
+
+    async fn dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<Task>, BrokerError> {
+        let st = self.lock();
+        Ok(st
+            .dead
+            .iter()
+            .rev()
+            .filter_map(|id| st.tasks.get(id))
+            .filter(|e| e.task.tenant == tenant && e.task.queue_name == queue)
+            .take(limit)
+            .map(|e| e.task.clone())
+            .collect())
+    }
+
+    async fn enqueue_raw(
+        &self,
+        tenant: &str,
+        queue: &str,
+        raw: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        // Parsed on the way in (the Redis broker parses when a worker takes
+        // the entry); either way a worker sees only tasks that parsed.
+        let now = self.inner.clock.now();
+        let retention = self.inner.retention;
+        let parsed = parse_raw_task(&raw, tenant, queue);
+        let mut st = self.lock();
+        let reason = match parsed {
+            Ok(task) if st.tasks.contains_key(&task.task_id) => {
+                format!("task_id {} already exists", task.task_id)
+            }
+            Ok(mut task) => {
+                task.state = TaskState::Pending;
+                task.attempt = 0;
+                task.updated_at = now;
+                st.push_pending(&task);
+                st.tasks.insert(
+                    task.task_id,
+                    Entry {
+                        task,
+                        token: 0,
+                        lease_expires: None,
+                        finished_at: None,
+                    },
+                );
+                drop(st);
+                self.inner.ready.notify_one();
+                return Ok(());
+            }
+            Err(reason) => reason,
+        };
+        let stand_in = malformed_task(TaskId::new(), tenant, queue, &raw, &reason, now);
+        let id = stand_in.task_id;
+        st.tasks.insert(
+            id,
+            Entry {
+                task: stand_in,
+                token: 0,
+                lease_expires: None,
+                finished_at: None,
+            },
+        );
+        st.finish(id, now, &retention);
+        Ok(())
     }
 
     async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {

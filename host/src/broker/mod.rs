@@ -20,6 +20,7 @@
 //! wasm, and no backend's types (Redis or otherwise) appear in it.
 
 pub mod embedded;
+pub mod redis;
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,9 +28,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::task::{ArgsMap, Task, TaskError, TaskId};
+use crate::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
 
 pub use embedded::EmbeddedBroker;
+pub use redis::{RedisBroker, RedisConfig};
 
 /// Identifies one worker process (and its leases).
 pub type WorkerId = String;
@@ -125,6 +127,18 @@ pub enum Outcome {
     /// Handed back untouched (a worker shutting down): back to pending, and the
     /// attempt is not counted.
     Release,
+}
+
+impl Outcome {
+    /// The state the task is in once this outcome is applied.
+    pub fn state(&self) -> TaskState {
+        match self {
+            Outcome::Completed(_) => TaskState::Completed,
+            Outcome::Retry { .. } => TaskState::Retrying,
+            Outcome::Dead(_) => TaskState::Dead,
+            Outcome::Release => TaskState::Pending,
+        }
+    }
 }
 
 /// What one [`Broker::maintain`] pass did.
@@ -258,7 +272,11 @@ pub trait Broker: Send + Sync + 'static {
         checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
-    /// Finishes with leased tasks, each with its outcome.
+    /// Finishes with leased tasks, each with its outcome. Each outcome gets
+    /// its own answer: [`BrokerError::LeaseLost`] if the token is no longer
+    /// current. The same outcome sent again under the same token after it
+    /// was applied (a retry after a lost reply) is answered `Ok` again and
+    /// changes nothing, so a failed ack call can always be retried whole.
     fn ack(
         &self,
         results: Vec<(Lease, Outcome)>,
@@ -289,4 +307,84 @@ pub trait Broker: Send + Sync + 'static {
         tenant: &str,
         queue: &str,
     ) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send;
+
+    /// The newest dead tasks of one tenant's queue (at most `limit`), newest
+    /// first, each with its error. Malformed entries appear as
+    /// [`malformed_task`] stand-ins.
+    fn dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Task>, BrokerError>> + Send;
+
+    /// Puts raw bytes into a queue the way a hand-written producer does (on
+    /// Redis: `LPUSH` of task JSON onto the queue's pending list). Nothing is
+    /// checked on the way in; the broker parses the entry with
+    /// [`parse_raw_task`] at the latest when a worker takes it: a task that
+    /// parses runs now (its `run_at` is not honoured, its `state` and
+    /// `attempt` start afresh), anything else goes to the dead set as a
+    /// [`malformed_task`] with the reason, and `acquire` carries on with the
+    /// next entry.
+    fn enqueue_raw(
+        &self,
+        tenant: &str,
+        queue: &str,
+        raw: Vec<u8>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}
+
+/// The error kind of tasks that did not parse.
+pub const MALFORMED: &str = "malformed";
+
+/// Most bytes of a malformed entry kept in its stand-in's `raw` arg.
+pub const MALFORMED_KEEP: usize = 16 * 1024;
+
+/// Parses an entry pushed by hand into `tenant`'s queue `queue`: the task
+/// JSON must parse and validate ([`Task::from_json`]) and must name that same
+/// tenant and queue (so a push cannot run a task as another tenant). The
+/// error is the reason stored with the dead entry.
+pub fn parse_raw_task(raw: &[u8], tenant: &str, queue: &str) -> Result<Task, String> {
+    let task = Task::from_json(raw).map_err(|e| e.reason)?;
+    if task.tenant != tenant || task.queue_name != queue {
+        return Err(format!(
+            "the task names tenant `{}` and queue `{}` but was pushed into tenant `{tenant}`'s queue `{queue}`",
+            task.tenant, task.queue_name
+        ));
+    }
+    Ok(task)
+}
+
+/// The stand-in stored in the dead set for an entry that is not a task: job
+/// `(malformed)`, the entry's text (lossy UTF-8, at most [`MALFORMED_KEEP`]
+/// bytes) as arg `raw`, and a [`MALFORMED`] error with `reason`.
+pub fn malformed_task(
+    id: TaskId,
+    tenant: &str,
+    queue: &str,
+    raw: &[u8],
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Task {
+    let kept = &raw[..raw.len().min(MALFORMED_KEEP)];
+    let mut args = ArgsMap::new();
+    args.insert(
+        "raw".to_owned(),
+        serde_json::Value::String(String::from_utf8_lossy(kept).into_owned()),
+    );
+    let mut task = Task::new("(malformed)", args);
+    task.task_id = id;
+    task.tenant = tenant.to_owned();
+    task.queue_name = queue.to_owned();
+    task.created_at = at;
+    task.updated_at = at;
+    task.state = TaskState::Dead;
+    task.max_attempts = 1;
+    task.error = Some(TaskError {
+        kind: MALFORMED.to_owned(),
+        message: format!("malformed task: {reason}"),
+        retryable: false,
+        handler_index: None,
+    });
+    task
 }

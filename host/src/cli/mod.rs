@@ -4,6 +4,9 @@
 //! (sandbox, registry, broker, worker, client), print results. Nothing here
 //! is needed to embed Corral in an application.
 
+mod bench_e2e;
+mod broker_cmds;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,6 +40,25 @@ enum Command {
     /// Run one job, given as its handler files in chain order, on the given
     /// args, and print the result.
     Run(RunArgs),
+    /// Measure Corral and print the figures, one per line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run a worker on a shared (Redis) broker until SIGINT/SIGTERM.
+    Worker(broker_cmds::WorkerArgs),
+    /// Put a task into a shared (Redis) broker and print its id.
+    Enqueue(broker_cmds::EnqueueArgs),
+    /// Show a task stored in a shared (Redis) broker.
+    Status(broker_cmds::StatusArgs),
+    /// Wait until a task completes or dies, then show it; exits non-zero
+    /// unless it completed.
+    Wait(broker_cmds::WaitArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// End to end through Redis with one worker process: throughput, single
+    /// and bulk enqueue rates, enqueue-to-start latency, worker memory.
+    E2e(bench_e2e::E2eArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +153,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo(args).await,
         Command::Run(args) => run_job(args).await,
+        Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args).await,
+        Command::Worker(args) => broker_cmds::worker(args).await,
+        Command::Enqueue(args) => broker_cmds::enqueue(args).await,
+        Command::Status(args) => broker_cmds::status(args).await,
+        Command::Wait(args) => broker_cmds::wait(args).await,
     }
 }
 

@@ -1,0 +1,234 @@
+//! Connections to Redis: one shared, reconnecting connection for ordinary
+//! commands and a small pool of dedicated ones for blocking waits.
+//!
+//! A standalone server is reached through a [`ConnectionManager`] (one
+//! multiplexed connection; concurrent commands are pipelined on it, and a
+//! dropped connection is re-established in the background with exponential
+//! backoff). A cluster is reached through a [`ClusterConnection`], which
+//! follows slot moves and reconnects to nodes itself. A blocking `BLPOP`
+//! would hold up every command queued behind it on a multiplexed
+//! connection, so blocking waits get their own connections from
+//! [`BlockingPool`].
+//!
+//! Every Redis error becomes [`BrokerError::Unavailable`] naming the
+//! operation; losing and regaining the server is logged (rate-limited) here.
+//! This module never interprets replies and never panics.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::broker::BrokerError;
+
+/// How long one command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to one server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest single blocking wait; longer waits loop.
+pub const MAX_BLOCK: Duration = Duration::from_secs(10);
+/// Idle blocking connections kept for reuse.
+const POOL_KEEP: usize = 4;
+
+/// A connection to a standalone server or to a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    /// One server, through a reconnecting manager.
+    Single(ConnectionManager),
+    /// A cluster, through redis-rs's cluster connection.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the broker's Redis is.
+#[derive(Clone)]
+pub enum Target {
+    /// A standalone server.
+    Single(redis::Client),
+    /// A cluster, from its seed nodes.
+    Cluster {
+        /// For ordinary commands.
+        normal: ClusterClient,
+        /// For blocking waits (a response timeout longer than any wait).
+        blocking: ClusterClient,
+    },
+}
+
+impl Target {
+    /// Parses the URL(s): one URL is a standalone server unless `cluster`;
+    /// several are a cluster's seed nodes.
+    pub fn new(nodes: &[String], cluster: bool) -> Result<Self, BrokerError> {
+        let bad = |e: RedisError| BrokerError::Invalid {
+            op: "connect",
+            reason: format!("bad Redis URL: {e}"),
+        };
+        match nodes {
+            [] => Err(BrokerError::Invalid {
+                op: "connect",
+                reason: "no Redis URL given".into(),
+            }),
+            [one] if !cluster => Ok(Target::Single(
+                redis::Client::open(one.as_str()).map_err(bad)?,
+            )),
+            many => {
+                let build = |timeout: Duration| {
+                    ClusterClient::builder(many.iter().map(String::as_str))
+                        .connection_timeout(CONNECT_TIMEOUT)
+                        .response_timeout(timeout)
+                        .retries(6)
+                        .build()
+                        .map_err(bad)
+                };
+                Ok(Target::Cluster {
+                    normal: build(RESPONSE_TIMEOUT)?,
+                    blocking: build(MAX_BLOCK + RESPONSE_TIMEOUT)?,
+                })
+            }
+        }
+    }
+
+    fn manager_config(response: Duration) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(response))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_exponent_base(2.0)
+            .set_number_of_retries(8)
+    }
+
+    /// Opens the connection for ordinary commands.
+    pub async fn connect(&self) -> Result<Conn, BrokerError> {
+        self.open(RESPONSE_TIMEOUT, false).await
+    }
+
+    /// Opens a connection for blocking waits.
+    pub async fn connect_blocking(&self) -> Result<Conn, BrokerError> {
+        self.open(MAX_BLOCK + RESPONSE_TIMEOUT, true).await
+    }
+
+    async fn open(&self, response: Duration, blocking: bool) -> Result<Conn, BrokerError> {
+        let conn = match self {
+            Target::Single(client) => {
+                ConnectionManager::new_with_config(client.clone(), Self::manager_config(response))
+                    .await
+                    .map(Conn::Single)
+            }
+            Target::Cluster {
+                normal,
+                blocking: b,
+            } => {
+                let client = if blocking { b } else { normal };
+                client.get_async_connection().await.map(Conn::Cluster)
+            }
+        };
+        conn.map_err(|e| unavailable("connect", e))
+    }
+}
+
+/// Idle connections for blocking waits. A connection goes back only after
+/// its wait finished normally: one whose wait was cut short may still be
+/// blocked on the server.
+pub struct BlockingPool {
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl BlockingPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection, or a new one.
+    pub async fn take(&self, target: &Target) -> Result<Conn, BrokerError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => target.connect_blocking().await,
+        }
+    }
+
+    /// Returns a connection whose wait finished normally.
+    pub fn give_back(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_KEEP {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Whether the last command failed; for logging the recovery once.
+static DOWN: AtomicBool = AtomicBool::new(false);
+/// When a lost connection was last logged (ms since the epoch).
+static LAST_LOGGED: AtomicI64 = AtomicI64::new(0);
+
+/// Turns a Redis error into [`BrokerError::Unavailable`] naming `op`, and
+/// logs that the server was lost (at most once a second; the managers
+/// reconnect in the background, with backoff).
+pub fn unavailable(op: &'static str, e: RedisError) -> BrokerError {
+    let connection_trouble = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error();
+    if connection_trouble {
+        DOWN.store(true, Ordering::Relaxed);
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let last = LAST_LOGGED.load(Ordering::Relaxed);
+    if now - last >= 1000
+        && LAST_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        if connection_trouble {
+            tracing::warn!(op, error = %e, "lost the Redis connection; reconnecting with backoff");
+        } else {
+            tracing::warn!(op, error = %e, "Redis refused a command");
+        }
+    }
+    BrokerError::Unavailable {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// Notes a successful command; logs once when the server is back.
+pub fn reachable() {
+    if DOWN.load(Ordering::Relaxed) && DOWN.swap(false, Ordering::Relaxed) {
+        tracing::info!("Redis is reachable again");
+    }
+}

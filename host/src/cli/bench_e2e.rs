@@ -1,0 +1,285 @@
+//! `corral bench e2e`: Corral end to end through Redis, measured.
+//!
+//! In a queue of its own (deleted afterwards), the bench
+//!
+//! 1. enqueues `--single` no-op tasks one call each: the single enqueue rate;
+//! 2. enqueues `--tasks` no-op tasks in one bulk call: the bulk enqueue rate;
+//! 3. starts ONE `corral worker` process (`--job noop=<noop.wasm>`) and
+//!    times it draining them: the end-to-end rate, from the first task
+//!    leased to the queue empty (and, separately, including the worker's
+//!    start-up);
+//! 4. with that worker idle, enqueues at a steady `--rate` per second for
+//!    `--latency-for`, and reads when each task started (the lease time the
+//!    broker records): p50 and p99 enqueue-to-start latency;
+//! 5. reads the worker's peak resident memory (`VmHWM`) before stopping it.
+//!
+//! It prints one figure per line. Every task runs the no-op component in a
+//! fresh wasm instance, so the figures include the sandbox's per-task cost.
+//! This module only measures; it changes nothing in how Corral runs.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use clap::Args;
+
+use super::broker_cmds::RedisArgs;
+use super::parse_duration;
+use crate::broker::{Broker, RedisBroker};
+use crate::task::{ArgsMap, DEFAULT_TENANT, Task, TaskId};
+
+#[derive(Debug, Args)]
+pub(super) struct E2eArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Tasks enqueued in bulk and drained by the worker.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    /// Tasks enqueued one call each, for the single enqueue rate.
+    #[arg(long, default_value_t = 5_000)]
+    single: usize,
+    /// The worker's concurrency.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Tasks per second in the latency phase.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// How long the latency phase lasts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    latency_for: Duration,
+    /// The no-op component every task runs.
+    #[arg(long, default_value = "jobs/dist/noop.wasm")]
+    noop: PathBuf,
+    /// The `corral` binary to start the worker from (default: this one).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+}
+
+/// Stops (SIGTERM, then SIGKILL) the worker process when dropped, so a
+/// failed bench leaves nothing running.
+struct WorkerProcess {
+    child: std::process::Child,
+}
+
+impl WorkerProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    fn stop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let give_up = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < give_up {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn noop_task(queue: &str) -> Task {
+    let mut task = Task::new("noop", ArgsMap::new());
+    task.queue_name = queue.to_owned();
+    task.max_attempts = 1;
+    task
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Waits until the queue has nothing pending, scheduled or active; returns
+/// when the first task was seen leased or done.
+async fn drain(
+    broker: &RedisBroker,
+    queue: &str,
+    total: usize,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
+    let give_up = Instant::now() + limit;
+    let mut first = None;
+    loop {
+        let s = broker.stats(DEFAULT_TENANT, queue).await?;
+        let now = Instant::now();
+        if first.is_none() && (s.active > 0 || s.completed > 0 || s.dead > 0) {
+            first = Some(now);
+        }
+        if s.pending + s.scheduled + s.active == 0 && s.completed + s.dead >= total.min(1) {
+            if s.dead > 0 {
+                bail!("{} of the bench's tasks died; see the worker's log", s.dead);
+            }
+            return Ok(first.unwrap_or(now));
+        }
+        if now > give_up {
+            bail!("the worker did not drain the queue within {limit:?}: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+pub(super) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
+    if !args.noop.exists() {
+        bail!(
+            "{} is missing: build the example jobs first with `jobs/build.sh`",
+            args.noop.display()
+        );
+    }
+    let broker = args.redis.connect("bench e2e").await?;
+    let queue = format!("bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let single_queue = format!("{queue}-single");
+    let result = measure(&args, &broker, &queue, &single_queue).await;
+    // Leave nothing behind, whatever happened.
+    for q in [&queue, &single_queue] {
+        if let Err(e) = broker.purge_queue(DEFAULT_TENANT, q).await {
+            eprintln!("warning: could not delete the bench queue {q}: {e}");
+        }
+    }
+    result
+}
+
+async fn measure(
+    args: &E2eArgs,
+    broker: &RedisBroker,
+    queue: &str,
+    single_queue: &str,
+) -> anyhow::Result<ExitCode> {
+    // 1. Single enqueues, one broker call each.
+    let singles: Vec<Task> = (0..args.single).map(|_| noop_task(single_queue)).collect();
+    let started = Instant::now();
+    for task in singles {
+        broker.enqueue(vec![task]).await?;
+    }
+    let single_rate = args.single as f64 / started.elapsed().as_secs_f64();
+
+    // 2. One bulk enqueue.
+    let bulk: Vec<Task> = (0..args.tasks).map(|_| noop_task(queue)).collect();
+    let started = Instant::now();
+    broker.enqueue(bulk).await?;
+    let bulk_rate = args.tasks as f64 / started.elapsed().as_secs_f64();
+
+    // 3. One worker process drains them.
+    let bin = match &args.worker_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("finding the corral binary")?,
+    };
+    let url = args.redis.redis.clone().unwrap_or_default();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("worker")
+        .arg("--redis")
+        .arg(&url)
+        .arg("--prefix")
+        .arg(&args.redis.prefix)
+        .arg("--queue")
+        .arg(queue)
+        .arg("--concurrency")
+        .arg(args.concurrency.to_string())
+        .arg("--job")
+        .arg(format!("noop={}", args.noop.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if args.redis.cluster {
+        cmd.arg("--cluster");
+    }
+    let spawned = Instant::now();
+    let mut worker = WorkerProcess {
+        child: cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    };
+    let limit = Duration::from_secs(600);
+    let first = drain(broker, queue, args.tasks, limit).await?;
+    let done = Instant::now();
+    let e2e_rate = args.tasks as f64 / done.duration_since(first).as_secs_f64();
+    let e2e_with_start = args.tasks as f64 / done.duration_since(spawned).as_secs_f64();
+
+    // 4. Steady rate, one task at a time, worker idle in between.
+    let count = (f64::from(args.rate) * args.latency_for.as_secs_f64()).round() as usize;
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let mut sent: Vec<(TaskId, chrono::DateTime<Utc>)> = Vec::with_capacity(count);
+    let t0 = tokio::time::Instant::now();
+    for i in 0..count {
+        tokio::time::sleep_until(t0 + period * i as u32).await;
+        let task = noop_task(queue);
+        let id = task.task_id;
+        let at = Utc::now();
+        broker.enqueue(vec![task]).await?;
+        sent.push((id, at));
+    }
+    drain(broker, queue, count, limit).await?;
+    let mut latencies_ms = Vec::with_capacity(count);
+    for (id, at) in &sent {
+        let info = broker
+            .attempt_info(DEFAULT_TENANT, *id)
+            .await?
+            .with_context(|| format!("task {id} vanished"))?;
+        let started = info
+            .started_at
+            .with_context(|| format!("task {id} never started"))?;
+        latencies_ms.push((started - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    latencies_ms.sort_by(f64::total_cmp);
+
+    // 5. The worker's peak memory, then stop it.
+    let peak_kib = worker.peak_rss_kib();
+    worker.stop();
+
+    println!(
+        "end-to-end: {e2e_rate:.0} tasks/s ({} tasks, one worker process, concurrency {})",
+        args.tasks, args.concurrency
+    );
+    println!("end-to-end including worker start-up: {e2e_with_start:.0} tasks/s");
+    println!(
+        "single enqueue: {single_rate:.0} tasks/s ({} calls of one task)",
+        args.single
+    );
+    println!(
+        "bulk enqueue: {bulk_rate:.0} tasks/s ({} tasks in one call)",
+        args.tasks
+    );
+    println!(
+        "enqueue-to-start latency p50: {:.3} ms ({} tasks at {}/s)",
+        percentile(&latencies_ms, 50.0),
+        count,
+        args.rate
+    );
+    println!(
+        "enqueue-to-start latency p99: {:.3} ms",
+        percentile(&latencies_ms, 99.0)
+    );
+    match peak_kib {
+        Some(kib) => println!(
+            "worker peak resident memory: {:.1} MiB",
+            kib as f64 / 1024.0
+        ),
+        None => println!("worker peak resident memory: unknown (no /proc)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

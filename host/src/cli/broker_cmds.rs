@@ -1,0 +1,367 @@
+//! `corral worker`, `corral enqueue`, `corral status`, `corral wait`: the
+//! commands that talk to a broker shared between processes.
+//!
+//! The shared broker is Redis (`--redis URL`, or `CORRAL_REDIS_URL`; several
+//! comma-separated URLs or `--cluster` for a Redis Cluster). Without a Redis
+//! URL there is nothing these commands could share: the embedded broker
+//! lives inside one process (it is what `corral demo` and `corral run` use),
+//! so they stop with an error that says so instead of enqueueing into a
+//! broker that dies with the command.
+//!
+//! Jobs for `corral worker`: until a shared module store exists, a worker
+//! registers its jobs at start, from `--job NAME=a.wasm,b.wasm` (the chain in
+//! order; repeat the option for more jobs) and from `--jobs-dir DIR`, which
+//! registers the example jobs `jobs/build.sh` builds: `text-stats`
+//! (normalize → count_words → top_k), `noop` and `always-fails`. Every
+//! worker of a fleet must be started with the same jobs.
+//!
+//! This module only parses arguments and wires library pieces together.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::{SandboxArgs, parse_duration, print_task};
+use crate::broker::{Broker, RedisBroker, RedisConfig};
+use crate::client::{Client, WaitError};
+use crate::registry::Registry;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::task::{DEFAULT_QUEUE, DEFAULT_TENANT, TaskId, TaskState, parse_arg_pairs};
+use crate::worker::{Worker, WorkerConfig, shutdown_signal};
+
+/// Where the shared broker is.
+#[derive(Debug, Clone, Args)]
+pub(super) struct RedisArgs {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`; several comma-separated
+    /// URLs mean a Redis Cluster. Without it the embedded broker is used,
+    /// which lives only inside one process.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    pub redis: Option<String>,
+    /// Treat a single `--redis` URL as a Redis Cluster seed node.
+    #[arg(long)]
+    pub cluster: bool,
+    /// First part of every Redis key; brokers with different prefixes share
+    /// nothing.
+    #[arg(long, env = "CORRAL_REDIS_PREFIX", default_value = "corral")]
+    pub prefix: String,
+}
+
+impl RedisArgs {
+    /// The Redis config, or the error explaining why `command` needs one.
+    pub fn config(&self, command: &str) -> anyhow::Result<RedisConfig> {
+        let Some(url) = &self.redis else {
+            bail!(
+                "`corral {command}` needs a shared broker: give --redis URL (or set \
+                 CORRAL_REDIS_URL). Without one Corral uses the embedded broker, which lives \
+                 only inside one process, so nothing {command} did could reach another process. \
+                 To try Corral without Redis, use `corral demo` or `corral run`."
+            );
+        };
+        Ok(RedisConfig::new(url.clone())
+            .as_cluster(self.cluster)
+            .prefix(self.prefix.clone()))
+    }
+
+    /// Connects once; a clear error when Redis is not there.
+    pub async fn connect(&self, command: &str) -> anyhow::Result<RedisBroker> {
+        let config = self.config(command)?;
+        RedisBroker::connect(config).await.with_context(|| {
+            format!(
+                "connecting to Redis at {}",
+                self.redis.as_deref().unwrap_or("")
+            )
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct WorkerArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// A queue to take tasks from; repeat for several (earlier ones first).
+    #[arg(long = "queue", default_value = DEFAULT_QUEUE)]
+    queues: Vec<String>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// A job as `NAME=handler.wasm[,handler.wasm...]`, the handler chain in
+    /// order; repeat for more jobs.
+    #[arg(long = "job", value_name = "NAME=FILES")]
+    jobs: Vec<String>,
+    /// Register the example jobs that `jobs/build.sh` builds into this
+    /// folder: `text-stats` (normalize, count_words, top_k), `noop`,
+    /// `always-fails`.
+    #[arg(long)]
+    jobs_dir: Option<PathBuf>,
+    /// The tenant the `--job` and `--jobs-dir` jobs belong to.
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    tenant: String,
+    /// How long a lease lasts without a heartbeat; heartbeats go every third
+    /// of it. A killed worker's tasks are taken again after about this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    lease: Duration,
+    /// How long tasks in flight may finish after SIGINT/SIGTERM before they
+    /// are handed back.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// This worker's id on its leases (default: host-pid-random).
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct EnqueueArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The job to run.
+    job: String,
+    /// An arg as `key=value`; the value is parsed as JSON when it parses.
+    #[arg(short, long = "arg")]
+    args: Vec<String>,
+    /// Run no earlier than this from now, e.g. `10s`, `5m`.
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    /// Attempts before the task goes to the dead set.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// The queue to put it in.
+    #[arg(long, default_value = DEFAULT_QUEUE)]
+    queue: String,
+    /// The owning tenant.
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    tenant: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StatusArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The task id `corral enqueue` printed.
+    id: TaskId,
+    /// The owning tenant.
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    tenant: String,
+    /// Print the stored task as JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct WaitArgs {
+    #[command(flatten)]
+    status: StatusArgs,
+    /// Give up after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+/// Parses `NAME=a.wasm,b.wasm`.
+fn parse_job(spec: &str) -> anyhow::Result<(String, Vec<PathBuf>)> {
+    let Some((name, files)) = spec.split_once('=') else {
+        bail!("--job `{spec}`: expected NAME=handler.wasm[,handler.wasm...]");
+    };
+    let files: Vec<PathBuf> = files
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if name.trim().is_empty() || files.is_empty() {
+        bail!("--job `{spec}`: expected NAME=handler.wasm[,handler.wasm...]");
+    }
+    Ok((name.trim().to_owned(), files))
+}
+
+/// The example jobs of `jobs/build.sh` found in `dir`.
+fn example_jobs(dir: &Path) -> anyhow::Result<Vec<(String, Vec<PathBuf>)>> {
+    let chains: [(&str, &[&str]); 3] = [
+        ("text-stats", &["normalize", "count_words", "top_k"]),
+        ("noop", &["noop"]),
+        ("always-fails", &["fail"]),
+    ];
+    let mut found = Vec::new();
+    for (name, handlers) in chains {
+        let files: Vec<PathBuf> = handlers
+            .iter()
+            .map(|h| dir.join(format!("{h}.wasm")))
+            .collect();
+        if files.iter().all(|f| f.exists()) {
+            found.push((name.to_owned(), files));
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            "no example jobs in {}: build them first with `jobs/build.sh`",
+            dir.display()
+        );
+    }
+    Ok(found)
+}
+
+/// Connects, retrying with backoff until Redis answers or shutdown is asked.
+async fn connect_patiently(redis: &RedisArgs) -> anyhow::Result<Option<RedisBroker>> {
+    let config = redis.config("worker")?;
+    let mut backoff = Duration::from_millis(100);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        match RedisBroker::connect(config.clone()).await {
+            Ok(broker) => return Ok(Some(broker)),
+            Err(e @ crate::broker::BrokerError::Invalid { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "Redis is not reachable yet; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(None),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    // Check the arguments before waiting for Redis.
+    args.redis.config("worker")?;
+    let mut jobs = Vec::new();
+    for spec in &args.jobs {
+        jobs.push(parse_job(spec)?);
+    }
+    if let Some(dir) = &args.jobs_dir {
+        jobs.extend(example_jobs(dir)?);
+    }
+    if jobs.is_empty() {
+        bail!("no jobs to run: give --job NAME=handler.wasm[,...] or --jobs-dir DIR");
+    }
+    let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
+    let limits = args.sandbox.limits();
+    for (name, files) in &jobs {
+        registry
+            .register_files(&args.tenant, name, files, limits)
+            .await
+            .with_context(|| format!("registering job `{name}`"))?;
+        tracing::info!(job = %name, handlers = files.len(), "registered job");
+    }
+
+    let Some(broker) = connect_patiently(&args.redis).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let lease = args.lease.max(Duration::from_millis(300));
+    let mut config = WorkerConfig {
+        queues: args.queues.clone(),
+        concurrency: args.concurrency.max(1),
+        lease,
+        heartbeat_every: lease / 3,
+        shutdown_grace: args.shutdown_grace,
+        ..WorkerConfig::default()
+    };
+    if let Some(id) = &args.id {
+        config.id = id.clone();
+    }
+    eprintln!(
+        "corral worker {}: queues {:?}, concurrency {}, jobs {}",
+        config.id,
+        config.queues,
+        config.concurrency,
+        jobs.iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let worker = Worker::new(broker, registry, config);
+    let stats = worker.stats();
+    worker.run(shutdown_signal()).await?;
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!(
+        "corral worker stopped: {} completed, {} retried, {} dead, {} handed back, {} lost",
+        stats.completed.load(Relaxed),
+        stats.retried.load(Relaxed),
+        stats.dead.load(Relaxed),
+        stats.released.load(Relaxed),
+        stats.lost.load(Relaxed),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let pairs = parse_arg_pairs(args.args.iter().map(String::as_str))?;
+    let broker = args.redis.connect("enqueue").await?;
+    let client = Client::new(broker);
+    let mut builder = client
+        .task(&args.job)
+        .args(pairs)
+        .queue(&args.queue)
+        .tenant(&args.tenant);
+    if let Some(delay) = args.delay {
+        builder = builder.delay(delay);
+    }
+    if let Some(n) = args.max_attempts {
+        if n == 0 {
+            bail!("--max-attempts must be at least 1");
+        }
+        builder = builder.max_attempts(n);
+    }
+    let id = client.enqueue(builder.build()).await?;
+    println!("{id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(task: &crate::task::Task, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(task)?);
+    } else {
+        print_task(task);
+    }
+    Ok(())
+}
+
+pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let broker = args.redis.connect("status").await?;
+    match broker.task(&args.tenant, args.id).await? {
+        Some(task) => {
+            show(&task, args.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "task {} not found for tenant `{}` (never enqueued, or dropped after its retention period)",
+                args.id, args.tenant
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub(super) async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
+    let s = &args.status;
+    let broker = s.redis.connect("wait").await?;
+    let client = Client::new(broker);
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.wait(&s.tenant, s.id, left).await {
+            Ok(task) => {
+                show(&task, s.json)?;
+                return Ok(if task.state == TaskState::Completed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            // Redis restarting is no reason to stop waiting.
+            Err(WaitError::Broker(e)) if !left.is_zero() => {
+                tracing::warn!(error = %e, "reading the task failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+}

@@ -1,0 +1,957 @@
+//! The broker conformance suite: one set of tests, run against every broker.
+//!
+//! Each test below is a generic function over a [`Backend`]; the
+//! `conformance!` macro at the bottom instantiates all of them for the
+//! embedded broker, a standalone Redis (a server of each test's own) and a
+//! three-master Redis Cluster (one per test binary, each test under its own
+//! key prefix). Time is a [`ManualClock`] the tests move; nothing sleeps to
+//! let a lease expire or a delay pass. The embedded broker is the reference:
+//! where the backends could differ, the test states what both must do.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::DateTime;
+use corral::broker::{
+    AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Outcome,
+    RedisBroker, RedisConfig, Retention,
+};
+use corral::clock::{self, Clock, ManualClock};
+use corral::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
+
+use crate::support::redis::{RedisServer, cluster, unique_prefix};
+
+/// A broker under test with the clock it reads.
+pub struct Fixture<B> {
+    pub broker: B,
+    pub clock: ManualClock,
+    /// Keeps the backend's server alive for the test.
+    _server: Option<RedisServer>,
+}
+
+/// A kind of broker the suite runs against.
+pub trait Backend {
+    type B: Broker + Clone;
+    fn make(retention: Retention) -> impl Future<Output = Fixture<Self::B>>;
+}
+
+fn start_clock() -> ManualClock {
+    // A fixed, whole-second start: far from any real "now", so nothing can
+    // pass for being due by accident.
+    ManualClock::new(DateTime::from_timestamp(1_900_000_000, 0).expect("valid time"))
+}
+
+pub struct Embedded;
+impl Backend for Embedded {
+    type B = EmbeddedBroker;
+    async fn make(retention: Retention) -> Fixture<EmbeddedBroker> {
+        let clock = start_clock();
+        let broker = EmbeddedBroker::with_clock(Arc::new(clock.clone()), retention);
+        Fixture {
+            broker,
+            clock,
+            _server: None,
+        }
+    }
+}
+
+pub struct Standalone;
+impl Backend for Standalone {
+    type B = RedisBroker;
+    async fn make(retention: Retention) -> Fixture<RedisBroker> {
+        let server = RedisServer::start();
+        let clock = start_clock();
+        let config = RedisConfig::new(server.url())
+            .clock(Arc::new(clock.clone()))
+            .retention(retention);
+        let broker = RedisBroker::connect(config)
+            .await
+            .expect("connect to redis");
+        Fixture {
+            broker,
+            clock,
+            _server: Some(server),
+        }
+    }
+}
+
+pub struct Cluster;
+impl Backend for Cluster {
+    type B = RedisBroker;
+    async fn make(retention: Retention) -> Fixture<RedisBroker> {
+        let urls = tokio::task::spawn_blocking(|| cluster().urls())
+            .await
+            .expect("cluster start");
+        let clock = start_clock();
+        let config = RedisConfig::cluster(urls)
+            .prefix(unique_prefix("conf"))
+            .clock(Arc::new(clock.clone()))
+            .retention(retention);
+        let broker = RedisBroker::connect(config)
+            .await
+            .expect("connect to cluster");
+        Fixture {
+            broker,
+            clock,
+            _server: None,
+        }
+    }
+}
+
+const T: &str = "default";
+const Q: &str = "default";
+const LEASE: Duration = Duration::from_secs(30);
+
+fn task(n: i64) -> Task {
+    let mut args = ArgsMap::new();
+    args.insert("n".into(), n.into());
+    Task::new("job", args)
+}
+
+fn task_in(tenant: &str, queue: &str, n: i64) -> Task {
+    let mut t = task(n);
+    t.tenant = tenant.into();
+    t.queue_name = queue.into();
+    t
+}
+
+fn req(worker: &str, queues: &[&str], max: usize) -> AcquireRequest {
+    AcquireRequest {
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        worker: worker.into(),
+        max,
+        lease_for: LEASE,
+        block_for: Duration::ZERO,
+    }
+}
+
+async fn take<B: Broker>(b: &B, worker: &str, max: usize) -> Vec<Leased> {
+    b.acquire(&req(worker, &[Q], max)).await.expect("acquire")
+}
+
+async fn take_one<B: Broker>(b: &B, worker: &str) -> Leased {
+    let mut got = take(b, worker, 1).await;
+    assert_eq!(got.len(), 1, "expected one task");
+    got.remove(0)
+}
+
+async fn get<B: Broker>(b: &B, id: TaskId) -> Task {
+    b.task(T, id).await.expect("task").expect("task is stored")
+}
+
+fn error(kind: &str, retryable: bool) -> TaskError {
+    TaskError {
+        kind: kind.into(),
+        message: format!("{kind} happened"),
+        retryable,
+        handler_index: Some(0),
+    }
+}
+
+fn checkpoint(index: u32, log: &str) -> Checkpoint {
+    let mut args = ArgsMap::new();
+    args.insert("step".into(), index.into());
+    args.insert("empty_list".into(), serde_json::json!([]));
+    args.insert("big".into(), serde_json::json!(9_007_199_254_740_993_u64));
+    Checkpoint {
+        current_handler_index: index,
+        args_map: args,
+        result_log: log.into(),
+        log: format!("[{index}:h]line\n"),
+    }
+}
+
+async fn ack_one<B: Broker>(b: &B, lease: &Lease, outcome: Outcome) -> Result<(), BrokerError> {
+    let mut results = b
+        .ack(vec![(lease.clone(), outcome)])
+        .await
+        .expect("ack call");
+    assert_eq!(results.len(), 1);
+    results.remove(0)
+}
+
+fn is_lease_lost<T: std::fmt::Debug>(r: &Result<T, BrokerError>) -> bool {
+    matches!(r, Err(BrokerError::LeaseLost { .. }))
+}
+
+pub async fn enqueue_then_acquire_gives_fifo_leases<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let tasks: Vec<Task> = (0..3).map(task).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+    fx.broker.enqueue(tasks).await.expect("enqueue");
+    let stats = fx.broker.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.pending, stats.active), (3, 0));
+    assert_eq!(get(&fx.broker, ids[0]).await.state, TaskState::Pending);
+
+    let got = take(&fx.broker, "w1", 10).await;
+    assert_eq!(got.iter().map(|l| l.task.task_id).collect::<Vec<_>>(), ids);
+    for (i, l) in got.iter().enumerate() {
+        assert_eq!(l.lease.task_id, l.task.task_id);
+        assert_eq!((l.lease.tenant.as_str(), l.lease.queue.as_str()), (T, Q));
+        assert_eq!(l.lease.worker, "w1");
+        assert!(l.lease.token >= 1);
+        assert_eq!(l.task.state, TaskState::Active);
+        assert_eq!(l.task.attempt, 1);
+        assert_eq!(l.task.args_map["n"], i as i64);
+    }
+    let stats = fx.broker.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.pending, stats.active), (0, 3));
+    let stored = get(&fx.broker, ids[1]).await;
+    assert_eq!((stored.state, stored.attempt), (TaskState::Active, 1));
+    assert!(take(&fx.broker, "w2", 10).await.is_empty());
+}
+
+pub async fn acquire_takes_at_most_max_from_the_queues_asked<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let mut tasks: Vec<Task> = (0..3).map(|n| task_in(T, "a", n)).collect();
+    tasks.extend((0..2).map(|n| task_in(T, "b", n)));
+    fx.broker.enqueue(tasks).await.expect("enqueue");
+    let from_b = fx
+        .broker
+        .acquire(&req("w", &["b"], 10))
+        .await
+        .expect("acquire");
+    assert_eq!(from_b.len(), 2);
+    assert!(
+        from_b
+            .iter()
+            .all(|l| l.task.queue_name == "b" && l.lease.queue == "b")
+    );
+    let a1 = fx
+        .broker
+        .acquire(&req("w", &["a"], 2))
+        .await
+        .expect("acquire");
+    assert_eq!(a1.len(), 2);
+    let a2 = fx
+        .broker
+        .acquire(&req("w", &["a", "b"], 2))
+        .await
+        .expect("acquire");
+    assert_eq!(a2.len(), 1);
+    assert!(
+        fx.broker
+            .acquire(&req("w", &["a", "b"], 2))
+            .await
+            .expect("acquire")
+            .is_empty()
+    );
+    assert!(
+        fx.broker
+            .acquire(&req("w", &["a"], 0))
+            .await
+            .expect("acquire")
+            .is_empty()
+    );
+}
+
+pub async fn duplicates_and_invalid_tasks_are_refused<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    match fx.broker.enqueue(vec![t.clone()]).await {
+        Err(BrokerError::Duplicate { task_id, .. }) => assert_eq!(task_id, t.task_id),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    let good = task(2);
+    let mut bad = task(3);
+    bad.job_name = " ".into();
+    match fx.broker.enqueue(vec![good.clone(), bad]).await {
+        Err(BrokerError::Invalid { reason, .. }) => {
+            assert!(reason.contains("job_name"), "{reason}")
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(
+        fx.broker
+            .task(T, good.task_id)
+            .await
+            .expect("task")
+            .is_none()
+    );
+    assert_eq!(fx.broker.stats(T, Q).await.expect("stats").pending, 1);
+}
+
+pub async fn update_saves_progress_only_under_the_current_token<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    let l = take_one(&fx.broker, "w").await;
+    let cp = checkpoint(1, "first line");
+    fx.broker.update(&l.lease, &cp).await.expect("update");
+    let stored = get(&fx.broker, t.task_id).await;
+    assert_eq!(stored.current_handler_index, 1);
+    assert_eq!(stored.result_log, "first line");
+    assert_eq!(stored.args_map, cp.args_map, "args survive byte for byte");
+    assert_eq!(stored.log, cp.log);
+    assert_eq!(stored.original_args_map, t.original_args_map);
+    assert_eq!(stored.state, TaskState::Active);
+
+    let stale = Lease {
+        token: l.lease.token + 1,
+        ..l.lease.clone()
+    };
+    assert!(is_lease_lost(
+        &fx.broker.update(&stale, &checkpoint(2, "x")).await
+    ));
+    let stranger = Lease {
+        task_id: TaskId::new(),
+        ..l.lease.clone()
+    };
+    assert!(is_lease_lost(
+        &fx.broker.update(&stranger, &checkpoint(2, "x")).await
+    ));
+    assert_eq!(get(&fx.broker, t.task_id).await.current_handler_index, 1);
+}
+
+pub async fn completing_stores_the_result_and_repeats_are_harmless<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    let l = take_one(&fx.broker, "w").await;
+    let done = checkpoint(3, "a\nb\nc");
+    ack_one(&fx.broker, &l.lease, Outcome::Completed(done.clone()))
+        .await
+        .expect("ack");
+    let stored = get(&fx.broker, t.task_id).await;
+    assert_eq!(stored.state, TaskState::Completed);
+    assert_eq!(stored.result_log, "a\nb\nc");
+    assert_eq!(stored.current_handler_index, 3);
+    assert_eq!(stored.args_map, done.args_map);
+    assert_eq!(stored.error, None);
+    let stats = fx.broker.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.active, stats.completed), (0, 1));
+
+    // The same ack again (its first reply was lost): accepted, no change.
+    ack_one(&fx.broker, &l.lease, Outcome::Completed(done))
+        .await
+        .expect("repeat ack");
+    assert_eq!(fx.broker.stats(T, Q).await.expect("stats").completed, 1);
+    // A different outcome, or the lease used after the fact: refused.
+    assert!(is_lease_lost(
+        &ack_one(&fx.broker, &l.lease, Outcome::Dead(error("late", false))).await
+    ));
+    assert!(is_lease_lost(
+        &fx.broker.update(&l.lease, &checkpoint(1, "late")).await
+    ));
+    assert_eq!(get(&fx.broker, t.task_id).await.state, TaskState::Completed);
+}
+
+pub async fn a_retry_waits_for_its_time_and_keeps_its_error<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    let l = take_one(&fx.broker, "w").await;
+    fx.broker
+        .update(&l.lease, &checkpoint(1, "one"))
+        .await
+        .expect("update");
+    let at = clock::add(fx.clock.now(), Duration::from_secs(10));
+    let err = error("flaky", true);
+    ack_one(
+        &fx.broker,
+        &l.lease,
+        Outcome::Retry {
+            error: err.clone(),
+            at,
+        },
+    )
+    .await
+    .expect("ack");
+    let stored = get(&fx.broker, t.task_id).await;
+    assert_eq!(stored.state, TaskState::Retrying);
+    assert_eq!(stored.error.as_ref(), Some(&err));
+    assert_eq!(stored.run_at, Some(at));
+    assert_eq!(fx.broker.stats(T, Q).await.expect("stats").scheduled, 1);
+    assert!(take(&fx.broker, "w", 1).await.is_empty(), "not due yet");
+
+    fx.clock.advance(Duration::from_secs(11));
+    let again = take_one(&fx.broker, "w").await;
+    assert_eq!(again.task.task_id, t.task_id);
+    assert_eq!(again.task.attempt, 2);
+    assert!(again.lease.token > l.lease.token);
+    assert_eq!(
+        again.task.current_handler_index, 1,
+        "resumes at its checkpoint"
+    );
+    assert_eq!(again.task.result_log, "one");
+    assert_eq!(
+        again.task.error.as_ref(),
+        Some(&err),
+        "the last error stays visible"
+    );
+    assert!(is_lease_lost(
+        &fx.broker.update(&l.lease, &checkpoint(2, "old")).await
+    ));
+}
+
+pub async fn a_dead_task_lands_in_the_dead_set<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    let l = take_one(&fx.broker, "w").await;
+    let err = error("fatal", false);
+    ack_one(&fx.broker, &l.lease, Outcome::Dead(err.clone()))
+        .await
+        .expect("ack");
+    let stored = get(&fx.broker, t.task_id).await;
+    assert_eq!(
+        (stored.state, stored.error.as_ref()),
+        (TaskState::Dead, Some(&err))
+    );
+    assert_eq!(fx.broker.stats(T, Q).await.expect("stats").dead, 1);
+    let dead = fx.broker.dead(T, Q, 10).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].task_id, t.task_id);
+    assert_eq!(dead[0].error.as_ref(), Some(&err));
+    assert!(
+        fx.broker
+            .dead(T, "other", 10)
+            .await
+            .expect("dead")
+            .is_empty()
+    );
+}
+
+pub async fn release_hands_back_to_the_front_without_counting<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let (a, b) = (task(1), task(2));
+    fx.broker
+        .enqueue(vec![a.clone(), b.clone()])
+        .await
+        .expect("enqueue");
+    let first = take_one(&fx.broker, "w").await;
+    assert_eq!(first.task.task_id, a.task_id);
+    ack_one(&fx.broker, &first.lease, Outcome::Release)
+        .await
+        .expect("release");
+    let stored = get(&fx.broker, a.task_id).await;
+    assert_eq!((stored.state, stored.attempt), (TaskState::Pending, 0));
+    ack_one(&fx.broker, &first.lease, Outcome::Release)
+        .await
+        .expect("repeat release");
+    let again = take_one(&fx.broker, "w2").await;
+    assert_eq!(
+        again.task.task_id, a.task_id,
+        "released task is next in line"
+    );
+    assert_eq!(again.task.attempt, 1);
+    assert!(again.lease.token > first.lease.token);
+    assert!(is_lease_lost(
+        &ack_one(&fx.broker, &first.lease, Outcome::Release).await
+    ));
+    assert_eq!(take_one(&fx.broker, "w").await.task.task_id, b.task_id);
+}
+
+pub async fn heartbeats_keep_leases_and_name_the_lost_ones<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    fx.broker
+        .enqueue(vec![task(1), task(2)])
+        .await
+        .expect("enqueue");
+    let got = take(&fx.broker, "w", 2).await;
+    let leases: Vec<Lease> = got.iter().map(|l| l.lease.clone()).collect();
+    fx.clock.advance(Duration::from_secs(20));
+    let lost = fx
+        .broker
+        .heartbeat(&leases, LEASE)
+        .await
+        .expect("heartbeat");
+    assert!(lost.is_empty(), "{lost:?}");
+    fx.clock.advance(Duration::from_secs(20));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(m.recovered, 0, "heartbeat moved the expiry");
+    // Only the first lease is kept alive from here.
+    let lost = fx
+        .broker
+        .heartbeat(&leases[..1], LEASE)
+        .await
+        .expect("heartbeat");
+    assert!(lost.is_empty());
+    fx.clock.advance(Duration::from_secs(15));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(m.recovered, 1);
+    let lost = fx
+        .broker
+        .heartbeat(&leases, LEASE)
+        .await
+        .expect("heartbeat");
+    assert_eq!(lost, vec![leases[1].task_id]);
+    let stranger = Lease {
+        task_id: TaskId::new(),
+        ..leases[0].clone()
+    };
+    assert_eq!(
+        fx.broker
+            .heartbeat(&[stranger.clone()], LEASE)
+            .await
+            .expect("heartbeat"),
+        vec![stranger.task_id]
+    );
+}
+
+pub async fn an_expired_lease_is_recovered_and_the_old_holder_fenced<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    let old = take_one(&fx.broker, "w1").await;
+    fx.broker
+        .update(&old.lease, &checkpoint(1, "before the crash"))
+        .await
+        .expect("update");
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!((m.recovered, m.expired_dead), (1, 0));
+    assert_eq!(get(&fx.broker, t.task_id).await.state, TaskState::Pending);
+    let new = take_one(&fx.broker, "w2").await;
+    assert_eq!(new.task.attempt, 2);
+    assert!(new.lease.token > old.lease.token);
+    assert_eq!(
+        new.task.current_handler_index, 1,
+        "resumes from the checkpoint"
+    );
+    assert_eq!(new.task.result_log, "before the crash");
+
+    assert!(is_lease_lost(
+        &fx.broker.update(&old.lease, &checkpoint(2, "zombie")).await
+    ));
+    assert!(is_lease_lost(
+        &ack_one(
+            &fx.broker,
+            &old.lease,
+            Outcome::Completed(checkpoint(3, "zombie"))
+        )
+        .await
+    ));
+    assert_eq!(
+        fx.broker
+            .heartbeat(&[old.lease.clone()], LEASE)
+            .await
+            .expect("heartbeat"),
+        vec![t.task_id]
+    );
+    ack_one(
+        &fx.broker,
+        &new.lease,
+        Outcome::Completed(checkpoint(3, "done")),
+    )
+    .await
+    .expect("ack");
+    assert_eq!(get(&fx.broker, t.task_id).await.result_log, "done");
+}
+
+pub async fn expiry_on_the_last_attempt_is_death<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let mut t = task(1);
+    t.max_attempts = 2;
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    for attempt in 1..=2 {
+        let l = take_one(&fx.broker, "w").await;
+        assert_eq!(l.task.attempt, attempt);
+        fx.broker
+            .update(&l.lease, &checkpoint(2, "half"))
+            .await
+            .expect("update");
+        fx.clock.advance(LEASE + Duration::from_secs(1));
+        let m = fx.broker.maintain().await.expect("maintain");
+        assert_eq!(
+            (m.recovered, m.expired_dead),
+            if attempt == 1 { (1, 0) } else { (0, 1) }
+        );
+    }
+    let stored = get(&fx.broker, t.task_id).await;
+    assert_eq!(stored.state, TaskState::Dead);
+    let err = stored.error.expect("an error");
+    assert_eq!(err.kind, "lease_expired");
+    assert!(!err.retryable);
+    assert_eq!(err.handler_index, Some(2));
+    assert!(err.message.contains("attempt 2 of 2"), "{}", err.message);
+    assert_eq!(fx.broker.dead(T, Q, 5).await.expect("dead").len(), 1);
+    assert!(take(&fx.broker, "w", 1).await.is_empty());
+}
+
+pub async fn delayed_tasks_wait_for_their_time<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let now = fx.clock.now();
+    let mut a = task(1);
+    a.run_at = Some(clock::add(now, Duration::from_secs(60)));
+    let mut b = task(2);
+    b.run_at = Some(clock::add(now, Duration::from_secs(120)));
+    let mut past = task(3);
+    past.run_at = Some(now - chrono::Duration::seconds(5));
+    fx.broker
+        .enqueue(vec![a.clone(), b.clone(), past.clone()])
+        .await
+        .expect("enqueue");
+    assert_eq!(get(&fx.broker, a.task_id).await.state, TaskState::Scheduled);
+    let stats = fx.broker.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.pending, stats.scheduled), (1, 2));
+    let first = take_one(&fx.broker, "w").await;
+    assert_eq!(first.task.task_id, past.task_id);
+    ack_one(
+        &fx.broker,
+        &first.lease,
+        Outcome::Completed(checkpoint(1, "x")),
+    )
+    .await
+    .expect("ack");
+    assert!(take(&fx.broker, "w", 5).await.is_empty());
+
+    fx.clock.advance(Duration::from_secs(61));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(m.promoted, 1, "maintenance makes due tasks pending");
+    assert_eq!(get(&fx.broker, a.task_id).await.state, TaskState::Pending);
+    let second = take_one(&fx.broker, "w").await;
+    assert_eq!(second.task.task_id, a.task_id);
+    ack_one(
+        &fx.broker,
+        &second.lease,
+        Outcome::Completed(checkpoint(1, "x")),
+    )
+    .await
+    .expect("ack");
+
+    fx.clock.advance(Duration::from_secs(60));
+    // No maintenance pass: acquire itself sees the due task.
+    assert_eq!(take_one(&fx.broker, "w").await.task.task_id, b.task_id);
+}
+
+pub async fn finished_tasks_go_after_their_retention_time<K: Backend>() {
+    let retention = Retention {
+        completed_ttl: Duration::from_secs(60),
+        dead_ttl: Duration::from_secs(600),
+        ..Retention::default()
+    };
+    let fx = K::make(retention).await;
+    let (a, b) = (task(1), task(2));
+    fx.broker
+        .enqueue(vec![a.clone(), b.clone()])
+        .await
+        .expect("enqueue");
+    let la = take_one(&fx.broker, "w").await;
+    let lb = take_one(&fx.broker, "w").await;
+    ack_one(
+        &fx.broker,
+        &la.lease,
+        Outcome::Completed(checkpoint(1, "a")),
+    )
+    .await
+    .expect("ack");
+    ack_one(&fx.broker, &lb.lease, Outcome::Dead(error("fatal", false)))
+        .await
+        .expect("ack");
+    fx.clock.advance(Duration::from_secs(30));
+    assert_eq!(fx.broker.maintain().await.expect("maintain").trimmed, 0);
+    assert!(fx.broker.task(T, a.task_id).await.expect("task").is_some());
+    fx.clock.advance(Duration::from_secs(31));
+    assert_eq!(fx.broker.maintain().await.expect("maintain").trimmed, 1);
+    assert!(fx.broker.task(T, a.task_id).await.expect("task").is_none());
+    assert!(fx.broker.task(T, b.task_id).await.expect("task").is_some());
+    fx.clock.advance(Duration::from_secs(600));
+    assert_eq!(fx.broker.maintain().await.expect("maintain").trimmed, 1);
+    assert!(fx.broker.task(T, b.task_id).await.expect("task").is_none());
+    let stats = fx.broker.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.completed, stats.dead), (0, 0));
+}
+
+pub async fn finished_sets_keep_only_the_newest<K: Backend>() {
+    let retention = Retention {
+        max_completed: 3,
+        max_dead: 2,
+        ..Retention::default()
+    };
+    let fx = K::make(retention).await;
+    let tasks: Vec<Task> = (0..9).map(task).collect();
+    fx.broker.enqueue(tasks.clone()).await.expect("enqueue");
+    for i in 0..9 {
+        let l = take_one(&fx.broker, "w").await;
+        assert_eq!(l.task.task_id, tasks[i].task_id);
+        let outcome = if i < 5 {
+            Outcome::Completed(checkpoint(1, "done"))
+        } else {
+            Outcome::Dead(error("fatal", false))
+        };
+        ack_one(&fx.broker, &l.lease, outcome).await.expect("ack");
+        fx.clock.advance(Duration::from_secs(1));
+    }
+    fx.broker.maintain().await.expect("maintain");
+    let stats = fx.broker.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.completed, stats.dead), (3, 2));
+    for (i, t) in tasks.iter().enumerate() {
+        let kept = fx.broker.task(T, t.task_id).await.expect("task").is_some();
+        let expect = (2..5).contains(&i) || (7..9).contains(&i);
+        assert_eq!(kept, expect, "task {i}");
+    }
+    let dead = fx.broker.dead(T, Q, 10).await.expect("dead");
+    let dead_ids: Vec<TaskId> = dead.iter().map(|t| t.task_id).collect();
+    assert_eq!(
+        dead_ids,
+        vec![tasks[8].task_id, tasks[7].task_id],
+        "newest first"
+    );
+}
+
+pub async fn a_blocked_acquire_wakes_for_an_enqueue<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let broker = fx.broker.clone();
+    let waiting = tokio::spawn(async move {
+        let mut r = req("w", &[Q], 4);
+        r.block_for = Duration::from_secs(120);
+        broker.acquire(&r).await
+    });
+    // Let the acquire reach its wait (if it has not, it finds the task on
+    // its first look; either way it must come back with it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the blocked acquire woke up long before its block_for")
+        .expect("join")
+        .expect("acquire");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].task.task_id, t.task_id);
+}
+
+pub async fn a_blocked_acquire_wakes_for_a_recovered_task<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    let first = take_one(&fx.broker, "w1").await;
+    let broker = fx.broker.clone();
+    let waiting = tokio::spawn(async move {
+        let mut r = req("w2", &[Q], 4);
+        r.block_for = Duration::from_secs(120);
+        broker.acquire(&r).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    assert_eq!(fx.broker.maintain().await.expect("maintain").recovered, 1);
+    let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the blocked acquire woke up long before its block_for")
+        .expect("join")
+        .expect("acquire");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].lease.worker, "w2");
+    assert!(got[0].lease.token > first.lease.token);
+}
+
+pub async fn an_idle_acquire_gives_up_after_block_for<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let mut r = req("w", &[Q, "other"], 8);
+    r.block_for = Duration::from_millis(300);
+    assert!(fx.broker.acquire(&r).await.expect("acquire").is_empty());
+}
+
+pub async fn tenants_share_a_worker_fairly<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let flood: Vec<Task> = (0..20).map(|n| task_in("acme", Q, n)).collect();
+    let trickle: Vec<Task> = (0..3).map(|n| task_in("beta", Q, n)).collect();
+    fx.broker.enqueue(flood).await.expect("enqueue");
+    fx.broker.enqueue(trickle).await.expect("enqueue");
+    let count =
+        |got: &[Leased], tenant: &str| got.iter().filter(|l| l.task.tenant == tenant).count();
+    let got = take(&fx.broker, "w", 6).await;
+    assert_eq!((count(&got, "acme"), count(&got, "beta")), (3, 3));
+    for l in &got {
+        assert_eq!(l.lease.tenant, l.task.tenant);
+    }
+    // One at a time, tenants take turns.
+    fx.broker
+        .enqueue((0..2).map(|n| task_in("beta", Q, n)).collect())
+        .await
+        .expect("enqueue");
+    let mut singles = Vec::new();
+    for _ in 0..4 {
+        singles.extend(take(&fx.broker, "w", 1).await);
+    }
+    assert_eq!((count(&singles, "acme"), count(&singles, "beta")), (2, 2));
+    assert_ne!(singles[0].task.tenant, singles[1].task.tenant);
+}
+
+pub async fn malformed_entries_go_dead_and_acquire_carries_on<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let good_raw = task(7);
+    let wrong_tenant = task_in("mallory", Q, 1);
+    let mut missing = serde_json::to_value(task(8)).expect("json");
+    missing.as_object_mut().expect("object").remove("job_name");
+    let entries: Vec<Vec<u8>> = vec![
+        b"{not json at all".to_vec(),
+        serde_json::to_vec(&missing).expect("json"),
+        good_raw.to_json(),
+        wrong_tenant.to_json(),
+        good_raw.to_json(),
+    ];
+    for raw in entries {
+        fx.broker.enqueue_raw(T, Q, raw).await.expect("raw push");
+    }
+    let normal = task(9);
+    fx.broker
+        .enqueue(vec![normal.clone()])
+        .await
+        .expect("enqueue");
+
+    let got = take(&fx.broker, "w", 10).await;
+    let ids: Vec<TaskId> = got.iter().map(|l| l.task.task_id).collect();
+    assert_eq!(ids, vec![good_raw.task_id, normal.task_id]);
+    assert_eq!(got[0].task.original_args_map, good_raw.original_args_map);
+    assert_eq!(
+        (got[0].task.state, got[0].task.attempt),
+        (TaskState::Active, 1)
+    );
+    assert!(take(&fx.broker, "w", 10).await.is_empty());
+
+    let dead = fx.broker.dead(T, Q, 10).await.expect("dead");
+    assert_eq!(dead.len(), 4, "{dead:#?}");
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|t| {
+            assert_eq!(t.state, TaskState::Dead);
+            let e = t.error.as_ref().expect("a reason");
+            assert_eq!(e.kind, "malformed");
+            assert!(!e.retryable);
+            e.message.clone()
+        })
+        .collect();
+    let has = |needle: &str| reasons.iter().any(|r| r.contains(needle));
+    assert!(
+        has("key must be a string") || has("expected"),
+        "{reasons:?}"
+    );
+    assert!(has("missing field `job_name`"), "{reasons:?}");
+    assert!(has("`mallory`"), "{reasons:?}");
+    assert!(
+        has(&format!("task_id {} already exists", good_raw.task_id)),
+        "{reasons:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|t| t.original_args_map["raw"] == "{not json at all")
+    );
+    // A dead stand-in is readable by its id like any task.
+    let any = &dead[0];
+    assert_eq!(get(&fx.broker, any.task_id).await.state, TaskState::Dead);
+    let stats = fx.broker.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.pending, stats.active, stats.dead), (0, 2, 4));
+}
+
+pub async fn tenants_see_only_their_own_tasks<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let mine = task_in("acme", "q1", 1);
+    fx.broker
+        .enqueue(vec![mine.clone()])
+        .await
+        .expect("enqueue");
+    assert!(
+        fx.broker
+            .task("acme", mine.task_id)
+            .await
+            .expect("task")
+            .is_some()
+    );
+    assert!(
+        fx.broker
+            .task("other", mine.task_id)
+            .await
+            .expect("task")
+            .is_none()
+    );
+    assert!(
+        fx.broker
+            .task(T, mine.task_id)
+            .await
+            .expect("task")
+            .is_none()
+    );
+    assert_eq!(
+        fx.broker.stats("other", "q1").await.expect("stats").pending,
+        0
+    );
+    assert_eq!(
+        fx.broker.stats("acme", "q2").await.expect("stats").pending,
+        0
+    );
+    assert_eq!(
+        fx.broker.stats("acme", "q1").await.expect("stats").pending,
+        1
+    );
+    // Odd names are names, not key syntax.
+    let odd = task_in("a:{b}", "c}:d", 1);
+    fx.broker.enqueue(vec![odd.clone()]).await.expect("enqueue");
+    assert!(
+        fx.broker
+            .task("a:{b}", odd.task_id)
+            .await
+            .expect("task")
+            .is_some()
+    );
+    let got = fx
+        .broker
+        .acquire(&req("w", &["c}:d"], 5))
+        .await
+        .expect("acquire");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].lease.tenant.as_str(), got[0].lease.queue.as_str()),
+        ("a:{b}", "c}:d")
+    );
+}
+
+pub async fn a_bulk_enqueue_keeps_its_order<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let tasks: Vec<Task> = (0..2500).map(task).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+    fx.broker.enqueue(tasks).await.expect("enqueue");
+    assert_eq!(fx.broker.stats(T, Q).await.expect("stats").pending, 2500);
+    let mut taken = Vec::new();
+    while taken.len() < ids.len() {
+        let got = take(&fx.broker, "w", 1000).await;
+        assert!(!got.is_empty(), "ran dry after {}", taken.len());
+        taken.extend(got.into_iter().map(|l| l.task.task_id));
+    }
+    assert_eq!(taken, ids);
+}
+
+macro_rules! conformance {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            conformance!(@tests $backend;
+                enqueue_then_acquire_gives_fifo_leases,
+                acquire_takes_at_most_max_from_the_queues_asked,
+                duplicates_and_invalid_tasks_are_refused,
+                update_saves_progress_only_under_the_current_token,
+                completing_stores_the_result_and_repeats_are_harmless,
+                a_retry_waits_for_its_time_and_keeps_its_error,
+                a_dead_task_lands_in_the_dead_set,
+                release_hands_back_to_the_front_without_counting,
+                heartbeats_keep_leases_and_name_the_lost_ones,
+                an_expired_lease_is_recovered_and_the_old_holder_fenced,
+                expiry_on_the_last_attempt_is_death,
+                delayed_tasks_wait_for_their_time,
+                finished_tasks_go_after_their_retention_time,
+                finished_sets_keep_only_the_newest,
+                a_blocked_acquire_wakes_for_an_enqueue,
+                a_blocked_acquire_wakes_for_a_recovered_task,
+                an_idle_acquire_gives_up_after_block_for,
+                tenants_share_a_worker_fairly,
+                malformed_entries_go_dead_and_acquire_carries_on,
+                tenants_see_only_their_own_tasks,
+                a_bulk_enqueue_keeps_its_order
+            );
+        }
+    };
+    (@tests $backend:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                super::$name::<$backend>().await;
+            }
+        )*
+    };
+}
+
+conformance!(embedded, super::Embedded);
+conformance!(redis, super::Standalone);
+conformance!(redis_cluster, super::Cluster);

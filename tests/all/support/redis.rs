@@ -1,0 +1,283 @@
+//! Redis servers for tests: each on a free loopback port, in a temp dir of
+//! its own, never the machine's Redis on 6379.
+//!
+//! [`RedisServer::start`] spawns `redis-server` under a small `sh` guard
+//! that holds the server's pid and kills it when the guard's stdin closes.
+//! The test keeps the write end of that pipe, so the server stops when the
+//! [`RedisServer`] is dropped, and also when the test process dies in any
+//! way (even SIGKILL): the kernel closes the pipe. [`cluster`] starts one
+//! three-master Redis Cluster per test binary, shared by the tests (each
+//! uses its own key prefix), created with `redis-cli --cluster create`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of the test's own.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    guard: Option<(Child, ChildStdin)>,
+    pid: u32,
+}
+
+/// A loopback port nothing listens on now (nor, if `bus`, on port + 10000,
+/// which a cluster node also needs).
+pub fn free_port(bus: bool) -> u16 {
+    for _ in 0..1000 {
+        let port = if bus {
+            20_000 + rand::random::<u16>() % 20_000
+        } else {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+            listener.local_addr().expect("local addr").port()
+        };
+        if port == 6379 || port > 55_000 {
+            continue;
+        }
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && (!bus || free(port + 10_000)) {
+            return port;
+        }
+    }
+    panic!("no free loopback port found");
+}
+
+/// Sends PING over a raw connection; true on `+PONG`.
+pub fn ping(port: u16) -> bool {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+impl RedisServer {
+    /// A server with persistence off.
+    pub fn start() -> Self {
+        Self::start_with(&["--appendonly", "no"])
+    }
+
+    /// A server with extra `redis-server` options (e.g. `--appendonly yes`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let mut server = Self {
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            guard: None,
+            pid: 0,
+        };
+        for _ in 0..5 {
+            server.port = free_port(extra.contains(&"--cluster-enabled"));
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start; see {}", server.log().display());
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Starts the server on `self.port`; false if it did not answer PING.
+    fn spawn(&mut self) -> bool {
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            self.port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            self.dir.path().display().to_string(),
+            "--logfile".into(),
+            self.log().display().to_string(),
+            "--save".into(),
+            "".into(),
+            "--daemonize".into(),
+            "no".into(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        // The guard: start the server, print its pid, wait for stdin to
+        // close (drop, or this process dying), then stop it gracefully.
+        let script = r#"/usr/bin/redis-server "$@" & pid=$!; echo $pid; read _unused; kill -TERM $pid 2>/dev/null; wait $pid"#;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh for redis-server");
+        let stdin = child.stdin.take().expect("guard stdin");
+        let stdout = child.stdout.take().expect("guard stdout");
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        self.pid = line.trim().parse().unwrap_or(0);
+        self.guard = Some((child, stdin));
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < give_up {
+            if ping(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop();
+        false
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the server gracefully (SIGTERM: it writes its append-only file
+    /// out) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.guard.take() {
+            drop(stdin);
+            let give_up = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < give_up {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.pid.to_string())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and starts it again on the same port and data
+    /// directory (what it persisted comes back).
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    /// Runs `redis-cli` against this server; returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `redis-cli -p port args...`; returns stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A three-master Redis Cluster.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    fn create() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--appendonly",
+                    "no",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < give_up,
+                "the cluster never reached state ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { nodes }
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Every node's port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+}
+
+/// The test binary's cluster, created on first use and stopped when the
+/// process exits (the guards' pipes close).
+pub fn cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(RedisCluster::create)
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    format!("t-{name}-{:08x}", rand::random::<u32>())
+}
