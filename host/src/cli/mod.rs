@@ -5,6 +5,7 @@
 //! is needed to embed Corral in an application.
 
 mod bench_e2e;
+pub mod bench_sandbox;
 mod broker_cmds;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// The sandbox: per-task overhead, native baseline, compile and cached
+    /// load times, fuel metering cost, resident memory over many tasks.
+    Sandbox(bench_sandbox::SandboxBenchArgs),
     /// End to end through Redis with one worker process: throughput, single
     /// and bulk enqueue rates, enqueue-to-start latency, worker memory.
     E2e(bench_e2e::E2eArgs),
@@ -153,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo(args).await,
         Command::Run(args) => run_job(args).await,
+        Command::Bench(BenchCommand::Sandbox(args)) => bench_sandbox::run(args).await,
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args).await,
         Command::Worker(args) => broker_cmds::worker(args).await,
         Command::Enqueue(args) => broker_cmds::enqueue(args).await,

@@ -2,7 +2,10 @@
 //!
 //! Every way a guest can misbehave maps to one [`HandlerFailure`] variant
 //! with a stable [`kind`](HandlerFailure::kind) string, so a task's error
-//! says exactly what happened and tests can assert it.
+//! says exactly what happened and tests can assert it; every way bytes can
+//! fail to become a handler maps to one [`LoadError`] with its own
+//! [`kind`](LoadError::kind). This module only names failures; the sandbox
+//! decides which one happened.
 
 use std::time::Duration;
 
@@ -35,6 +38,10 @@ pub enum LoadError {
     /// `handle` function with the right type.
     #[error("component does not implement the corral:job/handler world: {0}")]
     WrongWorld(String),
+    /// The component needs more memories, tables or initial memory than
+    /// any sandbox instance may have, so it could never be instantiated.
+    #[error("component needs more than a sandbox instance allows: {0}")]
+    OverEngineLimits(String),
 }
 
 impl LoadError {
@@ -47,6 +54,7 @@ impl LoadError {
             LoadError::Invalid(_) => "invalid_component",
             LoadError::UnsupportedImport(_) => "unsupported_import",
             LoadError::WrongWorld(_) => "wrong_world",
+            LoadError::OverEngineLimits(_) => "over_engine_limits",
         }
     }
 }
@@ -85,8 +93,15 @@ pub enum HandlerFailure {
     /// The guest overflowed its stack.
     #[error("overflowed its stack")]
     StackOverflow,
-    /// The guest trapped (`unreachable`, which is how a Rust panic ends,
-    /// division by zero, out-of-bounds access, ...).
+    /// The guest panicked: it trapped on `unreachable` after writing a Rust
+    /// panic message (`... panicked at <location>:`) to stderr.
+    #[error("panicked: {message}")]
+    Panic {
+        /// The panic message and where it was raised, from stderr.
+        message: String,
+    },
+    /// The guest trapped (`unreachable`, division by zero, out-of-bounds
+    /// access, ...) other than by a recognised panic.
     #[error("trapped: {message}")]
     Trap {
         /// The trap and, when the guest wrote any, the end of its stderr.
@@ -129,6 +144,7 @@ impl HandlerFailure {
             HandlerFailure::Deadline { .. } => "deadline",
             HandlerFailure::MemoryLimit { .. } => "memory_limit",
             HandlerFailure::StackOverflow => "stack_overflow",
+            HandlerFailure::Panic { .. } => "panic",
             HandlerFailure::Trap { .. } => "trap",
             HandlerFailure::OutputTooLarge { .. } => "output_too_large",
             HandlerFailure::BadOutput { .. } => "bad_output",

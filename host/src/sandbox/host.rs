@@ -2,10 +2,19 @@
 //! the deny-by-default WASI context.
 //!
 //! Each handler call gets a fresh [`HostState`]: a WASI context with no
-//! preopened directories, no sockets, no environment and no arguments (clocks
-//! and random only), stdout and stderr captured into a [`CallLog`] capped at
-//! the job's log budget, and a resource limiter that turns growth past the
-//! memory limit into a typed trap. Nothing here outlives the call.
+//! preopened directories, no sockets, no name lookup, no environment and no
+//! arguments (clocks and random only; stdin is closed), stdout and stderr
+//! captured into a [`CallLog`] capped at the job's log budget, a resource
+//! limiter that turns growth past the memory limit into a typed trap, and a
+//! cap on host-side resources (streams, pollables) a guest may hold open.
+//! Nothing here outlives the call, and nothing here may grant a guest more
+//! than that: no file, socket or environment access is ever added per job.
+//!
+//! The WASI context is built on the guest's first WASI call rather than with
+//! the store: building one seeds two random number generators and boxes a
+//! dozen trait objects, a measurable share of a task's cost, and handlers
+//! that never touch WASI (the common case for pure data transforms) never pay
+//! it. What the guest can reach is identical either way.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +26,23 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::corral::job::host::{self, Level};
+
+/// Host resources (streams, pollables, ...) one call may hold at once.
+///
+/// wasmtime's default is a million entries, enough for a guest to make the
+/// host allocate hundreds of MiB it cannot account for; a handler needs a
+/// handful. The component model separately caps the guest's own handles at
+/// 100,000 per store.
+const MAX_HOST_RESOURCES: usize = 10_000;
+
+/// Largest single `get-random-bytes` request, in bytes. The host allocates
+/// the whole buffer before copying it into the guest, so this bounds a host
+/// allocation the guest controls (wasmtime's default is 64 MiB).
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// How much of the end of stderr is kept, whatever the log budget, to find a
+/// panic message after the guest trapped.
+const STDERR_TAIL_BYTES: usize = 2 << 10;
 
 /// Which stream a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,32 +77,51 @@ pub struct CallLog {
     dropped: u64,
     /// Partial lines of stdout and stderr, flushed as whole lines.
     pending: [Vec<u8>; 2],
+    /// The last bytes written to stderr, kept past the budget.
+    stderr_tail: Vec<u8>,
+}
+
+/// What a call's log came to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FinishedLog {
+    /// The labelled lines, and a last line noting a truncation if any.
+    pub text: String,
+    /// The end of stderr, kept whatever the budget (at most 2 KiB).
+    pub stderr_tail: String,
 }
 
 impl CallLog {
-    fn new(budget: usize) -> Self {
+    /// An empty log keeping at most `budget` bytes.
+    pub fn new(budget: usize) -> Self {
         Self {
             budget,
             ..Self::default()
         }
     }
 
-    fn push_line(&mut self, source: LogSource, line: &str) {
+    /// Appends `[label] line`; returns whether it fit in the budget.
+    fn push_line(&mut self, source: LogSource, line: &str) -> bool {
         let label = source.label();
         let needed = label.len() + line.len() + 4;
         if self.text.len() + needed > self.budget {
             self.dropped += line.len() as u64 + 1;
-            return;
+            return false;
         }
         self.text.push('[');
         self.text.push_str(label);
         self.text.push_str("] ");
         self.text.push_str(line);
         self.text.push('\n');
+        true
     }
 
     fn write_stream(&mut self, source: LogSource, bytes: &[u8]) {
         let slot = usize::from(source == LogSource::Stderr);
+        if source == LogSource::Stderr {
+            self.stderr_tail.extend_from_slice(bytes);
+            let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL_BYTES);
+            self.stderr_tail.drain(..excess);
+        }
         // Do not buffer more than the budget for a line that never ends.
         if self.text.len() + self.pending[slot].len() > self.budget {
             self.dropped += bytes.len() as u64;
@@ -92,7 +137,7 @@ impl CallLog {
 
     /// The captured text, with unterminated lines flushed and a note when
     /// anything was dropped.
-    pub fn finish(mut self) -> String {
+    pub fn finish(mut self) -> FinishedLog {
         for (slot, source) in [(0, LogSource::Stdout), (1, LogSource::Stderr)] {
             let rest = std::mem::take(&mut self.pending[slot]);
             if !rest.is_empty() {
@@ -105,7 +150,10 @@ impl CallLog {
                 self.dropped, self.budget
             ));
         }
-        self.text
+        FinishedLog {
+            text: self.text,
+            stderr_tail: String::from_utf8_lossy(&self.stderr_tail).into_owned(),
+        }
     }
 }
 
@@ -113,6 +161,8 @@ impl CallLog {
 pub type SharedLog = Arc<Mutex<CallLog>>;
 
 fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, CallLog> {
+    // A poisoned lock only means a writer panicked mid-append; the text is
+    // still valid UTF-8 and worth keeping.
     log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -126,42 +176,42 @@ pub struct MemoryLimitExceeded {
     pub requested: u64,
 }
 
+/// Names the call in the worker's tracing output when the guest logs.
+#[derive(Debug, Clone)]
+pub struct CallLabel {
+    /// The task's id.
+    pub task_id: String,
+    /// The job's name.
+    pub job: String,
+    /// The handler's index in the chain.
+    pub index: u32,
+}
+
 /// The data of one handler call's store.
 pub struct HostState {
-    wasi: WasiCtx,
+    /// Built on first use; see the module docs.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     log: SharedLog,
     memory_limit: u64,
     /// Tables beyond this many elements are refused.
     table_elements_limit: usize,
-    /// Name of the task and handler, for tracing.
-    pub(crate) span: tracing::Span,
+    label: CallLabel,
 }
 
 impl HostState {
     /// A fresh state: deny-by-default WASI, stdout and stderr into a log of
     /// `log_budget` bytes, memory capped at `memory_limit`.
-    pub fn new(memory_limit: u64, log_budget: usize, span: tracing::Span) -> Self {
-        let log: SharedLog = Arc::new(Mutex::new(CallLog::new(log_budget)));
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(CapturedStream {
-            log: log.clone(),
-            source: LogSource::Stdout,
-        })
-        .stderr(CapturedStream {
-            log: log.clone(),
-            source: LogSource::Stderr,
-        })
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+    pub fn new(memory_limit: u64, log_budget: usize, label: CallLabel) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
         Self {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            log,
+            wasi: None,
+            table,
+            log: Arc::new(Mutex::new(CallLog::new(log_budget))),
             memory_limit,
             table_elements_limit: 1 << 20,
-            span,
+            label,
         }
     }
 
@@ -169,14 +219,47 @@ impl HostState {
     pub fn log(&self) -> SharedLog {
         self.log.clone()
     }
+
+    /// Whether the guest made any WASI call (and so a context was built).
+    pub fn wasi_used(&self) -> bool {
+        self.wasi.is_some()
+    }
+}
+
+/// The deny-by-default WASI context every call gets. Everything not set here
+/// is wasmtime-wasi's default, which is also a denial: stdin closed, no
+/// preopened directories, no environment, no arguments, no working
+/// directory; host clocks; fresh random generators.
+fn build_wasi(log: &SharedLog, memory_limit: u64) -> WasiCtx {
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(CapturedStream {
+        log: log.clone(),
+        source: LogSource::Stdout,
+    })
+    .stderr(CapturedStream {
+        log: log.clone(),
+        source: LogSource::Stderr,
+    })
+    // No network at all: sockets cannot even be created, so no address check
+    // is ever reached.
+    .allow_tcp(false)
+    .allow_udp(false)
+    .allow_ip_name_lookup(false)
+    .max_random_size(MAX_RANDOM_BYTES.min(memory_limit));
+    wasi.build()
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        let Self {
+            wasi,
+            table,
+            log,
+            memory_limit,
+            ..
+        } = self;
+        let ctx = wasi.get_or_insert_with(|| build_wasi(log, *memory_limit));
+        WasiCtxView { ctx, table }
     }
 }
 
@@ -184,17 +267,38 @@ impl super::bindings::corral::job::types::Host for HostState {}
 
 impl host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        let _enter = self.span.enter();
-        match level {
-            Level::Trace => tracing::trace!(target: "corral::guest", "{message}"),
-            Level::Debug => tracing::debug!(target: "corral::guest", "{message}"),
-            Level::Info => tracing::info!(target: "corral::guest", "{message}"),
-            Level::Warn => tracing::warn!(target: "corral::guest", "{message}"),
-            Level::Error => tracing::error!(target: "corral::guest", "{message}"),
-        }
         let mut log = lock(&self.log);
+        let mut kept = false;
         for line in message.lines() {
-            log.push_line(LogSource::Log(level), line);
+            kept |= log.push_line(LogSource::Log(level), line);
+        }
+        drop(log);
+        // Only what fits the task's budget reaches tracing too: a guest must
+        // not be able to flood the worker's own logs.
+        if !kept {
+            return;
+        }
+        let CallLabel {
+            task_id,
+            job,
+            index,
+        } = &self.label;
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+            }
         }
     }
 }
@@ -208,6 +312,10 @@ impl ResourceLimiter for HostState {
     ) -> wasmtime::Result<bool> {
         let desired = desired as u64;
         if desired > self.memory_limit {
+            // An error, not `Ok(false)`: refusing would make `memory.grow`
+            // return -1, and most guests then abort with an `unreachable`
+            // trap that no longer says why. The error traps at once and
+            // names the limit.
             return Err(wasmtime::Error::new(MemoryLimitExceeded {
                 limit: self.memory_limit,
                 requested: desired,
@@ -255,6 +363,10 @@ impl Pollable for CapturedStream {
     async fn ready(&mut self) {}
 }
 
+/// How much a guest may write in one `write` call; what wasmtime-wasi's own
+/// stdout offers.
+const WRITE_CHUNK: usize = 64 << 10;
+
 impl OutputStream for CapturedStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         lock(&self.log).write_stream(self.source, &bytes);
@@ -266,7 +378,7 @@ impl OutputStream for CapturedStream {
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(64 << 10)
+        Ok(WRITE_CHUNK)
     }
 }
 
@@ -308,7 +420,7 @@ mod tests {
             LogSource::Log(Level::Info),
             "this line is far too long to fit in",
         );
-        let text = log.finish();
+        let text = log.finish().text;
         assert!(
             text.starts_with("[stdout] hello\n[stdout] world\n"),
             "{text}"
@@ -316,6 +428,23 @@ mod tests {
         assert!(
             text.contains("log truncated: 36 bytes dropped past the 40-byte budget"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_end_of_stderr_is_kept_past_the_budget() {
+        let mut log = CallLog::new(16);
+        for i in 0..1000 {
+            log.write_stream(LogSource::Stderr, format!("line {i}\n").as_bytes());
+        }
+        log.write_stream(LogSource::Stderr, b"panicked at x.rs:1:1:\nboom\n");
+        let finished = log.finish();
+        assert!(finished.text.contains("log truncated"), "{}", finished.text);
+        assert!(finished.stderr_tail.len() <= STDERR_TAIL_BYTES);
+        assert!(
+            finished
+                .stderr_tail
+                .ends_with("panicked at x.rs:1:1:\nboom\n")
         );
     }
 }

@@ -1,35 +1,59 @@
 //! The sandbox: runs one handler call in a fresh, metered component instance.
 //!
-//! It owns the one [`wasmtime::Engine`] of the process (fuel metering, epoch
-//! interruption driven by a ticker thread, the pooling instance allocator with
-//! copy-on-write memory images, async execution), the linker with the host
-//! imports, and the compiled-component cache. For every call it makes a new
-//! `Store` with the job's [`Limits`], instantiates from the cached
-//! `InstancePre`, calls `handle`, and drops everything.
+//! It owns the one [`wasmtime::Engine`] of the process ([`engine`]: fuel
+//! metering, epoch interruption driven by a ticker thread, the pooling
+//! instance allocator with copy-on-write memory images, async execution),
+//! the linker with the host imports ([`host`]), and the compiled-component
+//! cache ([`cache`]: in memory, and optionally on disk). For every call it
+//! makes a new `Store` with the job's [`Limits`], instantiates from the
+//! cached `InstancePre`, calls `handle`, and drops everything: no state
+//! crosses from one call to the next.
 //!
 //! It must never know where tasks come from: no broker, no Redis, no task
 //! states. Inputs are bytes, a call context and args; outputs are args, text
-//! and typed failures.
+//! and typed failures ([`LoadError`], [`HandlerFailure`]).
+//!
+//! # What stops a misbehaving guest
+//!
+//! | misbehaviour | stopped by | failure kind |
+//! | --- | --- | --- |
+//! | computes forever | fuel | `out_of_fuel` |
+//! | computes or waits past its deadline | epoch callback / async timeout | `deadline` |
+//! | grows memory past its limit | the store's resource limiter | `memory_limit` |
+//! | recurses without bound | `max_wasm_stack` | `stack_overflow` |
+//! | panics (Rust) | trap on `unreachable`, message from stderr | `panic` |
+//! | any other trap | wasmtime | `trap` |
+//! | returns too much | size check before decoding | `output_too_large` |
+//! | returns args that are not JSON | decoding | `bad_output` |
+//! | writes too much to stdout/stderr/log | the log budget (kept, truncated) | (succeeds) |
+//! | reaches for files, sockets, env | deny-by-default WASI (errors to the guest) | (guest decides) |
+//! | imports what the host lacks | linking, at load | `unsupported_import` |
+//! | exports another world | type check, at load | `wrong_world` |
+//!
+//! Calls must run inside a tokio runtime with its timer enabled (the
+//! deadline of a guest waiting in a host call is a tokio timeout).
 
 mod cache;
+mod engine;
 mod error;
 mod host;
 mod limits;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Engine, Store, Trap};
 
-pub use cache::{LoadSource, ModuleHash};
+pub use cache::{DiskCacheError, LoadSource, ModuleHash, default_cache_dir};
 pub use error::{HandlerFailure, LoadError};
 pub use host::MemoryLimitExceeded;
 pub use limits::Limits;
 
 use crate::task::ArgsMap;
-use host::HostState;
+use host::{CallLabel, FinishedLog, HostState, SharedLog};
 
 /// Bindings generated from `wit/job.wit`.
 pub(crate) mod bindings {
@@ -42,26 +66,31 @@ pub(crate) mod bindings {
 
 use bindings::corral::job::types as wit;
 
-/// How often the ticker advances the engine's epoch: the granularity of
-/// deadlines and of the yields that keep a busy guest from hogging a thread.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
-
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Use the pooling instance allocator (fast instantiation, bounded
-    /// concurrency) instead of on-demand allocation.
+    /// Use the pooling instance allocator (instantiation in microseconds,
+    /// at most `max_instances` at once) instead of allocating each
+    /// instance's memory with `mmap` on demand.
     pub pooling: bool,
-    /// Instances that may exist at once (pool size).
+    /// Instances that may exist at once (pool size): at least the worker's
+    /// concurrency, or calls past it fail with `instantiate` (retryable).
     pub max_instances: u32,
     /// No job may set a memory limit above this (the pool's slot size).
     pub max_memory_bytes: u64,
     /// Largest module accepted.
     pub max_module_bytes: u64,
-    /// Wasm stack per call.
+    /// Wasm stack per call. Past it a guest traps with `stack_overflow`.
     pub max_wasm_stack: usize,
-    /// Where to keep precompiled artifacts; `None` keeps them in memory only.
+    /// Where to keep precompiled artifacts (see [`default_cache_dir`]);
+    /// `None` keeps them in memory only. A directory that cannot be used
+    /// (not creatable, writable by others) is logged and ignored: the cache
+    /// only saves time.
     pub cache_dir: Option<PathBuf>,
+    /// Meter fuel. On by default; off only to measure what metering costs
+    /// (`corral bench sandbox`) or for fully trusted handlers, since with it
+    /// off [`Limits::fuel`] is ignored and only the deadline stops a loop.
+    pub consume_fuel: bool,
 }
 
 impl Default for SandboxConfig {
@@ -73,6 +102,7 @@ impl Default for SandboxConfig {
             max_module_bytes: 64 << 20,
             max_wasm_stack: 512 << 10,
             cache_dir: None,
+            consume_fuel: true,
         }
     }
 }
@@ -155,57 +185,44 @@ struct Inner {
     linker: Linker<HostState>,
     memory: cache::MemoryCache<LoadedHandler>,
     disk: Option<cache::DiskCache>,
+    active: Arc<engine::ActiveCalls>,
     config: SandboxConfig,
 }
 
 impl Sandbox {
-    /// Builds the engine, starts the epoch ticker and links the host imports.
+    /// Builds the engine, starts the epoch ticker, links the host imports
+    /// and opens the disk cache, if any.
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .memory_init_cow(true);
-        if config.pooling {
-            let mut pool = PoolingAllocationConfig::default();
-            // Every instance of a Rust wasip2 component uses a few core
-            // instances (the program plus wit-component's shims), one memory
-            // and a couple of tables; size the pool for `max_instances` such
-            // components at once.
-            pool.total_component_instances(config.max_instances)
-                .total_core_instances(config.max_instances * 4)
-                .total_memories(config.max_instances * 2)
-                .total_tables(config.max_instances * 4)
-                .total_stacks(config.max_instances)
-                // The slot size caps any job's memory limit.
-                .max_memory_size(config.max_memory_bytes as usize)
-                // Keep a few warm slots' pages resident: resetting them is
-                // cheaper than faulting fresh pages in on the next task.
-                .linear_memory_keep_resident(64 << 10)
-                .table_keep_resident(16 << 10);
-            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        }
-        let engine = Engine::new(&wasm)?;
-        start_epoch_ticker(&engine);
+        let engine = engine::build(&config)?;
+        let active = Arc::new(engine::ActiveCalls::default());
+        engine::start_ticker(&engine, active.clone());
 
         let mut linker = Linker::new(&engine);
+        // The whole of WASI p2 is linked so that guests built by ordinary
+        // toolchains (which import much of it) load; what each interface may
+        // actually do is decided by the per-call context in `host`.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |state| state,
         )?;
 
-        let disk = match &config.cache_dir {
-            Some(dir) => Some(cache::DiskCache::new(dir, &engine)?),
-            None => None,
-        };
+        let disk = config.cache_dir.as_deref().and_then(|dir| {
+            match cache::DiskCache::open(dir, &engine) {
+                Ok(disk) => Some(disk),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not caching precompiled components on disk");
+                    None
+                }
+            }
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 memory: cache::MemoryCache::new(),
                 disk,
+                active,
                 config,
             }),
         })
@@ -221,6 +238,18 @@ impl Sandbox {
         &self.inner.config
     }
 
+    /// The directory precompiled artifacts are kept in, when the disk cache
+    /// is in use.
+    pub fn disk_cache_dir(&self) -> Option<&Path> {
+        self.inner.disk.as_ref().map(|d| d.dir())
+    }
+
+    /// The file the precompiled artifact of `hash` is (or would be) kept
+    /// in, when the disk cache is in use.
+    pub fn disk_cache_path(&self, hash: &ModuleHash) -> Option<PathBuf> {
+        self.inner.disk.as_ref().map(|d| d.path(hash))
+    }
+
     /// Number of compiled handlers held in memory.
     pub fn cached_handlers(&self) -> usize {
         self.inner.memory.len()
@@ -232,6 +261,10 @@ impl Sandbox {
     }
 
     /// The handler compiled from `bytes`, compiling it on first use.
+    ///
+    /// Compiling takes milliseconds to seconds of CPU: from async code, call
+    /// it through `tokio::task::spawn_blocking` unless the module is known
+    /// to be cached.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedHandler>, LoadError> {
         self.load_traced(bytes).map(|(handler, _)| handler)
     }
@@ -243,12 +276,12 @@ impl Sandbox {
             return Ok((handler, LoadSource::Memory));
         }
         self.check_bytes(bytes)?;
-        let (component, source) = match self
+        let from_disk = self
             .inner
             .disk
             .as_ref()
-            .and_then(|d| d.load(&self.inner.engine, &hash))
-        {
+            .and_then(|d| d.load(&self.inner.engine, &hash));
+        let (component, source) = match from_disk {
             Some(component) => (component, LoadSource::Disk),
             None => (self.compile(&hash, bytes)?, LoadSource::Compiled),
         };
@@ -256,7 +289,8 @@ impl Sandbox {
         Ok((self.inner.memory.insert(hash, Arc::new(handler)), source))
     }
 
-    /// Checks that `bytes` would load, without keeping anything.
+    /// Checks that `bytes` would load (keeping the compiled handler in the
+    /// memory cache, since a module validated is usually about to run).
     pub fn validate(&self, bytes: &[u8]) -> Result<ModuleHash, LoadError> {
         self.load(bytes).map(|h| h.hash.clone())
     }
@@ -281,19 +315,20 @@ impl Sandbox {
 
     fn compile(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<Component, LoadError> {
         let engine = &self.inner.engine;
+        let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
         let Some(disk) = &self.inner.disk else {
-            return Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")));
+            return Component::new(engine, bytes).map_err(invalid);
         };
-        let artifact = engine
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        // Compile to an artifact once, keep it on disk, and load the
+        // component from those same bytes.
+        let artifact = engine.precompile_component(bytes).map_err(invalid)?;
         disk.store(hash, &artifact);
-        // SAFETY: `artifact` was produced just now by this engine.
-        unsafe { Component::deserialize(engine, &artifact) }
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+        // SAFETY: `artifact` was produced just now, in memory, by this engine.
+        unsafe { Component::deserialize(engine, &artifact) }.map_err(invalid)
     }
 
     fn prepare(&self, hash: ModuleHash, component: &Component) -> Result<LoadedHandler, LoadError> {
+        self.check_resources(component)?;
         let instance_pre = self
             .inner
             .linker
@@ -304,6 +339,85 @@ impl Sandbox {
         Ok(LoadedHandler { hash, pre })
     }
 
+    /// Refuses a component the pool could never instantiate, so that it
+    /// fails once at registration instead of on every task.
+    fn check_resources(&self, component: &Component) -> Result<(), LoadError> {
+        // `None` means the component instantiates imported modules, which
+        // the linker never provides: linking refuses it next.
+        let Some(needs) = component.resources_required() else {
+            return Ok(());
+        };
+        let mut over = Vec::new();
+        if needs.num_memories > engine::MEMORIES_PER_COMPONENT {
+            over.push(format!(
+                "{} memories (at most {})",
+                needs.num_memories,
+                engine::MEMORIES_PER_COMPONENT
+            ));
+        }
+        if needs.num_tables > engine::TABLES_PER_COMPONENT {
+            over.push(format!(
+                "{} tables (at most {})",
+                needs.num_tables,
+                engine::TABLES_PER_COMPONENT
+            ));
+        }
+        let max_pages = self.inner.config.max_memory_bytes >> 16;
+        if let Some(pages) = needs.max_initial_memory_size
+            && pages > max_pages
+        {
+            over.push(format!(
+                "an initial memory of {pages} pages (at most {max_pages})"
+            ));
+        }
+        if let Some(elements) = needs.max_initial_table_size
+            && elements > engine::TABLE_ELEMENTS as u64
+        {
+            over.push(format!(
+                "an initial table of {elements} elements (at most {})",
+                engine::TABLE_ELEMENTS
+            ));
+        }
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(LoadError::OverEngineLimits(over.join(", ")))
+        }
+    }
+
+    /// The limits a call actually runs under: the job's, with memory capped
+    /// at the pool's slot size.
+    fn effective(&self, limits: &Limits) -> Limits {
+        Limits {
+            memory_bytes: limits.memory_bytes.min(self.inner.config.max_memory_bytes),
+            ..*limits
+        }
+    }
+
+    /// A fresh store for one call: deny-by-default host state, memory
+    /// limiter, fuel, and an epoch callback that yields every tick and
+    /// fails the call past `deadline`.
+    fn new_store(&self, label: CallLabel, limits: &Limits, deadline: Instant) -> Store<HostState> {
+        let state = HostState::new(limits.memory_bytes, limits.max_log_bytes as usize, label);
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| s);
+        if self.inner.config.consume_fuel {
+            // Cannot fail: fuel is enabled on this engine.
+            let _ = store.set_fuel(limits.fuel);
+        }
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                // Yield to the runtime once per tick, so a computing guest
+                // never holds a worker thread for long.
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
     /// Runs `handler` once on `args` in a fresh instance under `limits`.
     pub async fn call(
         &self,
@@ -312,52 +426,14 @@ impl Sandbox {
         args: &ArgsMap,
         limits: &Limits,
     ) -> Result<CallOutput, CallError> {
-        let limits = Limits {
-            memory_bytes: limits.memory_bytes.min(self.inner.config.max_memory_bytes),
-            ..*limits
-        };
-        let span = tracing::info_span!("handler", task = %ctx.task_id, job = %ctx.job, index = ctx.handler_index);
-        let state = HostState::new(limits.memory_bytes, limits.max_log_bytes as usize, span);
-        let log = state.log();
-        let finish_log =
-            || std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner())).finish();
-
-        let mut store = Store::new(&self.inner.engine, state);
-        store.limiter(|s| s);
-        if let Err(e) = store.set_fuel(limits.fuel) {
-            return Err(CallError {
-                failure: HandlerFailure::Instantiate {
-                    message: format!("{e:#}"),
-                },
-                guest_log: finish_log(),
-            });
-        }
+        let _active = self.inner.active.enter();
+        let limits = self.effective(limits);
+        let span = tracing::debug_span!("handler", task = %ctx.task_id, job = %ctx.job, index = ctx.handler_index);
         let started = Instant::now();
-        let deadline = started + limits.timeout();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
-            } else {
-                Ok(wasmtime::UpdateDeadline::Yield(1))
-            }
-        });
-
-        let wit_ctx = wit::Context {
-            task_id: ctx.task_id,
-            job: ctx.job,
-            tenant: ctx.tenant,
-            attempt: ctx.attempt,
-            handler_index: ctx.handler_index,
-            handler_count: ctx.handler_count,
-        };
-        let wit_args: Vec<wit::Arg> = args
-            .iter()
-            .map(|(name, value)| wit::Arg {
-                name: name.clone(),
-                value: value.to_string(),
-            })
-            .collect();
+        let mut store = self.new_store(label(&ctx), &limits, started + limits.timeout());
+        let log = store.data().log();
+        let wit_ctx = wit_context(ctx);
+        let wit_args = encode_args(args);
 
         let run = async {
             let instance = handler
@@ -372,68 +448,233 @@ impl Sandbox {
         };
         // The epoch callback stops a guest that computes; this timeout stops
         // one that waits in a host call (a sleep, a poll).
-        let outcome = match tokio::time::timeout(limits.timeout(), run).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err((wasmtime::Error::new(DeadlineExceeded), false)),
+        let outcome = match until(started + limits.timeout(), run.instrument(span)).await {
+            Some(outcome) => outcome,
+            None => Err((wasmtime::Error::new(DeadlineExceeded), false)),
         };
-        let consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let fuel_left = store.get_fuel().unwrap_or(0);
+            tracing::trace!(
+                fuel = limits.fuel.saturating_sub(fuel_left),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                wasi = store.data().wasi_used(),
+                "handler call done"
+            );
+        }
         drop(store);
-        let guest_log = finish_log();
-        let fail = |failure| CallError {
-            failure,
-            guest_log: guest_log.clone(),
-        };
-        tracing::trace!(
-            fuel = consumed,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "handler call done"
-        );
+        finish(outcome, take_log(&log), &limits)
+    }
 
-        let output = match outcome {
-            Ok(Ok(output)) => output,
-            Ok(Err(guest)) => {
-                return Err(fail(HandlerFailure::Guest {
+    /// The call path of [`call`](Self::call), step by step, with the time
+    /// each step took; for `corral bench sandbox`.
+    pub(crate) async fn call_phases(
+        &self,
+        handler: &LoadedHandler,
+        ctx: CallContext,
+        args: &ArgsMap,
+        limits: &Limits,
+    ) -> (Result<CallOutput, CallError>, CallPhases) {
+        let t0 = Instant::now();
+        let _active = self.inner.active.enter();
+        let limits = self.effective(limits);
+        let mut store = self.new_store(label(&ctx), &limits, t0 + limits.timeout());
+        let log = store.data().log();
+        let wit_ctx = wit_context(ctx);
+        let wit_args = encode_args(args);
+        let t1 = Instant::now();
+        let instance = handler.pre.instantiate_async(&mut store).await;
+        let t2 = Instant::now();
+        let outcome = match instance {
+            Ok(instance) => instance
+                .call_handle(&mut store, &wit_ctx, &wit_args)
+                .await
+                .map_err(|e| (e, false)),
+            Err(e) => Err((e, true)),
+        };
+        let t3 = Instant::now();
+        drop(store);
+        let t4 = Instant::now();
+        let result = finish(outcome, take_log(&log), &limits);
+        let t5 = Instant::now();
+        let phases = CallPhases {
+            setup: t1 - t0,
+            instantiate: t2 - t1,
+            call: t3 - t2,
+            drop: t4 - t3,
+            finish: t5 - t4,
+        };
+        (result, phases)
+    }
+
+    /// The host side of [`call`](Self::call) around a native function
+    /// instead of a guest: the same argument encoding, output checks and
+    /// decoding, no store and no instance. The baseline `corral bench
+    /// sandbox` compares the sandbox's cost against.
+    pub(crate) fn call_native(
+        &self,
+        native: impl FnOnce(&wit::Context, Vec<wit::Arg>) -> Result<wit::Output, wit::Error>,
+        ctx: CallContext,
+        args: &ArgsMap,
+        limits: &Limits,
+    ) -> Result<CallOutput, CallError> {
+        let limits = self.effective(limits);
+        let wit_ctx = wit_context(ctx);
+        let wit_args = encode_args(args);
+        let outcome = Ok(native(&wit_ctx, wit_args));
+        finish(outcome, FinishedLog::default(), &limits)
+    }
+}
+
+/// Runs `fut` to completion, or until `deadline` (then `None`).
+///
+/// Unlike `tokio::time::timeout`, the timer is only registered once `fut`
+/// first has to wait. Most handler calls finish within their first poll
+/// (the guest runs on its fiber to the end without waiting on anything), and
+/// registering a timer on a multi-threaded runtime, then cancelling it, can
+/// wake a parked runtime thread to re-arm its own timeout: several
+/// microseconds, comparable to the whole call. A guest that waits (in a
+/// host call, or at an epoch yield) arms it on its first wait, which is
+/// still long before any deadline.
+async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        let timer = timer.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                deadline,
+            )))
+        });
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// Time spent in each step of one call; see [`Sandbox::call_phases`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CallPhases {
+    /// Store, host state, limits, argument encoding.
+    pub setup: Duration,
+    /// `instantiate_async`.
+    pub instantiate: Duration,
+    /// `handle`, including copying arguments in and results out.
+    pub call: Duration,
+    /// Dropping the store: the instance's slot goes back to the pool.
+    pub drop: Duration,
+    /// Output checks and decoding the args' JSON.
+    pub finish: Duration,
+}
+
+/// The native function [`Sandbox::call_native`] is usually given: returns
+/// its args unchanged, as the `noop` job does.
+pub(crate) fn native_noop(
+    _ctx: &wit::Context,
+    args: Vec<wit::Arg>,
+) -> Result<wit::Output, wit::Error> {
+    Ok(wit::Output {
+        args,
+        log: String::new(),
+    })
+}
+
+fn label(ctx: &CallContext) -> CallLabel {
+    CallLabel {
+        task_id: ctx.task_id.clone(),
+        job: ctx.job.clone(),
+        index: ctx.handler_index,
+    }
+}
+
+fn wit_context(ctx: CallContext) -> wit::Context {
+    wit::Context {
+        task_id: ctx.task_id,
+        job: ctx.job,
+        tenant: ctx.tenant,
+        attempt: ctx.attempt,
+        handler_index: ctx.handler_index,
+        handler_count: ctx.handler_count,
+    }
+}
+
+/// The args map as the guest receives it: each value as JSON text.
+fn encode_args(args: &ArgsMap) -> Vec<wit::Arg> {
+    args.iter()
+        .map(|(name, value)| wit::Arg {
+            name: name.clone(),
+            value: value.to_string(),
+        })
+        .collect()
+}
+
+/// Takes the call's log; the store (and with it every other handle on the
+/// log) is gone by now, but a lock is as cheap as proving that.
+fn take_log(log: &SharedLog) -> FinishedLog {
+    std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner())).finish()
+}
+
+type Outcome = Result<Result<wit::Output, wit::Error>, (wasmtime::Error, bool)>;
+
+/// Turns what the guest did into the call's result: its error, a
+/// classified trap, or its output once checked and decoded.
+fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOutput, CallError> {
+    let output = match outcome {
+        Ok(Ok(output)) => output,
+        Ok(Err(guest)) => {
+            return Err(CallError {
+                failure: HandlerFailure::Guest {
                     retryable: guest.kind == wit::ErrorKind::Retryable,
                     message: guest.message,
+                },
+                guest_log: log.text,
+            });
+        }
+        Err((e, instantiating)) => {
+            return Err(CallError {
+                failure: classify(e, instantiating, limits, &log),
+                guest_log: log.text,
+            });
+        }
+    };
+    let fail = |failure| CallError {
+        failure,
+        guest_log: log.text.clone(),
+    };
+    // Checked before any decoding: the host has already copied the output
+    // out of the guest (bounded by the guest's memory limit) but spends
+    // nothing more on an oversized one.
+    let size = output.log.len() as u64
+        + output
+            .args
+            .iter()
+            .map(|a| (a.name.len() + a.value.len()) as u64)
+            .sum::<u64>();
+    if size > limits.max_output_bytes {
+        return Err(fail(HandlerFailure::OutputTooLarge {
+            size,
+            limit: limits.max_output_bytes,
+        }));
+    }
+    let mut next = ArgsMap::new();
+    for arg in output.args {
+        match serde_json::from_str(&arg.value) {
+            Ok(value) => {
+                next.insert(arg.name, value);
+            }
+            Err(e) => {
+                return Err(fail(HandlerFailure::BadOutput {
+                    name: arg.name,
+                    reason: e.to_string(),
                 }));
             }
-            Err((e, instantiating)) => {
-                return Err(fail(classify(e, instantiating, &limits, &guest_log)));
-            }
-        };
-
-        let size = output.log.len() as u64
-            + output
-                .args
-                .iter()
-                .map(|a| (a.name.len() + a.value.len()) as u64)
-                .sum::<u64>();
-        if size > limits.max_output_bytes {
-            return Err(fail(HandlerFailure::OutputTooLarge {
-                size,
-                limit: limits.max_output_bytes,
-            }));
         }
-        let mut next = ArgsMap::new();
-        for arg in output.args {
-            match serde_json::from_str(&arg.value) {
-                Ok(value) => {
-                    next.insert(arg.name, value);
-                }
-                Err(e) => {
-                    return Err(fail(HandlerFailure::BadOutput {
-                        name: arg.name,
-                        reason: e.to_string(),
-                    }));
-                }
-            }
-        }
-        Ok(CallOutput {
-            args: next,
-            result_log: output.log,
-            guest_log,
-        })
     }
+    Ok(CallOutput {
+        args: next,
+        result_log: output.log,
+        guest_log: log.text,
+    })
 }
 
 /// Raised by the epoch callback (or the async timeout) past the deadline.
@@ -446,7 +687,7 @@ fn classify(
     e: wasmtime::Error,
     instantiating: bool,
     limits: &Limits,
-    guest_log: &str,
+    log: &FinishedLog,
 ) -> HandlerFailure {
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return HandlerFailure::Deadline {
@@ -466,17 +707,19 @@ fn classify(
             limit: limits.timeout(),
         },
         Some(trap) => {
-            let mut message = trap.to_string();
-            if *trap == Trap::UnreachableCodeReached {
-                message.push_str(" (a Rust guest panicked)");
+            if *trap == Trap::UnreachableCodeReached
+                && let Some(message) = panic_message(&log.stderr_tail)
+            {
+                return HandlerFailure::Panic { message };
             }
-            let tail = guest_log.trim_end();
+            let mut message = trap.to_string();
+            let tail = log.stderr_tail.trim_end();
             if !tail.is_empty() {
                 let mut start = tail.len().saturating_sub(512);
                 while !tail.is_char_boundary(start) {
                     start += 1;
                 }
-                message.push_str("; guest output ends with: ");
+                message.push_str("; stderr ends with: ");
                 message.push_str(&tail[start..]);
             }
             HandlerFailure::Trap { message }
@@ -490,20 +733,39 @@ fn classify(
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
-fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("corral-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        });
-    if let Err(e) = spawned {
-        // Without a ticker, deadlines fall back to the async timeout alone.
-        tracing::error!(error = %e, "could not start the epoch ticker thread");
+/// The message of the last Rust panic written to `stderr`: Rust prints
+/// `thread '<name>' panicked at <file>:<line>:<col>:` and the message on
+/// the lines after it, then (with panic=abort) the guest hits `unreachable`.
+/// Returns `message (at file:line:col)`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let at = stderr.rfind("panicked at ")?;
+    let rest = &stderr[at + "panicked at ".len()..];
+    let (location, body) = rest.split_once('\n').unwrap_or((rest, ""));
+    let location = location.trim_end().trim_end_matches(':');
+    let message: Vec<&str> = body
+        .lines()
+        .take_while(|line| !line.starts_with("note: "))
+        .collect();
+    let message = message.join("\n");
+    let message = message.trim();
+    Some(if message.is_empty() {
+        format!("(no message) (at {location})")
+    } else {
+        format!("{message} (at {location})")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rust_panic_message_is_found_in_stderr() {
+        let stderr = "starting\n\nthread '<unnamed>' panicked at src/lib.rs:12:5:\nhostile panic\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("hostile panic (at src/lib.rs:12:5)")
+        );
+        assert_eq!(panic_message("no panic here\n"), None);
     }
 }

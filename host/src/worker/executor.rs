@@ -32,11 +32,17 @@ pub(crate) async fn run_task<B: Broker>(
     {
         Ok(job) => job,
         Err(e) => {
-            let (kind, retryable) = match e {
+            let (kind, retryable) = match &e {
                 RegistryError::UnknownVersion { .. } => ("unknown_job_version", false),
                 RegistryError::UnknownJob { .. } => ("unknown_job", false),
                 // The store was briefly unreachable: worth another attempt.
                 RegistryError::Catalog(_) => ("registry_unavailable", true),
+                // A stored module this worker's sandbox refuses (stored by
+                // something that bypassed validation, or a worker with
+                // tighter sandbox settings than the one that registered
+                // it): the task fails with the load error's own kind, as the
+                // registration would have.
+                RegistryError::Module(load) => (load.kind(), false),
                 _ => ("job_unloadable", false),
             };
             return Ok(fail(
