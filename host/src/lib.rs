@@ -18,7 +18,9 @@
 //! | [`tenant`] | tenants, their limits and API tokens |
 //! | [`worker`] | fetch loop, concurrency, heartbeats, shutdown |
 //! | [`client`] | the producer API |
+//! | [`api`] | the HTTP API and dashboard: tenants upload, register, enqueue, read |
 
+pub mod api;
 pub mod broker;
 pub mod catalog;
 pub mod cli;

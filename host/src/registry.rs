@@ -261,6 +261,38 @@ impl Registry {
         files: &[P],
         limits: Limits,
     ) -> Result<JobDefinition, RegistryError> {
+        let handlers = self.add_module_files(tenant, files).await?;
+        self.register(tenant, name, handlers, limits).await
+    }
+
+    /// Like [`register_files`](Self::register_files), but an existing job is
+    /// left as it is when its newest version is exactly this chain with these
+    /// limits, and replaced by a new version otherwise. This is how workers
+    /// started with the same job files agree on one definition in a shared
+    /// catalog instead of each refusing the others' or adding a version.
+    pub async fn sync_files<P: AsRef<Path>>(
+        &self,
+        tenant: &str,
+        name: &str,
+        files: &[P],
+        limits: Limits,
+    ) -> Result<JobDefinition, RegistryError> {
+        let handlers = self.add_module_files(tenant, files).await?;
+        if let Some(current) = self.catalog.job(tenant, name, None).await?
+            && current.handlers == handlers
+            && current.limits == limits
+        {
+            return Ok(current);
+        }
+        self.replace(tenant, name, handlers, limits).await
+    }
+
+    /// Adds each file as a module; handler names are the file stems.
+    async fn add_module_files<P: AsRef<Path>>(
+        &self,
+        tenant: &str,
+        files: &[P],
+    ) -> Result<Vec<HandlerSpec>, RegistryError> {
         let mut handlers = Vec::with_capacity(files.len());
         for file in files {
             let path = file.as_ref();
@@ -272,7 +304,7 @@ impl Registry {
                 module: self.add_module_file(tenant, path).await?,
             });
         }
-        self.register(tenant, name, handlers, limits).await
+        Ok(handlers)
     }
 
     async fn define(

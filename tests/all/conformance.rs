@@ -123,6 +123,7 @@ fn req(worker: &str, queues: &[&str], max: usize) -> AcquireRequest {
         max,
         lease_for: LEASE,
         block_for: Duration::ZERO,
+        exclude_tenants: Vec::new(),
     }
 }
 

@@ -4,5 +4,9 @@
 
 mod support;
 
+mod api;
+mod api_cli;
+mod api_support;
 mod chain;
 mod conformance;
+mod tenants;

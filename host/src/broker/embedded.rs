@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
-    QueueStats, Retention, malformed_task, parse_raw_task,
+    QueueStats, Retention, TaskQuery, malformed_task, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
 use crate::task::{Task, TaskError, TaskId, TaskState};
@@ -126,6 +126,10 @@ impl EmbeddedBroker {
         while out.len() < req.max && idle_turns < tenants {
             let tenant = st.tenants[turn].clone();
             turn = (turn + 1) % tenants;
+            if req.exclude_tenants.contains(&tenant) {
+                idle_turns += 1;
+                continue;
+            }
             let mut took = false;
             for queue in &req.queues {
                 let key = (tenant.clone(), queue.clone());
@@ -164,6 +168,25 @@ impl EmbeddedBroker {
 
     fn earliest_due(&self) -> Option<DateTime<Utc>> {
         self.lock().scheduled.first().map(|(t, _)| *t)
+    }
+
+    /// Counts the stored tasks that `keep` selects, by state.
+    fn count(&self, keep: impl Fn(&Task) -> bool) -> QueueStats {
+        let st = self.lock();
+        let mut stats = QueueStats::default();
+        for entry in st.tasks.values() {
+            if !keep(&entry.task) {
+                continue;
+            }
+            match entry.task.state {
+                TaskState::Pending => stats.pending += 1,
+                TaskState::Scheduled | TaskState::Retrying => stats.scheduled += 1,
+                TaskState::Active => stats.active += 1,
+                TaskState::Completed => stats.completed += 1,
+                TaskState::Dead => stats.dead += 1,
+            }
+        }
+        stats
     }
 }
 
@@ -576,20 +599,25 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
+        Ok(self.count(|t| t.tenant == tenant && t.queue_name == queue))
+    }
+
+    async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
+        Ok(self.count(|t| t.tenant == tenant))
+    }
+
+    async fn list_tasks(&self, tenant: &str, query: &TaskQuery) -> Result<Vec<Task>, BrokerError> {
         let st = self.lock();
-        let mut stats = QueueStats::default();
-        for entry in st.tasks.values() {
-            if entry.task.tenant != tenant || entry.task.queue_name != queue {
-                continue;
-            }
-            match entry.task.state {
-                TaskState::Pending => stats.pending += 1,
-                TaskState::Scheduled | TaskState::Retrying => stats.scheduled += 1,
-                TaskState::Active => stats.active += 1,
-                TaskState::Completed => stats.completed += 1,
-                TaskState::Dead => stats.dead += 1,
-            }
-        }
-        Ok(stats)
+        let mut found: Vec<&Task> = st
+            .tasks
+            .values()
+            .map(|e| &e.task)
+            .filter(|t| t.tenant == tenant)
+            .filter(|t| query.state.is_none_or(|s| t.state == s))
+            .filter(|t| query.queue.as_ref().is_none_or(|q| &t.queue_name == q))
+            .collect();
+        // Newest first: ids are UUID v7, ordered by creation time.
+        found.sort_unstable_by_key(|t| std::cmp::Reverse(t.task_id));
+        Ok(found.into_iter().take(query.limit).cloned().collect())
     }
 }

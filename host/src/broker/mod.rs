@@ -74,6 +74,31 @@ pub struct AcquireRequest {
     pub lease_for: Duration,
     /// How long to wait for a task when none is ready.
     pub block_for: Duration,
+    /// Tenants whose tasks must not be leased by this call: the worker
+    /// already runs as many of theirs as their concurrency limit allows.
+    /// Their tasks stay queued for other workers or a later call.
+    pub exclude_tenants: Vec<String>,
+}
+
+/// Which of a tenant's tasks [`Broker::list_tasks`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only tasks in this state (`None`: any state).
+    pub state: Option<TaskState>,
+    /// Only tasks of this queue (`None`: every queue of the tenant).
+    pub queue: Option<String>,
+    /// At most this many tasks, newest first (by id, which is time-ordered).
+    pub limit: usize,
+}
+
+impl Default for TaskQuery {
+    fn default() -> Self {
+        Self {
+            state: None,
+            queue: None,
+            limit: 100,
+        }
+    }
 }
 
 /// Progress through a handler chain, saved after each handler so a recovered
@@ -332,6 +357,39 @@ pub trait Broker: Send + Sync + 'static {
         queue: &str,
         raw: Vec<u8>,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Counts by state over every queue of one tenant (what the API checks a
+    /// tenant's `max_queued` against). Brokers that cannot count across
+    /// queues answer [`BrokerError::Unavailable`].
+    fn tenant_stats(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send {
+        let _ = tenant;
+        async {
+            Err(BrokerError::Unavailable {
+                op: "tenant_stats",
+                reason: "this broker cannot count a tenant's tasks across queues".into(),
+            })
+        }
+    }
+
+    /// One tenant's tasks matching `query`, newest first: what the API and
+    /// the dashboard list. Never returns another tenant's task. Brokers that
+    /// cannot list answer [`BrokerError::Unavailable`].
+    fn list_tasks(
+        &self,
+        tenant: &str,
+        query: &TaskQuery,
+    ) -> impl Future<Output = Result<Vec<Task>, BrokerError>> + Send {
+        let _ = (tenant, query);
+        async {
+            Err(BrokerError::Unavailable {
+                op: "list_tasks",
+                reason: "this broker cannot list tasks".into(),
+            })
+        }
+    }
 }
 
 /// The error kind of tasks that did not parse.

@@ -2,7 +2,7 @@
 //! broker's Redis, so every API and worker process sees the same registry.
 //!
 //! Key layout, with `P` the prefix (`corral` by default) and `T` the tenant's
-//! name percent-encoded ([`encode`]):
+//! name percent-encoded as the broker's keys are ([`encode`]):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
@@ -24,26 +24,18 @@
 //! stored versions are never rewritten, so reads need no transaction.
 //! This module never validates wasm and never sees tasks.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{Cmd, RedisError, Script};
 
 use super::{Catalog, CatalogError};
+use crate::broker::redis::conn::{Conn, Target};
+use crate::broker::redis::keys::encode;
 use crate::registry::JobDefinition;
 use crate::sandbox::ModuleHash;
 use crate::tenant::{Tenant, TokenHash};
 
-/// The key prefix used when none is given.
+/// The key prefix used when none is given (the broker's default too).
 pub const DEFAULT_PREFIX: &str = "corral";
-
-/// How long connecting to a server may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one command may take (module bytes can be tens of MiB).
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Adds the next version of a job, atomically.
 ///
@@ -66,62 +58,12 @@ redis.call('HSET', KEYS[2], ARGV[1], version)
 return {1, version}
 "#;
 
-/// A connection to a standalone server or to a cluster.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
 /// A [`Catalog`] in Redis (standalone or cluster).
 #[derive(Clone)]
 pub struct RedisCatalog {
     conn: Conn,
     prefix: String,
     add_version: Script,
-}
-
-/// Percent-encodes a name for use inside a key: ASCII letters, digits, `-`,
-/// `_` and `.` stay, every other byte becomes `%XX`, so a name holding `:`,
-/// `{` or `}` can neither break the hash tag nor collide with another.
-pub fn encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `P:{t:T}:suffix`: a key of `tenant`, in the tenant's hash tag.
@@ -138,42 +80,42 @@ fn corrupt(op: &'static str, what: impl std::fmt::Display) -> CatalogError {
 }
 
 impl RedisCatalog {
-    /// Connects to the server at `url` (`redis://host:port/db`), keys under
-    /// [`DEFAULT_PREFIX`]. The connection reconnects by itself with backoff.
+    /// Connects to the server at `url` (`redis://host:port/db`; several
+    /// comma-separated URLs are a Redis Cluster's seed nodes, as for the
+    /// broker), keys under [`DEFAULT_PREFIX`]. The connection is the
+    /// broker's kind: it reconnects by itself with backoff.
     pub async fn connect(url: &str) -> Result<Self, CatalogError> {
         Self::connect_with_prefix(url, DEFAULT_PREFIX).await
     }
 
     /// Like [`connect`](Self::connect), with keys under `prefix`.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, CatalogError> {
-        let op = "catalog connect";
-        let client = redis::Client::open(url).map_err(|e| unavailable(op, e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(8);
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| unavailable(op, e))?;
-        Ok(Self::new(Conn::Single(manager), prefix))
+        let nodes: Vec<String> = url
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let cluster = nodes.len() > 1;
+        Self::connect_nodes(&nodes, cluster, prefix).await
     }
 
-    /// Connects to a Redis Cluster through its seed `nodes`.
-    pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, CatalogError> {
-        let op = "catalog connect";
-        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .retries(6)
-            .build()
-            .map_err(|e| unavailable(op, e))?;
-        let conn = client
-            .get_async_connection()
+    /// Connects to a Redis Cluster through its seed `nodes` (or, with
+    /// `cluster` false and one node, to a standalone server).
+    pub async fn connect_nodes(
+        nodes: &[String],
+        cluster: bool,
+        prefix: &str,
+    ) -> Result<Self, CatalogError> {
+        let failed = |e: crate::broker::BrokerError| CatalogError::Unavailable(e.to_string());
+        let conn = Target::new(nodes, cluster)
+            .map_err(failed)?
+            .connect()
             .await
-            .map_err(|e| unavailable(op, e))?;
-        Ok(Self::new(Conn::Cluster(conn), prefix))
+            .map_err(failed)?;
+        let this = Self::new(conn, prefix);
+        this.query::<()>("catalog connect", &redis::cmd("PING"))
+            .await?;
+        Ok(this)
     }
 
     fn new(conn: Conn, prefix: &str) -> Self {

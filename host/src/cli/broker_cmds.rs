@@ -8,17 +8,21 @@
 //! so they stop with an error that says so instead of enqueueing into a
 //! broker that dies with the command.
 //!
-//! Jobs for `corral worker`: until a shared module store exists, a worker
-//! registers its jobs at start, from `--job NAME=a.wasm,b.wasm` (the chain in
-//! order; repeat the option for more jobs) and from `--jobs-dir DIR`, which
-//! registers the example jobs `jobs/build.sh` builds: `text-stats`
-//! (normalize → count_words → top_k), `noop` and `always-fails`. Every
-//! worker of a fleet must be started with the same jobs.
+//! Jobs for `corral worker` live in the catalog on the same Redis
+//! ([`RedisCatalog`]): whatever tenants uploaded (`corral jobs register`, the
+//! HTTP API of `corral serve`) runs, modules fetched by hash on first use.
+//! A worker may also bring jobs at start, from `--job NAME=a.wasm,b.wasm`
+//! (the chain in order; repeat the option for more jobs) and from
+//! `--jobs-dir DIR`, which registers the example jobs `jobs/build.sh` builds:
+//! `text-stats` (normalize → count_words → top_k), `noop` and
+//! `always-fails`; these are synced into the catalog under `--tenant`
+//! (registered, or replaced by a new version when they differ).
 //!
 //! This module only parses arguments and wires library pieces together.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -26,6 +30,7 @@ use clap::Args;
 
 use super::{SandboxArgs, parse_duration, print_task};
 use crate::broker::{Broker, RedisBroker, RedisConfig};
+use crate::catalog::RedisCatalog;
 use crate::client::{Client, WaitError};
 use crate::registry::Registry;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -63,6 +68,21 @@ impl RedisArgs {
         Ok(RedisConfig::new(url.clone())
             .as_cluster(self.cluster)
             .prefix(self.prefix.clone()))
+    }
+
+    /// The catalog on the same Redis (same nodes and prefix).
+    pub async fn catalog(&self, command: &str) -> anyhow::Result<RedisCatalog> {
+        self.config(command)?;
+        let url = self.redis.as_deref().unwrap_or_default();
+        let nodes: Vec<String> = url
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let cluster = self.cluster || nodes.len() > 1;
+        RedisCatalog::connect_nodes(&nodes, cluster, &self.prefix)
+            .await
+            .with_context(|| format!("connecting to the catalog at {url}"))
     }
 
     /// Connects once; a clear error when Redis is not there.
@@ -235,22 +255,22 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.jobs_dir {
         jobs.extend(example_jobs(dir)?);
     }
-    if jobs.is_empty() {
-        bail!("no jobs to run: give --job NAME=handler.wasm[,...] or --jobs-dir DIR");
-    }
-    let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
+    let Some(broker) = connect_patiently(&args.redis).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let catalog = args.redis.catalog("worker").await?;
+    let registry = Registry::with_catalog(
+        Sandbox::new(SandboxConfig::default())?,
+        Arc::new(catalog),
+    );
     let limits = args.sandbox.limits();
     for (name, files) in &jobs {
         registry
-            .register_files(&args.tenant, name, files, limits)
+            .sync_files(&args.tenant, name, files, limits)
             .await
             .with_context(|| format!("registering job `{name}`"))?;
         tracing::info!(job = %name, handlers = files.len(), "registered job");
     }
-
-    let Some(broker) = connect_patiently(&args.redis).await? else {
-        return Ok(ExitCode::SUCCESS);
-    };
     let lease = args.lease.max(Duration::from_millis(300));
     let mut config = WorkerConfig {
         queues: args.queues.clone(),

@@ -7,6 +7,9 @@
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
+mod jobs;
+mod serve;
+mod tenants;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,6 +56,12 @@ enum Command {
     /// Wait until a task completes or dies, then show it; exits non-zero
     /// unless it completed.
     Wait(broker_cmds::WaitArgs),
+    /// Serve the HTTP API (with in-process workers); see `cli/serve.rs`.
+    Serve(serve::ServeArgs),
+    /// Manage tenants in the Redis catalog.
+    Tenants(tenants::TenantsArgs),
+    /// Register and list a tenant's jobs in the Redis catalog.
+    Jobs(jobs::JobsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +172,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enqueue(args) => broker_cmds::enqueue(args).await,
         Command::Status(args) => broker_cmds::status(args).await,
         Command::Wait(args) => broker_cmds::wait(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Tenants(args) => tenants::run(args).await,
+        Command::Jobs(args) => jobs::run(args).await,
     }
 }
 

@@ -11,6 +11,12 @@
 //! 4. **maintenance** ([`maintenance`]): promotes due tasks and recovers
 //!    expired leases.
 //!
+//! No tenant runs more than its `max_concurrency` tasks on one worker: the
+//! fetch loop asks the broker to skip tenants at their cap and hands back any
+//! task over it ([`tenants`] explains the two layers). While some tenant is
+//! skipped, an idle acquire waits at most [`CAPPED_BLOCK`], so a freed slot
+//! is noticed promptly.
+//!
 //! Shutdown (the `shutdown` future resolves, e.g. on SIGINT/SIGTERM): fetch
 //! stops taking tasks first; tasks in flight get `shutdown_grace` to finish,
 //! with heartbeats still running so their leases hold; whatever is still
@@ -23,6 +29,7 @@ mod executor;
 mod heartbeat;
 mod maintenance;
 mod retry;
+mod tenants;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,6 +46,11 @@ use crate::broker::{AcquireRequest, Broker, BrokerError, Lease, Outcome, WorkerI
 use crate::registry::Registry;
 use crate::task::{DEFAULT_QUEUE, TaskId};
 use executor::Runner;
+use tenants::TenantSlots;
+
+/// The longest an acquire blocks while some tenant is skipped for being at
+/// its concurrency cap: a slot freed meanwhile is used after at most this.
+pub const CAPPED_BLOCK: Duration = Duration::from_millis(100);
 
 /// Tasks this worker is running: their lease and a handle to abort them.
 pub(crate) type InFlight = Arc<Mutex<HashMap<TaskId, (Lease, AbortHandle)>>>;
@@ -201,7 +213,9 @@ impl<B: Broker + Clone> Worker<B> {
             max: concurrency,
             lease_for: cfg.lease,
             block_for: cfg.block_for,
+            exclude_tenants: Vec::new(),
         };
+        let tenant_slots = TenantSlots::default();
         tracing::info!(worker = %cfg.id, queues = ?cfg.queues, concurrency, "worker started");
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(50);
@@ -223,8 +237,16 @@ impl<B: Broker + Clone> Worker<B> {
             {
                 permits.merge(more);
             }
+            let exclude_tenants = tenant_slots.at_cap();
+            let block_for = if exclude_tenants.is_empty() {
+                request.block_for
+            } else {
+                request.block_for.min(CAPPED_BLOCK)
+            };
             let req = AcquireRequest {
                 max: permits.num_permits(),
+                exclude_tenants,
+                block_for,
                 ..request.clone()
             };
             // An acquire is never cancelled halfway (a backend may already
@@ -250,6 +272,15 @@ impl<B: Broker + Clone> Worker<B> {
                     let _ = ack_tx.send((leased.lease, Outcome::Release));
                     continue;
                 };
+                let tenant = &leased.lease.tenant;
+                let cap = tenant_slots.cap(&self.runner.registry, tenant).await;
+                let Some(slot) = tenant_slots.try_start(tenant, cap) else {
+                    // The tenant is at its cap here (one batch brought more of
+                    // its tasks than it has slots): hand the task back
+                    // untouched for another worker or a later call.
+                    let _ = ack_tx.send((leased.lease, Outcome::Release));
+                    continue;
+                };
                 let runner = self.runner.clone();
                 let ack_tx = ack_tx.clone();
                 let map = in_flight.clone();
@@ -270,6 +301,7 @@ impl<B: Broker + Clone> Worker<B> {
                         Ok(_) => {}
                         Err(e) => tracing::warn!(task = %leased.lease.task_id, error = %e, "task abandoned"),
                     }
+                    drop(slot);
                     drop(permit);
                 });
                 guard.insert(id, (lease, abort));

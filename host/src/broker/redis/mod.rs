@@ -94,8 +94,9 @@
 //! This module never panics on anything Redis returns and never exposes a
 //! Redis type through [`Broker`].
 
-mod conn;
+pub(crate) mod conn;
 pub mod keys;
+mod listing;
 mod record;
 mod scripts;
 
@@ -110,7 +111,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, MALFORMED, Maintenance,
-    Outcome, QueueStats, Retention, parse_raw_task,
+    Outcome, QueueStats, Retention, TaskQuery, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
 use crate::task::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TENANT, Task, TaskError, TaskId, TaskState};
@@ -701,7 +702,9 @@ impl RedisBroker {
 
     /// One fair round of takes across tenants.
     async fn take(&self, req: &AcquireRequest) -> Result<(Vec<Leased>, Hints), BrokerError> {
-        let tenants = self.tenants_for(&req.queues).await?;
+        let mut tenants = self.tenants_for(&req.queues).await?;
+        // Tenants at their concurrency cap on the asking worker wait.
+        tenants.retain(|(tenant, _)| !req.exclude_tenants.contains(tenant));
         let n = tenants.len();
         let mut out = Vec::new();
         let mut hints = Hints::default();
@@ -1213,6 +1216,14 @@ impl Broker for RedisBroker {
             }
         }
         Ok(out)
+    }
+
+    async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
+        self.tenant_counts(tenant).await
+    }
+
+    async fn list_tasks(&self, tenant: &str, query: &TaskQuery) -> Result<Vec<Task>, BrokerError> {
+        self.tenant_tasks(tenant, query).await
     }
 
     async fn enqueue_raw(

@@ -1,0 +1,180 @@
+//! `corral jobs register|list`: a tenant's job definitions in the Redis
+//! catalog, from the command line.
+//!
+//! `register NAME a.wasm b.wasm …` validates each file with this machine's
+//! sandbox (the same checks as an API upload), stores the modules under the
+//! tenant and registers the chain; `--replace` makes a new version of an
+//! existing job. The tenant is given by `--tenant NAME` (an operator with
+//! access to Redis) or found from `--token` (the tenant's own API token).
+//! Workers on the same Redis fetch the modules by hash when a task needs
+//! them. Over HTTP, the same is `POST /v1/modules` then `POST /v1/jobs`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+
+use super::parse_duration;
+use super::tenants::catalog;
+use crate::catalog::Catalog;
+use crate::registry::{HandlerSpec, Registry};
+use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+use crate::tenant::{Tenant, Token};
+
+/// `corral jobs …`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Upload handler components and register them as a job's chain.
+    Register(RegisterArgs),
+    /// List a tenant's jobs (newest version of each).
+    List(ListArgs),
+}
+
+/// Which tenant, and where its catalog is.
+#[derive(Debug, Args)]
+struct Who {
+    /// Redis URL of the catalog.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis: Option<String>,
+    /// The tenant, by name (operator access).
+    #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+    tenant: Option<String>,
+    /// The tenant, by its API token.
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Who {
+    async fn resolve(&self) -> anyhow::Result<(Arc<dyn Catalog>, Tenant)> {
+        let catalog = catalog(self.redis.as_deref()).await?;
+        let tenant = match (&self.tenant, &self.token) {
+            (Some(name), _) => catalog.tenant(name).await?.with_context(|| {
+                format!("no tenant `{name}`: create it with `corral tenants create`")
+            })?,
+            (None, Some(token)) => catalog
+                .tenant_for_token(&Token::from_presented(token).hash())
+                .await?
+                .context("invalid token")?,
+            (None, None) => bail!("name the tenant with --tenant NAME or --token TOKEN"),
+        };
+        Ok((Arc::new(catalog), tenant))
+    }
+}
+
+#[derive(Debug, Args)]
+struct RegisterArgs {
+    /// The job's name.
+    name: String,
+    /// Handler components, in chain order.
+    #[arg(required = true)]
+    handlers: Vec<PathBuf>,
+    #[command(flatten)]
+    who: Who,
+    /// Make a new version if the job exists (tasks already queued keep
+    /// theirs).
+    #[arg(long)]
+    replace: bool,
+    /// Fuel per handler call (default: the default, within the tenant's cap).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory per handler instance, in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Wall-clock time per handler call, e.g. `500ms`, `10s`.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    who: Who,
+}
+
+/// Runs `corral jobs …`.
+pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        JobsCommand::Register(args) => register(args).await,
+        JobsCommand::List(args) => list(args).await,
+    }
+}
+
+async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+    let (catalog, tenant) = args.who.resolve().await?;
+    let registry = Registry::with_catalog(
+        Sandbox::new(SandboxConfig::default()).context("starting the sandbox")?,
+        catalog,
+    );
+    let mut limits = tenant.limits.cap(&Limits::default());
+    if let Some(fuel) = args.fuel {
+        limits.fuel = fuel;
+    }
+    if let Some(mib) = args.memory_mib {
+        limits.memory_bytes = mib << 20;
+    }
+    if let Some(t) = args.timeout {
+        limits.timeout_ms = t.as_millis().max(1) as u64;
+    }
+    let mut handlers = Vec::with_capacity(args.handlers.len());
+    for path in &args.handlers {
+        let module = registry
+            .add_module_file(&tenant.name, path)
+            .await
+            .with_context(|| format!("uploading {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| module.as_str()[..12].to_owned());
+        println!("module {name} {module}");
+        handlers.push(HandlerSpec { name, module });
+    }
+    let chain: Vec<String> = handlers.iter().map(|h| h.name.clone()).collect();
+    let definition = if args.replace {
+        registry
+            .replace(&tenant.name, &args.name, handlers, limits)
+            .await
+    } else {
+        registry
+            .register(&tenant.name, &args.name, handlers, limits)
+            .await
+    }
+    .with_context(|| format!("registering job `{}`", args.name))?;
+    println!(
+        "registered job {} v{} for tenant {}: {}",
+        definition.name,
+        definition.version,
+        tenant.name,
+        chain.join(" -> ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let (catalog, tenant) = args.who.resolve().await?;
+    let jobs = catalog.jobs(&tenant.name).await?;
+    if jobs.is_empty() {
+        eprintln!("tenant {} has no jobs", tenant.name);
+    }
+    for job in jobs {
+        let chain: Vec<&str> = job.handlers.iter().map(|h| h.name.as_str()).collect();
+        println!(
+            "{} v{}  {}  fuel={} memory={}MiB timeout={}ms",
+            job.name,
+            job.version,
+            chain.join(" -> "),
+            job.limits.fuel,
+            job.limits.memory_bytes >> 20,
+            job.limits.timeout_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,144 @@
+//! `corral serve`: the HTTP API, with in-process workers.
+//!
+//! Without `--redis` it is a whole Corral in one process: the embedded
+//! broker, an in-memory catalog, `--workers N` task slots running what the
+//! API enqueues, and the tenants named by `--tenant` created at start (their
+//! tokens printed once; all of it is gone when the process ends). With
+//! `--redis URL` the broker and the catalog live in Redis: tenants come from
+//! `corral tenants create`, any number of `corral serve` processes share the
+//! work, and `--workers 0` makes a process an API front end only.
+//!
+//! It prints `listening on http://ADDR` once the socket is bound (tests and
+//! scripts read the port from it when `--listen` asks for port 0), and stops
+//! on SIGINT/SIGTERM: the API stops taking requests, then the worker shuts
+//! down as [`crate::worker`] describes.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiConfig, ApiState};
+use crate::broker::{Broker, EmbeddedBroker, RedisBroker, RedisConfig};
+use crate::catalog::{Catalog, MemoryCatalog, RedisCatalog};
+use crate::registry::Registry;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::tenant::{Tenant, TenantLimits, Token, valid_tenant_name};
+use crate::worker::{Worker, WorkerConfig, shutdown_signal};
+
+/// Arguments of `corral serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Redis URL for the broker and the catalog; without it, everything is
+    /// in this process's memory.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis: Option<String>,
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Tasks the in-process worker runs at once; 0 runs no worker.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Without Redis: tenants to create at start, each token printed once.
+    #[arg(long = "tenant", default_value = "default")]
+    tenants: Vec<String>,
+    /// Largest JSON request body, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    max_json_kib: u64,
+}
+
+/// Runs `corral serve`.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let sandbox = Sandbox::new(SandboxConfig::default()).context("starting the sandbox")?;
+    match args.redis.clone() {
+        Some(url) => serve_redis(args, sandbox, &url).await,
+        None => {
+            let catalog = Arc::new(MemoryCatalog::new());
+            for name in &args.tenants {
+                if !valid_tenant_name(name) {
+                    anyhow::bail!(
+                        "invalid tenant name `{name}`: use 1 to 64 of letters, digits, `-`, `_`, `.`"
+                    );
+                }
+                let token = Token::generate();
+                let tenant = Tenant {
+                    name: name.clone(),
+                    limits: TenantLimits::default(),
+                };
+                catalog
+                    .create_tenant(&tenant, &token.hash())
+                    .await
+                    .with_context(|| format!("creating tenant `{name}`"))?;
+                println!("tenant {name} token {}", token.expose());
+            }
+            let registry = Registry::with_catalog(sandbox, catalog);
+            serve(args, EmbeddedBroker::new(), registry).await
+        }
+    }
+}
+
+async fn serve_redis(args: ServeArgs, sandbox: Sandbox, url: &str) -> anyhow::Result<ExitCode> {
+    let broker = RedisBroker::connect(RedisConfig::new(url))
+        .await
+        .with_context(|| format!("connecting to the broker at {url}"))?;
+    let catalog = RedisCatalog::connect(url)
+        .await
+        .with_context(|| format!("connecting to the catalog at {url}"))?;
+    let registry = Registry::with_catalog(sandbox, Arc::new(catalog));
+    serve(args, broker, registry).await
+}
+
+/// Serves the API over `broker` and `registry`, with the in-process worker.
+async fn serve<B: Broker + Clone>(
+    args: ServeArgs,
+    broker: B,
+    registry: Registry,
+) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let router = api::router(ApiState {
+        broker: broker.clone(),
+        registry: registry.clone(),
+        config: ApiConfig {
+            max_json_bytes: args.max_json_kib << 10,
+            ..ApiConfig::default()
+        },
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = (args.workers > 0).then(|| {
+        let worker = Worker::new(
+            broker,
+            registry,
+            WorkerConfig {
+                concurrency: args.workers,
+                ..WorkerConfig::default()
+            },
+        );
+        let mut stop = stop_rx.clone();
+        tokio::spawn(worker.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
+
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, workers = args.workers, "API listening");
+    let served = api::serve(listener, router, async move {
+        shutdown_signal().await;
+    });
+    let result = served.await;
+    let _ = stop_tx.send(true);
+    if let Some(worker) = worker {
+        worker
+            .await
+            .context("the worker task failed")?
+            .context("the worker stopped with an error")?;
+    }
+    result.context("serving the API")?;
+    Ok(ExitCode::SUCCESS)
+}

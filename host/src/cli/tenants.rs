@@ -1,0 +1,128 @@
+//! `corral tenants create NAME`: adds a tenant to the Redis catalog and
+//! prints its API token, once.
+//!
+//! The token goes to stdout alone (so `TOKEN=$(corral tenants create acme)`
+//! works) and only its sha256 is stored: a lost token cannot be shown again.
+//! Limits not given take [`TenantLimits::default`]. A tenant needs a shared
+//! store to outlive this command, so `--redis` is required; `corral serve`
+//! without Redis creates its tenants itself (`--tenant`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+
+use super::parse_duration;
+use crate::catalog::{Catalog, RedisCatalog};
+use crate::tenant::{Tenant, TenantLimits, Token, valid_tenant_name};
+
+/// `corral tenants …`.
+#[derive(Debug, Args)]
+pub struct TenantsArgs {
+    #[command(subcommand)]
+    command: TenantsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant and print its API token (shown once).
+    Create(CreateArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// The tenant's name: 1 to 64 of letters, digits, `-`, `_`, `.`.
+    name: String,
+    /// Redis URL of the catalog.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis: Option<String>,
+    /// Highest fuel a job of the tenant may set per handler call.
+    #[arg(long)]
+    max_fuel: Option<u64>,
+    /// Highest memory a job may set per handler instance, in MiB.
+    #[arg(long)]
+    max_memory_mib: Option<u64>,
+    /// Longest wall-clock time a job may set per handler call (`30s`, `5m`).
+    #[arg(long, value_parser = parse_duration)]
+    max_timeout: Option<Duration>,
+    /// Tasks of the tenant running at once on one worker.
+    #[arg(long)]
+    max_concurrency: Option<u32>,
+    /// Tasks of the tenant waiting at once.
+    #[arg(long)]
+    max_queued: Option<u64>,
+    /// Largest module the tenant may upload, in KiB.
+    #[arg(long)]
+    max_module_kib: Option<u64>,
+}
+
+impl CreateArgs {
+    fn limits(&self) -> TenantLimits {
+        let mut limits = TenantLimits::default();
+        if let Some(v) = self.max_fuel {
+            limits.max_fuel = v;
+        }
+        if let Some(v) = self.max_memory_mib {
+            limits.max_memory_bytes = v << 20;
+        }
+        if let Some(v) = self.max_timeout {
+            limits.max_timeout_ms = v.as_millis().max(1) as u64;
+        }
+        if let Some(v) = self.max_concurrency {
+            limits.max_concurrency = v.max(1);
+        }
+        if let Some(v) = self.max_queued {
+            limits.max_queued = v;
+        }
+        if let Some(v) = self.max_module_kib {
+            limits.max_module_bytes = v << 10;
+        }
+        limits
+    }
+}
+
+/// Connects to the Redis catalog named by `--redis`, or says why it cannot.
+pub(super) async fn catalog(redis: Option<&str>) -> anyhow::Result<RedisCatalog> {
+    let Some(url) = redis else {
+        bail!(
+            "this command needs the shared catalog: pass --redis URL (or set CORRAL_REDIS_URL); \
+             without Redis, `corral serve` keeps tenants and jobs in its own memory"
+        );
+    };
+    RedisCatalog::connect(url)
+        .await
+        .with_context(|| format!("connecting to the catalog at {url}"))
+}
+
+/// Runs `corral tenants …`.
+pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TenantsCommand::Create(args) => create(args).await,
+    }
+}
+
+async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+    if !valid_tenant_name(&args.name) {
+        bail!(
+            "invalid tenant name `{}`: use 1 to 64 of letters, digits, `-`, `_`, `.`",
+            args.name
+        );
+    }
+    let catalog = catalog(args.redis.as_deref()).await?;
+    let token = Token::generate();
+    let tenant = Tenant {
+        name: args.name.clone(),
+        limits: args.limits(),
+    };
+    catalog
+        .create_tenant(&tenant, &token.hash())
+        .await
+        .with_context(|| format!("creating tenant `{}`", args.name))?;
+    eprintln!(
+        "created tenant {}; its API token follows, shown this once",
+        args.name
+    );
+    println!("{}", token.expose());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,149 @@
+//! Per-tenant concurrency on one worker: no tenant runs more than its
+//! `max_concurrency` tasks here at once.
+//!
+//! Enforcement has two layers, so the limit holds whatever the broker does:
+//!
+//! 1. before each acquire, the fetch loop asks the broker to skip the tenants
+//!    already at their cap ([`AcquireRequest::exclude_tenants`]), so their
+//!    tasks stay queued for other workers or a later call;
+//! 2. after the acquire, every leased task must take one of its tenant's
+//!    slots ([`TenantSlots::try_start`]); a task whose tenant is full (one
+//!    batch can bring several tasks of one tenant) is handed straight back
+//!    with `Outcome::Release`, which does not count the attempt.
+//!
+//! A slot is held by a [`SlotGuard`] inside the task's runner, so a task that
+//! finishes, fails or is aborted (lease lost, shutdown) always frees it.
+//! Tenant caps come from the registry (the catalog) and are cached for
+//! [`CAP_TTL`], so a changed limit takes effect within seconds without a
+//! store round trip per task.
+//!
+//! This module owns the counting only; it never talks to the broker.
+//!
+//! [`AcquireRequest::exclude_tenants`]: crate::broker::AcquireRequest::exclude_tenants
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::registry::Registry;
+use crate::tenant::TenantLimits;
+
+/// How long a tenant's concurrency cap is reused before it is read again.
+pub const CAP_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct State {
+    /// Tasks running per tenant.
+    running: HashMap<String, u32>,
+    /// Each tenant's cap, and when it was read.
+    caps: HashMap<String, (u32, Instant)>,
+}
+
+/// Counts the tasks each tenant runs on this worker.
+#[derive(Clone, Default)]
+pub(crate) struct TenantSlots {
+    state: Arc<Mutex<State>>,
+}
+
+/// One running task's slot; frees it when dropped.
+pub(crate) struct SlotGuard {
+    slots: TenantSlots,
+    tenant: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut st = self.slots.lock();
+        if let Some(n) = st.running.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.running.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl TenantSlots {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Counters stay consistent under a poisoned lock: each update is one
+        // map operation.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `tenant`'s concurrency cap, from the cache or the registry. When the
+    /// registry cannot answer, the last known cap is kept (or the default
+    /// limits apply): a catalog outage must not stop the worker.
+    pub(crate) async fn cap(&self, registry: &Registry, tenant: &str) -> u32 {
+        let cached = self.lock().caps.get(tenant).copied();
+        if let Some((cap, at)) = cached
+            && at.elapsed() < CAP_TTL
+        {
+            return cap;
+        }
+        let cap = match registry.tenant_limits(tenant).await {
+            Ok(limits) => limits.max_concurrency,
+            Err(e) => {
+                let fallback = cached
+                    .map(|(cap, _)| cap)
+                    .unwrap_or(TenantLimits::default().max_concurrency);
+                tracing::warn!(tenant, error = %e, fallback, "cannot read the tenant's limits");
+                fallback
+            }
+        };
+        // A cap of 0 would park the tenant's tasks forever; treat it as 1.
+        let cap = cap.max(1);
+        self.lock()
+            .caps
+            .insert(tenant.to_owned(), (cap, Instant::now()));
+        cap
+    }
+
+    /// Takes one of `tenant`'s slots if it has fewer than `cap` running.
+    pub(crate) fn try_start(&self, tenant: &str, cap: u32) -> Option<SlotGuard> {
+        let mut st = self.lock();
+        let running = st.running.entry(tenant.to_owned()).or_default();
+        if *running >= cap {
+            return None;
+        }
+        *running += 1;
+        Some(SlotGuard {
+            slots: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+
+    /// Tenants that run as many tasks as their (cached) cap allows.
+    pub(crate) fn at_cap(&self) -> Vec<String> {
+        let st = self.lock();
+        st.running
+            .iter()
+            .filter(|(tenant, running)| {
+                st.caps
+                    .get(*tenant)
+                    .is_some_and(|(cap, _)| **running >= *cap)
+            })
+            .map(|(tenant, _)| tenant.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_cap_and_free_on_drop() {
+        let slots = TenantSlots::default();
+        slots.lock().caps.insert("a".into(), (2, Instant::now()));
+        let one = slots.try_start("a", 2).expect("first slot");
+        let two = slots.try_start("a", 2).expect("second slot");
+        assert!(slots.try_start("a", 2).is_none());
+        assert_eq!(slots.at_cap(), vec!["a".to_owned()]);
+        assert!(slots.try_start("b", 2).is_some());
+        drop(one);
+        assert!(slots.at_cap().is_empty());
+        let three = slots.try_start("a", 2).expect("freed slot");
+        drop((two, three));
+        assert!(slots.lock().running.is_empty());
+    }
+}

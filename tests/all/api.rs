@@ -1,0 +1,659 @@
+//! The HTTP API end to end: real requests to a server on `127.0.0.1:0`, the
+//! catalog in a private Redis, real components run by a worker.
+//!
+//! Authentication on every route, tenant isolation on every route (404 where
+//! a 403 would reveal existence), malformed and oversized bodies, uploads of
+//! hostile modules (refused at upload where that can be told, contained at
+//! run time where it cannot), version pinning and per-tenant limits.
+
+use std::sync::Arc;
+
+use corral::api::ApiConfig;
+use corral::broker::{RedisBroker, RedisConfig};
+use corral::catalog::{Catalog, RedisCatalog};
+use corral::registry::Registry;
+use corral::tenant::TenantLimits;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::api_support::{self, Api, RedisServer};
+use crate::support::{self, RunningWorker};
+
+/// A test's world: a private Redis holding the catalog and the broker, the
+/// API, two tenants.
+struct World {
+    _redis: RedisServer,
+    catalog: Arc<dyn Catalog>,
+    broker: RedisBroker,
+    registry: Registry,
+    api: Api,
+    a: String,
+    b: String,
+}
+
+async fn world_with(limits_a: TenantLimits, config: ApiConfig) -> World {
+    let redis = RedisServer::start();
+    let catalog: Arc<dyn Catalog> = Arc::new(
+        RedisCatalog::connect(&redis.url())
+            .await
+            .expect("connect the Redis catalog"),
+    );
+    let a = api_support::tenant(&catalog, "alpha", limits_a).await;
+    let b = api_support::tenant(&catalog, "beta", TenantLimits::default()).await;
+    let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
+        .await
+        .expect("connect the Redis broker");
+    let registry = Registry::with_catalog(support::sandbox(), catalog.clone());
+    let api = api_support::serve(broker.clone(), registry.clone(), config).await;
+    World {
+        _redis: redis,
+        catalog,
+        broker,
+        registry,
+        api,
+        a,
+        b,
+    }
+}
+
+async fn world() -> World {
+    world_with(TenantLimits::default(), ApiConfig::default()).await
+}
+
+fn quick() -> Value {
+    json!({"fuel": 200_000_000u64, "memory_bytes": 32u64 << 20, "timeout_ms": 1500})
+}
+
+/// A request: method, path, and body with its content type.
+type Request = (Method, String, Option<(&'static str, Vec<u8>)>);
+
+/// Every route with a plausible request, for the auth sweep.
+fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
+    let j = |v: Value| Some(("application/json", serde_json::to_vec(&v).unwrap()));
+    vec![
+        (
+            Method::POST,
+            "/v1/modules".into(),
+            Some(("application/wasm", support::job_bytes("noop"))),
+        ),
+        (Method::GET, format!("/v1/modules/{hash}"), None),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            j(json!({"name": "j2", "handlers": [hash]})),
+        ),
+        (Method::GET, "/v1/jobs".into(), None),
+        (Method::GET, format!("/v1/jobs/{job}"), None),
+        (
+            Method::POST,
+            "/v1/tasks".into(),
+            j(json!({"job": job, "args": {}})),
+        ),
+        (Method::GET, "/v1/tasks".into(), None),
+        (Method::GET, format!("/v1/tasks/{task}"), None),
+        (
+            Method::GET,
+            format!("/v1/tasks/{task}/wait?timeout_ms=10"),
+            None,
+        ),
+        (Method::GET, "/v1/stats".into(), None),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_a_valid_token() {
+    let w = world().await;
+    let hash = w.api.upload_job(&w.a, "noop").await;
+    let routes = routes(&hash, "j", "0190a5c2-7a1e-7cc2-9a41-3f1d7e2b9c10");
+    let bad_headers: [Option<&str>; 4] = [None, Some("nope"), Some(""), Some("crl_0000")];
+    for (method, path, body) in routes {
+        for token in bad_headers {
+            let reply = w.api.send(method.clone(), &path, token, body.clone()).await;
+            reply.expect(401, "unauthorized");
+        }
+        // A token sent under another scheme is not accepted either.
+        let mut req = reqwest::Client::new()
+            .request(method.clone(), format!("{}{path}", w.api.base))
+            .header("Authorization", format!("Basic {}", w.a));
+        if let Some((ct, bytes)) = body.clone() {
+            req = req.header("Content-Type", ct).body(bytes);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{method} {path}");
+        assert_eq!(
+            resp.headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
+    let w = world().await;
+    let worker = RunningWorker::start(
+        w.broker.clone(),
+        w.registry.clone(),
+        support::worker_config(2),
+    );
+    // Alpha's world: a module, a job, a finished task.
+    w.api
+        .register(&w.a, "secret-job", &["normalize"], json!({}))
+        .await
+        .expect(201, "");
+    let hash = w.api.upload_job(&w.a, "normalize").await;
+    let task = w
+        .api
+        .enqueue(&w.a, "secret-job", json!({"text": "Top SECRET"}))
+        .await;
+    let done = w.api.wait(&w.a, &task).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["args_map"]["text"], "top secret");
+
+    // Every route as beta, aimed at alpha's things: nothing succeeds, and
+    // each answer is the one for something that does not exist.
+    let missing_hash = "0".repeat(64);
+    let missing_task = "0190a5c2-7a1e-7cc2-9a41-3f1d7e2b9c10";
+    for (theirs, unknown) in [
+        (
+            format!("/v1/modules/{hash}"),
+            format!("/v1/modules/{missing_hash}"),
+        ),
+        ("/v1/jobs/secret-job".into(), "/v1/jobs/no-such-job".into()),
+        (
+            "/v1/jobs/secret-job?version=1".into(),
+            "/v1/jobs/no-such-job?version=1".into(),
+        ),
+        (
+            format!("/v1/tasks/{task}"),
+            format!("/v1/tasks/{missing_task}"),
+        ),
+        (
+            format!("/v1/tasks/{task}/wait?timeout_ms=10"),
+            format!("/v1/tasks/{missing_task}/wait?timeout_ms=10"),
+        ),
+    ] {
+        let r1 = w.api.get(&theirs, &w.b).await;
+        let r2 = w.api.get(&unknown, &w.b).await;
+        assert_eq!(r1.status.as_u16(), 404, "{theirs}: {r1:?}");
+        assert_eq!((r1.status, r1.kind()), (r2.status, r2.kind()), "{theirs}");
+        assert!(!r1.message().contains("alpha"), "{r1:?}");
+    }
+    // Enqueue alpha's job as beta: unknown job, as for a name never used.
+    let r1 = w
+        .api
+        .post("/v1/tasks", &w.b, &json!({"job": "secret-job"}))
+        .await;
+    let r2 = w
+        .api
+        .post("/v1/tasks", &w.b, &json!({"job": "no-such-job"}))
+        .await;
+    r1.expect(404, "job_not_found");
+    r2.expect(404, "job_not_found");
+    // A chain naming alpha's module: unknown module.
+    let r = w
+        .api
+        .post(
+            "/v1/jobs",
+            &w.b,
+            &json!({"name": "steal", "handlers": [hash]}),
+        )
+        .await;
+    r.expect(404, "module_not_found");
+    // Lists and counts show beta nothing of alpha's.
+    let jobs = w.api.get("/v1/jobs", &w.b).await;
+    jobs.expect(200, "");
+    assert_eq!(jobs.body["jobs"], json!([]));
+    let tasks = w.api.get("/v1/tasks", &w.b).await;
+    tasks.expect(200, "");
+    assert_eq!(tasks.body["tasks"], json!([]));
+    let stats = w.api.get("/v1/stats", &w.b).await;
+    assert_eq!(stats.body["completed"], 0);
+    // Beta may use the same job name (no 409 that would reveal alpha's),
+    // and uploading the same bytes gives beta its own copy.
+    let mine = w
+        .api
+        .register(&w.b, "secret-job", &["noop"], json!({}))
+        .await;
+    mine.expect(201, "");
+    assert_eq!(mine.body["version"], 1);
+    assert_eq!(mine.body["tenant"], "beta");
+    let same = w.api.upload_job(&w.b, "normalize").await;
+    assert_eq!(same, hash);
+    // Beta's task of its own `secret-job` runs beta's chain, not alpha's.
+    let t = w
+        .api
+        .enqueue(&w.b, "secret-job", json!({"text": "Top SECRET"}))
+        .await;
+    let done = w.api.wait(&w.b, &t).await;
+    assert_eq!(done["args_map"]["text"], "Top SECRET", "{done}");
+    assert_eq!(done["tenant"], "beta");
+    // And alpha's view is unchanged.
+    let alpha_jobs = w.api.get("/v1/jobs", &w.a).await;
+    assert_eq!(
+        alpha_jobs.body["jobs"][0]["handlers"][0]["name"],
+        "normalize"
+    );
+    assert_eq!(alpha_jobs.body["jobs"].as_array().map(Vec::len), Some(1));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_400_with_a_reason() {
+    let w = world().await;
+    let hash = w.api.upload_job(&w.a, "noop").await;
+    w.api
+        .post("/v1/jobs", &w.a, &json!({"name": "ok", "handlers": [hash]}))
+        .await
+        .expect(201, "");
+    let raw = |path: &'static str, body: &'static str| {
+        let api = &w.api;
+        let token = w.a.clone();
+        async move {
+            api.send(
+                Method::POST,
+                path,
+                Some(&token),
+                Some(("application/json", body.as_bytes().to_vec())),
+            )
+            .await
+        }
+    };
+    for (path, body, needle) in [
+        ("/v1/jobs", "not json", "malformed JSON"),
+        ("/v1/jobs", "", "empty"),
+        (
+            "/v1/jobs",
+            "{\"name\": 1, \"handlers\": []}",
+            "invalid type",
+        ),
+        ("/v1/jobs", "{\"handlers\": []}", "missing field `name`"),
+        (
+            "/v1/jobs",
+            "{\"name\": \"x\", \"handlers\": [], \"oops\": 1}",
+            "unknown field `oops`",
+        ),
+        (
+            "/v1/tasks",
+            "{\"job\": \"ok\", \"args\": [1, 2]}",
+            "invalid type",
+        ),
+        (
+            "/v1/tasks",
+            "{\"job\": \"ok\", \"max_attempts\": -1}",
+            "invalid value",
+        ),
+        ("/v1/tasks", "{\"job\": \"ok\"", "EOF"),
+    ] {
+        let r = raw(path, body).await;
+        r.expect(400, "bad_request");
+        assert!(r.message().contains(needle), "{path} {body}: {r:?}");
+    }
+    for (body, kind, needle) in [
+        (
+            json!({"name": "x", "handlers": ["abc"]}),
+            "bad_request",
+            "not a module hash",
+        ),
+        (
+            json!({"name": "x", "handlers": []}),
+            "empty_chain",
+            "no handlers",
+        ),
+        (
+            json!({"name": "bad name!", "handlers": [hash]}),
+            "invalid_name",
+            "invalid job name",
+        ),
+        (
+            json!({"name": "x", "handlers": [hash], "limits": {"fuel": 0}}),
+            "invalid_limits",
+            "fuel",
+        ),
+    ] {
+        let r = w.api.post("/v1/jobs", &w.a, &body).await;
+        r.expect(400, kind);
+        assert!(r.message().contains(needle), "{body}: {r:?}");
+    }
+    for (body, needle) in [
+        (
+            json!({"job": "ok", "queue": "no spaces"}),
+            "invalid queue name",
+        ),
+        (json!({"job": "ok", "max_attempts": 0}), "max_attempts"),
+        (json!({"job": "ok", "timeout_ms": 0}), "timeout_ms"),
+        (json!({"job": "ok", "delay_ms": 1u64 << 50}), "delay_ms"),
+    ] {
+        let r = w.api.post("/v1/tasks", &w.a, &body).await;
+        r.expect(400, "bad_request");
+        assert!(r.message().contains(needle), "{body}: {r:?}");
+    }
+    for path in [
+        "/v1/tasks/not-a-uuid",
+        "/v1/tasks/not-a-uuid/wait",
+        "/v1/tasks?limit=abc",
+        "/v1/tasks?state=bogus",
+        "/v1/tasks?limit=0",
+        "/v1/jobs/ok?version=x",
+        "/v1/tasks?oops=1",
+    ] {
+        w.api.get(path, &w.a).await.expect(400, "bad_request");
+    }
+    // Unknown routes and methods answer in the same JSON shape.
+    w.api
+        .get("/v1/nothing", &w.a)
+        .await
+        .expect(404, "route_not_found");
+    w.api
+        .send(Method::DELETE, "/v1/jobs", Some(&w.a), None)
+        .await
+        .expect(405, "method_not_allowed");
+    // A module upload declared as something else is refused.
+    w.api
+        .send(
+            Method::POST,
+            "/v1/modules",
+            Some(&w.a),
+            Some(("text/plain", support::job_bytes("noop"))),
+        )
+        .await
+        .expect(415, "unsupported_media_type");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413() {
+    let noop_len = support::job_bytes("noop").len() as u64;
+    let w = world_with(
+        TenantLimits {
+            max_module_bytes: noop_len - 1,
+            ..TenantLimits::default()
+        },
+        ApiConfig {
+            max_json_bytes: 16 << 10,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    // A module one byte over alpha's cap; beta's cap takes it.
+    let r = w.api.upload(&w.a, support::job_bytes("noop")).await;
+    r.expect(413, "module_too_large");
+    assert!(r.message().contains(&format!("{}", noop_len - 1)), "{r:?}");
+    w.api
+        .upload(&w.b, support::job_bytes("noop"))
+        .await
+        .expect(201, "");
+    // JSON bodies over the API's cap, on both JSON routes.
+    let big = "x".repeat(20 << 10);
+    for path in ["/v1/jobs", "/v1/tasks"] {
+        let r = w
+            .api
+            .post(path, &w.b, &json!({"job": "j", "args": {"big": big}}))
+            .await;
+        r.expect(413, "body_too_large");
+    }
+    // Megabytes over alpha's cap: still a clean 413 (the body is drained, so
+    // the client reads the answer rather than a reset).
+    let r = w.api.upload(&w.a, vec![0u8; 8 << 20]).await;
+    r.expect(413, "module_too_large");
+    // The same size is under beta's cap: read whole, then refused as content.
+    let r = w.api.upload(&w.b, vec![0u8; 8 << 20]).await;
+    r.expect(422, "not_wasm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_modules_are_refused_at_upload_with_their_own_error() {
+    let w = world().await;
+    for (what, bytes, kind) in api_support::refused_modules() {
+        let r = w.api.upload(&w.a, bytes).await;
+        assert_eq!(r.status.as_u16(), 422, "{what}: {r:?}");
+        assert_eq!(r.kind(), kind, "{what}: {r:?}");
+        assert!(!r.message().is_empty());
+    }
+    // Nothing refused was stored.
+    let jobs = w
+        .api
+        .post(
+            "/v1/jobs",
+            &w.a,
+            &json!({"name": "x", "handlers": [corral::sandbox::ModuleHash::of(b"").as_str()]}),
+        )
+        .await;
+    jobs.expect(404, "module_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_modules_that_validate_are_contained_at_run_time() {
+    let w = world().await;
+    let worker = RunningWorker::start(
+        w.broker.clone(),
+        w.registry.clone(),
+        support::worker_config(2),
+    );
+    // (module, args, the task's end state, the error kinds it may die of)
+    let cases: [(&str, Value, &str, &[&str]); 9] = [
+        ("spin", json!({}), "dead", &["out_of_fuel"]),
+        ("memory_bomb", json!({}), "dead", &["memory_limit"]),
+        ("sleep", json!({"ms": 60_000}), "dead", &["deadline"]),
+        // Spinning on the clock burns fuel and time; either limit stops it.
+        (
+            "busy_wait",
+            json!({"ms": 60_000}),
+            "dead",
+            &["out_of_fuel", "deadline"],
+        ),
+        // The wasm stack, or the guest's shadow stack in linear memory (an
+        // out-of-bounds trap), runs out first; see jobs/recurse.
+        ("recurse", json!({}), "dead", &["stack_overflow", "trap"]),
+        // A guest panic: reported as such, or as the trap it ends in.
+        ("panic", json!({}), "dead", &["panic", "trap"]),
+        (
+            "big_output",
+            json!({"bytes": 4 << 20}),
+            "dead",
+            &["output_too_large"],
+        ),
+        ("open_file", json!({}), "completed", &[]),
+        ("socket", json!({}), "completed", &[]),
+    ];
+    let mut ids = Vec::new();
+    for (module, args, _, _) in &cases {
+        let job = format!("hostile-{module}");
+        w.api
+            .register(&w.a, &job, &[module], quick())
+            .await
+            .expect(201, "");
+        ids.push(w.api.enqueue(&w.a, &job, args.clone()).await);
+    }
+    for ((module, _, state, kinds), id) in cases.iter().zip(&ids) {
+        let task = w.api.wait(&w.a, id).await;
+        assert_eq!(task["state"], *state, "{module}: {task}");
+        if !kinds.is_empty() {
+            let got = task["error"]["kind"].as_str().unwrap_or("");
+            assert!(
+                kinds.contains(&got),
+                "{module}: expected {kinds:?}, got {task}"
+            );
+        }
+    }
+    // The file and network attempts were refused inside the sandbox.
+    let open_file = w.api.wait(&w.a, &ids[7]).await;
+    assert_ne!(open_file["args_map"]["file"], "opened", "{open_file}");
+    let socket = w.api.wait(&w.a, &ids[8]).await;
+    assert_ne!(socket["args_map"]["tcp"], "connected", "{socket}");
+    // And the worker is still healthy.
+    w.api
+        .register(&w.a, "after", &["normalize"], json!({}))
+        .await
+        .expect(201, "");
+    let t = w
+        .api
+        .enqueue(&w.a, "after", json!({"text": "Still OK"}))
+        .await;
+    assert_eq!(w.api.wait(&w.a, &t).await["args_map"]["text"], "still ok");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_tasks_keep_the_version_they_were_enqueued_with() {
+    let w = world().await;
+    // Version 1: normalize only.
+    let v1 = w
+        .api
+        .register(&w.a, "stats", &["normalize"], json!({}))
+        .await;
+    v1.expect(201, "");
+    assert_eq!(v1.body["version"], 1);
+    let first = w.api.enqueue(&w.a, "stats", json!({"text": "A b a"})).await;
+    // Registering the name again needs an explicit replace.
+    let again = w
+        .api
+        .register(&w.a, "stats", &["normalize"], json!({}))
+        .await;
+    again.expect(409, "job_exists");
+    assert!(again.message().contains("version 1"), "{again:?}");
+    // Version 2: normalize then count_words.
+    let n = w.api.upload_job(&w.a, "normalize").await;
+    let c = w.api.upload_job(&w.a, "count_words").await;
+    let v2 = w
+        .api
+        .post(
+            "/v1/jobs",
+            &w.a,
+            &json!({"name": "stats", "handlers": [n, {"name": "count", "module": c}], "replace": true}),
+        )
+        .await;
+    v2.expect(201, "");
+    assert_eq!(v2.body["version"], 2);
+    let second = w.api.enqueue(&w.a, "stats", json!({"text": "A b a"})).await;
+    // A task may also ask for an older version explicitly.
+    let pinned = w
+        .api
+        .post(
+            "/v1/tasks",
+            &w.a,
+            &json!({"job": "stats", "args": {"text": "x"}, "version": 1}),
+        )
+        .await;
+    pinned.expect(202, "");
+    assert_eq!(pinned.body["job_version"], 1);
+    w.api
+        .post("/v1/tasks", &w.a, &json!({"job": "stats", "version": 9}))
+        .await
+        .expect(404, "job_version_not_found");
+
+    // Only now does a worker start: both tasks were queued before it.
+    let worker = RunningWorker::start(
+        w.broker.clone(),
+        w.registry.clone(),
+        support::worker_config(2),
+    );
+    let first = w.api.wait(&w.a, &first).await;
+    let second = w.api.wait(&w.a, &second).await;
+    worker.stop().await;
+    assert_eq!(first["state"], "completed", "{first}");
+    assert_eq!(first["job_version"], 1);
+    assert_eq!(first["args_map"]["text"], "a b a");
+    assert!(first["args_map"].get("counts").is_none(), "{first}");
+    assert_eq!(second["state"], "completed", "{second}");
+    assert_eq!(second["job_version"], 2);
+    assert_eq!(second["args_map"]["counts"]["a"], 2, "{second}");
+    // Both versions stay readable.
+    let old = w.api.get("/v1/jobs/stats?version=1", &w.a).await;
+    assert_eq!(old.body["handlers"].as_array().map(Vec::len), Some(1));
+    let new = w.api.get("/v1/jobs/stats", &w.a).await;
+    assert_eq!(new.body["version"], 2);
+    assert_eq!(new.body["handlers"][1]["name"], "count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_limits_are_enforced_at_upload_registration_and_enqueue() {
+    let w = world_with(
+        TenantLimits {
+            max_fuel: 1_000_000,
+            max_memory_bytes: 16 << 20,
+            max_timeout_ms: 2_000,
+            max_queued: 3,
+            ..TenantLimits::default()
+        },
+        ApiConfig::default(),
+    )
+    .await;
+    let hash = w.api.upload_job(&w.a, "noop").await;
+    for (limits, name) in [
+        (json!({"fuel": 1_000_001}), "fuel"),
+        (json!({"memory_bytes": 32u64 << 20}), "memory_bytes"),
+        (json!({"timeout_ms": 2_001}), "timeout_ms"),
+    ] {
+        let r = w
+            .api
+            .post(
+                "/v1/jobs",
+                &w.a,
+                &json!({"name": "j", "handlers": [hash], "limits": limits}),
+            )
+            .await;
+        r.expect(422, "over_tenant_limit");
+        assert!(r.message().contains(name), "{r:?}");
+    }
+    // Limits left out are the defaults narrowed to the tenant's ceilings.
+    let ok = w
+        .api
+        .post("/v1/jobs", &w.a, &json!({"name": "j", "handlers": [hash]}))
+        .await;
+    ok.expect(201, "");
+    assert_eq!(ok.body["limits"]["fuel"], 1_000_000);
+    assert_eq!(ok.body["limits"]["memory_bytes"], 16u64 << 20);
+    assert_eq!(ok.body["limits"]["timeout_ms"], 2_000);
+    // No worker runs: the fourth task is over max_queued, delayed ones count.
+    w.api.enqueue(&w.a, "j", json!({})).await;
+    w.api.enqueue(&w.a, "j", json!({})).await;
+    w.api
+        .post("/v1/tasks", &w.a, &json!({"job": "j", "delay_ms": 60_000}))
+        .await
+        .expect(202, "");
+    let full = w.api.post("/v1/tasks", &w.a, &json!({"job": "j"})).await;
+    full.expect(429, "queue_full");
+    assert!(full.message().contains("limit of 3"), "{full:?}");
+    // Beta's queue is its own.
+    let hb = w.api.upload_job(&w.b, "noop").await;
+    w.api
+        .post("/v1/jobs", &w.b, &json!({"name": "j", "handlers": [hb]}))
+        .await
+        .expect(201, "");
+    w.api.enqueue(&w.b, "j", json!({})).await;
+    // Listing shows alpha's three tasks, the delayed one as scheduled.
+    let listed = w.api.get("/v1/tasks", &w.a).await;
+    assert_eq!(listed.body["tasks"].as_array().map(Vec::len), Some(3));
+    let scheduled = w.api.get("/v1/tasks?state=scheduled", &w.a).await;
+    assert_eq!(scheduled.body["tasks"].as_array().map(Vec::len), Some(1));
+    let stats = w.api.get("/v1/stats", &w.a).await;
+    assert_eq!(
+        (
+            stats.body["pending"].clone(),
+            stats.body["scheduled"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    let _ = &w.catalog;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_a_static_page_without_data() {
+    let w = world().await;
+    let resp = reqwest::get(format!("{}/", w.api.base)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let csp = resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("<title>Corral</title>"));
+    assert!(html.contains("/v1/tasks?limit=50"));
+    // No external assets, and nothing of any tenant.
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    assert!(!html.contains("alpha") && !html.contains("beta"));
+}

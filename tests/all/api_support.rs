@@ -1,0 +1,336 @@
+//! Helpers of the API and tenant tests: Redis inspection (servers come from
+//! `support::redis`), the API served on `127.0.0.1:0` in the test's runtime,
+//! tenants with tokens, a small HTTP client, and the hostile modules that
+//! are not in `jobs/dist` (built from WAT here).
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral::api::{self, ApiConfig, ApiState};
+use corral::broker::Broker;
+use corral::catalog::{Catalog, MemoryCatalog, RedisCatalog};
+use corral::registry::Registry;
+use corral::tenant::{Tenant, TenantLimits, Token};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::support;
+
+pub use crate::support::redis::RedisServer;
+
+/// Every key in `server`.
+pub fn keys(server: &RedisServer) -> Vec<String> {
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client.get_connection().expect("redis connection");
+    redis::cmd("KEYS").arg("*").query(&mut conn).expect("KEYS")
+}
+
+/// Every string value and hash field value in `server`, as bytes.
+pub fn string_values(server: &RedisServer) -> Vec<Vec<u8>> {
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client.get_connection().expect("redis connection");
+    let mut out = Vec::new();
+    for key in keys(server) {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).expect("TYPE");
+        match kind.as_str() {
+            "string" => out.push(redis::cmd("GET").arg(&key).query(&mut conn).expect("GET")),
+            "hash" => {
+                let all: Vec<Vec<u8>> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query(&mut conn)
+                    .expect("HGETALL");
+                out.extend(all);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Where a test's catalog lives.
+pub enum Store {
+    /// In this process.
+    Memory,
+    /// In a private Redis server (kept alive as long as the store).
+    Redis(RedisServer),
+}
+
+impl Store {
+    /// A catalog over this store.
+    pub async fn catalog(&self) -> Arc<dyn Catalog> {
+        match self {
+            Store::Memory => Arc::new(MemoryCatalog::new()),
+            Store::Redis(server) => Arc::new(
+                RedisCatalog::connect(&server.url())
+                    .await
+                    .expect("connect the Redis catalog"),
+            ),
+        }
+    }
+}
+
+/// Creates a tenant with `limits`; returns its token.
+pub async fn tenant(catalog: &Arc<dyn Catalog>, name: &str, limits: TenantLimits) -> String {
+    let token = Token::generate();
+    catalog
+        .create_tenant(
+            &Tenant {
+                name: name.to_owned(),
+                limits,
+            },
+            &token.hash(),
+        )
+        .await
+        .expect("create tenant");
+    token.expose().to_owned()
+}
+
+/// The API of a test, served in the background until dropped.
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Serves the API over `broker` and `registry` on a free loopback port.
+pub async fn serve<B: Broker + Clone>(broker: B, registry: Registry, config: ApiConfig) -> Api {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let base = format!("http://{}", listener.local_addr().expect("local addr"));
+    let router = api::router(ApiState {
+        broker,
+        registry,
+        config,
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(api::serve(listener, router, async move {
+        let _ = stopped.await;
+    }));
+    Api {
+        base,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client"),
+        stop: Some(stop),
+    }
+}
+
+/// An answer: status and JSON body (`Value::Null` when not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error kind of an error answer.
+    pub fn kind(&self) -> &str {
+        self.body["error"]["kind"].as_str().unwrap_or("")
+    }
+
+    /// The error message of an error answer.
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
+    /// Asserts the status and, for errors, the kind.
+    #[track_caller]
+    pub fn expect(&self, status: u16, kind: &str) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        if !kind.is_empty() {
+            assert_eq!(self.kind(), kind, "{self:?}");
+            assert!(!self.message().is_empty(), "{self:?}");
+        }
+        self
+    }
+}
+
+impl Api {
+    /// A client of an API served elsewhere (another process) at `base`.
+    pub fn connect(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            stop: None,
+        }
+    }
+
+    /// Sends a request; `token` `None` sends no Authorization header.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Some((content_type, bytes)) = body {
+            req = req.header("Content-Type", content_type).body(bytes);
+        }
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("HTTP body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, body }
+    }
+
+    /// GET with a token.
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    /// POST of JSON with a token.
+    pub async fn post(&self, path: &str, token: &str, json: &Value) -> Reply {
+        let bytes = serde_json::to_vec(json).expect("json");
+        self.send(
+            Method::POST,
+            path,
+            Some(token),
+            Some(("application/json", bytes)),
+        )
+        .await
+    }
+
+    /// Uploads module bytes; returns the reply.
+    pub async fn upload(&self, token: &str, bytes: Vec<u8>) -> Reply {
+        self.send(
+            Method::POST,
+            "/v1/modules",
+            Some(token),
+            Some(("application/wasm", bytes)),
+        )
+        .await
+    }
+
+    /// Uploads a built job component; returns its hash.
+    pub async fn upload_job(&self, token: &str, name: &str) -> String {
+        let reply = self.upload(token, support::job_bytes(name)).await;
+        reply.expect(201, "");
+        reply.body["hash"].as_str().expect("hash").to_owned()
+    }
+
+    /// Uploads the named components and registers them as job `job`.
+    pub async fn register(
+        &self,
+        token: &str,
+        job: &str,
+        handlers: &[&str],
+        limits: Value,
+    ) -> Reply {
+        let mut chain = Vec::new();
+        for h in handlers {
+            let hash = self.upload_job(token, h).await;
+            chain.push(serde_json::json!({"name": h, "module": hash}));
+        }
+        self.post(
+            "/v1/jobs",
+            token,
+            &serde_json::json!({"name": job, "handlers": chain, "limits": limits}),
+        )
+        .await
+    }
+
+    /// Enqueues a task of `job` with `args`; returns its id.
+    pub async fn enqueue(&self, token: &str, job: &str, args: Value) -> String {
+        let reply = self
+            .post(
+                "/v1/tasks",
+                token,
+                &serde_json::json!({"job": job, "args": args, "max_attempts": 1}),
+            )
+            .await;
+        reply.expect(202, "");
+        reply.body["task_id"].as_str().expect("task_id").to_owned()
+    }
+
+    /// Long-polls a task until it is final (fails the test after 60 s).
+    pub async fn wait(&self, token: &str, id: &str) -> Value {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = self
+                .get(&format!("/v1/tasks/{id}/wait?timeout_ms=10000"), token)
+                .await;
+            reply.expect(200, "");
+            let state = reply.body["state"].as_str().unwrap_or("").to_owned();
+            if state == "completed" || state == "dead" {
+                return reply.body;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "task {id} still {state} after 60 s"
+            );
+        }
+    }
+}
+
+/// Hostile modules the upload must refuse, built here: (what, bytes, the
+/// error kind expected).
+pub fn refused_modules() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let wat = |text: &str| wat::parse_str(text).expect("fixture WAT parses");
+    vec![
+        (
+            "random bytes",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+            "not_wasm",
+        ),
+        ("empty body", Vec::new(), "not_wasm"),
+        (
+            "a core module",
+            wat(r#"(module (func (export "handle")))"#),
+            "core_module",
+        ),
+        (
+            "a truncated component",
+            {
+                let mut bytes = support::job_bytes("noop");
+                bytes.truncate(bytes.len() / 2);
+                bytes
+            },
+            "invalid_component",
+        ),
+        (
+            "a component exporting nothing",
+            wat("(component)"),
+            "wrong_world",
+        ),
+        (
+            "a component whose handle has the wrong type",
+            wat(r#"(component
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f")))
+                (export "handle" (func $f)))"#),
+            "wrong_world",
+        ),
+        (
+            "a component importing what the host does not provide",
+            wat(r#"(component
+                (import "evil:net/raw-socket" (instance
+                    (export "open" (func (param "port" u32)))))
+            )"#),
+            "unsupported_import",
+        ),
+    ]
+}

@@ -1,0 +1,582 @@
+//! Tenants: the catalog (in memory and in a private Redis) keeps each
+//! tenant's tokens, modules and job versions apart; workers fetch modules by
+//! hash and compile them once; no tenant runs more than its concurrency cap
+//! on one worker; and one tenant's flood does not starve another.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral::Client;
+use corral::broker::{
+    AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Maintenance,
+    Outcome, QueueStats, RedisBroker, RedisConfig, TaskQuery,
+};
+use corral::catalog::{Catalog, CatalogError, RedisCatalog};
+use corral::registry::{HandlerSpec, JobDefinition, Registry};
+use corral::sandbox::{Limits, ModuleHash};
+use corral::task::{Task, TaskId, TaskState};
+use corral::tenant::{Tenant, TenantLimits, Token};
+
+use crate::api_support::{self, RedisServer, Store};
+use crate::support::{self, RunningWorker};
+
+fn definition(tenant: &str, name: &str, module: &ModuleHash) -> JobDefinition {
+    JobDefinition {
+        tenant: tenant.into(),
+        name: name.into(),
+        version: 0,
+        handlers: vec![HandlerSpec {
+            name: "h".into(),
+            module: module.clone(),
+        }],
+        limits: Limits::default(),
+    }
+}
+
+/// What every catalog must do; run against both.
+async fn catalog_contract(catalog: Arc<dyn Catalog>) {
+    let token = Token::generate();
+    let acme = Tenant {
+        name: "acme".into(),
+        limits: TenantLimits {
+            max_queued: 7,
+            ..TenantLimits::default()
+        },
+    };
+    catalog.create_tenant(&acme, &token.hash()).await.unwrap();
+    let again = catalog
+        .create_tenant(&acme, &Token::generate().hash())
+        .await;
+    assert_eq!(again, Err(CatalogError::TenantExists("acme".into())));
+    assert_eq!(catalog.tenant("acme").await.unwrap(), Some(acme.clone()));
+    assert_eq!(catalog.tenant("nobody").await.unwrap(), None);
+    let found = catalog.tenant_for_token(&token.hash()).await.unwrap();
+    assert_eq!(found, Some(acme.clone()));
+    // The refused second create left no working token behind.
+    assert_eq!(
+        catalog
+            .tenant_for_token(&Token::generate().hash())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Modules are per tenant.
+    let bytes = b"module bytes".to_vec();
+    let hash = ModuleHash::of(&bytes);
+    catalog.put_module("acme", &hash, &bytes).await.unwrap();
+    catalog.put_module("acme", &hash, &bytes).await.unwrap();
+    assert_eq!(catalog.module("acme", &hash).await.unwrap(), Some(bytes));
+    assert!(catalog.has_module("acme", &hash).await.unwrap());
+    assert!(!catalog.has_module("other", &hash).await.unwrap());
+    assert_eq!(catalog.module("other", &hash).await.unwrap(), None);
+
+    // Versions: the first is 1; a second needs replace; concurrent replaces
+    // each get their own number.
+    let v1 = catalog
+        .add_job_version(definition("acme", "job:a", &hash), false)
+        .await
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    let exists = catalog
+        .add_job_version(definition("acme", "job:a", &hash), false)
+        .await;
+    assert_eq!(
+        exists,
+        Err(CatalogError::JobExists {
+            name: "job:a".into(),
+            version: 1
+        })
+    );
+    let mut racers = Vec::new();
+    for _ in 0..20 {
+        let catalog = catalog.clone();
+        let def = definition("acme", "job:a", &hash);
+        racers.push(tokio::spawn(async move {
+            catalog.add_job_version(def, true).await.unwrap().version
+        }));
+    }
+    let mut versions = Vec::new();
+    for r in racers {
+        versions.push(r.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (2..=21).collect::<Vec<u32>>());
+    let newest = catalog.job("acme", "job:a", None).await.unwrap().unwrap();
+    assert_eq!(newest.version, 21);
+    let old = catalog
+        .job("acme", "job:a", Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old, v1);
+    assert_eq!(catalog.job("acme", "job:a", Some(99)).await.unwrap(), None);
+    catalog
+        .add_job_version(definition("acme", "b", &hash), false)
+        .await
+        .unwrap();
+    let names: Vec<(String, u32)> = catalog
+        .jobs("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.name, d.version))
+        .collect();
+    assert_eq!(names, vec![("b".into(), 1), ("job:a".into(), 21)]);
+    // Another tenant sees none of it, and may use the same names.
+    assert!(catalog.jobs("other").await.unwrap().is_empty());
+    assert_eq!(catalog.job("other", "job:a", None).await.unwrap(), None);
+    let theirs = catalog
+        .add_job_version(definition("other", "job:a", &hash), false)
+        .await
+        .unwrap();
+    assert_eq!(theirs.version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_catalog_keeps_the_contract() {
+    catalog_contract(Store::Memory.catalog().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_catalog_keeps_the_contract_with_every_key_tenant_tagged() {
+    let store = Store::Redis(RedisServer::start());
+    catalog_contract(store.catalog().await).await;
+    let Store::Redis(redis) = &store else {
+        unreachable!()
+    };
+    let keys = api_support::keys(redis);
+    assert!(!keys.is_empty());
+    for key in &keys {
+        let tenant_key = ["corral:{t:acme}:", "corral:{t:other}:"]
+            .iter()
+            .any(|p| key.starts_with(p));
+        assert!(
+            tenant_key || key.starts_with("corral:token:"),
+            "key without its tenant: {key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_stored_only_as_hashes() {
+    let redis = RedisServer::start();
+    let store = Store::Redis(redis);
+    let catalog = store.catalog().await;
+    let token = api_support::tenant(&catalog, "acme", TenantLimits::default()).await;
+    let Store::Redis(redis) = &store else {
+        unreachable!()
+    };
+    let hash = Token::from_presented(&token).hash().0;
+    let keys = api_support::keys(redis);
+    assert!(keys.iter().any(|k| k.contains(&hash)), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains(&token)));
+    for value in api_support::string_values(redis) {
+        let text = String::from_utf8_lossy(&value);
+        assert!(
+            !text.contains(&token),
+            "the token is stored in clear: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_fetches_modules_by_hash_and_compiles_each_once() {
+    let store = Store::Redis(RedisServer::start());
+    // The uploader and the worker share only the Redis catalog: separate
+    // connections, separate sandboxes, separate caches.
+    let uploader = Registry::with_catalog(support::sandbox(), store.catalog().await);
+    let worker_sandbox = support::sandbox();
+    let worker_registry = Registry::with_catalog(worker_sandbox.clone(), store.catalog().await);
+    api_support::tenant(uploader.catalog(), "acme", TenantLimits::default()).await;
+    let files = ["normalize", "count_words", "top_k"].map(support::job);
+    uploader
+        .register_files("acme", "stats", &files, Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(worker_sandbox.cached_handlers(), 0);
+
+    let broker = EmbeddedBroker::new();
+    let client = Client::new(broker.clone());
+    let tasks: Vec<Task> = (0..12)
+        .map(|i| {
+            client
+                .task("stats")
+                .tenant("acme")
+                .arg("text", &format!("word{} word", i % 3))
+                .unwrap()
+                .build()
+        })
+        .collect();
+    client.enqueue_many(tasks.clone()).await.unwrap();
+    let worker = RunningWorker::start(broker, worker_registry, support::worker_config(4));
+    for task in &tasks {
+        let done = support::wait(&client, task, 60).await;
+        assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+        assert_eq!(done.args_map["total"], 2);
+    }
+    worker.stop().await;
+    // Three modules, each fetched and compiled once for twelve tasks.
+    assert_eq!(worker_sandbox.cached_handlers(), 3);
+}
+
+/// An embedded broker that counts, per tenant, the tasks running the middle
+/// handler of a three-handler chain: from the checkpoint after handler 0 to
+/// the one after handler 1. That phase lies inside the time the worker holds
+/// the task's tenant slot, and a task handed back over its tenant's cap never
+/// reaches it, so the count is a lower bound of slots in use that only real
+/// runs raise.
+#[derive(Clone)]
+struct CountingBroker<B> {
+    inner: B,
+    counts: Arc<Mutex<Counts>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    running: HashMap<TaskId, String>,
+    now: HashMap<String, usize>,
+    peak: HashMap<String, usize>,
+}
+
+impl<B: Broker> Broker for CountingBroker<B> {
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
+        self.inner.enqueue(tasks).await
+    }
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
+        self.inner.acquire(req).await
+    }
+    async fn update(&self, lease: &Lease, cp: &Checkpoint) -> Result<(), BrokerError> {
+        {
+            let mut c = self.counts.lock().unwrap();
+            match cp.current_handler_index {
+                // Handler 0 done: the task is running its middle handler.
+                1 if c
+                    .running
+                    .insert(lease.task_id, lease.tenant.clone())
+                    .is_none() =>
+                {
+                    let now = {
+                        let n = c.now.entry(lease.tenant.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    let peak = c.peak.entry(lease.tenant.clone()).or_default();
+                    *peak = (*peak).max(now);
+                }
+                // The middle handler done.
+                2 => {
+                    if let Some(tenant) = c.running.remove(&lease.task_id)
+                        && let Some(n) = c.now.get_mut(&tenant)
+                    {
+                        *n -= 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.inner.update(lease, cp).await
+    }
+    async fn ack(
+        &self,
+        results: Vec<(Lease, Outcome)>,
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        self.inner.ack(results).await
+    }
+    async fn heartbeat(&self, leases: &[Lease], d: Duration) -> Result<Vec<TaskId>, BrokerError> {
+        self.inner.heartbeat(leases, d).await
+    }
+    async fn maintain(&self) -> Result<Maintenance, BrokerError> {
+        self.inner.maintain().await
+    }
+    async fn task(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, BrokerError> {
+        self.inner.task(tenant, id).await
+    }
+    async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.stats(tenant, queue).await
+    }
+    async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.tenant_stats(tenant).await
+    }
+    async fn list_tasks(&self, tenant: &str, q: &TaskQuery) -> Result<Vec<Task>, BrokerError> {
+        self.inner.list_tasks(tenant, q).await
+    }
+    async fn dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<Task>, BrokerError> {
+        self.inner.dead(tenant, queue, limit).await
+    }
+    async fn enqueue_raw(
+        &self,
+        tenant: &str,
+        queue: &str,
+        raw: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        self.inner.enqueue_raw(tenant, queue, raw).await
+    }
+}
+
+/// Tenant `capped` (cap 2) and tenant `free` share a worker of 8 slots.
+async fn concurrency_cap<B: Broker + Clone>(inner: B, catalog: Arc<dyn Catalog>) {
+    for (name, cap) in [("capped", 2), ("free", 64)] {
+        api_support::tenant(
+            &catalog,
+            name,
+            TenantLimits {
+                max_concurrency: cap,
+                ..TenantLimits::default()
+            },
+        )
+        .await;
+    }
+    let registry = Registry::with_catalog(support::sandbox(), catalog);
+    for tenant in ["capped", "free"] {
+        registry
+            .register_files(
+                tenant,
+                "nap",
+                &[
+                    support::job("noop"),
+                    support::job("sleep"),
+                    support::job("noop"),
+                ],
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let broker = CountingBroker {
+        inner,
+        counts: Arc::default(),
+    };
+    let client = Client::new(broker.clone());
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let tenant = if i % 2 == 0 { "capped" } else { "free" };
+        tasks.push(
+            client
+                .task("nap")
+                .tenant(tenant)
+                .arg("ms", &40)
+                .unwrap()
+                .build(),
+        );
+    }
+    client.enqueue_many(tasks.clone()).await.unwrap();
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(8));
+    for task in &tasks {
+        let done = support::wait(&client, task, 60).await;
+        assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+        // A task handed back over the cap did not use up an attempt.
+        assert_eq!(done.attempt, 1);
+    }
+    worker.stop().await;
+    let counts = broker.counts.lock().unwrap();
+    let capped = counts.peak.get("capped").copied().unwrap_or(0);
+    assert!(
+        (1..=2).contains(&capped),
+        "tenant `capped` ran {capped} tasks at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tenant_runs_more_than_its_concurrency_cap_on_a_worker() {
+    concurrency_cap(EmbeddedBroker::new(), Store::Memory.catalog().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tenant_runs_more_than_its_concurrency_cap_on_a_redis_worker() {
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let catalog: Arc<dyn Catalog> = Arc::new(RedisCatalog::connect(&redis.url()).await.unwrap());
+    concurrency_cap(broker, catalog).await;
+}
+
+/// Tenant `flood` enqueues 10,000 tasks, then tenant `small` 10: the small
+/// tenant's tasks all complete while most of the flood still waits.
+async fn fair_share<B: Broker + Clone>(broker: B, registry: Registry) {
+    for tenant in ["flood", "small"] {
+        registry
+            .register_files(tenant, "nap", &[support::job("sleep")], Limits::default())
+            .await
+            .unwrap();
+    }
+    let client = Client::new(broker.clone());
+    let flood: Vec<Task> = (0..10_000)
+        .map(|_| {
+            client
+                .task("nap")
+                .tenant("flood")
+                .arg("ms", &20)
+                .unwrap()
+                .build()
+        })
+        .collect();
+    for chunk in flood.chunks(1000) {
+        client.enqueue_many(chunk.to_vec()).await.unwrap();
+    }
+    let small: Vec<Task> = (0..10)
+        .map(|_| {
+            client
+                .task("nap")
+                .tenant("small")
+                .arg("ms", &20)
+                .unwrap()
+                .build()
+        })
+        .collect();
+    client.enqueue_many(small.clone()).await.unwrap();
+
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(4));
+    for task in &small {
+        let done = support::wait(&client, task, 60).await;
+        assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+    }
+    let flood_stats = broker.tenant_stats("flood").await.unwrap();
+    worker.stop().await;
+    // Served first-come-first-served, the small tenant would have waited for
+    // all 10,000 (50 s at 4 × 20 ms); shared fairly, it waited for about as
+    // many flood tasks as it has.
+    assert!(
+        flood_stats.pending >= 9_000,
+        "the flood was mostly served first: {flood_stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_starve_another_on_the_embedded_broker() {
+    let catalog = Store::Memory.catalog().await;
+    for tenant in ["flood", "small"] {
+        api_support::tenant(&catalog, tenant, TenantLimits::default()).await;
+    }
+    let registry = Registry::with_catalog(support::sandbox(), catalog);
+    fair_share(EmbeddedBroker::new(), registry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_starve_another_on_the_redis_broker() {
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let catalog: Arc<dyn Catalog> = Arc::new(RedisCatalog::connect(&redis.url()).await.unwrap());
+    for tenant in ["flood", "small"] {
+        api_support::tenant(&catalog, tenant, TenantLimits::default()).await;
+    }
+    let registry = Registry::with_catalog(support::sandbox(), catalog);
+    fair_share(broker, registry).await;
+}
+
+/// `exclude_tenants`, `tenant_stats` and `list_tasks` as every broker keeps
+/// them.
+async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
+    let client = Client::new(broker.clone());
+    let mut tasks = Vec::new();
+    for (tenant, queue) in [("a", "q1"), ("a", "q2"), ("b", "q1"), ("a", "q1")] {
+        tasks.push(client.task("j").tenant(tenant).queue(queue).build());
+    }
+    let delayed = client
+        .task("j")
+        .tenant("a")
+        .queue("q2")
+        .delay(Duration::from_secs(3600))
+        .build();
+    tasks.push(delayed.clone());
+    client.enqueue_many(tasks.clone()).await.unwrap();
+
+    let a = broker.tenant_stats("a").await.unwrap();
+    assert_eq!((a.pending, a.scheduled), (3, 1));
+    let b = broker.tenant_stats("b").await.unwrap();
+    assert_eq!((b.pending, b.scheduled), (1, 0));
+    assert_eq!(
+        broker.tenant_stats("nobody").await.unwrap(),
+        QueueStats::default()
+    );
+
+    let all = broker.list_tasks("a", &TaskQuery::default()).await.unwrap();
+    let mut want: Vec<TaskId> = tasks
+        .iter()
+        .filter(|t| t.tenant == "a")
+        .map(|t| t.task_id)
+        .collect();
+    want.sort_by(|x, y| y.cmp(x));
+    assert_eq!(all.iter().map(|t| t.task_id).collect::<Vec<_>>(), want);
+    let scheduled = broker
+        .list_tasks(
+            "a",
+            &TaskQuery {
+                state: Some(TaskState::Scheduled),
+                ..TaskQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0].task_id, delayed.task_id);
+    let q1 = broker
+        .list_tasks(
+            "a",
+            &TaskQuery {
+                queue: Some("q1".into()),
+                limit: 1,
+                ..TaskQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(q1.len(), 1);
+    assert_eq!(q1[0].task_id, tasks[3].task_id);
+
+    // A worker at tenant a's cap is served only b's task.
+    let req = AcquireRequest {
+        queues: vec!["q1".into(), "q2".into()],
+        worker: "w".into(),
+        max: 10,
+        lease_for: Duration::from_secs(30),
+        block_for: Duration::ZERO,
+        exclude_tenants: vec!["a".into()],
+    };
+    let got = broker.acquire(&req).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].task.tenant, "b");
+    let active = broker
+        .list_tasks(
+            "b",
+            &TaskQuery {
+                state: Some(TaskState::Active),
+                ..TaskQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(active.len(), 1);
+    let got = broker
+        .acquire(&AcquireRequest {
+            exclude_tenants: Vec::new(),
+            ..req
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|l| l.task.tenant == "a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_serves_tenant_calls() {
+    broker_tenant_calls(EmbeddedBroker::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_broker_serves_tenant_calls() {
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    broker_tenant_calls(broker).await;
+}
