@@ -7,18 +7,12 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use corral::api::ApiConfig;
-use corral::broker::{RedisBroker, RedisConfig};
 use corral::catalog::{Catalog, RedisCatalog};
-use corral::registry::Registry;
-use corral::tenant::TenantLimits;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::api_support::{self, Api, RedisServer};
+use crate::api_support::{Api, RedisServer};
 use crate::support;
 
 fn corral() -> Command {
@@ -205,23 +199,21 @@ async fn tenants_and_jobs_commands_write_the_redis_catalog() {
 async fn a_worker_process_runs_jobs_uploaded_through_another_process() {
     let redis = RedisServer::start();
     let url = redis.url();
-    // This process: the API only, on the shared Redis.
-    let catalog: Arc<dyn Catalog> = Arc::new(RedisCatalog::connect(&url).await.unwrap());
-    let token = api_support::tenant(&catalog, "acme", TenantLimits::default()).await;
-    let broker = RedisBroker::connect(RedisConfig::new(url.clone()))
+    // Process 1 creates the tenant; process 2 serves the API and runs no
+    // worker; process 3 is a worker that knows no jobs of its own. They
+    // share only Redis.
+    let created = corral()
+        .args(["tenants", "create", "acme", "--redis", &url])
+        .output()
         .await
-        .unwrap();
-    let api = api_support::serve(
-        broker,
-        Registry::with_catalog(support::sandbox(), catalog),
-        ApiConfig::default(),
-    )
-    .await;
+        .expect("run corral tenants create");
+    assert!(created.status.success(), "{created:?}");
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let (mut api_process, _, api) = serve(&["--redis", &url, "--workers", "0"]).await;
     api.register(&token, "stats", &["normalize", "count_words"], json!({}))
         .await
         .expect(201, "");
     let first = api.enqueue(&token, "stats", json!({"text": "x Y x"})).await;
-    // Another process: a worker that knows no jobs of its own.
     let mut worker = corral()
         .args(["worker", "--redis", &url, "--concurrency", "2"])
         .stdout(Stdio::null())
@@ -250,4 +242,5 @@ async fn a_worker_process_runs_jobs_uploaded_through_another_process() {
     assert_eq!(done["job_version"], 2);
     assert_eq!(done["args_map"]["top"], json!([["x", 2]]), "{done}");
     worker.kill().await.expect("stop the worker");
+    api_process.kill().await.expect("stop the API");
 }
