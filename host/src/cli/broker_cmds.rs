@@ -259,10 +259,8 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let catalog = args.redis.catalog("worker").await?;
-    let registry = Registry::with_catalog(
-        Sandbox::new(SandboxConfig::default())?,
-        Arc::new(catalog),
-    );
+    let registry =
+        Registry::with_catalog(Sandbox::new(SandboxConfig::default())?, Arc::new(catalog));
     let limits = args.sandbox.limits();
     for (name, files) in &jobs {
         registry
