@@ -431,7 +431,7 @@ async fn hostile_modules_that_validate_are_contained_at_run_time() {
         support::worker_config(2),
     );
     // (module, args, the task's end state, the error kinds it may die of)
-    let cases: [(&str, Value, &str, &[&str]); 9] = [
+    let cases: [(&str, Value, &str, &[&str]); 11] = [
         ("spin", json!({}), "dead", &["out_of_fuel"]),
         ("memory_bomb", json!({}), "dead", &["memory_limit"]),
         ("sleep", json!({"ms": 60_000}), "dead", &["deadline"]),
@@ -455,6 +455,9 @@ async fn hostile_modules_that_validate_are_contained_at_run_time() {
         ),
         ("open_file", json!({}), "completed", &[]),
         ("socket", json!({}), "completed", &[]),
+        // A log flood is capped; state cannot outlive its instance.
+        ("big_log", json!({}), "completed", &[]),
+        ("counter", json!({}), "completed", &[]),
     ];
     let mut ids = Vec::new();
     for (module, args, _, _) in &cases {
@@ -481,6 +484,14 @@ async fn hostile_modules_that_validate_are_contained_at_run_time() {
     assert_ne!(open_file["args_map"]["file"], "opened", "{open_file}");
     let socket = w.api.wait(&w.a, &ids[8]).await;
     assert_ne!(socket["args_map"]["tcp"], "connected", "{socket}");
+    let big_log = w.api.wait(&w.a, &ids[9]).await;
+    let kept = big_log["log"].as_str().unwrap_or("").len();
+    assert!(
+        kept > 0 && kept < 256 << 10,
+        "kept {kept} bytes of a 1 MiB log"
+    );
+    let counter = w.api.wait(&w.a, &ids[10]).await;
+    assert_eq!(counter["args_map"]["count"], 1, "{counter}");
     // And the worker is still healthy.
     w.api
         .register(&w.a, "after", &["normalize"], json!({}))
