@@ -2,8 +2,10 @@
 //! the tenant's jobs, task counts and recent tasks.
 //!
 //! The page itself is a static shell that holds no tenant data, so it is the
-//! one route served without a token: it asks for the token, keeps it in the
-//! tab's `sessionStorage` only, and reads everything through the same
+//! one route served without a token: it asks for the token (or takes it from
+//! a `#token=…` fragment, which browsers never send to the server, and then
+//! clears it from the address bar), keeps it in the tab's `sessionStorage`
+//! only, and reads everything through the same
 //! authenticated `/v1` routes as any client. It renders with `textContent`
 //! only, never HTML from data, so a job name or a task's log cannot inject
 //! markup.
@@ -11,7 +13,7 @@
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY};
 use axum::response::{Html, IntoResponse};
 
-const PAGE: &str = r#"<!doctype html>
+const PAGE: &str = r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Corral</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
@@ -52,11 +54,15 @@ async function load() {
     $("status").textContent = "Updated " + new Date().toLocaleTimeString() + " (every 5 s).";
   } catch (e) { $("status").textContent = String(e.message || e); $("status").className = "err"; }
 }
+if (location.hash.startsWith("#token=")) {
+  sessionStorage.setItem("corral-token", decodeURIComponent(location.hash.slice(7)));
+  history.replaceState(null, "", location.pathname);
+}
 $("login").addEventListener("submit", (e) => { e.preventDefault(); sessionStorage.setItem("corral-token", $("token").value.trim()); $("token").value = ""; load(); });
 $("forget").addEventListener("click", () => { sessionStorage.removeItem("corral-token"); location.reload(); });
 load(); setInterval(load, 5000);
 </script></body></html>
-"#;
+"##;
 
 /// `GET /`: the dashboard page.
 pub async fn page() -> impl IntoResponse {
