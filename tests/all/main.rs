@@ -9,4 +9,6 @@ mod api_cli;
 mod api_support;
 mod chain;
 mod conformance;
+mod crash;
+mod redis_broker;
 mod tenants;

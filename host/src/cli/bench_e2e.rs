@@ -76,6 +76,19 @@ impl WorkerProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// CPU seconds (user + system) the process has used so far.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // Fields after the command name (which may hold spaces, so split
+        // after its closing parenthesis): utime is the 12th, stime the 13th,
+        // in clock ticks of 1/100 s (USER_HZ on Linux).
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / 100.0)
+    }
+
     fn stop(&mut self) {
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
@@ -114,6 +127,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// CPU use of the worker and of Redis, read when the drain starts.
+struct CpuMark {
+    worker: Option<f64>,
+    redis: Option<f64>,
+}
+
+async fn cpu_mark(worker: &WorkerProcess, broker: &RedisBroker) -> CpuMark {
+    CpuMark {
+        worker: worker.cpu_seconds(),
+        redis: broker.server_cpu_seconds().await.ok().flatten(),
+    }
 }
 
 /// Waits until the queue has nothing pending, scheduled or active; returns
@@ -215,8 +241,26 @@ async fn measure(
             .with_context(|| format!("starting {}", bin.display()))?,
     };
     let limit = Duration::from_secs(600);
+    // Wait for the worker to take its first task, then note CPU use, so
+    // the per-task CPU figures leave out its start-up.
+    let give_up = Instant::now() + limit;
+    while broker.stats(DEFAULT_TENANT, queue).await?.pending >= args.tasks {
+        if Instant::now() > give_up {
+            bail!("the worker never started taking tasks");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = cpu_mark(&worker, broker).await;
     let first = drain(broker, queue, args.tasks, limit).await?;
     let done = Instant::now();
+    let after = cpu_mark(&worker, broker).await;
+    let per_task_us = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map(|(a, b)| format!("{:.1} µs/task", (b - a) * 1e6 / args.tasks as f64))
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
+    let worker_cpu = per_task_us(before.worker, after.worker);
+    let redis_cpu = per_task_us(before.redis, after.redis);
     let e2e_rate = args.tasks as f64 / done.duration_since(first).as_secs_f64();
     let e2e_with_start = args.tasks as f64 / done.duration_since(spawned).as_secs_f64();
 
@@ -256,6 +300,8 @@ async fn measure(
         args.tasks, args.concurrency
     );
     println!("end-to-end including worker start-up: {e2e_with_start:.0} tasks/s");
+    println!("worker CPU while draining: {worker_cpu}");
+    println!("Redis CPU while draining: {redis_cpu}");
     println!(
         "single enqueue: {single_rate:.0} tasks/s ({} calls of one task)",
         args.single

@@ -79,6 +79,9 @@ pub(crate) async fn run_task<B: Broker>(
         let result = sandbox.call(handler, ctx, &task.args_map, &limits).await;
         match result {
             Ok(out) => {
+                // One event per handler run: counting them shows which
+                // handlers ran again after a crash (tests/all/crash.rs).
+                tracing::debug!(task = %task.task_id, handler = index, attempt = task.attempt, "handler finished");
                 append_guest_log(&mut task, index, &spec.name, &out.guest_log);
                 task.args_map = out.args;
                 task.append_log(&out.result_log);

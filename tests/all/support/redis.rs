@@ -281,3 +281,101 @@ pub fn cluster() -> &'static RedisCluster {
 pub fn unique_prefix(name: &str) -> String {
     format!("t-{name}-{:08x}", rand::random::<u32>())
 }
+
+/// A `corral worker` process (the real binary), killed (SIGKILL) on drop.
+pub struct WorkerProcess {
+    child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts `corral worker` against `url` under key `prefix` with the
+    /// example jobs, `extra` arguments appended; stderr (with handler-run
+    /// events at debug level, no colours) goes to `log`.
+    pub fn start(url: &str, prefix: &str, extra: &[&str], log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("worker log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("worker")
+            .args(["--redis", url, "--prefix", prefix])
+            .arg("--jobs-dir")
+            .arg(super::jobs_dir())
+            .args(extra)
+            .env("RUST_LOG", "warn,corral::worker::executor=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start corral worker");
+        Self { child, log }
+    }
+
+    /// SIGKILL: no shutdown, no hand-back; its leases must expire.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; true if it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < give_up {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if self.running() {
+            self.kill();
+        }
+    }
+}
+
+/// One handler run, as the worker's `handler finished` debug event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerRun {
+    /// The task.
+    pub task: String,
+    /// The handler's index in the chain.
+    pub handler: u32,
+    /// The attempt it ran in.
+    pub attempt: u32,
+}
+
+/// Every handler run in a worker's log (lines cut short by a SIGKILL are
+/// skipped).
+pub fn handler_runs(log: &Path) -> Vec<HandlerRun> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("handler finished"))
+        .filter_map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            Some(HandlerRun {
+                task: field("task=")?,
+                handler: field("handler=")?.parse().ok()?,
+                attempt: field("attempt=")?.parse().ok()?,
+            })
+        })
+        .collect()
+}

@@ -12,7 +12,7 @@
 //! | `P:{T}:completed` | zset | completed ids, scored by finish time (µs) |
 //! | `P:{T}:dead` | zset | dead ids, scored by the time they died (µs) |
 //! | `P:{T}:task` | hash | id → the task's JSON as enqueued (or as pushed raw) |
-//! | `P:{T}:meta` | hash | id → `state\|attempt\|max_attempts\|token\|updated\|run_at\|handler\|started\|worker` |
+//! | `P:{T}:meta` | hash | id → packed metadata: state, attempt, max_attempts, fencing token, times, handler index, worker (layout in `lua/common.lua`) |
 //! | `P:{T}:progress` | hash | id → the last checkpoint's JSON |
 //! | `P:{T}:error` | hash | id → the last failure's JSON |
 //! | `P:{wake}:<queue>` | list | wake-up tokens for idle workers of that queue name (bounded) |

@@ -114,7 +114,9 @@ use super::{
     Outcome, QueueStats, Retention, TaskQuery, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
-use crate::task::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TENANT, Task, TaskError, TaskId, TaskState};
+use crate::task::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, Task, TaskError, TaskId, TaskState,
+};
 use conn::{BlockingPool, Conn, Target, reachable, unavailable};
 use keys::QueueKeys;
 use record::{Assembled, RawRecord, assemble, from_micros, micros};
@@ -357,6 +359,28 @@ impl RedisBroker {
         }))
     }
 
+    /// CPU seconds (user + system) the Redis server has used since it
+    /// started, from `INFO cpu`; `None` on a cluster (one figure would not
+    /// cover all nodes) or when the server does not say. For benchmarks.
+    pub async fn server_cpu_seconds(&self) -> Result<Option<f64>, BrokerError> {
+        if matches!(self.inner.conn, Conn::Cluster(_)) {
+            return Ok(None);
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("server_cpu_seconds", e))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        Ok(field("used_cpu_user:")
+            .zip(field("used_cpu_sys:"))
+            .map(|(u, s)| u + s))
+    }
+
     /// Deletes every key of `tenant`'s queue `queue` and drops it from the
     /// index: all its tasks, whatever their state, are gone.
     pub async fn purge_queue(&self, tenant: &str, queue: &str) -> Result<(), BrokerError> {
@@ -564,6 +588,11 @@ impl RedisBroker {
             }
             let mut raw_seen = 0;
             let mut burials: Vec<(TaskId, u64, String)> = Vec::new();
+            if reply.leased.iter().any(|got| got.code != 0) {
+                // Raw pushes may reach a queue no enqueue registered; make
+                // it findable (`task()`, maintenance) from now on.
+                self.register(tenant, queue).await?;
+            }
             for got in reply.leased {
                 if got.code != 0 {
                     raw_seen += 1;
@@ -806,20 +835,22 @@ impl RedisBroker {
         Ok((out, hints))
     }
 
-    /// Finds the record of `id` among `tenant`'s queues.
+    /// Finds the record of `id` among `tenant`'s queues (those in the index,
+    /// and the default queue, where raw pushes need no registration).
     async fn find(
         &self,
         tenant: &str,
         id: TaskId,
     ) -> Result<Option<(String, QueueKeys, RawRecord)>, BrokerError> {
         for max_age in [INDEX_TTL, Duration::ZERO] {
-            let queues: Vec<String> = self
+            let mut queues: BTreeSet<String> = self
                 .index(max_age)
                 .await?
                 .into_iter()
                 .filter(|(t, _)| t == tenant)
                 .map(|(_, q)| q)
                 .collect();
+            queues.insert(DEFAULT_QUEUE.to_owned());
             let reads = join_all(queues.iter().map(|q| async move {
                 let keys = self.keys(tenant, q);
                 let record = scripts::read(&mut self.conn(), &keys, id).await?;
@@ -883,12 +914,21 @@ impl Broker for RedisBroker {
             } else {
                 TaskState::Pending
             };
+            let meta = record::Meta {
+                state: task.state,
+                attempt: task.attempt,
+                max_attempts: task.max_attempts,
+                token: 0,
+                updated_us: now_us,
+                run_at_us: None,
+                handler: task.current_handler_index,
+                started_us: None,
+                worker: String::new(),
+            };
             let item = EnqueueItem {
                 id: task.task_id.to_string(),
                 json: task.to_json(),
-                attempt: task.attempt,
-                max_attempts: task.max_attempts,
-                handler: task.current_handler_index,
+                meta: meta.encode(),
                 due_us: due.map(micros),
             };
             (task.tenant, task.queue_name, item)

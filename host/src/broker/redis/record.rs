@@ -56,60 +56,81 @@ pub struct Meta {
     pub worker: String,
 }
 
+/// The fixed part of the packed metadata, in bytes (see `lua/common.lua`):
+/// state (1), attempt (4), max_attempts (4), token (8), updated (8),
+/// run_at (8), handler (4), started (8); the worker id follows.
+pub const META_LEN: usize = 45;
+
 impl Meta {
-    /// Parses `state|attempt|max|token|updated|run_at|handler|started|worker`.
+    /// Parses the packed metadata `lua/common.lua` describes.
     pub fn parse(raw: &[u8]) -> Result<Self, String> {
-        let text = std::str::from_utf8(raw).map_err(|_| "metadata is not UTF-8".to_owned())?;
-        let mut parts = text.splitn(9, '|');
-        let mut next = |name: &str| {
-            parts
-                .next()
-                .ok_or_else(|| format!("metadata `{text}` has no {name}"))
+        if raw.len() < META_LEN {
+            return Err(format!("metadata of {} bytes is too short", raw.len()));
+        }
+        let u32_at = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&raw[at..at + 4]);
+            u32::from_be_bytes(b)
         };
-        let state = match next("state")? {
-            "p" => TaskState::Pending,
-            "s" => TaskState::Scheduled,
-            "a" => TaskState::Active,
-            "r" => TaskState::Retrying,
-            "c" => TaskState::Completed,
-            "d" => TaskState::Dead,
-            other => return Err(format!("metadata `{text}` has unknown state `{other}`")),
-        };
-        let num = |s: &str, name: &str| {
-            s.parse::<u64>()
-                .map_err(|_| format!("metadata `{text}` has a bad {name} `{s}`"))
-        };
-        let opt_time = |s: &str, name: &str| -> Result<Option<i64>, String> {
-            if s.is_empty() {
-                Ok(None)
+        // Doubles holding integers (times in µs, the token): refuse anything
+        // that is not a whole number in range.
+        let int_at = |at: usize, name: &str| -> Result<i64, String> {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[at..at + 8]);
+            let x = f64::from_be_bytes(b);
+            if x.is_finite() && x.fract() == 0.0 && (0.0..=9.0e15).contains(&x) {
+                Ok(x as i64)
             } else {
-                s.parse::<i64>()
-                    .map(Some)
-                    .map_err(|_| format!("metadata `{text}` has a bad {name} `{s}`"))
+                Err(format!("metadata has a bad {name} ({x})"))
             }
         };
-        let attempt = num(next("attempt")?, "attempt")?;
-        let max_attempts = num(next("max_attempts")?, "max_attempts")?;
-        let token = num(next("token")?, "token")?;
-        let updated_us = opt_time(next("updated")?, "updated")?.unwrap_or(0);
-        let run_at_us = opt_time(next("run_at")?, "run_at")?;
-        let handler = num(next("handler")?, "handler")?;
-        let started_us = opt_time(next("started")?, "started")?;
-        let worker = next("worker")?.to_owned();
-        let small = |n: u64, name: &str| {
-            u32::try_from(n).map_err(|_| format!("metadata `{text}` has an oversized {name}"))
+        let state = match raw[0] {
+            b'p' => TaskState::Pending,
+            b's' => TaskState::Scheduled,
+            b'a' => TaskState::Active,
+            b'r' => TaskState::Retrying,
+            b'c' => TaskState::Completed,
+            b'd' => TaskState::Dead,
+            other => return Err(format!("metadata has unknown state byte {other:#04x}")),
         };
+        let optional = |t: i64| (t != 0).then_some(t);
+        let worker = std::str::from_utf8(&raw[META_LEN..])
+            .map_err(|_| "metadata's worker id is not UTF-8".to_owned())?
+            .to_owned();
         Ok(Self {
             state,
-            attempt: small(attempt, "attempt")?,
-            max_attempts: small(max_attempts, "max_attempts")?,
-            token,
-            updated_us,
-            run_at_us,
-            handler: small(handler, "handler")?,
-            started_us,
+            attempt: u32_at(1),
+            max_attempts: u32_at(5),
+            token: int_at(9, "token")? as u64,
+            updated_us: int_at(17, "updated time")?,
+            run_at_us: optional(int_at(25, "run_at time")?),
+            handler: u32_at(33),
+            started_us: optional(int_at(37, "start time")?),
             worker,
         })
+    }
+
+    /// Packs the metadata as `lua/common.lua` reads it.
+    pub fn encode(&self) -> Vec<u8> {
+        let state = match self.state {
+            TaskState::Pending => b'p',
+            TaskState::Scheduled => b's',
+            TaskState::Active => b'a',
+            TaskState::Retrying => b'r',
+            TaskState::Completed => b'c',
+            TaskState::Dead => b'd',
+        };
+        let mut out = Vec::with_capacity(META_LEN + self.worker.len());
+        out.push(state);
+        out.extend_from_slice(&self.attempt.to_be_bytes());
+        out.extend_from_slice(&self.max_attempts.to_be_bytes());
+        out.extend_from_slice(&(self.token as f64).to_be_bytes());
+        out.extend_from_slice(&(self.updated_us as f64).to_be_bytes());
+        out.extend_from_slice(&(self.run_at_us.unwrap_or(0) as f64).to_be_bytes());
+        out.extend_from_slice(&self.handler.to_be_bytes());
+        out.extend_from_slice(&(self.started_us.unwrap_or(0) as f64).to_be_bytes());
+        out.extend_from_slice(self.worker.as_bytes());
+        out
     }
 }
 
@@ -227,21 +248,39 @@ pub fn assemble(
 mod tests {
     use super::*;
 
+    fn sample() -> Meta {
+        Meta {
+            state: TaskState::Active,
+            attempt: 2,
+            max_attempts: 3,
+            token: 7,
+            updated_us: 1_700_000_000_000_000,
+            run_at_us: None,
+            handler: 1,
+            started_us: Some(1_700_000_000_000_001),
+            worker: "host|1".into(),
+        }
+    }
+
     #[test]
-    fn meta_parses_and_refuses_damage() {
-        let m = Meta::parse(b"a|2|3|7|1700000000000000||1|1700000000000001|host|1").unwrap();
-        assert_eq!(m.state, TaskState::Active);
-        assert_eq!(
-            (m.attempt, m.max_attempts, m.token, m.handler),
-            (2, 3, 7, 1)
-        );
-        assert_eq!(m.run_at_us, None);
-        assert_eq!(m.started_us, Some(1_700_000_000_000_001));
-        assert_eq!(m.worker, "host|1");
-        assert!(Meta::parse(b"x|0|3|0|1||0||").is_err());
-        assert!(Meta::parse(b"p|0|3").is_err());
-        assert!(Meta::parse(b"p|-1|3|0|1||0||").is_err());
-        assert!(Meta::parse(b"\xff").is_err());
+    fn meta_round_trips_and_refuses_damage() {
+        let m = sample();
+        let packed = m.encode();
+        assert_eq!(packed.len(), META_LEN + 6);
+        assert_eq!(Meta::parse(&packed).unwrap(), m);
+        let mut bad_state = packed.clone();
+        bad_state[0] = b'x';
+        assert!(Meta::parse(&bad_state).is_err());
+        assert!(Meta::parse(&packed[..META_LEN - 1]).is_err());
+        let mut bad_token = packed.clone();
+        bad_token[9..17].copy_from_slice(&f64::NAN.to_be_bytes());
+        assert!(Meta::parse(&bad_token).is_err());
+        let mut fractional = packed.clone();
+        fractional[17..25].copy_from_slice(&1.5f64.to_be_bytes());
+        assert!(Meta::parse(&fractional).is_err());
+        let mut bad_worker = packed;
+        bad_worker.push(0xff);
+        assert!(Meta::parse(&bad_worker).is_err());
     }
 
     #[test]
@@ -249,7 +288,11 @@ mod tests {
         let id = TaskId::new();
         let record = RawRecord {
             task: Some(b"{not json".to_vec()),
-            meta: b"d|1|3|1|1700000000000000||0|1700000000000000|w".to_vec(),
+            meta: Meta {
+                state: TaskState::Dead,
+                ..sample()
+            }
+            .encode(),
             progress: None,
             error: None,
         };

@@ -122,12 +122,8 @@ pub struct EnqueueItem {
     pub id: String,
     /// The task JSON.
     pub json: Vec<u8>,
-    /// Attempts already made (0 for a new task).
-    pub attempt: u32,
-    /// Attempts allowed.
-    pub max_attempts: u32,
-    /// The handler to run first.
-    pub handler: u32,
+    /// Its first metadata, packed (state pending or scheduled).
+    pub meta: Vec<u8>,
     /// When it is due (µs), if later than now.
     pub due_us: Option<i64>,
 }
@@ -152,11 +148,7 @@ pub async fn enqueue(
         .arg(max_queued)
         .arg(items.len());
     for item in items {
-        inv.arg(&item.id)
-            .arg(&item.json[..])
-            .arg(item.attempt)
-            .arg(item.max_attempts)
-            .arg(item.handler);
+        inv.arg(&item.id).arg(&item.json[..]).arg(&item.meta[..]);
         match item.due_us {
             Some(due) => inv.arg(due),
             None => inv.arg(""),

@@ -4,7 +4,8 @@
 -- lease moved on gets code 1 and changes nothing. An outcome already
 -- applied under the same token (a retried ack whose first reply was lost)
 -- answers 0 again without applying twice. Finished sets are then cut to
--- their bounds, oldest first.
+-- their bounds, oldest first. Writes are batched (one command per key for
+-- all outcomes), as each redis.call from Lua has a fixed cost.
 --
 -- KEYS[1] pending    (list)
 -- KEYS[2] active     (zset)
@@ -38,41 +39,111 @@ local n = tonumber(ARGV[4])
 local target = {c = 'c', r = 'r', d = 'd', l = 'p'}
 
 local codes = {}
+if n == 0 then
+    return codes
+end
+local ids = {}
+for i = 0, n - 1 do
+    ids[i + 1] = ARGV[5 + i * 6]
+end
+local metas = redis.call('HMGET', k_meta, unpack(ids))
+
+local applied = {} -- id -> {token, state} applied by this call
+-- Argument lists for one batched command per key, with their lengths
+-- (counters instead of `#t + 1`: the length operator is not free in Lua).
+local meta_args, active_rem, progress_set, error_del, error_set = {}, {}, {}, {}, {}
+local completed_add, scheduled_add, dead_add, released = {}, {}, {}, {}
+local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
+local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
 for i = 0, n - 1 do
     local base = 5 + i * 6
     local id, token, kind = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2]
-    local json, due, handler = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-    local m = meta_get(k_meta, id)
     local code = 1
-    if m and m.token == token and m.state == 'a' and target[kind] then
-        code = 0
-        redis.call('ZREM', k_active, id)
-        m.updated = now
-        m.state = target[kind]
-        if kind == 'c' then
-            m.handler = handler
-            redis.call('HSET', k_progress, id, json)
-            redis.call('HDEL', k_error, id)
-            redis.call('ZADD', k_completed, now, id)
-        elseif kind == 'r' then
-            m.run_at = due
-            redis.call('HSET', k_error, id, json)
-            redis.call('ZADD', k_scheduled, due, id)
-        elseif kind == 'd' then
-            redis.call('HSET', k_error, id, json)
-            redis.call('ZADD', k_dead, now, id)
-        else
-            if m.attempt > 0 then
-                m.attempt = m.attempt - 1
-            end
-            redis.call('RPUSH', k_pending, id)
+    local done = applied[id]
+    if done then
+        -- The same task twice in one batch: only a repeat of what was just
+        -- applied is accepted.
+        if done[1] == token and done[2] == target[kind] then
+            code = 0
         end
-        meta_put(k_meta, id, m)
-    elseif m and m.token == token and m.state == target[kind] then
-        code = 0
+    else
+        local m = meta_decode(metas[i + 1])
+        if m and m.token == token and m.state == 'a' and target[kind] then
+            code = 0
+            n_active = n_active + 1
+            active_rem[n_active] = id
+            m.updated = now
+            m.state = target[kind]
+            if kind == 'c' then
+                m.handler = ARGV[base + 5]
+                progress_set[n_progress + 1] = id
+                progress_set[n_progress + 2] = ARGV[base + 3]
+                n_progress = n_progress + 2
+                n_error_del = n_error_del + 1
+                error_del[n_error_del] = id
+                completed_add[n_completed + 1] = now
+                completed_add[n_completed + 2] = id
+                n_completed = n_completed + 2
+            elseif kind == 'r' then
+                local due = ARGV[base + 4]
+                m.run_at = due
+                error_set[n_error_set + 1] = id
+                error_set[n_error_set + 2] = ARGV[base + 3]
+                n_error_set = n_error_set + 2
+                scheduled_add[n_scheduled + 1] = due
+                scheduled_add[n_scheduled + 2] = id
+                n_scheduled = n_scheduled + 2
+            elseif kind == 'd' then
+                error_set[n_error_set + 1] = id
+                error_set[n_error_set + 2] = ARGV[base + 3]
+                n_error_set = n_error_set + 2
+                dead_add[n_dead + 1] = now
+                dead_add[n_dead + 2] = id
+                n_dead = n_dead + 2
+            else
+                if m.attempt > 0 then
+                    m.attempt = m.attempt - 1
+                end
+                n_released = n_released + 1
+                released[n_released] = id
+            end
+            meta_args[n_meta + 1] = id
+            meta_args[n_meta + 2] = meta_encode(m)
+            n_meta = n_meta + 2
+            applied[id] = {token, m.state}
+        elseif m and m.token == token and m.state == target[kind] then
+            code = 0
+        end
     end
-    codes[#codes + 1] = code
+    codes[i + 1] = code
 end
-bound(k_completed, max_completed, k_task, k_meta, k_progress, k_error)
-bound(k_dead, max_dead, k_task, k_meta, k_progress, k_error)
+
+if n_active > 0 then
+    redis.call('ZREM', k_active, unpack(active_rem))
+    redis.call('HSET', k_meta, unpack(meta_args))
+end
+if n_progress > 0 then
+    redis.call('HSET', k_progress, unpack(progress_set))
+end
+if n_error_del > 0 then
+    redis.call('HDEL', k_error, unpack(error_del))
+end
+if n_error_set > 0 then
+    redis.call('HSET', k_error, unpack(error_set))
+end
+if n_completed > 0 then
+    redis.call('ZADD', k_completed, unpack(completed_add))
+    bound(k_completed, max_completed, k_task, k_meta, k_progress, k_error)
+end
+if n_scheduled > 0 then
+    redis.call('ZADD', k_scheduled, unpack(scheduled_add))
+end
+if n_dead > 0 then
+    redis.call('ZADD', k_dead, unpack(dead_add))
+    bound(k_dead, max_dead, k_task, k_meta, k_progress, k_error)
+end
+for _, id in ipairs(released) do
+    -- Back to the front of the line: it was next already.
+    redis.call('RPUSH', k_pending, id)
+end
 return codes

@@ -7,6 +7,10 @@
 -- worker that dies right after this script loses nothing: its leases expire
 -- and maintain.lua returns the tasks.
 --
+-- Work is done in batches (one RPOP, HMGET, HSET, ZADD for all tasks of
+-- the call), because each redis.call from Lua has a fixed cost that would
+-- otherwise dominate.
+--
 -- An entry of pending that is not the id of a pending task is a raw push:
 -- task JSON written onto the list by hand. It is stored as a task record
 -- under its own `task_id` when that is a free, lowercase, hyphenated UUID,
@@ -50,99 +54,156 @@ local max, promote_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 local default_max_attempts = tonumber(ARGV[6])
 local next_fresh = 7
 
+-- 1. Due delayed and retrying tasks join the back of pending.
 local promoted = 0
 local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', now, 'LIMIT', 0, promote_max)
-for _, id in ipairs(due) do
-    redis.call('ZREM', k_scheduled, id)
-    local m = meta_get(k_meta, id)
-    if m and (m.state == 's' or m.state == 'r') then
-        m.state = 'p'
-        m.updated = now
-        meta_put(k_meta, id, m)
-        redis.call('LPUSH', k_pending, id)
-        promoted = promoted + 1
+if #due > 0 then
+    redis.call('ZREM', k_scheduled, unpack(due))
+    local metas = redis.call('HMGET', k_meta, unpack(due))
+    local meta_args, ready = {}, {}
+    for i, id in ipairs(due) do
+        local m = meta_decode(metas[i])
+        if m and (m.state == 's' or m.state == 'r') then
+            m.state = 'p'
+            m.updated = now
+            meta_args[#meta_args + 1] = id
+            meta_args[#meta_args + 1] = meta_encode(m)
+            ready[#ready + 1] = id
+        end
+    end
+    if #ready > 0 then
+        redis.call('HSET', k_meta, unpack(meta_args))
+        redis.call('LPUSH', k_pending, unpack(ready))
+        promoted = #ready
     end
 end
 
+-- 2. Take up to `max` entries from the front of pending.
 local uuid = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
-local out = {}
-local n = 0
-
-local function lease(id, m, code)
-    m.state = 'a'
-    m.attempt = m.attempt + 1
-    m.token = m.token + 1
-    m.updated = now
-    m.started = now
-    m.worker = worker
-    local encoded = meta_encode(m)
-    redis.call('HSET', k_meta, id, encoded)
-    redis.call('ZADD', k_active, expires, id)
-    out[#out + 1] = id
-    out[#out + 1] = encoded
-    out[#out + 1] = redis.call('HGET', k_task, id)
-    out[#out + 1] = redis.call('HGET', k_progress, id)
-    out[#out + 1] = redis.call('HGET', k_error, id)
-    out[#out + 1] = code
-    n = n + 1
+local leases = {} -- {id, meta, code}, in the order taken
+local taken = {} -- ids leased by this call
+local popped = false
+if max > 0 then
+    popped = redis.call('RPOP', k_pending, max)
 end
-
-while n < max do
-    local item = redis.call('RPOP', k_pending)
-    if not item then
-        break
-    end
-    local m = nil
-    if string.len(item) == 36 then
-        m = meta_get(k_meta, item)
-    end
-    if m then
-        if m.state == 'p' then
-            lease(item, m, 0)
+if popped then
+    local lookup = {}
+    for _, item in ipairs(popped) do
+        if string.len(item) == 36 then
+            lookup[#lookup + 1] = item
         end
-    else
-        local fresh = ARGV[next_fresh]
-        if not fresh then
-            -- Out of fresh ids: leave the raw entry at the front for the
-            -- next call.
-            redis.call('RPUSH', k_pending, item)
-            break
+    end
+    local known = {}
+    if #lookup > 0 then
+        local metas = redis.call('HMGET', k_meta, unpack(lookup))
+        for i, id in ipairs(lookup) do
+            known[id] = metas[i]
         end
-        next_fresh = next_fresh + 1
-        local id, code, max_attempts = fresh, 11, default_max_attempts
-        local ok, doc = pcall(cjson.decode, item)
-        if ok and type(doc) == 'table' then
-            local named = doc['task_id']
-            if type(named) == 'string' and string.match(named, uuid)
-                and string.lower(named) == named then
-                if redis.call('HEXISTS', k_meta, named) == 1 then
-                    code = 12
-                else
-                    id, code = named, 10
+    end
+    for i, item in ipairs(popped) do
+        local m = known[item] and meta_decode(known[item])
+        if m then
+            -- An id of a task that is not pending (or was already taken by
+            -- this call) is a stale entry: the task is accounted for
+            -- elsewhere, so the entry is dropped.
+            if m.state == 'p' and not taken[item] then
+                taken[item] = true
+                leases[#leases + 1] = {item, m, 0}
+            end
+        else
+            local fresh = ARGV[next_fresh]
+            if not fresh then
+                -- Out of fresh ids: put this entry and the rest back at the
+                -- front, in order, for the next call.
+                for j = #popped, i, -1 do
+                    redis.call('RPUSH', k_pending, popped[j])
+                end
+                break
+            end
+            next_fresh = next_fresh + 1
+            local id, code, max_attempts = fresh, 11, default_max_attempts
+            local ok, doc = pcall(cjson.decode, item)
+            if ok and type(doc) == 'table' then
+                local named = doc['task_id']
+                if type(named) == 'string' and string.match(named, uuid)
+                    and string.lower(named) == named then
+                    if taken[named] or redis.call('HEXISTS', k_meta, named) == 1 then
+                        code = 12
+                    else
+                        id, code = named, 10
+                    end
+                end
+                local ma = doc['max_attempts']
+                if type(ma) == 'number' and ma >= 1 and ma <= 1000000 and ma == math.floor(ma) then
+                    max_attempts = ma
                 end
             end
-            local ma = doc['max_attempts']
-            if type(ma) == 'number' and ma >= 1 and ma <= 1000000 and ma == math.floor(ma) then
-                max_attempts = ma
-            end
+            redis.call('HSET', k_task, id, item)
+            taken[id] = true
+            leases[#leases + 1] = {id, {
+                state = 'p', attempt = 0, max = max_attempts, token = 0, updated = now,
+                run_at = 0, handler = 0, started = 0, worker = '',
+            }, code}
         end
-        redis.call('HSET', k_task, id, item)
-        lease(id, {
-            state = 'p', attempt = 0, max = max_attempts, token = 0, updated = now,
-            run_at = '', handler = '0', started = '', worker = '',
-        }, code)
     end
 end
 
-local next_due = false
-if n == 0 then
+-- 3. Record the leases, all at once, and read what the worker needs.
+-- (Counters instead of `#t + 1`: the length operator is not free in Lua.)
+local result = {promoted, 0, false, #leases}
+if #leases > 0 then
+    local meta_args, zadd_args, ids, again = {}, {}, {}, {}
+    local nm, nz, na = 0, 0, 0
+    for i, l in ipairs(leases) do
+        local id, m = l[1], l[2]
+        -- A task leased before may have a checkpoint and an error.
+        if m.token > 0 then
+            na = na + 1
+            again[na] = id
+        end
+        m.state = 'a'
+        m.attempt = m.attempt + 1
+        m.token = m.token + 1
+        m.updated = now
+        m.started = now
+        m.worker = worker
+        l[4] = meta_encode(m)
+        meta_args[nm + 1] = id
+        meta_args[nm + 2] = l[4]
+        nm = nm + 2
+        zadd_args[nz + 1] = expires
+        zadd_args[nz + 2] = id
+        nz = nz + 2
+        ids[i] = id
+    end
+    redis.call('HSET', k_meta, unpack(meta_args))
+    redis.call('ZADD', k_active, unpack(zadd_args))
+    local jsons = redis.call('HMGET', k_task, unpack(ids))
+    local progress, errors = {}, {}
+    if na > 0 then
+        local p = redis.call('HMGET', k_progress, unpack(again))
+        local e = redis.call('HMGET', k_error, unpack(again))
+        for i, id in ipairs(again) do
+            progress[id] = p[i]
+            errors[id] = e[i]
+        end
+    end
+    local nr = 4
+    for i, l in ipairs(leases) do
+        local id = l[1]
+        result[nr + 1] = id
+        result[nr + 2] = l[4]
+        result[nr + 3] = jsons[i]
+        result[nr + 4] = progress[id] or false
+        result[nr + 5] = errors[id] or false
+        result[nr + 6] = l[3]
+        nr = nr + 6
+    end
+else
     local first = redis.call('ZRANGE', k_scheduled, 0, 0, 'WITHSCORES')
     if first[2] then
-        next_due = first[2]
+        result[3] = first[2]
     end
 end
-local result = {promoted, redis.call('LLEN', k_pending), next_due, n}
-for _, v in ipairs(out) do
-    result[#result + 1] = v
-end
+result[2] = redis.call('LLEN', k_pending)
 return result

@@ -1,59 +1,51 @@
 -- common.lua: helpers that scripts.rs prepends to every Corral script.
 --
--- A task's metadata is one field of the queue's `meta` hash:
+-- A task's metadata is one field of the queue's `meta` hash, packed with
+-- Lua's struct library (big-endian) rather than written as text: Lua
+-- inside Redis turns numbers into strings slowly, and this field is read
+-- and rewritten on every acquire and ack.
 --
---   state|attempt|max_attempts|token|updated|run_at|handler|started|worker
+--   c1 state         p pending, s scheduled, a active, r retrying,
+--                    c completed, d dead
+--   I4 attempt       attempts started (counted on acquire)
+--   I4 max_attempts  copied from the task, so scripts need not parse JSON
+--   d  token         the fencing token; grows by one on every acquire
+--   d  updated       when the task last changed, µs since the epoch
+--   d  run_at        when a retry is due (µs), 0 if none
+--   I4 handler       the next handler to run (the checkpoint's index)
+--   d  started       when the current or last attempt started (µs), 0 if
+--                    none yet
+--   then the bytes of the worker holding or last holding the lease
 --
--- state:        p pending, s scheduled, a active, r retrying, c completed,
---               d dead
--- attempt:      attempts started (counted on acquire)
--- max_attempts: copied from the task, so scripts need not parse its JSON
--- token:        the fencing token; grows by one on every acquire
--- updated:      when the task last changed, µs since the epoch
--- run_at:       when a retry is due (µs), empty if none
--- handler:      the next handler to run (the checkpoint's index)
--- started:      when the current or last attempt started (µs), empty before
--- worker:       the worker holding or last holding the lease (may hold `|`,
---               so it comes last)
---
--- Times are kept as the decimal strings Rust sent (ARGV): Lua's numbers
--- print large integers in exponent form, so scripts never turn a time back
--- into a string, and never read the clock themselves.
+-- Times and tokens are doubles: exact for integers below 2^53 (µs since
+-- the epoch stay below that until the year 2255). They come from Rust as
+-- ARGV; scripts never read the clock. record.rs reads and writes the same
+-- layout.
+
+local META = '>c1I4I4dddI4d'
+local META_LEN = 45
 
 local function meta_decode(v)
-    if not v then
+    if not v or string.len(v) < META_LEN then
         return nil
     end
-    local s, a, m, t, u, r, h, st, w =
-        string.match(v, '^(%a)|(%d+)|(%d+)|(%d+)|(%d*)|(%d*)|(%d+)|(%d*)|(.*)$')
-    if not s then
-        return nil
-    end
+    local s, a, m, t, u, r, h, st = struct.unpack(META, v)
     return {
         state = s,
-        attempt = tonumber(a),
-        max = tonumber(m),
-        token = tonumber(t),
+        attempt = a,
+        max = m,
+        token = t,
         updated = u,
         run_at = r,
         handler = h,
         started = st,
-        worker = w,
+        worker = string.sub(v, META_LEN + 1),
     }
 end
 
 local function meta_encode(m)
-    return table.concat({
-        m.state,
-        string.format('%d', m.attempt),
-        string.format('%d', m.max),
-        string.format('%d', m.token),
-        m.updated,
-        m.run_at,
-        m.handler,
-        m.started,
-        m.worker,
-    }, '|')
+    return struct.pack(META, m.state, m.attempt, m.max, m.token, m.updated, m.run_at,
+        m.handler, m.started) .. m.worker
 end
 
 local function meta_get(meta_key, id)

@@ -6,26 +6,36 @@
 -- KEYS[4] task       (hash)  id -> task JSON
 -- KEYS[5] meta       (hash)  id -> metadata (see common.lua)
 --
--- ARGV[1] now (µs)
+-- ARGV[1] now (µs); the metadata already carries it
 -- ARGV[2] the queue's bound: pending + scheduled + active may not exceed it
--- ARGV[3] n, the number of tasks; then 6 values per task:
---         id, task JSON, attempt (0 for a new task), max_attempts,
---         current handler index, due (µs; empty = ready now)
+-- ARGV[3] n, the number of tasks; then 4 values per task:
+--         id, task JSON, metadata (packed by Rust, see common.lua; state
+--         p or s), due (µs; empty = ready now)
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
---         {1, id}      nothing stored: task `id` already exists
+--         {1, id}      nothing stored: task `id` already exists (or is
+--                      given twice)
 --         {2, queued}  nothing stored: the queue holds `queued` tasks and
 --                      these would pass the bound
 
-local now = ARGV[1]
+
 local bound_max = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 
+if n == 0 then
+    return {0, 0}
+end
+local ids = {}
 for i = 0, n - 1 do
-    local id = ARGV[4 + i * 6]
-    if redis.call('HEXISTS', KEYS[5], id) == 1 then
-        return {1, id}
+    ids[i + 1] = ARGV[4 + i * 4]
+end
+local existing = redis.call('HMGET', KEYS[5], unpack(ids))
+local seen = {}
+for i = 1, n do
+    if existing[i] or seen[ids[i]] then
+        return {1, ids[i]}
     end
+    seen[ids[i]] = true
 end
 local queued = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
     + redis.call('ZCARD', KEYS[3])
@@ -33,30 +43,32 @@ if queued + n > bound_max then
     return {2, queued}
 end
 
-local tasks, metas, ready = {}, {}, {}
+local tasks, metas, ready, delayed = {}, {}, {}, {}
+local nt, nm, nr, nd = 0, 0, 0, 0
 for i = 0, n - 1 do
-    local base = 4 + i * 6
-    local id, json = ARGV[base], ARGV[base + 1]
-    local attempt, max = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-    local handler, due = ARGV[base + 4], ARGV[base + 5]
-    tasks[#tasks + 1] = id
-    tasks[#tasks + 1] = json
-    local state = 'p'
+    local base = 4 + i * 4
+    local id, due = ARGV[base], ARGV[base + 3]
+    tasks[nt + 1] = id
+    tasks[nt + 2] = ARGV[base + 1]
+    nt = nt + 2
+    metas[nm + 1] = id
+    metas[nm + 2] = ARGV[base + 2]
+    nm = nm + 2
     if due ~= '' then
-        state = 's'
-        redis.call('ZADD', KEYS[2], due, id)
+        delayed[nd + 1] = due
+        delayed[nd + 2] = id
+        nd = nd + 2
     else
-        ready[#ready + 1] = id
+        nr = nr + 1
+        ready[nr] = id
     end
-    metas[#metas + 1] = id
-    metas[#metas + 1] = meta_encode({
-        state = state, attempt = attempt, max = max, token = 0, updated = now,
-        run_at = '', handler = handler, started = '', worker = '',
-    })
 end
 redis.call('HSET', KEYS[4], unpack(tasks))
+if nd > 0 then
+    redis.call('ZADD', KEYS[2], unpack(delayed))
+end
 redis.call('HSET', KEYS[5], unpack(metas))
-if #ready > 0 then
+if nr > 0 then
     redis.call('LPUSH', KEYS[1], unpack(ready))
 end
-return {0, #ready}
+return {0, nr}

@@ -11,13 +11,26 @@
 
 local lost = {}
 local n = tonumber(ARGV[2])
+if n == 0 then
+    return lost
+end
+local ids = {}
 for i = 0, n - 1 do
-    local id, token = ARGV[3 + i * 2], tonumber(ARGV[4 + i * 2])
-    local m = meta_get(KEYS[2], id)
+    ids[i + 1] = ARGV[3 + i * 2]
+end
+local metas = redis.call('HMGET', KEYS[2], unpack(ids))
+local zadd_args = {}
+for i = 0, n - 1 do
+    local id, token = ids[i + 1], tonumber(ARGV[4 + i * 2])
+    local m = meta_decode(metas[i + 1])
     if m and m.state == 'a' and m.token == token then
-        redis.call('ZADD', KEYS[1], ARGV[1], id)
+        zadd_args[#zadd_args + 1] = ARGV[1]
+        zadd_args[#zadd_args + 1] = id
     else
         lost[#lost + 1] = id
     end
+end
+if #zadd_args > 0 then
+    redis.call('ZADD', KEYS[1], unpack(zadd_args))
 end
 return lost

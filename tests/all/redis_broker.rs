@@ -1,0 +1,386 @@
+//! The Redis broker beyond the conformance suite: entries pushed by hand,
+//! a restarted server, dropped connections, bounds and the key layout.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use corral::Client;
+use corral::broker::{Broker, BrokerError, RedisBroker, RedisConfig};
+use corral::sandbox::Limits;
+use corral::task::{ArgsMap, Task, TaskId, TaskState};
+
+use crate::support::redis::{RedisServer, WorkerProcess, unique_prefix};
+use crate::support::{self, RunningWorker};
+
+const PIPELINE: &[&str] = &["normalize", "count_words", "top_k"];
+
+fn text_task(i: usize) -> Task {
+    let mut args = ArgsMap::new();
+    args.insert(
+        "text".into(),
+        format!("Restart test {i}: one two two three three three").into(),
+    );
+    let mut task = Task::new("text-stats", args);
+    task.max_attempts = 10;
+    task
+}
+
+async fn connect(server: &RedisServer, prefix: &str) -> RedisBroker {
+    RedisBroker::connect(RedisConfig::new(server.url()).prefix(prefix.to_owned()))
+        .await
+        .expect("connect")
+}
+
+/// Polls until nothing is pending, scheduled or active.
+async fn drained(broker: &RedisBroker, limit: Duration) -> corral::broker::QueueStats {
+    let give_up = Instant::now() + limit;
+    loop {
+        match broker.stats("default", "default").await {
+            Ok(s) if s.pending + s.scheduled + s.active == 0 => return s,
+            Ok(s) => assert!(Instant::now() < give_up, "not drained: {s:?}"),
+            Err(e) => assert!(Instant::now() < give_up, "stats keep failing: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_pushed_by_hand_run_or_go_dead_with_the_reason() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("raw");
+    let broker = connect(&server, &prefix).await;
+    let pending = broker.queue_keys("default", "default").pending;
+
+    // The seed's format: Corral's own fields left out.
+    let good_id = TaskId::new();
+    let seed = format!(
+        r#"{{"task_id":"{good_id}","created_at":"2024-07-01T12:00:00Z","updated_at":"2024-07-01T12:00:00Z","queue_name":"default","job_name":"text-stats","args_map":{{"text":"Hello hello world"}},"current_handler_index":0,"original_args_map":{{"text":"Hello hello world"}},"result_log":""}}"#
+    );
+    let unknown_id = TaskId::new();
+    let unknown = seed
+        .replace(&good_id.to_string(), &unknown_id.to_string())
+        .replace("text-stats", "no-such-job");
+    let missing = seed
+        .replace(&good_id.to_string(), &TaskId::new().to_string())
+        .replace(r#""queue_name":"default","#, "");
+    for entry in ["this is not json", &missing, &seed, &unknown] {
+        let out = server.cli(&["LPUSH", &pending, entry]);
+        assert!(out.trim().parse::<u64>().is_ok(), "LPUSH answered {out}");
+    }
+
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(2));
+    let client = Client::new(broker.clone());
+    // A pushed entry becomes a task when a worker takes it.
+    let exists = |id: TaskId| {
+        let broker = broker.clone();
+        async move {
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while broker.task("default", id).await.expect("task").is_none() {
+                assert!(Instant::now() < give_up, "no worker took entry {id}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    exists(good_id).await;
+    exists(unknown_id).await;
+    let good = client
+        .wait("default", good_id, Duration::from_secs(30))
+        .await
+        .expect("the hand-pushed task ran");
+    assert_eq!(good.state, TaskState::Completed, "{:?}", good.error);
+    assert_eq!(good.result_log.lines().count(), 3);
+    let unknown = client
+        .wait("default", unknown_id, Duration::from_secs(30))
+        .await
+        .expect("the unknown job ended");
+    assert_eq!(unknown.state, TaskState::Dead);
+    assert_eq!(
+        unknown.error.as_ref().map(|e| e.kind.as_str()),
+        Some("unknown_job")
+    );
+
+    // The worker carries on with ordinary tasks.
+    let after = text_task(1);
+    client.enqueue(after.clone()).await.expect("enqueue");
+    let after = support::wait(&client, &after, 30).await;
+    assert_eq!(after.state, TaskState::Completed);
+    worker.stop().await;
+
+    let dead = broker.dead("default", "default", 10).await.expect("dead");
+    let reasons: Vec<String> = dead
+        .iter()
+        .filter_map(|t| t.error.as_ref())
+        .map(|e| format!("{}: {}", e.kind, e.message))
+        .collect();
+    assert_eq!(dead.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("malformed") && r.contains("expected")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("malformed") && r.contains("missing field `queue_name`")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("unknown_job")),
+        "{reasons:?}"
+    );
+    let raw = dead
+        .iter()
+        .find(|t| {
+            t.original_args_map
+                .get("raw")
+                .is_some_and(|v| v == "this is not json")
+        })
+        .expect("the garbage entry is kept for inspection");
+    assert_eq!(raw.job_name, "(malformed)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_ride_out_a_redis_restart_and_lose_nothing() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let prefix = unique_prefix("restart");
+    let broker = connect(&server, &prefix).await;
+    let tasks: Vec<Task> = (0..3000).map(text_task).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+    broker.enqueue(tasks).await.expect("enqueue");
+
+    let logs = tempfile::tempdir().expect("log dir");
+    let url = server.url();
+    let mut workers: Vec<WorkerProcess> = (0..2)
+        .map(|i| {
+            WorkerProcess::start(
+                &url,
+                &prefix,
+                &["--concurrency", "4", "--lease", "3s"],
+                logs.path().join(format!("worker-{i}.log")),
+            )
+        })
+        .collect();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = broker.stats("default", "default").await.expect("stats");
+        if s.completed >= 300 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "workers made no progress: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = broker.stats("default", "default").await.expect("stats");
+    assert!(
+        before.pending > 0,
+        "the run finished before the restart: {before:?}"
+    );
+
+    server.restart();
+
+    let stats = drained(&broker, Duration::from_secs(120)).await;
+    assert_eq!((stats.completed, stats.dead), (ids.len(), 0), "{stats:?}");
+    for id in &ids {
+        let task = broker
+            .task("default", *id)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("task {id} was lost"));
+        assert_eq!(task.state, TaskState::Completed);
+        assert_eq!(task.result_log.lines().count(), 3, "{:?}", task.result_log);
+    }
+    for (i, w) in workers.iter_mut().enumerate() {
+        assert!(
+            w.running(),
+            "worker {i} died across the restart: see {}",
+            w.log.display()
+        );
+        assert!(w.stop(), "worker {i} did not shut down cleanly");
+    }
+}
+
+#[tokio::test]
+async fn the_broker_reconnects_after_its_connection_is_killed() {
+    let server = RedisServer::start();
+    let broker = connect(&server, &unique_prefix("drop")).await;
+    broker.enqueue(vec![text_task(0)]).await.expect("enqueue");
+    let killed = server.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    assert!(
+        killed.trim().parse::<u64>().unwrap_or(0) >= 1,
+        "CLIENT KILL said {killed}"
+    );
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut failures = 0;
+    loop {
+        match broker.enqueue(vec![text_task(1)]).await {
+            Ok(()) => break,
+            Err(BrokerError::Unavailable { op, .. }) => {
+                assert_eq!(op, "enqueue");
+                failures += 1;
+                assert!(Instant::now() < give_up, "never reconnected");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert!(failures <= 100);
+    assert_eq!(
+        broker
+            .stats("default", "default")
+            .await
+            .expect("stats")
+            .pending,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_more() {
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url())
+        .prefix(unique_prefix("full"))
+        .max_queued(5);
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    broker
+        .enqueue((0..4).map(text_task).collect())
+        .await
+        .expect("under the bound");
+    match broker.enqueue((4..6).map(text_task).collect()).await {
+        Err(BrokerError::Full { reason, .. }) => assert!(reason.contains("bound of 5"), "{reason}"),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    broker
+        .enqueue(vec![text_task(9)])
+        .await
+        .expect("exactly at the bound");
+    assert_eq!(
+        broker
+            .stats("default", "default")
+            .await
+            .expect("stats")
+            .pending,
+        5
+    );
+}
+
+#[tokio::test]
+async fn every_key_of_a_queue_carries_its_hash_tag() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("keys");
+    let broker = connect(&server, &prefix).await;
+    let mut a = text_task(0);
+    a.tenant = "acme:corp".into();
+    a.queue_name = "mail{1}".into();
+    let b = text_task(1);
+    broker
+        .enqueue(vec![a.clone(), b.clone()])
+        .await
+        .expect("enqueue");
+    for (tenant, queue) in [("acme:corp", "mail{1}"), ("default", "default")] {
+        let req = corral::broker::AcquireRequest {
+            queues: vec![queue.into()],
+            worker: "w".into(),
+            max: 1,
+            lease_for: Duration::from_secs(30),
+            block_for: Duration::ZERO,
+            exclude_tenants: Vec::new(),
+        };
+        let got = broker.acquire(&req).await.expect("acquire");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].lease.tenant, tenant);
+        let cp = corral::broker::Checkpoint::of(&got[0].task);
+        let results = broker
+            .ack(vec![(
+                got[0].lease.clone(),
+                corral::broker::Outcome::Completed(cp),
+            )])
+            .await
+            .expect("ack");
+        assert!(results[0].is_ok());
+    }
+    let keys = server.cli(&["--scan", "--pattern", &format!("{prefix}:*")]);
+    let mut tags = BTreeSet::new();
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        if key == format!("{prefix}:queues") || key.starts_with(&format!("{prefix}:{{wake}}")) {
+            continue;
+        }
+        let open = key
+            .find('{')
+            .unwrap_or_else(|| panic!("{key} has no hash tag"));
+        let close = open
+            + key[open..]
+                .find('}')
+                .unwrap_or_else(|| panic!("{key} has no hash tag"));
+        tags.insert(key[open + 1..close].to_owned());
+    }
+    let expected: BTreeSet<String> = ["acme%3Acorp:mail%7B1%7D", "default:default"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(tags, expected);
+    let expected_keys = broker.queue_keys("acme:corp", "mail{1}");
+    for key in [
+        &expected_keys.task,
+        &expected_keys.meta,
+        &expected_keys.completed,
+    ] {
+        assert!(keys.lines().any(|k| k == key), "{key} missing from {keys}");
+    }
+}
+
+/// Server-side cost of each script per task (from Redis's own command
+/// statistics). A profiling aid, not a check: run with
+/// `cargo test --release --test all script_costs -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn script_costs() {
+    let server = RedisServer::start();
+    let broker = connect(&server, &unique_prefix("cost")).await;
+    let evalsha_usec = |server: &RedisServer| -> u64 {
+        let stats = server.cli(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .and_then(|l| l.split("usec=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let n = 20_000;
+    let mut last = evalsha_usec(&server);
+    let mut step = |name: &str, server: &RedisServer| {
+        let now = evalsha_usec(server);
+        eprintln!("{name}: {:.2} µs per task", (now - last) as f64 / n as f64);
+        last = now;
+    };
+    broker
+        .enqueue((0..n).map(text_task).collect())
+        .await
+        .expect("enqueue");
+    step("enqueue", &server);
+    let mut leased = Vec::new();
+    while leased.len() < n {
+        let req = corral::broker::AcquireRequest {
+            queues: vec!["default".into()],
+            worker: "w".into(),
+            max: 64,
+            lease_for: Duration::from_secs(60),
+            block_for: Duration::ZERO,
+            exclude_tenants: Vec::new(),
+        };
+        leased.extend(broker.acquire(&req).await.expect("acquire"));
+    }
+    step("acquire (64 per call)", &server);
+    for chunk in leased.chunks(64) {
+        let outcomes = chunk
+            .iter()
+            .map(|l| {
+                let cp = corral::broker::Checkpoint::of(&l.task);
+                (l.lease.clone(), corral::broker::Outcome::Completed(cp))
+            })
+            .collect();
+        broker.ack(outcomes).await.expect("ack");
+    }
+    step("ack completed (64 per call)", &server);
+}
