@@ -580,3 +580,17 @@ async fn the_redis_broker_serves_tenant_calls() {
         .unwrap();
     broker_tenant_calls(broker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_catalog_keeps_the_contract_on_a_cluster() {
+    // The version script names two keys of a tenant; on a cluster it runs
+    // only if the tenant's hash tag puts them in one slot.
+    let urls = tokio::task::spawn_blocking(|| crate::support::redis::cluster().urls())
+        .await
+        .expect("cluster start");
+    let prefix = crate::support::redis::unique_prefix("catalog");
+    let catalog = RedisCatalog::connect_nodes(&urls, true, &prefix)
+        .await
+        .expect("connect the catalog to the cluster");
+    catalog_contract(Arc::new(catalog)).await;
+}
