@@ -39,11 +39,12 @@ pub const DEFAULT_PREFIX: &str = "corral";
 
 /// Adds the next version of a job, atomically.
 ///
-/// KEYS[1] `P:{t:T}:job:<name>` (hash version → definition JSON)
-/// KEYS[2] `P:{t:T}:jobs` (hash name → newest version)
-/// ARGV[1] the job's name
-/// ARGV[2] `1` to replace an existing job, `0` to refuse
-/// ARGV[3] the definition's JSON (its `version` field is rewritten on read)
+/// - `KEYS[1]` `P:{t:T}:job:<name>` (hash version → definition JSON)
+/// - `KEYS[2]` `P:{t:T}:jobs` (hash name → newest version)
+/// - `ARGV[1]` the job's name
+/// - `ARGV[2]` `1` to replace an existing job, `0` to refuse
+/// - `ARGV[3]` the definition's JSON (its `version` field is rewritten on
+///   read)
 ///
 /// Returns `{1, version}` when stored as `version`, `{0, current}` when the
 /// job exists and replace was not asked for.

@@ -13,7 +13,7 @@
 //!
 //! No tenant runs more than its `max_concurrency` tasks on one worker: the
 //! fetch loop asks the broker to skip tenants at their cap and hands back any
-//! task over it ([`tenants`] explains the two layers). While some tenant is
+//! task over it (`worker/tenants.rs` explains the two layers). While some tenant is
 //! skipped, an idle acquire waits at most [`CAPPED_BLOCK`], so a freed slot
 //! is noticed promptly.
 //!
@@ -51,6 +51,10 @@ use tenants::TenantSlots;
 /// The longest an acquire blocks while some tenant is skipped for being at
 /// its concurrency cap: a slot freed meanwhile is used after at most this.
 pub const CAPPED_BLOCK: Duration = Duration::from_millis(100);
+
+/// How long a busy fetch loop waits for more free slots before it asks the
+/// broker, so it fetches batches (see the fetch loop).
+const BATCH_WAIT: Duration = Duration::from_millis(1);
 
 /// Tasks this worker is running: their lease and a handle to abort them.
 pub(crate) type InFlight = Arc<Mutex<HashMap<TaskId, (Lease, AbortHandle)>>>;
@@ -231,6 +235,17 @@ impl<B: Broker + Clone> Worker<B> {
                 },
             };
             let mut permits = first;
+            // Busy (tasks in flight): give a few more slots a moment to free
+            // up, so one broker round trip fetches a batch rather than a
+            // task or two. Idle: ask at once, latency first.
+            let running = concurrency.saturating_sub(slots.available_permits() + 1);
+            if running > 0 {
+                let want = (concurrency / 4).clamp(1, running) as u32;
+                let more = slots.clone().acquire_many_owned(want);
+                if let Ok(Ok(more)) = tokio::time::timeout(BATCH_WAIT, more).await {
+                    permits.merge(more);
+                }
+            }
             let extra = slots.available_permits();
             if extra > 0
                 && let Ok(more) = slots.clone().try_acquire_many_owned(extra as u32)
