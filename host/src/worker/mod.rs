@@ -13,9 +13,9 @@
 //!
 //! No tenant runs more than its `max_concurrency` tasks on one worker: the
 //! fetch loop asks the broker to skip tenants at their cap and hands back any
-//! task over it (`worker/tenants.rs` explains the two layers). While some tenant is
-//! skipped, an idle acquire waits at most [`CAPPED_BLOCK`], so a freed slot
-//! is noticed promptly.
+//! task over it (`worker/tenants.rs` explains the two layers). While some
+//! tenant is skipped, an idle acquire waits at most [`CAPPED_BLOCK`], so a
+//! freed slot is noticed promptly.
 //!
 //! Shutdown (the `shutdown` future resolves, e.g. on SIGINT/SIGTERM): fetch
 //! stops taking tasks first; tasks in flight get `shutdown_grace` to finish,
