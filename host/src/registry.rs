@@ -129,6 +129,8 @@ pub enum RegistryError {
 }
 
 type JobKey = (String, String);
+/// Resolved jobs by (tenant, name, version).
+type ResolvedMap = HashMap<(String, String, u32), Arc<ResolvedJob>>;
 
 /// Job definitions and module bytes, shared by clients and workers.
 #[derive(Clone)]
@@ -136,7 +138,7 @@ pub struct Registry {
     sandbox: Sandbox,
     catalog: Arc<dyn Catalog>,
     /// Resolved versions: immutable, kept for good.
-    resolved: Arc<RwLock<HashMap<(String, String, u32), Arc<ResolvedJob>>>>,
+    resolved: Arc<RwLock<ResolvedMap>>,
     /// Newest version per job, and when it was read.
     latest: Arc<RwLock<HashMap<JobKey, (u32, Instant)>>>,
 }
