@@ -39,7 +39,7 @@ mod jobs;
 mod modules;
 mod tasks;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,14 +111,35 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
         .with_state(Arc::new(state))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; requests in
-/// flight then finish.
+/// How long requests in flight (a long-poll `wait`, say) may go on once
+/// shutdown is asked.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` until `shutdown` resolves; then no new
+/// connection is taken, and requests in flight get [`SHUTDOWN_GRACE`] to
+/// finish before their connections are dropped.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (asked_tx, mut asked) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = asked_tx.send(true);
+    });
+    let grace_over = async move {
+        if asked.wait_for(|a| *a).await.is_err() {
+            // The server ended without being asked to: nothing to cut short.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server.into_future() => served,
+        () = grace_over => {
+            tracing::info!("requests still in flight after the shutdown grace; dropping them");
+            Ok(())
+        }
+    }
 }
