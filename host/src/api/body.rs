@@ -47,7 +47,9 @@ pub async fn read_limited(
         return Err(too_large());
     }
     let mut stream = body.into_data_stream();
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    // Trust a declared length for at most 1 MiB of up-front allocation: it
+    // is the client's word, and the body may never come.
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(1 << 20) as usize);
     let mut seen: u64 = 0;
     while let Some(chunk) = stream.next().await {
         let chunk =
