@@ -556,6 +556,32 @@ async fn the_log_budget_is_configurable_per_job() {
     );
 }
 
+/// A job cannot buy itself an unbounded log: the budget it asks for is
+/// capped at the sandbox's ceiling (1 MiB by default), since the log lives in
+/// host memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_budget_above_the_sandbox_ceiling_is_capped() {
+    let ceiling = SandboxConfig::default().max_log_bytes;
+    assert_eq!(ceiling, 1 << 20);
+    let limits = Limits {
+        max_log_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    let done = completed(Guest::Job("big_log"), &[("bytes", json!(2 << 20))], limits).await;
+    assert!(
+        done.log.contains("past the 1048576-byte budget"),
+        "{}",
+        &done.log[done.log.len().saturating_sub(300)..]
+    );
+    let kept: usize = done
+        .log
+        .lines()
+        .filter(|l| l.starts_with("[0:hostile][stdout] "))
+        .map(|l| l.len() - "[0:hostile]".len() + 1)
+        .sum();
+    assert!(kept <= 1 << 20, "{kept} bytes kept");
+}
+
 /// A guest calling the `host.log` import in a loop: 100,000 lines of 100
 /// bytes. The task's log keeps what fits its budget and says how much was
 /// dropped; the task itself succeeds.
@@ -615,6 +641,24 @@ async fn the_network_is_out_of_reach() {
         let outcome = done.args_map[attempt].as_str().unwrap_or_default();
         assert!(outcome.contains("access-denied"), "{attempt}: {outcome}");
     }
+}
+
+/// No environment, arguments, working directory or stdin; clocks and
+/// random are granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_is_empty_but_clocks_and_random_work() {
+    let done = completed(Guest::Job("wasi_probe"), &[], tight()).await;
+    let got = &done.args_map;
+    assert_eq!(got["env"], json!([]), "{got:?}");
+    assert_eq!(got["argv"], json!([]), "{got:?}");
+    assert_eq!(got["cwd"], Value::Null, "{got:?}");
+    assert_eq!(got["stdin"], "closed", "{got:?}");
+    assert_eq!(got["random_bytes"], 32, "{got:?}");
+    assert!(
+        got["wall_clock_secs"].as_u64().unwrap_or(0) > 1_577_836_800,
+        "wall clock after 2020: {got:?}"
+    );
+    assert_eq!(got["monotonic_advances"], true, "{got:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -705,7 +749,7 @@ async fn a_component_of_another_world_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_module_is_refused() {
-    let module = wat::parse_str(&handler_core("", "", RETURN_ARGS)).expect("parse WAT");
+    let module = wat::parse_str(handler_core("", "", RETURN_ARGS)).expect("parse WAT");
     let error = refused(&module).await;
     assert_eq!(error.kind(), "core_module", "{error}");
     assert_eq!(error, LoadError::CoreModule);

@@ -213,7 +213,8 @@ impl Registry {
                 limit: limits.max_module_bytes,
             });
         }
-        let hash = self.sandbox.validate(bytes)?;
+        // Compiling can take seconds: off the runtime's threads.
+        let hash = self.sandbox.validate_async(bytes.to_vec()).await?;
         self.catalog.put_module(tenant, &hash, bytes).await?;
         Ok(hash)
     }
@@ -414,7 +415,7 @@ impl Registry {
                         .module(tenant, &spec.module)
                         .await?
                         .ok_or_else(|| RegistryError::UnknownModule(spec.module.clone()))?;
-                    self.sandbox.load(&bytes)?
+                    self.sandbox.load_async(bytes).await?
                 }
             };
             handlers.push(loaded);

@@ -6,6 +6,7 @@
 
 mod bench_e2e;
 pub mod bench_sandbox;
+pub mod sandbox_args;
 mod broker_cmds;
 mod jobs;
 mod serve;
@@ -21,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::broker::EmbeddedBroker;
 use crate::client::Client;
 use crate::registry::Registry;
-use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+use crate::sandbox::{Limits, Sandbox};
 use crate::task::{DEFAULT_TENANT, Task, TaskState, parse_arg_pairs};
 use crate::worker::{Worker, WorkerConfig};
 
@@ -32,6 +33,9 @@ pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Where precompiled components are cached.
+    #[command(flatten)]
+    pub cache: sandbox_args::CacheArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,6 +167,7 @@ pub fn init_tracing(verbose: u8) {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.cache.install();
     match cli.command {
         Command::Demo(args) => demo(args).await,
         Command::Run(args) => run_job(args).await,
@@ -191,7 +196,7 @@ fn job_file(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.jobs_dir;
-    let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
+    let registry = Registry::new(Sandbox::new(sandbox_args::sandbox_config())?);
     let tenant = DEFAULT_TENANT;
     let quick = Limits {
         timeout_ms: 2_000,
@@ -316,7 +321,7 @@ fn print_task(task: &Task) {
 }
 
 async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
+    let registry = Registry::new(Sandbox::new(sandbox_args::sandbox_config())?);
     let limits = args.sandbox.limits();
     registry
         .register_files(DEFAULT_TENANT, "local", &args.handlers, limits)

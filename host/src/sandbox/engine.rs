@@ -50,14 +50,18 @@ pub(crate) const TABLE_ELEMENTS: usize = 100_000;
 /// has `PAGEMAP_SCAN` (Linux 6.7+): then only the pages the guest actually
 /// dirtied are reset. A small handler dirties a few dozen KiB (the top of
 /// its shadow stack, its heap, its data), so the whole reset stays in user
-/// space and the next instance in the slot takes no page faults.
-const MEMORY_KEEP_RESIDENT_PAGEMAP: usize = 2 << 20;
+/// space and the next instance in the slot takes no page faults: this halves
+/// the per-task cost of `noop.wasm` against `madvise` (measured with
+/// `corral bench sandbox`). The price is resident memory: up to this much per
+/// warm slot (`max_unused_warm_slots` of them, plus the busy ones).
+const MEMORY_KEEP_RESIDENT_PAGEMAP: usize = 1 << 20;
 
 /// Without `PAGEMAP_SCAN`, wasmtime resets the *first* bytes of a memory in
-/// place, dirty or not; a Rust guest's first MiB is the bottom of its shadow
-/// stack, which it rarely touches, so memsetting it would be pure waste.
-/// Everything then goes back to the kernel with one `madvise`.
-const MEMORY_KEEP_RESIDENT_PLAIN: usize = 0;
+/// place, dirty or not, and the rest with one `madvise`. A memory this small
+/// (a hand-written or C guest) is reset entirely in user space; a Rust
+/// guest's first MiB is the bottom of its shadow stack, which it rarely
+/// touches, so a larger value would only memset clean pages.
+const MEMORY_KEEP_RESIDENT_PLAIN: usize = 64 << 10;
 
 /// The same for tables, which are small; with `PAGEMAP_SCAN` only dirty
 /// pages are reset, without it the first 16 KiB are (a Rust guest's function

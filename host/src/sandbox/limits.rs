@@ -14,14 +14,16 @@ use serde::{Deserialize, Serialize};
 pub struct Limits {
     /// Fuel units (roughly wasm instructions) one handler call may burn.
     pub fuel: u64,
-    /// Bytes of linear memory one handler instance may grow to.
+    /// Bytes of linear memory one handler instance may grow to. Capped at
+    /// the sandbox's `max_memory_bytes` (512 MiB by default).
     pub memory_bytes: u64,
     /// Wall-clock time one handler call may take, in milliseconds.
     pub timeout_ms: u64,
     /// Bytes of output (args JSON plus result-log text) one call may return.
     pub max_output_bytes: u64,
     /// Bytes of stdout, stderr and `log` lines kept per call; the rest is
-    /// dropped and the drop noted in the task's log.
+    /// dropped and the drop noted in the task's log. Capped at the
+    /// sandbox's `max_log_bytes` (1 MiB by default).
     pub max_log_bytes: u64,
 }
 

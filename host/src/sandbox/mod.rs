@@ -82,6 +82,9 @@ pub struct SandboxConfig {
     pub max_module_bytes: u64,
     /// Wasm stack per call. Past it a guest traps with `stack_overflow`.
     pub max_wasm_stack: usize,
+    /// No job's log budget ([`Limits::max_log_bytes`]) may exceed this: the
+    /// log is kept in host memory, filled as fast as the guest can write.
+    pub max_log_bytes: u64,
     /// Where to keep precompiled artifacts (see [`default_cache_dir`]);
     /// `None` keeps them in memory only. A directory that cannot be used
     /// (not creatable, writable by others) is logged and ignored: the cache
@@ -101,6 +104,7 @@ impl Default for SandboxConfig {
             max_memory_bytes: 512 << 20,
             max_module_bytes: 64 << 20,
             max_wasm_stack: 512 << 10,
+            max_log_bytes: 1 << 20,
             cache_dir: None,
             consume_fuel: true,
         }
@@ -295,6 +299,26 @@ impl Sandbox {
         self.load(bytes).map(|h| h.hash.clone())
     }
 
+    /// [`load`](Self::load) on tokio's blocking pool, for async callers: a
+    /// compile takes milliseconds to seconds of CPU (a Python component,
+    /// several seconds), which on a runtime thread would stall every other
+    /// task scheduled there, lease heartbeats included.
+    pub async fn load_async(&self, bytes: Vec<u8>) -> Result<Arc<LoadedHandler>, LoadError> {
+        let sandbox = self.clone();
+        match tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await {
+            Ok(loaded) => loaded,
+            // Only a panic inside wasmtime's compiler gets here; compiling
+            // the same bytes again would panic again.
+            Err(e) => Err(LoadError::Invalid(format!("compilation failed: {e}"))),
+        }
+    }
+
+    /// [`validate`](Self::validate) on tokio's blocking pool; see
+    /// [`load_async`](Self::load_async).
+    pub async fn validate_async(&self, bytes: Vec<u8>) -> Result<ModuleHash, LoadError> {
+        self.load_async(bytes).await.map(|h| h.hash.clone())
+    }
+
     fn check_bytes(&self, bytes: &[u8]) -> Result<(), LoadError> {
         let limit = self.inner.config.max_module_bytes;
         if bytes.len() as u64 > limit {
@@ -386,10 +410,13 @@ impl Sandbox {
     }
 
     /// The limits a call actually runs under: the job's, with memory capped
-    /// at the pool's slot size.
+    /// at the pool's slot size and the log budget (host memory the guest
+    /// fills at will) at the sandbox's ceiling.
     fn effective(&self, limits: &Limits) -> Limits {
+        let config = &self.inner.config;
         Limits {
-            memory_bytes: limits.memory_bytes.min(self.inner.config.max_memory_bytes),
+            memory_bytes: limits.memory_bytes.min(config.max_memory_bytes),
+            max_log_bytes: limits.max_log_bytes.min(config.max_log_bytes),
             ..*limits
         }
     }
@@ -430,7 +457,7 @@ impl Sandbox {
         let limits = self.effective(limits);
         let span = tracing::debug_span!("handler", task = %ctx.task_id, job = %ctx.job, index = ctx.handler_index);
         let started = Instant::now();
-        let mut store = self.new_store(label(&ctx), &limits, started + limits.timeout());
+        let mut store = self.new_store(label(&ctx), &limits, deadline_after(started, &limits));
         let log = store.data().log();
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
@@ -448,9 +475,10 @@ impl Sandbox {
         };
         // The epoch callback stops a guest that computes; this timeout stops
         // one that waits in a host call (a sleep, a poll).
-        let outcome = match until(started + limits.timeout(), run.instrument(span)).await {
-            Some(outcome) => outcome,
-            None => Err((wasmtime::Error::new(DeadlineExceeded), false)),
+        let deadline = tokio::time::Instant::from_std(deadline_after(started, &limits));
+        let outcome = match tokio::time::timeout_at(deadline, run.instrument(span)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err((wasmtime::Error::new(DeadlineExceeded), false)),
         };
         if tracing::enabled!(tracing::Level::TRACE) {
             let fuel_left = store.get_fuel().unwrap_or(0);
@@ -477,7 +505,7 @@ impl Sandbox {
         let t0 = Instant::now();
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
-        let mut store = self.new_store(label(&ctx), &limits, t0 + limits.timeout());
+        let mut store = self.new_store(label(&ctx), &limits, deadline_after(t0, &limits));
         let log = store.data().log();
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
@@ -525,31 +553,12 @@ impl Sandbox {
     }
 }
 
-/// Runs `fut` to completion, or until `deadline` (then `None`).
-///
-/// Unlike `tokio::time::timeout`, the timer is only registered once `fut`
-/// first has to wait. Most handler calls finish within their first poll
-/// (the guest runs on its fiber to the end without waiting on anything), and
-/// registering a timer on a multi-threaded runtime, then cancelling it, can
-/// wake a parked runtime thread to re-arm its own timeout: several
-/// microseconds, comparable to the whole call. A guest that waits (in a
-/// host call, or at an epoch yield) arms it on its first wait, which is
-/// still long before any deadline.
-async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(out));
-        }
-        let timer = timer.get_or_insert_with(|| {
-            Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
-                deadline,
-            )))
-        });
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+/// When a call started at `started` must end. A timeout too large to
+/// represent (a library caller passing `u64::MAX` ms) means a year.
+fn deadline_after(started: Instant, limits: &Limits) -> Instant {
+    started
+        .checked_add(limits.timeout())
+        .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// Time spent in each step of one call; see [`Sandbox::call_phases`].
