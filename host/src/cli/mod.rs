@@ -6,9 +6,9 @@
 
 mod bench_e2e;
 pub mod bench_sandbox;
-pub mod sandbox_args;
 mod broker_cmds;
 mod jobs;
+pub mod sandbox_args;
 mod serve;
 mod tenants;
 
