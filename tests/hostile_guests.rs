@@ -908,6 +908,65 @@ async fn a_memory_limit_above_the_sandbox_maximum_is_capped() {
     }
 }
 
+/// More calls at once than the pool has instances: the extra call fails
+/// with a retryable `instantiate` error, and the pool is whole afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_fails_the_extra_call_retryably() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_instances: 1,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let sleep = sandbox.load(&job_bytes("sleep")).expect("load sleep");
+    let noop = sandbox.load(&job_bytes("noop")).expect("load noop");
+    let mut nap = ArgsMap::new();
+    nap.insert("ms".into(), json!(2_000));
+    let limits = Limits {
+        timeout_ms: 500,
+        ..tight()
+    };
+    let holder = sandbox.call(&sleep, context(), &nap, &limits);
+    let extra = async {
+        // Let the sleeper take the only instance first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sandbox
+            .call(&noop, context(), &ArgsMap::new(), &limits)
+            .await
+    };
+    let (held, extra) = tokio::join!(holder, extra);
+    assert_eq!(
+        held.expect_err("the sleeper hits its deadline")
+            .failure
+            .kind(),
+        "deadline"
+    );
+    let failure = extra.expect_err("no instance left").failure;
+    assert_eq!(failure.kind(), "instantiate", "{failure}");
+    assert!(failure.is_retryable());
+    // The instance is back: the next call runs.
+    sandbox
+        .call(&noop, context(), &ArgsMap::new(), &limits)
+        .await
+        .unwrap_or_else(|e| panic!("noop after the pool freed up: {}", e.failure));
+}
+
+/// A handler compiled by one sandbox cannot run in another's engine; the
+/// call fails instead of panicking inside wasmtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_from_another_sandbox_is_refused() {
+    let other = Sandbox::new(SandboxConfig {
+        max_instances: 1,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let foreign = other.load(&job_bytes("noop")).expect("load noop");
+    let error = sandbox()
+        .call(&foreign, context(), &ArgsMap::new(), &Limits::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(error.failure.kind(), "instantiate", "{}", error.failure);
+}
+
 // ---------------------------------------------------------------------------
 // Hostile files in the disk cache
 // ---------------------------------------------------------------------------

@@ -56,7 +56,7 @@ impl CacheArgs {
 }
 
 /// The settings every subcommand builds its sandbox with: the global
-/// options as recorded by [`CacheArgs::install`], or, before that, the
+/// options as recorded when the command line ran, or, before that, the
 /// defaults the options have.
 pub fn sandbox_config() -> SandboxConfig {
     CONFIG.get().cloned().unwrap_or_else(|| SandboxConfig {

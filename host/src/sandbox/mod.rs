@@ -1,10 +1,10 @@
 //! The sandbox: runs one handler call in a fresh, metered component instance.
 //!
-//! It owns the one [`wasmtime::Engine`] of the process ([`engine`]: fuel
+//! It owns the one [`wasmtime::Engine`] of the process (`engine.rs`: fuel
 //! metering, epoch interruption driven by a ticker thread, the pooling
 //! instance allocator with copy-on-write memory images, async execution),
-//! the linker with the host imports ([`host`]), and the compiled-component
-//! cache ([`cache`]: in memory, and optionally on disk). For every call it
+//! the linker with the host imports (`host.rs`), and the compiled-component
+//! cache (`cache.rs`: in memory, and optionally on disk). For every call it
 //! makes a new `Store` with the job's [`Limits`], instantiates from the
 //! cached `InstancePre`, calls `handle`, and drops everything: no state
 //! crosses from one call to the next.
@@ -29,6 +29,12 @@
 //! | reaches for files, sockets, env | deny-by-default WASI (errors to the guest) | (guest decides) |
 //! | imports what the host lacks | linking, at load | `unsupported_import` |
 //! | exports another world | type check, at load | `wrong_world` |
+//! | needs more memories or tables than an instance may have | at load | `over_engine_limits` |
+//! | is a core module, not a component | at load | `core_module` |
+//! | is not wasm, or not a valid component | at load | `not_wasm`, `invalid_component` |
+//!
+//! Load errors refuse a module at registration; a module stored without
+//! validation fails its tasks with the same kind when a worker resolves it.
 //!
 //! Calls must run inside a tokio runtime with its timer enabled (the
 //! deadline of a guest waiting in a host call is a tokio timeout).
@@ -453,6 +459,16 @@ impl Sandbox {
         args: &ArgsMap,
         limits: &Limits,
     ) -> Result<CallOutput, CallError> {
+        if !Engine::same(handler.pre.engine(), &self.inner.engine) {
+            // wasmtime would panic: an instance cannot live in a store of
+            // another engine.
+            return Err(CallError {
+                failure: HandlerFailure::Instantiate {
+                    message: "handler was loaded by another sandbox".into(),
+                },
+                guest_log: String::new(),
+            });
+        }
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
         let span = tracing::debug_span!("handler", task = %ctx.task_id, job = %ctx.job, index = ctx.handler_index);
