@@ -28,12 +28,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use super::sandbox_args::sandbox_config;
 use super::{SandboxArgs, parse_duration, print_task};
 use crate::broker::{Broker, RedisBroker, RedisConfig};
 use crate::catalog::RedisCatalog;
 use crate::client::{Client, WaitError};
 use crate::registry::Registry;
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::Sandbox;
 use crate::task::{DEFAULT_QUEUE, DEFAULT_TENANT, TaskId, TaskState, parse_arg_pairs};
 use crate::worker::{Worker, WorkerConfig, shutdown_signal};
 
@@ -259,8 +260,7 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let catalog = args.redis.catalog("worker").await?;
-    let registry =
-        Registry::with_catalog(Sandbox::new(SandboxConfig::default())?, Arc::new(catalog));
+    let registry = Registry::with_catalog(Sandbox::new(sandbox_config())?, Arc::new(catalog));
     let limits = args.sandbox.limits();
     for (name, files) in &jobs {
         registry

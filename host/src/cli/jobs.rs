@@ -18,10 +18,11 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use super::parse_duration;
+use super::sandbox_args::sandbox_config;
 use super::tenants::catalog;
 use crate::catalog::Catalog;
 use crate::registry::{HandlerSpec, Registry};
-use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+use crate::sandbox::{Limits, Sandbox};
 use crate::tenant::{Tenant, Token};
 
 /// `corral jobs …`.
@@ -111,7 +112,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
 async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let (catalog, tenant) = args.who.resolve().await?;
     let registry = Registry::with_catalog(
-        Sandbox::new(SandboxConfig::default()).context("starting the sandbox")?,
+        Sandbox::new(sandbox_config()).context("starting the sandbox")?,
         catalog,
     );
     let mut limits = tenant.limits.cap(&Limits::default());

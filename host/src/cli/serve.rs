@@ -21,11 +21,12 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio::net::TcpListener;
 
+use super::sandbox_args::sandbox_config;
 use crate::api::{self, ApiConfig, ApiState};
 use crate::broker::{Broker, EmbeddedBroker, RedisBroker, RedisConfig};
 use crate::catalog::{Catalog, MemoryCatalog, RedisCatalog};
 use crate::registry::Registry;
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::Sandbox;
 use crate::tenant::{Tenant, TenantLimits, Token, valid_tenant_name};
 use crate::worker::{Worker, WorkerConfig, shutdown_signal};
 
@@ -52,7 +53,7 @@ pub struct ServeArgs {
 
 /// Runs `corral serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let sandbox = Sandbox::new(SandboxConfig::default()).context("starting the sandbox")?;
+    let sandbox = Sandbox::new(sandbox_config()).context("starting the sandbox")?;
     match args.redis.clone() {
         Some(url) => serve_redis(args, sandbox, &url).await,
         None => {
