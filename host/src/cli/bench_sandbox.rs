@@ -244,6 +244,10 @@ async fn time_phases(
         ("call", median(|p| p.call)),
         ("drop", median(|p| p.drop)),
         ("output decode", median(|p| p.finish)),
+        (
+            "all steps",
+            median(|p| p.setup + p.instantiate + p.call + p.drop + p.finish),
+        ),
     ])
 }
 
