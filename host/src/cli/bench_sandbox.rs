@@ -8,8 +8,13 @@
 //! trivial job costs), with where the time goes; the same host call path
 //! around a native Rust function; first compile, disk-cache load and
 //! memory-cache load of the example jobs; the slowdown fuel metering costs on
-//! `cpu_heavy.wasm`; and resident memory before and after many tasks through
-//! a worker on the embedded broker.
+//! `cpu_heavy.wasm` (the same component on engines with and without
+//! metering, runs alternated); and resident memory before and after many
+//! calls on the sandbox alone, then many tasks through a worker on the
+//! embedded broker.
+//!
+//! On a shared machine the figures move with whatever else runs: compare
+//! runs taken under the same load, and trust medians over p99s.
 //!
 //! This module measures and prints; it asserts nothing (timings are not
 //! test material) and changes no setting of the sandbox it measures.
@@ -61,7 +66,7 @@ pub struct SandboxBenchArgs {
     #[arg(long, default_value_t = 200_000)]
     primes_below: u32,
     /// Runs of `cpu_heavy.wasm` per engine (the median is reported).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 21)]
     cpu_runs: usize,
     /// Only these parts, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -140,6 +145,7 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
         fuel_slowdown(dir, args.primes_below, args.cpu_runs.max(1)).await?;
     }
     if wanted(Part::Memory) {
+        resident_memory_sandbox(&sandbox, &noop, &one_arg, &limits, args.tasks.max(1)).await?;
         resident_memory(dir, args.tasks.max(1)).await?;
     }
     Ok(ExitCode::SUCCESS)
@@ -320,6 +326,9 @@ fn compile_and_load(dir: &Path) -> anyhow::Result<()> {
     result
 }
 
+/// Runs `cpu_heavy.wasm` on an engine with fuel metering and on one
+/// without, alternating between them so that whatever else the machine does
+/// weighs on both alike, and reports each median and their ratio.
 async fn fuel_slowdown(dir: &Path, below: u32, runs: usize) -> anyhow::Result<()> {
     let bytes = read_job(dir, "cpu_heavy")?;
     let mut args = ArgsMap::new();
@@ -329,34 +338,39 @@ async fn fuel_slowdown(dir: &Path, below: u32, runs: usize) -> anyhow::Result<()
         timeout_ms: 600_000,
         ..Limits::default()
     };
-    let mut medians = Vec::new();
+    let mut engines = Vec::new();
     for fuel in [true, false] {
         let sandbox = Sandbox::new(SandboxConfig {
             consume_fuel: fuel,
             ..SandboxConfig::default()
         })?;
         let handler = sandbox.load(&bytes)?;
-        let mut times = Vec::with_capacity(runs);
-        let mut primes = None;
-        for i in 0..runs + 1 {
+        engines.push((fuel, sandbox, handler, Vec::with_capacity(runs)));
+    }
+    let mut primes = None;
+    // The first round warms caches and slots; not counted.
+    for round in 0..runs + 1 {
+        for (_, sandbox, handler, times) in engines.iter_mut() {
             let started = Instant::now();
             let out = sandbox
-                .call(&handler, context(i), &args, &limits)
+                .call(handler, context(round), &args, &limits)
                 .await
                 .map_err(|e| anyhow::anyhow!("cpu_heavy failed: {}", e.failure))?;
             let elapsed = started.elapsed();
             primes = out.args.get("primes").cloned();
-            // The first run warms caches and the slot; not counted.
-            if i > 0 {
+            if round > 0 {
                 times.push(elapsed);
             }
         }
+    }
+    let primes = primes.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+    let mut medians = Vec::new();
+    for (fuel, _, _, times) in engines.iter_mut() {
         times.sort_unstable();
         let median = times[times.len() / 2];
-        let primes = primes.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
         println!(
             "cpu_heavy.wasm (primes below {below}: {primes}), fuel {}, median: {}",
-            if fuel { "on" } else { "off" },
+            if *fuel { "on" } else { "off" },
             ms(median)
         );
         medians.push(median);
@@ -376,12 +390,48 @@ fn rss_bytes() -> Option<u64> {
     Some(kib << 10)
 }
 
+/// Calls noop.wasm `calls` times in a row on the sandbox alone (no broker,
+/// no worker) and reports resident memory before (after a warm-up) and after:
+/// what the sandbox itself keeps per call, if anything.
+async fn resident_memory_sandbox(
+    sandbox: &Sandbox,
+    noop: &LoadedHandler,
+    args: &ArgsMap,
+    limits: &Limits,
+    calls: usize,
+) -> anyhow::Result<()> {
+    let run = |count: usize| async move {
+        for i in 0..count {
+            if let Err(e) = sandbox.call(noop, context(i), args, limits).await {
+                bail!("noop failed: {}", e.failure);
+            }
+        }
+        anyhow::Ok(())
+    };
+    run(2_000).await?;
+    let before = rss_bytes();
+    run(calls).await?;
+    let after = rss_bytes();
+    if let (Some(before), Some(after)) = (before, after) {
+        println!(
+            "sandbox alone, resident memory before {calls} noop calls: {}",
+            mib(before)
+        );
+        println!(
+            "sandbox alone, resident memory after {calls} noop calls: {}",
+            mib(after)
+        );
+    }
+    Ok(())
+}
+
 /// Runs `tasks` noop tasks through one worker on the embedded broker, in
-/// batches, and reports resident memory before (after a warm-up batch) and
-/// after. The broker keeps only the last 100 finished tasks, so what it
+/// batches, and reports resident memory before (after 2,000 warm-up tasks),
+/// at each quarter, and after. The broker keeps only the last 100 finished tasks, so what it
 /// stores does not grow with the count either.
 async fn resident_memory(dir: &Path, tasks: usize) -> anyhow::Result<()> {
     const BATCH: usize = 500;
+    const WARM_UP_BATCHES: usize = 4;
     let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
     registry
         .register_files(
@@ -440,14 +490,23 @@ async fn resident_memory(dir: &Path, tasks: usize) -> anyhow::Result<()> {
         }
     };
 
-    run_batch(BATCH).await?;
+    // Warm up: the pool slot, the broker's retained set, the allocator.
+    for _ in 0..WARM_UP_BATCHES {
+        run_batch(BATCH).await?;
+    }
     let before = rss_bytes();
     let started = Instant::now();
     let mut done = 0;
+    let mut checkpoints = Vec::new();
+    let mut next_checkpoint = tasks / 4;
     while done < tasks {
         let count = BATCH.min(tasks - done);
         run_batch(count).await?;
         done += count;
+        if done >= next_checkpoint && done < tasks {
+            checkpoints.push((done, rss_bytes()));
+            next_checkpoint += tasks / 4;
+        }
     }
     let elapsed = started.elapsed();
     let after = rss_bytes();
@@ -461,6 +520,11 @@ async fn resident_memory(dir: &Path, tasks: usize) -> anyhow::Result<()> {
     match (before, after) {
         (Some(before), Some(after)) => {
             println!("resident memory before {tasks} tasks: {}", mib(before));
+            for (done, rss) in checkpoints {
+                if let Some(rss) = rss {
+                    println!("resident memory after {done} tasks: {}", mib(rss));
+                }
+            }
             println!("resident memory after {tasks} tasks: {}", mib(after));
             println!(
                 "resident memory growth over {tasks} tasks: {:+.2} MiB",
