@@ -384,3 +384,43 @@ async fn script_costs() {
     }
     step("ack completed (64 per call)", &server);
 }
+
+/// Wall time of one bulk enqueue of 100,000 tasks, client and server side.
+/// A profiling aid, not a check: run with
+/// `cargo test --release --test all bulk_enqueue_time -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bulk_enqueue_time() {
+    let server = RedisServer::start();
+    let broker = connect(&server, &unique_prefix("bulk")).await;
+    // CPU seconds of this process (utime + stime, in 1/100 s) and of Redis.
+    let own_cpu = || -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    };
+    for round in 0..3 {
+        let tasks: Vec<Task> = (0..100_000)
+            .map(|_| Task::new("noop", ArgsMap::new()))
+            .collect();
+        let (cpu, redis) = (
+            own_cpu(),
+            broker.server_cpu_seconds().await.unwrap().unwrap(),
+        );
+        let started = Instant::now();
+        broker.enqueue(tasks).await.expect("enqueue");
+        let took = started.elapsed();
+        let cpu = own_cpu() - cpu;
+        let redis = broker.server_cpu_seconds().await.unwrap().unwrap() - redis;
+        eprintln!(
+            "round {round}: 100000 tasks in {took:?}: {:.0} tasks/s; client CPU {:.1} µs/task, Redis CPU {:.1} µs/task",
+            100_000.0 / took.as_secs_f64(),
+            cpu * 10.0,
+            redis * 10.0
+        );
+    }
+}

@@ -76,13 +76,17 @@ impl ConnectionLike for Conn {
 pub enum Target {
     /// A standalone server.
     Single(redis::Client),
-    /// A cluster, from its seed nodes.
-    Cluster {
-        /// For ordinary commands.
-        normal: ClusterClient,
-        /// For blocking waits (a response timeout longer than any wait).
-        blocking: ClusterClient,
-    },
+    /// A cluster, from its seed nodes (boxed: a cluster client is large).
+    Cluster(Box<ClusterTarget>),
+}
+
+/// The clients of a cluster target.
+#[derive(Clone)]
+pub struct ClusterTarget {
+    /// For ordinary commands.
+    normal: ClusterClient,
+    /// For blocking waits (a response timeout longer than any wait).
+    blocking: ClusterClient,
 }
 
 impl Target {
@@ -110,10 +114,10 @@ impl Target {
                         .build()
                         .map_err(bad)
                 };
-                Ok(Target::Cluster {
+                Ok(Target::Cluster(Box::new(ClusterTarget {
                     normal: build(RESPONSE_TIMEOUT)?,
                     blocking: build(MAX_BLOCK + RESPONSE_TIMEOUT)?,
-                })
+                })))
             }
         }
     }
@@ -145,11 +149,8 @@ impl Target {
                     .await
                     .map(Conn::Single)
             }
-            Target::Cluster {
-                normal,
-                blocking: b,
-            } => {
-                let client = if blocking { b } else { normal };
+            Target::Cluster(c) => {
+                let client = if blocking { &c.blocking } else { &c.normal };
                 client.get_async_connection().await.map(Conn::Cluster)
             }
         };

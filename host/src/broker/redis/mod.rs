@@ -126,6 +126,8 @@ use scripts::{AckItem, AcquireArgs, EnqueueItem, MaintainArgs};
 const ENQUEUE_CHUNK: usize = 1000;
 /// Enqueue script calls in flight at once (pipelined on the connection).
 const ENQUEUE_IN_FLIGHT: usize = 8;
+/// Chunks of a bulk enqueue being serialized at once (on blocking threads).
+const SERIALIZE_IN_FLIGHT: usize = 4;
 /// Outcomes applied per ack script call.
 const ACK_CHUNK: usize = 500;
 /// Leases extended per heartbeat script call.
@@ -878,35 +880,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Groups items by `(tenant, queue)`, keeping each item's position.
-fn group_by_queue<T>(
-    items: impl IntoIterator<Item = (String, String, T)>,
-) -> Vec<((String, String), Vec<(usize, T)>)> {
-    let mut groups: Vec<((String, String), Vec<(usize, T)>)> = Vec::new();
-    let mut at: HashMap<(String, String), usize> = HashMap::new();
-    for (i, (tenant, queue, item)) in items.into_iter().enumerate() {
-        let key = (tenant, queue);
-        let g = *at.entry(key.clone()).or_insert_with(|| {
-            groups.push((key, Vec::new()));
-            groups.len() - 1
-        });
-        groups[g].1.push((i, item));
-    }
-    groups
-}
-
-impl Broker for RedisBroker {
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
-        const OP: &str = "enqueue";
-        for task in &tasks {
-            task.validate().map_err(|e| BrokerError::Invalid {
-                op: OP,
-                reason: e.reason,
-            })?;
-        }
-        let now = self.now();
-        let now_us = micros(now);
-        let groups = group_by_queue(tasks.into_iter().map(|mut task| {
+/// The records of new tasks as the enqueue script stores them: the task
+/// JSON (state pending, or scheduled when due later) and first metadata.
+fn stored_items(tasks: Vec<Task>, now: DateTime<Utc>) -> Result<Vec<EnqueueItem>, BrokerError> {
+    let now_us = micros(now);
+    tasks
+        .into_iter()
+        .map(|mut task| {
             task.updated_at = now;
             let due = task.run_at.filter(|at| *at > now);
             task.state = if due.is_some() {
@@ -925,30 +905,120 @@ impl Broker for RedisBroker {
                 started_us: None,
                 worker: String::new(),
             };
-            let item = EnqueueItem {
+            // Sized up front: growing the buffer was a good part of the cost.
+            let mut json = Vec::with_capacity(512);
+            serde_json::to_writer(&mut json, &task).map_err(|e| BrokerError::Invalid {
+                op: "enqueue",
+                reason: format!("task {} does not serialize: {e}", task.task_id),
+            })?;
+            Ok(EnqueueItem {
                 id: task.task_id.to_string(),
-                json: task.to_json(),
+                json,
                 meta: meta.encode(),
                 due_us: due.map(micros),
-            };
-            (task.tenant, task.queue_name, item)
-        }));
+            })
+        })
+        .collect()
+}
+
+/// Items of one `(tenant, queue)`, each with its position in the input.
+type QueueGroup<T> = ((String, String), Vec<(usize, T)>);
+
+/// Groups items by `(tenant, queue)`, keeping each item's position.
+fn group_by_queue<T>(items: impl IntoIterator<Item = (String, String, T)>) -> Vec<QueueGroup<T>> {
+    let mut groups: Vec<QueueGroup<T>> = Vec::new();
+    let mut at: HashMap<(String, String), usize> = HashMap::new();
+    for (i, (tenant, queue, item)) in items.into_iter().enumerate() {
+        let key = (tenant, queue);
+        let g = *at.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push((i, item));
+    }
+    groups
+}
+
+impl Broker for RedisBroker {
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
+        for task in &tasks {
+            task.validate().map_err(|e| BrokerError::Invalid {
+                op: "enqueue",
+                reason: e.reason,
+            })?;
+        }
+        let now = self.now();
+        let now_us = micros(now);
         let max_queued = self.inner.config.max_queued;
-        for ((tenant, queue), items) in groups {
+        let standalone = matches!(self.inner.conn, Conn::Single(_));
+        let groups = group_by_queue(
+            tasks
+                .into_iter()
+                .map(|t| (t.tenant.clone(), t.queue_name.clone(), t)),
+        );
+        for ((tenant, queue), tasks) in groups {
             self.register(&tenant, &queue).await?;
             let keys = self.keys(&tenant, &queue);
-            let items: Vec<EnqueueItem> = items.into_iter().map(|(_, item)| item).collect();
-            let mut calls = Vec::new();
-            for chunk in items.chunks(ENQUEUE_CHUNK) {
-                let keys = &keys;
-                calls.push(async move {
-                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, chunk).await
-                });
+            let tasks: Vec<Task> = tasks.into_iter().map(|(_, t)| t).collect();
+            if tasks.len() <= ENQUEUE_CHUNK {
+                let items = stored_items(tasks, now)?;
+                let any_ready = items.iter().any(|i| i.due_us.is_none());
+                let mut conn = self.conn();
+                let store = scripts::enqueue(&mut conn, &keys, now_us, max_queued, &items);
+                if any_ready && standalone {
+                    // One server runs one connection's commands in order, so
+                    // a wake-up sent right behind the script reaches workers
+                    // only after the tasks are stored: one round trip, not
+                    // two. (Were the script first reloaded after a server
+                    // restart, the wake-up could come first; a worker would
+                    // then find the tasks on its next look, within its
+                    // block_for.)
+                    let (stored, ()) =
+                        futures_util::future::join(store, self.wake(&tenant, &queue)).await;
+                    stored?;
+                } else if store.await? > 0 {
+                    self.wake(&tenant, &queue).await;
+                }
+                continue;
             }
-            // Several chunks in flight at once: they pipeline on the
-            // connection, and each is stored whole or not at all.
-            let ready: usize = futures_util::stream::iter(calls)
-                .buffered(ENQUEUE_IN_FLIGHT)
+            // A bulk enqueue: chunks are serialized on blocking threads, in
+            // parallel, while earlier chunks are being stored; the scripts
+            // are sent in chunk order (so the queue keeps the tasks' order),
+            // several in flight at once, pipelined on the connection. Each
+            // chunk is stored whole or not at all.
+            let mut chunks = Vec::with_capacity(tasks.len().div_ceil(ENQUEUE_CHUNK));
+            let mut rest = tasks.into_iter();
+            loop {
+                let chunk: Vec<Task> = rest.by_ref().take(ENQUEUE_CHUNK).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                chunks.push(chunk);
+            }
+            let keys = &keys;
+            let mut serialized = futures_util::stream::iter(chunks)
+                .map(move |chunk| async move {
+                    tokio::task::spawn_blocking(move || stored_items(chunk, now))
+                        .await
+                        .map_err(|e| BrokerError::Invalid {
+                            op: "enqueue",
+                            reason: format!("serializing tasks failed: {e}"),
+                        })?
+                })
+                .buffered(SERIALIZE_IN_FLIGHT);
+            // The first chunk alone: it loads the script if the server does
+            // not know it, so that no NOSCRIPT retry can reorder the
+            // pipelined chunks after it.
+            let mut ready = 0;
+            if let Some(items) = serialized.next().await {
+                ready +=
+                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items?).await?;
+            }
+            ready += serialized
+                .map_ok(move |items| async move {
+                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items).await
+                })
+                .try_buffered(ENQUEUE_IN_FLIGHT)
                 .try_fold(0, |sum, ready| async move { Ok(sum + ready) })
                 .await?;
             if ready > 0 {
