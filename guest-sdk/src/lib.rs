@@ -35,6 +35,8 @@ use serde::de::DeserializeOwned;
 /// Generated bindings for the `corral:job/handler` world. Used by
 /// [`export_handler!`]; job code rarely needs it directly.
 #[doc(hidden)]
+// The generated export glue takes the flattened WIT arguments one by one.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

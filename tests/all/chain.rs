@@ -7,7 +7,7 @@ use std::time::Duration;
 use corral::Client;
 use corral::broker::{
     AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Maintenance,
-    Outcome, QueueStats,
+    Outcome, QueueStats, WorkerId,
 };
 use corral::registry::RegistryError;
 use corral::sandbox::Limits;
@@ -30,6 +30,9 @@ impl Broker for RecordingBroker {
     }
     async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
         self.inner.acquire(req).await
+    }
+    async fn interrupt(&self, worker: &WorkerId) {
+        self.inner.interrupt(worker).await
     }
     async fn update(&self, lease: &Lease, cp: &Checkpoint) -> Result<(), BrokerError> {
         self.updates

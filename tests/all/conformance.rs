@@ -123,7 +123,7 @@ fn req(worker: &str, queues: &[&str], max: usize) -> AcquireRequest {
         max,
         lease_for: LEASE,
         block_for: Duration::ZERO,
-        exclude_tenants: Vec::new(),
+        tenant_room: Default::default(),
     }
 }
 
@@ -746,6 +746,71 @@ pub async fn an_idle_acquire_gives_up_after_block_for<K: Backend>() {
     assert!(fx.broker.acquire(&r).await.expect("acquire").is_empty());
 }
 
+pub async fn an_interrupt_ends_a_wait_without_losing_work<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let broker = fx.broker.clone();
+    let waiting = tokio::spawn(async move {
+        let mut r = req("w", &[Q], 4);
+        r.block_for = Duration::from_secs(120);
+        broker.acquire(&r).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another worker's interrupt does not end this wait.
+    fx.broker.interrupt(&"someone-else".to_owned()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "another worker's interrupt ended the wait"
+    );
+    fx.broker.interrupt(&"w".to_owned()).await;
+    let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the interrupted acquire returned long before its block_for")
+        .expect("join")
+        .expect("acquire");
+    assert!(got.is_empty());
+    // An interrupt sent while the worker is not waiting ends its next wait
+    // (once), and never hides ready work.
+    fx.broker.interrupt(&"w".to_owned()).await;
+    let mut r = req("w", &[Q], 4);
+    r.block_for = Duration::from_secs(120);
+    let got = tokio::time::timeout(Duration::from_secs(30), fx.broker.acquire(&r))
+        .await
+        .expect("the early interrupt ended the next wait")
+        .expect("acquire");
+    assert!(got.is_empty());
+    let t = task(1);
+    fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
+    fx.broker.interrupt(&"w".to_owned()).await;
+    let got = fx.broker.acquire(&r).await.expect("acquire");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].task.task_id, t.task_id);
+}
+
+pub async fn tenant_room_limits_each_tenant<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    fx.broker
+        .enqueue((0..10).map(|n| task_in("acme", Q, n)).collect())
+        .await
+        .expect("enqueue");
+    fx.broker
+        .enqueue((0..10).map(|n| task_in("beta", Q, n)).collect())
+        .await
+        .expect("enqueue");
+    let count =
+        |got: &[Leased], tenant: &str| got.iter().filter(|l| l.task.tenant == tenant).count();
+    let mut r = req("w", &[Q], 12);
+    r.tenant_room = [("acme".to_owned(), 0)].into_iter().collect();
+    let got = fx.broker.acquire(&r).await.expect("acquire");
+    assert_eq!((count(&got, "acme"), count(&got, "beta")), (0, 10));
+    r.tenant_room = [("acme".to_owned(), 3)].into_iter().collect();
+    let got = fx.broker.acquire(&r).await.expect("acquire");
+    assert_eq!((count(&got, "acme"), count(&got, "beta")), (3, 0));
+    r.tenant_room = [("acme".to_owned(), 100)].into_iter().collect();
+    let got = fx.broker.acquire(&r).await.expect("acquire");
+    assert_eq!((count(&got, "acme"), count(&got, "beta")), (7, 0));
+}
+
 pub async fn tenants_share_a_worker_fairly<K: Backend>() {
     let fx = K::make(Retention::default()).await;
     let flood: Vec<Task> = (0..20).map(|n| task_in("acme", Q, n)).collect();
@@ -938,6 +1003,8 @@ macro_rules! conformance {
                 a_blocked_acquire_wakes_for_an_enqueue,
                 a_blocked_acquire_wakes_for_a_recovered_task,
                 an_idle_acquire_gives_up_after_block_for,
+                an_interrupt_ends_a_wait_without_losing_work,
+                tenant_room_limits_each_tenant,
                 tenants_share_a_worker_fairly,
                 malformed_entries_go_dead_and_acquire_carries_on,
                 tenants_see_only_their_own_tasks,

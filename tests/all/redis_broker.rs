@@ -284,7 +284,7 @@ async fn every_key_of_a_queue_carries_its_hash_tag() {
             max: 1,
             lease_for: Duration::from_secs(30),
             block_for: Duration::ZERO,
-            exclude_tenants: Vec::new(),
+            tenant_room: Default::default(),
         };
         let got = broker.acquire(&req).await.expect("acquire");
         assert_eq!(got.len(), 1);
@@ -367,7 +367,7 @@ async fn script_costs() {
             max: 64,
             lease_for: Duration::from_secs(60),
             block_for: Duration::ZERO,
-            exclude_tenants: Vec::new(),
+            tenant_room: Default::default(),
         };
         leased.extend(broker.acquire(&req).await.expect("acquire"));
     }

@@ -4,19 +4,21 @@
 //! on one worker; and one tenant's flood does not starve another.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral::Client;
 use corral::broker::{
     AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Maintenance,
-    Outcome, QueueStats, RedisBroker, RedisConfig, TaskQuery,
+    Outcome, QueueStats, RedisBroker, RedisConfig, TaskQuery, WorkerId,
 };
 use corral::catalog::{Catalog, CatalogError, RedisCatalog};
 use corral::registry::{HandlerSpec, JobDefinition, Registry};
 use corral::sandbox::{Limits, ModuleHash};
 use corral::task::{Task, TaskId, TaskState};
 use corral::tenant::{Tenant, TenantLimits, Token};
+use corral::worker::WorkerConfig;
 
 use crate::api_support::{self, RedisServer, Store};
 use crate::support::{self, RunningWorker};
@@ -247,6 +249,9 @@ impl<B: Broker> Broker for CountingBroker<B> {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
         self.inner.acquire(req).await
     }
+    async fn interrupt(&self, worker: &WorkerId) {
+        self.inner.interrupt(worker).await
+    }
     async fn update(&self, lease: &Lease, cp: &Checkpoint) -> Result<(), BrokerError> {
         {
             let mut c = self.counts.lock().unwrap();
@@ -398,6 +403,74 @@ async fn no_tenant_runs_more_than_its_concurrency_cap_on_a_redis_worker() {
     concurrency_cap(broker, catalog).await;
 }
 
+/// One tenant with a cap of 2 on a worker of 8 slots that would wait five
+/// minutes for new work: every slot the tenant frees must end that wait
+/// (`Broker::interrupt`), so its queue drains in well under the wait. Only
+/// the first batch, taken before the worker knew the cap, is handed back.
+async fn a_capped_tenant_drains_without_waiting<B: Broker + Clone>(
+    broker: B,
+    catalog: Arc<dyn Catalog>,
+) {
+    api_support::tenant(
+        &catalog,
+        "capped",
+        TenantLimits {
+            max_concurrency: 2,
+            ..TenantLimits::default()
+        },
+    )
+    .await;
+    let registry = Registry::with_catalog(support::sandbox(), catalog);
+    registry
+        .register_files("capped", "nap", &[support::job("sleep")], Limits::default())
+        .await
+        .unwrap();
+    let client = Client::new(broker.clone());
+    let tasks: Vec<Task> = (0..20)
+        .map(|_| {
+            client
+                .task("nap")
+                .tenant("capped")
+                .arg("ms", &5)
+                .unwrap()
+                .build()
+        })
+        .collect();
+    client.enqueue_many(tasks.clone()).await.unwrap();
+    let config = WorkerConfig {
+        block_for: Duration::from_secs(300),
+        ..support::worker_config(8)
+    };
+    let worker = RunningWorker::start(broker, registry, config);
+    for task in &tasks {
+        let done = support::wait(&client, task, 60).await;
+        assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+        assert_eq!(done.attempt, 1);
+    }
+    let released = worker.stats.released.load(Ordering::Relaxed);
+    assert!(
+        released <= 6,
+        "{released} tasks were handed back; only the first batch (6 over the cap) may be"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_tenant_drains_without_waiting_on_the_embedded_broker() {
+    a_capped_tenant_drains_without_waiting(EmbeddedBroker::new(), Store::Memory.catalog().await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_tenant_drains_without_waiting_on_the_redis_broker() {
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let catalog: Arc<dyn Catalog> = Arc::new(RedisCatalog::connect(&redis.url()).await.unwrap());
+    a_capped_tenant_drains_without_waiting(broker, catalog).await;
+}
+
 /// Tenant `flood` enqueues 10,000 tasks, then tenant `small` 10: the small
 /// tenant's tasks all complete while most of the flood still waits.
 async fn fair_share<B: Broker + Clone>(broker: B, registry: Registry) {
@@ -473,7 +546,7 @@ async fn a_flooding_tenant_does_not_starve_another_on_the_redis_broker() {
     fair_share(broker, registry).await;
 }
 
-/// `exclude_tenants`, `tenant_stats` and `list_tasks` as every broker keeps
+/// `tenant_room`, `tenant_stats` and `list_tasks` as every broker keeps
 /// them.
 async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
     let client = Client::new(broker.clone());
@@ -540,7 +613,7 @@ async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
         max: 10,
         lease_for: Duration::from_secs(30),
         block_for: Duration::ZERO,
-        exclude_tenants: vec!["a".into()],
+        tenant_room: [("a".to_owned(), 0)].into_iter().collect(),
     };
     let got = broker.acquire(&req).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -558,7 +631,7 @@ async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
     assert_eq!(active.len(), 1);
     let got = broker
         .acquire(&AcquireRequest {
-            exclude_tenants: Vec::new(),
+            tenant_room: Default::default(),
             ..req
         })
         .await

@@ -9,7 +9,7 @@
 //! Queues are keyed by tenant and queue name; `acquire` starts each call at
 //! the next tenant in turn, so one tenant's flood cannot starve another.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
-    QueueStats, Retention, TaskQuery, malformed_task, parse_raw_task,
+    QueueStats, Retention, TaskQuery, WorkerId, malformed_task, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
 use crate::task::{Task, TaskError, TaskId, TaskState};
@@ -47,6 +47,8 @@ struct State {
     /// Tenants in the order `acquire` serves them.
     tenants: Vec<String>,
     next_tenant: usize,
+    /// Workers whose next (or current) wait in `acquire` ends at once.
+    interrupted: HashSet<WorkerId>,
 }
 
 /// An in-process [`Broker`].
@@ -120,13 +122,16 @@ impl EmbeddedBroker {
         if tenants == 0 {
             return out;
         }
-        // Round-robin over tenants, one task per tenant per turn.
+        // Round-robin over tenants, one task per tenant per turn, each up to
+        // the room the request leaves it.
+        let mut taken: HashMap<String, usize> = HashMap::new();
         let mut idle_turns = 0;
         let mut turn = st.next_tenant % tenants;
         while out.len() < req.max && idle_turns < tenants {
             let tenant = st.tenants[turn].clone();
             turn = (turn + 1) % tenants;
-            if req.exclude_tenants.contains(&tenant) {
+            let had = taken.get(&tenant).copied().unwrap_or(0);
+            if had >= req.room_for(&tenant) {
                 idle_turns += 1;
                 continue;
             }
@@ -160,7 +165,12 @@ impl EmbeddedBroker {
                 took = true;
                 break;
             }
-            idle_turns = if took { 0 } else { idle_turns + 1 };
+            if took {
+                taken.insert(tenant, had + 1);
+                idle_turns = 0;
+            } else {
+                idle_turns += 1;
+            }
         }
         st.next_tenant = turn;
         out
@@ -354,6 +364,9 @@ impl Broker for EmbeddedBroker {
             if !got.is_empty() {
                 return Ok(got);
             }
+            if self.lock().interrupted.remove(&req.worker) {
+                return Ok(got);
+            }
             let now = tokio::time::Instant::now();
             if now >= give_up {
                 return Ok(Vec::new());
@@ -369,6 +382,11 @@ impl Broker for EmbeddedBroker {
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    async fn interrupt(&self, worker: &WorkerId) {
+        self.lock().interrupted.insert(worker.clone());
+        self.inner.ready.notify_waiters();
     }
 
     async fn update(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), BrokerError> {

@@ -22,6 +22,7 @@
 pub mod embedded;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -74,10 +75,18 @@ pub struct AcquireRequest {
     pub lease_for: Duration,
     /// How long to wait for a task when none is ready.
     pub block_for: Duration,
-    /// Tenants whose tasks must not be leased by this call: the worker
-    /// already runs as many of theirs as their concurrency limit allows.
-    /// Their tasks stay queued for other workers or a later call.
-    pub exclude_tenants: Vec<String>,
+    /// The most tasks of each listed tenant this call may lease: the room
+    /// the worker has left under each tenant's concurrency limit. A tenant
+    /// at 0 is skipped; its tasks stay queued for other workers or a later
+    /// call. Tenants not listed are limited by `max` alone.
+    pub tenant_room: HashMap<String, usize>,
+}
+
+impl AcquireRequest {
+    /// How many more of `tenant`'s tasks this call may lease.
+    pub fn room_for(&self, tenant: &str) -> usize {
+        self.tenant_room.get(tenant).copied().unwrap_or(usize::MAX)
+    }
 }
 
 /// Which of a tenant's tasks [`Broker::list_tasks`] returns.
@@ -284,11 +293,21 @@ pub trait Broker: Send + Sync + 'static {
     fn enqueue(&self, tasks: Vec<Task>) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Leases up to `req.max` ready tasks, waiting up to `req.block_for` for
-    /// the first. Returns an empty list when none came in time.
+    /// the first. Returns an empty list when none came in time, or when
+    /// [`Broker::interrupt`] ended the wait.
     fn acquire(
         &self,
         req: &AcquireRequest,
     ) -> impl Future<Output = Result<Vec<Leased>, BrokerError>> + Send;
+
+    /// Ends `worker`'s waiting acquire early: it returns (empty) so the
+    /// worker can ask again, with more room for a tenant whose task just
+    /// finished. A waiting acquire is never cancelled instead, because it
+    /// may already have leased tasks. When `worker` is not waiting, its next
+    /// wait ends at once; that costs one empty acquire, nothing else.
+    /// Best effort: a broker that cannot deliver the interrupt logs it, and
+    /// the acquire ends at its `block_for` as usual.
+    fn interrupt(&self, worker: &WorkerId) -> impl Future<Output = ()> + Send;
 
     /// Saves progress of a leased task.
     fn update(

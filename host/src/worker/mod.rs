@@ -11,11 +11,12 @@
 //! 4. **maintenance** ([`maintenance`]): promotes due tasks and recovers
 //!    expired leases.
 //!
-//! No tenant runs more than its `max_concurrency` tasks on one worker: the
-//! fetch loop asks the broker to skip tenants at their cap and hands back any
-//! task over it (`worker/tenants.rs` explains the two layers). While some
-//! tenant is skipped, an idle acquire waits at most [`CAPPED_BLOCK`], so a
-//! freed slot is noticed promptly.
+//! No tenant runs more than its `max_concurrency` tasks on one worker: each
+//! acquire carries the room every known tenant has left, and any task over
+//! it is handed back (`worker/tenants.rs` explains the two layers). While
+//! some tenant is at its cap, a slot it frees interrupts the waiting acquire
+//! ([`Broker::interrupt`]), so its queued tasks start at once even though the
+//! acquire was waiting for other tenants' work.
 //!
 //! Shutdown (the `shutdown` future resolves, e.g. on SIGINT/SIGTERM): fetch
 //! stops taking tasks first; tasks in flight get `shutdown_grace` to finish,
@@ -33,24 +34,21 @@ mod tenants;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 pub use retry::RetryPolicy;
 
-use crate::broker::{AcquireRequest, Broker, BrokerError, Lease, Outcome, WorkerId};
+use crate::broker::{AcquireRequest, Broker, BrokerError, Lease, Leased, Outcome, WorkerId};
 use crate::registry::Registry;
 use crate::task::{DEFAULT_QUEUE, TaskId};
 use executor::Runner;
 use tenants::TenantSlots;
-
-/// The longest an acquire blocks while some tenant is skipped for being at
-/// its concurrency cap: a slot freed meanwhile is used after at most this.
-pub const CAPPED_BLOCK: Duration = Duration::from_millis(100);
 
 /// How long a busy fetch loop waits for more free slots before it asks the
 /// broker, so it fetches batches (see the fetch loop).
@@ -72,7 +70,8 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// How often leases are extended; well under `lease`.
     pub heartbeat_every: Duration,
-    /// How long one idle acquire waits for work (bounds shutdown latency).
+    /// How long one idle acquire waits for work before it asks again (the
+    /// wait ends early at shutdown and when a capped tenant frees a slot).
     pub block_for: Duration,
     /// How often the maintenance pass runs.
     pub maintain_every: Duration,
@@ -217,13 +216,18 @@ impl<B: Broker + Clone> Worker<B> {
             max: concurrency,
             lease_for: cfg.lease,
             block_for: cfg.block_for,
-            exclude_tenants: Vec::new(),
+            tenant_room: HashMap::new(),
         };
         let tenant_slots = TenantSlots::default();
         tracing::info!(worker = %cfg.id, queues = ?cfg.queues, concurrency, "worker started");
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(50);
+        // Set once `shutdown` has resolved (it must not be polled again).
+        let mut stopping = false;
         'fetch: loop {
+            if stopping {
+                break 'fetch;
+            }
             // Reap finished runners so the set does not grow.
             while tasks.try_join_next().is_some() {}
             let first = tokio::select! {
@@ -252,25 +256,27 @@ impl<B: Broker + Clone> Worker<B> {
             {
                 permits.merge(more);
             }
-            let exclude_tenants = tenant_slots.at_cap();
-            let block_for = if exclude_tenants.is_empty() {
-                request.block_for
-            } else {
-                request.block_for.min(CAPPED_BLOCK)
-            };
+            let tenant_room = tenant_slots.room();
+            let capped = tenant_room.values().any(|&room| room == 0);
             let req = AcquireRequest {
                 max: permits.num_permits(),
-                exclude_tenants,
-                block_for,
+                tenant_room,
                 ..request.clone()
             };
             // An acquire is never cancelled halfway (a backend may already
-            // have moved the tasks); it returns within `block_for`.
-            let leased = match self.broker.acquire(&req).await {
+            // have moved the tasks); it returns within `block_for`, or
+            // earlier when interrupted: at shutdown, or when a tenant at its
+            // cap frees a slot.
+            let freed = capped.then(|| tenant_slots.freed());
+            let (result, stop) =
+                acquire_interruptible(&*self.broker, &req, freed, shutdown.as_mut()).await;
+            stopping = stop;
+            let leased = match result {
                 Ok(leased) => {
                     backoff = Duration::from_millis(50);
                     leased
                 }
+                Err(_) if stopping => break 'fetch,
                 Err(e) => {
                     tracing::warn!(error = %e, ?backoff, "acquire failed; retrying");
                     tokio::select! {
@@ -281,6 +287,14 @@ impl<B: Broker + Clone> Worker<B> {
                     continue;
                 }
             };
+            if capped && leased.is_empty() && !stopping {
+                // Most likely a capped tenant freed a slot: let a few more
+                // free up, so the next call fetches a batch of its tasks
+                // rather than one.
+                drop(permits);
+                tokio::time::sleep(BATCH_WAIT).await;
+                continue;
+            }
             for leased in leased {
                 let Some(permit) = permits.split(1) else {
                     // More tasks than asked for: hand the extra back.
@@ -352,6 +366,44 @@ impl<B: Broker + Clone> Worker<B> {
         tracing::info!(worker = %cfg.id, "worker stopped");
         Ok(())
     }
+}
+
+/// Acquires, and asks the broker to end the wait early when `shutdown`
+/// resolves or (while some tenant is at its cap) when `freed` says a capped
+/// tenant freed a slot, so its queued tasks need not wait for `block_for`.
+/// Returns the acquire's result and whether `shutdown` resolved.
+async fn acquire_interruptible<B: Broker>(
+    broker: &B,
+    req: &AcquireRequest,
+    freed: Option<&Notify>,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> (Result<Vec<Leased>, BrokerError>, bool) {
+    let done = Notify::new();
+    let acquire = async {
+        let result = broker.acquire(req).await;
+        done.notify_one();
+        result
+    };
+    let watch = async {
+        let freed = async {
+            match freed {
+                Some(freed) => freed.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = done.notified() => false,
+            _ = shutdown => {
+                broker.interrupt(&req.worker).await;
+                true
+            }
+            _ = freed => {
+                broker.interrupt(&req.worker).await;
+                false
+            }
+        }
+    };
+    tokio::join!(acquire, watch)
 }
 
 /// Sends outcomes to the broker in batches; retries a failed batch so no

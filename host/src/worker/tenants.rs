@@ -3,27 +3,33 @@
 //!
 //! Enforcement has two layers, so the limit holds whatever the broker does:
 //!
-//! 1. before each acquire, the fetch loop asks the broker to skip the tenants
-//!    already at their cap ([`AcquireRequest::exclude_tenants`]), so their
-//!    tasks stay queued for other workers or a later call;
+//! 1. each acquire tells the broker how many more tasks of each known tenant
+//!    the worker has room for ([`AcquireRequest::tenant_room`]); a tenant at
+//!    its cap is skipped and its tasks stay queued for other workers or a
+//!    later call;
 //! 2. after the acquire, every leased task must take one of its tenant's
-//!    slots ([`TenantSlots::try_start`]); a task whose tenant is full (one
-//!    batch can bring several tasks of one tenant) is handed straight back
-//!    with `Outcome::Release`, which does not count the attempt.
+//!    slots ([`TenantSlots::try_start`]); a task whose tenant is full (a
+//!    tenant this worker had not seen yet, so the broker had no room for
+//!    it) is handed straight back with `Outcome::Release`, which does not
+//!    count the attempt.
 //!
 //! A slot is held by a [`SlotGuard`] inside the task's runner, so a task that
-//! finishes, fails or is aborted (lease lost, shutdown) always frees it.
+//! finishes, fails or is aborted (lease lost, shutdown) always frees it. A
+//! slot freed by a tenant that was at its cap signals [`TenantSlots::freed`],
+//! which the fetch loop turns into an interrupt of its waiting acquire.
 //! Tenant caps come from the registry (the catalog) and are cached for
 //! [`CAP_TTL`], so a changed limit takes effect within seconds without a
 //! store round trip per task.
 //!
 //! This module owns the counting only; it never talks to the broker.
 //!
-//! [`AcquireRequest::exclude_tenants`]: crate::broker::AcquireRequest::exclude_tenants
+//! [`AcquireRequest::tenant_room`]: crate::broker::AcquireRequest::tenant_room
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::registry::Registry;
 use crate::tenant::TenantLimits;
@@ -43,6 +49,8 @@ struct State {
 #[derive(Clone, Default)]
 pub(crate) struct TenantSlots {
     state: Arc<Mutex<State>>,
+    /// Signalled when a tenant at its cap frees a slot.
+    freed: Arc<Notify>,
 }
 
 /// One running task's slot; frees it when dropped.
@@ -54,11 +62,20 @@ pub(crate) struct SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let mut st = self.slots.lock();
+        let cap = st.caps.get(&self.tenant).map(|(cap, _)| *cap);
+        let mut was_full = false;
         if let Some(n) = st.running.get_mut(&self.tenant) {
+            was_full = cap.is_some_and(|cap| *n >= cap);
             *n = n.saturating_sub(1);
             if *n == 0 {
                 st.running.remove(&self.tenant);
             }
+        }
+        drop(st);
+        if was_full {
+            // A permit is stored if nobody waits: the next capped acquire
+            // then ends early once, which costs one empty call.
+            self.slots.freed.notify_one();
         }
     }
 }
@@ -112,24 +129,29 @@ impl TenantSlots {
         })
     }
 
-    /// Tenants that run as many tasks as their (cached) cap allows.
-    pub(crate) fn at_cap(&self) -> Vec<String> {
+    /// The room each tenant with a known cap has left on this worker: its
+    /// cap (however old the cached value) minus the tasks it runs.
+    pub(crate) fn room(&self) -> HashMap<String, usize> {
         let st = self.lock();
-        st.running
+        st.caps
             .iter()
-            .filter(|(tenant, running)| {
-                st.caps
-                    .get(*tenant)
-                    .is_some_and(|(cap, _)| **running >= *cap)
+            .map(|(tenant, (cap, _))| {
+                let running = st.running.get(tenant).copied().unwrap_or(0);
+                (tenant.clone(), cap.saturating_sub(running) as usize)
             })
-            .map(|(tenant, _)| tenant.clone())
             .collect()
+    }
+
+    /// Notified when a tenant that was at its cap frees a slot.
+    pub(crate) fn freed(&self) -> &Notify {
+        &self.freed
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt as _;
 
     #[test]
     fn slots_cap_and_free_on_drop() {
@@ -138,10 +160,14 @@ mod tests {
         let one = slots.try_start("a", 2).expect("first slot");
         let two = slots.try_start("a", 2).expect("second slot");
         assert!(slots.try_start("a", 2).is_none());
-        assert_eq!(slots.at_cap(), vec!["a".to_owned()]);
+        assert_eq!(slots.room().get("a"), Some(&0));
         assert!(slots.try_start("b", 2).is_some());
         drop(one);
-        assert!(slots.at_cap().is_empty());
+        assert_eq!(slots.room().get("a"), Some(&1));
+        assert!(
+            slots.freed().notified().now_or_never().is_some(),
+            "a full tenant freeing a slot signals it"
+        );
         let three = slots.try_start("a", 2).expect("freed slot");
         drop((two, three));
         assert!(slots.lock().running.is_empty());

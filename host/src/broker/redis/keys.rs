@@ -16,6 +16,7 @@
 //! | `P:{T}:progress` | hash | id → the last checkpoint's JSON |
 //! | `P:{T}:error` | hash | id → the last failure's JSON |
 //! | `P:{wake}:<queue>` | list | wake-up tokens for idle workers of that queue name (bounded) |
+//! | `P:{wake}:worker:<id>` | list | one worker's interrupt token: ends its wait early (one entry, expires) |
 //! | `P:queues` | set | every `tenant:queue` pair that ever had a task (the index) |
 //!
 //! Every key of a queue carries the queue's hash tag, so one Lua script can
@@ -24,8 +25,9 @@
 //! in `KEYS[]` up front, as Redis Cluster requires, even when it handles
 //! tasks it only discovers while running (the ids it pops from `pending`).
 //!
-//! The wake lists of all queue names share the `{wake}` tag so one `BLPOP`
-//! can wait on several queue names in a cluster. The index is the one key not
+//! The wake lists of all queue names, and each worker's interrupt list, share
+//! the `{wake}` tag so one `BLPOP` can wait on all of them in a cluster.
+//! (Encoded queue names hold no `:`, so no queue's list is a worker's.) The index is the one key not
 //! tied to a queue: it is read outside scripts (by workers looking for queues
 //! and by `task(tenant, id)`, which has no queue), never inside one.
 //!
@@ -136,6 +138,12 @@ impl QueueKeys {
 /// The wake-up list idle workers of queue name `queue` block on.
 pub fn wake(prefix: &str, queue: &str) -> String {
     format!("{prefix}:{{wake}}:{}", encode(queue))
+}
+
+/// The list one worker's `BLPOP` also waits on, so that
+/// `Broker::interrupt` can end the wait without cancelling it.
+pub fn worker_wake(prefix: &str, worker: &str) -> String {
+    format!("{prefix}:{{wake}}:worker:{}", encode(worker))
 }
 
 /// The index of every `tenant:queue` pair that has had a task.

@@ -111,7 +111,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, MALFORMED, Maintenance,
-    Outcome, QueueStats, Retention, TaskQuery, parse_raw_task,
+    Outcome, QueueStats, Retention, TaskQuery, WorkerId, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
 use crate::task::{
@@ -142,6 +142,8 @@ const PROMOTE_ON_ACQUIRE: usize = 1000;
 const RAW_PER_CALL: usize = 2;
 /// Wake tokens kept per queue name.
 const WAKE_KEEP: isize = 64;
+/// How long an interrupt token waits for its worker's next wait.
+const INTERRUPT_TTL: Duration = Duration::from_secs(60);
 /// How long the cached index of queues is trusted.
 const INDEX_TTL: Duration = Duration::from_secs(2);
 /// How long an enqueue trusts that its queue is in the index.
@@ -522,18 +524,18 @@ impl RedisBroker {
         }
     }
 
-    /// Waits for a wake token on any of `queues`, up to `wait`. Returns the
-    /// token (`tenant:queue`) or `None` when the wait ran out.
+    /// Waits for a wake token on any of `req.queues`, or for an interrupt
+    /// of `req.worker`, up to `wait`.
     async fn wait_for_wake(
         &self,
-        queues: &[String],
+        req: &AcquireRequest,
         wait: Duration,
-    ) -> Result<Option<String>, BrokerError> {
+    ) -> Result<Wake, BrokerError> {
         let wait = wait.clamp(Duration::from_millis(1), conn::MAX_BLOCK);
-        let keys: Vec<String> = queues
-            .iter()
-            .map(|q| keys::wake(&self.inner.config.prefix, q))
-            .collect();
+        let prefix = &self.inner.config.prefix;
+        let interrupt = keys::worker_wake(prefix, &req.worker);
+        let mut keys: Vec<String> = req.queues.iter().map(|q| keys::wake(prefix, q)).collect();
+        keys.push(interrupt.clone());
         let mut conn = self.inner.blocking.take(&self.inner.target).await?;
         let reply: Result<Option<(String, String)>, _> = redis::cmd("BLPOP")
             .arg(&keys)
@@ -544,7 +546,11 @@ impl RedisBroker {
             Ok(token) => {
                 reachable();
                 self.inner.blocking.give_back(conn);
-                Ok(token.map(|(_, member)| member))
+                Ok(match token {
+                    None => Wake::TimedOut,
+                    Some((key, _)) if key == interrupt => Wake::Interrupted,
+                    Some((_, member)) => Wake::Work(member),
+                })
             }
             Err(e) => Err(unavailable("acquire", e)),
         }
@@ -735,7 +741,7 @@ impl RedisBroker {
     async fn take(&self, req: &AcquireRequest) -> Result<(Vec<Leased>, Hints), BrokerError> {
         let mut tenants = self.tenants_for(&req.queues).await?;
         // Tenants at their concurrency cap on the asking worker wait.
-        tenants.retain(|(tenant, _)| !req.exclude_tenants.contains(tenant));
+        tenants.retain(|(tenant, _)| req.room_for(tenant) > 0);
         let n = tenants.len();
         let mut out = Vec::new();
         let mut hints = Hints::default();
@@ -745,8 +751,10 @@ impl RedisBroker {
         let start = self.inner.next_tenant.load(Ordering::Relaxed) % n;
         let order: Vec<&(String, Vec<String>)> =
             tenants[start..].iter().chain(&tenants[..start]).collect();
+        // How many more of each tenant's tasks this call may take.
+        let mut room: Vec<usize> = order.iter().map(|(t, _)| req.room_for(t)).collect();
         // Positions in `order` of tenants that may still have tasks; a tenant
-        // leaves once it gave fewer than it was offered.
+        // leaves once it gave fewer than it was offered, or used its room.
         let mut open: Vec<usize> = (0..n).collect();
         let mut remaining = req.max;
         let mut first_error = None;
@@ -759,7 +767,10 @@ impl RedisBroker {
             let offers: Vec<(usize, usize)> = open
                 .iter()
                 .enumerate()
-                .map(|(i, &t)| (t, remaining / k + usize::from(i < remaining % k)))
+                .map(|(i, &t)| {
+                    let share = remaining / k + usize::from(i < remaining % k);
+                    (t, share.min(room[t]))
+                })
                 .collect();
             let results = join_all(
                 offers
@@ -775,12 +786,15 @@ impl RedisBroker {
             let mut filled = Vec::new();
             for &(t, share) in &offers {
                 if share == 0 {
-                    skipped.push(t);
+                    if room[t] > 0 {
+                        skipped.push(t);
+                    }
                     continue;
                 }
                 match results.next() {
                     Some(Ok((leased, h))) => {
-                        if leased.len() == share {
+                        room[t] -= leased.len().min(room[t]);
+                        if leased.len() == share && room[t] > 0 {
                             filled.push(t);
                         }
                         if !leased.is_empty() {
@@ -867,6 +881,16 @@ impl RedisBroker {
         }
         Ok(None)
     }
+}
+
+/// How a wait in `acquire` ended.
+enum Wake {
+    /// A wake token: work arrived in `tenant:queue` (the member).
+    Work(String),
+    /// `Broker::interrupt` asked this worker to look again.
+    Interrupted,
+    /// Nothing came in time.
+    TimedOut,
 }
 
 enum Admitted {
@@ -1058,10 +1082,32 @@ impl Broker for RedisBroker {
                 let until = (from_micros(due) - self.now()).to_std().unwrap_or_default();
                 wait = wait.min(until.max(Duration::from_millis(1)));
             }
-            if let Some(member) = self.wait_for_wake(&req.queues, wait).await? {
-                self.learn(&member);
-                woken = true;
+            match self.wait_for_wake(req, wait).await? {
+                Wake::Work(member) => {
+                    self.learn(&member);
+                    woken = true;
+                }
+                Wake::Interrupted => return Ok(Vec::new()),
+                Wake::TimedOut => {}
             }
+        }
+    }
+
+    async fn interrupt(&self, worker: &WorkerId) {
+        // One token is enough (LTRIM); it expires so a worker that died
+        // leaves no key behind.
+        let key = keys::worker_wake(&self.inner.config.prefix, worker);
+        let result = redis::pipe()
+            .lpush(&key, "interrupt")
+            .ignore()
+            .ltrim(&key, 0, 0)
+            .ignore()
+            .pexpire(&key, INTERRUPT_TTL.as_millis() as i64)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, worker, "could not interrupt the worker's wait; it ends within block_for");
         }
     }
 
