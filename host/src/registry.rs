@@ -188,6 +188,19 @@ impl Registry {
         &self.catalog
     }
 
+    /// The tenant's concurrency cap on one worker, or `None` for a tenant
+    /// not in the catalog: such tasks come only from trusted producers (the
+    /// client library, the CLI, raw pushes; the HTTP API serves registered
+    /// tenants only), as in a single-tenant setup, where the worker's own
+    /// concurrency is the only bound.
+    pub async fn concurrency_cap(&self, tenant: &str) -> Result<Option<u32>, RegistryError> {
+        Ok(self
+            .catalog
+            .tenant(tenant)
+            .await?
+            .map(|t| t.limits.max_concurrency))
+    }
+
     /// The tenant's limits; a tenant not in the catalog (the embedded
     /// setup's `default`) gets the defaults.
     pub async fn tenant_limits(&self, tenant: &str) -> Result<TenantLimits, RegistryError> {

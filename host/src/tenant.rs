@@ -24,7 +24,8 @@ pub struct TenantLimits {
     pub max_memory_bytes: u64,
     /// Longest wall-clock time a job may set per handler call, in ms.
     pub max_timeout_ms: u64,
-    /// Tasks of this tenant running at once on one worker.
+    /// Tasks of this tenant running at once on one worker. (A tenant not
+    /// in the catalog has no such cap: see `Registry::concurrency_cap`.)
     pub max_concurrency: u32,
     /// Tasks of this tenant waiting (pending, delayed or retrying) at once.
     pub max_queued: u64,

@@ -87,9 +87,10 @@ impl TenantSlots {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `tenant`'s concurrency cap, from the cache or the registry. When the
-    /// registry cannot answer, the last known cap is kept (or the default
-    /// limits apply): a catalog outage must not stop the worker.
+    /// `tenant`'s concurrency cap, from the cache or the registry
+    /// (`u32::MAX` for a tenant not in the catalog, which has none). When
+    /// the registry cannot answer, the last known cap is kept (or the
+    /// default limits apply): a catalog outage must not stop the worker.
     pub(crate) async fn cap(&self, registry: &Registry, tenant: &str) -> u32 {
         let cached = self.lock().caps.get(tenant).copied();
         if let Some((cap, at)) = cached
@@ -97,8 +98,8 @@ impl TenantSlots {
         {
             return cap;
         }
-        let cap = match registry.tenant_limits(tenant).await {
-            Ok(limits) => limits.max_concurrency,
+        let cap = match registry.concurrency_cap(tenant).await {
+            Ok(cap) => cap.unwrap_or(u32::MAX),
             Err(e) => {
                 let fallback = cached
                     .map(|(cap, _)| cap)
