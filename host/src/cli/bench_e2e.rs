@@ -40,9 +40,10 @@ pub(super) struct E2eArgs {
     /// Tasks enqueued one call each, for the single enqueue rate.
     #[arg(long, default_value_t = 5_000)]
     single: usize,
-    /// The worker's concurrency. The bench's tenant is not in the catalog,
-    /// so no tenant cap applies.
-    #[arg(long, default_value_t = 128)]
+    /// The worker's concurrency: the most tasks leased at once, which also
+    /// bounds how many one acquire can take. The bench's tenant is not in the
+    /// catalog, so no tenant cap applies.
+    #[arg(long, default_value_t = 512)]
     concurrency: usize,
     /// Tasks per second in the latency phase.
     #[arg(long, default_value_t = 200)]

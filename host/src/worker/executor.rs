@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::broker::{Broker, BrokerError, Checkpoint, Leased, Outcome};
+use crate::broker::{Broker, BrokerError, Checkpoint, Lease, Outcome};
 use crate::clock;
 use crate::registry::{Registry, RegistryError};
 use crate::sandbox::CallContext;
@@ -17,15 +17,16 @@ use crate::task::{Task, TaskError};
 
 use super::retry::RetryPolicy;
 
-/// Runs `leased` to an outcome. `Err` means the lease was lost (or the broker
-/// failed mid-chain): the task is no longer ours and must not be acked.
+/// Runs `task`, held under `lease`, to an outcome. `Err` means the lease was
+/// lost (or the broker failed mid-chain): the task is no longer ours and
+/// must not be acked.
 pub(crate) async fn run_task<B: Broker>(
     broker: &B,
     registry: &Registry,
     retry: &RetryPolicy,
-    leased: &Leased,
+    lease: &Lease,
+    mut task: Task,
 ) -> Result<Outcome, BrokerError> {
-    let mut task = leased.task.clone();
     let job = match registry
         .resolve(&task.tenant, &task.job_name, task.job_version)
         .await
@@ -87,7 +88,7 @@ pub(crate) async fn run_task<B: Broker>(
                 task.append_log(&out.result_log);
                 task.current_handler_index = index + 1;
                 if task.current_handler_index < count {
-                    broker.update(&leased.lease, &Checkpoint::of(&task)).await?;
+                    broker.update(lease, &Checkpoint::of(&task)).await?;
                 }
             }
             Err(err) => {
@@ -105,7 +106,7 @@ pub(crate) async fn run_task<B: Broker>(
                 if !task.log.is_empty() {
                     // Keep what the failing handler wrote; the outcome itself
                     // carries only the error.
-                    broker.update(&leased.lease, &Checkpoint::of(&task)).await?;
+                    broker.update(lease, &Checkpoint::of(&task)).await?;
                 }
                 return Ok(fail(&task, retry, error));
             }
@@ -137,7 +138,11 @@ pub(crate) struct Runner<B> {
 }
 
 impl<B: Broker> Runner<B> {
-    pub(crate) async fn run(self: &Arc<Self>, leased: &Leased) -> Result<Outcome, BrokerError> {
-        run_task(&self.broker, &self.registry, &self.retry, leased).await
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        lease: &Lease,
+        task: Task,
+    ) -> Result<Outcome, BrokerError> {
+        run_task(&self.broker, &self.registry, &self.retry, lease, task).await
     }
 }

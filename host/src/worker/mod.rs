@@ -313,27 +313,36 @@ impl<B: Broker + Clone> Worker<B> {
                 let runner = self.runner.clone();
                 let ack_tx = ack_tx.clone();
                 let map = in_flight.clone();
-                let id = leased.lease.task_id;
+                let Leased { lease, task } = leased;
+                let id = lease.task_id;
                 let mut guard = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                let lease = leased.lease.clone();
+                let held = lease.clone();
+                // Boxed: the runner's future is large, and tokio would copy
+                // it whole into every task it spawns.
+                let run = Box::pin(async move {
+                    let result = runner.run(&lease, task).await;
+                    (lease, result)
+                });
                 let abort = tasks.spawn(async move {
-                    let result = runner.run(&leased).await;
+                    let (lease, result) = run.await;
                     let still_ours = map
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .remove(&leased.lease.task_id)
+                        .remove(&lease.task_id)
                         .is_some();
                     match result {
                         Ok(outcome) if still_ours => {
-                            let _ = ack_tx.send((leased.lease, outcome));
+                            let _ = ack_tx.send((lease, outcome));
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(task = %leased.lease.task_id, error = %e, "task abandoned"),
+                        Err(e) => {
+                            tracing::warn!(task = %lease.task_id, error = %e, "task abandoned")
+                        }
                     }
                     drop(slot);
                     drop(permit);
                 });
-                guard.insert(id, (lease, abort));
+                guard.insert(id, (held, abort));
             }
         }
 
