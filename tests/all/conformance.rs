@@ -693,14 +693,21 @@ pub async fn finished_sets_keep_only_the_newest<K: Backend>() {
     );
 }
 
+/// An acquire of up to 4 tasks by `worker`, waiting up to two minutes, in
+/// the background.
+fn spawn_waiting_acquire<B: Broker + Clone>(
+    broker: &B,
+    worker: &str,
+) -> tokio::task::JoinHandle<Result<Vec<Leased>, BrokerError>> {
+    let broker = broker.clone();
+    let mut r = req(worker, &[Q], 4);
+    r.block_for = Duration::from_secs(120);
+    tokio::spawn(async move { broker.acquire(&r).await })
+}
+
 pub async fn a_blocked_acquire_wakes_for_an_enqueue<K: Backend>() {
     let fx = K::make(Retention::default()).await;
-    let broker = fx.broker.clone();
-    let waiting = tokio::spawn(async move {
-        let mut r = req("w", &[Q], 4);
-        r.block_for = Duration::from_secs(120);
-        broker.acquire(&r).await
-    });
+    let waiting = spawn_waiting_acquire(&fx.broker, "w");
     // Let the acquire reach its wait (if it has not, it finds the task on
     // its first look; either way it must come back with it).
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -720,12 +727,7 @@ pub async fn a_blocked_acquire_wakes_for_a_recovered_task<K: Backend>() {
     let t = task(1);
     fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
     let first = take_one(&fx.broker, "w1").await;
-    let broker = fx.broker.clone();
-    let waiting = tokio::spawn(async move {
-        let mut r = req("w2", &[Q], 4);
-        r.block_for = Duration::from_secs(120);
-        broker.acquire(&r).await
-    });
+    let waiting = spawn_waiting_acquire(&fx.broker, "w2");
     tokio::time::sleep(Duration::from_millis(200)).await;
     fx.clock.advance(LEASE + Duration::from_secs(1));
     assert_eq!(fx.broker.maintain().await.expect("maintain").recovered, 1);
@@ -748,12 +750,7 @@ pub async fn an_idle_acquire_gives_up_after_block_for<K: Backend>() {
 
 pub async fn an_interrupt_ends_a_wait_without_losing_work<K: Backend>() {
     let fx = K::make(Retention::default()).await;
-    let broker = fx.broker.clone();
-    let waiting = tokio::spawn(async move {
-        let mut r = req("w", &[Q], 4);
-        r.block_for = Duration::from_secs(120);
-        broker.acquire(&r).await
-    });
+    let waiting = spawn_waiting_acquire(&fx.broker, "w");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Another worker's interrupt does not end this wait.
     fx.broker.interrupt(&"someone-else".to_owned()).await;

@@ -403,6 +403,21 @@ async fn no_tenant_runs_more_than_its_concurrency_cap_on_a_redis_worker() {
     concurrency_cap(broker, catalog).await;
 }
 
+/// `n` tasks of job `nap` (one `sleep` handler) for `tenant`, each sleeping
+/// `ms` milliseconds.
+fn naps<B: Broker>(client: &Client<B>, tenant: &str, n: usize, ms: u64) -> Vec<Task> {
+    (0..n)
+        .map(|_| {
+            client
+                .task("nap")
+                .tenant(tenant)
+                .arg("ms", &ms)
+                .expect("a number serializes")
+                .build()
+        })
+        .collect()
+}
+
 /// One tenant with a cap of 2 on a worker of 8 slots that would wait five
 /// minutes for new work: every slot the tenant frees must end that wait
 /// (`Broker::interrupt`), so its queue drains in well under the wait. Only
@@ -426,16 +441,7 @@ async fn a_capped_tenant_drains_without_waiting<B: Broker + Clone>(
         .await
         .unwrap();
     let client = Client::new(broker.clone());
-    let tasks: Vec<Task> = (0..20)
-        .map(|_| {
-            client
-                .task("nap")
-                .tenant("capped")
-                .arg("ms", &5)
-                .unwrap()
-                .build()
-        })
-        .collect();
+    let tasks: Vec<Task> = naps(&client, "capped", 20, 5);
     client.enqueue_many(tasks.clone()).await.unwrap();
     let config = WorkerConfig {
         block_for: Duration::from_secs(300),
@@ -481,29 +487,11 @@ async fn fair_share<B: Broker + Clone>(broker: B, registry: Registry) {
             .unwrap();
     }
     let client = Client::new(broker.clone());
-    let flood: Vec<Task> = (0..10_000)
-        .map(|_| {
-            client
-                .task("nap")
-                .tenant("flood")
-                .arg("ms", &20)
-                .unwrap()
-                .build()
-        })
-        .collect();
+    let flood: Vec<Task> = naps(&client, "flood", 10_000, 20);
     for chunk in flood.chunks(1000) {
         client.enqueue_many(chunk.to_vec()).await.unwrap();
     }
-    let small: Vec<Task> = (0..10)
-        .map(|_| {
-            client
-                .task("nap")
-                .tenant("small")
-                .arg("ms", &20)
-                .unwrap()
-                .build()
-        })
-        .collect();
+    let small: Vec<Task> = naps(&client, "small", 10, 20);
     client.enqueue_many(small.clone()).await.unwrap();
 
     let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(4));
