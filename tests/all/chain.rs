@@ -43,7 +43,7 @@ impl Broker for RecordingBroker {
     }
     async fn ack(
         &self,
-        results: Vec<(Lease, Outcome)>,
+        results: &[(Lease, Outcome)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         self.inner.ack(results).await
     }

@@ -164,10 +164,7 @@ fn checkpoint(index: u32, log: &str) -> Checkpoint {
 }
 
 async fn ack_one<B: Broker>(b: &B, lease: &Lease, outcome: Outcome) -> Result<(), BrokerError> {
-    let mut results = b
-        .ack(vec![(lease.clone(), outcome)])
-        .await
-        .expect("ack call");
+    let mut results = b.ack(&[(lease.clone(), outcome)]).await.expect("ack call");
     assert_eq!(results.len(), 1);
     results.remove(0)
 }

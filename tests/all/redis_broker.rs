@@ -291,10 +291,7 @@ async fn every_key_of_a_queue_carries_its_hash_tag() {
         assert_eq!(got[0].lease.tenant, tenant);
         let cp = corral::broker::Checkpoint::of(&got[0].task);
         let results = broker
-            .ack(vec![(
-                got[0].lease.clone(),
-                corral::broker::Outcome::Completed(cp),
-            )])
+            .ack(&[(got[0].lease.clone(), corral::broker::Outcome::Completed(cp))])
             .await
             .expect("ack");
         assert!(results[0].is_ok());
@@ -373,14 +370,14 @@ async fn script_costs() {
     }
     step("acquire (64 per call)", &server);
     for chunk in leased.chunks(64) {
-        let outcomes = chunk
+        let outcomes: Vec<_> = chunk
             .iter()
             .map(|l| {
                 let cp = corral::broker::Checkpoint::of(&l.task);
                 (l.lease.clone(), corral::broker::Outcome::Completed(cp))
             })
             .collect();
-        broker.ack(outcomes).await.expect("ack");
+        broker.ack(&outcomes).await.expect("ack");
     }
     step("ack completed (64 per call)", &server);
 }

@@ -285,7 +285,7 @@ impl<B: Broker> Broker for CountingBroker<B> {
     }
     async fn ack(
         &self,
-        results: Vec<(Lease, Outcome)>,
+        results: &[(Lease, Outcome)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         self.inner.ack(results).await
     }

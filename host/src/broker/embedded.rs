@@ -400,7 +400,7 @@ impl Broker for EmbeddedBroker {
 
     async fn ack(
         &self,
-        results: Vec<(Lease, Outcome)>,
+        results: &[(Lease, Outcome)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         let now = self.inner.clock.now();
         let retention = self.inner.retention;
@@ -409,7 +409,7 @@ impl Broker for EmbeddedBroker {
         {
             let mut st = self.lock();
             for (lease, outcome) in results {
-                if let Err(e) = st.leased_entry("ack", &lease) {
+                if let Err(e) = st.leased_entry("ack", lease) {
                     // The same outcome under the same token, already applied
                     // (a retried ack): accepted again, without effect.
                     let applied = st
@@ -427,20 +427,20 @@ impl Broker for EmbeddedBroker {
                 entry.task.updated_at = now;
                 match outcome {
                     Outcome::Completed(cp) => {
-                        cp.apply(&mut entry.task);
+                        cp.clone().apply(&mut entry.task);
                         entry.task.state = TaskState::Completed;
                         entry.task.error = None;
                         st.finish(lease.task_id, now, &retention);
                     }
                     Outcome::Retry { error, at } => {
                         entry.task.state = TaskState::Retrying;
-                        entry.task.run_at = Some(at);
-                        entry.task.error = Some(error);
-                        st.scheduled.insert((at, lease.task_id));
+                        entry.task.run_at = Some(*at);
+                        entry.task.error = Some(error.clone());
+                        st.scheduled.insert((*at, lease.task_id));
                     }
                     Outcome::Dead(error) => {
                         entry.task.state = TaskState::Dead;
-                        entry.task.error = Some(error);
+                        entry.task.error = Some(error.clone());
                         st.finish(lease.task_id, now, &retention);
                     }
                     Outcome::Release => {

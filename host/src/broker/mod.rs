@@ -323,7 +323,7 @@ pub trait Broker: Send + Sync + 'static {
     /// changes nothing, so a failed ack call can always be retried whole.
     fn ack(
         &self,
-        results: Vec<(Lease, Outcome)>,
+        results: &[(Lease, Outcome)],
     ) -> impl Future<Output = Result<Vec<Result<(), BrokerError>>, BrokerError>> + Send;
 
     /// Extends the given leases by `lease_for`; returns the ids of those no

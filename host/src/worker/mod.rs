@@ -427,7 +427,7 @@ async fn acker<B: Broker>(
     while rx.recv_many(&mut buf, batch).await > 0 {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match broker.ack(buf.clone()).await {
+            match broker.ack(&buf).await {
                 Ok(results) => {
                     for ((lease, outcome), result) in buf.iter().zip(results) {
                         match result {

@@ -1141,14 +1141,14 @@ impl Broker for RedisBroker {
 
     async fn ack(
         &self,
-        results: Vec<(Lease, Outcome)>,
+        results: &[(Lease, Outcome)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         const OP: &str = "ack";
         let now_us = micros(self.now());
         let total = results.len();
         let mut released: BTreeSet<(String, String)> = BTreeSet::new();
-        let groups = group_by_queue(results.into_iter().map(|(lease, outcome)| {
-            let (kind, json, due_us, handler) = match &outcome {
+        let groups = group_by_queue(results.iter().map(|(lease, outcome)| {
+            let (kind, json, due_us, handler) = match outcome {
                 Outcome::Completed(cp) => (
                     "c",
                     serde_json::to_vec(cp).unwrap_or_default(),
@@ -1180,7 +1180,7 @@ impl Broker for RedisBroker {
                 due_us,
                 handler,
             };
-            (lease.tenant, lease.queue, item)
+            (lease.tenant.clone(), lease.queue.clone(), item)
         }));
         let r = self.inner.config.retention;
         let batches: Vec<(QueueKeys, Vec<usize>, Vec<AckItem>)> = groups
