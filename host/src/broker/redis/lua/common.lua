@@ -56,26 +56,38 @@ local function meta_put(meta_key, id, m)
     redis.call('HSET', meta_key, id, meta_encode(m))
 end
 
--- Drops every trace of finished task `id` from the record hashes.
-local function forget(k_task, k_meta, k_progress, k_error, id)
-    redis.call('HDEL', k_task, id)
-    redis.call('HDEL', k_meta, id)
-    redis.call('HDEL', k_progress, id)
-    redis.call('HDEL', k_error, id)
+-- Drops every trace of finished tasks `ids` (a list of at most a few
+-- thousand) from the record hashes: one HDEL per hash, not per task.
+local function forget_all(k_task, k_meta, k_progress, k_error, ids)
+    if #ids == 0 then
+        return
+    end
+    redis.call('HDEL', k_task, unpack(ids))
+    redis.call('HDEL', k_meta, unpack(ids))
+    redis.call('HDEL', k_progress, unpack(ids))
+    redis.call('HDEL', k_error, unpack(ids))
 end
 
 -- Keeps at most `max` members in finished set `set` (oldest dropped first,
--- with their records). Returns how many were dropped.
+-- with their records), in steps small enough for `unpack`. Returns how many
+-- were dropped.
 local function bound(set, max, k_task, k_meta, k_progress, k_error)
     local excess = redis.call('ZCARD', set) - max
-    if excess <= 0 then
-        return 0
+    local dropped = 0
+    while excess > 0 do
+        local popped = redis.call('ZPOPMIN', set, math.min(excess, 1000))
+        -- ZPOPMIN answers member, score, member, score, ...
+        local ids, n = {}, 0
+        for i = 1, #popped, 2 do
+            n = n + 1
+            ids[n] = popped[i]
+        end
+        if n == 0 then
+            break
+        end
+        forget_all(k_task, k_meta, k_progress, k_error, ids)
+        dropped = dropped + n
+        excess = excess - n
     end
-    local dropped = redis.call('ZPOPMIN', set, excess)
-    -- ZPOPMIN answers member, score, member, score, ...
-    for i = 1, #dropped, 2 do
-        forget(k_task, k_meta, k_progress, k_error, dropped[i])
-    end
-    return #dropped / 2
+    return dropped
 end
-

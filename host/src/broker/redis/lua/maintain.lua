@@ -88,10 +88,10 @@ for _, set in ipairs({{k_completed, completed_before}, {k_dead, dead_before}}) d
     if #old == limit then
         more = 1
     end
-    for _, id in ipairs(old) do
-        redis.call('ZREM', set[1], id)
-        forget(k_task, k_meta, k_progress, k_error, id)
-        trimmed = trimmed + 1
+    if #old > 0 then
+        redis.call('ZREM', set[1], unpack(old))
+        forget_all(k_task, k_meta, k_progress, k_error, old)
+        trimmed = trimmed + #old
     end
 end
 trimmed = trimmed + bound(k_completed, max_completed, k_task, k_meta, k_progress, k_error)
