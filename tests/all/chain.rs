@@ -5,76 +5,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral::Client;
-use corral::broker::{
-    AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Maintenance,
-    Outcome, QueueStats, WorkerId,
-};
+use corral::broker::{Checkpoint, EmbeddedBroker};
 use corral::registry::RegistryError;
 use corral::sandbox::Limits;
-use corral::task::{Task, TaskId, TaskState};
+use corral::task::{TaskId, TaskState};
 
+use crate::support::spy::UpdateSpy;
 use crate::support::{self, RunningWorker};
 
 const PIPELINE: &[&str] = &["normalize", "count_words", "top_k"];
 
-/// An embedded broker that records every checkpoint it is sent.
-#[derive(Clone, Default)]
-struct RecordingBroker {
-    inner: EmbeddedBroker,
-    updates: Arc<Mutex<Vec<(TaskId, Checkpoint)>>>,
-}
+/// Every checkpoint a broker is sent, in order.
+type Updates = Arc<Mutex<Vec<(TaskId, Checkpoint)>>>;
 
-impl Broker for RecordingBroker {
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
-        self.inner.enqueue(tasks).await
-    }
-    async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
-        self.inner.acquire(req).await
-    }
-    async fn interrupt(&self, worker: &WorkerId) {
-        self.inner.interrupt(worker).await
-    }
-    async fn update(&self, lease: &Lease, cp: &Checkpoint) -> Result<(), BrokerError> {
-        self.updates
-            .lock()
-            .unwrap()
-            .push((lease.task_id, cp.clone()));
-        self.inner.update(lease, cp).await
-    }
-    async fn ack(
-        &self,
-        results: &[(Lease, Outcome)],
-    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
-        self.inner.ack(results).await
-    }
-    async fn heartbeat(&self, leases: &[Lease], d: Duration) -> Result<Vec<TaskId>, BrokerError> {
-        self.inner.heartbeat(leases, d).await
-    }
-    async fn maintain(&self) -> Result<Maintenance, BrokerError> {
-        self.inner.maintain().await
-    }
-    async fn task(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, BrokerError> {
-        self.inner.task(tenant, id).await
-    }
-    async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
-        self.inner.stats(tenant, queue).await
-    }
-    async fn dead(
-        &self,
-        tenant: &str,
-        queue: &str,
-        limit: usize,
-    ) -> Result<Vec<Task>, BrokerError> {
-        self.inner.dead(tenant, queue, limit).await
-    }
-    async fn enqueue_raw(
-        &self,
-        tenant: &str,
-        queue: &str,
-        raw: Vec<u8>,
-    ) -> Result<(), BrokerError> {
-        self.inner.enqueue_raw(tenant, queue, raw).await
-    }
+/// An embedded broker that records every checkpoint it is sent.
+fn recording_broker() -> (UpdateSpy<EmbeddedBroker>, Updates) {
+    let updates = Updates::default();
+    let seen = updates.clone();
+    let broker = UpdateSpy {
+        inner: EmbeddedBroker::new(),
+        on_update: Arc::new(move |lease, cp| {
+            seen.lock().unwrap().push((lease.task_id, cp.clone()));
+        }),
+    };
+    (broker, updates)
 }
 
 fn quick_limits() -> Limits {
@@ -88,7 +42,7 @@ fn quick_limits() -> Limits {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn args_flow_through_the_chain_and_checkpoints_advance() {
-    let broker = RecordingBroker::default();
+    let (broker, updates) = recording_broker();
     let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
     let client = Client::new(broker.clone());
     let task = client
@@ -126,7 +80,7 @@ async fn args_flow_through_the_chain_and_checkpoints_advance() {
     );
 
     // One checkpoint after each handler but the last (the ack carries that).
-    let updates = broker.updates.lock().unwrap().clone();
+    let updates = updates.lock().unwrap().clone();
     let indexes: Vec<u32> = updates
         .iter()
         .filter(|(id, _)| *id == task.task_id)

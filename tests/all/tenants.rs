@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use corral::Client;
 use corral::broker::{
-    AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Maintenance,
-    Outcome, QueueStats, RedisBroker, RedisConfig, TaskQuery, WorkerId,
+    AcquireRequest, Broker, Checkpoint, EmbeddedBroker, Lease, QueueStats, RedisBroker,
+    RedisConfig, TaskQuery,
 };
 use corral::catalog::{Catalog, CatalogError, RedisCatalog};
 use corral::registry::{HandlerSpec, JobDefinition, Registry};
@@ -21,6 +21,7 @@ use corral::tenant::{Tenant, TenantLimits, Token};
 use corral::worker::WorkerConfig;
 
 use crate::api_support::{self, RedisServer, Store};
+use crate::support::spy::UpdateSpy;
 use crate::support::{self, RunningWorker};
 
 fn definition(tenant: &str, name: &str, module: &ModuleHash) -> JobDefinition {
@@ -223,18 +224,12 @@ async fn a_worker_fetches_modules_by_hash_and_compiles_each_once() {
     assert_eq!(worker_sandbox.cached_handlers(), 3);
 }
 
-/// An embedded broker that counts, per tenant, the tasks running the middle
-/// handler of a three-handler chain: from the checkpoint after handler 0 to
-/// the one after handler 1. That phase lies inside the time the worker holds
-/// the task's tenant slot, and a task handed back over its tenant's cap never
-/// reaches it, so the count is a lower bound of slots in use that only real
-/// runs raise.
-#[derive(Clone)]
-struct CountingBroker<B> {
-    inner: B,
-    counts: Arc<Mutex<Counts>>,
-}
-
+/// Counts, per tenant, the tasks running the middle handler of a
+/// three-handler chain: from the checkpoint after handler 0 to the one after
+/// handler 1. That phase lies inside the time the worker holds the task's
+/// tenant slot, and a task handed back over its tenant's cap never reaches
+/// it, so the count is a lower bound of slots in use that only real runs
+/// raise.
 #[derive(Default)]
 struct Counts {
     running: HashMap<TaskId, String>,
@@ -242,86 +237,33 @@ struct Counts {
     peak: HashMap<String, usize>,
 }
 
-impl<B: Broker> Broker for CountingBroker<B> {
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
-        self.inner.enqueue(tasks).await
-    }
-    async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
-        self.inner.acquire(req).await
-    }
-    async fn interrupt(&self, worker: &WorkerId) {
-        self.inner.interrupt(worker).await
-    }
-    async fn update(&self, lease: &Lease, cp: &Checkpoint) -> Result<(), BrokerError> {
-        {
-            let mut c = self.counts.lock().unwrap();
-            match cp.current_handler_index {
-                // Handler 0 done: the task is running its middle handler.
-                1 if c
-                    .running
-                    .insert(lease.task_id, lease.tenant.clone())
-                    .is_none() =>
-                {
-                    let now = {
-                        let n = c.now.entry(lease.tenant.clone()).or_default();
-                        *n += 1;
-                        *n
-                    };
-                    let peak = c.peak.entry(lease.tenant.clone()).or_default();
-                    *peak = (*peak).max(now);
-                }
-                // The middle handler done.
-                2 => {
-                    if let Some(tenant) = c.running.remove(&lease.task_id)
-                        && let Some(n) = c.now.get_mut(&tenant)
-                    {
-                        *n -= 1;
-                    }
-                }
-                _ => {}
+impl Counts {
+    fn saw(&mut self, lease: &Lease, cp: &Checkpoint) {
+        match cp.current_handler_index {
+            // Handler 0 done: the task is running its middle handler.
+            1 if self
+                .running
+                .insert(lease.task_id, lease.tenant.clone())
+                .is_none() =>
+            {
+                let now = {
+                    let n = self.now.entry(lease.tenant.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let peak = self.peak.entry(lease.tenant.clone()).or_default();
+                *peak = (*peak).max(now);
             }
+            // The middle handler done.
+            2 => {
+                if let Some(tenant) = self.running.remove(&lease.task_id)
+                    && let Some(n) = self.now.get_mut(&tenant)
+                {
+                    *n -= 1;
+                }
+            }
+            _ => {}
         }
-        self.inner.update(lease, cp).await
-    }
-    async fn ack(
-        &self,
-        results: &[(Lease, Outcome)],
-    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
-        self.inner.ack(results).await
-    }
-    async fn heartbeat(&self, leases: &[Lease], d: Duration) -> Result<Vec<TaskId>, BrokerError> {
-        self.inner.heartbeat(leases, d).await
-    }
-    async fn maintain(&self) -> Result<Maintenance, BrokerError> {
-        self.inner.maintain().await
-    }
-    async fn task(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, BrokerError> {
-        self.inner.task(tenant, id).await
-    }
-    async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
-        self.inner.stats(tenant, queue).await
-    }
-    async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
-        self.inner.tenant_stats(tenant).await
-    }
-    async fn list_tasks(&self, tenant: &str, q: &TaskQuery) -> Result<Vec<Task>, BrokerError> {
-        self.inner.list_tasks(tenant, q).await
-    }
-    async fn dead(
-        &self,
-        tenant: &str,
-        queue: &str,
-        limit: usize,
-    ) -> Result<Vec<Task>, BrokerError> {
-        self.inner.dead(tenant, queue, limit).await
-    }
-    async fn enqueue_raw(
-        &self,
-        tenant: &str,
-        queue: &str,
-        raw: Vec<u8>,
-    ) -> Result<(), BrokerError> {
-        self.inner.enqueue_raw(tenant, queue, raw).await
     }
 }
 
@@ -354,9 +296,11 @@ async fn concurrency_cap<B: Broker + Clone>(inner: B, catalog: Arc<dyn Catalog>)
             .await
             .unwrap();
     }
-    let broker = CountingBroker {
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let seen = counts.clone();
+    let broker = UpdateSpy {
         inner,
-        counts: Arc::default(),
+        on_update: Arc::new(move |lease, cp| seen.lock().unwrap().saw(lease, cp)),
     };
     let client = Client::new(broker.clone());
     let mut tasks = Vec::new();
@@ -380,7 +324,7 @@ async fn concurrency_cap<B: Broker + Clone>(inner: B, catalog: Arc<dyn Catalog>)
         assert_eq!(done.attempt, 1);
     }
     worker.stop().await;
-    let counts = broker.counts.lock().unwrap();
+    let counts = counts.lock().unwrap();
     let capped = counts.peak.get("capped").copied().unwrap_or(0);
     assert!(
         (1..=2).contains(&capped),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod spy;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -986,21 +986,36 @@ impl Broker for RedisBroker {
             let tasks: Vec<Task> = tasks.into_iter().map(|(_, t)| t).collect();
             if tasks.len() <= ENQUEUE_CHUNK {
                 let items = stored_items(tasks, now)?;
-                let any_ready = items.iter().any(|i| i.due_us.is_none());
-                let mut conn = self.conn();
-                let store = scripts::enqueue(&mut conn, &keys, now_us, max_queued, &items);
-                if any_ready && standalone {
-                    // One server runs one connection's commands in order, so
-                    // a wake-up sent right behind the script reaches workers
-                    // only after the tasks are stored: one round trip, not
-                    // two. (Were the script first reloaded after a server
-                    // restart, the wake-up could come first; a worker would
-                    // then find the tasks on its next look, within its
-                    // block_for.)
-                    let (stored, ()) =
-                        futures_util::future::join(store, self.wake(&tenant, &queue)).await;
-                    stored?;
-                } else if store.await? > 0 {
+                if standalone {
+                    // One server holds the queue and the wake list: the
+                    // script pushes the wake-up itself, in the same call.
+                    let key = keys::wake(&self.inner.config.prefix, &queue);
+                    let token = keys::pair(&tenant, &queue);
+                    let wake = scripts::WakeUp {
+                        key: &key,
+                        token: &token,
+                        keep: WAKE_KEEP,
+                    };
+                    scripts::enqueue(
+                        &mut self.conn(),
+                        &keys,
+                        now_us,
+                        max_queued,
+                        &items,
+                        Some(&wake),
+                    )
+                    .await?;
+                } else if scripts::enqueue(
+                    &mut self.conn(),
+                    &keys,
+                    now_us,
+                    max_queued,
+                    &items,
+                    None,
+                )
+                .await?
+                    > 0
+                {
                     self.wake(&tenant, &queue).await;
                 }
                 continue;
@@ -1036,11 +1051,12 @@ impl Broker for RedisBroker {
             let mut ready = 0;
             if let Some(items) = serialized.next().await {
                 ready +=
-                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items?).await?;
+                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items?, None)
+                        .await?;
             }
             ready += serialized
                 .map_ok(move |items| async move {
-                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items).await
+                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items, None).await
                 })
                 .try_buffered(ENQUEUE_IN_FLIGHT)
                 .try_fold(0, |sum, ready| async move { Ok(sum + ready) })

@@ -130,12 +130,21 @@ pub struct EnqueueItem {
 
 /// Stores `items` in one queue, all or none. Returns how many went straight
 /// to pending.
+/// A wake-up the enqueue script pushes itself once it stored ready tasks:
+/// the wake list's key, the token, and how many tokens the list keeps.
+pub struct WakeUp<'a> {
+    pub key: &'a str,
+    pub token: &'a str,
+    pub keep: isize,
+}
+
 pub async fn enqueue(
     conn: &mut Conn,
     keys: &QueueKeys,
     now_us: i64,
     max_queued: usize,
     items: &[EnqueueItem],
+    wake: Option<&WakeUp<'_>>,
 ) -> Result<usize, BrokerError> {
     const OP: &str = "enqueue";
     let mut inv = SCRIPTS.enqueue.prepare_invoke();
@@ -153,6 +162,9 @@ pub async fn enqueue(
             Some(due) => inv.arg(due),
             None => inv.arg(""),
         };
+    }
+    if let Some(wake) = wake {
+        inv.key(wake.key).arg(wake.token).arg(wake.keep);
     }
     let reply = array(OP, run(OP, conn, &inv).await?)?;
     let mut it = reply.into_iter();

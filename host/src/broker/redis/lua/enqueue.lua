@@ -5,12 +5,17 @@
 -- KEYS[3] active     (zset)  counted against the bound only
 -- KEYS[4] task       (hash)  id -> task JSON
 -- KEYS[5] meta       (hash)  id -> metadata (see common.lua)
+-- KEYS[6] wake       (list)  optional: the queue name's wake-up list, given
+--                            only where it shares a server with the queue
+--                            (standalone Redis), so the wake-up is part of
+--                            the same call
 --
 -- ARGV[1] now (µs); the metadata already carries it
 -- ARGV[2] the queue's bound: pending + scheduled + active may not exceed it
 -- ARGV[3] n, the number of tasks; then 4 values per task:
 --         id, task JSON, metadata (packed by Rust, see common.lua; state
 --         p or s), due (µs; empty = ready now)
+--         then, with KEYS[6]: the wake-up token and how many tokens to keep
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
 --         {1, id}      nothing stored: task `id` already exists (or is
@@ -70,5 +75,10 @@ end
 redis.call('HSET', KEYS[5], unpack(metas))
 if nr > 0 then
     redis.call('LPUSH', KEYS[1], unpack(ready))
+    if KEYS[6] then
+        local wake_at = 4 + n * 4
+        redis.call('LPUSH', KEYS[6], ARGV[wake_at])
+        redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[wake_at + 1]) - 1)
+    end
 end
 return {0, nr}
