@@ -9,7 +9,7 @@
 //! Queues are keyed by tenant and queue name; `acquire` starts each call at
 //! the next tenant in turn, so one tenant's flood cannot starve another.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ use crate::clock::{self, Clock, SystemClock};
 use crate::task::{Task, TaskError, TaskId, TaskState};
 
 type QueueKey = (String, String);
+
+/// How long an interrupt waits for its worker's next wait (as on Redis).
+const INTERRUPT_TTL: Duration = Duration::from_secs(60);
 
 struct Entry {
     task: Task,
@@ -47,8 +50,10 @@ struct State {
     /// Tenants in the order `acquire` serves them.
     tenants: Vec<String>,
     next_tenant: usize,
-    /// Workers whose next (or current) wait in `acquire` ends at once.
-    interrupted: HashSet<WorkerId>,
+    /// Workers whose next (or current) wait in `acquire` ends at once, with
+    /// when they were interrupted: entries of workers that never wait again
+    /// (stopped ones) are dropped after [`INTERRUPT_TTL`].
+    interrupted: HashMap<WorkerId, std::time::Instant>,
 }
 
 /// An in-process [`Broker`].
@@ -364,7 +369,7 @@ impl Broker for EmbeddedBroker {
             if !got.is_empty() {
                 return Ok(got);
             }
-            if self.lock().interrupted.remove(&req.worker) {
+            if self.lock().interrupted.remove(&req.worker).is_some() {
                 return Ok(got);
             }
             let now = tokio::time::Instant::now();
@@ -385,7 +390,12 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn interrupt(&self, worker: &WorkerId) {
-        self.lock().interrupted.insert(worker.clone());
+        {
+            let mut st = self.lock();
+            st.interrupted.retain(|_, at| at.elapsed() < INTERRUPT_TTL);
+            st.interrupted
+                .insert(worker.clone(), std::time::Instant::now());
+        }
         self.inner.ready.notify_waiters();
     }
 
