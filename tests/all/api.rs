@@ -12,7 +12,7 @@ use corral::api::ApiConfig;
 use corral::broker::{RedisBroker, RedisConfig};
 use corral::catalog::{Catalog, RedisCatalog};
 use corral::registry::Registry;
-use corral::tenant::TenantLimits;
+use corral::tenant::{TenantLimits, Token};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -98,6 +98,30 @@ fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
         ),
         (Method::GET, "/v1/stats".into(), None),
     ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_at_once() {
+    let w = world().await;
+    w.api
+        .send(Method::GET, "/v1/stats", Some(&w.a), None)
+        .await
+        .expect(200, "");
+    let revoked = w
+        .catalog
+        .revoke_token(&Token::from_presented(&w.a).hash())
+        .await
+        .unwrap();
+    assert_eq!(revoked.as_deref(), Some("alpha"));
+    w.api
+        .send(Method::GET, "/v1/stats", Some(&w.a), None)
+        .await
+        .expect(401, "unauthorized");
+    // The other tenant's token is untouched.
+    w.api
+        .send(Method::GET, "/v1/stats", Some(&w.b), None)
+        .await
+        .expect(200, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,6 +193,44 @@ async fn tenants_and_jobs_commands_write_the_redis_catalog() {
     assert_eq!(job.version, 2);
     assert_eq!(job.handlers.len(), 2);
     assert_eq!(job.limits.fuel, 5_000_000);
+
+    // Rotating a token: add one, revoke the old; the old stops working.
+    let (ok, second, err) = run(s(&["tenants", "token", "acme", "--redis", &url])).await;
+    assert!(ok, "{err}");
+    let second = second.trim().to_owned();
+    assert!(second.starts_with("crl_") && second != token, "{second}");
+    let (ok, _, err) = run(s(&["tenants", "revoke", &token, "--redis", &url])).await;
+    assert!(
+        ok && err.contains("revoked a token of tenant acme"),
+        "{err}"
+    );
+    let (ok, _, err) = run(s(&["jobs", "list", "--redis", &url, "--token", &token])).await;
+    assert!(!ok && err.contains("invalid token"), "{err}");
+    let (ok, out, err) = run(s(&["jobs", "list", "--redis", &url, "--token", &second])).await;
+    assert!(ok && out.contains("stats v2"), "{err}");
+    let (ok, _, err) = run(s(&["tenants", "revoke", &token, "--redis", &url])).await;
+    assert!(!ok && err.contains("no tenant has that token"), "{err}");
+    let (ok, _, err) = run(s(&["tenants", "token", "nobody", "--redis", &url])).await;
+    assert!(!ok && err.contains("no tenant `nobody`"), "{err}");
+
+    // Changing limits: only those given; the rest stay.
+    let (ok, out, err) = run(s(&[
+        "tenants",
+        "limits",
+        "acme",
+        "--redis",
+        &url,
+        "--max-concurrency",
+        "3",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"max_concurrency\": 3"), "{out}");
+    let acme = catalog.tenant("acme").await.unwrap().unwrap();
+    assert_eq!(acme.limits.max_concurrency, 3);
+    assert_eq!(acme.limits.max_fuel, 5_000_000);
+    let (ok, _, err) = run(s(&["tenants", "limits", "nobody", "--redis", &url])).await;
+    assert!(!ok && err.contains("no tenant `nobody`"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,46 @@ async fn catalog_contract(catalog: Arc<dyn Catalog>) {
         None
     );
 
+    // Tokens rotate: a second one works beside the first until the first is
+    // revoked; only existing tenants get tokens.
+    let second = Token::generate();
+    catalog.add_token("acme", &second.hash()).await.unwrap();
+    assert_eq!(
+        catalog.tenant_for_token(&second.hash()).await.unwrap(),
+        Some(acme.clone())
+    );
+    assert_eq!(
+        catalog.revoke_token(&token.hash()).await.unwrap(),
+        Some("acme".to_owned())
+    );
+    assert_eq!(catalog.tenant_for_token(&token.hash()).await.unwrap(), None);
+    assert_eq!(catalog.revoke_token(&token.hash()).await.unwrap(), None);
+    assert_eq!(
+        catalog.tenant_for_token(&second.hash()).await.unwrap(),
+        Some(acme.clone())
+    );
+    assert_eq!(
+        catalog.add_token("nobody", &Token::generate().hash()).await,
+        Err(CatalogError::UnknownTenant("nobody".into()))
+    );
+
+    // Limits change in place; no tenant is made by changing limits.
+    let tighter = TenantLimits {
+        max_concurrency: 2,
+        ..acme.limits
+    };
+    catalog.set_limits("acme", &tighter).await.unwrap();
+    let acme = Tenant {
+        limits: tighter,
+        ..acme
+    };
+    assert_eq!(catalog.tenant("acme").await.unwrap(), Some(acme.clone()));
+    assert_eq!(
+        catalog.set_limits("nobody", &tighter).await,
+        Err(CatalogError::UnknownTenant("nobody".into()))
+    );
+    assert_eq!(catalog.tenant("nobody").await.unwrap(), None);
+
     // Modules are per tenant.
     let bytes = b"module bytes".to_vec();
     let hash = ModuleHash::of(&bytes);

@@ -127,6 +127,8 @@ impl From<CatalogError> for ApiError {
             CatalogError::JobExists { .. } => {
                 Self::new(StatusCode::CONFLICT, "job_exists", e.to_string())
             }
+            // A tenant the request was authenticated as no longer exists.
+            CatalogError::UnknownTenant(_) => Self::not_found("tenant_not_found", e.to_string()),
             CatalogError::Unavailable(_) => {
                 tracing::warn!(error = %e, "catalog unavailable");
                 Self::new(

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{Catalog, CatalogError};
 use crate::registry::JobDefinition;
 use crate::sandbox::ModuleHash;
-use crate::tenant::{Tenant, TokenHash};
+use crate::tenant::{Tenant, TenantLimits, TokenHash};
 
 #[derive(Default)]
 struct State {
@@ -50,6 +50,29 @@ impl Catalog for MemoryCatalog {
 
     async fn tenant(&self, name: &str) -> Result<Option<Tenant>, CatalogError> {
         Ok(self.lock().tenants.get(name).cloned())
+    }
+
+    async fn add_token(&self, tenant: &str, token: &TokenHash) -> Result<(), CatalogError> {
+        let mut st = self.lock();
+        if !st.tenants.contains_key(tenant) {
+            return Err(CatalogError::UnknownTenant(tenant.to_owned()));
+        }
+        st.tokens.insert(token.clone(), tenant.to_owned());
+        Ok(())
+    }
+
+    async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError> {
+        Ok(self.lock().tokens.remove(token))
+    }
+
+    async fn set_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), CatalogError> {
+        match self.lock().tenants.get_mut(tenant) {
+            Some(t) => {
+                t.limits = *limits;
+                Ok(())
+            }
+            None => Err(CatalogError::UnknownTenant(tenant.to_owned())),
+        }
     }
 
     async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError> {

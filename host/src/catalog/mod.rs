@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::registry::JobDefinition;
 use crate::sandbox::ModuleHash;
-use crate::tenant::{Tenant, TokenHash};
+use crate::tenant::{Tenant, TenantLimits, TokenHash};
 
 pub use memory::MemoryCatalog;
 pub use redis::RedisCatalog;
@@ -27,6 +27,9 @@ pub enum CatalogError {
     /// A tenant of that name exists.
     #[error("tenant `{0}` already exists")]
     TenantExists(String),
+    /// No tenant of that name exists.
+    #[error("no tenant `{0}`")]
+    UnknownTenant(String),
     /// The job exists and replace was not asked for.
     #[error("job `{name}` is already registered (version {version}); replace it explicitly")]
     JobExists {
@@ -54,6 +57,19 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// The tenant a token belongs to.
     async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError>;
+
+    /// Gives an existing tenant one more token. Rotating a token is: add a
+    /// new one, move the clients to it, revoke the old one.
+    async fn add_token(&self, tenant: &str, token: &TokenHash) -> Result<(), CatalogError>;
+
+    /// Revokes a token: from now on it names no tenant. Returns the tenant
+    /// it belonged to, `None` if it belonged to none.
+    async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError>;
+
+    /// Replaces an existing tenant's limits. Uploads and enqueues check the
+    /// new limits at once; workers take a new concurrency cap within
+    /// seconds (they cache it briefly).
+    async fn set_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), CatalogError>;
 
     /// Stores module bytes for a tenant; storing the same bytes twice is a
     /// no-op.

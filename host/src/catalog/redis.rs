@@ -32,7 +32,7 @@ use crate::broker::redis::conn::{Conn, Target};
 use crate::broker::redis::keys::encode;
 use crate::registry::JobDefinition;
 use crate::sandbox::ModuleHash;
-use crate::tenant::{Tenant, TokenHash};
+use crate::tenant::{Tenant, TenantLimits, TokenHash};
 
 /// The key prefix used when none is given (the broker's default too).
 pub const DEFAULT_PREFIX: &str = "corral";
@@ -224,6 +224,48 @@ impl Catalog for RedisCatalog {
             ));
         }
         Ok(Some(tenant))
+    }
+
+    async fn add_token(&self, tenant: &str, token: &TokenHash) -> Result<(), CatalogError> {
+        if self.tenant(tenant).await?.is_none() {
+            return Err(CatalogError::UnknownTenant(tenant.to_owned()));
+        }
+        self.query::<()>(
+            "add_token",
+            redis::cmd("SET").arg(self.token_key(token)).arg(tenant),
+        )
+        .await
+    }
+
+    async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError> {
+        self.query(
+            "revoke_token",
+            redis::cmd("GETDEL").arg(self.token_key(token)),
+        )
+        .await
+    }
+
+    async fn set_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), CatalogError> {
+        let op = "set_limits";
+        let Some(mut record) = self.tenant(tenant).await? else {
+            return Err(CatalogError::UnknownTenant(tenant.to_owned()));
+        };
+        record.limits = *limits;
+        let json = serde_json::to_vec(&record).map_err(|e| corrupt(op, e))?;
+        // XX: only over the existing record, never creating a tenant.
+        let written: Option<String> = self
+            .query(
+                op,
+                redis::cmd("SET")
+                    .arg(self.tenant_key(tenant, "tenant"))
+                    .arg(json)
+                    .arg("XX"),
+            )
+            .await?;
+        match written {
+            Some(_) => Ok(()),
+            None => Err(CatalogError::UnknownTenant(tenant.to_owned())),
+        }
     }
 
     async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError> {

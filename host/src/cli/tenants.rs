@@ -1,11 +1,17 @@
-//! `corral tenants create NAME`: adds a tenant to the Redis catalog and
-//! prints its API token, once.
+//! `corral tenants …`: tenants in the Redis catalog.
 //!
-//! The token goes to stdout alone (so `TOKEN=$(corral tenants create acme)`
-//! works) and only its sha256 is stored: a lost token cannot be shown again.
-//! Limits not given take [`TenantLimits::default`]. A tenant needs a shared
-//! store to outlive this command, so `--redis` is required; `corral serve`
-//! without Redis creates its tenants itself (`--tenant`).
+//! - `create NAME` adds a tenant and prints its API token, once;
+//! - `token NAME` prints one more token for it (to rotate: add a token, move
+//!   the clients to it, revoke the old one);
+//! - `revoke TOKEN` makes a token stop working at once;
+//! - `limits NAME` changes the limits given and prints them all.
+//!
+//! Tokens go to stdout alone (so `TOKEN=$(corral tenants create acme)`
+//! works) and only their sha256 is stored: a lost token cannot be shown
+//! again. Limits not given at creation take [`TenantLimits::default`]. A
+//! tenant needs a shared store to outlive this command, so `--redis` is
+//! required; `corral serve` without Redis creates its tenants itself
+//! (`--tenant`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +34,12 @@ pub struct TenantsArgs {
 enum TenantsCommand {
     /// Create a tenant and print its API token (shown once).
     Create(CreateArgs),
+    /// Print one more API token for a tenant (shown once).
+    Token(TokenArgs),
+    /// Revoke an API token: it stops working at once.
+    Revoke(RevokeArgs),
+    /// Change a tenant's limits (only those given) and print them all.
+    Limits(LimitsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +49,42 @@ struct CreateArgs {
     /// Redis URL of the catalog.
     #[arg(long, env = "CORRAL_REDIS_URL")]
     redis: Option<String>,
+    #[command(flatten)]
+    limits: LimitFlags,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The tenant.
+    name: String,
+    /// Redis URL of the catalog.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// The token to revoke (`crl_…`).
+    token: String,
+    /// Redis URL of the catalog.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct LimitsArgs {
+    /// The tenant.
+    name: String,
+    /// Redis URL of the catalog.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis: Option<String>,
+    #[command(flatten)]
+    limits: LimitFlags,
+}
+
+/// A tenant's limits as flags; each one not given is left as it was.
+#[derive(Debug, Args)]
+struct LimitFlags {
     /// Highest fuel a job of the tenant may set per handler call.
     #[arg(long)]
     max_fuel: Option<u64>,
@@ -57,9 +105,9 @@ struct CreateArgs {
     max_module_kib: Option<u64>,
 }
 
-impl CreateArgs {
-    fn limits(&self) -> TenantLimits {
-        let mut limits = TenantLimits::default();
+impl LimitFlags {
+    /// `limits` with the flags given applied.
+    fn apply(&self, mut limits: TenantLimits) -> TenantLimits {
         if let Some(v) = self.max_fuel {
             limits.max_fuel = v;
         }
@@ -99,6 +147,9 @@ pub(super) async fn catalog(redis: Option<&str>) -> anyhow::Result<RedisCatalog>
 pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TenantsCommand::Create(args) => create(args).await,
+        TenantsCommand::Token(args) => add_token(args).await,
+        TenantsCommand::Revoke(args) => revoke(args).await,
+        TenantsCommand::Limits(args) => set_limits(args).await,
     }
 }
 
@@ -113,7 +164,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     let token = Token::generate();
     let tenant = Tenant {
         name: args.name.clone(),
-        limits: args.limits(),
+        limits: args.limits.apply(TenantLimits::default()),
     };
     catalog
         .create_tenant(&tenant, &token.hash())
@@ -124,5 +175,54 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         args.name
     );
     println!("{}", token.expose());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn add_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog(args.redis.as_deref()).await?;
+    let token = Token::generate();
+    catalog
+        .add_token(&args.name, &token.hash())
+        .await
+        .with_context(|| format!("adding a token to tenant `{}`", args.name))?;
+    eprintln!(
+        "added a token to tenant {}; it follows, shown this once",
+        args.name
+    );
+    println!("{}", token.expose());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog(args.redis.as_deref()).await?;
+    let hash = Token::from_presented(&args.token).hash();
+    match catalog
+        .revoke_token(&hash)
+        .await
+        .context("revoking the token")?
+    {
+        Some(tenant) => {
+            eprintln!("revoked a token of tenant {tenant}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => bail!("no tenant has that token (revoked already, or mistyped)"),
+    }
+}
+
+async fn set_limits(args: LimitsArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog(args.redis.as_deref()).await?;
+    let Some(tenant) = catalog
+        .tenant(&args.name)
+        .await
+        .with_context(|| format!("reading tenant `{}`", args.name))?
+    else {
+        bail!("no tenant `{}`", args.name);
+    };
+    let limits = args.limits.apply(tenant.limits);
+    catalog
+        .set_limits(&args.name, &limits)
+        .await
+        .with_context(|| format!("changing the limits of tenant `{}`", args.name))?;
+    println!("{}", serde_json::to_string_pretty(&limits)?);
     Ok(ExitCode::SUCCESS)
 }
