@@ -170,10 +170,16 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         .create_tenant(&tenant, &token.hash())
         .await
         .with_context(|| format!("creating tenant `{}`", args.name))?;
-    eprintln!(
-        "created tenant {}; its API token follows, shown this once",
-        args.name
-    );
+    show_once(
+        &format!("created tenant {}; its API token", args.name),
+        &token,
+    )
+}
+
+/// Prints a new token alone on stdout (so `$(…)` captures it) after saying
+/// on stderr what it is.
+fn show_once(what: &str, token: &Token) -> anyhow::Result<ExitCode> {
+    eprintln!("{what} follows, shown this once");
     println!("{}", token.expose());
     Ok(ExitCode::SUCCESS)
 }
@@ -185,12 +191,10 @@ async fn add_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         .add_token(&args.name, &token.hash())
         .await
         .with_context(|| format!("adding a token to tenant `{}`", args.name))?;
-    eprintln!(
-        "added a token to tenant {}; it follows, shown this once",
-        args.name
-    );
-    println!("{}", token.expose());
-    Ok(ExitCode::SUCCESS)
+    show_once(
+        &format!("added a token to tenant {}; it", args.name),
+        &token,
+    )
 }
 
 async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
