@@ -461,6 +461,62 @@ async fn a_capped_tenant_drains_without_waiting_on_the_redis_broker() {
     a_capped_tenant_drains_without_waiting(broker, catalog).await;
 }
 
+/// A tenant at its cap of 1 runs a 12 s task; its cap is then raised to 4.
+/// The worker reads the new cap within seconds although the tenant had no
+/// task leased meanwhile, so the three short tasks queued behind the long one
+/// finish while it still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_cap_takes_effect_while_the_tenant_is_at_its_cap() {
+    let catalog = Store::Memory.catalog().await;
+    api_support::tenant(
+        &catalog,
+        "capped",
+        TenantLimits {
+            max_concurrency: 1,
+            ..TenantLimits::default()
+        },
+    )
+    .await;
+    let registry = Registry::with_catalog(support::sandbox(), catalog.clone());
+    registry
+        .register_files("capped", "nap", &[support::job("sleep")], Limits::default())
+        .await
+        .unwrap();
+    let broker = EmbeddedBroker::new();
+    let client = Client::new(broker.clone());
+    let long = naps(&client, "capped", 1, 12_000).remove(0);
+    client.enqueue(long.clone()).await.unwrap();
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(8));
+    // The long task runs; the tenant is at its cap.
+    while broker
+        .task("capped", long.task_id)
+        .await
+        .unwrap()
+        .map(|t| t.state)
+        != Some(TaskState::Active)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let short = naps(&client, "capped", 3, 10);
+    client.enqueue_many(short.clone()).await.unwrap();
+    let raised = TenantLimits {
+        max_concurrency: 4,
+        ..TenantLimits::default()
+    };
+    catalog.set_limits("capped", &raised).await.unwrap();
+    for task in &short {
+        let done = support::wait(&client, task, 60).await;
+        assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+    }
+    let long_now = broker.task("capped", long.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        long_now.state,
+        TaskState::Active,
+        "the short tasks waited for the long one: the raised cap was not read"
+    );
+    worker.stop().await;
+}
+
 /// Tenant `flood` enqueues 10,000 tasks, then tenant `small` 10: the small
 /// tenant's tasks all complete while most of the flood still waits.
 async fn fair_share<B: Broker + Clone>(broker: B, registry: Registry) {

@@ -369,7 +369,8 @@ impl Broker for EmbeddedBroker {
             if !got.is_empty() {
                 return Ok(got);
             }
-            if self.lock().interrupted.remove(&req.worker).is_some() {
+            let interrupted = self.lock().interrupted.remove(&req.worker);
+            if interrupted.is_some_and(|at| at.elapsed() < INTERRUPT_TTL) {
                 return Ok(got);
             }
             let now = tokio::time::Instant::now();

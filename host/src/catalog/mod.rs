@@ -66,9 +66,11 @@ pub trait Catalog: Send + Sync + 'static {
     /// it belonged to, `None` if it belonged to none.
     async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError>;
 
-    /// Replaces an existing tenant's limits. Uploads and enqueues check the
-    /// new limits at once; workers take a new concurrency cap within
-    /// seconds (they cache it briefly).
+    /// Replaces an existing tenant's limits. From then on, uploads and new
+    /// job versions are checked against them, and enqueues against the new
+    /// `max_queued`; workers take a new concurrency cap within seconds (they
+    /// cache it briefly). Job versions already registered keep the fuel,
+    /// memory and time they were registered with.
     async fn set_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), CatalogError>;
 
     /// Stores module bytes for a tenant; storing the same bytes twice is a

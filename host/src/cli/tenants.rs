@@ -4,7 +4,8 @@
 //! - `token NAME` prints one more token for it (to rotate: add a token, move
 //!   the clients to it, revoke the old one);
 //! - `revoke TOKEN` makes a token stop working at once;
-//! - `limits NAME` changes the limits given and prints them all.
+//! - `limits NAME` changes the limits given and prints them all (job
+//!   versions already registered keep their own fuel, memory and time).
 //!
 //! Tokens go to stdout alone (so `TOKEN=$(corral tenants create acme)`
 //! works) and only their sha256 is stored: a lost token cannot be shown

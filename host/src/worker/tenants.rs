@@ -10,8 +10,8 @@
 //! 2. after the acquire, every leased task must take one of its tenant's
 //!    slots ([`TenantSlots::try_start`]); a task whose tenant is full (a
 //!    tenant this worker had not seen yet, so the broker had no room for
-//!    it) is handed straight back with `Outcome::Release`, which does not
-//!    count the attempt.
+//!    it, or one whose cap was just lowered) is handed straight back with
+//!    `Outcome::Release`, which does not count the attempt.
 //!
 //! A slot is held by a [`SlotGuard`] inside the task's runner, so a task that
 //! finishes, fails or is aborted (lease lost, shutdown) always frees it. A
@@ -140,6 +140,21 @@ impl TenantSlots {
                 let running = st.running.get(tenant).copied().unwrap_or(0);
                 (tenant.clone(), cap.saturating_sub(running) as usize)
             })
+            .collect()
+    }
+
+    /// Tenants at their cap whose cached cap is older than [`CAP_TTL`]. A
+    /// tenant at its cap is not leased, so nothing else would read its cap
+    /// again: the fetch loop refreshes these ([`TenantSlots::cap`]), so a
+    /// raised limit takes effect while the tenant's tasks still run.
+    pub(crate) fn stale_at_cap(&self) -> Vec<String> {
+        let st = self.lock();
+        st.caps
+            .iter()
+            .filter(|(tenant, (cap, at))| {
+                at.elapsed() >= CAP_TTL && st.running.get(*tenant).copied().unwrap_or(0) >= *cap
+            })
+            .map(|(tenant, _)| tenant.clone())
             .collect()
     }
 

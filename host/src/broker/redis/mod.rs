@@ -7,7 +7,10 @@
 //! - [`keys`]: every key, from functions. All keys of a tenant's queue share
 //!   the hash tag `{tenant:queue}`, e.g. `corral:{acme:emails}:pending`.
 //! - `scripts` and `lua/*.lua`: one Lua script per operation, each naming
-//!   every key it touches in `KEYS[]` (all in one slot), with a header
+//!   every key it touches in `KEYS[]` (all in one slot, except that on a
+//!   standalone server the enqueue script also pushes the wake-up onto the
+//!   `{wake}` list, saving a round trip; a single server does not mind
+//!   slots, and on a Cluster the wake-up is sent apart), with a header
 //!   documenting `KEYS[]`, `ARGV[]` and return codes. "Now" always comes from
 //!   the broker's [`Clock`] as an argument, so scripts are deterministic and
 //!   tests move time instead of sleeping.
@@ -534,8 +537,10 @@ impl RedisBroker {
         let wait = wait.clamp(Duration::from_millis(1), conn::MAX_BLOCK);
         let prefix = &self.inner.config.prefix;
         let interrupt = keys::worker_wake(prefix, &req.worker);
-        let mut keys: Vec<String> = req.queues.iter().map(|q| keys::wake(prefix, q)).collect();
-        keys.push(interrupt.clone());
+        // The interrupt first: BLPOP pops the first non-empty list it names,
+        // and a stream of wake-ups must not hide the interrupt.
+        let mut keys = vec![interrupt.clone()];
+        keys.extend(req.queues.iter().map(|q| keys::wake(prefix, q)));
         let mut conn = self.inner.blocking.take(&self.inner.target).await?;
         let reply: Result<Option<(String, String)>, _> = redis::cmd("BLPOP")
             .arg(&keys)
@@ -1074,6 +1079,9 @@ impl Broker for RedisBroker {
         }
         let give_up = Instant::now() + req.block_for;
         let mut woken = false;
+        // Wake-ups for tenants this call may not take (at their cap on this
+        // worker), already passed on to other workers once.
+        let mut passed_on: BTreeSet<String> = BTreeSet::new();
         loop {
             let (got, hints) = self.take(req).await?;
             if !got.is_empty() {
@@ -1102,6 +1110,16 @@ impl Broker for RedisBroker {
                 Wake::Work(member) => {
                     self.learn(&member);
                     woken = true;
+                    // Work of a tenant this worker has no room for: hand the
+                    // wake-up on (once) to an idle worker that may, instead
+                    // of leaving it to wait out its block_for. Popped again
+                    // here, nobody else was waiting: it is dropped.
+                    if let Some((tenant, queue)) = keys::parse_pair(&member)
+                        && req.room_for(&tenant) == 0
+                        && passed_on.insert(member)
+                    {
+                        self.wake(&tenant, &queue).await;
+                    }
                 }
                 Wake::Interrupted => return Ok(Vec::new()),
                 Wake::TimedOut => {}

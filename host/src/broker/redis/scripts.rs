@@ -128,8 +128,6 @@ pub struct EnqueueItem {
     pub due_us: Option<i64>,
 }
 
-/// Stores `items` in one queue, all or none. Returns how many went straight
-/// to pending.
 /// A wake-up the enqueue script pushes itself once it stored ready tasks:
 /// the wake list's key, the token, and how many tokens the list keeps.
 pub struct WakeUp<'a> {
@@ -138,6 +136,8 @@ pub struct WakeUp<'a> {
     pub keep: isize,
 }
 
+/// Stores `items` in one queue, all or none, and pushes `wake` when given
+/// and a task went straight to pending. Returns how many did.
 pub async fn enqueue(
     conn: &mut Conn,
     keys: &QueueKeys,
