@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use corral::Client;
-use corral::broker::{Broker, BrokerError, RedisBroker, RedisConfig};
+use corral::broker::{Broker, BrokerError, QueueStats, RedisBroker, RedisConfig};
 use corral::sandbox::Limits;
 use corral::task::{ArgsMap, Task, TaskId, TaskState};
 
@@ -32,7 +32,7 @@ async fn connect(server: &RedisServer, prefix: &str) -> RedisBroker {
 }
 
 /// Polls until nothing is pending, scheduled or active.
-async fn drained(broker: &RedisBroker, limit: Duration) -> corral::broker::QueueStats {
+async fn drained(broker: &RedisBroker, limit: Duration) -> QueueStats {
     let give_up = Instant::now() + limit;
     loop {
         match broker.stats("default", "default").await {
@@ -164,14 +164,14 @@ async fn workers_ride_out_a_redis_restart_and_lose_nothing() {
         .collect();
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = broker.stats("default", "default").await.expect("stats");
+        let s = default_stats(&broker).await;
         if s.completed >= 300 {
             break;
         }
         assert!(Instant::now() < give_up, "workers made no progress: {s:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = broker.stats("default", "default").await.expect("stats");
+    let before = default_stats(&broker).await;
     assert!(
         before.pending > 0,
         "the run finished before the restart: {before:?}"
@@ -200,6 +200,11 @@ async fn workers_ride_out_a_redis_restart_and_lose_nothing() {
     }
 }
 
+/// Counts of the default tenant's default queue.
+async fn default_stats(broker: &RedisBroker) -> QueueStats {
+    broker.stats("default", "default").await.expect("stats")
+}
+
 #[tokio::test]
 async fn the_broker_reconnects_after_its_connection_is_killed() {
     let server = RedisServer::start();
@@ -225,14 +230,7 @@ async fn the_broker_reconnects_after_its_connection_is_killed() {
         }
     }
     assert!(failures <= 100);
-    assert_eq!(
-        broker
-            .stats("default", "default")
-            .await
-            .expect("stats")
-            .pending,
-        2
-    );
+    assert_eq!(default_stats(&broker).await.pending, 2);
 }
 
 #[tokio::test]
@@ -254,14 +252,7 @@ async fn a_full_queue_refuses_more() {
         .enqueue(vec![text_task(9)])
         .await
         .expect("exactly at the bound");
-    assert_eq!(
-        broker
-            .stats("default", "default")
-            .await
-            .expect("stats")
-            .pending,
-        5
-    );
+    assert_eq!(default_stats(&broker).await.pending, 5);
 }
 
 #[tokio::test]

@@ -42,7 +42,8 @@ pub(super) struct E2eArgs {
     single: usize,
     /// The worker's concurrency: the most tasks leased at once, which also
     /// bounds how many one acquire can take. The bench's tenant is not in the
-    /// catalog, so no tenant cap applies.
+    /// catalog (unless someone registered `default` there), so no tenant cap
+    /// applies.
     #[arg(long, default_value_t = 512)]
     concurrency: usize,
     /// Tasks per second in the latency phase.

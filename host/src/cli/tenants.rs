@@ -34,24 +34,13 @@ pub struct TenantsArgs {
 #[derive(Debug, Subcommand)]
 enum TenantsCommand {
     /// Create a tenant and print its API token (shown once).
-    Create(CreateArgs),
+    Create(LimitsArgs),
     /// Print one more API token for a tenant (shown once).
     Token(TokenArgs),
     /// Revoke an API token: it stops working at once.
     Revoke(RevokeArgs),
     /// Change a tenant's limits (only those given) and print them all.
     Limits(LimitsArgs),
-}
-
-#[derive(Debug, Args)]
-struct CreateArgs {
-    /// The tenant's name: 1 to 64 of letters, digits, `-`, `_`, `.`.
-    name: String,
-    /// Redis URL of the catalog.
-    #[arg(long, env = "CORRAL_REDIS_URL")]
-    redis: Option<String>,
-    #[command(flatten)]
-    limits: LimitFlags,
 }
 
 #[derive(Debug, Args)]
@@ -72,9 +61,10 @@ struct RevokeArgs {
     redis: Option<String>,
 }
 
+/// A tenant and limits: what `create` and `limits` take.
 #[derive(Debug, Args)]
 struct LimitsArgs {
-    /// The tenant.
+    /// The tenant's name: 1 to 64 of letters, digits, `-`, `_`, `.`.
     name: String,
     /// Redis URL of the catalog.
     #[arg(long, env = "CORRAL_REDIS_URL")]
@@ -154,7 +144,7 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+async fn create(args: LimitsArgs) -> anyhow::Result<ExitCode> {
     if !valid_tenant_name(&args.name) {
         bail!(
             "invalid tenant name `{}`: use 1 to 64 of letters, digits, `-`, `_`, `.`",

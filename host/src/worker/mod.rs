@@ -256,10 +256,7 @@ impl<B: Broker + Clone> Worker<B> {
             {
                 permits.merge(more);
             }
-            for tenant in tenant_slots.stale_at_cap() {
-                tenant_slots.cap(&self.runner.registry, &tenant).await;
-            }
-            let tenant_room = tenant_slots.room();
+            let tenant_room = tenant_slots.room(&self.runner.registry).await;
             let capped = tenant_room.values().any(|&room| room == 0);
             let req = AcquireRequest {
                 max: permits.num_permits(),

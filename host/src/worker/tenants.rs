@@ -131,31 +131,37 @@ impl TenantSlots {
     }
 
     /// The room each tenant with a known cap has left on this worker: its
-    /// cap (however old the cached value) minus the tasks it runs.
-    pub(crate) fn room(&self) -> HashMap<String, usize> {
-        let st = self.lock();
-        st.caps
-            .iter()
-            .map(|(tenant, (cap, _))| {
-                let running = st.running.get(tenant).copied().unwrap_or(0);
-                (tenant.clone(), cap.saturating_sub(running) as usize)
-            })
-            .collect()
+    /// cap minus the tasks it runs. The cap of a tenant with no room is read
+    /// again once stale ([`CAP_TTL`]): such a tenant is not leased, so
+    /// nothing else would refresh it, and a raised limit must take effect
+    /// while its tasks still run.
+    pub(crate) async fn room(&self, registry: &Registry) -> HashMap<String, usize> {
+        let (mut room, stale) = self.cached_room();
+        for tenant in stale {
+            let cap = self.cap(registry, &tenant).await;
+            let running = self.lock().running.get(&tenant).copied().unwrap_or(0);
+            room.insert(tenant, cap.saturating_sub(running) as usize);
+        }
+        room
     }
 
-    /// Tenants at their cap whose cached cap is older than [`CAP_TTL`]. A
-    /// tenant at its cap is not leased, so nothing else would read its cap
-    /// again: the fetch loop refreshes these ([`TenantSlots::cap`]), so a
-    /// raised limit takes effect while the tenant's tasks still run.
-    pub(crate) fn stale_at_cap(&self) -> Vec<String> {
+    /// [`room`](Self::room) from the cached caps, with the tenants that have
+    /// no room and a stale cap.
+    fn cached_room(&self) -> (HashMap<String, usize>, Vec<String>) {
         let st = self.lock();
-        st.caps
+        let mut stale = Vec::new();
+        let room = st
+            .caps
             .iter()
-            .filter(|(tenant, (cap, at))| {
-                at.elapsed() >= CAP_TTL && st.running.get(*tenant).copied().unwrap_or(0) >= *cap
+            .map(|(tenant, (cap, at))| {
+                let left = cap.saturating_sub(st.running.get(tenant).copied().unwrap_or(0));
+                if left == 0 && at.elapsed() >= CAP_TTL {
+                    stale.push(tenant.clone());
+                }
+                (tenant.clone(), left as usize)
             })
-            .map(|(tenant, _)| tenant.clone())
-            .collect()
+            .collect();
+        (room, stale)
     }
 
     /// Notified when a tenant that was at its cap frees a slot.
@@ -176,10 +182,10 @@ mod tests {
         let one = slots.try_start("a", 2).expect("first slot");
         let two = slots.try_start("a", 2).expect("second slot");
         assert!(slots.try_start("a", 2).is_none());
-        assert_eq!(slots.room().get("a"), Some(&0));
+        assert_eq!(slots.cached_room().0.get("a"), Some(&0));
         assert!(slots.try_start("b", 2).is_some());
         drop(one);
-        assert_eq!(slots.room().get("a"), Some(&1));
+        assert_eq!(slots.cached_room().0.get("a"), Some(&1));
         assert!(
             slots.freed().notified().now_or_never().is_some(),
             "a full tenant freeing a slot signals it"

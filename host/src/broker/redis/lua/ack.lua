@@ -142,8 +142,8 @@ if n_dead > 0 then
     redis.call('ZADD', k_dead, unpack(dead_add))
     bound(k_dead, max_dead, k_task, k_meta, k_progress, k_error)
 end
-for _, id in ipairs(released) do
-    -- Back to the front of the line: it was next already.
-    redis.call('RPUSH', k_pending, id)
+if n_released > 0 then
+    -- Back to the front of the line: they were next already.
+    redis.call('RPUSH', k_pending, unpack(released))
 end
 return codes
