@@ -31,6 +31,22 @@ pub struct TenantLimits {
     pub max_queued: u64,
     /// Largest module this tenant may upload, in bytes.
     pub max_module_bytes: u64,
+    /// Distinct queue names this tenant may have tasks in.
+    pub max_queues: u32,
+    /// Modules this tenant may have stored.
+    pub max_modules: u32,
+    /// Bytes of modules this tenant may have stored, all together.
+    pub max_module_storage_bytes: u64,
+    /// Jobs (names) this tenant may register.
+    pub max_jobs: u32,
+    /// Versions one job may have.
+    pub max_job_versions: u32,
+    /// Handlers one job's chain may have.
+    pub max_handlers_per_job: u32,
+    /// Highest `max_output_bytes` a job of this tenant may set.
+    pub max_output_bytes: u64,
+    /// Highest `max_log_bytes` a job of this tenant may set.
+    pub max_log_bytes: u64,
 }
 
 impl Default for TenantLimits {
@@ -42,6 +58,14 @@ impl Default for TenantLimits {
             max_concurrency: 64,
             max_queued: 1_000_000,
             max_module_bytes: 32 << 20,
+            max_queues: 100,
+            max_modules: 1_000,
+            max_module_storage_bytes: 1 << 30,
+            max_jobs: 1_000,
+            max_job_versions: 100,
+            max_handlers_per_job: 32,
+            max_output_bytes: 4 << 20,
+            max_log_bytes: 1 << 20,
         }
     }
 }
