@@ -113,12 +113,15 @@ pub async fn serve<B: Broker + Clone>(broker: B, registry: Registry, config: Api
     let router = api::router(ApiState {
         broker,
         registry,
-        config,
+        config: config.clone(),
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(api::serve(listener, router, async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(async move {
+        api::serve_with(listener, router, &config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
     Api {
         base,
         http: reqwest::Client::builder()

@@ -6,7 +6,8 @@
 //! (whether it does not exist or belongs to another tenant: the two are
 //! never told apart), 409 for a name already taken, 413 for a body over its
 //! cap, 422 for a module or job the registry refuses, 429 for a full queue,
-//! 503 when the store or broker is unreachable. `kind` is stable and
+//! 503 when the store or broker is unreachable or the server is busy (with
+//! `Retry-After`). `kind` is stable and
 //! machine-readable; module refusals use the sandbox's
 //! [`LoadError::kind`](crate::sandbox::LoadError::kind).
 //!
@@ -103,6 +104,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 is a passing state (a store away, a budget full).
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

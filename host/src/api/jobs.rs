@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::body::read_json;
 use super::errors::ApiError;
+use super::extract::{Path, Query};
 use super::{ApiState, Caller};
 use crate::broker::Broker;
 use crate::registry::{HandlerSpec, JobDefinition};
@@ -97,7 +97,7 @@ pub async fn register<B: Broker + Clone>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<JobDefinition>), ApiError> {
-    let req: RegisterJob = read_json(&headers, body, state.config.max_json_bytes).await?;
+    let req: RegisterJob = read_json(&state.config, caller.name(), &headers, body).await?;
     let mut handlers = Vec::with_capacity(req.handlers.len());
     for (i, link) in req.handlers.into_iter().enumerate() {
         let (name, hash) = match link {
@@ -162,9 +162,8 @@ pub async fn show<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
     caller: Caller,
     Path(name): Path<String>,
-    query: Result<Query<ShowJob>, QueryRejection>,
+    Query(query): Query<ShowJob>,
 ) -> Result<Json<JobDefinition>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let found = state
         .registry
         .catalog()

@@ -19,8 +19,14 @@
 //! token decides the tenant, and every read and write is scoped to it: what
 //! belongs to another tenant answers exactly as what does not exist (404),
 //! so a tenant cannot even learn that it exists. Errors are JSON
-//! ([`errors`]). Bodies are capped: JSON at [`ApiConfig::max_json_bytes`],
-//! modules at the tenant's `max_module_bytes` ([`body`]).
+//! ([`errors`]), whoever raises them ([`extract`], [`guard`]). Bodies are
+//! capped: JSON at [`ApiConfig::max_json_bytes`], modules at the tenant's
+//! `max_module_bytes`, and all of them together by the [`BodyBudget`]
+//! ([`body`], [`budget`]).
+//!
+//! No client can hold the server: connections are limited and their heads,
+//! bodies and idle time are timed ([`server`]), and every request is
+//! answered or cut within [`ApiConfig::request_timeout`] ([`guard`]).
 //!
 //! Enqueue pins the task to the job's current version, so a later replace
 //! does not change what an already queued task runs, and enforces the
@@ -33,28 +39,35 @@
 
 pub mod auth;
 pub mod body;
+pub mod budget;
 mod dashboard;
 pub mod errors;
+pub mod extract;
+pub mod guard;
 mod jobs;
 mod modules;
+pub mod server;
 mod tasks;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 use crate::registry::Registry;
 
 pub use auth::Caller;
+pub use budget::BodyBudget;
 pub use errors::ApiError;
+pub use server::{SHUTDOWN_GRACE, raise_fd_limit, serve_with};
 
-/// API settings.
+/// API settings: what a request may send, and how long and how many at once.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Largest JSON request body, in bytes.
@@ -63,6 +76,31 @@ pub struct ApiConfig {
     pub max_wait: Duration,
     /// Most tasks one list request returns.
     pub max_list: usize,
+    /// Connections served at once (default 1024); more wait in the listen
+    /// backlog. Lowered to fit the open-file limit ([`server`]).
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head after it is
+    /// accepted or after its previous response; also the idle timeout of
+    /// keep-alive connections (default 10 s).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers), bytes (default
+    /// 64 KiB; 431 past it).
+    pub max_header_bytes: usize,
+    /// Longest a request body may go without a byte, and a response write
+    /// stay blocked, before the connection is dropped; also the grace before
+    /// [`min_body_rate`](Self::min_body_rate) applies (default 10 s).
+    pub body_timeout: Duration,
+    /// Slowest average rate, bytes a second, at which a request body may
+    /// arrive (after the grace) and a blocked response drain; 0 turns the
+    /// rate off, leaving the stall bound (default 64 KiB/s).
+    pub min_body_rate: u64,
+    /// Longest any request may take, body included, before it is cut with
+    /// 503 `request_timeout`; `wait` gets [`max_wait`](Self::max_wait) more
+    /// (default 120 s).
+    pub request_timeout: Duration,
+    /// The budget every request body in flight is held in (default 256 MiB,
+    /// 64 MiB per tenant). Clones of a config share one budget.
+    pub body_budget: BodyBudget,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +109,13 @@ impl Default for ApiConfig {
             max_json_bytes: 1 << 20,
             max_wait: Duration::from_secs(60),
             max_list: 1000,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            body_timeout: Duration::from_secs(10),
+            min_body_rate: 64 << 10,
+            request_timeout: Duration::from_secs(120),
+            body_budget: BodyBudget::default(),
         }
     }
 }
@@ -88,16 +133,25 @@ pub struct ApiState<B> {
 
 /// The API's routes over `state`.
 pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
-    Router::new()
+    let request_timeout = state.config.request_timeout;
+    let wait_timeout = request_timeout.saturating_add(state.config.max_wait);
+    // The long-poll `wait` holds a request for up to `max_wait` by design;
+    // every other route answers within `request_timeout`.
+    let waits = Router::new()
+        .route("/v1/tasks/{id}/wait", get(tasks::wait::<B>))
+        .route_layer(from_fn_with_state(wait_timeout, guard::limit_time));
+    let rest = Router::new()
         .route("/", get(dashboard::page))
-        .route("/v1/modules", axum::routing::post(modules::upload::<B>))
+        .route("/v1/modules", post(modules::upload::<B>))
         .route("/v1/modules/{hash}", get(modules::show::<B>))
         .route("/v1/jobs", get(jobs::list::<B>).post(jobs::register::<B>))
         .route("/v1/jobs/{name}", get(jobs::show::<B>))
         .route("/v1/tasks", get(tasks::list::<B>).post(tasks::enqueue::<B>))
         .route("/v1/tasks/{id}", get(tasks::show::<B>))
-        .route("/v1/tasks/{id}/wait", get(tasks::wait::<B>))
         .route("/v1/stats", get(tasks::stats::<B>))
+        .route_layer(from_fn_with_state(request_timeout, guard::limit_time));
+    waits
+        .merge(rest)
         .fallback(|| async {
             ApiError::not_found("route_not_found", "no such route; see the API docs")
         })
@@ -108,38 +162,16 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(map_response(guard::json_errors))
         .with_state(Arc::new(state))
 }
 
-/// How long requests in flight (a long-poll `wait`, say) may go on once
-/// shutdown is asked.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Serves `router` on `listener` until `shutdown` resolves; then no new
-/// connection is taken, and requests in flight get [`SHUTDOWN_GRACE`] to
-/// finish before their connections are dropped.
+/// Serves `router` on `listener` with the default [`ApiConfig`]'s
+/// connection bounds until `shutdown` resolves; see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (asked_tx, mut asked) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = asked_tx.send(true);
-    });
-    let grace_over = async move {
-        if asked.wait_for(|a| *a).await.is_err() {
-            // The server ended without being asked to: nothing to cut short.
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = server.into_future() => served,
-        () = grace_over => {
-            tracing::info!("requests still in flight after the shutdown grace; dropping them");
-            Ok(())
-        }
-    }
+    serve_with(listener, router, &ApiConfig::default(), shutdown).await
 }

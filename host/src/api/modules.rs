@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use super::body::read_limited;
 use super::errors::ApiError;
+use super::extract::Path;
 use super::{ApiState, Caller};
 use crate::broker::Broker;
 use crate::sandbox::ModuleHash;
@@ -57,13 +58,25 @@ pub async fn upload<B: Broker + Clone>(
         .limits
         .max_module_bytes
         .min(state.registry.sandbox().config().max_module_bytes);
-    let bytes = read_limited(&headers, body, cap, "module_too_large", "module").await?;
+    let held = read_limited(
+        &state.config,
+        caller.name(),
+        &headers,
+        body,
+        cap,
+        "module_too_large",
+        "module",
+    )
+    .await?;
+    let bytes = held.bytes.clone();
     let size = bytes.len() as u64;
+    // The body's share of the budget lasts as long as this handler, and as
+    // the validation below, which may outlive a request cut short.
+    let _budget = held.reservation.clone();
     // Validate (compile) on a blocking thread; the sandbox caches the result,
     // so `add_module` below finds it compiled.
     let sandbox = state.registry.sandbox().clone();
-    let check = bytes.clone();
-    tokio::task::spawn_blocking(move || sandbox.validate(&check))
+    tokio::task::spawn_blocking(move || sandbox.validate(&held.bytes))
         .await
         .map_err(|e| ApiError::internal("module validation", e))??;
     let hash = state.registry.add_module(caller.name(), &bytes).await?;

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::body::read_json;
 use super::errors::ApiError;
+use super::extract::{Path, Query};
 use super::{ApiState, Caller};
 use crate::broker::{Broker, QueueStats, TaskQuery};
 use crate::clock;
@@ -81,7 +81,7 @@ pub async fn enqueue<B: Broker + Clone>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
-    let req: EnqueueTask = read_json(&headers, body, state.config.max_json_bytes).await?;
+    let req: EnqueueTask = read_json(&state.config, caller.name(), &headers, body).await?;
     let queue = req.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
     if !valid_queue(&queue) {
         return Err(ApiError::bad_request(format!(
@@ -189,9 +189,8 @@ pub async fn wait<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
     caller: Caller,
     Path(id): Path<String>,
-    query: Result<Query<WaitQuery>, QueryRejection>,
+    Query(query): Query<WaitQuery>,
 ) -> Result<Json<Task>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = parse_id(&id)?;
     let max = state.config.max_wait;
     let timeout = query
@@ -241,9 +240,8 @@ pub struct TaskList {
 pub async fn list<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
     caller: Caller,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    Query(query): Query<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let max = state.config.max_list;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > max {

@@ -16,13 +16,14 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use tokio::net::TcpListener;
 
 use super::sandbox_args::sandbox_config;
-use crate::api::{self, ApiConfig, ApiState};
+use crate::api::{self, ApiConfig, ApiState, BodyBudget};
 use crate::broker::{Broker, EmbeddedBroker, RedisBroker, RedisConfig};
 use crate::catalog::{Catalog, MemoryCatalog, RedisCatalog};
 use crate::registry::Registry;
@@ -49,6 +50,55 @@ pub struct ServeArgs {
     /// Largest JSON request body, in KiB.
     #[arg(long, default_value_t = 1024)]
     max_json_kib: u64,
+    /// HTTP connections served at once; more wait in the listen backlog
+    /// (lowered to fit the open-file limit).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Time a connection has to send a request head, from being accepted or
+    /// from its previous response (so also the keep-alive idle timeout), ms.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
+    /// Largest request head (request line and headers), in KiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=(1 << 20)))]
+    max_header_kib: u32,
+    /// Longest a request body may stall, or a response stay unread, ms.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_ms: u64,
+    /// Slowest average rate of a request body, and of a response the client
+    /// is slow to read, in bytes a second (0: no rate, only the stall bound).
+    #[arg(long, default_value_t = 64 << 10)]
+    min_body_rate: u64,
+    /// Longest a request may take, body included (`wait` gets its maximum
+    /// wait more), ms.
+    #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+    /// Request bodies held in memory at once, all tenants together, in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=(u64::MAX >> 20)))]
+    max_bodies_in_flight_mib: u64,
+    /// Request bodies one tenant may hold in memory at once, in MiB (a
+    /// tenant with none in flight may always send one).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=(u64::MAX >> 20)))]
+    max_bodies_in_flight_per_tenant_mib: u64,
+}
+
+impl ServeArgs {
+    /// The API settings these flags ask for.
+    fn api_config(&self) -> ApiConfig {
+        ApiConfig {
+            max_json_bytes: self.max_json_kib << 10,
+            max_connections: self.max_connections as usize,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_header_bytes: (self.max_header_kib as usize) << 10,
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            min_body_rate: self.min_body_rate,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            body_budget: BodyBudget::new(
+                self.max_bodies_in_flight_mib << 20,
+                self.max_bodies_in_flight_per_tenant_mib << 20,
+            ),
+            ..ApiConfig::default()
+        }
+    }
 }
 
 /// Runs `corral serve`.
@@ -98,17 +148,20 @@ async fn serve<B: Broker + Clone>(
     broker: B,
     registry: Registry,
 ) -> anyhow::Result<ExitCode> {
+    // Connections are bounded below the open-file limit: make that as high
+    // as this process may.
+    if let Some(fds) = api::raise_fd_limit() {
+        tracing::debug!(fds, "open-file limit");
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let config = args.api_config();
     let router = api::router(ApiState {
         broker: broker.clone(),
         registry: registry.clone(),
-        config: ApiConfig {
-            max_json_bytes: args.max_json_kib << 10,
-            ..ApiConfig::default()
-        },
+        config: config.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -129,7 +182,7 @@ async fn serve<B: Broker + Clone>(
 
     println!("listening on http://{addr}");
     tracing::info!(%addr, workers = args.workers, "API listening");
-    let served = api::serve(listener, router, async move {
+    let served = api::serve_with(listener, router, &config, async move {
         shutdown_signal().await;
     });
     let result = served.await;
