@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod api_http;
 mod api_cli;
 mod api_support;
 mod chain;

@@ -106,3 +106,57 @@ pub async fn json_errors(response: Response) -> Response {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::header::{ALLOW, CONTENT_TYPE};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bare_error_becomes_the_json_shape_and_keeps_its_headers() {
+        for (status, text) in [
+            (StatusCode::BAD_REQUEST, "Invalid URL: Cannot parse `\u{fffd}`"),
+            (StatusCode::METHOD_NOT_ALLOWED, ""),
+            (StatusCode::PAYLOAD_TOO_LARGE, "too big"),
+            (StatusCode::REQUEST_TIMEOUT, "slow"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "boom"),
+        ] {
+            let bare = Response::builder()
+                .status(status)
+                .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header(ALLOW, "GET")
+                .body(Body::from(text.repeat(1 + MESSAGE_MAX / text.len().max(1))))
+                .unwrap();
+            let json = json_errors(bare).await;
+            assert_eq!(json.status(), status);
+            assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
+            assert_eq!(json.headers()[ALLOW], "GET");
+            assert_eq!(
+                json.headers().get(CONNECTION).is_some(),
+                status == StatusCode::REQUEST_TIMEOUT
+            );
+            let bytes = axum::body::to_bytes(json.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(body["error"]["kind"], kind_of(status));
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(!message.is_empty() && message.len() <= MESSAGE_MAX);
+        }
+    }
+
+    #[tokio::test]
+    async fn json_errors_and_successes_pass_through() {
+        let api = ApiError::bad_request("nope").into_response();
+        let passed = json_errors(api).await;
+        let bytes = axum::body::to_bytes(passed.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("nope"));
+        let ok = Response::new(Body::from("plain"));
+        let passed = json_errors(ok).await;
+        assert_eq!(passed.status(), StatusCode::OK);
+    }
+}

@@ -336,3 +336,19 @@ impl AsyncWrite for Paced {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_leaves_descriptors_for_the_rest() {
+        let soft = fd_soft_limit().expect("RLIMIT_NOFILE is readable");
+        let limit = connection_limit(usize::MAX) as u64;
+        assert!(limit >= 1);
+        assert!(limit < soft, "{limit} connections under {soft} descriptors");
+        assert!(soft - limit >= FD_RESERVE.min(soft / 2));
+        assert_eq!(connection_limit(3), 3);
+        assert_eq!(connection_limit(0), 1);
+    }
+}
