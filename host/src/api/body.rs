@@ -164,7 +164,8 @@ pub async fn read_limited(
         }
         // Both fit in usize: they are at most `limit`, which was reserved.
         let reserved = usize::try_from(reservation.bytes()).unwrap_or(usize::MAX);
-        make_room(&mut buf, buf.len() + chunk.len(), reserved);
+        let need = buf.len() + chunk.len();
+        make_room(&mut buf, need, reserved);
         buf.extend_from_slice(&chunk);
     }
     if declared_over || seen > limit {

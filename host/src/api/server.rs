@@ -185,7 +185,8 @@ pub async fn serve_with(
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
-                _ = stop.wait_for(|stop| *stop) => {
+                // A closed channel means the server is gone: stop too.
+                () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
