@@ -410,6 +410,60 @@ async fn with_the_limit_full_a_new_client_is_served_once_a_connection_frees() {
     assert_eq!(reply.status, 200, "{reply:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answers_is_dropped() {
+    let w = world(ApiConfig {
+        body_timeout: Duration::from_millis(500),
+        min_body_rate: 64 << 10,
+        header_timeout: Duration::from_secs(300),
+        ..ApiConfig::default()
+    })
+    .await;
+    // Pipelined requests for the dashboard (a few KiB each): far more
+    // answer bytes than the socket buffers between server and client hold.
+    let page = w.api.send(Method::GET, "/", None, None).await;
+    assert_eq!(page.status.as_u16(), 200);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    let addr = w.addr.parse().expect("socket address");
+    let stream = socket.connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let requests = 4000;
+    let writer = tokio::spawn(async move {
+        // Padded so that requests not yet read are left in the server's
+        // socket when it gives up (it then resets the connection rather
+        // than sending what its buffers still hold).
+        let one = format!("GET / HTTP/1.1\r\nHost: api\r\nX-Pad: {}\r\n\r\n", "p".repeat(512));
+        for _ in 0..requests {
+            if write.write_all(one.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    // The client reads, but at a trickle far below the minimum rate.
+    let got = bounded("a slow reader to be dropped", async {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    writer.abort();
+    let answered = String::from_utf8_lossy(&got).matches("HTTP/1.1 200").count();
+    assert!(
+        answered < requests,
+        "all {requests} answers were sent to a client reading 10 KiB/s"
+    );
+    // Everyone else is still served.
+    w.api.get("/v1/stats", &w.a).await.expect(200, "");
+}
+
 /// Opens an upload of `length` bytes with `Expect: 100-continue`; answers
 /// the connection and whether the server asked for the body (`Ok`) or
 /// refused it up front (`Err` with its answer).
