@@ -118,12 +118,7 @@ async fn read_reply(stream: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) ->
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     buf.drain(..head_end);
     let mut lines = head.split("\r\n");
-    let status = lines
-        .next()?
-        .split(' ')
-        .nth(1)?
-        .parse::<u16>()
-        .ok()?;
+    let status = lines.next()?.split(' ').nth(1)?.parse::<u16>().ok()?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
@@ -170,9 +165,8 @@ async fn raw_request(addr: &str, request: &[u8]) -> Option<RawReply> {
 
 /// A request head with the token, and a body length or chunked framing.
 fn head(method: &str, path: &str, token: &str, framing: Option<&str>) -> String {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n"
-    );
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n");
     if let Some(framing) = framing {
         head.push_str(framing);
         head.push_str("\r\n");
@@ -202,7 +196,9 @@ async fn slowloris_heads_are_dropped_while_normal_clients_are_served() {
             let stream = TcpStream::connect(&addr).await.expect("connect");
             let (mut read, mut write) = stream.into_split();
             let writer = tokio::spawn(async move {
-                let endless = bytes.into_iter().chain(b"X-Slow: 1\r\n".iter().copied().cycle());
+                let endless = bytes
+                    .into_iter()
+                    .chain(b"X-Slow: 1\r\n".iter().copied().cycle());
                 for byte in endless {
                     if write.write_all(&[byte]).await.is_err() {
                         return;
@@ -387,9 +383,12 @@ async fn with_the_limit_full_a_new_client_is_served_once_a_connection_frees() {
     for _ in 0..4 {
         let mut stream = TcpStream::connect(&w.addr).await.expect("connect");
         stream.write_all(request.as_bytes()).await.expect("write");
-        let reply = bounded("a held connection's answer", read_reply(&mut stream, &mut Vec::new()))
-            .await
-            .expect("an answer");
+        let reply = bounded(
+            "a held connection's answer",
+            read_reply(&mut stream, &mut Vec::new()),
+        )
+        .await
+        .expect("an answer");
         assert_eq!(reply.status, 200, "{reply:?}");
         held.push(stream);
     }
@@ -424,7 +423,9 @@ async fn a_client_that_stops_reading_its_answers_is_dropped() {
     let page = w.api.send(Method::GET, "/", None, None).await;
     assert_eq!(page.status.as_u16(), 200);
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
     let addr = w.addr.parse().expect("socket address");
     let stream = socket.connect(addr).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
@@ -433,7 +434,10 @@ async fn a_client_that_stops_reading_its_answers_is_dropped() {
         // Padded so that requests not yet read are left in the server's
         // socket when it gives up (it then resets the connection rather
         // than sending what its buffers still hold).
-        let one = format!("GET / HTTP/1.1\r\nHost: api\r\nX-Pad: {}\r\n\r\n", "p".repeat(512));
+        let one = format!(
+            "GET / HTTP/1.1\r\nHost: api\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(512)
+        );
         for _ in 0..requests {
             if write.write_all(one.as_bytes()).await.is_err() {
                 return;
@@ -455,7 +459,9 @@ async fn a_client_that_stops_reading_its_answers_is_dropped() {
     })
     .await;
     writer.abort();
-    let answered = String::from_utf8_lossy(&got).matches("HTTP/1.1 200").count();
+    let answered = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
     assert!(
         answered < requests,
         "all {requests} answers were sent to a client reading 10 KiB/s"
@@ -464,14 +470,81 @@ async fn a_client_that_stops_reading_its_answers_is_dropped() {
     w.api.get("/v1/stats", &w.a).await.expect(200, "");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_and_cuts_requests_past_the_grace() {
+    let catalog: Arc<dyn Catalog> = Arc::new(MemoryCatalog::new());
+    let token = api_support::tenant(&catalog, "alpha", TenantLimits::default()).await;
+    let registry = Registry::with_catalog(support::sandbox(), catalog);
+    let broker = EmbeddedBroker::new();
+    let config = ApiConfig {
+        max_wait: Duration::from_secs(300),
+        header_timeout: Duration::from_secs(300),
+        ..ApiConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let router = corral::api::router(corral::api::ApiState {
+        broker: broker.clone(),
+        registry: registry.clone(),
+        config: config.clone(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        corral::api::serve_with(listener, router, &config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    // A task nobody runs, long-polled; and an idle keep-alive connection.
+    let task = {
+        let api = Api::connect(&format!("http://{addr}"));
+        let hash = api.upload_job(&token, "noop").await;
+        api.post(
+            "/v1/jobs",
+            &token,
+            &serde_json::json!({"name": "j", "handlers": [hash]}),
+        )
+        .await
+        .expect(201, "");
+        api.enqueue(&token, "j", serde_json::json!({})).await
+    };
+    let mut waiting = TcpStream::connect(&addr).await.expect("connect");
+    waiting
+        .write_all(head("GET", &format!("/v1/tasks/{task}/wait"), &token, None).as_bytes())
+        .await
+        .expect("write");
+    let mut idle = TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(head("GET", "/v1/stats", &token, None).as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let reply = read_reply(&mut idle, &mut buf).await.expect("an answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    stop.send(()).expect("the server is running");
+    // The idle connection is closed, the long poll is cut after the grace,
+    // and the server returns.
+    assert!(
+        bounded("the idle connection to close", until_closed(&mut idle))
+            .await
+            .is_empty()
+    );
+    let cut = bounded("the long poll to be cut", until_closed(&mut waiting)).await;
+    assert!(cut.is_empty(), "the long poll was answered: {cut:?}");
+    bounded("the server to return", server)
+        .await
+        .expect("server task")
+        .expect("served");
+    // No new connection is taken.
+    assert!(TcpStream::connect(&addr).await.is_err());
+}
+
 /// Opens an upload of `length` bytes with `Expect: 100-continue`; answers
 /// the connection and whether the server asked for the body (`Ok`) or
 /// refused it up front (`Err` with its answer).
-async fn open_upload(
-    addr: &str,
-    token: &str,
-    length: usize,
-) -> (TcpStream, Result<(), RawReply>) {
+async fn open_upload(addr: &str, token: &str, length: usize) -> (TcpStream, Result<(), RawReply>) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let framing = format!(
         "Content-Type: application/wasm\r\nContent-Length: {length}\r\nExpect: 100-continue"
@@ -541,7 +614,11 @@ async fn uploads_past_the_body_budget_get_a_json_503_and_memory_stays_bounded() 
     let held: usize = admitted.iter().map(|(_, size)| size).sum();
     assert!(refused > 0, "12 uploads of 1 MiB or more all fit in 4 MiB");
     assert!(!admitted.is_empty());
-    assert_eq!(budget.in_use(), held as u64, "the budget counts what is held");
+    assert_eq!(
+        budget.in_use(),
+        held as u64,
+        "the budget counts what is held"
+    );
     assert!(budget.peak() <= budget.capacity());
     // The admitted ones finish normally (refused as content: zeros are not
     // wasm), and the budget is whole again.
@@ -569,13 +646,22 @@ async fn one_tenant_cannot_take_the_whole_body_budget() {
     let (_, decision) = open_upload(&w.addr, &w.a, 2 * MIB).await;
     let refused = decision.expect_err("alpha's second body passes its share");
     refused.expect_error(503, "body_budget_full");
-    assert!(refused.json()["error"]["message"].as_str().unwrap_or("").contains("tenant"));
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tenant")
+    );
     // Beta still has room.
     let (second, decision) = open_upload(&w.addr, &w.b, 2 * MIB).await;
     assert!(decision.is_ok(), "{decision:?}");
     assert_eq!(budget.in_use(), 4 << 20);
-    finish_upload(first, 2 * MIB).await.expect_error(422, "not_wasm");
-    finish_upload(second, 2 * MIB).await.expect_error(422, "not_wasm");
+    finish_upload(first, 2 * MIB)
+        .await
+        .expect_error(422, "not_wasm");
+    finish_upload(second, 2 * MIB)
+        .await
+        .expect_error(422, "not_wasm");
     assert_eq!(budget.in_use(), 0);
 
     // A body without a declared length reserves as its chunks arrive.
@@ -593,8 +679,12 @@ async fn one_tenant_cannot_take_the_whole_body_budget() {
         .await
         .expect("write");
     for _ in 0..6 {
-        let piece = [format!("{:x}\r\n", MIB / 2).into_bytes(), vec![0u8; MIB / 2], b"\r\n".to_vec()]
-            .concat();
+        let piece = [
+            format!("{:x}\r\n", MIB / 2).into_bytes(),
+            vec![0u8; MIB / 2],
+            b"\r\n".to_vec(),
+        ]
+        .concat();
         chunked.write_all(&piece).await.expect("write a chunk");
     }
     bounded("the chunked body to be reserved", async {
@@ -609,7 +699,9 @@ async fn one_tenant_cannot_take_the_whole_body_budget() {
         .expect_err("6 MiB beside 3 MiB in flight, in 8 MiB")
         .expect_error(503, "body_budget_full");
     chunked.write_all(b"0\r\n\r\n").await.expect("end the body");
-    let reply = read_reply(&mut chunked, &mut Vec::new()).await.expect("an answer");
+    let reply = read_reply(&mut chunked, &mut Vec::new())
+        .await
+        .expect("an answer");
     reply.expect_error(422, "not_wasm");
     assert_eq!(budget.in_use(), 0);
     assert!(budget.peak() <= budget.capacity());
@@ -702,9 +794,12 @@ async fn malformed_requests_of_every_kind_answer_json() {
                 .expect("an answer");
             reply.expect_error(400, "bad_request");
             // Without a token the answer is the 401, before the path is read.
-            let reply = raw_request(&w.addr, format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-                .await
-                .expect("an answer");
+            let reply = raw_request(
+                &w.addr,
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("an answer");
             reply.expect_error(401, "unauthorized");
         }
         // Routes that do not exist, with such bytes anywhere.
@@ -729,7 +824,12 @@ async fn malformed_requests_of_every_kind_answer_json() {
     ] {
         cases.push(("GET".into(), format!("/v1/tasks?{query}"), 400));
     }
-    for query in ["version=x", "version=-1", "version=%FF", "version=4294967296"] {
+    for query in [
+        "version=x",
+        "version=-1",
+        "version=%FF",
+        "version=4294967296",
+    ] {
         cases.push(("GET".into(), format!("/v1/jobs/j?{query}"), 400));
     }
     for query in ["timeout_ms=x", "timeout_ms=-5", "timeout_ms=%00"] {
@@ -739,7 +839,13 @@ async fn malformed_requests_of_every_kind_answer_json() {
             400,
         ));
     }
-    for path in ["/v1/jobs", "/v1/tasks", "/v1/modules", "/v1/stats", "/v1/jobs/j"] {
+    for path in [
+        "/v1/jobs",
+        "/v1/tasks",
+        "/v1/modules",
+        "/v1/stats",
+        "/v1/jobs/j",
+    ] {
         for method in ["PUT", "PATCH", "DELETE", "FROB"] {
             cases.push((method.into(), path.into(), 405));
         }

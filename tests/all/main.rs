@@ -5,8 +5,8 @@
 mod support;
 
 mod api;
-mod api_http;
 mod api_cli;
+mod api_http;
 mod api_support;
 mod chain;
 mod conformance;

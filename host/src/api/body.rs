@@ -67,9 +67,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// The 503 for a body the budget has no room for.
 fn over_budget(refusal: Refusal) -> ApiError {
     let message = match refusal {
-        Refusal::Full => {
-            "the server holds its limit of request bodies in flight; retry shortly"
-        }
+        Refusal::Full => "the server holds its limit of request bodies in flight; retry shortly",
         Refusal::TenantShare => {
             "this tenant's other requests in flight hold its share of request bodies; retry when they are done"
         }

@@ -157,8 +157,7 @@ impl Reservation {
         let tenant_now = state.by_tenant.get(&self.tenant).copied().unwrap_or(0);
         let refusal = if state.in_use.saturating_add(more) > self.inner.capacity {
             Some(Refusal::Full)
-        } else if tenant_now > self.bytes
-            && tenant_now.saturating_add(more) > self.inner.per_tenant
+        } else if tenant_now > self.bytes && tenant_now.saturating_add(more) > self.inner.per_tenant
         {
             // The tenant holds more than this body: it has others in flight,
             // and together they would pass its share.

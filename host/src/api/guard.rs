@@ -117,7 +117,10 @@ mod tests {
     #[tokio::test]
     async fn a_bare_error_becomes_the_json_shape_and_keeps_its_headers() {
         for (status, text) in [
-            (StatusCode::BAD_REQUEST, "Invalid URL: Cannot parse `\u{fffd}`"),
+            (
+                StatusCode::BAD_REQUEST,
+                "Invalid URL: Cannot parse `\u{fffd}`",
+            ),
             (StatusCode::METHOD_NOT_ALLOWED, ""),
             (StatusCode::PAYLOAD_TOO_LARGE, "too big"),
             (StatusCode::REQUEST_TIMEOUT, "slow"),

@@ -114,7 +114,9 @@ pub fn connection_limit(wanted: usize) -> usize {
     } else {
         soft / 2
     };
-    wanted.min(usize::try_from(room).unwrap_or(usize::MAX)).max(1)
+    wanted
+        .min(usize::try_from(room).unwrap_or(usize::MAX))
+        .max(1)
 }
 
 /// Serves `router` on `listener` under `config`'s connection bounds until
@@ -257,7 +259,11 @@ impl Paced {
         }
     }
 
-    fn after_write(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         match r {
             Poll::Ready(Ok(n)) => {
                 if self.timer.is_some() {
