@@ -6,10 +6,10 @@
 //! | `POST /v1/modules` | upload a module (raw body, `application/wasm`) | 201 `{hash, size}` |
 //! | `GET /v1/modules/{hash}` | whether the tenant has that module | 200 `{hash, size}` |
 //! | `POST /v1/jobs` | register a job (or a new version with `replace`) | 201 the definition |
-//! | `GET /v1/jobs` | the newest version of each job | 200 `{jobs: [...]}` |
+//! | `GET /v1/jobs` | the newest version of each job, by name (`?after=&limit=`) | 200 `{jobs: [...], truncated, next}` |
 //! | `GET /v1/jobs/{name}` | one job (`?version=N` for an older one) | 200 the definition |
 //! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}` |
-//! | `GET /v1/tasks` | list tasks (`?state=&queue=&limit=`) newest first | 200 `{tasks: [...]}` |
+//! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=`) newest first | 200 `{tasks: [...], truncated}` |
 //! | `GET /v1/tasks/{id}` | one task | 200 the task |
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
@@ -20,7 +20,8 @@
 //! belongs to another tenant answers exactly as what does not exist (404),
 //! so a tenant cannot even learn that it exists. Errors are JSON
 //! ([`errors`]). Bodies are capped: JSON at [`ApiConfig::max_json_bytes`],
-//! modules at the tenant's `max_module_bytes` ([`body`]).
+//! modules at the tenant's `max_module_bytes` ([`body`]); list answers at
+//! [`ApiConfig::max_list_bytes`] as well as in rows ([`page`]).
 //!
 //! Enqueue pins the task to the job's current version, so a later replace
 //! does not change what an already queued task runs, and enforces the
@@ -37,6 +38,7 @@ mod dashboard;
 pub mod errors;
 mod jobs;
 mod modules;
+pub mod page;
 mod tasks;
 
 use std::future::{Future, IntoFuture};
@@ -61,8 +63,11 @@ pub struct ApiConfig {
     pub max_json_bytes: u64,
     /// Longest a `wait` request may hold the connection.
     pub max_wait: Duration,
-    /// Most tasks one list request returns.
+    /// Most rows (tasks, jobs) one list request returns.
     pub max_list: usize,
+    /// Largest list answer, in bytes: rows past it are left for another
+    /// request (`truncated: true`).
+    pub max_list_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +76,7 @@ impl Default for ApiConfig {
             max_json_bytes: 1 << 20,
             max_wait: Duration::from_secs(60),
             max_list: 1000,
+            max_list_bytes: 1 << 20,
         }
     }
 }
