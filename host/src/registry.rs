@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, CatalogError, MemoryCatalog};
+use crate::catalog::{Catalog, CatalogError, MemoryCatalog, Quota};
 use crate::sandbox::{Limits, LoadError, LoadedHandler, ModuleHash, Sandbox};
 use crate::tenant::TenantLimits;
 
@@ -338,12 +338,22 @@ impl Registry {
             return Err(RegistryError::EmptyChain(name.to_owned()));
         }
         limits.validate().map_err(RegistryError::InvalidLimits)?;
-        self.tenant_limits(tenant)
-            .await?
+        let tenant_limits = self.tenant_limits(tenant).await?;
+        // Checked here before a store lookup per handler (and again by the
+        // catalog as it writes): a chain is as long as its body allows.
+        let max_handlers = Quota::HandlersPerJob.limit(&tenant_limits);
+        if handlers.len() as u64 > max_handlers {
+            return Err(RegistryError::Catalog(CatalogError::OverQuota {
+                quota: Quota::HandlersPerJob,
+                limit: max_handlers,
+            }));
+        }
+        tenant_limits
             .check_job_limits(&limits)
             .map_err(RegistryError::OverTenantLimits)?;
+        let mut checked = std::collections::HashSet::new();
         for spec in &handlers {
-            if !self.catalog.has_module(tenant, &spec.module).await? {
+            if checked.insert(&spec.module) && !self.catalog.has_module(tenant, &spec.module).await? {
                 return Err(RegistryError::UnknownModule(spec.module.clone()));
             }
         }

@@ -11,5 +11,6 @@ mod api_support;
 mod chain;
 mod conformance;
 mod crash;
+mod quotas;
 mod redis_broker;
 mod tenants;

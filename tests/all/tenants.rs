@@ -17,7 +17,7 @@ use corral::catalog::{Catalog, CatalogError, RedisCatalog};
 use corral::registry::{HandlerSpec, JobDefinition, Registry};
 use corral::sandbox::{Limits, ModuleHash};
 use corral::task::{Task, TaskId, TaskState};
-use corral::tenant::{Tenant, TenantLimits, Token};
+use corral::tenant::{Tenant, TenantLimits, Token, TokenId};
 use corral::worker::WorkerConfig;
 
 use crate::api_support::{self, RedisServer, Store};
@@ -87,6 +87,77 @@ async fn catalog_contract(catalog: Arc<dyn Catalog>) {
         catalog.add_token("nobody", &Token::generate().hash()).await,
         Err(CatalogError::UnknownTenant("nobody".into()))
     );
+
+    // Tokens are listed by id (never secret or hash), and revoked by id
+    // without the secret; an id reaches only its own tenant's token.
+    let third = Token::generate();
+    catalog.add_token("acme", &third.hash()).await.unwrap();
+    let listed: Vec<TokenId> = catalog
+        .tokens("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let mut want = vec![second.hash().id(), third.hash().id()];
+    want.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "the revoked token is not listed");
+    assert_eq!(
+        catalog.tokens("nobody").await,
+        Err(CatalogError::UnknownTenant("nobody".into()))
+    );
+    assert!(
+        !catalog
+            .revoke_token_id("other", &second.hash().id())
+            .await
+            .unwrap()
+    );
+    assert!(
+        catalog
+            .revoke_token_id("acme", &third.hash().id())
+            .await
+            .unwrap()
+    );
+    assert_eq!(catalog.tenant_for_token(&third.hash()).await.unwrap(), None);
+    assert!(
+        !catalog
+            .revoke_token_id("acme", &third.hash().id())
+            .await
+            .unwrap()
+    );
+    let ids: Vec<TokenId> = catalog
+        .tokens("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, vec![second.hash().id()]);
+    assert_eq!(
+        catalog.tenant_for_token(&second.hash()).await.unwrap(),
+        Some(acme.clone())
+    );
+
+    // `default`, where tasks without a tenant land, is not for creating;
+    // nor is a malformed name.
+    for name in ["default", "", "a b", "x/y"] {
+        let refused = catalog
+            .create_tenant(
+                &Tenant {
+                    name: name.into(),
+                    limits: TenantLimits::default(),
+                },
+                &Token::generate().hash(),
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(CatalogError::InvalidTenantName(m)) if !m.is_empty()),
+            "{name}: {refused:?}"
+        );
+        assert_eq!(catalog.tenant(name).await.unwrap(), None);
+    }
 
     // Limits change in place; no tenant is made by changing limits.
     let tighter = TenantLimits {

@@ -50,7 +50,7 @@ async function load() {
     const [stats, jobs, tasks] = await Promise.all([get("/v1/stats"), get("/v1/jobs"), get("/v1/tasks?limit=50")]);
     $("stats").replaceChildren(row([stats.pending, stats.scheduled, stats.active, stats.completed, stats.dead]));
     $("jobs").replaceChildren(...jobs.jobs.map((j) => row([j.name, j.version, j.handlers.map((h) => h.name).join(" \u2192 "), j.limits.fuel, j.limits.memory_bytes, j.limits.timeout_ms])));
-    $("tasks").replaceChildren(...tasks.tasks.map((t) => row([t.task_id, t.job_name, t.job_version, t.queue_name, t.state, t.attempt + "/" + t.max_attempts, t.updated_at, t.error ? t.error.kind + ": " + t.error.message : t.result_log], t.state)));
+    $("tasks").replaceChildren(...tasks.tasks.map((t) => row([t.task_id, t.job_name, t.job_version, t.queue_name, t.state, t.attempt + "/" + t.max_attempts, t.updated_at, t.error ? t.error.kind + ": " + t.error.message : t.result_preview], t.state)));
     $("status").textContent = "Updated " + new Date().toLocaleTimeString() + " (every 5 s).";
   } catch (e) { $("status").textContent = String(e.message || e); $("status").className = "err"; }
 }

@@ -5,7 +5,9 @@
 //! a missing or unknown token, 404 for anything the caller cannot see
 //! (whether it does not exist or belongs to another tenant: the two are
 //! never told apart), 409 for a name already taken, 413 for a body over its
-//! cap, 422 for a module or job the registry refuses, 429 for a full queue,
+//! cap, 422 for a module or job the registry refuses (a catalog quota too:
+//! `too_many_modules`, `module_storage_full`, `too_many_jobs`,
+//! `too_many_job_versions`, `too_many_handlers`), 429 for a full queue,
 //! 503 when the store or broker is unreachable or the server is busy (with
 //! `Retry-After`). `kind` is stable and
 //! machine-readable; module refusals use the sandbox's
@@ -133,6 +135,12 @@ impl From<CatalogError> for ApiError {
             }
             CatalogError::JobExists { .. } => {
                 Self::new(StatusCode::CONFLICT, "job_exists", e.to_string())
+            }
+            CatalogError::OverQuota { quota, .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, quota.kind(), e.to_string())
+            }
+            CatalogError::InvalidTenantName(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
             }
             // A tenant the request was authenticated as no longer exists.
             CatalogError::UnknownTenant(_) => Self::not_found("tenant_not_found", e.to_string()),

@@ -6,7 +6,14 @@
 //! `over_tenant_limit`). An existing name needs `"replace": true` (else 409
 //! `job_exists`) and becomes a new version; tasks queued earlier keep theirs.
 //! A module the tenant does not have (never uploaded, or another tenant's)
-//! is 404 `module_not_found` either way.
+//! is 404 `module_not_found` either way. A registration past the tenant's
+//! quotas (jobs, versions per job, handlers per job) is 422 with the
+//! quota's kind; output and log limits above the tenant's ceilings are
+//! `over_tenant_limit` like fuel, memory and time.
+//!
+//! The list pages by name: `?limit=` (default 100) jobs after `?after=`,
+//! the answer's `next` naming where the next page starts; it also stops
+//! at the API's `max_list_bytes` (`truncated: true`, `next` set).
 
 use std::sync::Arc;
 
@@ -14,11 +21,14 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use axum::response::Response;
 
 use super::body::read_json;
 use super::errors::ApiError;
 use super::extract::{Path, Query};
+use super::page::BoundedList;
 use super::{ApiState, Caller};
 use crate::broker::Broker;
 use crate::registry::{HandlerSpec, JobDefinition};
@@ -133,20 +143,48 @@ pub async fn register<B: Broker + Clone>(
     Ok((StatusCode::CREATED, Json(definition)))
 }
 
-/// What `GET /v1/jobs` answers.
-#[derive(Debug, Serialize)]
-pub struct JobList {
-    /// The newest version of each job, by name.
-    pub jobs: Vec<JobDefinition>,
+/// The query of `GET /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListJobs {
+    /// Only jobs named after this (the previous page's `next`).
+    pub after: Option<String>,
+    /// At most this many (default 100, at most the API's `max_list`).
+    pub limit: Option<usize>,
 }
 
-/// `GET /v1/jobs`.
+/// `GET /v1/jobs`: `{"jobs": [definition…], "truncated": bool, "next":
+/// name or null}`, by name.
 pub async fn list<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
     caller: Caller,
-) -> Result<Json<JobList>, ApiError> {
-    let jobs = state.registry.jobs(caller.name()).await?;
-    Ok(Json(JobList { jobs }))
+    Query(query): Query<ListJobs>,
+) -> Result<Response, ApiError> {
+    let max = state.config.max_list;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(format!("`limit` must be 1 to {max}")));
+    }
+    // One more than asked: whether another page follows.
+    let jobs = state
+        .registry
+        .catalog()
+        .jobs_page(caller.name(), query.after.as_deref(), limit + 1)
+        .await?;
+    let mut list = BoundedList::new("jobs", state.config.max_list_bytes)?;
+    let mut last = None;
+    for job in jobs.iter().take(limit) {
+        if !list.push(job)? {
+            break;
+        }
+        last = Some(job.name.as_str());
+    }
+    let more = list.truncated() || jobs.len() > limit;
+    let next = match (more, last) {
+        (true, Some(name)) => serde_json::Value::from(name),
+        _ => serde_json::Value::Null,
+    };
+    list.finish(&[("next", next)])
 }
 
 /// The query of `GET /v1/jobs/{name}`.

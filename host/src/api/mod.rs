@@ -6,10 +6,10 @@
 //! | `POST /v1/modules` | upload a module (raw body, `application/wasm`) | 201 `{hash, size}` |
 //! | `GET /v1/modules/{hash}` | whether the tenant has that module | 200 `{hash, size}` |
 //! | `POST /v1/jobs` | register a job (or a new version with `replace`) | 201 the definition |
-//! | `GET /v1/jobs` | the newest version of each job | 200 `{jobs: [...]}` |
+//! | `GET /v1/jobs` | the newest version of each job, by name (`?after=&limit=`) | 200 `{jobs: [...], truncated, next}` |
 //! | `GET /v1/jobs/{name}` | one job (`?version=N` for an older one) | 200 the definition |
 //! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}` |
-//! | `GET /v1/tasks` | list tasks (`?state=&queue=&limit=`) newest first | 200 `{tasks: [...]}` |
+//! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=`) newest first | 200 `{tasks: [...], truncated}` |
 //! | `GET /v1/tasks/{id}` | one task | 200 the task |
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
@@ -22,7 +22,8 @@
 //! ([`errors`]), whoever raises them ([`extract`], [`guard`]). Bodies are
 //! capped: JSON at [`ApiConfig::max_json_bytes`], modules at the tenant's
 //! `max_module_bytes`, and all of them together by the [`BodyBudget`]
-//! ([`body`], [`budget`]).
+//! ([`body`], [`budget`]); list answers at
+//! [`ApiConfig::max_list_bytes`] as well as in rows ([`page`]).
 //!
 //! No client can hold the server: connections are limited and their heads,
 //! bodies and idle time are timed ([`server`]), and every request is
@@ -46,6 +47,7 @@ pub mod extract;
 pub mod guard;
 mod jobs;
 mod modules;
+pub mod page;
 pub mod server;
 mod tasks;
 
@@ -74,7 +76,7 @@ pub struct ApiConfig {
     pub max_json_bytes: u64,
     /// Longest a `wait` request may hold the connection.
     pub max_wait: Duration,
-    /// Most tasks one list request returns.
+    /// Most rows (tasks, jobs) one list request returns.
     pub max_list: usize,
     /// Connections served at once (default 1024); more wait in the listen
     /// backlog. Lowered to fit the open-file limit ([`server`]).
@@ -101,6 +103,9 @@ pub struct ApiConfig {
     /// The budget every request body in flight is held in (default 256 MiB,
     /// 64 MiB per tenant). Clones of a config share one budget.
     pub body_budget: BodyBudget,
+    /// Largest list answer, in bytes: rows past it are left for another
+    /// request (`truncated: true`).
+    pub max_list_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -116,6 +121,7 @@ impl Default for ApiConfig {
             min_body_rate: 64 << 10,
             request_timeout: Duration::from_secs(120),
             body_budget: BodyBudget::default(),
+            max_list_bytes: 1 << 20,
         }
     }
 }

@@ -7,6 +7,12 @@
 //! stores it under the caller's tenant, whatever the body says. Reads go
 //! through [`Broker::task`] with the caller's tenant, so another tenant's
 //! task id answers 404 exactly like an unknown one.
+//!
+//! A list shows [`TaskSummary`] rows: a task's args, result log and log can
+//! be megabytes each, so a list names each task, its state and the sizes of
+//! what it holds, with only the first bytes of its error and result; the
+//! whole record is `GET /v1/tasks/{id}`. The answer stops at the API's
+//! `max_list_bytes` (`truncated: true`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +23,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+
 use super::body::read_json;
 use super::errors::ApiError;
 use super::extract::{Path, Query};
+use super::page::{BoundedList, clip};
 use super::{ApiState, Caller};
 use crate::broker::{Broker, QueueStats, TaskQuery};
 use crate::clock;
-use crate::task::{ArgsMap, DEFAULT_QUEUE, Task, TaskId, TaskState};
+use crate::task::{ArgsMap, DEFAULT_QUEUE, Task, TaskError, TaskId, TaskState};
 
 /// Most attempts a task may ask for.
 pub const MAX_ATTEMPTS: u32 = 100;
@@ -229,19 +239,104 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
-/// What `GET /v1/tasks` answers.
+/// Most bytes of a name (job, queue) in a list row; names the API accepts
+/// are at most 128.
+const ROW_NAME_BYTES: usize = 128;
+/// Most bytes of an error's kind in a list row.
+const ROW_KIND_BYTES: usize = 64;
+/// Most bytes of an error's message in a list row.
+const ROW_MESSAGE_BYTES: usize = 512;
+/// Most bytes of the result log in a list row.
+const ROW_RESULT_BYTES: usize = 256;
+
+/// One row of `GET /v1/tasks`: a task without its args, result log and
+/// log, its text clipped so that a row stays small whatever the task holds.
 #[derive(Debug, Serialize)]
-pub struct TaskList {
-    /// Newest first.
-    pub tasks: Vec<Task>,
+pub struct TaskSummary<'a> {
+    /// The task's id: `GET /v1/tasks/{id}` has the whole record.
+    pub task_id: TaskId,
+    /// The job (at most 128 bytes shown).
+    pub job_name: &'a str,
+    /// The job version it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_version: Option<u32>,
+    /// The queue (at most 128 bytes shown).
+    pub queue_name: &'a str,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// Attempts started.
+    pub attempt: u32,
+    /// Attempts it gets.
+    pub max_attempts: u32,
+    /// The handler to run next.
+    pub current_handler_index: u32,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Not before then (delayed and retrying tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// The last failure, its message clipped to 512 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorSummary<'a>>,
+    /// The first bytes (at most 256) of the result log.
+    pub result_preview: &'a str,
+    /// The whole result log's size, in bytes.
+    pub result_log_bytes: usize,
+    /// The captured log's size, in bytes.
+    pub log_bytes: usize,
 }
 
-/// `GET /v1/tasks`.
+/// A task's error as a list row shows it.
+#[derive(Debug, Serialize)]
+pub struct ErrorSummary<'a> {
+    /// Its kind (at most 64 bytes shown).
+    pub kind: &'a str,
+    /// The start of its message.
+    pub message: &'a str,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// The handler that failed, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler_index: Option<u32>,
+}
+
+impl<'a> TaskSummary<'a> {
+    /// The row of `task`.
+    pub fn of(task: &'a Task) -> Self {
+        Self {
+            task_id: task.task_id,
+            job_name: clip(&task.job_name, ROW_NAME_BYTES),
+            job_version: task.job_version,
+            queue_name: clip(&task.queue_name, ROW_NAME_BYTES),
+            state: task.state,
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+            current_handler_index: task.current_handler_index,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            run_at: task.run_at,
+            error: task.error.as_ref().map(|e: &'a TaskError| ErrorSummary {
+                kind: clip(&e.kind, ROW_KIND_BYTES),
+                message: clip(&e.message, ROW_MESSAGE_BYTES),
+                retryable: e.retryable,
+                handler_index: e.handler_index,
+            }),
+            result_preview: clip(&task.result_log, ROW_RESULT_BYTES),
+            result_log_bytes: task.result_log.len(),
+            log_bytes: task.log.len(),
+        }
+    }
+}
+
+/// `GET /v1/tasks`: `{"tasks": [TaskSummary…], "truncated": bool}`, newest
+/// first.
 pub async fn list<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
     caller: Caller,
     Query(query): Query<ListQuery>,
-) -> Result<Json<TaskList>, ApiError> {
+) -> Result<Response, ApiError> {
     let max = state.config.max_list;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > max {
@@ -258,7 +353,13 @@ pub async fn list<B: Broker + Clone>(
             },
         )
         .await?;
-    Ok(Json(TaskList { tasks }))
+    let mut list = BoundedList::new("tasks", state.config.max_list_bytes)?;
+    for task in &tasks {
+        if !list.push(&TaskSummary::of(task))? {
+            break;
+        }
+    }
+    list.finish(&[])
 }
 
 /// `GET /v1/stats`: the caller's task counts over all its queues.

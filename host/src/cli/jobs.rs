@@ -5,25 +5,27 @@
 //! sandbox (the same checks as an API upload), stores the modules under the
 //! tenant and registers the chain; `--replace` makes a new version of an
 //! existing job. The tenant is given by `--tenant NAME` (an operator with
-//! access to Redis) or found from `--token` (the tenant's own API token).
-//! Workers on the same Redis fetch the modules by hash when a task needs
-//! them. Over HTTP, the same is `POST /v1/modules` then `POST /v1/jobs`.
+//! access to Redis) or found from the tenant's own API token, read from
+//! `CORRAL_TOKEN` or `--token-file PATH` (`-`: stdin), never from the
+//! command line ([`super::secret`]). Workers on the same Redis fetch the
+//! modules by hash when a task needs them. Over HTTP, the same is
+//! `POST /v1/modules` then `POST /v1/jobs`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use super::parse_duration;
 use super::sandbox_args::sandbox_config;
+use super::secret::TokenInput;
 use super::tenants::catalog;
+use super::units::{parse_kib, parse_mib, parse_millis};
 use crate::catalog::Catalog;
 use crate::registry::{HandlerSpec, Registry};
 use crate::sandbox::{Limits, Sandbox};
-use crate::tenant::{Tenant, Token};
+use crate::tenant::Tenant;
 
 /// `corral jobs …`.
 #[derive(Debug, Args)]
@@ -46,26 +48,34 @@ struct Who {
     /// Redis URL of the catalog.
     #[arg(long, env = "CORRAL_REDIS_URL")]
     redis: Option<String>,
-    /// The tenant, by name (operator access).
-    #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+    /// The tenant, by name (operator access); without it, the tenant is the
+    /// one the API token belongs to.
+    #[arg(long, conflicts_with = "token_file")]
     tenant: Option<String>,
-    /// The tenant, by its API token.
-    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    token: TokenInput,
 }
 
 impl Who {
     async fn resolve(&self) -> anyhow::Result<(Arc<dyn Catalog>, Tenant)> {
+        // Read (and refuse an argv token) before connecting anywhere.
+        let token = match &self.tenant {
+            Some(_) => None,
+            None => Some(self.token.read(true)?.with_context(|| {
+                "name the tenant with --tenant NAME, or give its API token in CORRAL_TOKEN \
+                 or --token-file PATH"
+            })?),
+        };
         let catalog = catalog(self.redis.as_deref()).await?;
-        let tenant = match (&self.tenant, &self.token) {
+        let tenant = match (&self.tenant, token) {
             (Some(name), _) => catalog.tenant(name).await?.with_context(|| {
                 format!("no tenant `{name}`: create it with `corral tenants create`")
             })?,
             (None, Some(token)) => catalog
-                .tenant_for_token(&Token::from_presented(token).hash())
+                .tenant_for_token(&token.hash())
                 .await?
                 .context("invalid token")?,
-            (None, None) => bail!("name the tenant with --tenant NAME or --token TOKEN"),
+            (None, None) => bail!("name the tenant with --tenant NAME or its API token"),
         };
         Ok((Arc::new(catalog), tenant))
     }
@@ -88,11 +98,17 @@ struct RegisterArgs {
     #[arg(long)]
     fuel: Option<u64>,
     /// Memory per handler instance, in MiB.
-    #[arg(long)]
-    memory_mib: Option<u64>,
+    #[arg(long = "memory-mib", value_name = "MIB", value_parser = parse_mib)]
+    memory_bytes: Option<u64>,
     /// Wall-clock time per handler call, e.g. `500ms`, `10s`.
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    #[arg(long = "timeout", value_name = "DURATION", value_parser = parse_millis)]
+    timeout_ms: Option<u64>,
+    /// Output (args and result text) one handler call may return, in KiB.
+    #[arg(long = "max-output-kib", value_name = "KIB", value_parser = parse_kib)]
+    max_output_bytes: Option<u64>,
+    /// Log kept per handler call, in KiB.
+    #[arg(long = "max-log-kib", value_name = "KIB", value_parser = parse_kib)]
+    max_log_bytes: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -119,11 +135,15 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     if let Some(fuel) = args.fuel {
         limits.fuel = fuel;
     }
-    if let Some(mib) = args.memory_mib {
-        limits.memory_bytes = mib << 20;
-    }
-    if let Some(t) = args.timeout {
-        limits.timeout_ms = t.as_millis().max(1) as u64;
+    for (field, value) in [
+        (&mut limits.memory_bytes, args.memory_bytes),
+        (&mut limits.timeout_ms, args.timeout_ms),
+        (&mut limits.max_output_bytes, args.max_output_bytes),
+        (&mut limits.max_log_bytes, args.max_log_bytes),
+    ] {
+        if let Some(v) = value {
+            *field = v;
+        }
     }
     let mut handlers = Vec::with_capacity(args.handlers.len());
     for path in &args.handlers {

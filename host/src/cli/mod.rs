@@ -9,8 +9,10 @@ pub mod bench_sandbox;
 mod broker_cmds;
 mod jobs;
 pub mod sandbox_args;
+mod secret;
 mod serve;
 mod tenants;
+mod units;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +27,9 @@ use crate::registry::Registry;
 use crate::sandbox::{Limits, Sandbox};
 use crate::task::{DEFAULT_TENANT, Task, TaskState, parse_arg_pairs};
 use crate::worker::{Worker, WorkerConfig};
+
+pub use units::parse_duration;
+use units::{parse_mib, parse_millis};
 
 /// Corral: run sandboxed, metered WebAssembly job handlers from a task queue.
 #[derive(Debug, Parser)]
@@ -84,11 +89,11 @@ struct SandboxArgs {
     #[arg(long)]
     fuel: Option<u64>,
     /// Memory per handler instance, in MiB.
-    #[arg(long)]
-    memory_mib: Option<u64>,
+    #[arg(long = "memory-mib", value_name = "MIB", value_parser = parse_mib)]
+    memory_bytes: Option<u64>,
     /// Wall-clock time per handler call, e.g. `500ms`, `10s`.
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    #[arg(long = "timeout", value_name = "DURATION", value_parser = parse_millis)]
+    timeout_ms: Option<u64>,
 }
 
 impl SandboxArgs {
@@ -97,11 +102,11 @@ impl SandboxArgs {
         if let Some(fuel) = self.fuel {
             limits.fuel = fuel;
         }
-        if let Some(mib) = self.memory_mib {
-            limits.memory_bytes = mib << 20;
+        if let Some(bytes) = self.memory_bytes {
+            limits.memory_bytes = bytes;
         }
-        if let Some(t) = self.timeout {
-            limits.timeout_ms = t.as_millis().max(1) as u64;
+        if let Some(ms) = self.timeout_ms {
+            limits.timeout_ms = ms;
         }
         limits
     }
@@ -127,26 +132,6 @@ struct RunArgs {
     args: Vec<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
-}
-
-/// Parses `250ms`, `10s`, `5m`, `1h`, or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms, 10s, 5m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
 
 /// Sets up tracing to stderr.

@@ -3,7 +3,8 @@
 //! Without `--redis` it is a whole Corral in one process: the embedded
 //! broker, an in-memory catalog, `--workers N` task slots running what the
 //! API enqueues, and the tenants named by `--tenant` created at start (their
-//! tokens printed once; all of it is gone when the process ends). With
+//! tokens printed once; all of it is gone when the process ends; `local`
+//! when none is named, since `default` is reserved). With
 //! `--redis URL` the broker and the catalog live in Redis: tenants come from
 //! `corral tenants create`, any number of `corral serve` processes share the
 //! work, and `--workers 0` makes a process an API front end only.
@@ -28,7 +29,7 @@ use crate::broker::{Broker, EmbeddedBroker, RedisBroker, RedisConfig};
 use crate::catalog::{Catalog, MemoryCatalog, RedisCatalog};
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
-use crate::tenant::{Tenant, TenantLimits, Token, valid_tenant_name};
+use crate::tenant::{Tenant, TenantLimits, Token, check_new_tenant_name};
 use crate::worker::{Worker, WorkerConfig, shutdown_signal};
 
 /// Arguments of `corral serve`.
@@ -45,11 +46,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Without Redis: tenants to create at start, each token printed once.
-    #[arg(long = "tenant", default_value = "default")]
+    /// (`default` is reserved for tasks enqueued without a tenant.)
+    #[arg(long = "tenant", default_value = "local")]
     tenants: Vec<String>,
     /// Largest JSON request body, in KiB.
-    #[arg(long, default_value_t = 1024)]
-    max_json_kib: u64,
+    #[arg(
+        long = "max-json-kib",
+        value_name = "KIB",
+        default_value = "1024",
+        value_parser = super::units::parse_kib
+    )]
+    max_json_bytes: u64,
     /// HTTP connections served at once; more wait in the listen backlog
     /// (lowered to fit the open-file limit).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -85,7 +92,7 @@ impl ServeArgs {
     /// The API settings these flags ask for.
     fn api_config(&self) -> ApiConfig {
         ApiConfig {
-            max_json_bytes: self.max_json_kib << 10,
+            max_json_bytes: self.max_json_bytes,
             max_connections: self.max_connections as usize,
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             max_header_bytes: (self.max_header_kib as usize) << 10,
@@ -109,11 +116,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => {
             let catalog = Arc::new(MemoryCatalog::new());
             for name in &args.tenants {
-                if !valid_tenant_name(name) {
-                    anyhow::bail!(
-                        "invalid tenant name `{name}`: use 1 to 64 of letters, digits, `-`, `_`, `.`"
-                    );
-                }
+                check_new_tenant_name(name).map_err(anyhow::Error::msg)?;
                 let token = Token::generate();
                 let tenant = Tenant {
                     name: name.clone(),

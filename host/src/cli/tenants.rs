@@ -3,26 +3,32 @@
 //! - `create NAME` adds a tenant and prints its API token, once;
 //! - `token NAME` prints one more token for it (to rotate: add a token, move
 //!   the clients to it, revoke the old one);
-//! - `revoke TOKEN` makes a token stop working at once;
+//! - `tokens NAME` lists its tokens' ids and creation times (never secrets);
+//! - `revoke NAME TOKEN_ID` makes a token stop working at once, by the id
+//!   `tokens` lists; `revoke --token-file PATH` (`-`: stdin) or
+//!   `revoke --token-from-env` does it by the secret;
 //! - `limits NAME` changes the limits given and prints them all (job
-//!   versions already registered keep their own fuel, memory and time).
+//!   versions already registered keep their own limits).
 //!
 //! Tokens go to stdout alone (so `TOKEN=$(corral tenants create acme)`
 //! works) and only their sha256 is stored: a lost token cannot be shown
-//! again. Limits not given at creation take [`TenantLimits::default`]. A
+//! again. A secret is never taken as an argument ([`super::secret`]).
+//! Limits not given at creation take [`TenantLimits::default`]; sizes and
+//! durations that do not fit are refused ([`super::units`]). The name
+//! `default` is reserved (tasks enqueued without a tenant land there). A
 //! tenant needs a shared store to outlive this command, so `--redis` is
 //! required; `corral serve` without Redis creates its tenants itself
 //! (`--tenant`).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use super::parse_duration;
+use super::secret::{TOKEN_ENV, TokenInput, refuse_on_command_line};
+use super::units::{parse_kib, parse_mib, parse_millis};
 use crate::catalog::{Catalog, RedisCatalog};
-use crate::tenant::{Tenant, TenantLimits, Token, valid_tenant_name};
+use crate::tenant::{Tenant, TenantLimits, Token, TokenId, check_new_tenant_name};
 
 /// `corral tenants …`.
 #[derive(Debug, Args)]
@@ -36,15 +42,18 @@ enum TenantsCommand {
     /// Create a tenant and print its API token (shown once).
     Create(LimitsArgs),
     /// Print one more API token for a tenant (shown once).
-    Token(TokenArgs),
-    /// Revoke an API token: it stops working at once.
+    Token(TenantArgs),
+    /// List a tenant's tokens: ids and creation times.
+    Tokens(TenantArgs),
+    /// Revoke an API token, by its id (see `tokens`) or its secret: it
+    /// stops working at once.
     Revoke(RevokeArgs),
     /// Change a tenant's limits (only those given) and print them all.
     Limits(LimitsArgs),
 }
 
 #[derive(Debug, Args)]
-struct TokenArgs {
+struct TenantArgs {
     /// The tenant.
     name: String,
     /// Redis URL of the catalog.
@@ -54,8 +63,22 @@ struct TokenArgs {
 
 #[derive(Debug, Args)]
 struct RevokeArgs {
-    /// The token to revoke (`crl_…`).
-    token: String,
+    // Both optional to clap, checked in `revoke`: the old one-argument form
+    // (`revoke crl_…`) then gets a message that says what to do instead.
+    /// The tenant whose token it is.
+    name: Option<String>,
+    /// The token's id (`tok_…`), as `corral tenants tokens NAME` lists it.
+    id: Option<String>,
+    /// Revoke the token whose secret is in this file (`-`: standard input)
+    /// instead.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["name", "id", "token_from_env"])]
+    token_file: Option<std::path::PathBuf>,
+    /// Revoke the token whose secret is in CORRAL_TOKEN instead.
+    #[arg(long, conflicts_with_all = ["name", "id"])]
+    token_from_env: bool,
+    /// Refused: a token on the command line is visible to every user.
+    #[arg(long, hide = true, value_name = "TOKEN")]
+    token: Option<String>,
     /// Redis URL of the catalog.
     #[arg(long, env = "CORRAL_REDIS_URL")]
     redis: Option<String>,
@@ -73,49 +96,86 @@ struct LimitsArgs {
     limits: LimitFlags,
 }
 
-/// A tenant's limits as flags; each one not given is left as it was.
+/// A tenant's limits as flags; each one not given is left as it was. Sizes
+/// and times are converted here, and refused when they do not fit.
 #[derive(Debug, Args)]
 struct LimitFlags {
     /// Highest fuel a job of the tenant may set per handler call.
     #[arg(long)]
     max_fuel: Option<u64>,
     /// Highest memory a job may set per handler instance, in MiB.
-    #[arg(long)]
-    max_memory_mib: Option<u64>,
+    #[arg(long = "max-memory-mib", value_name = "MIB", value_parser = parse_mib)]
+    max_memory_bytes: Option<u64>,
     /// Longest wall-clock time a job may set per handler call (`30s`, `5m`).
-    #[arg(long, value_parser = parse_duration)]
-    max_timeout: Option<Duration>,
+    #[arg(long = "max-timeout", value_name = "DURATION", value_parser = parse_millis)]
+    max_timeout_ms: Option<u64>,
     /// Tasks of the tenant running at once on one worker.
     #[arg(long)]
     max_concurrency: Option<u32>,
     /// Tasks of the tenant waiting at once.
     #[arg(long)]
     max_queued: Option<u64>,
-    /// Largest module the tenant may upload, in KiB.
+    /// Distinct queue names the tenant may have tasks in.
     #[arg(long)]
-    max_module_kib: Option<u64>,
+    max_queues: Option<u32>,
+    /// Largest module the tenant may upload, in KiB.
+    #[arg(long = "max-module-kib", value_name = "KIB", value_parser = parse_kib)]
+    max_module_bytes: Option<u64>,
+    /// Modules the tenant may have stored.
+    #[arg(long)]
+    max_modules: Option<u32>,
+    /// Bytes of modules the tenant may have stored, all together, in MiB.
+    #[arg(long = "max-module-storage-mib", value_name = "MIB", value_parser = parse_mib)]
+    max_module_storage_bytes: Option<u64>,
+    /// Jobs (names) the tenant may register.
+    #[arg(long)]
+    max_jobs: Option<u32>,
+    /// Versions one job of the tenant may have.
+    #[arg(long)]
+    max_job_versions: Option<u32>,
+    /// Handlers one job's chain may have.
+    #[arg(long)]
+    max_handlers_per_job: Option<u32>,
+    /// Highest output (args and result text) a job may let one handler call
+    /// return, in KiB.
+    #[arg(long = "max-output-kib", value_name = "KIB", value_parser = parse_kib)]
+    max_output_bytes: Option<u64>,
+    /// Highest log a job may keep per handler call, in KiB.
+    #[arg(long = "max-log-kib", value_name = "KIB", value_parser = parse_kib)]
+    max_log_bytes: Option<u64>,
 }
 
 impl LimitFlags {
     /// `limits` with the flags given applied.
     fn apply(&self, mut limits: TenantLimits) -> TenantLimits {
-        if let Some(v) = self.max_fuel {
-            limits.max_fuel = v;
-        }
-        if let Some(v) = self.max_memory_mib {
-            limits.max_memory_bytes = v << 20;
-        }
-        if let Some(v) = self.max_timeout {
-            limits.max_timeout_ms = v.as_millis().max(1) as u64;
-        }
+        let set = |field: &mut u64, value: Option<u64>| {
+            if let Some(v) = value {
+                *field = v;
+            }
+        };
+        set(&mut limits.max_fuel, self.max_fuel);
+        set(&mut limits.max_memory_bytes, self.max_memory_bytes);
+        set(&mut limits.max_timeout_ms, self.max_timeout_ms);
+        set(&mut limits.max_queued, self.max_queued);
+        set(&mut limits.max_module_bytes, self.max_module_bytes);
+        set(
+            &mut limits.max_module_storage_bytes,
+            self.max_module_storage_bytes,
+        );
+        set(&mut limits.max_output_bytes, self.max_output_bytes);
+        set(&mut limits.max_log_bytes, self.max_log_bytes);
+        let set = |field: &mut u32, value: Option<u32>| {
+            if let Some(v) = value {
+                *field = v;
+            }
+        };
+        set(&mut limits.max_queues, self.max_queues);
+        set(&mut limits.max_modules, self.max_modules);
+        set(&mut limits.max_jobs, self.max_jobs);
+        set(&mut limits.max_job_versions, self.max_job_versions);
+        set(&mut limits.max_handlers_per_job, self.max_handlers_per_job);
         if let Some(v) = self.max_concurrency {
             limits.max_concurrency = v.max(1);
-        }
-        if let Some(v) = self.max_queued {
-            limits.max_queued = v;
-        }
-        if let Some(v) = self.max_module_kib {
-            limits.max_module_bytes = v << 10;
         }
         limits
     }
@@ -139,18 +199,14 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TenantsCommand::Create(args) => create(args).await,
         TenantsCommand::Token(args) => add_token(args).await,
+        TenantsCommand::Tokens(args) => list_tokens(args).await,
         TenantsCommand::Revoke(args) => revoke(args).await,
         TenantsCommand::Limits(args) => set_limits(args).await,
     }
 }
 
 async fn create(args: LimitsArgs) -> anyhow::Result<ExitCode> {
-    if !valid_tenant_name(&args.name) {
-        bail!(
-            "invalid tenant name `{}`: use 1 to 64 of letters, digits, `-`, `_`, `.`",
-            args.name
-        );
-    }
+    check_new_tenant_name(&args.name).map_err(anyhow::Error::msg)?;
     let catalog = catalog(args.redis.as_deref()).await?;
     let token = Token::generate();
     let tenant = Tenant {
@@ -162,7 +218,11 @@ async fn create(args: LimitsArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("creating tenant `{}`", args.name))?;
     show_once(
-        &format!("created tenant {}; its API token", args.name),
+        &format!(
+            "created tenant {}; its API token (id {})",
+            args.name,
+            token.hash().id()
+        ),
         &token,
     )
 }
@@ -175,7 +235,7 @@ fn show_once(what: &str, token: &Token) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn add_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+async fn add_token(args: TenantArgs) -> anyhow::Result<ExitCode> {
     let catalog = catalog(args.redis.as_deref()).await?;
     let token = Token::generate();
     catalog
@@ -183,25 +243,98 @@ async fn add_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("adding a token to tenant `{}`", args.name))?;
     show_once(
-        &format!("added a token to tenant {}; it", args.name),
+        &format!(
+            "added token {} to tenant {}; it",
+            token.hash().id(),
+            args.name
+        ),
         &token,
     )
 }
 
-async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
+async fn list_tokens(args: TenantArgs) -> anyhow::Result<ExitCode> {
     let catalog = catalog(args.redis.as_deref()).await?;
-    let hash = Token::from_presented(&args.token).hash();
-    match catalog
-        .revoke_token(&hash)
+    let tokens = catalog
+        .tokens(&args.name)
         .await
-        .context("revoking the token")?
-    {
-        Some(tenant) => {
-            eprintln!("revoked a token of tenant {tenant}");
-            Ok(ExitCode::SUCCESS)
-        }
-        None => bail!("no tenant has that token (revoked already, or mistyped)"),
+        .with_context(|| format!("listing the tokens of tenant `{}`", args.name))?;
+    if tokens.is_empty() {
+        eprintln!("tenant {} has no listed tokens", args.name);
     }
+    for token in tokens {
+        println!(
+            "{}  created {}",
+            token.id,
+            token
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
+    if args.token.is_some() {
+        return Err(refuse_on_command_line("a token's secret"));
+    }
+    let secret = TokenInput {
+        token_file: args.token_file.clone(),
+        token: None,
+    }
+    .read(args.token_from_env)?;
+    if let Some(token) = secret {
+        let catalog = catalog(args.redis.as_deref()).await?;
+        return match catalog
+            .revoke_token(&token.hash())
+            .await
+            .context("revoking the token")?
+        {
+            Some(tenant) => {
+                eprintln!("revoked token {} of tenant {tenant}", token.hash().id());
+                Ok(ExitCode::SUCCESS)
+            }
+            None => bail!("no tenant has that token (revoked already, or mistyped)"),
+        };
+    }
+    if args.token_from_env {
+        bail!("--token-from-env: {TOKEN_ENV} is not set");
+    }
+    let (Some(name), Some(id)) = (args.name.as_deref(), args.id.as_deref()) else {
+        // The old form, `revoke crl_…`: a secret typed as the one argument.
+        if args.name.as_deref().is_some_and(looks_like_secret) {
+            return Err(refuse_on_command_line("a token's secret"));
+        }
+        bail!("name the tenant and the token's id: `corral tenants revoke NAME tok_…`");
+    };
+    if looks_like_secret(name) || looks_like_secret(id) {
+        return Err(refuse_on_command_line("a token's secret"));
+    }
+    let Some(id) = TokenId::parse(id) else {
+        bail!(
+            "`{id}` is not a token id (`tok_` and 12 hex digits); \
+             `corral tenants tokens {name}` lists them"
+        );
+    };
+    let catalog = catalog(args.redis.as_deref()).await?;
+    if catalog
+        .revoke_token_id(name, &id)
+        .await
+        .with_context(|| format!("revoking token {id} of tenant `{name}`"))?
+    {
+        eprintln!("revoked token {id} of tenant {name}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!(
+            "tenant `{name}` has no token {id} (revoked already, or mistyped); \
+             `corral tenants tokens {name}` lists them"
+        )
+    }
+}
+
+/// Whether an argument is a token's secret (`crl_…`) given where an id or a
+/// name was expected.
+fn looks_like_secret(arg: &str) -> bool {
+    arg.trim().starts_with("crl_")
 }
 
 async fn set_limits(args: LimitsArgs) -> anyhow::Result<ExitCode> {
