@@ -62,7 +62,8 @@ usage: scripts/crash-at-scale.sh [options]
                       100000 tasks per queue, the broker's retention bound)
   --lease D           workers' lease, e.g. 3s (default 3s)
   --fsync MODE        always | everysec (default always)
-  --rate R            tasks enqueued per second (default 2000)
+  --rate R            tasks enqueued per second (default N/30, between 50
+                      and 2000: enqueueing overlaps the first Redis kill)
   --max-attempts A    attempts per task (default 25)
   --timeout S         give up if not drained after S seconds
                       (default 1800 + N/10)
@@ -73,7 +74,7 @@ EOF
 }
 
 tasks=100000 workers=3 concurrency=8 kills="" restarts=3 queues=4 lease=3s
-fsync=always rate=2000 max_attempts=25 timeout="" seed="" keep=false
+fsync=always rate="" max_attempts=25 timeout="" seed="" keep=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tasks) tasks=$2; shift 2 ;;
@@ -93,17 +94,19 @@ while [[ $# -gt 0 ]]; do
         *) echo "crash-at-scale: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-[[ -n $kills ]] || kills=$(( tasks / 1000 > 5 ? tasks / 1000 : 5 ))
-[[ -n $timeout ]] || timeout=$(( 1800 + tasks / 10 ))
-[[ -n $seed ]] || seed=$(( (RANDOM << 30) | (RANDOM << 15) | RANDOM ))
 for pair in "tasks=$tasks" "workers=$workers" "concurrency=$concurrency" "kills=$kills" \
     "redis-restarts=$restarts" "queues=$queues" "rate=$rate" "max-attempts=$max_attempts" \
     "timeout=$timeout" "seed=$seed"; do
-    if ! [[ ${pair#*=} =~ ^[0-9]{1,12}$ ]]; then
+    # Empty: not given, defaulted below.
+    if [[ -n ${pair#*=} ]] && ! [[ ${pair#*=} =~ ^[0-9]{1,15}$ ]]; then
         echo "crash-at-scale: --${pair%%=*} must be a whole number, not \`${pair#*=}\`" >&2
         exit 2
     fi
 done
+[[ -n $kills ]] || kills=$(( tasks / 1000 > 5 ? tasks / 1000 : 5 ))
+[[ -n $rate ]] || rate=$(( tasks / 30 < 50 ? 50 : tasks / 30 > 2000 ? 2000 : tasks / 30 ))
+[[ -n $timeout ]] || timeout=$(( 1800 + tasks / 10 ))
+[[ -n $seed ]] || seed=$(( (RANDOM << 30) | (RANDOM << 15) | RANDOM ))
 if (( tasks < 1 || workers < 1 || concurrency < 1 || queues < 1 || max_attempts < 1 )); then
     echo "crash-at-scale: --tasks, --workers, --concurrency, --queues and --max-attempts must be at least 1" >&2
     exit 2
@@ -236,20 +239,24 @@ URL=redis://127.0.0.1:$port
 say "run dir $RUN; redis-server on port $port, appendfsync $fsync"
 say "tasks $tasks, workers $workers x concurrency $concurrency, lease $lease, queues $queues," \
     "worker kills $kills, redis restarts $restarts (+1 before the check), seed $seed"
-timeout 300 "$CHECK" setup --redis "$URL" "${common[@]}" --jobs-dir "$ROOT/jobs/dist"
+timeout 300 "$CHECK" setup --redis "$URL" "${common[@]}" --jobs-dir "$ROOT/jobs/dist" \
+    --cache-dir "$RUN/cache"
 
 t_start=$(date +%s.%N)
 for (( w = 0; w < workers; w++ )); do start_worker "$w"; done
 IDS=$RUN/ids.txt
 : >"$IDS"
-"$CHECK" enqueue --redis "$URL" "${common[@]}" --tasks "$tasks" --rate "$rate" \
+# Batches of a tenth of a second's worth: many enqueue calls, so Redis kills
+# hit some of them.
+batch=$(( rate / 10 < 1 ? 1 : rate / 10 > 500 ? 500 : rate / 10 ))
+"$CHECK" enqueue --redis "$URL" "${common[@]}" --tasks "$tasks" --rate "$rate" --batch "$batch" \
     --max-attempts "$max_attempts" --seed "$seed" --ids "$IDS" \
     </dev/null >"$RUN/producer.out" 2>"$RUN/producer.log" &
 producer_pid=$!
 
 # ---- chaos until drained ----
 worker_kills=0 redis_kills=0 self_exits=0 producer_status=""
-p=0 s=0 a=0 c=0 d=0
+p=0 s=0 a=0 c=0 d=0 idle_polls=0
 deadline=$(( $(date +%s) + timeout ))
 last_report=0
 while true; do
@@ -287,8 +294,14 @@ while true; do
     done
 
     if [[ $fresh == true ]]; then
-        if [[ -n $producer_status ]] && (( p + s + a == 0 && c + d >= confirmed )); then
-            break
+        # Drained: the producer is done and nothing is left to run, three
+        # polls in a row. (Not "completed + dead = confirmed": a lost task
+        # would then keep the loop waiting; the check reports it instead.)
+        if [[ -n $producer_status ]] && (( p + s + a == 0 )); then
+            idle_polls=$(( idle_polls + 1 ))
+            (( idle_polls < 3 )) || break
+        else
+            idle_polls=0
         fi
         # Worker kill j happens once j*N/(M+1) tasks have completed.
         if (( worker_kills < kills && c >= (worker_kills + 1) * tasks / (kills + 1) )); then
