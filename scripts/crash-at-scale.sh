@@ -57,7 +57,7 @@ usage: scripts/crash-at-scale.sh [options]
   --concurrency C     tasks per worker at once (default 8)
   --kills M           worker SIGKILLs (default max(5, N/1000))
   --redis-restarts R  redis-server SIGKILLs and restarts during the run
-                      (default 3), plus one before the check
+                      (default max(3, N/20000)), plus one before the check
   --queues Q          queues the tasks are spread over (default 4; at most
                       100000 tasks per queue, the broker's retention bound)
   --lease D           workers' lease, e.g. 3s (default 3s)
@@ -73,7 +73,7 @@ usage: scripts/crash-at-scale.sh [options]
 EOF
 }
 
-tasks=100000 workers=3 concurrency=8 kills="" restarts=3 queues=4 lease=3s
+tasks=100000 workers=3 concurrency=8 kills="" restarts="" queues=4 lease=3s
 fsync=always rate="" max_attempts=25 timeout="" seed="" keep=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -103,6 +103,7 @@ for pair in "tasks=$tasks" "workers=$workers" "concurrency=$concurrency" "kills=
         exit 2
     fi
 done
+[[ -n $restarts ]] || restarts=$(( tasks / 20000 > 3 ? tasks / 20000 : 3 ))
 [[ -n $kills ]] || kills=$(( tasks / 1000 > 5 ? tasks / 1000 : 5 ))
 [[ -n $rate ]] || rate=$(( tasks / 30 < 50 ? 50 : tasks / 30 > 2000 ? 2000 : tasks / 30 ))
 [[ -n $timeout ]] || timeout=$(( 1800 + tasks / 10 ))
