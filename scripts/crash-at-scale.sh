@@ -19,7 +19,8 @@
 #      times, spread over the run (at every N/(M+1) completed tasks); SIGKILLs
 #      redis-server R times and starts it again on the same data directory,
 #      down for 0-3 s each time: the first while the producer is half way,
-#      the others spread over the run; a worker that exits on its own (it
+#      the others spread over the run, every other one during an AOF
+#      rewrite (BGREWRITEAOF just before); a worker that exits on its own (it
 #      could not reach Redis at start) is restarted and counted;
 #   5. waits until nothing is pending, scheduled or active (bounded by
 #      --timeout), stops the workers, SIGKILLs redis-server one last time
@@ -209,7 +210,14 @@ start_redis() {
 }
 
 kill_redis() {
+    # With it, its AOF-rewrite child if one is running (as a crash of the
+    # machine or container would take both).
+    local children child
+    children=$(pgrep -P "$redis_pid" 2>/dev/null || true)
     kill -KILL "$redis_pid" 2>/dev/null || true
+    for child in $children; do
+        kill -KILL "$child" 2>/dev/null || true
+    done
     wait "$redis_pid" 2>/dev/null || true
     redis_pid=""
 }
@@ -256,7 +264,7 @@ batch=$(( rate / 10 < 1 ? 1 : rate / 10 > 500 ? 500 : rate / 10 ))
 producer_pid=$!
 
 # ---- chaos until drained ----
-worker_kills=0 redis_kills=0 self_exits=0 producer_status=""
+worker_kills=0 redis_kills=0 kills_in_rewrite=0 self_exits=0 producer_status=""
 p=0 s=0 a=0 c=0 d=0 idle_polls=0
 deadline=$(( $(date +%s) + timeout ))
 last_report=0
@@ -316,10 +324,21 @@ while true; do
         # (r-1)*N/R tasks have completed.
         if (( redis_kills < restarts )); then
             if (( redis_kills == 0 ? confirmed >= tasks / 2 : c >= redis_kills * tasks / restarts )); then
+                # Every other kill lands during an AOF rewrite (new base
+                # file, new incremental file, manifest switch).
+                during=""
+                if (( redis_kills % 2 == 1 )); then
+                    redis-cli -p "$port" bgrewriteaof >/dev/null 2>&1 || true
+                    sleep "0.$(printf %03d $(( RANDOM % 300 )))"
+                    if redis-cli -p "$port" info persistence 2>/dev/null | grep -q '^aof_rewrite_in_progress:1'; then
+                        during=" during an AOF rewrite"
+                        kills_in_rewrite=$(( kills_in_rewrite + 1 ))
+                    fi
+                fi
                 kill_redis
                 redis_kills=$(( redis_kills + 1 ))
                 down=$(( RANDOM % 3000 ))
-                say "redis-server SIGKILLed ($redis_kills/$restarts; confirmed $confirmed, completed $c); down for ${down}ms"
+                say "redis-server SIGKILLed$during ($redis_kills/$restarts; confirmed $confirmed, completed $c); down for ${down}ms"
                 sleep "$(( down / 1000 )).$(printf %03d $(( down % 1000 )))"
                 start_redis || { say "FAIL: redis-server did not come back; see $RUN/redis/redis.log"; exit 1; }
             fi
@@ -354,7 +373,7 @@ echo "  tasks                 $tasks (3 handlers each), over $queues queues"
 echo "  workers               $workers x concurrency $concurrency, lease $lease; $started_workers processes started"
 echo "  worker SIGKILLs       $worker_kills"
 echo "  worker self-exits     $self_exits"
-echo "  redis SIGKILLs        $redis_kills during the run + 1 before the check (appendfsync $fsync)"
+echo "  redis SIGKILLs        $redis_kills during the run ($kills_in_rewrite during an AOF rewrite) + 1 before the check (appendfsync $fsync)"
 echo "  producer              $(cat "$RUN/producer.out" 2>/dev/null)"
 echo "  wall time             ${wall}s (first worker start to drained)"
 echo "  throughput            $rate_done tasks/s"
