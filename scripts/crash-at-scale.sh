@@ -42,6 +42,20 @@
 # checkpoint regressions. (A power loss could lose up to one second with
 # everysec; this test kills processes, not the machine.)
 #
+# Why `aof-load-truncated no` by default: a SIGKILL can cut Redis's AOF
+# write short (the kernel ends a write() early on a fatal signal), and
+# every Corral script's writes are one MULTI/EXEC block in the AOF. With
+# Redis's default `aof-load-truncated yes`, Redis 7.0 (Debian's 7.0.15 here)
+# truncates such a torn block *inside* its MULTI and keeps the dangling
+# MULTI: the writes it acknowledges after that restart are swallowed by the
+# open block and lost at the next restart, and once that file is no longer
+# the last one Redis refuses to start ("the truncated file is not the last
+# file"). Valkey fixed this (valkey-io/valkey#4342). With `no`, Redis
+# refuses the torn file at once and `redis-check-aof --fix` cuts it before
+# the MULTI, which loses nothing Redis had acknowledged; the script does
+# that as an operator would, and counts it. `--aof-load-truncated yes`
+# reproduces the bug.
+#
 # Everything it starts is stopped on exit (trap); the run directory (Redis
 # data, logs, ids file) is removed on success unless --keep, and kept on
 # failure. Every wait is bounded.
@@ -63,6 +77,10 @@ usage: scripts/crash-at-scale.sh [options]
                       100000 tasks per queue, the broker's retention bound)
   --lease D           workers' lease, e.g. 3s (default 3s)
   --fsync MODE        always | everysec (default always)
+  --aof-load-truncated yes|no
+                      Redis's own repair of a torn AOF tail (yes, Redis's
+                      default) or redis-check-aof --fix when Redis refuses
+                      to start (no, the default here; see below)
   --rate R            tasks enqueued per second (default N/30, between 50
                       and 2000: enqueueing overlaps the first Redis kill)
   --max-attempts A    attempts per task (default 25)
@@ -75,7 +93,7 @@ EOF
 }
 
 tasks=100000 workers=3 concurrency=8 kills="" restarts="" queues=4 lease=3s
-fsync=always rate="" max_attempts=25 timeout="" seed="" keep=false
+fsync=always load_truncated=no rate="" max_attempts=25 timeout="" seed="" keep=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tasks) tasks=$2; shift 2 ;;
@@ -86,6 +104,7 @@ while [[ $# -gt 0 ]]; do
         --queues) queues=$2; shift 2 ;;
         --lease) lease=$2; shift 2 ;;
         --fsync) fsync=$2; shift 2 ;;
+        --aof-load-truncated) load_truncated=$2; shift 2 ;;
         --rate) rate=$2; shift 2 ;;
         --max-attempts) max_attempts=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
@@ -120,11 +139,14 @@ fi
 case "$fsync" in always | everysec) ;; *)
     echo "crash-at-scale: --fsync must be always or everysec" >&2; exit 2 ;;
 esac
+case "$load_truncated" in yes | no) ;; *)
+    echo "crash-at-scale: --aof-load-truncated must be yes or no" >&2; exit 2 ;;
+esac
 if ! [[ $lease =~ ^[0-9]+(ms|s)$ ]]; then
     echo "crash-at-scale: --lease must look like 3s or 2500ms" >&2
     exit 2
 fi
-for tool in redis-server redis-cli cargo timeout; do
+for tool in redis-server redis-cli redis-check-aof cargo timeout pgrep; do
     command -v "$tool" >/dev/null 2>&1 || { echo "crash-at-scale: $tool is needed" >&2; exit 1; }
 done
 
@@ -148,7 +170,7 @@ done
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/corral-crash.XXXXXX")
 mkdir -p "$RUN/redis" "$RUN/logs" "$RUN/cache"
 PREFIX=crash
-redis_pid="" producer_pid="" port=""
+redis_pid="" producer_pid="" port="" aof_repairs=0
 declare -a wpid=()
 
 stop_pid() { # pid signal seconds: signal, wait up to seconds, then SIGKILL
@@ -195,10 +217,11 @@ pick_port() {
 
 # Starts redis-server on $port and its data directory (what the AOF holds
 # comes back); false if it did not answer PING within 120 s.
-start_redis() {
+start_redis_once() {
     redis-server --port "$port" --bind 127.0.0.1 --dir "$RUN/redis" \
         --logfile "$RUN/redis/redis.log" --appendonly yes --appendfsync "$fsync" \
-        --save "" --daemonize no </dev/null >/dev/null 2>&1 &
+        --aof-load-truncated "$load_truncated" --save "" --daemonize no \
+        </dev/null >/dev/null 2>&1 &
     redis_pid=$!
     local i
     for (( i = 0; i < 1200; i++ )); do
@@ -207,6 +230,28 @@ start_redis() {
         sleep 0.1
     done
     return 1
+}
+
+# start_redis_once, and if Redis refused its AOF because a kill cut the last
+# write short (only with --aof-load-truncated no), what an operator does:
+# `redis-check-aof --fix`, which cuts the file before the torn command or
+# the torn MULTI/EXEC block of a script, then start again.
+start_redis() {
+    local from
+    from=$(( $(wc -l <"$RUN/redis/redis.log" 2>/dev/null || echo 0) + 1 ))
+    start_redis_once && return 0
+    kill_redis
+    [[ $load_truncated == no ]] || return 1
+    tail -n "+$from" "$RUN/redis/redis.log" | grep -q 'Unexpected end of file reading the append only file' ||
+        return 1
+    local manifest
+    manifest=$(ls "$RUN"/redis/appendonlydir/*.manifest 2>/dev/null | head -n 1)
+    [[ -n $manifest ]] || return 1
+    echo y | redis-check-aof --fix "$manifest" >"$RUN/redis/check-aof-$aof_repairs.out" 2>&1 || true
+    aof_repairs=$(( aof_repairs + 1 ))
+    say "redis-server refused its AOF (a write torn by the kill); redis-check-aof --fix:" \
+        "$(grep -m1 'This will shrink' "$RUN/redis/check-aof-$(( aof_repairs - 1 )).out" || echo 'nothing to cut')"
+    start_redis_once
 }
 
 kill_redis() {
@@ -373,7 +418,8 @@ echo "  tasks                 $tasks (3 handlers each), over $queues queues"
 echo "  workers               $workers x concurrency $concurrency, lease $lease; $started_workers processes started"
 echo "  worker SIGKILLs       $worker_kills"
 echo "  worker self-exits     $self_exits"
-echo "  redis SIGKILLs        $redis_kills during the run ($kills_in_rewrite during an AOF rewrite) + 1 before the check (appendfsync $fsync)"
+echo "  redis SIGKILLs        $redis_kills during the run ($kills_in_rewrite during an AOF rewrite) + 1 before the check"
+echo "  redis AOF             appendfsync $fsync, aof-load-truncated $load_truncated; $aof_repairs torn tails cut by redis-check-aof --fix"
 echo "  producer              $(cat "$RUN/producer.out" 2>/dev/null)"
 echo "  wall time             ${wall}s (first worker start to drained)"
 echo "  throughput            $rate_done tasks/s"
