@@ -98,7 +98,9 @@ struct Common {
 
 impl Common {
     fn queue_names(&self) -> Vec<String> {
-        (0..self.queues.max(1)).map(|q| format!("crash-{q}")).collect()
+        (0..self.queues.max(1))
+            .map(|q| format!("crash-{q}"))
+            .collect()
     }
 
     async fn broker(&self) -> anyhow::Result<RedisBroker> {
@@ -249,7 +251,11 @@ async fn setup(args: SetupArgs) -> anyhow::Result<ExitCode> {
         .sync_files(TENANT, JOB, &files, limits)
         .await
         .with_context(|| format!("registering job `{JOB}`"))?;
-    println!("registered job {JOB} v{}: {}", def.version, CHAIN.join(" -> "));
+    println!(
+        "registered job {JOB} v{}: {}",
+        def.version,
+        CHAIN.join(" -> ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -258,9 +264,38 @@ async fn setup(args: SetupArgs) -> anyhow::Result<ExitCode> {
 /// Words of the generated texts: mixed case, digits, non-ASCII letters
 /// (whose case mapping changes length, as `ß`), so normalization has work.
 const WORDS: &[&str] = &[
-    "the", "The", "THE", "quick", "brown", "Fox", "jumps", "over", "lazy", "dog", "Été",
-    "straße", "STRASSE", "naïve", "déjà", "vu", "x1", "42", "2024", "wasm", "Corral", "lease",
-    "token", "ÅNGSTRÖM", "a", "A", "is", "rose", "buffalo", "Buffalo", "İstanbul", "ǅemal",
+    "the",
+    "The",
+    "THE",
+    "quick",
+    "brown",
+    "Fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "Été",
+    "straße",
+    "STRASSE",
+    "naïve",
+    "déjà",
+    "vu",
+    "x1",
+    "42",
+    "2024",
+    "wasm",
+    "Corral",
+    "lease",
+    "token",
+    "ÅNGSTRÖM",
+    "a",
+    "A",
+    "is",
+    "rose",
+    "buffalo",
+    "Buffalo",
+    "İstanbul",
+    "ǅemal",
 ];
 /// What goes between words: nothing alphanumeric, so each is a word break.
 const SEPARATORS: &[&str] = &[
@@ -407,7 +442,10 @@ async fn store_batch(broker: &RedisBroker, tasks: &[(u64, Task)]) -> anyhow::Res
                 let mut missing = Vec::new();
                 for task in todo {
                     let id = task.task_id;
-                    if patiently("read back", || broker.task(TENANT, id)).await?.is_none() {
+                    if patiently("read back", || broker.task(TENANT, id))
+                        .await?
+                        .is_none()
+                    {
                         missing.push(task);
                     }
                 }
@@ -602,7 +640,10 @@ fn analyse_runs(runs: Vec<Run>, known: &HashSet<String>) -> RunFigures {
     };
     let mut by_task: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
     for r in runs {
-        by_task.entry(r.task).or_default().push((r.attempt, r.handler));
+        by_task
+            .entry(r.task)
+            .or_default()
+            .push((r.attempt, r.handler));
     }
     for (task, list) in &by_task {
         if !known.contains(task) {
@@ -787,7 +828,9 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     if duplicates > 0 || unconfirmed > 0 {
         failed = true;
-        println!("FAIL: {duplicates} ids confirmed twice, {unconfirmed} tasks in Redis never confirmed");
+        println!(
+            "FAIL: {duplicates} ids confirmed twice, {unconfirmed} tasks in Redis never confirmed"
+        );
     }
     Ok(if failed {
         ExitCode::FAILURE
