@@ -20,8 +20,8 @@
 #      redis-server R times and starts it again on the same data directory,
 #      down for 0-3 s each time: the first while the producer is half way,
 #      the others spread over the run, every other one during an AOF
-#      rewrite (BGREWRITEAOF just before); a worker that exits on its own (it
-#      could not reach Redis at start) is restarted and counted;
+#      rewrite (BGREWRITEAOF just before); a worker that exits on its own
+#      (none should) is restarted and counted;
 #   5. waits until nothing is pending, scheduled or active (bounded by
 #      --timeout), stops the workers, SIGKILLs redis-server one last time
 #      and restarts it from its AOF, so the check reads only what was
@@ -35,12 +35,13 @@
 # (its enqueue call answered success, or a retry found it stored) ends
 # completed. With `--appendfsync always` (the default) Redis writes each
 # command to the AOF before it answers, so nothing it acknowledged is lost
-# when the process is killed. With `--fsync everysec` Redis may postpone the
-# AOF write while a background fsync is slow (up to 2 s), and answers
-# meanwhile: a kill -9 then loses up to about two seconds of acknowledged
-# writes, tasks or checkpoints; the check reports them as lost, or as
-# checkpoint regressions. (A power loss could lose up to one second with
-# everysec; this test kills processes, not the machine.)
+# when the process is killed. With `--fsync everysec` Redis may, in the
+# worst case, postpone the AOF write while a background fsync is slow (up to
+# 2 s) and answer meanwhile: a kill -9 then loses what it answered in that
+# window, tasks or checkpoints; the check reports them as lost, or as
+# checkpoint regressions. (A crash of the machine, which this test does not
+# simulate, loses nothing acknowledged with always, up to a second or two
+# with everysec.)
 #
 # Why `aof-load-truncated no` by default: a SIGKILL can cut Redis's AOF
 # write short (the kernel ends a write() early on a fatal signal), and
@@ -338,8 +339,8 @@ while true; do
         fresh=false
     fi
 
-    # Workers that exited on their own (none should, unless Redis was away
-    # when they started): restart them, counted.
+    # Workers that exited on their own (none should: a worker started while
+    # Redis is away waits for it): restart them, counted.
     for (( w = 0; w < workers; w++ )); do
         if ! kill -0 "${wpid[$w]}" 2>/dev/null; then
             st=0
