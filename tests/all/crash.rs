@@ -8,13 +8,21 @@
 //! logs a debug event per finished handler run (task, handler, attempt), so
 //! the test counts what ran where. Run with `--nocapture` to see the figures
 //! (how many tasks were recovered, how many ran a handler twice).
+//!
+//! A worker started while Redis is away (restarting) waits for it through
+//! every step of its start; `scripts/crash-at-scale.sh` runs the same kind of
+//! chaos at scale, with Redis itself killed and restarted from its AOF.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use corral::broker::{Broker, RedisBroker, RedisConfig};
 use corral::task::{ArgsMap, Task, TaskId, TaskState};
 use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::redis::{RedisServer, WorkerProcess, handler_runs, unique_prefix};
 
@@ -192,4 +200,112 @@ async fn sigkilled_workers_lose_nothing_and_chains_resume_from_their_checkpoint(
         resumed > 0,
         "no interrupted chain resumed from its checkpoint"
     );
+}
+
+/// A TCP proxy in front of Redis on `upstream` that cuts its `nth`
+/// connection (from 1) when that connection sends its first `PING`, as a
+/// Redis SIGKILLed at that moment would; every other connection is passed
+/// through. Returns the proxy's URL and how many connections it cut.
+async fn cutting_proxy(upstream: u16, nth: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let url = format!("redis://{}", listener.local_addr().expect("proxy address"));
+    let cut = Arc::new(AtomicUsize::new(0));
+    let cuts = cut.clone();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((client, _)) = listener.accept().await {
+            accepted += 1;
+            let sabotage = accepted == nth;
+            let cuts = cuts.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let replies = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match from_client.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if sabotage && buf[..n].windows(4).any(|w| w.eq_ignore_ascii_case(b"PING")) {
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                // Both directions end: the client sees its connection drop.
+                replies.abort();
+            });
+        }
+    });
+    (url, cut)
+}
+
+/// A worker started while Redis comes and goes waits for it at every step of
+/// its start instead of exiting half way: the connection its broker opens
+/// first, then the one its catalog opens next, is cut as it sends its first
+/// command. Each time the worker must go on and run tasks (generated args,
+/// which `noop` hands back unchanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_connections_drop_while_it_starts_waits_and_runs() {
+    let server = RedisServer::start();
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut rng = rand::rng();
+    for (nth, which) in [(1, "broker"), (2, "catalog")] {
+        let prefix = unique_prefix("start");
+        let (url, cut) = cutting_proxy(server.port(), nth).await;
+        let log = logs.path().join(format!("worker-{nth}.log"));
+        let mut worker = WorkerProcess::start(&url, &prefix, &["--concurrency", "2"], log.clone());
+        let broker = RedisBroker::connect(RedisConfig::new(server.url()).prefix(prefix.clone()))
+            .await
+            .expect("connect");
+        let tasks: Vec<Task> = (0..rng.random_range(3..12))
+            .map(|i| {
+                let mut args = ArgsMap::new();
+                args.insert("i".into(), i.into());
+                args.insert("r".into(), rng.random::<u32>().into());
+                Task::new("noop", args)
+            })
+            .collect();
+        broker.enqueue(tasks.clone()).await.expect("enqueue");
+
+        let give_up = Instant::now() + Duration::from_secs(60);
+        let mut done = 0;
+        while done < tasks.len() {
+            assert!(
+                worker.running(),
+                "the worker exited after its {which} connection dropped at start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < give_up,
+                "{done} of {} tasks completed in 60 s after the {which} connection dropped",
+                tasks.len()
+            );
+            done = 0;
+            for t in &tasks {
+                let stored = broker.task("default", t.task_id).await.expect("read task");
+                if let Some(stored) = stored.filter(|s| s.state == TaskState::Completed) {
+                    assert_eq!(stored.args_map, t.original_args_map);
+                    done += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            cut.load(Ordering::SeqCst),
+            1,
+            "the proxy never cut the {which} connection"
+        );
+        assert!(worker.stop(), "the worker did not stop cleanly");
+    }
 }

@@ -21,6 +21,7 @@
 //! This module only parses arguments and wires library pieces together.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +31,10 @@ use clap::Args;
 
 use super::sandbox_args::sandbox_config;
 use super::{SandboxArgs, parse_duration, print_task};
-use crate::broker::{Broker, RedisBroker, RedisConfig};
-use crate::catalog::RedisCatalog;
+use crate::broker::{Broker, BrokerError, RedisBroker, RedisConfig};
+use crate::catalog::{CatalogError, RedisCatalog};
 use crate::client::{Client, WaitError};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use crate::sandbox::Sandbox;
 use crate::task::{DEFAULT_QUEUE, DEFAULT_TENANT, TaskId, TaskState, parse_arg_pairs};
 use crate::worker::{Worker, WorkerConfig, shutdown_signal};
@@ -224,31 +225,41 @@ fn example_jobs(dir: &Path) -> anyhow::Result<Vec<(String, Vec<PathBuf>)>> {
     Ok(found)
 }
 
-/// Connects, retrying with backoff until Redis answers or shutdown is asked.
-async fn connect_patiently(redis: &RedisArgs) -> anyhow::Result<Option<RedisBroker>> {
-    let config = redis.config("worker")?;
+/// Runs `op` until it succeeds, retrying with backoff while `transient`
+/// says its error means Redis is away (restarting, loading its data), or
+/// until `shutdown` resolves (`Ok(None)`). So a worker started while Redis
+/// restarts waits for it, through every step of its start (broker, catalog,
+/// its jobs), instead of exiting half way.
+async fn patiently<T, E, Fut>(
+    what: &'static str,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    transient: impl Fn(&E) -> bool,
+    mut op: impl FnMut() -> Fut,
+) -> Result<Option<T>, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
     let mut backoff = Duration::from_millis(100);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
-        match RedisBroker::connect(config.clone()).await {
-            Ok(broker) => return Ok(Some(broker)),
-            Err(e @ crate::broker::BrokerError::Invalid { .. }) => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "Redis is not reachable yet; retrying");
+        match op().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if transient(&e) => {
+                tracing::warn!(step = what, error = %e, ?backoff, "Redis is not reachable yet; retrying");
                 tokio::select! {
-                    _ = &mut shutdown => return Ok(None),
+                    _ = shutdown.as_mut() => return Ok(None),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+            Err(e) => return Err(e),
         }
     }
 }
 
 pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // Check the arguments before waiting for Redis.
-    args.redis.config("worker")?;
+    let config = args.redis.config("worker")?;
     let mut jobs = Vec::new();
     for spec in &args.jobs {
         jobs.push(parse_job(spec)?);
@@ -256,17 +267,32 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.jobs_dir {
         jobs.extend(example_jobs(dir)?);
     }
-    let Some(broker) = connect_patiently(&args.redis).await? else {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let connect = || RedisBroker::connect(config.clone());
+    let not_invalid = |e: &BrokerError| !matches!(e, BrokerError::Invalid { .. });
+    let Some(broker) = patiently("connect", &mut shutdown, not_invalid, connect).await? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let catalog = args.redis.catalog("worker").await?;
+    // The URL already served the broker: any failure here is Redis going
+    // away again in between.
+    let catalog = || args.redis.catalog("worker");
+    let Some(catalog) = patiently("catalog connect", &mut shutdown, |_| true, catalog).await?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let registry = Registry::with_catalog(Sandbox::new(sandbox_config())?, Arc::new(catalog));
     let limits = args.sandbox.limits();
+    let unreachable =
+        |e: &RegistryError| matches!(e, RegistryError::Catalog(CatalogError::Unavailable(_)));
     for (name, files) in &jobs {
-        registry
-            .sync_files(&args.tenant, name, files, limits)
+        let sync = || registry.sync_files(&args.tenant, name, files, limits);
+        let synced = patiently("registering a job", &mut shutdown, unreachable, sync)
             .await
             .with_context(|| format!("registering job `{name}`"))?;
+        if synced.is_none() {
+            return Ok(ExitCode::SUCCESS);
+        }
         tracing::info!(job = %name, handlers = files.len(), "registered job");
     }
     let lease = args.lease.max(Duration::from_millis(300));
