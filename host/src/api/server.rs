@@ -72,7 +72,7 @@ fn fd_soft_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes only into the struct it is given.
     let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (read == 0).then_some(limit.rlim_cur as u64)
+    (read == 0).then_some(limit.rlim_cur)
 }
 
 /// Raises this process's soft open-file limit to its hard limit, where the
@@ -99,7 +99,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             limit.rlim_cur = limit.rlim_max;
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// The connection limit in force: `wanted`, lowered to leave
