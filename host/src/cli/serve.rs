@@ -56,6 +56,15 @@ pub struct ServeArgs {
         value_parser = super::units::parse_kib
     )]
     max_json_bytes: u64,
+    /// Largest list answer (`GET /v1/tasks`, `GET /v1/jobs`), in KiB; rows
+    /// past it are left out and the answer says `truncated`.
+    #[arg(
+        long = "max-list-kib",
+        value_name = "KIB",
+        default_value = "1024",
+        value_parser = super::units::parse_kib
+    )]
+    max_list_bytes: u64,
 }
 
 /// Runs `corral serve`.
@@ -110,6 +119,7 @@ async fn serve<B: Broker + Clone>(
         registry: registry.clone(),
         config: ApiConfig {
             max_json_bytes: args.max_json_bytes,
+            max_list_bytes: usize::try_from(args.max_list_bytes).unwrap_or(usize::MAX),
             ..ApiConfig::default()
         },
     });
