@@ -353,7 +353,9 @@ impl Registry {
             .map_err(RegistryError::OverTenantLimits)?;
         let mut checked = std::collections::HashSet::new();
         for spec in &handlers {
-            if checked.insert(&spec.module) && !self.catalog.has_module(tenant, &spec.module).await? {
+            if checked.insert(&spec.module)
+                && !self.catalog.has_module(tenant, &spec.module).await?
+            {
                 return Err(RegistryError::UnknownModule(spec.module.clone()));
             }
         }

@@ -263,7 +263,13 @@ mod tests {
         assert_eq!(TokenId::parse(id.as_str()), Some(id.clone()));
         assert_eq!(id.as_str().len(), 16);
         assert!(a.hash().0.starts_with(&id.as_str()[4..]));
-        for bad in ["tok_", "tok_0123456789ab0", "tok_0123456789AB", "crl_0123456789ab", ""] {
+        for bad in [
+            "tok_",
+            "tok_0123456789ab0",
+            "tok_0123456789AB",
+            "crl_0123456789ab",
+            "",
+        ] {
             assert_eq!(TokenId::parse(bad), None, "{bad}");
         }
     }
@@ -273,7 +279,11 @@ mod tests {
         assert!(check_new_tenant_name("acme").is_ok());
         let refused = check_new_tenant_name(DEFAULT_TENANT).unwrap_err();
         assert!(refused.contains("reserved"), "{refused}");
-        assert!(check_new_tenant_name("a b").unwrap_err().contains("invalid"));
+        assert!(
+            check_new_tenant_name("a b")
+                .unwrap_err()
+                .contains("invalid")
+        );
         // Only the exact name: its relatives are ordinary names.
         for ok in ["Default", "default2", "defaults"] {
             assert!(check_new_tenant_name(ok).is_ok(), "{ok}");

@@ -119,9 +119,7 @@ async fn run_corral(args: &[&str], secret: Secret<'_>) -> (bool, String, String)
         assert!(!holds_token(arg), "a token on the command line: {args:?}");
     }
     let mut cmd = corral();
-    cmd.args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     match secret {
         Secret::None => {}
         Secret::Env(token) => {
@@ -341,7 +339,11 @@ async fn operator_edges_reserved_name_overflow_and_token_ids() {
     let flags: [(&str, u64, &str); 5] = [
         ("--max-memory-mib", u64::MAX >> 20, "max_memory_bytes"),
         ("--max-module-kib", u64::MAX >> 10, "max_module_bytes"),
-        ("--max-module-storage-mib", u64::MAX >> 20, "max_module_storage_bytes"),
+        (
+            "--max-module-storage-mib",
+            u64::MAX >> 20,
+            "max_module_storage_bytes",
+        ),
         ("--max-output-kib", u64::MAX >> 10, "max_output_bytes"),
         ("--max-log-kib", u64::MAX >> 10, "max_log_bytes"),
     ];
@@ -350,37 +352,76 @@ async fn operator_edges_reserved_name_overflow_and_token_ids() {
         over.extend((0..3).map(|_| rand::Rng::random_range(&mut rng, ceiling + 1..=u64::MAX)));
         for value in over {
             let value = value.to_string();
-            let (ok, _, err) = plain(&["tenants", "limits", "acme", "--redis", url, flag, &value]).await;
+            let (ok, _, err) =
+                plain(&["tenants", "limits", "acme", "--redis", url, flag, &value]).await;
             assert!(!ok && err.contains("too large"), "{flag} {value}: {err}");
         }
         let value = ceiling.to_string();
-        let (ok, out, err) = plain(&["tenants", "limits", "acme", "--redis", url, flag, &value]).await;
+        let (ok, out, err) =
+            plain(&["tenants", "limits", "acme", "--redis", url, flag, &value]).await;
         assert!(ok, "{flag} {value}: {err}");
         let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let unit = if flag.ends_with("mib") { 1 << 20 } else { 1 << 10 };
+        let unit = if flag.ends_with("mib") {
+            1 << 20
+        } else {
+            1 << 10
+        };
         assert_eq!(printed[field], ceiling * unit, "{out}");
     }
     for value in ["20000000000000000s", "5124095576030431h", "1e30s"] {
-        let (ok, _, err) =
-            plain(&["tenants", "limits", "acme", "--redis", url, "--max-timeout", value]).await;
+        let (ok, _, err) = plain(&[
+            "tenants",
+            "limits",
+            "acme",
+            "--redis",
+            url,
+            "--max-timeout",
+            value,
+        ])
+        .await;
         assert!(!ok && err.contains("--max-timeout"), "{value}: {err}");
     }
     let (ok, _, err) = plain(&[
-        "tenants", "create", "wrapped", "--redis", url, "--max-memory-mib", "1152921504606846976",
+        "tenants",
+        "create",
+        "wrapped",
+        "--redis",
+        url,
+        "--max-memory-mib",
+        "1152921504606846976",
     ])
     .await;
     assert!(!ok && err.contains("too large"), "{err}");
     assert_eq!(catalog.tenant("wrapped").await.unwrap(), None);
     // Every limit has its flag, printed back with the rest.
     let (ok, out, err) = plain(&[
-        "tenants", "limits", "acme", "--redis", url, "--max-queues", "7", "--max-modules", "8",
-        "--max-jobs", "9", "--max-job-versions", "10", "--max-handlers-per-job", "11",
+        "tenants",
+        "limits",
+        "acme",
+        "--redis",
+        url,
+        "--max-queues",
+        "7",
+        "--max-modules",
+        "8",
+        "--max-jobs",
+        "9",
+        "--max-job-versions",
+        "10",
+        "--max-handlers-per-job",
+        "11",
     ])
     .await;
     assert!(ok, "{err}");
     let acme = catalog.tenant("acme").await.unwrap().unwrap().limits;
     assert_eq!(
-        (acme.max_queues, acme.max_modules, acme.max_jobs, acme.max_job_versions, acme.max_handlers_per_job),
+        (
+            acme.max_queues,
+            acme.max_modules,
+            acme.max_jobs,
+            acme.max_job_versions,
+            acme.max_handlers_per_job
+        ),
         (7, 8, 9, 10, 11)
     );
     assert!(out.contains("\"max_handlers_per_job\": 11"), "{out}");
@@ -402,21 +443,39 @@ async fn operator_edges_reserved_name_overflow_and_token_ids() {
     }
     // The creation token too: four lines, each an id and a time.
     assert_eq!(listed.lines().count(), 4, "{listed}");
-    assert!(listed.lines().all(|l| l.starts_with("tok_") && l.contains(" created ")));
+    assert!(
+        listed
+            .lines()
+            .all(|l| l.starts_with("tok_") && l.contains(" created "))
+    );
 
     // Revoked by id: that token stops working, the others do not.
     let gone = &tokens[1];
     let id = gone.hash().id();
     let (ok, _, err) = plain(&["tenants", "revoke", "acme", id.as_str(), "--redis", url]).await;
-    assert!(ok && err.contains(&format!("revoked token {id} of tenant acme")), "{err}");
-    let (ok, _, err) = run_corral(&["jobs", "list", "--redis", url], Secret::Env(gone.expose())).await;
+    assert!(
+        ok && err.contains(&format!("revoked token {id} of tenant acme")),
+        "{err}"
+    );
+    let (ok, _, err) = run_corral(
+        &["jobs", "list", "--redis", url],
+        Secret::Env(gone.expose()),
+    )
+    .await;
     assert!(!ok && err.contains("invalid token"), "{err}");
     for kept in [&tokens[0], &tokens[2]] {
-        let (ok, _, err) = run_corral(&["jobs", "list", "--redis", url], Secret::Env(kept.expose())).await;
+        let (ok, _, err) = run_corral(
+            &["jobs", "list", "--redis", url],
+            Secret::Env(kept.expose()),
+        )
+        .await;
         assert!(ok, "{err}");
     }
     let (ok, listed, _) = plain(&["tenants", "tokens", "acme", "--redis", url]).await;
-    assert!(ok && !listed.contains(id.as_str()) && listed.lines().count() == 3, "{listed}");
+    assert!(
+        ok && !listed.contains(id.as_str()) && listed.lines().count() == 3,
+        "{listed}"
+    );
     let (ok, _, err) = plain(&["tenants", "revoke", "acme", id.as_str(), "--redis", url]).await;
     assert!(!ok && err.contains("has no token"), "{err}");
     // An id names a token of one tenant only.
@@ -435,14 +494,19 @@ async fn operator_edges_reserved_name_overflow_and_token_ids() {
         vec!["tenants", "revoke", "acme", "crl_fake", "--redis", url],
         vec!["tenants", "revoke", "--token", "crl_fake", "--redis", url],
         vec!["jobs", "list", "--redis", url, "--token", "crl_fake"],
-        vec!["jobs", "register", "j", "x.wasm", "--redis", url, "--token", "crl_fake"],
+        vec![
+            "jobs", "register", "j", "x.wasm", "--redis", url, "--token", "crl_fake",
+        ],
     ] {
         let (ok, _, err) = plain(&args).await;
         assert!(
             !ok && err.contains("CORRAL_TOKEN") && err.contains("--token-file"),
             "{args:?}: {err}"
         );
-        assert!(!err.contains("crl_fake"), "the refusal repeats the secret: {err}");
+        assert!(
+            !err.contains("crl_fake"),
+            "the refusal repeats the secret: {err}"
+        );
     }
 }
 

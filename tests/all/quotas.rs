@@ -192,7 +192,8 @@ async fn quota_contract(catalog: Arc<dyn Catalog>) {
     )
     .await;
     let mut rng = StdRng::seed_from_u64(11);
-    let sizes: Arc<Vec<usize>> = Arc::new((0..RACERS).map(|_| rng.random_range(100..4000)).collect());
+    let sizes: Arc<Vec<usize>> =
+        Arc::new((0..RACERS).map(|_| rng.random_range(100..4000)).collect());
     let results = race(RACERS, |i| {
         let (catalog, sizes) = (catalog.clone(), sizes.clone());
         async move {
@@ -210,7 +211,10 @@ async fn quota_contract(catalog: Arc<dyn Catalog>) {
     assert!(used <= budget, "stored {used} bytes against {budget}");
     for i in (0..RACERS).filter(|i| results[*i].is_err()) {
         assert_eq!(results[i], Err(over(Quota::ModuleStorage, budget)));
-        assert!(used + sizes[i] as u64 > budget, "module {i} was refused but fits");
+        assert!(
+            used + sizes[i] as u64 > budget,
+            "module {i} was refused but fits"
+        );
     }
 
     // Jobs: 32 new names against 5; replacing an existing one still works.
@@ -726,7 +730,11 @@ async fn a_listing_of_huge_tasks_stays_under_its_byte_bound() {
     let json: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["truncated"], true);
     let rows = json["tasks"].as_array().expect("rows");
-    assert!(!rows.is_empty() && rows.len() < tasks.len(), "{}", rows.len());
+    assert!(
+        !rows.is_empty() && rows.len() < tasks.len(),
+        "{}",
+        rows.len()
+    );
     // The newest first, none skipped; each row a summary.
     for (row, id) in rows.iter().zip(&newest) {
         assert_eq!(row["task_id"], id.to_string());
@@ -750,7 +758,10 @@ async fn a_listing_of_huge_tasks_stays_under_its_byte_bound() {
     assert_eq!(json["truncated"], false);
     assert_eq!(json["tasks"].as_array().map(Vec::len), Some(3));
     // The whole record is one request away.
-    let one = w.api.get(&format!("/v1/tasks/{}", newest[0]), &w.token).await;
+    let one = w
+        .api
+        .get(&format!("/v1/tasks/{}", newest[0]), &w.token)
+        .await;
     one.expect(200, "");
     assert!(one.body["original_args_map"]["blob"].is_string());
 }

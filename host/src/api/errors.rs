@@ -136,9 +136,11 @@ impl From<CatalogError> for ApiError {
             CatalogError::JobExists { .. } => {
                 Self::new(StatusCode::CONFLICT, "job_exists", e.to_string())
             }
-            CatalogError::OverQuota { quota, .. } => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, quota.kind(), e.to_string())
-            }
+            CatalogError::OverQuota { quota, .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                quota.kind(),
+                e.to_string(),
+            ),
             CatalogError::InvalidTenantName(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
             }

@@ -494,7 +494,10 @@ impl Catalog for RedisCatalog {
             return Err(CatalogError::UnknownTenant(tenant.to_owned()));
         }
         let entries: Vec<(String, Vec<u8>)> = self
-            .query(op, redis::cmd("HGETALL").arg(self.tenant_key(tenant, "tokens")))
+            .query(
+                op,
+                redis::cmd("HGETALL").arg(self.tenant_key(tenant, "tokens")),
+            )
             .await?;
         let mut out = Vec::with_capacity(entries.len());
         for (id, entry) in entries {

@@ -35,13 +35,17 @@ pub struct TokenInput {
     pub token: Option<String>,
 }
 
-/// Why a token on the command line is refused, and what to do instead.
-pub fn refuse_on_command_line(what: &str) -> anyhow::Error {
+/// How the commands that take a token read it, for messages.
+pub const TOKEN_SOURCES: &str =
+    "set CORRAL_TOKEN, or pass --token-file PATH (`--token-file -` reads standard input)";
+
+/// Why a token on the command line is refused, and what to do instead
+/// (`instead`, e.g. [`TOKEN_SOURCES`]).
+pub fn refuse_on_command_line(what: &str, instead: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "{what} is no longer taken on the command line, where every user of the machine can \
-         read it (`ps`) and shell history keeps it: set {TOKEN_ENV}, or pass \
-         --token-file PATH (`--token-file -` reads standard input). If you just typed a \
-         token here, consider it exposed: revoke it (`corral tenants tokens NAME` lists ids)"
+         read it (`ps`) and shell history keeps it: {instead}. If you just typed a token \
+         here, consider it exposed and revoke it (`corral tenants tokens NAME` lists ids)"
     )
 }
 
@@ -50,7 +54,7 @@ impl TokenInput {
     /// `use_env`; `None` when neither gives one.
     pub fn read(&self, use_env: bool) -> anyhow::Result<Option<Token>> {
         if self.token.is_some() {
-            return Err(refuse_on_command_line("`--token TOKEN`"));
+            return Err(refuse_on_command_line("`--token TOKEN`", TOKEN_SOURCES));
         }
         if let Some(path) = &self.token_file {
             return read_file(path).map(Some);

@@ -86,6 +86,15 @@ pub struct ServeArgs {
     /// tenant with none in flight may always send one).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=(u64::MAX >> 20)))]
     max_bodies_in_flight_per_tenant_mib: u64,
+    /// Largest list answer (`GET /v1/tasks`, `GET /v1/jobs`), in KiB; rows
+    /// past it are left out and the answer says `truncated`.
+    #[arg(
+        long = "max-list-kib",
+        value_name = "KIB",
+        default_value = "1024",
+        value_parser = super::units::parse_kib
+    )]
+    max_list_bytes: u64,
 }
 
 impl ServeArgs {
@@ -93,6 +102,7 @@ impl ServeArgs {
     fn api_config(&self) -> ApiConfig {
         ApiConfig {
             max_json_bytes: self.max_json_bytes,
+            max_list_bytes: usize::try_from(self.max_list_bytes).unwrap_or(usize::MAX),
             max_connections: self.max_connections as usize,
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             max_header_bytes: (self.max_header_kib as usize) << 10,

@@ -275,7 +275,7 @@ async fn list_tokens(args: TenantArgs) -> anyhow::Result<ExitCode> {
 
 async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     if args.token.is_some() {
-        return Err(refuse_on_command_line("a token's secret"));
+        return Err(refuse_on_command_line("a token's secret", REVOKE_INSTEAD));
     }
     let secret = TokenInput {
         token_file: args.token_file.clone(),
@@ -302,12 +302,12 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     let (Some(name), Some(id)) = (args.name.as_deref(), args.id.as_deref()) else {
         // The old form, `revoke crl_…`: a secret typed as the one argument.
         if args.name.as_deref().is_some_and(looks_like_secret) {
-            return Err(refuse_on_command_line("a token's secret"));
+            return Err(refuse_on_command_line("a token's secret", REVOKE_INSTEAD));
         }
         bail!("name the tenant and the token's id: `corral tenants revoke NAME tok_…`");
     };
     if looks_like_secret(name) || looks_like_secret(id) {
-        return Err(refuse_on_command_line("a token's secret"));
+        return Err(refuse_on_command_line("a token's secret", REVOKE_INSTEAD));
     }
     let Some(id) = TokenId::parse(id) else {
         bail!(
@@ -330,6 +330,11 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         )
     }
 }
+
+/// What `revoke` takes instead of a secret on the command line.
+const REVOKE_INSTEAD: &str = "revoke by id (`corral tenants tokens NAME`, then `corral tenants \
+     revoke NAME tok_…`), or give the secret with --token-file PATH (`-`: standard input) or \
+     --token-from-env (reads CORRAL_TOKEN)";
 
 /// Whether an argument is a token's secret (`crl_…`) given where an id or a
 /// name was expected.
