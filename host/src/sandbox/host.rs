@@ -177,9 +177,8 @@ impl CallLog {
                     line.extend_from_slice(&rest[..pos]);
                     rest = &rest[pos + 1..];
                     let text = String::from_utf8_lossy(&line);
-                    if self
-                        .push_line(source, text.trim_end_matches('\r'))
-                        .is_none()
+                    let text = text.strip_suffix('\r').unwrap_or(&text);
+                    if self.push_line(source, text).is_none()
                     {
                         self.overflow(line.len() + 1);
                     }
@@ -207,15 +206,18 @@ impl CallLog {
             let room = self.room(source);
             let window = rest.len().min(room + 1);
             // A newline is ASCII, so its position is a character boundary.
+            // Lines end as `str::lines` ends them: at `\n` or `\r\n`.
             let (line, next) = match rest.as_bytes()[..window].iter().position(|b| *b == b'\n') {
-                Some(pos) => (&rest[..pos], &rest[pos + 1..]),
+                Some(pos) => {
+                    let line = &rest[..pos];
+                    (line.strip_suffix('\r').unwrap_or(line), &rest[pos + 1..])
+                }
                 None if rest.len() <= room => (rest, ""),
                 None => {
                     self.overflow(rest.len());
                     break;
                 }
             };
-            let line = line.strip_suffix('\r').unwrap_or(line);
             let Some(range) = self.push_line(source, line) else {
                 self.overflow(rest.len());
                 break;
@@ -532,12 +534,15 @@ mod tests {
             LogSource::Log(Level::Warn),
             "one\r\ntwo\x1b[2J\u{202e}\n\nthree\r",
         );
-        assert_eq!(kept, "one\\ntwo\\u{1b}[2J\\u{202e}\\n\\nthree");
+        assert_eq!(
+            kept,
+            "one\\ntwo\\u{1b}[2J\\u{202e}\\n\\nthree\\r"
+        );
         log.write_stream(LogSource::Stdout, b"a\rb\0c\xff\n");
         let text = log.finish().text;
         assert_eq!(
             text,
-            "[warn] one\n[warn] two\\u{1b}[2J\\u{202e}\n[warn] \n[warn] three\n\
+            "[warn] one\n[warn] two\\u{1b}[2J\\u{202e}\n[warn] \n[warn] three\\r\n\
              [stdout] a\\rb\\0c\u{fffd}\n"
         );
     }

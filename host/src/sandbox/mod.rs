@@ -59,7 +59,7 @@ pub use host::MemoryLimitExceeded;
 pub use limits::Limits;
 
 use crate::task::ArgsMap;
-use crate::text::inert_capped;
+use crate::text::{Inert, inert_capped};
 use host::{CallLabel, FinishedLog, HostState, SharedLog};
 
 /// Bindings generated from `wit/job.wit`.
@@ -483,7 +483,7 @@ impl Sandbox {
         }
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
-        let span = tracing::debug_span!("handler", task = %ctx.task_id, job = %ctx.job, index = ctx.handler_index);
+        let span = tracing::debug_span!("handler", task = %Inert(&ctx.task_id), job = %Inert(&ctx.job), index = ctx.handler_index);
         let started = Instant::now();
         let deadline = deadline_after(started, &limits);
         let mut store = self.new_store(label(&ctx), &limits, deadline);
