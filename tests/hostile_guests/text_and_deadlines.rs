@@ -606,9 +606,12 @@ async fn an_error_message_is_capped_and_inert() {
             Message::Text(text) => text.clone(),
             Message::Fill(byte, n) => String::from_utf8(vec![*byte; *n]).expect("ASCII"),
         };
+        // `memory.fill` burns fuel by the byte.
         let limits = Limits {
             max_output_bytes: max_output,
             memory_bytes: 256 << 20,
+            fuel: 10_000_000_000,
+            timeout_ms: 30_000,
             ..tight()
         };
         let error = failed(Guest::Bytes(failing_guest(&message)), &[], limits).await;
@@ -641,9 +644,12 @@ async fn an_error_message_is_capped_and_inert() {
 async fn names_with_line_breaks_and_escapes_stay_on_one_line() {
     let mut rng = StdRng::seed_from_u64(0x6e61_6d65);
     for case in 0..8 {
-        let handler = nasty_text(&mut rng, rng.random_range(1..40), 0.4);
-        let queue = nasty_text(&mut rng, rng.random_range(1..40), 0.4);
-        let job = nasty_text(&mut rng, rng.random_range(1..40), 0.4);
+        let len = rng.random_range(1..40);
+        let handler = nasty_text(&mut rng, len, 0.4);
+        let len = rng.random_range(1..40);
+        let queue = nasty_text(&mut rng, len, 0.4);
+        let len = rng.random_range(1..40);
+        let job = nasty_text(&mut rng, len, 0.4);
         let guest_message = nasty_text(&mut rng, 64, 0.3);
         let context = format!("case {case}: handler {handler:?}, queue {queue:?}, job {job:?}");
 

@@ -201,6 +201,7 @@ impl CallLog {
     /// text (inert), joined by an escaped newline, for tracing.
     fn write_message(&mut self, source: LogSource, message: &str) -> String {
         let mut kept = String::new();
+        let mut lines = 0;
         let mut rest = message;
         while !rest.is_empty() {
             let room = self.room(source);
@@ -222,9 +223,10 @@ impl CallLog {
                 self.overflow(rest.len());
                 break;
             };
-            if !kept.is_empty() {
+            if lines > 0 {
                 kept.push_str("\\n");
             }
+            lines += 1;
             kept.push_str(&self.text[range]);
             rest = next;
         }
