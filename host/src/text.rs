@@ -244,6 +244,57 @@ mod tests {
         assert_eq!(out, "é");
     }
 
+    /// The subscriber `corral`'s binary installs writes one line per event,
+    /// whatever its fields hold and however they were recorded.
+    #[test]
+    fn the_inert_field_formatter_keeps_every_event_on_one_line() {
+        use std::io;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let mut bytes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                bytes.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(InertFields)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let hostile = "q\n INFO corral: forged\r\x1b[2J\u{2028}\u{202e}\0";
+        let error = std::io::Error::other(hostile);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("span", name = %hostile);
+            let _entered = span.enter();
+            tracing::warn!(queue = %hostile, debug = ?hostile, plain = hostile, "message {hostile}");
+            tracing::error!(error = &error as &dyn std::error::Error, "failed");
+            tracing::info!(r#type = %hostile, count = 3, "done");
+        });
+        let bytes = buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let text = String::from_utf8(bytes).expect("UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for line in &lines {
+            assert!(!line.chars().any(needs_escape), "{line:?}");
+        }
+        assert!(lines[0].starts_with(" WARN span{name=q\\n INFO corral: forged"), "{}", lines[0]);
+        assert!(lines[0].contains(": message q\\n INFO"), "{}", lines[0]);
+        assert!(lines[0].contains(" queue=q\\n"), "{}", lines[0]);
+        assert!(lines[2].contains(" type=q\\n") && lines[2].ends_with(" count=3"), "{}", lines[2]);
+    }
+
     #[test]
     fn capped_text_notes_what_was_cut() {
         assert_eq!(inert_capped("short", 10), "short");

@@ -18,6 +18,10 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+/// The sandbox's bound on what one host call may copy out of a guest whose
+/// output limit is at most 4 MiB (see `sandbox::hostcall_bytes`).
+const HOSTCALL_BYTES_MIN: usize = 16 << 20;
+
 // ---------------------------------------------------------------------------
 // Guests that call the host
 // ---------------------------------------------------------------------------
@@ -587,7 +591,8 @@ fn failing_guest(message: &Message) -> Vec<u8> {
 
 /// Guests return errors with messages of every size up to 120 MiB: the
 /// task stores each capped at the job's output limit and the failure
-/// ceiling, inert, with a note of how much was cut.
+/// ceiling, inert, with a note of how much was cut; one past what a single
+/// crossing from the guest may carry is refused as a trap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_message_is_capped_and_inert() {
     let mut rng = StdRng::seed_from_u64(0x6572_726f_72);
@@ -597,7 +602,7 @@ async fn an_error_message_is_capped_and_inert() {
         let max_output = [100, 1000, 1 << 20][rng.random_range(0..3)];
         cases.push((Message::Text(nasty_text(&mut rng, len, 0.1)), max_output));
     }
-    for n in [4095, 4096, 4097, 1 << 20, 120 << 20] {
+    for n in [4095, 4096, 4097, 1 << 20, 12 << 20, 120 << 20] {
         let byte = [b'x', b'\n', 0x1b][rng.random_range(0..3)];
         cases.push((Message::Fill(byte, n), 1 << 20));
     }
@@ -616,6 +621,14 @@ async fn an_error_message_is_capped_and_inert() {
         };
         let error = failed(Guest::Bytes(failing_guest(&message)), &[], limits).await;
         let context = format!("a {}-byte message, output limit {max_output}", original.len());
+        if original.len() > HOSTCALL_BYTES_MIN {
+            // Past what one crossing from the guest may carry, the message
+            // is not even copied out.
+            assert_eq!(error.kind, "trap", "{context}: {error}");
+            assert!(error.message.contains("too much data"), "{context}: {error}");
+            assert!(error.message.len() <= MAX_FAILURE_TEXT_BYTES, "{context}");
+            continue;
+        }
         assert_eq!(error.kind, "guest_error", "{context}: {error}");
         assert!(!error.retryable, "{context}");
         let cap = (max_output as usize).min(MAX_FAILURE_TEXT_BYTES);
@@ -781,12 +794,13 @@ fn deadline_guest(call: HostCall, deadline_ms: u64) -> Vec<u8> {
 
 /// One host call doing as much work as a guest can make it do, under
 /// deadlines of 5 and 100 ms: a task either completes within its deadline
-/// (the guest saw itself within it) or fails with `deadline`; no guest that
-/// saw itself past its deadline completes.
+/// (the guest saw itself within it) or fails with `deadline` (or, for a
+/// call carrying more than one crossing may, is refused as a trap); no
+/// guest that saw itself past its deadline completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_expensive_host_call_cannot_outlast_the_deadline() {
     let mut calls = Vec::new();
-    for n in [1 << 20, 32 << 20, 160 << 20] {
+    for n in [1 << 20, 12 << 20, 160 << 20] {
         calls.extend([
             HostCall::Log(b'\n', n),
             HostCall::Log(b'x', n),
@@ -814,8 +828,17 @@ async fn one_expensive_host_call_cannot_outlast_the_deadline() {
                 }
                 TaskState::Dead => {
                     let error = done.error.expect("dead tasks carry their error");
-                    assert_eq!(error.kind, "deadline", "{context}: {error}");
-                    deadlines += 1;
+                    let refused = match call {
+                        HostCall::Log(_, n) | HostCall::Stdout(_, n) => n > HOSTCALL_BYTES_MIN,
+                        HostCall::Random(_) => false,
+                    };
+                    if refused && error.kind == "trap" {
+                        // Past what one crossing may carry: refused whole.
+                        assert!(error.message.contains("too much data"), "{context}: {error}");
+                    } else {
+                        assert_eq!(error.kind, "deadline", "{context}: {error}");
+                        deadlines += 1;
+                    }
                 }
                 other => panic!("{context}: ended {other:?}"),
             }

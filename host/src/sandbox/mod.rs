@@ -18,7 +18,7 @@
 //! | misbehaviour | stopped by | failure kind |
 //! | --- | --- | --- |
 //! | computes forever | fuel | `out_of_fuel` |
-//! | computes or waits past its deadline | epoch callback / async timeout | `deadline` |
+//! | computes or waits past its deadline | epoch callback / async timeout / call hook | `deadline` |
 //! | grows memory past its limit | the store's resource limiter | `memory_limit` |
 //! | recurses without bound | `max_wasm_stack` | `stack_overflow` |
 //! | panics (Rust) | trap on `unreachable`, message from stderr | `panic` |
@@ -26,6 +26,8 @@
 //! | returns too much | size check before decoding | `output_too_large` |
 //! | returns args that are not JSON | decoding | `bad_output` |
 //! | writes too much to stdout/stderr/log | the log budget (kept, truncated) | (succeeds) |
+//! | does a lot of work in one host call | the per-call copy bound (`hostcall_bytes`), each host call's own bound, the deadline checked on every return from the host | `trap`, `deadline` |
+//! | returns an error message or traps with a huge one | cut to the output limit and 4 KiB, made inert | (its own kind) |
 //! | reaches for files, sockets, env | deny-by-default WASI (errors to the guest) | (guest decides) |
 //! | imports what the host lacks | linking, at load | `unsupported_import` |
 //! | exports another world | type check, at load | `wrong_world` |
@@ -429,12 +431,14 @@ impl Sandbox {
     }
 
     /// A fresh store for one call: deny-by-default host state, memory
-    /// limiter, fuel, and an epoch callback that yields every tick and
-    /// fails the call past `deadline`.
+    /// limiter, fuel, a bound on what one host call may copy out of the
+    /// guest, and an epoch callback and call hook that fail the call past
+    /// `deadline` (the epoch callback also yields every tick).
     fn new_store(&self, label: CallLabel, limits: &Limits, deadline: Instant) -> Store<HostState> {
         let state = HostState::new(limits.memory_bytes, limits.max_log_bytes as usize, label);
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| s);
+        store.set_hostcall_fuel(hostcall_bytes(limits));
         if self.inner.config.consume_fuel {
             // Cannot fail: fuel is enabled on this engine.
             let _ = store.set_fuel(limits.fuel);
@@ -589,6 +593,29 @@ fn deadline_after(started: Instant, limits: &Limits) -> Instant {
     started
         .checked_add(limits.timeout())
         .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Least bytes one host call may copy out of the guest; see
+/// [`hostcall_bytes`].
+const HOSTCALL_BYTES_MIN: usize = 16 << 20;
+
+/// Most bytes one host call may copy out of the guest: wasmtime's own
+/// default, which no job may raise.
+const HOSTCALL_BYTES_MAX: usize = 128 << 20;
+
+/// What one crossing from the guest to the host may carry (wasmtime's
+/// "hostcall fuel": about a byte of host memory per unit, counting each
+/// list element at its host size), which bounds the work and the memory of
+/// every host call, whatever it is (a log message, a stdout write, a poll
+/// list), and of lifting the handler's result. Past it the call traps
+/// ("too much data is being copied"). At least [`HOSTCALL_BYTES_MIN`], and
+/// four times the output limit so that a legitimate result fits even as
+/// many small args; at most [`HOSTCALL_BYTES_MAX`].
+fn hostcall_bytes(limits: &Limits) -> usize {
+    let output = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+    output
+        .saturating_mul(4)
+        .clamp(HOSTCALL_BYTES_MIN, HOSTCALL_BYTES_MAX)
 }
 
 /// A call that returned after its deadline failed by it, whatever it
