@@ -289,18 +289,32 @@ mod tests {
         for line in &lines {
             assert!(!line.chars().any(needs_escape), "{line:?}");
         }
-        assert!(lines[0].starts_with(" WARN span{name=q\\n INFO corral: forged"), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with(" WARN span{name=q\\n INFO corral: forged"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].contains(": message q\\n INFO"), "{}", lines[0]);
         assert!(lines[0].contains(" queue=q\\n"), "{}", lines[0]);
-        assert!(lines[2].contains(" type=q\\n") && lines[2].ends_with(" count=3"), "{}", lines[2]);
+        assert!(
+            lines[2].contains(" type=q\\n") && lines[2].ends_with(" count=3"),
+            "{}",
+            lines[2]
+        );
     }
 
     #[test]
     fn capped_text_notes_what_was_cut() {
         assert_eq!(inert_capped("short", 10), "short");
         let long = "x".repeat(100);
-        assert_eq!(inert_capped(&long, 10), "xxxxxxxxxx [truncated: 90 more bytes]");
+        assert_eq!(
+            inert_capped(&long, 10),
+            "xxxxxxxxxx [truncated: 90 more bytes]"
+        );
         let capped = inert_capped(&"é".repeat(10), 5);
-        assert!(capped.starts_with("éé [truncated: 16 more bytes]"), "{capped}");
+        assert!(
+            capped.starts_with("éé [truncated: 16 more bytes]"),
+            "{capped}"
+        );
     }
 }

@@ -213,9 +213,29 @@ fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
 
 /// Characters guests and tenants like to hide in text.
 const NASTY: &[&str] = &[
-    "\n", "\r", "\r\n", "\0", "\t", "\x1b[2J", "\x1b[31m", "\x07", "\x7f", "\u{85}", "\u{9b}",
-    "\u{2028}", "\u{2029}", "\u{202e}", "\u{2066}", "\u{200f}", "\u{feff}", "\u{fffd}", "é",
-    "✓", "\\n", "[0:hostile][info] forged", " INFO corral::guest: forged",
+    "\n",
+    "\r",
+    "\r\n",
+    "\0",
+    "\t",
+    "\x1b[2J",
+    "\x1b[31m",
+    "\x07",
+    "\x7f",
+    "\u{85}",
+    "\u{9b}",
+    "\u{2028}",
+    "\u{2029}",
+    "\u{202e}",
+    "\u{2066}",
+    "\u{200f}",
+    "\u{feff}",
+    "\u{fffd}",
+    "é",
+    "✓",
+    "\\n",
+    "[0:hostile][info] forged",
+    " INFO corral::guest: forged",
 ];
 
 /// Random text of about `len` characters: mostly printable, with nasty
@@ -357,7 +377,10 @@ fn writer_guest(writes: &[Write]) -> Vec<u8> {
     for (write, at) in writes.iter().zip(&offsets) {
         body.push_str(&match write {
             Write::Log(level, b) => {
-                format!("(call $log (i32.const {level}) (i32.const {at}) (i32.const {}))\n", b.len())
+                format!(
+                    "(call $log (i32.const {level}) (i32.const {at}) (i32.const {}))\n",
+                    b.len()
+                )
             }
             Write::Stdout(b) => format!(
                 "(call $write (local.get $out) (i32.const {at}) (i32.const {}) (i32.const 32))\n",
@@ -523,7 +546,10 @@ async fn guest_logs_are_bounded_and_inert_in_the_task_and_the_worker_log() {
         assert_eq!(note.is_some(), model.full, "{context}: {note:?}");
         let used: usize = kept.iter().map(|l| l.len() + 1).sum();
         assert!(used <= budget, "{context}: {used} bytes kept");
-        assert!(!done.log.chars().any(|c| c != '\n' && needs_escape(c)), "{context}");
+        assert!(
+            !done.log.chars().any(|c| c != '\n' && needs_escape(c)),
+            "{context}"
+        );
 
         // The worker's log: one event per `host.log` call that kept
         // anything, carrying exactly what was kept.
@@ -562,7 +588,12 @@ fn failing_guest(message: &Message) -> Vec<u8> {
     let (at, len, fill, pages) = match message {
         Message::Text(text) => {
             let (_, _, end) = layout(&[text.as_bytes()]);
-            (DATA_AT, text.len(), String::new(), end.div_ceil(1 << 16) + 1)
+            (
+                DATA_AT,
+                text.len(),
+                String::new(),
+                end.div_ceil(1 << 16) + 1,
+            )
         }
         Message::Fill(byte, n) => {
             let at = 1 << 16;
@@ -620,12 +651,18 @@ async fn an_error_message_is_capped_and_inert() {
             ..tight()
         };
         let error = failed(Guest::Bytes(failing_guest(&message)), &[], limits).await;
-        let context = format!("a {}-byte message, output limit {max_output}", original.len());
+        let context = format!(
+            "a {}-byte message, output limit {max_output}",
+            original.len()
+        );
         if original.len() > HOSTCALL_BYTES_MIN {
             // Past what one crossing from the guest may carry, the message
             // is not even copied out.
             assert_eq!(error.kind, "trap", "{context}: {error}");
-            assert!(error.message.contains("too much data"), "{context}: {error}");
+            assert!(
+                error.message.contains("too much data"),
+                "{context}: {error}"
+            );
             assert!(error.message.len() <= MAX_FAILURE_TEXT_BYTES, "{context}");
             continue;
         }
@@ -668,7 +705,10 @@ async fn names_with_line_breaks_and_escapes_stay_on_one_line() {
 
         let registry = Registry::new(sandbox());
         let module = registry
-            .add_module(TENANT, &failing_guest(&Message::Text(guest_message.clone())))
+            .add_module(
+                TENANT,
+                &failing_guest(&Message::Text(guest_message.clone())),
+            )
             .await
             .expect("add module");
         registry
@@ -818,13 +858,16 @@ async fn one_expensive_host_call_cannot_outlast_the_deadline() {
                 fuel: 10_000_000_000,
                 ..tight()
             };
-            let registry = registry_with(Guest::Bytes(deadline_guest(call, deadline_ms)), limits)
-                .await;
+            let registry =
+                registry_with(Guest::Bytes(deadline_guest(call, deadline_ms)), limits).await;
             let done = run_hostile(registry, &[]).await;
             let context = format!("{call:?} under {deadline_ms} ms");
             match done.state {
                 TaskState::Completed => {
-                    assert_eq!(done.result_log, "within", "{context}: completed past its deadline")
+                    assert_eq!(
+                        done.result_log, "within",
+                        "{context}: completed past its deadline"
+                    )
                 }
                 TaskState::Dead => {
                     let error = done.error.expect("dead tasks carry their error");
@@ -834,7 +877,10 @@ async fn one_expensive_host_call_cannot_outlast_the_deadline() {
                     };
                     if refused && error.kind == "trap" {
                         // Past what one crossing may carry: refused whole.
-                        assert!(error.message.contains("too much data"), "{context}: {error}");
+                        assert!(
+                            error.message.contains("too much data"),
+                            "{context}: {error}"
+                        );
                     } else {
                         assert_eq!(error.kind, "deadline", "{context}: {error}");
                         deadlines += 1;
@@ -844,5 +890,8 @@ async fn one_expensive_host_call_cannot_outlast_the_deadline() {
             }
         }
     }
-    assert!(deadlines > 0, "no call ran into its deadline: nothing was tested");
+    assert!(
+        deadlines > 0,
+        "no call ran into its deadline: nothing was tested"
+    );
 }

@@ -3,8 +3,10 @@
 //!
 //! Each handler call gets a fresh [`HostState`]: a WASI context with no
 //! preopened directories, no sockets, no name lookup, no environment and no
-//! arguments (clocks and random only; stdin is closed), stdout and stderr
-//! captured into a [`CallLog`] capped at the job's log budget, a resource
+//! arguments (clocks and random only; stdin is closed), stdout, stderr and
+//! `host.log` captured into a [`CallLog`] capped at the job's log budget
+//! (lines made inert, work per write bounded by the budget, and only what
+//! the log kept passed on to tracing), a resource
 //! limiter that turns growth past the memory limit into a typed trap, and a
 //! cap on host-side resources (streams, pollables) a guest may hold open.
 //! Nothing here outlives the call, and nothing here may grant a guest more
@@ -178,8 +180,7 @@ impl CallLog {
                     rest = &rest[pos + 1..];
                     let text = String::from_utf8_lossy(&line);
                     let text = text.strip_suffix('\r').unwrap_or(&text);
-                    if self.push_line(source, text).is_none()
-                    {
+                    if self.push_line(source, text).is_none() {
                         self.overflow(line.len() + 1);
                     }
                 }
@@ -536,10 +537,7 @@ mod tests {
             LogSource::Log(Level::Warn),
             "one\r\ntwo\x1b[2J\u{202e}\n\nthree\r",
         );
-        assert_eq!(
-            kept,
-            "one\\ntwo\\u{1b}[2J\\u{202e}\\n\\nthree\\r"
-        );
+        assert_eq!(kept, "one\\ntwo\\u{1b}[2J\\u{202e}\\n\\nthree\\r");
         log.write_stream(LogSource::Stdout, b"a\rb\0c\xff\n");
         let text = log.finish().text;
         assert_eq!(

@@ -117,10 +117,10 @@ use super::{
     Outcome, QueueStats, Retention, TaskQuery, WorkerId, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
-use crate::text::Inert;
 use crate::task::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, Task, TaskError, TaskId, TaskState,
 };
+use crate::text::Inert;
 use conn::{BlockingPool, Conn, Target, reachable, unavailable};
 use keys::QueueKeys;
 use record::{Assembled, RawRecord, assemble, from_micros, micros};
