@@ -713,7 +713,7 @@ impl RedisBroker {
         let items: Vec<AckItem> = burials
             .iter()
             .map(|(id, token, reason)| {
-                tracing::warn!(tenant, queue, task = %id, reason = %Inert(&reason), "malformed entry sent to the dead set");
+                tracing::warn!(tenant, queue, task = %id, reason = %Inert(reason), "malformed entry sent to the dead set");
                 let error = TaskError {
                     kind: MALFORMED.to_owned(),
                     message: format!("malformed task: {reason}"),
