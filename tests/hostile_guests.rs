@@ -32,6 +32,10 @@ const TENANT: &str = "default";
 /// The contract, for building WAT fixtures into components.
 const JOB_WIT: &str = include_str!("../wit/job.wit");
 
+// Guest text bounded and inert; deadlines inside host calls.
+#[path = "hostile_guests/text_and_deadlines.rs"]
+mod text_and_deadlines;
+
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------

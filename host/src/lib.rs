@@ -19,6 +19,7 @@
 //! | [`worker`] | fetch loop, concurrency, heartbeats, shutdown |
 //! | [`client`] | the producer API |
 //! | [`api`] | the HTTP API and dashboard: tenants upload, register, enqueue, read |
+//! | [`text`] | guest and tenant text made inert and bounded for logs and records |
 
 pub mod api;
 pub mod broker;
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod task;
 pub mod tenant;
+pub mod text;
 pub mod worker;
 
 pub use broker::{Broker, EmbeddedBroker};

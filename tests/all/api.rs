@@ -335,6 +335,23 @@ async fn malformed_requests_are_400_with_a_reason() {
             "invalid_limits",
             "fuel",
         ),
+        // Handler names are shown in task logs and errors: nothing that
+        // could break or restyle a line there.
+        (
+            json!({"name": "x", "handlers": [{"name": "a\nb", "module": hash}]}),
+            "bad_request",
+            "none of them control",
+        ),
+        (
+            json!({"name": "x", "handlers": [{"name": "\u{1b}[2Jx", "module": hash}]}),
+            "bad_request",
+            "none of them control",
+        ),
+        (
+            json!({"name": "x", "handlers": [{"name": "x\u{202e}y", "module": hash}]}),
+            "bad_request",
+            "none of them control",
+        ),
     ] {
         let r = w.api.post("/v1/jobs", &w.a, &body).await;
         r.expect(400, kind);

@@ -33,6 +33,7 @@ use super::{ApiState, Caller};
 use crate::broker::Broker;
 use crate::registry::{HandlerSpec, JobDefinition};
 use crate::sandbox::{Limits, ModuleHash};
+use crate::text::{Inert, needs_escape};
 
 /// One link of the chain: a module hash, or a hash with a display name.
 #[derive(Debug, Deserialize)]
@@ -120,9 +121,11 @@ pub async fn register<B: Broker + Clone>(
             ))
         })?;
         let name = name.unwrap_or_else(|| module.as_str()[..12].to_owned());
-        if name.is_empty() || name.len() > 128 {
+        // A display name, shown in task logs and errors: anything printable,
+        // nothing that could break or restyle a line there.
+        if name.is_empty() || name.len() > 128 || name.chars().any(needs_escape) {
             return Err(ApiError::bad_request(format!(
-                "handler {i}: its name must be 1 to 128 characters"
+                "handler {i}: its name must be 1 to 128 characters, none of them control, line-separator or bidirectional-text characters"
             )));
         }
         handlers.push(HandlerSpec { name, module });
@@ -139,7 +142,7 @@ pub async fn register<B: Broker + Clone>(
             .register(caller.name(), &req.name, handlers, limits)
             .await?
     };
-    tracing::info!(tenant = caller.name(), job = %definition.name, version = definition.version, "job registered");
+    tracing::info!(tenant = caller.name(), job = %Inert(&definition.name), version = definition.version, "job registered");
     Ok((StatusCode::CREATED, Json(definition)))
 }
 

@@ -134,7 +134,9 @@ struct RunArgs {
     sandbox: SandboxArgs,
 }
 
-/// Sets up tracing to stderr.
+/// Sets up tracing to stderr, one line per event: every field value and
+/// message is written inert ([`crate::text::InertFields`]), whatever text a
+/// guest or tenant put in it.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -146,6 +148,7 @@ pub fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(crate::text::InertFields)
         .with_writer(std::io::stderr)
         .try_init();
 }

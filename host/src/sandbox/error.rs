@@ -5,9 +5,20 @@
 //! says exactly what happened and tests can assert it; every way bytes can
 //! fail to become a handler maps to one [`LoadError`] with its own
 //! [`kind`](LoadError::kind). This module only names failures; the sandbox
-//! decides which one happened.
+//! decides which one happened, and fills a failure's guest-controlled text
+//! only inert and bounded (see [`MAX_FAILURE_TEXT_BYTES`]).
 
 use std::time::Duration;
+
+/// Most bytes of guest-controlled text (an error's message, a trap's or a
+/// panic's, with the end of stderr) a [`HandlerFailure`] carries, beside the
+/// call's own `max_output_bytes`: the failure is stored with the task and
+/// shown in every listing of it. Longer text is cut with a note of how much
+/// was dropped. The text is also made inert (see [`crate::text`]).
+pub const MAX_FAILURE_TEXT_BYTES: usize = 4 << 10;
+
+/// Most bytes of a guest-chosen name (an arg's) quoted in a failure.
+pub const MAX_NAME_IN_MESSAGE: usize = 128;
 
 /// Why bytes could not become a runnable handler.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

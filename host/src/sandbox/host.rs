@@ -3,8 +3,10 @@
 //!
 //! Each handler call gets a fresh [`HostState`]: a WASI context with no
 //! preopened directories, no sockets, no name lookup, no environment and no
-//! arguments (clocks and random only; stdin is closed), stdout and stderr
-//! captured into a [`CallLog`] capped at the job's log budget, a resource
+//! arguments (clocks and random only; stdin is closed), stdout, stderr and
+//! `host.log` captured into a [`CallLog`] capped at the job's log budget
+//! (lines made inert, work per write bounded by the budget, and only what
+//! the log kept passed on to tracing), a resource
 //! limiter that turns growth past the memory limit into a typed trap, and a
 //! cap on host-side resources (streams, pollables) a guest may hold open.
 //! Nothing here outlives the call, and nothing here may grant a guest more
@@ -26,6 +28,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::corral::job::host::{self, Level};
+use crate::text::Inert;
 
 /// Host resources (streams, pollables, ...) one call may hold at once.
 ///
@@ -70,12 +73,22 @@ impl LogSource {
 }
 
 /// Everything a guest wrote during one call, up to a byte budget.
+///
+/// The log keeps a prefix of what the guest wrote, in whole lines, each made
+/// inert (see [`crate::text`]) and labelled with its source: once a line does
+/// not fit, the log is full and everything after it is only counted. So the
+/// work one write or `log` call costs is bounded by the budget left, not by
+/// the size or line count of what the guest passed (the copy out of guest
+/// memory, bounded by the guest's memory limit, is wasmtime's).
 #[derive(Debug, Default)]
 pub struct CallLog {
     text: String,
     budget: usize,
     dropped: u64,
-    /// Partial lines of stdout and stderr, flushed as whole lines.
+    /// A line did not fit: nothing more is kept.
+    full: bool,
+    /// Partial lines of stdout and stderr, flushed as whole lines; never
+    /// longer than a line that could still fit.
     pending: [Vec<u8>; 2],
     /// The last bytes written to stderr, kept past the budget.
     stderr_tail: Vec<u8>,
@@ -86,7 +99,7 @@ pub struct CallLog {
 pub struct FinishedLog {
     /// The labelled lines, and a last line noting a truncation if any.
     pub text: String,
-    /// The end of stderr, kept whatever the budget (at most 2 KiB).
+    /// The end of stderr, kept whatever the budget (at most 2 KiB), raw.
     pub stderr_tail: String,
 }
 
@@ -99,40 +112,126 @@ impl CallLog {
         }
     }
 
-    /// Appends `[label] line`; returns whether it fit in the budget.
-    fn push_line(&mut self, source: LogSource, line: &str) -> bool {
+    /// Bytes of (unescaped) line a line of `source` could still take.
+    fn room(&self, source: LogSource) -> usize {
+        if self.full {
+            return 0;
+        }
+        self.budget
+            .saturating_sub(self.text.len() + source.label().len() + 4)
+    }
+
+    /// Marks the log full, counting `bytes` more as dropped.
+    fn overflow(&mut self, bytes: usize) {
+        self.full = true;
+        self.dropped += bytes as u64;
+    }
+
+    /// Appends `[label] line`, the line made inert, unless it does not fit
+    /// (then nothing is appended). Returns the range of the line's text in
+    /// the log. Work is bounded by the room left.
+    fn push_line(&mut self, source: LogSource, line: &str) -> Option<std::ops::Range<usize>> {
+        if self.full {
+            return None;
+        }
+        let mark = self.text.len();
         let label = source.label();
-        let needed = label.len() + line.len() + 4;
-        if self.text.len() + needed > self.budget {
-            self.dropped += line.len() as u64 + 1;
-            return false;
+        // One byte is kept for the line's newline.
+        let limit = self.budget.saturating_sub(1);
+        if mark + label.len() + 3 > limit {
+            return None;
         }
         self.text.push('[');
         self.text.push_str(label);
         self.text.push_str("] ");
-        self.text.push_str(line);
+        let start = self.text.len();
+        if crate::text::push_inert(&mut self.text, line, limit) < line.len() {
+            self.text.truncate(mark);
+            return None;
+        }
+        let end = self.text.len();
         self.text.push('\n');
-        true
+        Some(start..end)
     }
 
     fn write_stream(&mut self, source: LogSource, bytes: &[u8]) {
         let slot = usize::from(source == LogSource::Stderr);
         if source == LogSource::Stderr {
-            self.stderr_tail.extend_from_slice(bytes);
+            let new = &bytes[bytes.len().saturating_sub(STDERR_TAIL_BYTES)..];
+            self.stderr_tail.extend_from_slice(new);
             let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL_BYTES);
             self.stderr_tail.drain(..excess);
         }
-        // Do not buffer more than the budget for a line that never ends.
-        if self.text.len() + self.pending[slot].len() > self.budget {
-            self.dropped += bytes.len() as u64;
-            return;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.full {
+                self.dropped += rest.len() as u64;
+                return;
+            }
+            let pending = self.pending[slot].len();
+            // The rest of the current line may be this long; one more byte
+            // lets its newline be found.
+            let window = self.room(source).saturating_sub(pending) + 1;
+            let scan = &rest[..rest.len().min(window)];
+            match scan.iter().position(|b| *b == b'\n') {
+                Some(pos) => {
+                    let mut line = std::mem::take(&mut self.pending[slot]);
+                    line.extend_from_slice(&rest[..pos]);
+                    rest = &rest[pos + 1..];
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.strip_suffix('\r').unwrap_or(&text);
+                    if self.push_line(source, text).is_none() {
+                        self.overflow(line.len() + 1);
+                    }
+                }
+                None if rest.len() < window => {
+                    self.pending[slot].extend_from_slice(rest);
+                    return;
+                }
+                // This line cannot fit, however it ends.
+                None => {
+                    self.pending[slot].clear();
+                    self.overflow(pending + rest.len());
+                    return;
+                }
+            }
         }
-        self.pending[slot].extend_from_slice(bytes);
-        while let Some(pos) = self.pending[slot].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending[slot].drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-            self.push_line(source, text.trim_end_matches('\r'));
+    }
+
+    /// Appends a `host.log` message, line by line; returns the kept lines'
+    /// text (inert), joined by an escaped newline, for tracing.
+    fn write_message(&mut self, source: LogSource, message: &str) -> String {
+        let mut kept = String::new();
+        let mut lines = 0;
+        let mut rest = message;
+        while !rest.is_empty() {
+            let room = self.room(source);
+            let window = rest.len().min(room + 1);
+            // A newline is ASCII, so its position is a character boundary.
+            // Lines end as `str::lines` ends them: at `\n` or `\r\n`.
+            let (line, next) = match rest.as_bytes()[..window].iter().position(|b| *b == b'\n') {
+                Some(pos) => {
+                    let line = &rest[..pos];
+                    (line.strip_suffix('\r').unwrap_or(line), &rest[pos + 1..])
+                }
+                None if rest.len() <= room => (rest, ""),
+                None => {
+                    self.overflow(rest.len());
+                    break;
+                }
+            };
+            let Some(range) = self.push_line(source, line) else {
+                self.overflow(rest.len());
+                break;
+            };
+            if lines > 0 {
+                kept.push_str("\\n");
+            }
+            lines += 1;
+            kept.push_str(&self.text[range]);
+            rest = next;
         }
+        kept
     }
 
     /// The captured text, with unterminated lines flushed and a note when
@@ -140,8 +239,12 @@ impl CallLog {
     pub fn finish(mut self) -> FinishedLog {
         for (slot, source) in [(0, LogSource::Stdout), (1, LogSource::Stderr)] {
             let rest = std::mem::take(&mut self.pending[slot]);
-            if !rest.is_empty() {
-                self.push_line(source, &String::from_utf8_lossy(&rest));
+            if !rest.is_empty()
+                && self
+                    .push_line(source, &String::from_utf8_lossy(&rest))
+                    .is_none()
+            {
+                self.overflow(rest.len());
             }
         }
         if self.dropped > 0 {
@@ -267,15 +370,10 @@ impl super::bindings::corral::job::types::Host for HostState {}
 
 impl host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        let mut log = lock(&self.log);
-        let mut kept = false;
-        for line in message.lines() {
-            kept |= log.push_line(LogSource::Log(level), line);
-        }
-        drop(log);
-        // Only what fits the task's budget reaches tracing too: a guest must
-        // not be able to flood the worker's own logs.
-        if !kept {
+        let kept = lock(&self.log).write_message(LogSource::Log(level), &message);
+        // Only what the task's log kept reaches tracing, already inert: a
+        // guest must not be able to flood or forge the worker's own log.
+        if kept.is_empty() {
             return;
         }
         let CallLabel {
@@ -283,21 +381,22 @@ impl host::Host for HostState {
             job,
             index,
         } = &self.label;
+        let (task, job) = (Inert(task_id), Inert(job));
         match level {
             Level::Trace => {
-                tracing::trace!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+                tracing::trace!(target: "corral::guest", %task, %job, index, "{kept}")
             }
             Level::Debug => {
-                tracing::debug!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+                tracing::debug!(target: "corral::guest", %task, %job, index, "{kept}")
             }
             Level::Info => {
-                tracing::info!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+                tracing::info!(target: "corral::guest", %task, %job, index, "{kept}")
             }
             Level::Warn => {
-                tracing::warn!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+                tracing::warn!(target: "corral::guest", %task, %job, index, "{kept}")
             }
             Level::Error => {
-                tracing::error!(target: "corral::guest", task = %task_id, job = %job, index, "{message}")
+                tracing::error!(target: "corral::guest", %task, %job, index, "{kept}")
             }
         }
     }
@@ -416,17 +515,55 @@ mod tests {
         let mut log = CallLog::new(40);
         log.write_stream(LogSource::Stdout, b"hello\nwor");
         log.write_stream(LogSource::Stdout, b"ld\n");
-        log.push_line(
+        let kept = log.write_message(
             LogSource::Log(Level::Info),
             "this line is far too long to fit in",
         );
+        assert_eq!(kept, "");
+        // Full: a line that would fit is not kept after one that did not.
+        log.write_stream(LogSource::Stdout, b"ok\n");
+        let text = log.finish().text;
+        assert_eq!(
+            text,
+            "[stdout] hello\n[stdout] world\n\
+             [corral] log truncated: 38 bytes dropped past the 40-byte budget\n"
+        );
+    }
+
+    #[test]
+    fn lines_are_made_inert_and_the_kept_part_is_returned() {
+        let mut log = CallLog::new(1 << 10);
+        let kept = log.write_message(
+            LogSource::Log(Level::Warn),
+            "one\r\ntwo\x1b[2J\u{202e}\n\nthree\r",
+        );
+        assert_eq!(kept, "one\\ntwo\\u{1b}[2J\\u{202e}\\n\\nthree\\r");
+        log.write_stream(LogSource::Stdout, b"a\rb\0c\xff\n");
+        let text = log.finish().text;
+        assert_eq!(
+            text,
+            "[warn] one\n[warn] two\\u{1b}[2J\\u{202e}\n[warn] \n[warn] three\\r\n\
+             [stdout] a\\rb\\0c\u{fffd}\n"
+        );
+    }
+
+    /// A message of a hundred million one-byte lines costs what fits in the
+    /// budget, not a pass over every line: the log is full after a few.
+    #[test]
+    fn work_is_bounded_by_the_budget() {
+        let mut log = CallLog::new(64);
+        let message = "x\n".repeat(50_000_000);
+        let kept = log.write_message(LogSource::Log(Level::Info), &message);
+        assert_eq!(kept.matches('x').count(), 7, "{kept}");
+        assert!(log.full);
+        let huge = vec![b'\n'; 100 << 20];
+        log.write_stream(LogSource::Stdout, &huge);
         let text = log.finish().text;
         assert!(
-            text.starts_with("[stdout] hello\n[stdout] world\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("log truncated: 36 bytes dropped past the 40-byte budget"),
+            text.ends_with(&format!(
+                "log truncated: {} bytes dropped past the 64-byte budget\n",
+                message.len() - 14 + (100 << 20)
+            )),
             "{text}"
         );
     }

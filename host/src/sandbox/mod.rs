@@ -18,7 +18,7 @@
 //! | misbehaviour | stopped by | failure kind |
 //! | --- | --- | --- |
 //! | computes forever | fuel | `out_of_fuel` |
-//! | computes or waits past its deadline | epoch callback / async timeout | `deadline` |
+//! | computes or waits past its deadline | epoch callback / async timeout / call hook | `deadline` |
 //! | grows memory past its limit | the store's resource limiter | `memory_limit` |
 //! | recurses without bound | `max_wasm_stack` | `stack_overflow` |
 //! | panics (Rust) | trap on `unreachable`, message from stderr | `panic` |
@@ -26,6 +26,8 @@
 //! | returns too much | size check before decoding | `output_too_large` |
 //! | returns args that are not JSON | decoding | `bad_output` |
 //! | writes too much to stdout/stderr/log | the log budget (kept, truncated) | (succeeds) |
+//! | does a lot of work in one host call | the per-call copy bound (`hostcall_bytes`), each host call's own bound, the deadline checked on every return from the host | `trap`, `deadline` |
+//! | returns an error message or traps with a huge one | cut to the output limit and 4 KiB, made inert | (its own kind) |
 //! | reaches for files, sockets, env | deny-by-default WASI (errors to the guest) | (guest decides) |
 //! | imports what the host lacks | linking, at load | `unsupported_import` |
 //! | exports another world | type check, at load | `wrong_world` |
@@ -51,14 +53,15 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument as _;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{CallHook, Engine, Store, Trap};
 
 pub use cache::{DiskCacheError, LoadSource, ModuleHash, default_cache_dir};
-pub use error::{HandlerFailure, LoadError};
+pub use error::{HandlerFailure, LoadError, MAX_FAILURE_TEXT_BYTES, MAX_NAME_IN_MESSAGE};
 pub use host::MemoryLimitExceeded;
 pub use limits::Limits;
 
 use crate::task::ArgsMap;
+use crate::text::{Inert, inert_capped};
 use host::{CallLabel, FinishedLog, HostState, SharedLog};
 
 /// Bindings generated from `wit/job.wit`.
@@ -428,16 +431,29 @@ impl Sandbox {
     }
 
     /// A fresh store for one call: deny-by-default host state, memory
-    /// limiter, fuel, and an epoch callback that yields every tick and
-    /// fails the call past `deadline`.
+    /// limiter, fuel, a bound on what one host call may copy out of the
+    /// guest, and an epoch callback and call hook that fail the call past
+    /// `deadline` (the epoch callback also yields every tick).
     fn new_store(&self, label: CallLabel, limits: &Limits, deadline: Instant) -> Store<HostState> {
         let state = HostState::new(limits.memory_bytes, limits.max_log_bytes as usize, label);
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| s);
+        store.set_hostcall_fuel(hostcall_bytes(limits));
         if self.inner.config.consume_fuel {
             // Cannot fail: fuel is enabled on this engine.
             let _ = store.set_fuel(limits.fuel);
         }
+        // Epochs are only checked in wasm code: a host call that does a lot
+        // of work (copying a huge argument in, say) could otherwise end past
+        // the deadline and let the guest return as if it had not. So the
+        // deadline is checked on the way into and out of every host call
+        // (and libcall) as well.
+        store.call_hook(move |_, hook| match hook {
+            CallHook::CallingHost | CallHook::ReturningFromHost if Instant::now() >= deadline => {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            }
+            _ => Ok(()),
+        });
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
@@ -471,9 +487,10 @@ impl Sandbox {
         }
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
-        let span = tracing::debug_span!("handler", task = %ctx.task_id, job = %ctx.job, index = ctx.handler_index);
+        let span = tracing::debug_span!("handler", task = %Inert(&ctx.task_id), job = %Inert(&ctx.job), index = ctx.handler_index);
         let started = Instant::now();
-        let mut store = self.new_store(label(&ctx), &limits, deadline_after(started, &limits));
+        let deadline = deadline_after(started, &limits);
+        let mut store = self.new_store(label(&ctx), &limits, deadline);
         let log = store.data().log();
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
@@ -491,9 +508,8 @@ impl Sandbox {
         };
         // The epoch callback stops a guest that computes; this timeout stops
         // one that waits in a host call (a sleep, a poll).
-        let deadline = tokio::time::Instant::from_std(deadline_after(started, &limits));
-        let outcome = match tokio::time::timeout_at(deadline, run.instrument(span)).await {
-            Ok(outcome) => outcome,
+        let outcome = match tokio::time::timeout_at(deadline.into(), run.instrument(span)).await {
+            Ok(outcome) => past_deadline(outcome, deadline),
             Err(_) => Err((wasmtime::Error::new(DeadlineExceeded), false)),
         };
         if tracing::enabled!(tracing::Level::TRACE) {
@@ -521,7 +537,8 @@ impl Sandbox {
         let t0 = Instant::now();
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
-        let mut store = self.new_store(label(&ctx), &limits, deadline_after(t0, &limits));
+        let deadline = deadline_after(t0, &limits);
+        let mut store = self.new_store(label(&ctx), &limits, deadline);
         let log = store.data().log();
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
@@ -535,6 +552,7 @@ impl Sandbox {
                 .map_err(|e| (e, false)),
             Err(e) => Err((e, true)),
         };
+        let outcome = past_deadline(outcome, deadline);
         let t3 = Instant::now();
         drop(store);
         let t4 = Instant::now();
@@ -575,6 +593,39 @@ fn deadline_after(started: Instant, limits: &Limits) -> Instant {
     started
         .checked_add(limits.timeout())
         .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Least bytes one host call may copy out of the guest; see
+/// [`hostcall_bytes`].
+const HOSTCALL_BYTES_MIN: usize = 16 << 20;
+
+/// Most bytes one host call may copy out of the guest: wasmtime's own
+/// default, which no job may raise.
+const HOSTCALL_BYTES_MAX: usize = 128 << 20;
+
+/// What one crossing from the guest to the host may carry (wasmtime's
+/// "hostcall fuel": about a byte of host memory per unit, counting each
+/// list element at its host size), which bounds the work and the memory of
+/// every host call, whatever it is (a log message, a stdout write, a poll
+/// list), and of lifting the handler's result. Past it the call traps
+/// ("too much data is being copied"). At least [`HOSTCALL_BYTES_MIN`], and
+/// four times the output limit so that a legitimate result fits even as
+/// many small args; at most [`HOSTCALL_BYTES_MAX`].
+fn hostcall_bytes(limits: &Limits) -> usize {
+    let output = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+    output
+        .saturating_mul(4)
+        .clamp(HOSTCALL_BYTES_MIN, HOSTCALL_BYTES_MAX)
+}
+
+/// A call that returned after its deadline failed by it, whatever it
+/// returned: the last host call may have overrun it with no wasm left to
+/// notice.
+fn past_deadline(outcome: Outcome, deadline: Instant) -> Outcome {
+    match outcome {
+        Ok(_) if Instant::now() >= deadline => Err((wasmtime::Error::new(DeadlineExceeded), false)),
+        other => other,
+    }
 }
 
 /// Time spent in each step of one call; see [`Sandbox::call_phases`].
@@ -650,7 +701,7 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
             return Err(CallError {
                 failure: HandlerFailure::Guest {
                     retryable: guest.kind == wit::ErrorKind::Retryable,
-                    message: guest.message,
+                    message: guest_text(&guest.message, limits),
                 },
                 guest_log: log.text,
             });
@@ -689,8 +740,8 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
             }
             Err(e) => {
                 return Err(fail(HandlerFailure::BadOutput {
-                    name: arg.name,
-                    reason: e.to_string(),
+                    name: inert_capped(&arg.name, MAX_NAME_IN_MESSAGE),
+                    reason: guest_text(&e.to_string(), limits),
                 }));
             }
         }
@@ -702,7 +753,16 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
     })
 }
 
-/// Raised by the epoch callback (or the async timeout) past the deadline.
+/// Text the guest controls, as a failure carries it: inert, and capped at
+/// the call's output limit and at [`MAX_FAILURE_TEXT_BYTES`] (an error is
+/// output too, and is stored with the task).
+fn guest_text(text: &str, limits: &Limits) -> String {
+    let max = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+    inert_capped(text, max.min(MAX_FAILURE_TEXT_BYTES))
+}
+
+/// Raised by the epoch callback, the call hook or the async timeout past the
+/// deadline.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("deadline exceeded")]
 struct DeadlineExceeded;
@@ -735,7 +795,9 @@ fn classify(
             if *trap == Trap::UnreachableCodeReached
                 && let Some(message) = panic_message(&log.stderr_tail)
             {
-                return HandlerFailure::Panic { message };
+                return HandlerFailure::Panic {
+                    message: guest_text(&message, limits),
+                };
             }
             let mut message = trap.to_string();
             let tail = log.stderr_tail.trim_end();
@@ -747,13 +809,17 @@ fn classify(
                 message.push_str("; stderr ends with: ");
                 message.push_str(&tail[start..]);
             }
-            HandlerFailure::Trap { message }
+            HandlerFailure::Trap {
+                message: guest_text(&message, limits),
+            }
         }
+        // An error raised by a host function on the guest's behalf (its
+        // text may quote what the guest passed).
         None if instantiating => HandlerFailure::Instantiate {
-            message: format!("{e:#}"),
+            message: guest_text(&format!("{e:#}"), limits),
         },
         None => HandlerFailure::Trap {
-            message: format!("{e:#}"),
+            message: guest_text(&format!("{e:#}"), limits),
         },
     }
 }

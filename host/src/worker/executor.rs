@@ -5,7 +5,9 @@
 //! recovered from a dead worker resumes at the handler that was running. A
 //! failure names the handler and its cause; retryable failures go back with
 //! backoff until the task runs out of attempts. The executor never acks: it
-//! returns the [`Outcome`] for the worker's acker to send.
+//! returns the [`Outcome`] for the worker's acker to send. Names the tenant
+//! chose and text the guest wrote reach the task and the worker's log only
+//! inert and bounded ([`crate::text`]).
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use crate::clock;
 use crate::registry::{Registry, RegistryError};
 use crate::sandbox::CallContext;
 use crate::task::{Task, TaskError};
+use crate::text::{Inert, inert_capped};
 
 use super::retry::RetryPolicy;
 
@@ -95,14 +98,17 @@ pub(crate) async fn run_task<B: Broker>(
                 append_guest_log(&mut task, index, &spec.name, &err.guest_log);
                 let error = TaskError {
                     kind: err.failure.kind().into(),
+                    // The failure's own text is inert and bounded already.
                     message: format!(
                         "handler {index} (`{}`) of job `{}` {}",
-                        spec.name, task.job_name, err.failure
+                        Inert(&spec.name),
+                        Inert(&task.job_name),
+                        err.failure
                     ),
                     retryable: err.failure.is_retryable(),
                     handler_index: Some(index),
                 };
-                tracing::warn!(task = %task.task_id, error = %error.message, "handler failed");
+                tracing::warn!(task = %task.task_id, error = %Inert(&error.message), "handler failed");
                 if !task.log.is_empty() {
                     // Keep what the failing handler wrote; the outcome itself
                     // carries only the error.
@@ -115,7 +121,12 @@ pub(crate) async fn run_task<B: Broker>(
     Ok(Outcome::Completed(Checkpoint::of(&task)))
 }
 
-fn fail(task: &Task, retry: &RetryPolicy, error: TaskError) -> Outcome {
+/// Most bytes of a task's error message: it quotes tenant-chosen names
+/// and guest text, and is stored with the task and shown in every listing.
+const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
+
+fn fail(task: &Task, retry: &RetryPolicy, mut error: TaskError) -> Outcome {
+    error.message = inert_capped(&error.message, MAX_ERROR_MESSAGE_BYTES);
     if error.retryable && task.attempt < task.max_attempts {
         let at = clock::add(chrono::Utc::now(), retry.delay(task.attempt));
         Outcome::Retry { error, at }
@@ -124,9 +135,14 @@ fn fail(task: &Task, retry: &RetryPolicy, error: TaskError) -> Outcome {
     }
 }
 
+/// Appends a handler's log (inert lines, from the sandbox) under its
+/// index and name; the name is the tenant's, so it is made inert too.
 fn append_guest_log(task: &mut Task, index: u32, name: &str, text: &str) {
+    use std::fmt::Write as _;
+    let name = Inert(name);
     for line in text.lines() {
-        task.log.push_str(&format!("[{index}:{name}]{line}\n"));
+        // Writing to a String cannot fail.
+        let _ = writeln!(task.log, "[{index}:{name}]{line}");
     }
 }
 

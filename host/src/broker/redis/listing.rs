@@ -21,6 +21,7 @@ use super::conn::unavailable;
 use super::{INDEX_TTL, RedisBroker, record, scripts};
 use crate::broker::{BrokerError, QueueStats, TaskQuery};
 use crate::task::{Task, TaskId, TaskState};
+use crate::text::Inert;
 
 impl RedisBroker {
     /// `tenant`'s queues, optionally only `only`.
@@ -140,7 +141,7 @@ impl RedisBroker {
                 Ok(a) if state.is_none_or(|s| a.task.state == s) => out.push(a.task),
                 Ok(_) => {}
                 Err(record::AssembleError::Corrupt(reason)) => {
-                    tracing::warn!(tenant, queue, task = %id, %reason, "unreadable task record");
+                    tracing::warn!(tenant, queue, task = %id, reason = %Inert(&reason), "unreadable task record");
                 }
             }
         }

@@ -120,6 +120,7 @@ use crate::clock::{self, Clock, SystemClock};
 use crate::task::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, Task, TaskError, TaskId, TaskState,
 };
+use crate::text::Inert;
 use conn::{BlockingPool, Conn, Target, reachable, unavailable};
 use keys::QueueKeys;
 use record::{Assembled, RawRecord, assemble, from_micros, micros};
@@ -447,7 +448,7 @@ impl RedisBroker {
             .filter_map(|m| {
                 let pair = keys::parse_pair(m);
                 if pair.is_none() {
-                    tracing::warn!(member = %m, "ignoring a malformed entry in the queue index");
+                    tracing::warn!(member = %Inert(m), "ignoring a malformed entry in the queue index");
                 }
                 pair
             })
@@ -614,7 +615,7 @@ impl RedisBroker {
                     // Only ids the script checked or we made get here; if one
                     // is still not a UUID, no ack could name it: leave it to
                     // expire and be dead-lettered by maintenance.
-                    tracing::error!(queue, id = %got.id, "leased a record whose id is not a task id");
+                    tracing::error!(queue, id = %Inert(&got.id), "leased a record whose id is not a task id");
                     continue;
                 };
                 match self.admit(id, tenant, queue, &got.record, got.code) {
@@ -632,7 +633,7 @@ impl RedisBroker {
                     Err(reason) => {
                         // The metadata itself is damaged: nothing to present
                         // a token from; maintenance finds the lease expired.
-                        tracing::error!(queue, task = %id, %reason, "leased a damaged record");
+                        tracing::error!(queue, task = %id, reason = %Inert(&reason), "leased a damaged record");
                     }
                 }
             }
@@ -712,7 +713,7 @@ impl RedisBroker {
         let items: Vec<AckItem> = burials
             .iter()
             .map(|(id, token, reason)| {
-                tracing::warn!(tenant, queue, task = %id, %reason, "malformed entry sent to the dead set");
+                tracing::warn!(tenant, queue, task = %id, reason = %Inert(reason), "malformed entry sent to the dead set");
                 let error = TaskError {
                     kind: MALFORMED.to_owned(),
                     message: format!("malformed task: {reason}"),
@@ -1395,13 +1396,13 @@ impl Broker for RedisBroker {
         let mut out = Vec::with_capacity(records.len());
         for (id, record) in records {
             let Ok(task_id) = id.parse::<TaskId>() else {
-                tracing::warn!(tenant, queue, %id, "dead set holds an id that is not a task id");
+                tracing::warn!(tenant, queue, id = %Inert(&id), "dead set holds an id that is not a task id");
                 continue;
             };
             match assemble(task_id, tenant, queue, &record) {
                 Ok(a) => out.push(a.task),
                 Err(record::AssembleError::Corrupt(reason)) => {
-                    tracing::warn!(tenant, queue, task = %task_id, %reason, "unreadable dead record")
+                    tracing::warn!(tenant, queue, task = %task_id, reason = %Inert(&reason), "unreadable dead record")
                 }
             }
         }
