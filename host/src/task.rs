@@ -114,6 +114,36 @@ impl fmt::Display for TaskError {
     }
 }
 
+/// Deepest nesting of arrays and objects an arg value may have.
+///
+/// Stored tasks and checkpoints hold args two levels down, and serde_json
+/// refuses to parse JSON nested 128 levels deep or more; without a bound
+/// well below that, a guest could return args the host accepts but whose
+/// checkpoint no one can read back (the Redis broker would call the record
+/// corrupt). 64 levels leave room for whatever wraps a task further (API
+/// answers, clients' own parsers) and for any real data.
+pub const MAX_ARG_DEPTH: usize = 64;
+
+/// Whether `value` nests arrays and objects more than `max` levels deep (a
+/// scalar is 0 levels, `[]` one). Walks without recursion, and stops at the
+/// first value past `max`.
+pub fn nested_deeper_than(value: &serde_json::Value, max: usize) -> bool {
+    use serde_json::Value;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > max {
+            return true;
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    false
+}
+
 /// The default number of attempts a task gets.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The tenant of tasks that do not name one.
@@ -258,6 +288,21 @@ impl Task {
         if self.max_attempts == 0 {
             return fail("`max_attempts` must be at least 1");
         }
+        for (field, args) in [
+            ("args_map", &self.args_map),
+            ("original_args_map", &self.original_args_map),
+        ] {
+            if args
+                .values()
+                .any(|v| nested_deeper_than(v, MAX_ARG_DEPTH))
+            {
+                return Err(TaskParseError {
+                    reason: format!(
+                        "`{field}` holds a value nested deeper than {MAX_ARG_DEPTH} levels of arrays and objects"
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -373,6 +418,33 @@ mod tests {
                 .reason
                 .contains("job_name")
         );
+    }
+
+    #[test]
+    fn args_nested_past_the_bound_are_refused() {
+        let nest = |depth: usize| {
+            let mut v = serde_json::Value::Null;
+            for i in 0..depth {
+                v = if i % 2 == 0 {
+                    serde_json::json!([v])
+                } else {
+                    serde_json::json!({ "k": v })
+                };
+            }
+            v
+        };
+        assert!(!nested_deeper_than(&nest(0), 0));
+        assert!(nested_deeper_than(&nest(1), 0));
+        assert!(!nested_deeper_than(&nest(MAX_ARG_DEPTH), MAX_ARG_DEPTH));
+        assert!(nested_deeper_than(&nest(MAX_ARG_DEPTH + 1), MAX_ARG_DEPTH));
+
+        let mut args = ArgsMap::new();
+        args.insert("ok".into(), nest(MAX_ARG_DEPTH));
+        let mut task = Task::new("j", args);
+        assert_eq!(Task::from_json(&task.to_json()), Ok(task.clone()));
+        task.args_map.insert("deep".into(), nest(MAX_ARG_DEPTH + 1));
+        let err = Task::from_json(&task.to_json()).unwrap_err();
+        assert!(err.reason.contains("`args_map`"), "{err}");
     }
 
     #[test]

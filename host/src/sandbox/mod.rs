@@ -24,7 +24,7 @@
 //! | panics (Rust) | trap on `unreachable`, message from stderr | `panic` |
 //! | any other trap | wasmtime | `trap` |
 //! | returns too much | size check before decoding | `output_too_large` |
-//! | returns args that are not JSON | decoding | `bad_output` |
+//! | returns args that are not JSON, or nested past `MAX_ARG_DEPTH` | decoding | `bad_output` |
 //! | writes too much to stdout/stderr/log | the log budget (kept, truncated) | (succeeds) |
 //! | reaches for files, sockets, env | deny-by-default WASI (errors to the guest) | (guest decides) |
 //! | imports what the host lacks | linking, at load | `unsupported_import` |
@@ -58,7 +58,7 @@ pub use error::{HandlerFailure, LoadError};
 pub use host::MemoryLimitExceeded;
 pub use limits::Limits;
 
-use crate::task::ArgsMap;
+use crate::task::{ArgsMap, MAX_ARG_DEPTH, nested_deeper_than};
 use host::{CallLabel, FinishedLog, HostState, SharedLog};
 
 /// Bindings generated from `wit/job.wit`.
@@ -684,13 +684,23 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
     let mut next = ArgsMap::new();
     for arg in output.args {
         match serde_json::from_str(&arg.value) {
+            // Past this depth the args could not be stored and read back
+            // (see `MAX_ARG_DEPTH`).
+            Ok(value) if nested_deeper_than(&value, MAX_ARG_DEPTH) => {
+                return Err(fail(HandlerFailure::BadOutput {
+                    name: arg.name,
+                    reason: format!(
+                        "nested deeper than {MAX_ARG_DEPTH} levels of arrays and objects"
+                    ),
+                }));
+            }
             Ok(value) => {
                 next.insert(arg.name, value);
             }
             Err(e) => {
                 return Err(fail(HandlerFailure::BadOutput {
                     name: arg.name,
-                    reason: e.to_string(),
+                    reason: format!("not valid JSON: {e}"),
                 }));
             }
         }
