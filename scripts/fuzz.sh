@@ -44,6 +44,7 @@ if [[ ! -f jobs/dist/noop.wasm ]]; then
 fi
 
 cargo test --release --test fuzz --no-run
+failed=()
 for t in "${chosen[@]}"; do
     if [[ -n "${CORRAL_FUZZ_SEED:-}" ]]; then
         echo "fuzz.sh: $t: replaying case $CORRAL_FUZZ_SEED" >&2
@@ -51,5 +52,14 @@ for t in "${chosen[@]}"; do
         echo "fuzz.sh: $t: fuzzing for $seconds s" >&2
         export CORRAL_FUZZ_SECONDS="$seconds"
     fi
-    cargo test --release --test fuzz -- --exact "$t::fuzz_$t" --nocapture
+    # One target's failure does not stop the others; the replay line is in
+    # its output.
+    if ! cargo test --release --test fuzz -- --exact "$t::fuzz_$t" --nocapture; then
+        failed+=("$t")
+    fi
 done
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "fuzz.sh: FAILED: ${failed[*]} (each printed the line that replays its failing case)" >&2
+    exit 1
+fi
+echo "fuzz.sh: no failure in: ${chosen[*]}" >&2

@@ -241,8 +241,9 @@ pub fn args(u: &mut Unstructured<'_>, shape: ArgsShape) -> Result<ArgsMap> {
         map.insert(key, value(u, Shape::SMALL, &mut budget)?);
     }
     if u.ratio(1, 8)? {
+        // Exactly `d` levels: the leaf is a scalar.
         let d = u.int_in_range(0..=shape.deep)?;
-        let leaf = value(u, Shape::SMALL, &mut 4)?;
+        let leaf = value(u, Shape { depth: 0, ..Shape::SMALL }, &mut 1)?;
         map.insert(text(u, 16)?, nested(u, d, leaf)?);
     }
     if u.ratio(1, 8)? {
