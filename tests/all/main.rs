@@ -10,5 +10,6 @@ mod api_support;
 mod chain;
 mod conformance;
 mod crash;
+mod deep_args;
 mod redis_broker;
 mod tenants;
