@@ -448,6 +448,34 @@ mod tests {
     }
 
     #[test]
+    fn every_float_survives_the_task_json() {
+        // Doubles from their bits (SplitMix64), all exponents: each must
+        // come back as the very same double.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut args = ArgsMap::new();
+        for i in 0..20_000 {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let x = f64::from_bits(z ^ (z >> 31));
+            if let Some(n) = serde_json::Number::from_f64(x) {
+                args.insert(format!("f{i}"), serde_json::Value::Number(n));
+            }
+        }
+        let task = Task::new("j", args);
+        let back = Task::from_json(&task.to_json()).unwrap();
+        for (name, value) in &task.args_map {
+            let (sent, got) = (value.as_f64(), back.args_map[name].as_f64());
+            assert_eq!(
+                sent.map(f64::to_bits),
+                got.map(f64::to_bits),
+                "{name}: {sent:?} came back as {got:?}"
+            );
+        }
+    }
+
+    #[test]
     fn arg_pairs_parse_json_when_they_can() {
         let map = parse_arg_pairs(["n=3", "s=hi", "q=\"3\"", "o={\"a\":[1]}", "e="]).unwrap();
         assert_eq!(map["n"], 3);
