@@ -51,5 +51,10 @@ pub fn decode_guest_output(
             },
             message,
         });
-    sandbox.call_native(move |_, _| returned, ctx, &crate::task::ArgsMap::new(), limits)
+    sandbox.call_native(
+        move |_, _| returned,
+        ctx,
+        &crate::task::ArgsMap::new(),
+        limits,
+    )
 }

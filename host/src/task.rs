@@ -292,10 +292,7 @@ impl Task {
             ("args_map", &self.args_map),
             ("original_args_map", &self.original_args_map),
         ] {
-            if args
-                .values()
-                .any(|v| nested_deeper_than(v, MAX_ARG_DEPTH))
-            {
+            if args.values().any(|v| nested_deeper_than(v, MAX_ARG_DEPTH)) {
                 return Err(TaskParseError {
                     reason: format!(
                         "`{field}` holds a value nested deeper than {MAX_ARG_DEPTH} levels of arrays and objects"

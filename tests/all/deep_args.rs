@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
+use corral::Client;
 use corral::broker::{Broker, RedisBroker, RedisConfig};
 use corral::registry::{HandlerSpec, Registry};
 use corral::sandbox::Limits;
 use corral::task::{ArgsMap, MAX_ARG_DEPTH, Task, TaskState};
-use corral::Client;
 use serde_json::Value;
 
 use crate::support::redis::{RedisServer, unique_prefix};
@@ -113,11 +113,10 @@ fn depths() -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn args_too_deep_to_store_are_refused_and_every_task_stays_readable() {
     let server = RedisServer::start();
-    let broker = RedisBroker::connect(
-        RedisConfig::new(server.url()).prefix(unique_prefix("deep-args")),
-    )
-    .await
-    .expect("connect");
+    let broker =
+        RedisBroker::connect(RedisConfig::new(server.url()).prefix(unique_prefix("deep-args")))
+            .await
+            .expect("connect");
     let registry = Registry::new(support::sandbox());
     let mut tasks = Vec::new();
     for depth in depths() {
@@ -155,7 +154,12 @@ async fn args_too_deep_to_store_are_refused_and_every_task_stays_readable() {
         // broker called the record corrupt.
         let done = support::wait(&client, task, 60).await;
         if *depth <= MAX_ARG_DEPTH {
-            assert_eq!(done.state, TaskState::Completed, "depth {depth}: {:?}", done.error);
+            assert_eq!(
+                done.state,
+                TaskState::Completed,
+                "depth {depth}: {:?}",
+                done.error
+            );
             assert_eq!(done.args_map.get("deep"), Some(value), "depth {depth}");
         } else {
             assert_eq!(done.state, TaskState::Dead, "depth {depth}");
@@ -171,7 +175,10 @@ async fn args_too_deep_to_store_are_refused_and_every_task_stays_readable() {
             .expect("the task is kept");
         assert_eq!(again.state, done.state);
     }
-    let dead = broker.dead("default", "default", 100).await.expect("dead set reads back");
+    let dead = broker
+        .dead("default", "default", 100)
+        .await
+        .expect("dead set reads back");
     let too_deep = tasks.iter().filter(|(d, _, _)| *d > MAX_ARG_DEPTH).count();
     assert_eq!(dead.len(), too_deep);
     worker.stop().await;

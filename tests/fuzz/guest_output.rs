@@ -111,7 +111,21 @@ fn value_text(u: &mut Unstructured<'_>) -> Result<String> {
             }
             s
         }
-        _ => u.choose(&["", " ", "null", "\"\\ud800\"", "\"\\udc00\\ud800\"", "1e400", "-0", "[1,]", "{\"a\":1,\"a\":2}", "\u{feff}1", "1 2"])?.to_string(),
+        _ => u
+            .choose(&[
+                "",
+                " ",
+                "null",
+                "\"\\ud800\"",
+                "\"\\udc00\\ud800\"",
+                "1e400",
+                "-0",
+                "[1,]",
+                "{\"a\":1,\"a\":2}",
+                "\u{feff}1",
+                "1 2",
+            ])?
+            .to_string(),
     })
 }
 
@@ -184,12 +198,12 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
             .sum::<u64>();
     // The first arg the host must refuse: not JSON, or nested too deep to
     // be stored.
-    let first_bad = pairs.iter().find_map(|(n, v)| {
-        match serde_json::from_str::<Value>(v) {
+    let first_bad = pairs
+        .iter()
+        .find_map(|(n, v)| match serde_json::from_str::<Value>(v) {
             Ok(value) if inputs::depth(&value) <= MAX_ARG_DEPTH => None,
             _ => Some(n.clone()),
-        }
-    });
+        });
     let mut expected = ArgsMap::new();
     for (n, v) in &pairs {
         if let Ok(value) = serde_json::from_str::<Value>(v) {

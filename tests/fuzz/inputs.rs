@@ -243,7 +243,14 @@ pub fn args(u: &mut Unstructured<'_>, shape: ArgsShape) -> Result<ArgsMap> {
     if u.ratio(1, 8)? {
         // Exactly `d` levels: the leaf is a scalar.
         let d = u.int_in_range(0..=shape.deep)?;
-        let leaf = value(u, Shape { depth: 0, ..Shape::SMALL }, &mut 1)?;
+        let leaf = value(
+            u,
+            Shape {
+                depth: 0,
+                ..Shape::SMALL
+            },
+            &mut 1,
+        )?;
         map.insert(text(u, 16)?, nested(u, d, leaf)?);
     }
     if u.ratio(1, 8)? {
@@ -261,7 +268,8 @@ pub fn args(u: &mut Unstructured<'_>, shape: ArgsShape) -> Result<ArgsMap> {
 pub fn time(u: &mut Unstructured<'_>) -> Result<DateTime<Utc>> {
     let us: i64 = match u.int_in_range(0u8..=3)? {
         0 => u.int_in_range(
-            DateTime::<Utc>::MIN_UTC.timestamp_micros()..=DateTime::<Utc>::MAX_UTC.timestamp_micros(),
+            DateTime::<Utc>::MIN_UTC.timestamp_micros()
+                ..=DateTime::<Utc>::MAX_UTC.timestamp_micros(),
         )?,
         // 1970 to 2100.
         _ => u.int_in_range(0..=4_102_444_800_000_000)?,
@@ -301,7 +309,11 @@ pub fn task(u: &mut Unstructured<'_>, shape: ArgsShape) -> Result<Task> {
     task.updated_at = time(u)?;
     task.queue_name = name(u)?;
     task.tenant = name(u)?;
-    task.args_map = if u.arbitrary()? { original } else { args(u, shape)? };
+    task.args_map = if u.arbitrary()? {
+        original
+    } else {
+        args(u, shape)?
+    };
     task.current_handler_index = u.arbitrary()?;
     task.result_log = text(u, 4096)?;
     task.state = state(u)?;
@@ -336,7 +348,11 @@ pub fn mutate_bytes(u: &mut Unstructured<'_>, bytes: &mut Vec<u8>, splice: &[&[u
     let rounds = u.int_in_range(1..=4)?;
     for _ in 0..rounds {
         let len = bytes.len();
-        let at = if len == 0 { 0 } else { u.int_in_range(0..=len - 1)? };
+        let at = if len == 0 {
+            0
+        } else {
+            u.int_in_range(0..=len - 1)?
+        };
         match u.int_in_range(0u8..=6)? {
             0 if len > 0 => bytes[at] ^= 1 << u.int_in_range(0..=7)?,
             1 if len > 0 => bytes[at] = u.arbitrary()?,
@@ -456,7 +472,10 @@ pub fn diff<T: serde::Serialize>(left: &T, right: &T) -> String {
         match (a, b) {
             (Value::Object(x), Value::Object(y)) => {
                 for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
-                    let (l, r) = (x.get(key).unwrap_or(&Value::Null), y.get(key).unwrap_or(&Value::Null));
+                    let (l, r) = (
+                        x.get(key).unwrap_or(&Value::Null),
+                        y.get(key).unwrap_or(&Value::Null),
+                    );
                     walk(&format!("{path}.{key:?}"), l, r, out);
                 }
             }

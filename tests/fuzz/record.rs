@@ -19,8 +19,8 @@ use corral::task::{ArgsMap, Task, TaskId, TaskState};
 use uuid::Uuid;
 
 use crate::driver::{self, Target};
-use crate::inputs::{self, ArgsShape};
 use crate::guest_output;
+use crate::inputs::{self, ArgsShape};
 
 const TARGET: Target = Target {
     name: "record",
@@ -91,7 +91,10 @@ fn check_assembled(id: TaskId, tenant: &str, queue: &str, record: &RawRecord) {
             assert_eq!(task.state, got.meta.state);
             assert_eq!(task.attempt, got.meta.attempt);
             if let Some(reason) = &got.malformed {
-                assert!(!reason.trim().is_empty(), "a malformed record without a reason");
+                assert!(
+                    !reason.trim().is_empty(),
+                    "a malformed record without a reason"
+                );
             }
             task.validate().expect("an assembled task validates");
             let back = Task::from_json(&task.to_json()).unwrap_or_else(|e| {
@@ -100,7 +103,10 @@ fn check_assembled(id: TaskId, tenant: &str, queue: &str, record: &RawRecord) {
             assert_eq!(&back, task, "an assembled task changes through its JSON");
         }
         Err(AssembleError::Corrupt(reason)) => {
-            assert!(!reason.trim().is_empty(), "a corrupt record without a reason");
+            assert!(
+                !reason.trim().is_empty(),
+                "a corrupt record without a reason"
+            );
         }
     }
 }
@@ -127,7 +133,13 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
         }
         // Any record: fields arbitrary, damaged, missing or whole.
         1 | 2 => {
-            let mut task = inputs::task(u, inputs::ArgsShape { deep: 8, ..GUEST_ARGS })?;
+            let mut task = inputs::task(
+                u,
+                inputs::ArgsShape {
+                    deep: 8,
+                    ..GUEST_ARGS
+                },
+            )?;
             task.task_id = id;
             task.tenant = tenant.clone();
             task.queue_name = queue.clone();
@@ -136,7 +148,13 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
             if u.ratio(1, 3)? {
                 inputs::mutate_bytes(u, &mut packed, &[])?;
             }
-            let checkpoint = inputs::checkpoint(u, inputs::ArgsShape { deep: 8, ..GUEST_ARGS })?;
+            let checkpoint = inputs::checkpoint(
+                u,
+                inputs::ArgsShape {
+                    deep: 8,
+                    ..GUEST_ARGS
+                },
+            )?;
             let error = inputs::task_error(u)?;
             let record = RawRecord {
                 task: field(u, task.to_json())?,
@@ -155,7 +173,13 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
             task.queue_name = queue.clone();
             let m = meta(u)?;
             let checkpoint = if u.arbitrary()? {
-                let mut cp = inputs::checkpoint(u, inputs::ArgsShape { deep: 0, ..GUEST_ARGS })?;
+                let mut cp = inputs::checkpoint(
+                    u,
+                    inputs::ArgsShape {
+                        deep: 0,
+                        ..GUEST_ARGS
+                    },
+                )?;
                 match checkpointed_args(u)? {
                     Some(args) => cp.args_map = args,
                     None => return Ok(()),
@@ -198,7 +222,10 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
                 .unwrap_or_else(|e| panic!("a valid record does not assemble: {e:?}"));
             assert_eq!(got.malformed, None, "a valid record reads as malformed");
             assert_eq!(got.meta, m);
-            assert_eq!(got.task, expected, "a valid record assembles to another task");
+            assert_eq!(
+                got.task, expected,
+                "a valid record assembles to another task"
+            );
             check_assembled(id, &tenant, &queue, &record);
         }
     }

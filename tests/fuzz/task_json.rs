@@ -41,8 +41,9 @@ fn check_parse(raw: &[u8], tenant: &str, queue: &str) {
     match Task::from_json(raw) {
         Ok(task) => {
             task.validate().expect("an accepted task validates");
-            let again = Task::from_json(&task.to_json())
-                .unwrap_or_else(|e| panic!("an accepted task does not parse from its own JSON: {e}"));
+            let again = Task::from_json(&task.to_json()).unwrap_or_else(|e| {
+                panic!("an accepted task does not parse from its own JSON: {e}")
+            });
             assert!(
                 again == task,
                 "an accepted task changes through its own JSON:\n{}",
@@ -79,9 +80,17 @@ fn check_stand_in(raw: &[u8], tenant: &str, queue: &str, reason: &str) {
         .as_str()
         .expect("raw is kept as a string");
     // Lossy UTF-8 turns each bad byte into U+FFFD (3 bytes).
-    assert!(kept.len() <= 3 * MALFORMED_KEEP, "{} bytes kept", kept.len());
+    assert!(
+        kept.len() <= 3 * MALFORMED_KEEP,
+        "{} bytes kept",
+        kept.len()
+    );
     let back = Task::from_json(&task.to_json()).expect("the stand-in parses from its JSON");
-    assert!(back == task, "the stand-in changes through its JSON:\n{}", inputs::diff(&task, &back));
+    assert!(
+        back == task,
+        "the stand-in changes through its JSON:\n{}",
+        inputs::diff(&task, &back)
+    );
 }
 
 fn case(u: &mut Unstructured<'_>) -> Result<()> {
@@ -90,7 +99,11 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
     match u.int_in_range(0u8..=3)? {
         // Raw bytes, sometimes behind an opening brace.
         0 => {
-            let mut raw = if u.arbitrary()? { b"{".to_vec() } else { Vec::new() };
+            let mut raw = if u.arbitrary()? {
+                b"{".to_vec()
+            } else {
+                Vec::new()
+            };
             let n = u.len();
             raw.extend_from_slice(u.bytes(n)?);
             check_parse(&raw, &tenant, &queue);

@@ -146,7 +146,9 @@ fn handler_component(u: &mut Unstructured<'_>) -> Result<Option<Vec<u8>>> {
     let mut module = wasm_smith::Module::new(config, u)?.to_bytes();
 
     let mut resolve = wit_parser::Resolve::default();
-    let package = resolve.push_source("job.wit", JOB_WIT).expect("the contract parses");
+    let package = resolve
+        .push_source("job.wit", JOB_WIT)
+        .expect("the contract parses");
     let world = resolve
         .select_world(&[package], Some("handler"))
         .expect("the handler world");
@@ -229,7 +231,11 @@ fn input(u: &mut Unstructured<'_>) -> Result<Option<Input>> {
         _ => {
             let (_, real) = u.choose(real_components())?;
             let mut bytes = real.clone();
-            inputs::mutate_bytes(u, &mut bytes, &[b"\0asm", b"\x0d\x00\x01\x00", b"\xff\xff\xff\xff\x0f"])?;
+            inputs::mutate_bytes(
+                u,
+                &mut bytes,
+                &[b"\0asm", b"\x0d\x00\x01\x00", b"\xff\xff\xff\xff\x0f"],
+            )?;
             Input::Any(bytes)
         }
     }))
@@ -244,10 +250,13 @@ fn fuzz_upload() {
     let mut sandbox = None;
     let mut cases = 0u64;
     let mut handlers_valid = 0u64;
-    let mut handlers_ran = 0u64;
+    // How the validated handlers' runs ended, by kind.
+    let mut runs: std::collections::BTreeMap<&'static str, u64> = Default::default();
     // (input kind, answer kind) -> (count, time), for the summary.
-    let mut seen: std::collections::BTreeMap<(&'static str, &'static str), (u64, std::time::Duration)> =
-        Default::default();
+    let mut seen: std::collections::BTreeMap<
+        (&'static str, &'static str),
+        (u64, std::time::Duration),
+    > = Default::default();
     driver::run(&TARGET, |u: &mut Unstructured<'_>| -> Result<()> {
         if cases.is_multiple_of(CASES_PER_SANDBOX) {
             sandbox = None;
@@ -318,23 +327,27 @@ fn fuzz_upload() {
             };
             let mut args = ArgsMap::new();
             args.insert("text".into(), "Hello, World".into());
-            match runtime.block_on(sandbox.call(&handler, ctx, &args, &limits)) {
-                Ok(_) => {}
-                Err(e) => assert!(!e.failure.kind().is_empty(), "{:?}", e.failure),
-            }
-            handlers_ran += 1;
+            let ended = match runtime.block_on(sandbox.call(&handler, ctx, &args, &limits)) {
+                Ok(_) => "completed",
+                Err(e) => e.failure.kind(),
+            };
+            *runs.entry(ended).or_default() += 1;
         }
         Ok(())
     });
     for ((input, answer), (count, time)) in &seen {
-        eprintln!("[fuzz upload] {input:>9} -> {answer:<20} {count:>5} in {:.2} s", time.as_secs_f64());
+        eprintln!(
+            "[fuzz upload] {input:>9} -> {answer:<20} {count:>5} in {:.2} s",
+            time.as_secs_f64()
+        );
     }
-    eprintln!("[fuzz upload] {handlers_valid} generated handler components validated and ran");
+    eprintln!(
+        "[fuzz upload] {handlers_valid} generated handler components validated; their runs ended: {runs:?}"
+    );
     if std::env::var_os("CORRAL_FUZZ_SEED").is_none() {
         assert!(
             handlers_valid > 0,
             "no generated handler component validated: the generator no longer reaches the compiler"
         );
     }
-    assert_eq!(handlers_ran, handlers_valid);
 }

@@ -28,7 +28,7 @@ use crate::inputs::{self, ArgsShape};
 
 const TARGET: Target = Target {
     name: "wit_args",
-    cases: 300,
+    cases: 600,
     max_input: 32 << 10,
     // The host's copies of args up to a MiB (guest memory is not heap).
     max_alloc: 32 << 20,
@@ -97,12 +97,7 @@ fn fuzz_wit_args() {
         let got = runtime.block_on(sandbox().call(&handler, ctx, &args, &limits));
         if !args.values().all(parses) {
             let error = got.expect_err("a value too deep for the guest's parser is refused");
-            assert_eq!(
-                error.failure.kind(),
-                "guest_error",
-                "{}",
-                error.failure
-            );
+            assert_eq!(error.failure.kind(), "guest_error", "{}", error.failure);
             assert!(!error.failure.is_retryable());
         } else if size > limits.max_output_bytes {
             let error = got.expect_err("output over the cap is refused");
