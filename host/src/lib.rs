@@ -27,6 +27,8 @@ pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod clock;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod registry;
 pub mod sandbox;
 pub mod task;

@@ -114,6 +114,36 @@ impl fmt::Display for TaskError {
     }
 }
 
+/// Deepest nesting of arrays and objects an arg value may have.
+///
+/// Stored tasks and checkpoints hold args two levels down, and serde_json
+/// refuses to parse JSON nested 128 levels deep or more; without a bound
+/// well below that, a guest could return args the host accepts but whose
+/// checkpoint no one can read back (the Redis broker would call the record
+/// corrupt). 64 levels leave room for whatever wraps a task further (API
+/// answers, clients' own parsers) and for any real data.
+pub const MAX_ARG_DEPTH: usize = 64;
+
+/// Whether `value` nests arrays and objects more than `max` levels deep (a
+/// scalar is 0 levels, `[]` one). Walks without recursion, and stops at the
+/// first value past `max`.
+pub fn nested_deeper_than(value: &serde_json::Value, max: usize) -> bool {
+    use serde_json::Value;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > max {
+            return true;
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    false
+}
+
 /// The default number of attempts a task gets.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The tenant of tasks that do not name one.
@@ -258,6 +288,18 @@ impl Task {
         if self.max_attempts == 0 {
             return fail("`max_attempts` must be at least 1");
         }
+        for (field, args) in [
+            ("args_map", &self.args_map),
+            ("original_args_map", &self.original_args_map),
+        ] {
+            if args.values().any(|v| nested_deeper_than(v, MAX_ARG_DEPTH)) {
+                return Err(TaskParseError {
+                    reason: format!(
+                        "`{field}` holds a value nested deeper than {MAX_ARG_DEPTH} levels of arrays and objects"
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -373,6 +415,61 @@ mod tests {
                 .reason
                 .contains("job_name")
         );
+    }
+
+    #[test]
+    fn args_nested_past_the_bound_are_refused() {
+        let nest = |depth: usize| {
+            let mut v = serde_json::Value::Null;
+            for i in 0..depth {
+                v = if i % 2 == 0 {
+                    serde_json::json!([v])
+                } else {
+                    serde_json::json!({ "k": v })
+                };
+            }
+            v
+        };
+        assert!(!nested_deeper_than(&nest(0), 0));
+        assert!(nested_deeper_than(&nest(1), 0));
+        assert!(!nested_deeper_than(&nest(MAX_ARG_DEPTH), MAX_ARG_DEPTH));
+        assert!(nested_deeper_than(&nest(MAX_ARG_DEPTH + 1), MAX_ARG_DEPTH));
+
+        let mut args = ArgsMap::new();
+        args.insert("ok".into(), nest(MAX_ARG_DEPTH));
+        let mut task = Task::new("j", args);
+        assert_eq!(Task::from_json(&task.to_json()), Ok(task.clone()));
+        task.args_map.insert("deep".into(), nest(MAX_ARG_DEPTH + 1));
+        let err = Task::from_json(&task.to_json()).unwrap_err();
+        assert!(err.reason.contains("`args_map`"), "{err}");
+    }
+
+    #[test]
+    fn every_float_survives_the_task_json() {
+        // Doubles from their bits (SplitMix64), all exponents: each must
+        // come back as the very same double.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut args = ArgsMap::new();
+        for i in 0..20_000 {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let x = f64::from_bits(z ^ (z >> 31));
+            if let Some(n) = serde_json::Number::from_f64(x) {
+                args.insert(format!("f{i}"), serde_json::Value::Number(n));
+            }
+        }
+        let task = Task::new("j", args);
+        let back = Task::from_json(&task.to_json()).unwrap();
+        for (name, value) in &task.args_map {
+            let (sent, got) = (value.as_f64(), back.args_map[name].as_f64());
+            assert_eq!(
+                sent.map(f64::to_bits),
+                got.map(f64::to_bits),
+                "{name}: {sent:?} came back as {got:?}"
+            );
+        }
     }
 
     #[test]

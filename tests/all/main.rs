@@ -11,6 +11,7 @@ mod api_support;
 mod chain;
 mod conformance;
 mod crash;
+mod deep_args;
 mod quotas;
 mod redis_broker;
 mod tenants;

@@ -126,8 +126,9 @@ pub enum HandlerFailure {
         /// The limit.
         limit: u64,
     },
-    /// The guest returned an arg whose value is not JSON.
-    #[error("returned arg `{name}` whose value is not valid JSON: {reason}")]
+    /// The guest returned an arg whose value is not JSON, or is nested
+    /// deeper than args may be ([`MAX_ARG_DEPTH`](crate::task::MAX_ARG_DEPTH)).
+    #[error("returned arg `{name}` whose value is refused: {reason}")]
     BadOutput {
         /// The arg.
         name: String,

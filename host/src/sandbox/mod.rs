@@ -24,7 +24,7 @@
 //! | panics (Rust) | trap on `unreachable`, message from stderr | `panic` |
 //! | any other trap | wasmtime | `trap` |
 //! | returns too much | size check before decoding | `output_too_large` |
-//! | returns args that are not JSON | decoding | `bad_output` |
+//! | returns args that are not JSON, or nested past `MAX_ARG_DEPTH` | decoding | `bad_output` |
 //! | writes too much to stdout/stderr/log | the log budget (kept, truncated) | (succeeds) |
 //! | does a lot of work in one host call | the per-call copy bound (`hostcall_bytes`), each host call's own bound, the deadline checked on every return from the host | `trap`, `deadline` |
 //! | returns an error message or traps with a huge one | cut to the output limit and 4 KiB, made inert | (its own kind) |
@@ -60,7 +60,7 @@ pub use error::{HandlerFailure, LoadError, MAX_FAILURE_TEXT_BYTES, MAX_NAME_IN_M
 pub use host::MemoryLimitExceeded;
 pub use limits::Limits;
 
-use crate::task::ArgsMap;
+use crate::task::{ArgsMap, MAX_ARG_DEPTH, nested_deeper_than};
 use crate::text::{Inert, inert_capped};
 use host::{CallLabel, FinishedLog, HostState, SharedLog};
 
@@ -735,13 +735,23 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
     let mut next = ArgsMap::new();
     for arg in output.args {
         match serde_json::from_str(&arg.value) {
+            // Past this depth the args could not be stored and read back
+            // (see `MAX_ARG_DEPTH`).
+            Ok(value) if nested_deeper_than(&value, MAX_ARG_DEPTH) => {
+                return Err(fail(HandlerFailure::BadOutput {
+                    name: arg.name,
+                    reason: format!(
+                        "nested deeper than {MAX_ARG_DEPTH} levels of arrays and objects"
+                    ),
+                }));
+            }
             Ok(value) => {
                 next.insert(arg.name, value);
             }
             Err(e) => {
                 return Err(fail(HandlerFailure::BadOutput {
                     name: inert_capped(&arg.name, MAX_NAME_IN_MESSAGE),
-                    reason: guest_text(&e.to_string(), limits),
+                    reason: guest_text(&format!("not valid JSON: {e}"), limits),
                 }));
             }
         }

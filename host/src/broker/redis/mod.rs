@@ -100,7 +100,7 @@
 pub(crate) mod conn;
 pub mod keys;
 mod listing;
-mod record;
+pub(crate) mod record;
 mod scripts;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
