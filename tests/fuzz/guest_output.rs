@@ -22,8 +22,9 @@ use std::sync::OnceLock;
 use arbitrary::{Result, Unstructured};
 use corral::broker::Checkpoint;
 use corral::fuzzing::{GuestReturn, decode_guest_output};
-use corral::sandbox::{HandlerFailure, Limits, Sandbox, SandboxConfig};
+use corral::sandbox::{HandlerFailure, Limits, MAX_NAME_IN_MESSAGE, Sandbox, SandboxConfig};
 use corral::task::{ArgsMap, MAX_ARG_DEPTH, Task};
+use corral::text::inert_capped;
 use serde_json::Value;
 
 use crate::driver::{self, Target};
@@ -225,7 +226,8 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
         let error = got.expect_err("an arg that is not JSON is refused");
         match &error.failure {
             HandlerFailure::BadOutput { name: got, reason } => {
-                assert_eq!(got, &name);
+                // Guest text is stored inert and capped.
+                assert_eq!(got, &inert_capped(&name, MAX_NAME_IN_MESSAGE));
                 assert!(!reason.is_empty());
             }
             other => panic!("expected bad_output for `{name}`, got {other}"),

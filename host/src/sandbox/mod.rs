@@ -739,7 +739,7 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
             // (see `MAX_ARG_DEPTH`).
             Ok(value) if nested_deeper_than(&value, MAX_ARG_DEPTH) => {
                 return Err(fail(HandlerFailure::BadOutput {
-                    name: arg.name,
+                    name: inert_capped(&arg.name, MAX_NAME_IN_MESSAGE),
                     reason: format!(
                         "nested deeper than {MAX_ARG_DEPTH} levels of arrays and objects"
                     ),
