@@ -5,7 +5,8 @@
 //! a missing or unknown token, 404 for anything the caller cannot see
 //! (whether it does not exist or belongs to another tenant: the two are
 //! never told apart), 409 for a name already taken, 413 for a body over its
-//! cap, 422 for a module or job the registry refuses, 429 for a full queue,
+//! cap, 422 for a module or job the registry refuses, 429 for a full queue
+//! or a tenant at its `max_queued` or `max_queues`,
 //! 503 when the store or broker is unreachable. `kind` is stable and
 //! machine-readable; module refusals use the sandbox's
 //! [`LoadError::kind`](crate::sandbox::LoadError::kind).
@@ -192,6 +193,9 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::Full { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
+            }
+            BrokerError::TooManyQueues { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queues", message)
             }
             BrokerError::Invalid { .. } => Self::bad_request(message),
             BrokerError::Duplicate { .. } => {

@@ -5,7 +5,8 @@
 -- applied under the same token (a retried ack whose first reply was lost)
 -- answers 0 again without applying twice. Finished sets are then cut to
 -- their bounds, oldest first. Writes are batched (one command per key for
--- all outcomes), as each redis.call from Lua has a fixed cost.
+-- all outcomes), as each redis.call from Lua has a fixed cost. A retry or a
+-- release puts the task back among the tenant's queued tasks (KEYS[10]).
 --
 -- KEYS[1] pending    (list)
 -- KEYS[2] active     (zset)
@@ -16,6 +17,7 @@
 -- KEYS[7] meta       (hash)
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
+-- KEYS[10] queued    (string) the tenant's count of queued tasks
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] most completed tasks kept
@@ -146,4 +148,5 @@ if n_released > 0 then
     -- Back to the front of the line: they were next already.
     redis.call('RPUSH', k_pending, unpack(released))
 end
+requeue(KEYS[10], n_scheduled / 2 + n_released)
 return codes

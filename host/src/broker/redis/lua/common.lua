@@ -91,3 +91,19 @@ local function bound(set, max, k_task, k_meta, k_progress, k_error)
     end
     return dropped
 end
+
+-- Adds `n` to a tenant's count of queued tasks (pending, scheduled,
+-- retrying), the count enqueue.lua checks max_queued against.
+local function requeue(k_queued, n)
+    if n > 0 then
+        redis.call('INCRBY', k_queued, n)
+    end
+end
+
+-- Takes `n` off that count, never below zero (a count damaged by hand must
+-- not turn into room past the quota).
+local function unqueue(k_queued, n)
+    if n > 0 and redis.call('DECRBY', k_queued, n) < 0 then
+        redis.call('SET', k_queued, 0)
+    end
+end

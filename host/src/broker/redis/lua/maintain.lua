@@ -6,6 +6,9 @@
 --    their last attempt.
 -- 3. Completed and dead tasks past their retention time are dropped, with
 --    their records; then both sets are cut to their bounds.
+-- 4. A queue left without any record or entry leaves the tenant's queue
+--    set, so it no longer counts against max_queues.
+-- Recovered tasks rejoin the tenant's count of queued tasks (KEYS[11]).
 -- Each step handles at most ARGV[6] tasks per call; the caller calls again
 -- while the answer says more is left.
 --
@@ -18,6 +21,8 @@
 -- KEYS[7] meta       (hash)
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
+-- KEYS[10] queues    (set)    the tenant's queue names
+-- KEYS[11] queued    (string) the tenant's count of queued tasks
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] completed tasks that finished at or before this time go (µs)
@@ -25,6 +30,7 @@
 -- ARGV[4] most completed tasks kept
 -- ARGV[5] most dead tasks kept
 -- ARGV[6] most tasks handled per step
+-- ARGV[7] the queue's name, as the tenant's queue set holds it
 --
 -- Returns {promoted, recovered, expired_dead, trimmed, more}
 --   more: 1 if a step hit its limit and another call has work, else 0
@@ -96,5 +102,9 @@ for _, set in ipairs({{k_completed, completed_before}, {k_dead, dead_before}}) d
 end
 trimmed = trimmed + bound(k_completed, max_completed, k_task, k_meta, k_progress, k_error)
 trimmed = trimmed + bound(k_dead, max_dead, k_task, k_meta, k_progress, k_error)
+requeue(KEYS[11], recovered)
+if redis.call('HLEN', k_meta) == 0 and redis.call('LLEN', k_pending) == 0 then
+    redis.call('SREM', KEYS[10], ARGV[7])
+end
 
 return {promoted, recovered, expired_dead, trimmed, more}
