@@ -1203,6 +1203,161 @@ pub async fn queue_names_are_bounded_per_tenant<K: Backend>() {
     assert_eq!((got.stored, got.too_many_queues), (1, 1), "{got:?}");
 }
 
+/// Queue names for the idle-fleet tests: generated, some with characters
+/// that need encoding.
+fn idle_names(rng: &mut StdRng, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match i % 4 {
+            0 => format!("idle-{i}"),
+            1 => format!("idle:{i}:{{{}}}", rng.random::<u16>()),
+            2 => format!("idle.{i}.{:x}", rng.random::<u64>()),
+            _ => format!("idle_{i}"),
+        })
+        .collect()
+}
+
+/// Gives each of `tenant`'s `names` one task and finishes it (completed,
+/// or dead one time in three): the queues hold a finished record each and
+/// nothing else.
+async fn finish_one_in_each<B: Broker>(b: &B, rng: &mut StdRng, tenant: &str, names: &[String]) {
+    let tasks: Vec<Task> = names.iter().map(|q| task_in(tenant, q, 1)).collect();
+    for chunk in tasks.chunks(500) {
+        let calls = chunk.iter().map(|t| b.enqueue(vec![t.clone()]));
+        for r in join_all(calls).await {
+            r.expect("enqueue");
+        }
+    }
+    let mut leased = Vec::new();
+    for chunk in names.chunks(500) {
+        let calls = chunk
+            .iter()
+            .map(|q| async move { b.acquire(&req("w", &[q.as_str()], 1)).await });
+        for got in join_all(calls).await {
+            leased.extend(got.expect("acquire"));
+        }
+    }
+    assert_eq!(leased.len(), names.len());
+    let outcomes: Vec<(Lease, Outcome)> = leased
+        .into_iter()
+        .map(|l| {
+            let outcome = if rng.random_ratio(1, 3) {
+                Outcome::Dead(error("fatal", false))
+            } else {
+                Outcome::Completed(Checkpoint::of(&l.task))
+            };
+            (l.lease, outcome)
+        })
+        .collect();
+    let acked = b.ack(&outcomes).await.expect("ack");
+    assert!(acked.iter().all(Result::is_ok));
+}
+
+pub async fn idle_queues_cost_no_maintenance_and_due_work_is_still_done<K: Backend>() {
+    let retention = Retention {
+        completed_ttl: Duration::from_secs(3600),
+        dead_ttl: Duration::from_secs(3600),
+        ..Retention::default()
+    };
+    let fx = K::make(retention).await;
+    let mut rng = StdRng::seed_from_u64(0x1d1e_0005);
+    const N: usize = 5000;
+    let names = idle_names(&mut rng, N);
+    finish_one_in_each(&fx.broker, &mut rng, "idle", &names).await;
+    // Thousands of queues, each with a finished record: nothing is due, so
+    // a pass visits none of them.
+    for _ in 0..3 {
+        let m = fx.broker.maintain().await.expect("maintain");
+        assert_eq!(m.queues_visited, 0, "{m:?}");
+        assert_eq!((m.promoted, m.recovered, m.trimmed), (0, 0, 0));
+    }
+    // Work in two of them is still done exactly when due: a delayed task
+    // in one, a lease that a (killed) worker lets run out in another.
+    let (delayed_q, leased_q) = (&names[rng.random_range(0..N)], &names[N / 2]);
+    let mut delayed = task_in("idle", delayed_q, 2);
+    delayed.run_at = Some(clock::add(fx.clock.now(), Duration::from_secs(90)));
+    fx.broker
+        .enqueue(vec![delayed.clone(), task_in("idle", leased_q, 3)])
+        .await
+        .expect("enqueue");
+    let held = fx
+        .broker
+        .acquire(&req("killed", &[leased_q.as_str()], 1))
+        .await
+        .expect("acquire");
+    assert_eq!(held.len(), 1);
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(m.queues_visited, 0, "nothing is due yet: {m:?}");
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(
+        (m.recovered, m.promoted, m.queues_visited),
+        (1, 0, 1),
+        "{m:?}"
+    );
+    assert_eq!(
+        fx.broker.maintain().await.expect("maintain").queues_visited,
+        0
+    );
+    fx.clock.advance(Duration::from_secs(58));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(
+        (m.promoted, m.queues_visited),
+        (0, 0),
+        "one second early: {m:?}"
+    );
+    fx.clock.advance(Duration::from_secs(1));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!((m.promoted, m.queues_visited), (1, 1), "due now: {m:?}");
+    let got = fx
+        .broker
+        .acquire(&req("w", &[delayed_q.as_str(), leased_q.as_str()], 5))
+        .await
+        .expect("acquire");
+    let mut ids: Vec<TaskId> = got.iter().map(|l| l.task.task_id).collect();
+    ids.sort();
+    let mut want = vec![delayed.task_id, held[0].task.task_id];
+    want.sort();
+    assert_eq!(ids, want);
+    for l in &got {
+        ack_one(
+            &fx.broker,
+            &l.lease,
+            Outcome::Completed(Checkpoint::of(&l.task)),
+        )
+        .await
+        .expect("ack");
+    }
+    // Retention still trims every queue, each visited once, when its time
+    // comes (the first records an hour after they finished, the last two a
+    // second later); then the fleet is idle again, and the queues are gone.
+    // (A pass may stop after a bounded number of visits and leave the
+    // rest, still due, to the next.)
+    fx.clock.advance(Duration::from_secs(3599));
+    let (mut trimmed, mut visited) = (0, 0);
+    for _ in 0..10 {
+        let m = fx.broker.maintain().await.expect("maintain");
+        if m.queues_visited == 0 {
+            break;
+        }
+        trimmed += m.trimmed;
+        visited += m.queues_visited;
+    }
+    assert_eq!((trimmed, visited), (N, N));
+    fx.clock.advance(Duration::from_secs(1));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!((m.trimmed, m.queues_visited), (2, 2), "{m:?}");
+    let stats = fx.broker.tenant_stats("idle").await.expect("stats");
+    assert_eq!(stats, Default::default());
+    let quota = TenantQuota {
+        max_queued: 10,
+        max_queues: 1,
+    };
+    fx.broker
+        .enqueue_within(vec![task_in("idle", "fresh", 4)], &quota)
+        .await
+        .expect("the tenant's queue names were all freed");
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -1231,7 +1386,8 @@ macro_rules! conformance {
                 tenants_see_only_their_own_tasks,
                 a_bulk_enqueue_keeps_its_order,
                 max_queued_holds_under_concurrency_and_stays_exact,
-                queue_names_are_bounded_per_tenant
+                queue_names_are_bounded_per_tenant,
+                idle_queues_cost_no_maintenance_and_due_work_is_still_done
             );
         }
     };

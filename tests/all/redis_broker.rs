@@ -393,6 +393,88 @@ async fn purging_a_queue_gives_back_its_quota() {
     ));
 }
 
+/// Commands the server has run so far (`INFO stats`).
+fn commands_run(server: &RedisServer) -> u64 {
+    let info = server.cli(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO stats has total_commands_processed")
+}
+
+/// Gives each of tenant `idle`'s `names` one task and completes it.
+async fn idle_queues(broker: &RedisBroker, names: &[String]) {
+    let req = |q: &str| corral::broker::AcquireRequest {
+        queues: vec![q.to_owned()],
+        worker: "w".into(),
+        max: 1,
+        lease_for: Duration::from_secs(30),
+        block_for: Duration::ZERO,
+        tenant_room: Default::default(),
+    };
+    for chunk in names.chunks(250) {
+        let tasks = chunk.iter().map(|q| {
+            let mut t = text_task(0);
+            t.tenant = "idle".into();
+            t.queue_name = q.clone();
+            broker.enqueue(vec![t])
+        });
+        for r in futures_util::future::join_all(tasks).await {
+            r.expect("enqueue");
+        }
+        let takes = chunk
+            .iter()
+            .map(|q| async move { broker.acquire(&req(q)).await });
+        let mut outcomes = Vec::new();
+        for got in futures_util::future::join_all(takes).await {
+            for l in got.expect("acquire") {
+                let cp = corral::broker::Checkpoint::of(&l.task);
+                outcomes.push((l.lease, corral::broker::Outcome::Completed(cp)));
+            }
+        }
+        assert_eq!(outcomes.len(), chunk.len());
+        let acked = broker.ack(&outcomes).await.expect("ack");
+        assert!(acked.iter().all(Result::is_ok));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_queues_add_no_command_to_maintenance_or_acquire() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("idle");
+    // What one maintenance pass and one acquire (of a worker serving
+    // `default` and `shared`, a name the idle tenant has too) cost the
+    // server, from a fresh broker (cold caches, as after every refresh).
+    let cost = || async {
+        let broker = connect(&server, &prefix).await;
+        let before = commands_run(&server);
+        let m = broker.maintain().await.expect("maintain");
+        let req = corral::broker::AcquireRequest {
+            queues: vec!["default".into(), "shared".into()],
+            worker: "w".into(),
+            max: 4,
+            lease_for: Duration::from_secs(30),
+            block_for: Duration::ZERO,
+            tenant_room: Default::default(),
+        };
+        assert!(broker.acquire(&req).await.expect("acquire").is_empty());
+        (commands_run(&server) - before, m.queues_visited)
+    };
+    let broker = connect(&server, &prefix).await;
+    idle_queues(&broker, &["shared".to_owned()]).await;
+    let few = cost().await;
+    let names: Vec<String> = (0..5000)
+        .map(|i| format!("idle-{i}-{:x}", rand::random::<u32>()))
+        .collect();
+    idle_queues(&broker, &names).await;
+    let many = cost().await;
+    assert_eq!(few.1, 0);
+    assert_eq!(
+        few, many,
+        "(commands, queues visited) with 1 idle queue, then with 5001"
+    );
+}
+
 /// Server-side cost of each script per task (from Redis's own command
 /// statistics). A profiling aid, not a check: run with
 /// `cargo test --release --test all script_costs -- --ignored --nocapture`.

@@ -17,7 +17,7 @@
 //! finished records sit in sets ordered by time, so maintenance and acquire
 //! cost what is due, however many queues tenants have made.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -134,7 +134,7 @@ impl EmbeddedBroker {
     fn take_ready(&self, req: &AcquireRequest) -> Vec<Leased> {
         let now = self.inner.clock.now();
         let mut st = self.lock();
-        st.promote_due(now);
+        st.promote_due(now, &mut HashSet::new());
         let mut out = Vec::new();
         let tenants = st.tenants.len();
         if tenants == 0 {
@@ -314,7 +314,9 @@ impl State {
             .push_back(task.task_id);
     }
 
-    fn promote_due(&mut self, now: DateTime<Utc>) -> usize {
+    /// Makes due delayed and retrying tasks pending; notes their queues in
+    /// `touched`.
+    fn promote_due(&mut self, now: DateTime<Utc>, touched: &mut HashSet<QueueKey>) -> usize {
         let mut promoted = 0;
         while let Some(&(at, id)) = self.scheduled.first() {
             if at > now {
@@ -327,6 +329,7 @@ impl State {
             entry.task.state = TaskState::Pending;
             entry.task.updated_at = now;
             let task = entry.task.clone();
+            touched.insert((task.tenant.clone(), task.queue_name.clone()));
             self.push_pending(&task);
             promoted += 1;
         }
@@ -372,7 +375,14 @@ impl State {
         }
     }
 
-    fn trim(&mut self, now: DateTime<Utc>, retention: &Retention) -> usize {
+    /// Drops finished records past retention; notes their queues in
+    /// `touched`.
+    fn trim(
+        &mut self,
+        now: DateTime<Utc>,
+        retention: &Retention,
+        touched: &mut HashSet<QueueKey>,
+    ) -> usize {
         let mut gone = Vec::new();
         for (list, ttl) in [
             (&mut self.completed, retention.completed_ttl),
@@ -393,6 +403,9 @@ impl State {
             }
         }
         for id in &gone {
+            if let Some(e) = self.tasks.get(id) {
+                touched.insert((e.task.tenant.clone(), e.task.queue_name.clone()));
+            }
             self.remove(id);
         }
         gone.len()
@@ -433,7 +446,7 @@ impl Broker for EmbeddedBroker {
                     });
                 }
             }
-            let mut ids = std::collections::HashSet::with_capacity(tasks.len());
+            let mut ids = HashSet::with_capacity(tasks.len());
             if let Some(twice) = tasks.iter().find(|t| !ids.insert(t.task_id)) {
                 return Err(BrokerError::Duplicate {
                     op: "enqueue",
@@ -624,9 +637,11 @@ impl Broker for EmbeddedBroker {
         let now = self.inner.clock.now();
         let retention = self.inner.retention;
         let mut report = Maintenance::default();
+        // The queues this pass had work in: it walks only what is due.
+        let mut touched = HashSet::new();
         {
             let mut st = self.lock();
-            report.promoted = st.promote_due(now);
+            report.promoted = st.promote_due(now, &mut touched);
             while let Some(&(at, id)) = st.active.first() {
                 if at > now {
                     break;
@@ -637,6 +652,7 @@ impl Broker for EmbeddedBroker {
                 };
                 entry.lease_expires = None;
                 entry.task.updated_at = now;
+                touched.insert((entry.task.tenant.clone(), entry.task.queue_name.clone()));
                 if entry.task.attempt >= entry.task.max_attempts {
                     entry.task.state = TaskState::Dead;
                     entry.task.error = Some(TaskError {
@@ -658,8 +674,9 @@ impl Broker for EmbeddedBroker {
                     report.recovered += 1;
                 }
             }
-            report.trimmed = st.trim(now, &retention);
+            report.trimmed = st.trim(now, &retention, &mut touched);
         }
+        report.queues_visited = touched.len();
         if report.promoted + report.recovered > 0 {
             self.inner.ready.notify_waiters();
         }

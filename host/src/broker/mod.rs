@@ -8,13 +8,18 @@
 //!   block inside `acquire` (up to `block_for`), they never sleep-poll.
 //! - [`Broker::heartbeat`] extends the leases a worker holds;
 //!   [`Broker::maintain`] returns tasks whose lease expired to pending (or to
-//!   the dead set once out of attempts) and makes delayed tasks due.
+//!   the dead set once out of attempts) and makes delayed tasks due. It
+//!   costs what is due, not what exists: a fleet with thousands of idle
+//!   queues does no per-queue work ([`Maintenance::queues_visited`]).
 //! - [`Broker::update`] (a checkpoint after each handler) and [`Broker::ack`]
 //!   check the token: a worker whose lease moved on gets
 //!   [`BrokerError::LeaseLost`] and cannot overwrite the task.
 //! - Delayed tasks and retries wait by time; failed tasks past their attempts
 //!   and malformed entries go to the dead set with their reason; finished
 //!   tasks are kept for a retention period; every set is bounded.
+//! - [`Broker::enqueue_within`] keeps each tenant within its
+//!   [`TenantQuota`] (queued tasks, queue names), checked and counted in the
+//!   same atomic step as the store.
 //!
 //! This module owns the trait and the types that cross it. It knows nothing of
 //! wasm, and no backend's types (Redis or otherwise) appear in it.
@@ -210,6 +215,10 @@ pub struct Maintenance {
     pub expired_dead: usize,
     /// Finished records dropped past retention or bounds.
     pub trimmed: usize,
+    /// Queue visits the pass made: only queues that had something due (a
+    /// task to promote, a lease to recover, a record to drop) or might
+    /// have; idle queues cost nothing, however many there are.
+    pub queues_visited: usize,
 }
 
 /// Counts of tasks by state, for status pages and tests.

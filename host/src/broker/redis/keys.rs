@@ -17,14 +17,15 @@
 //! | `P:{q:T}:Q:error` | hash | id → the last failure's JSON |
 //! | `P:{q:T}:queues` | set | the tenant's queue names (plain, not encoded) that hold any task record; bounded by the tenant's `max_queues` |
 //! | `P:{q:T}:queued` | string | how many of the tenant's tasks are pending, scheduled or retrying; checked against its `max_queued` |
+//! | `P:{q:T}:due` | zset | the tenant's queue names, each scored by the earliest time (µs) it may need maintenance: a delayed or retrying task falling due, a lease running out, a finished record reaching its retention time; never later than that, possibly earlier |
 //! | `P:tenants` | set | every tenant (plain name) that has had a task |
 //! | `P:{wake}:<queue>` | list | wake-up tokens for idle workers of that queue name (bounded) |
 //! | `P:{wake}:worker:<id>` | list | one worker's interrupt token: ends its wait early (one entry, expires) |
 //!
 //! Every key of a tenant carries the tenant's hash tag `{q:T}`, so one Lua
 //! script can touch all of a tenant's keys, in Redis Cluster too: that is
-//! how the tenant's queue set and queued count are checked and kept exact in
-//! the same atomic step as the tasks they count. (The `q:` keeps a tenant's
+//! how the tenant's queue set, queued count and due index are checked and
+//! kept exact in the same atomic step as the tasks they describe. (The `q:` keeps a tenant's
 //! tag apart from `{wake}` whatever the tenant is called, and from the
 //! catalog's `{t:T}`.) A queue's keys have four parts after the prefix and a
 //! tenant's own keys three, so no queue name can make a queue key equal a
@@ -102,6 +103,8 @@ pub struct TenantKeys {
     pub queues: String,
     /// How many of its tasks are pending, scheduled or retrying (string).
     pub queued: String,
+    /// Queue name → when it next needs maintenance, µs (zset).
+    pub due: String,
 }
 
 impl TenantKeys {
@@ -111,6 +114,7 @@ impl TenantKeys {
         Self {
             queues: format!("{base}:queues"),
             queued: format!("{base}:queued"),
+            due: format!("{base}:due"),
         }
     }
 }
@@ -229,7 +233,8 @@ mod tests {
         assert_eq!(keys.tenant.queues, "corral:{q:acme}:queues");
         assert_eq!(keys.tenant.queued, "corral:{q:acme}:queued");
         let odd = QueueKeys::new("p", "t{1}", "q}");
-        for key in odd.all().into_iter().chain([odd.tenant.queued.as_str()]) {
+        let own = [odd.tenant.queued.as_str(), odd.tenant.due.as_str()];
+        for key in odd.all().into_iter().chain(own) {
             assert_eq!(tag(key), "q:t%7B1%7D");
         }
         assert_eq!(wake("corral", "a b"), "corral:{wake}:a%20b");
@@ -244,7 +249,8 @@ mod tests {
         for name in ["queues", "queued", "due", "queues:x", "a:queues"] {
             let q = QueueKeys::new("p", "t", name);
             for key in q.all() {
-                assert!(key != q.tenant.queues && key != q.tenant.queued, "{key}");
+                let t = &q.tenant;
+                assert!(key != t.queues && key != t.queued && key != t.due, "{key}");
             }
         }
     }

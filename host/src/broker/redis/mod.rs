@@ -36,6 +36,22 @@
 //! same token and answers success again, so the worker's ack retry loop is
 //! safe.
 //!
+//! # Maintenance costs what is due
+//!
+//! Each tenant keeps a due index (`P:{q:T}:due`): its queue names, each
+//! scored by the earliest time the queue may need maintenance (a delayed or
+//! retrying task falling due, a lease running out, a finished record
+//! reaching its retention time). Every script that gives a queue such work
+//! brings its entry forward in the same atomic step (`ZADD LT`), so the
+//! index is never late; it may be early (a lease extended by a heartbeat),
+//! and then the pass finds nothing yet. [`Broker::maintain`] reads, per
+//! tenant, the entries due by now (one command per tenant, sent
+//! concurrently) and runs `maintain.lua` only for those queues, several per
+//! call since they share the tenant's slot; the script stores each queue's
+//! exact next time, or drops the entry when the queue needs nothing. So a
+//! fleet with thousands of idle queues does no per-queue work, and
+//! `acquire` only ever touches the queue names its worker asks for.
+//!
 //! # Blocking
 //!
 //! Idle workers block in Redis, they never sleep-poll: an `acquire` that
@@ -137,7 +153,7 @@ use crate::task::{
 use conn::{BlockingPool, Conn, Target, reachable, unavailable};
 use keys::QueueKeys;
 use record::{Assembled, RawRecord, assemble, from_micros, micros};
-use scripts::{AckItem, AcquireArgs, EnqueueBounds, EnqueueItem, MaintainArgs};
+use scripts::{AckItem, AcquireArgs, EnqueueBounds, EnqueueItem, Keep, MaintainArgs};
 
 /// Tasks stored per enqueue script call.
 const ENQUEUE_CHUNK: usize = 1000;
@@ -149,10 +165,16 @@ const SERIALIZE_IN_FLIGHT: usize = 4;
 const ACK_CHUNK: usize = 500;
 /// Leases extended per heartbeat script call.
 const HEARTBEAT_CHUNK: usize = 1000;
-/// Tasks handled per step of one maintenance script call.
+/// Tasks handled per step per queue of one maintenance script call.
 const MAINTAIN_LIMIT: usize = 1000;
-/// Most maintenance calls per queue in one pass.
+/// Due queues one maintenance script call handles (all of one tenant).
+const QUEUES_PER_MAINTAIN: usize = 32;
+/// Most maintenance calls per tenant in one pass.
 const MAINTAIN_ROUNDS: usize = 100;
+/// The longest retention time scripts are told (µs, about 35 years): a
+/// longer one is as good as forever, and every time stays a whole number a
+/// Lua number (a double) holds exactly.
+const TTL_CAP_US: i64 = 1 << 50;
 /// Due tasks one acquire promotes before leasing.
 const PROMOTE_ON_ACQUIRE: usize = 1000;
 /// Raw entries one acquire script call takes at most.
@@ -424,6 +446,64 @@ impl RedisBroker {
 
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    /// What is kept of finished tasks, as the scripts are told.
+    fn keep(&self) -> Keep {
+        let r = &self.inner.config.retention;
+        Keep {
+            max_completed: r.max_completed,
+            max_dead: r.max_dead,
+            completed_ttl_us: ttl_us(r.completed_ttl),
+            dead_ttl_us: ttl_us(r.dead_ttl),
+        }
+    }
+
+    /// One maintenance pass over the queues of `tenant` that its due index
+    /// names as due: one read of the index, then one script call per
+    /// [`QUEUES_PER_MAINTAIN`] due queues (they share the tenant's slot),
+    /// again while some are left. A tenant with nothing due costs the one
+    /// read, however many queues it has.
+    async fn maintain_tenant(
+        &self,
+        tenant: &str,
+        args: &MaintainArgs,
+    ) -> Result<Maintenance, BrokerError> {
+        const OP: &str = "maintain";
+        let tenant_keys = keys::TenantKeys::new(&self.inner.config.prefix, tenant);
+        let mut total = Maintenance::default();
+        for _ in 0..MAINTAIN_ROUNDS {
+            let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&tenant_keys.due)
+                .arg("-inf")
+                .arg(args.now_us)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(QUEUES_PER_MAINTAIN)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| unavailable(OP, e))?;
+            if due.is_empty() {
+                break;
+            }
+            let queues: Vec<QueueKeys> = due.iter().map(|q| self.keys(tenant, q)).collect();
+            let (done, more) =
+                scripts::maintain(&mut self.conn(), &tenant_keys, &queues, args).await?;
+            total.queues_visited += queues.len();
+            for (keys, m) in queues.iter().zip(done) {
+                total.promoted += m.promoted;
+                total.recovered += m.recovered;
+                total.expired_dead += m.expired_dead;
+                total.trimmed += m.trimmed;
+                if m.promoted + m.recovered > 0 {
+                    self.wake(tenant, &keys.name).await;
+                }
+            }
+            if !more && queues.len() < QUEUES_PER_MAINTAIN {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -775,13 +855,11 @@ impl RedisBroker {
                 }
             })
             .collect();
-        let r = &self.inner.config.retention;
         scripts::ack(
             &mut self.conn(),
             keys,
             micros(self.now()),
-            r.max_completed,
-            r.max_dead,
+            &self.keep(),
             &items,
         )
         .await?;
@@ -986,6 +1064,13 @@ fn stored_items(tasks: Vec<Task>, now: DateTime<Utc>) -> Result<Vec<EnqueueItem>
             })
         })
         .collect()
+}
+
+/// A retention time as the scripts take it: µs, at most [`TTL_CAP_US`].
+fn ttl_us(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(TTL_CAP_US)
 }
 
 /// Items of one `(tenant, queue)`, each with its position in the input.
@@ -1255,7 +1340,7 @@ impl Broker for RedisBroker {
             };
             (lease.tenant.clone(), lease.queue.clone(), item)
         }));
-        let r = self.inner.config.retention;
+        let keep = &self.keep();
         let batches: Vec<(QueueKeys, Vec<usize>, Vec<AckItem>)> = groups
             .into_iter()
             .map(|((tenant, queue), items)| {
@@ -1267,15 +1352,7 @@ impl Broker for RedisBroker {
         for (keys, positions, items) in &batches {
             for (at, chunk) in positions.chunks(ACK_CHUNK).zip(items.chunks(ACK_CHUNK)) {
                 calls.push(async move {
-                    let held = scripts::ack(
-                        &mut self.conn(),
-                        keys,
-                        now_us,
-                        r.max_completed,
-                        r.max_dead,
-                        chunk,
-                    )
-                    .await?;
+                    let held = scripts::ack(&mut self.conn(), keys, now_us, keep, chunk).await?;
                     let answers: Vec<(usize, Result<(), BrokerError>)> = at
                         .iter()
                         .zip(chunk)
@@ -1348,51 +1425,12 @@ impl Broker for RedisBroker {
 
     async fn maintain(&self) -> Result<Maintenance, BrokerError> {
         let tenants = self.tenants("maintain").await?;
-        let mut pairs = Vec::new();
-        for tenant in tenants {
-            for queue in self.tenant_queue_names("maintain", &tenant).await? {
-                pairs.push((tenant.clone(), queue));
-            }
-        }
-        let now = self.now();
-        let r = self.inner.config.retention;
-        let before = |ttl: Duration| {
-            chrono::Duration::from_std(ttl)
-                .ok()
-                .and_then(|ttl| now.checked_sub_signed(ttl))
-                .map(micros)
-                .unwrap_or(i64::MIN)
-        };
         let args = MaintainArgs {
-            now_us: micros(now),
-            completed_before_us: before(r.completed_ttl),
-            dead_before_us: before(r.dead_ttl),
-            max_completed: r.max_completed,
-            max_dead: r.max_dead,
+            now_us: micros(self.now()),
+            keep: self.keep(),
             limit: MAINTAIN_LIMIT,
         };
-        let passes = join_all(pairs.iter().map(|(tenant, queue)| {
-            let args = &args;
-            async move {
-                let keys = self.keys(tenant, queue);
-                let mut total = Maintenance::default();
-                for _ in 0..MAINTAIN_ROUNDS {
-                    let (m, more) = scripts::maintain(&mut self.conn(), &keys, args).await?;
-                    total.promoted += m.promoted;
-                    total.recovered += m.recovered;
-                    total.expired_dead += m.expired_dead;
-                    total.trimmed += m.trimmed;
-                    if !more {
-                        break;
-                    }
-                }
-                if total.promoted + total.recovered > 0 {
-                    self.wake(tenant, queue).await;
-                }
-                Ok::<_, BrokerError>(total)
-            }
-        }))
-        .await;
+        let passes = join_all(tenants.iter().map(|t| self.maintain_tenant(t, &args))).await;
         let mut report = Maintenance::default();
         let mut first_error = None;
         for pass in passes {
@@ -1402,6 +1440,7 @@ impl Broker for RedisBroker {
                     report.recovered += m.recovered;
                     report.expired_dead += m.expired_dead;
                     report.trimmed += m.trimmed;
+                    report.queues_visited += m.queues_visited;
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -6,7 +6,9 @@
 -- answers 0 again without applying twice. Finished sets are then cut to
 -- their bounds, oldest first. Writes are batched (one command per key for
 -- all outcomes), as each redis.call from Lua has a fixed cost. A retry or a
--- release puts the task back among the tenant's queued tasks (KEYS[10]).
+-- release puts the task back among the tenant's queued tasks (KEYS[10]);
+-- the queue's entry in the due index (KEYS[11]) is then set to the queue's
+-- next due time (leases ended here no longer count).
 --
 -- KEYS[1] pending    (list)
 -- KEYS[2] active     (zset)
@@ -18,11 +20,17 @@
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
 -- KEYS[10] queued    (string) the tenant's count of queued tasks
+-- KEYS[11] due       (zset)   the tenant's due index
+-- KEYS[12] queues    (set)    the tenant's queue names (a queue left
+--                             without records leaves it)
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] most completed tasks kept
 -- ARGV[3] most dead tasks kept
--- ARGV[4] n, the number of outcomes; then 6 values per outcome:
+-- ARGV[4] how long completed tasks are kept (µs)
+-- ARGV[5] how long dead tasks are kept (µs)
+-- ARGV[6] the queue's name, as the tenant's queue set holds it
+-- ARGV[7] n, the number of outcomes; then 6 values per outcome:
 --         id, token, kind, JSON, due, handler
 --   kind c completed: JSON is the final checkpoint, handler its index
 --        r retry:     JSON is the error, due when to run again (µs)
@@ -37,7 +45,9 @@ local k_pending, k_active, k_scheduled, k_completed, k_dead = KEYS[1], KEYS[2], 
 local k_task, k_meta, k_progress, k_error = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now = ARGV[1]
 local max_completed, max_dead = tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
+local completed_ttl, dead_ttl, queue = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local n = tonumber(ARGV[7])
+local first = 8
 local target = {c = 'c', r = 'r', d = 'd', l = 'p'}
 
 local codes = {}
@@ -46,7 +56,7 @@ if n == 0 then
 end
 local ids = {}
 for i = 0, n - 1 do
-    ids[i + 1] = ARGV[5 + i * 6]
+    ids[i + 1] = ARGV[first + i * 6]
 end
 local metas = redis.call('HMGET', k_meta, unpack(ids))
 
@@ -58,7 +68,7 @@ local completed_add, scheduled_add, dead_add, released = {}, {}, {}, {}
 local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
 local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
 for i = 0, n - 1 do
-    local base = 5 + i * 6
+    local base = first + i * 6
     local id, token, kind = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2]
     local code = 1
     local done = applied[id]
@@ -149,4 +159,10 @@ if n_released > 0 then
     redis.call('RPUSH', k_pending, unpack(released))
 end
 requeue(KEYS[10], n_scheduled / 2 + n_released)
+if n_active > 0 then
+    settle(KEYS[11], KEYS[12], {
+        name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,
+        completed = k_completed, dead = k_dead, meta = k_meta,
+    }, completed_ttl, dead_ttl)
+end
 return codes

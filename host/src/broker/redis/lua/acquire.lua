@@ -32,6 +32,7 @@
 -- KEYS[7] error      (hash)
 -- KEYS[8] queues     (set)    the tenant's queue names
 -- KEYS[9] queued     (string) the tenant's count of queued tasks
+-- KEYS[10] due       (zset)   the tenant's due index: the leases' expiry
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] lease expiry (µs)
@@ -192,6 +193,7 @@ if #leases > 0 then
     redis.call('HSET', k_meta, unpack(meta_args))
     redis.call('ZADD', k_active, unpack(zadd_args))
     unqueue(k_queued, stored)
+    due_by(KEYS[10], queue, expires)
     if raw > 0 then
         redis.call('SADD', k_queues, queue)
     end

@@ -15,7 +15,8 @@
 -- KEYS[5] meta       (hash)  id -> metadata (see common.lua)
 -- KEYS[6] queues     (set)   the tenant's queue names
 -- KEYS[7] queued     (string) the tenant's count of queued tasks
--- KEYS[8] wake       (list)  optional: the queue name's wake-up list, given
+-- KEYS[8] due        (zset)  the tenant's due index (delayed tasks)
+-- KEYS[9] wake       (list)  optional: the queue name's wake-up list, given
 --                            only where it shares a server with the queue
 --                            (standalone Redis), so the wake-up is part of
 --                            the same call
@@ -28,7 +29,7 @@
 -- ARGV[6] n, the number of tasks; then 4 values per task:
 --         id, task JSON, metadata (packed by Rust, see common.lua; state
 --         p or s), due (µs; empty = ready now)
---         then, with KEYS[8]: the wake-up token and how many tokens to keep
+--         then, with KEYS[9]: the wake-up token and how many tokens to keep
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
 --         {1, id}      nothing stored: task `id` already exists (or is
@@ -82,6 +83,7 @@ redis.call('INCRBY', k_queued, n)
 
 local tasks, metas, ready, delayed = {}, {}, {}, {}
 local nt, nm, nr, nd = 0, 0, 0, 0
+local first_due = nil
 for i = 0, n - 1 do
     local base = first + i * 4
     local id, due = ARGV[base], ARGV[base + 3]
@@ -92,6 +94,10 @@ for i = 0, n - 1 do
     metas[nm + 2] = ARGV[base + 2]
     nm = nm + 2
     if due ~= '' then
+        local at = tonumber(due)
+        if not first_due or at < first_due then
+            first_due = at
+        end
         delayed[nd + 1] = due
         delayed[nd + 2] = id
         nd = nd + 2
@@ -103,14 +109,15 @@ end
 redis.call('HSET', KEYS[4], unpack(tasks))
 if nd > 0 then
     redis.call('ZADD', KEYS[2], unpack(delayed))
+    due_by(KEYS[8], queue, first_due)
 end
 redis.call('HSET', KEYS[5], unpack(metas))
 if nr > 0 then
     redis.call('LPUSH', KEYS[1], unpack(ready))
-    if KEYS[8] then
+    if KEYS[9] then
         local wake_at = first + n * 4
-        redis.call('LPUSH', KEYS[8], ARGV[wake_at])
-        redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[wake_at + 1]) - 1)
+        redis.call('LPUSH', KEYS[9], ARGV[wake_at])
+        redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[wake_at + 1]) - 1)
     end
 end
 return {0, nr}

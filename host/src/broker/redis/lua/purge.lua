@@ -1,5 +1,5 @@
 -- purge.lua: deletes one queue whole, every task in it whatever its state,
--- and takes it out of its tenant's accounts.
+-- and takes it out of its tenant's accounts and due index.
 --
 -- The tenant's count of queued tasks loses the queue's pending, scheduled
 -- and retrying tasks, counted from their metadata (so raw entries, never
@@ -11,6 +11,7 @@
 --            task, meta, progress, error
 -- KEYS[10] queues    (set)    the tenant's queue names
 -- KEYS[11] queued    (string) the tenant's count of queued tasks
+-- KEYS[12] due       (zset)   the tenant's due index
 --
 -- ARGV[1] the queue's name, as the tenant's queue set holds it
 --
@@ -35,4 +36,5 @@ for i = 1, 9 do
 end
 unqueue(KEYS[11], queued)
 redis.call('SREM', KEYS[10], ARGV[1])
+redis.call('ZREM', KEYS[12], ARGV[1])
 return queued
