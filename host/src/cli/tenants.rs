@@ -91,6 +91,9 @@ struct LimitFlags {
     /// Tasks of the tenant waiting at once.
     #[arg(long)]
     max_queued: Option<u64>,
+    /// Distinct queue names the tenant may have tasks in.
+    #[arg(long)]
+    max_queues: Option<u32>,
     /// Largest module the tenant may upload, in KiB.
     #[arg(long)]
     max_module_kib: Option<u64>,
@@ -113,6 +116,9 @@ impl LimitFlags {
         }
         if let Some(v) = self.max_queued {
             limits.max_queued = v;
+        }
+        if let Some(v) = self.max_queues {
+            limits.max_queues = v;
         }
         if let Some(v) = self.max_module_kib {
             limits.max_module_bytes = v << 10;

@@ -6,9 +6,13 @@
 -- answers 0 again without applying twice. Finished sets are then cut to
 -- their bounds, oldest first. Writes are batched (one command per key for
 -- all outcomes), as each redis.call from Lua has a fixed cost. A retry or a
--- release puts the task back among the tenant's queued tasks (KEYS[10]);
--- the queue's entry in the due index (KEYS[11]) is then set to the queue's
--- next due time (leases ended here no longer count).
+-- release puts the task back among the tenant's queued tasks (KEYS[10]).
+-- The queue's entry in the due index (KEYS[11]) comes forward to any retry
+-- or retention time this call created; when the call ended the queue's
+-- last lease, the entry is set exactly instead, so a queue that fell idle
+-- is not visited for a lease it no longer has. (Settling exactly on every
+-- call would cost four reads per call; while leases remain, an early entry
+-- costs at most one maintenance visit per lease period.)
 --
 -- KEYS[1] pending    (list)
 -- KEYS[2] active     (zset)
@@ -67,6 +71,7 @@ local meta_args, active_rem, progress_set, error_del, error_set = {}, {}, {}, {}
 local completed_add, scheduled_add, dead_add, released = {}, {}, {}, {}
 local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
 local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
+local first_retry = nil
 for i = 0, n - 1 do
     local base = first + i * 6
     local id, token, kind = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2]
@@ -98,6 +103,10 @@ for i = 0, n - 1 do
                 n_completed = n_completed + 2
             elseif kind == 'r' then
                 local due = ARGV[base + 4]
+                local at = tonumber(due)
+                if not first_retry or at < first_retry then
+                    first_retry = at
+                end
                 m.run_at = due
                 error_set[n_error_set + 1] = id
                 error_set[n_error_set + 2] = ARGV[base + 3]
@@ -159,10 +168,23 @@ if n_released > 0 then
     redis.call('RPUSH', k_pending, unpack(released))
 end
 requeue(KEYS[10], n_scheduled / 2 + n_released)
-if n_active > 0 then
+if n_active > 0 and redis.call('ZCARD', k_active) == 0 then
     settle(KEYS[11], KEYS[12], {
         name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,
         completed = k_completed, dead = k_dead, meta = k_meta,
     }, completed_ttl, dead_ttl)
+elseif n_active > 0 then
+    local at = first_retry
+    for _, finished in ipairs({{n_completed, completed_ttl}, {n_dead, dead_ttl}}) do
+        if finished[1] > 0 then
+            local t = tonumber(now) + finished[2]
+            if not at or t < at then
+                at = t
+            end
+        end
+    end
+    if at then
+        due_by(KEYS[11], queue, at)
+    end
 end
 return codes
