@@ -691,6 +691,92 @@ async fn tenant_limits_are_enforced_at_upload_registration_and_enqueue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_stay_within_the_tenant_quota() {
+    let w = world_with(
+        TenantLimits {
+            max_queued: 20,
+            max_queues: 4,
+            ..TenantLimits::default()
+        },
+        ApiConfig::default(),
+    )
+    .await;
+    let hash = w.api.upload_job(&w.a, "noop").await;
+    w.api
+        .post("/v1/jobs", &w.a, &json!({"name": "j", "handlers": [hash]}))
+        .await
+        .expect(201, "");
+    // Kinds of the answers to `bodies`, all posted at once.
+    let burst = |token: String, bodies: Vec<Value>| {
+        let api = &w.api;
+        async move {
+            let replies = futures_util::future::join_all(
+                bodies
+                    .iter()
+                    .map(|body| api.post("/v1/tasks", &token, body)),
+            )
+            .await;
+            let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+            for r in replies {
+                let kind = match r.status.as_u16() {
+                    202 => "stored".to_owned(),
+                    429 => r.kind().to_owned(),
+                    _ => panic!("unexpected reply: {r:?}"),
+                };
+                *kinds.entry(kind).or_default() += 1;
+            }
+            kinds
+        }
+    };
+    let count = |kinds: &std::collections::BTreeMap<String, usize>, k: &str| {
+        kinds.get(k).copied().unwrap_or(0)
+    };
+    // 128 at once against max_queued 20, across the tenant's four queues.
+    let bodies = (0..128)
+        .map(|i| json!({"job": "j", "queue": format!("q{}", i % 4), "args": {"i": i}}))
+        .collect();
+    let kinds = burst(w.a.clone(), bodies).await;
+    assert_eq!(count(&kinds, "stored"), 20, "{kinds:?}");
+    assert_eq!(count(&kinds, "queue_full"), 108, "{kinds:?}");
+    let stats = w.api.get("/v1/stats", &w.a).await;
+    assert_eq!(stats.body["pending"], json!(20));
+    // 64 new queue names at once against max_queues 4 (fresh tenant, room
+    // for tasks): exactly 4 names are created.
+    let gamma = api_support::tenant(
+        &w.catalog,
+        "gamma",
+        TenantLimits {
+            max_queues: 4,
+            ..TenantLimits::default()
+        },
+    )
+    .await;
+    let hash = w.api.upload_job(&gamma, "noop").await;
+    w.api
+        .post(
+            "/v1/jobs",
+            &gamma,
+            &json!({"name": "j", "handlers": [hash]}),
+        )
+        .await
+        .expect(201, "");
+    let bodies = (0..64)
+        .map(|i| json!({"job": "j", "queue": format!("name-{i}")}))
+        .collect();
+    let kinds = burst(gamma.clone(), bodies).await;
+    assert_eq!(count(&kinds, "stored"), 4, "{kinds:?}");
+    assert_eq!(count(&kinds, "too_many_queues"), 60, "{kinds:?}");
+    let listed = w.api.get("/v1/tasks", &gamma).await;
+    let names: std::collections::BTreeSet<&str> = listed.body["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["queue_name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_is_a_static_page_without_data() {
     let w = world().await;
     let resp = reqwest::get(format!("{}/", w.api.base)).await.unwrap();

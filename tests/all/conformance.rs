@@ -15,10 +15,13 @@ use std::time::Duration;
 use chrono::DateTime;
 use corral::broker::{
     AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Outcome,
-    RedisBroker, RedisConfig, Retention,
+    RedisBroker, RedisConfig, Retention, TenantQuota,
 };
 use corral::clock::{self, Clock, ManualClock};
 use corral::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
+use futures_util::future::join_all;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::support::redis::{RedisServer, cluster, unique_prefix};
 
@@ -976,6 +979,385 @@ pub async fn a_bulk_enqueue_keeps_its_order<K: Backend>() {
     assert_eq!(first_difference, None, "tasks came out of order");
 }
 
+/// How a batch of one-task enqueues, sent all at once, was answered.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Answers {
+    stored: usize,
+    full: usize,
+    too_many_queues: usize,
+}
+
+/// Enqueues each task in a call of its own, all calls at once, within
+/// `quota`; any answer but stored or a quota refusal fails the test.
+async fn enqueue_at_once<B: Broker>(b: &B, tasks: Vec<Task>, quota: &TenantQuota) -> Answers {
+    let answers = join_all(tasks.into_iter().map(|t| b.enqueue_within(vec![t], quota))).await;
+    let mut out = Answers::default();
+    for answer in answers {
+        match answer {
+            Ok(()) => out.stored += 1,
+            Err(BrokerError::Full { .. }) => out.full += 1,
+            Err(BrokerError::TooManyQueues { .. }) => out.too_many_queues += 1,
+            Err(other) => panic!("unexpected enqueue error: {other}"),
+        }
+    }
+    out
+}
+
+/// A task of `tenant` in a random one of `queues`, delayed up to a minute
+/// one time in four.
+fn quota_task(rng: &mut StdRng, now: DateTime<chrono::Utc>, tenant: &str, queues: &[&str]) -> Task {
+    let queue = queues[rng.random_range(0..queues.len())];
+    let mut t = task_in(tenant, queue, rng.random_range(0..1000));
+    if rng.random_ratio(1, 4) {
+        t.run_at = Some(clock::add(
+            now,
+            Duration::from_secs(rng.random_range(1..60)),
+        ));
+    }
+    t
+}
+
+/// What the broker counts as `tenant`'s queued tasks.
+async fn queued<B: Broker>(b: &B, tenant: &str) -> u64 {
+    let s = b.tenant_stats(tenant).await.expect("tenant stats");
+    (s.pending + s.scheduled) as u64
+}
+
+pub async fn max_queued_holds_under_concurrency_and_stays_exact<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let mut rng = StdRng::seed_from_u64(0x000c_0a1a);
+    const LIMIT: u64 = 20;
+    let quota = TenantQuota {
+        max_queued: LIMIT,
+        max_queues: 8,
+    };
+    let (tenant, queues) = ("acme", ["q0", "q1", "q2"]);
+    // 128 enqueues at once against an empty tenant: exactly the limit.
+    let tasks = (0..128)
+        .map(|_| quota_task(&mut rng, fx.clock.now(), tenant, &queues))
+        .collect();
+    let got = enqueue_at_once(&fx.broker, tasks, &quota).await;
+    assert_eq!((got.stored, got.full), (20, 108), "{got:?}");
+    // Another tenant's room is its own.
+    fx.broker
+        .enqueue_within(vec![task_in("other", "q0", 1)], &quota)
+        .await
+        .expect("another tenant enqueues");
+    // The model: how many of the tenant's tasks are pending, scheduled or
+    // retrying. Random rounds move tasks through every transition; after
+    // each, a burst of enqueues must be stored exactly up to the limit.
+    let mut model = LIMIT;
+    for round in 0..10 {
+        let want = rng.random_range(1..=12);
+        let got = fx
+            .broker
+            .acquire(&AcquireRequest {
+                tenant_room: [("other".to_owned(), 0)].into_iter().collect(),
+                ..req("w", &queues, want)
+            })
+            .await
+            .expect("acquire");
+        model -= got.len() as u64;
+        let mut outcomes = Vec::new();
+        let mut abandoned = 0;
+        for l in got {
+            let outcome = match rng.random_range(0..5) {
+                0 => Outcome::Completed(Checkpoint::of(&l.task)),
+                1 => {
+                    model += 1;
+                    let at =
+                        clock::add(fx.clock.now(), Duration::from_secs(rng.random_range(0..20)));
+                    Outcome::Retry {
+                        error: error("flaky", true),
+                        at,
+                    }
+                }
+                2 => {
+                    model += 1;
+                    Outcome::Release
+                }
+                3 => Outcome::Dead(error("fatal", false)),
+                _ => {
+                    // Left to expire, as a killed worker's lease does.
+                    abandoned += 1;
+                    continue;
+                }
+            };
+            outcomes.push((l.lease, outcome));
+        }
+        let acked = fx.broker.ack(&outcomes).await.expect("ack");
+        assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+        if abandoned > 0 || rng.random_bool(0.5) {
+            fx.clock.advance(LEASE + Duration::from_secs(1));
+            let m = fx.broker.maintain().await.expect("maintain");
+            assert_eq!(m.recovered + m.expired_dead, abandoned, "round {round}");
+            model += m.recovered as u64;
+        }
+        assert_eq!(queued(&fx.broker, tenant).await, model, "round {round}");
+        let extra = rng.random_range(1..40);
+        let tasks = (0..(LIMIT - model) as usize + extra)
+            .map(|_| quota_task(&mut rng, fx.clock.now(), tenant, &queues))
+            .collect();
+        let got = enqueue_at_once(&fx.broker, tasks, &quota).await;
+        assert_eq!(
+            (got.stored as u64, got.full),
+            (LIMIT - model, extra),
+            "round {round}"
+        );
+        model = LIMIT;
+        assert_eq!(queued(&fx.broker, tenant).await, model, "round {round}");
+    }
+}
+
+pub async fn queue_names_are_bounded_per_tenant<K: Backend>() {
+    let retention = Retention {
+        completed_ttl: Duration::from_secs(60),
+        ..Retention::default()
+    };
+    let fx = K::make(retention).await;
+    let mut rng = StdRng::seed_from_u64(0x0009_0e0e);
+    const MAX: u32 = 6;
+    let quota = TenantQuota {
+        max_queued: 1_000_000,
+        max_queues: MAX,
+    };
+    let tenant = "acme";
+    // MAX + k new names at once, some of them odd: exactly MAX are created.
+    let extra = rng.random_range(3..12);
+    let names: Vec<String> = (0..MAX as usize + extra)
+        .map(|i| match i % 3 {
+            0 => format!("n{i}"),
+            1 => format!("n{i}:{{x}}"),
+            _ => format!("n{i}-{}", rng.random::<u32>()),
+        })
+        .collect();
+    let tasks: Vec<Task> = names.iter().map(|q| task_in(tenant, q, 1)).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+    let got = enqueue_at_once(&fx.broker, tasks, &quota).await;
+    assert_eq!(
+        (got.stored, got.too_many_queues),
+        (MAX as usize, extra),
+        "{got:?}"
+    );
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for (name, id) in names.iter().zip(&ids) {
+        match fx.broker.task(tenant, *id).await.expect("task") {
+            Some(_) => held.push(name.clone()),
+            None => refused.push(name.clone()),
+        }
+    }
+    assert_eq!(held.len(), MAX as usize);
+    // A name it holds takes more tasks, a new one does not; another tenant
+    // is not limited by this one's names.
+    for name in &held {
+        fx.broker
+            .enqueue_within(vec![task_in(tenant, name, 2)], &quota)
+            .await
+            .expect("a held queue takes more");
+    }
+    match fx
+        .broker
+        .enqueue_within(vec![task_in(tenant, &refused[0], 3)], &quota)
+        .await
+    {
+        Err(BrokerError::TooManyQueues { .. }) => {}
+        other => panic!("expected TooManyQueues, got {other:?}"),
+    }
+    fx.broker
+        .enqueue_within(vec![task_in("other", &refused[0], 3)], &quota)
+        .await
+        .expect("another tenant's names are its own");
+    // A queue whose last record is gone frees its name.
+    let freed = &held[0];
+    let got = fx
+        .broker
+        .acquire(&req("w", &[freed.as_str()], 10))
+        .await
+        .expect("acquire");
+    assert_eq!(got.len(), 2);
+    let outcomes: Vec<(Lease, Outcome)> = got
+        .into_iter()
+        .map(|l| {
+            let cp = Checkpoint::of(&l.task);
+            (l.lease, Outcome::Completed(cp))
+        })
+        .collect();
+    fx.broker.ack(&outcomes).await.expect("ack");
+    let late = task_in(tenant, &refused[1], 4);
+    assert!(
+        matches!(
+            fx.broker.enqueue_within(vec![late.clone()], &quota).await,
+            Err(BrokerError::TooManyQueues { .. })
+        ),
+        "finished tasks still hold their queue's name"
+    );
+    fx.clock.advance(Duration::from_secs(61));
+    assert_eq!(fx.broker.maintain().await.expect("maintain").trimmed, 2);
+    let got = enqueue_at_once(
+        &fx.broker,
+        vec![late, task_in(tenant, &refused[2], 5)],
+        &quota,
+    )
+    .await;
+    assert_eq!((got.stored, got.too_many_queues), (1, 1), "{got:?}");
+}
+
+/// Queue names for the idle-fleet tests: generated, some with characters
+/// that need encoding.
+fn idle_names(rng: &mut StdRng, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match i % 4 {
+            0 => format!("idle-{i}"),
+            1 => format!("idle:{i}:{{{}}}", rng.random::<u16>()),
+            2 => format!("idle.{i}.{:x}", rng.random::<u64>()),
+            _ => format!("idle_{i}"),
+        })
+        .collect()
+}
+
+/// Gives each of `tenant`'s `names` one task and finishes it (completed,
+/// or dead one time in three): the queues hold a finished record each and
+/// nothing else.
+async fn finish_one_in_each<B: Broker>(b: &B, rng: &mut StdRng, tenant: &str, names: &[String]) {
+    let tasks: Vec<Task> = names.iter().map(|q| task_in(tenant, q, 1)).collect();
+    for chunk in tasks.chunks(500) {
+        let calls = chunk.iter().map(|t| b.enqueue(vec![t.clone()]));
+        for r in join_all(calls).await {
+            r.expect("enqueue");
+        }
+    }
+    let mut leased = Vec::new();
+    for chunk in names.chunks(500) {
+        let calls = chunk
+            .iter()
+            .map(|q| async move { b.acquire(&req("w", &[q.as_str()], 1)).await });
+        for got in join_all(calls).await {
+            leased.extend(got.expect("acquire"));
+        }
+    }
+    assert_eq!(leased.len(), names.len());
+    let outcomes: Vec<(Lease, Outcome)> = leased
+        .into_iter()
+        .map(|l| {
+            let outcome = if rng.random_ratio(1, 3) {
+                Outcome::Dead(error("fatal", false))
+            } else {
+                Outcome::Completed(Checkpoint::of(&l.task))
+            };
+            (l.lease, outcome)
+        })
+        .collect();
+    let acked = b.ack(&outcomes).await.expect("ack");
+    assert!(acked.iter().all(Result::is_ok));
+}
+
+pub async fn idle_queues_cost_no_maintenance_and_due_work_is_still_done<K: Backend>() {
+    let retention = Retention {
+        completed_ttl: Duration::from_secs(3600),
+        dead_ttl: Duration::from_secs(3600),
+        ..Retention::default()
+    };
+    let fx = K::make(retention).await;
+    let mut rng = StdRng::seed_from_u64(0x1d1e_0005);
+    const N: usize = 5000;
+    let names = idle_names(&mut rng, N);
+    finish_one_in_each(&fx.broker, &mut rng, "idle", &names).await;
+    // Thousands of queues, each with a finished record: nothing is due, so
+    // a pass visits none of them.
+    for _ in 0..3 {
+        let m = fx.broker.maintain().await.expect("maintain");
+        assert_eq!(m.queues_visited, 0, "{m:?}");
+        assert_eq!((m.promoted, m.recovered, m.trimmed), (0, 0, 0));
+    }
+    // Work in two of them is still done exactly when due: a delayed task
+    // in one, a lease that a (killed) worker lets run out in another.
+    let (delayed_q, leased_q) = (&names[rng.random_range(0..N)], &names[N / 2]);
+    let mut delayed = task_in("idle", delayed_q, 2);
+    delayed.run_at = Some(clock::add(fx.clock.now(), Duration::from_secs(90)));
+    fx.broker
+        .enqueue(vec![delayed.clone(), task_in("idle", leased_q, 3)])
+        .await
+        .expect("enqueue");
+    let held = fx
+        .broker
+        .acquire(&req("killed", &[leased_q.as_str()], 1))
+        .await
+        .expect("acquire");
+    assert_eq!(held.len(), 1);
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(m.queues_visited, 0, "nothing is due yet: {m:?}");
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(
+        (m.recovered, m.promoted, m.queues_visited),
+        (1, 0, 1),
+        "{m:?}"
+    );
+    assert_eq!(
+        fx.broker.maintain().await.expect("maintain").queues_visited,
+        0
+    );
+    fx.clock.advance(Duration::from_secs(58));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!(
+        (m.promoted, m.queues_visited),
+        (0, 0),
+        "one second early: {m:?}"
+    );
+    fx.clock.advance(Duration::from_secs(1));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!((m.promoted, m.queues_visited), (1, 1), "due now: {m:?}");
+    let got = fx
+        .broker
+        .acquire(&req("w", &[delayed_q.as_str(), leased_q.as_str()], 5))
+        .await
+        .expect("acquire");
+    let mut ids: Vec<TaskId> = got.iter().map(|l| l.task.task_id).collect();
+    ids.sort();
+    let mut want = vec![delayed.task_id, held[0].task.task_id];
+    want.sort();
+    assert_eq!(ids, want);
+    for l in &got {
+        ack_one(
+            &fx.broker,
+            &l.lease,
+            Outcome::Completed(Checkpoint::of(&l.task)),
+        )
+        .await
+        .expect("ack");
+    }
+    // Retention still trims every queue, each visited once, when its time
+    // comes (the first records an hour after they finished, the last two a
+    // second later); then the fleet is idle again, and the queues are gone.
+    // (A pass may stop after a bounded number of visits and leave the
+    // rest, still due, to the next.)
+    fx.clock.advance(Duration::from_secs(3599));
+    let (mut trimmed, mut visited) = (0, 0);
+    for _ in 0..10 {
+        let m = fx.broker.maintain().await.expect("maintain");
+        if m.queues_visited == 0 {
+            break;
+        }
+        trimmed += m.trimmed;
+        visited += m.queues_visited;
+    }
+    assert_eq!((trimmed, visited), (N, N));
+    fx.clock.advance(Duration::from_secs(1));
+    let m = fx.broker.maintain().await.expect("maintain");
+    assert_eq!((m.trimmed, m.queues_visited), (2, 2), "{m:?}");
+    let stats = fx.broker.tenant_stats("idle").await.expect("stats");
+    assert_eq!(stats, Default::default());
+    let quota = TenantQuota {
+        max_queued: 10,
+        max_queues: 1,
+    };
+    fx.broker
+        .enqueue_within(vec![task_in("idle", "fresh", 4)], &quota)
+        .await
+        .expect("the tenant's queue names were all freed");
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -1002,7 +1384,10 @@ macro_rules! conformance {
                 tenants_share_a_worker_fairly,
                 malformed_entries_go_dead_and_acquire_carries_on,
                 tenants_see_only_their_own_tasks,
-                a_bulk_enqueue_keeps_its_order
+                a_bulk_enqueue_keeps_its_order,
+                max_queued_holds_under_concurrency_and_stays_exact,
+                queue_names_are_bounded_per_tenant,
+                idle_queues_cost_no_maintenance_and_due_work_is_still_done
             );
         }
     };

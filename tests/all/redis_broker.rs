@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use corral::Client;
-use corral::broker::{Broker, BrokerError, QueueStats, RedisBroker, RedisConfig};
+use corral::broker::{Broker, BrokerError, QueueStats, RedisBroker, RedisConfig, TenantQuota};
 use corral::sandbox::Limits;
 use corral::task::{ArgsMap, Task, TaskId, TaskState};
 
@@ -256,7 +256,7 @@ async fn a_full_queue_refuses_more() {
 }
 
 #[tokio::test]
-async fn every_key_of_a_queue_carries_its_hash_tag() {
+async fn every_key_of_a_tenant_carries_its_hash_tag() {
     let server = RedisServer::start();
     let prefix = unique_prefix("keys");
     let broker = connect(&server, &prefix).await;
@@ -290,7 +290,7 @@ async fn every_key_of_a_queue_carries_its_hash_tag() {
     let keys = server.cli(&["--scan", "--pattern", &format!("{prefix}:*")]);
     let mut tags = BTreeSet::new();
     for key in keys.lines().filter(|k| !k.is_empty()) {
-        if key == format!("{prefix}:queues") || key.starts_with(&format!("{prefix}:{{wake}}")) {
+        if key == format!("{prefix}:tenants") || key.starts_with(&format!("{prefix}:{{wake}}")) {
             continue;
         }
         let open = key
@@ -302,7 +302,7 @@ async fn every_key_of_a_queue_carries_its_hash_tag() {
                 .unwrap_or_else(|| panic!("{key} has no hash tag"));
         tags.insert(key[open + 1..close].to_owned());
     }
-    let expected: BTreeSet<String> = ["acme%3Acorp:mail%7B1%7D", "default:default"]
+    let expected: BTreeSet<String> = ["q:acme%3Acorp", "q:default"]
         .into_iter()
         .map(String::from)
         .collect();
@@ -312,9 +312,167 @@ async fn every_key_of_a_queue_carries_its_hash_tag() {
         &expected_keys.task,
         &expected_keys.meta,
         &expected_keys.completed,
+        &expected_keys.tenant.queues,
+        &expected_keys.tenant.queued,
     ] {
         assert!(keys.lines().any(|k| k == key), "{key} missing from {keys}");
     }
+    let members = server.cli(&["SMEMBERS", &expected_keys.tenant.queues]);
+    assert_eq!(members.trim(), "mail{1}");
+    let tenants = server.cli(&["SMEMBERS", &format!("{prefix}:tenants")]);
+    let tenants: BTreeSet<&str> = tenants.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(tenants, BTreeSet::from(["acme:corp", "default"]));
+}
+
+#[tokio::test]
+async fn purging_a_queue_gives_back_its_quota() {
+    let server = RedisServer::start();
+    let broker = connect(&server, &unique_prefix("purge")).await;
+    let quota = TenantQuota {
+        max_queued: 12,
+        max_queues: 2,
+    };
+    let in_queue = |queue: &str, delayed: bool| {
+        let mut t = text_task(0);
+        t.tenant = "acme".into();
+        t.queue_name = queue.into();
+        if delayed {
+            t.run_at = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+        }
+        t
+    };
+    let mut doomed: Vec<Task> = (0..6).map(|_| in_queue("doomed", false)).collect();
+    doomed.extend((0..2).map(|_| in_queue("doomed", true)));
+    broker
+        .enqueue_within(doomed, &quota)
+        .await
+        .expect("enqueue");
+    broker
+        .enqueue_within((0..3).map(|_| in_queue("kept", false)).collect(), &quota)
+        .await
+        .expect("enqueue");
+    // One leased (active, not queued), one completed: both go too.
+    let req = corral::broker::AcquireRequest {
+        queues: vec!["doomed".into()],
+        worker: "w".into(),
+        max: 2,
+        lease_for: Duration::from_secs(30),
+        block_for: Duration::ZERO,
+        tenant_room: Default::default(),
+    };
+    let got = broker.acquire(&req).await.expect("acquire");
+    assert_eq!(got.len(), 2);
+    let cp = corral::broker::Checkpoint::of(&got[0].task);
+    broker
+        .ack(&[(got[0].lease.clone(), corral::broker::Outcome::Completed(cp))])
+        .await
+        .expect("ack");
+    assert!(matches!(
+        broker
+            .enqueue_within(vec![in_queue("third", false)], &quota)
+            .await,
+        Err(BrokerError::TooManyQueues { .. })
+    ));
+    broker.purge_queue("acme", "doomed").await.expect("purge");
+    assert_eq!(
+        broker.stats("acme", "doomed").await.expect("stats"),
+        QueueStats::default()
+    );
+    // 3 queued in `kept` remain: room for exactly 9 more, and the purged
+    // queue's name is free for another.
+    let more: Vec<Task> = (0..9).map(|_| in_queue("third", false)).collect();
+    broker
+        .enqueue_within(more, &quota)
+        .await
+        .expect("the room came back");
+    assert!(matches!(
+        broker
+            .enqueue_within(vec![in_queue("kept", false)], &quota)
+            .await,
+        Err(BrokerError::Full { .. })
+    ));
+}
+
+/// Commands the server has run so far (`INFO stats`).
+fn commands_run(server: &RedisServer) -> u64 {
+    let info = server.cli(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO stats has total_commands_processed")
+}
+
+/// Gives each of tenant `idle`'s `names` one task and completes it.
+async fn idle_queues(broker: &RedisBroker, names: &[String]) {
+    let req = |q: &str| corral::broker::AcquireRequest {
+        queues: vec![q.to_owned()],
+        worker: "w".into(),
+        max: 1,
+        lease_for: Duration::from_secs(30),
+        block_for: Duration::ZERO,
+        tenant_room: Default::default(),
+    };
+    for chunk in names.chunks(250) {
+        let tasks = chunk.iter().map(|q| {
+            let mut t = text_task(0);
+            t.tenant = "idle".into();
+            t.queue_name = q.clone();
+            broker.enqueue(vec![t])
+        });
+        for r in futures_util::future::join_all(tasks).await {
+            r.expect("enqueue");
+        }
+        let takes = chunk
+            .iter()
+            .map(|q| async move { broker.acquire(&req(q)).await });
+        let mut outcomes = Vec::new();
+        for got in futures_util::future::join_all(takes).await {
+            for l in got.expect("acquire") {
+                let cp = corral::broker::Checkpoint::of(&l.task);
+                outcomes.push((l.lease, corral::broker::Outcome::Completed(cp)));
+            }
+        }
+        assert_eq!(outcomes.len(), chunk.len());
+        let acked = broker.ack(&outcomes).await.expect("ack");
+        assert!(acked.iter().all(Result::is_ok));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_queues_add_no_command_to_maintenance_or_acquire() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("idle");
+    // What one maintenance pass and one acquire (of a worker serving
+    // `default` and `shared`, a name the idle tenant has too) cost the
+    // server, from a fresh broker (cold caches, as after every refresh).
+    let cost = || async {
+        let broker = connect(&server, &prefix).await;
+        let before = commands_run(&server);
+        let m = broker.maintain().await.expect("maintain");
+        let req = corral::broker::AcquireRequest {
+            queues: vec!["default".into(), "shared".into()],
+            worker: "w".into(),
+            max: 4,
+            lease_for: Duration::from_secs(30),
+            block_for: Duration::ZERO,
+            tenant_room: Default::default(),
+        };
+        assert!(broker.acquire(&req).await.expect("acquire").is_empty());
+        (commands_run(&server) - before, m.queues_visited)
+    };
+    let broker = connect(&server, &prefix).await;
+    idle_queues(&broker, &["shared".to_owned()]).await;
+    let few = cost().await;
+    let names: Vec<String> = (0..5000)
+        .map(|i| format!("idle-{i}-{:x}", rand::random::<u32>()))
+        .collect();
+    idle_queues(&broker, &names).await;
+    let many = cost().await;
+    assert_eq!(few.1, 0);
+    assert_eq!(
+        few, many,
+        "(commands, queues visited) with 1 idle queue, then with 5001"
+    );
 }
 
 /// Server-side cost of each script per task (from Redis's own command

@@ -7,7 +7,8 @@
 //! never told apart), 409 for a name already taken, 413 for a body over its
 //! cap, 422 for a module or job the registry refuses (a catalog quota too:
 //! `too_many_modules`, `module_storage_full`, `too_many_jobs`,
-//! `too_many_job_versions`, `too_many_handlers`), 429 for a full queue,
+//! `too_many_job_versions`, `too_many_handlers`), 429 for a full queue
+//! or a tenant at its `max_queued` or `max_queues`,
 //! 503 when the store or broker is unreachable or the server is busy (with
 //! `Retry-After`). `kind` is stable and
 //! machine-readable; module refusals use the sandbox's
@@ -209,6 +210,9 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::Full { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
+            }
+            BrokerError::TooManyQueues { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queues", message)
             }
             BrokerError::Invalid { .. } => Self::bad_request(message),
             BrokerError::Duplicate { .. } => {

@@ -31,9 +31,10 @@
 //!
 //! Enqueue pins the task to the job's current version, so a later replace
 //! does not change what an already queued task runs, and enforces the
-//! tenant's `max_queued` (counted by [`Broker::tenant_stats`]; concurrent
-//! enqueues of one tenant through different API processes can overshoot it
-//! by at most their number).
+//! tenant's `max_queued` and `max_queues` through
+//! [`Broker::enqueue_within`], which checks and counts them atomically with
+//! the store: no number of concurrent enqueues, through any number of API
+//! processes, passes them.
 //!
 //! The API never runs handlers; a worker (in the same process under
 //! `corral serve`, or elsewhere on the same Redis) does.

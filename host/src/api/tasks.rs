@@ -2,9 +2,12 @@
 //!
 //! Enqueue checks the job exists for the caller (404 `job_not_found`
 //! otherwise, the same for another tenant's job), pins the task to the job's
-//! current version (or to the `version` asked for), refuses it when the
-//! tenant already has `max_queued` tasks waiting (429 `queue_full`), and
-//! stores it under the caller's tenant, whatever the body says. Reads go
+//! current version (or to the `version` asked for), and stores it under the
+//! caller's tenant, whatever the body says, within the tenant's quota: the
+//! broker checks and counts `max_queued` (429 `queue_full`) and
+//! `max_queues` (429 `too_many_queues`) in the same atomic step as the
+//! store ([`Broker::enqueue_within`]), so concurrent requests cannot pass
+//! them. Reads go
 //! through [`Broker::task`] with the caller's tenant, so another tenant's
 //! task id answers 404 exactly like an unknown one.
 //!
@@ -31,7 +34,7 @@ use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::{BoundedList, clip};
 use super::{ApiState, Caller};
-use crate::broker::{Broker, QueueStats, TaskQuery};
+use crate::broker::{Broker, QueueStats, TaskQuery, TenantQuota};
 use crate::clock;
 use crate::task::{ArgsMap, DEFAULT_QUEUE, Task, TaskError, TaskId, TaskState};
 
@@ -128,19 +131,6 @@ pub async fn enqueue<B: Broker + Clone>(
             None => ApiError::not_found("job_not_found", format!("unknown job `{}`", req.job)),
         })?;
 
-    let limit = caller.tenant.limits.max_queued;
-    let counts = state.broker.tenant_stats(tenant).await?;
-    let queued = (counts.pending + counts.scheduled) as u64;
-    if queued >= limit {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "queue_full",
-            format!(
-                "tenant has {queued} tasks queued, at its limit of {limit}; retry when some have run"
-            ),
-        ));
-    }
-
     let mut task = Task::new(req.job, req.args);
     task.tenant = tenant.to_owned();
     task.queue_name = queue;
@@ -161,7 +151,12 @@ pub async fn enqueue<B: Broker + Clone>(
             TaskState::Pending
         },
     };
-    state.broker.enqueue(vec![task]).await?;
+    let limits = &caller.tenant.limits;
+    let quota = TenantQuota {
+        max_queued: limits.max_queued,
+        max_queues: limits.max_queues,
+    };
+    state.broker.enqueue_within(vec![task], &quota).await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

@@ -8,8 +8,16 @@
 //!
 //! Queues are keyed by tenant and queue name; `acquire` starts each call at
 //! the next tenant in turn, so one tenant's flood cannot starve another.
+//!
+//! Tenant quotas ([`TenantQuota`]) are checked and counted under the same
+//! lock that stores the tasks: each tenant's count of queued tasks (pending,
+//! scheduled, retrying) is kept exact by every step that moves a task in or
+//! out of those states, and its queue names are the queues that hold any of
+//! its task records. No operation walks queues: due tasks, leases and
+//! finished records sit in sets ordered by time, so maintenance and acquire
+//! cost what is due, however many queues tenants have made.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,7 +26,7 @@ use tokio::sync::Notify;
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
-    QueueStats, Retention, TaskQuery, WorkerId, malformed_task, parse_raw_task,
+    QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, malformed_task, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
 use crate::task::{Task, TaskError, TaskId, TaskState};
@@ -47,6 +55,11 @@ struct State {
     active: BTreeSet<(DateTime<Utc>, TaskId)>,
     completed: VecDeque<TaskId>,
     dead: VecDeque<TaskId>,
+    /// Per tenant, its queue names, each with how many task records (in
+    /// any state) it holds; a queue is gone with its last record.
+    queues: HashMap<String, HashMap<String, usize>>,
+    /// Per tenant, how many of its tasks are pending, scheduled or retrying.
+    queued: HashMap<String, u64>,
     /// Tenants in the order `acquire` serves them.
     tenants: Vec<String>,
     next_tenant: usize,
@@ -121,7 +134,7 @@ impl EmbeddedBroker {
     fn take_ready(&self, req: &AcquireRequest) -> Vec<Leased> {
         let now = self.inner.clock.now();
         let mut st = self.lock();
-        st.promote_due(now);
+        st.promote_due(now, &mut HashSet::new());
         let mut out = Vec::new();
         let tenants = st.tenants.len();
         if tenants == 0 {
@@ -150,6 +163,10 @@ impl EmbeddedBroker {
                 let Some(entry) = st.tasks.get_mut(&id) else {
                     continue;
                 };
+                if entry.task.state != TaskState::Pending {
+                    // A stale entry: the task is accounted for elsewhere.
+                    continue;
+                }
                 entry.token += 1;
                 entry.lease_expires = Some(expires);
                 entry.task.state = TaskState::Active;
@@ -166,6 +183,7 @@ impl EmbeddedBroker {
                     task: entry.task.clone(),
                 };
                 st.active.insert((expires, id));
+                st.unqueue(&leased.lease.tenant);
                 out.push(leased);
                 took = true;
                 break;
@@ -206,6 +224,86 @@ impl EmbeddedBroker {
 }
 
 impl State {
+    /// Stores a new task record, counting it in its queue.
+    fn insert(&mut self, entry: Entry) {
+        *self
+            .queues
+            .entry(entry.task.tenant.clone())
+            .or_default()
+            .entry(entry.task.queue_name.clone())
+            .or_default() += 1;
+        self.tasks.insert(entry.task.task_id, entry);
+    }
+
+    /// Drops a task record; its queue goes with its last record.
+    fn remove(&mut self, id: &TaskId) {
+        let Some(entry) = self.tasks.remove(id) else {
+            return;
+        };
+        let (tenant, queue) = (&entry.task.tenant, &entry.task.queue_name);
+        let Some(queues) = self.queues.get_mut(tenant) else {
+            return;
+        };
+        if let Some(records) = queues.get_mut(queue) {
+            *records = records.saturating_sub(1);
+            if *records == 0 {
+                queues.remove(queue);
+                self.pending.remove(&(tenant.clone(), queue.clone()));
+            }
+        }
+        if queues.is_empty() {
+            self.queues.remove(tenant);
+        }
+    }
+
+    /// One more of `tenant`'s tasks is pending, scheduled or retrying.
+    fn enqueued(&mut self, tenant: &str) {
+        *self.queued.entry(tenant.to_owned()).or_default() += 1;
+    }
+
+    /// One fewer of `tenant`'s tasks is pending, scheduled or retrying.
+    fn unqueue(&mut self, tenant: &str) {
+        if let Some(n) = self.queued.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.queued.remove(tenant);
+            }
+        }
+    }
+
+    /// Refuses `tasks` (already validated) if storing them would take a
+    /// tenant past `quota`.
+    fn check_quota(&self, tasks: &[Task], quota: &TenantQuota) -> Result<(), BrokerError> {
+        let mut asked: HashMap<&str, (u64, BTreeSet<&str>)> = HashMap::new();
+        for task in tasks {
+            let (n, names) = asked.entry(task.tenant.as_str()).or_default();
+            *n += 1;
+            names.insert(task.queue_name.as_str());
+        }
+        for (tenant, (n, names)) in asked {
+            let queued = self.queued.get(tenant).copied().unwrap_or(0);
+            if queued.saturating_add(n) > quota.max_queued {
+                return Err(BrokerError::Full {
+                    op: "enqueue",
+                    reason: super::quota_full(tenant, queued, n, quota.max_queued),
+                });
+            }
+            let have = self.queues.get(tenant);
+            let count = have.map_or(0, HashMap::len);
+            if let Some(new) = names
+                .iter()
+                .filter(|q| have.is_none_or(|h| !h.contains_key(**q)))
+                .nth((quota.max_queues as usize).saturating_sub(count))
+            {
+                return Err(BrokerError::TooManyQueues {
+                    op: "enqueue",
+                    reason: super::too_many_queues(tenant, count, new, quota.max_queues),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn push_pending(&mut self, task: &Task) {
         if !self.tenants.iter().any(|t| t == &task.tenant) {
             self.tenants.push(task.tenant.clone());
@@ -216,7 +314,9 @@ impl State {
             .push_back(task.task_id);
     }
 
-    fn promote_due(&mut self, now: DateTime<Utc>) -> usize {
+    /// Makes due delayed and retrying tasks pending; notes their queues in
+    /// `touched`.
+    fn promote_due(&mut self, now: DateTime<Utc>, touched: &mut HashSet<QueueKey>) -> usize {
         let mut promoted = 0;
         while let Some(&(at, id)) = self.scheduled.first() {
             if at > now {
@@ -229,6 +329,7 @@ impl State {
             entry.task.state = TaskState::Pending;
             entry.task.updated_at = now;
             let task = entry.task.clone();
+            touched.insert((task.tenant.clone(), task.queue_name.clone()));
             self.push_pending(&task);
             promoted += 1;
         }
@@ -263,15 +364,26 @@ impl State {
             (&mut self.completed, retention.max_completed)
         };
         list.push_back(id);
+        let mut over = Vec::new();
         while list.len() > max {
             if let Some(old) = list.pop_front() {
-                self.tasks.remove(&old);
+                over.push(old);
             }
+        }
+        for old in over {
+            self.remove(&old);
         }
     }
 
-    fn trim(&mut self, now: DateTime<Utc>, retention: &Retention) -> usize {
-        let mut trimmed = 0;
+    /// Drops finished records past retention; notes their queues in
+    /// `touched`.
+    fn trim(
+        &mut self,
+        now: DateTime<Utc>,
+        retention: &Retention,
+        touched: &mut HashSet<QueueKey>,
+    ) -> usize {
+        let mut gone = Vec::new();
         for (list, ttl) in [
             (&mut self.completed, retention.completed_ttl),
             (&mut self.dead, retention.dead_ttl),
@@ -286,12 +398,17 @@ impl State {
                     break;
                 }
                 if let Some(id) = list.pop_front() {
-                    self.tasks.remove(&id);
-                    trimmed += 1;
+                    gone.push(id);
                 }
             }
         }
-        trimmed
+        for id in &gone {
+            if let Some(e) = self.tasks.get(id) {
+                touched.insert((e.task.tenant.clone(), e.task.queue_name.clone()));
+            }
+            self.remove(id);
+        }
+        gone.len()
     }
 
     fn release_active(&mut self, id: TaskId) {
@@ -302,7 +419,11 @@ impl State {
 }
 
 impl Broker for EmbeddedBroker {
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
+    async fn enqueue_within(
+        &self,
+        tasks: Vec<Task>,
+        quota: &TenantQuota,
+    ) -> Result<(), BrokerError> {
         let now = self.inner.clock.now();
         let mut any_ready = false;
         {
@@ -325,6 +446,14 @@ impl Broker for EmbeddedBroker {
                     });
                 }
             }
+            let mut ids = HashSet::with_capacity(tasks.len());
+            if let Some(twice) = tasks.iter().find(|t| !ids.insert(t.task_id)) {
+                return Err(BrokerError::Duplicate {
+                    op: "enqueue",
+                    task_id: twice.task_id,
+                });
+            }
+            st.check_quota(&tasks, quota)?;
             for mut task in tasks {
                 task.updated_at = now;
                 let id = task.task_id;
@@ -339,15 +468,13 @@ impl Broker for EmbeddedBroker {
                         any_ready = true;
                     }
                 }
-                st.tasks.insert(
-                    id,
-                    Entry {
-                        task,
-                        token: 0,
-                        lease_expires: None,
-                        finished_at: None,
-                    },
-                );
+                st.enqueued(&task.tenant);
+                st.insert(Entry {
+                    task,
+                    token: 0,
+                    lease_expires: None,
+                    finished_at: None,
+                });
             }
         }
         if any_ready {
@@ -448,6 +575,7 @@ impl Broker for EmbeddedBroker {
                         entry.task.run_at = Some(*at);
                         entry.task.error = Some(error.clone());
                         st.scheduled.insert((*at, lease.task_id));
+                        st.enqueued(&lease.tenant);
                     }
                     Outcome::Dead(error) => {
                         entry.task.state = TaskState::Dead;
@@ -459,6 +587,7 @@ impl Broker for EmbeddedBroker {
                         entry.task.attempt = entry.task.attempt.saturating_sub(1);
                         let task = entry.task.clone();
                         // Back to the head: it was next in line already.
+                        st.enqueued(&task.tenant);
                         st.push_pending(&task);
                         if let Some(q) = st
                             .pending
@@ -508,9 +637,11 @@ impl Broker for EmbeddedBroker {
         let now = self.inner.clock.now();
         let retention = self.inner.retention;
         let mut report = Maintenance::default();
+        // The queues this pass had work in: it walks only what is due.
+        let mut touched = HashSet::new();
         {
             let mut st = self.lock();
-            report.promoted = st.promote_due(now);
+            report.promoted = st.promote_due(now, &mut touched);
             while let Some(&(at, id)) = st.active.first() {
                 if at > now {
                     break;
@@ -521,6 +652,7 @@ impl Broker for EmbeddedBroker {
                 };
                 entry.lease_expires = None;
                 entry.task.updated_at = now;
+                touched.insert((entry.task.tenant.clone(), entry.task.queue_name.clone()));
                 if entry.task.attempt >= entry.task.max_attempts {
                     entry.task.state = TaskState::Dead;
                     entry.task.error = Some(TaskError {
@@ -537,12 +669,14 @@ impl Broker for EmbeddedBroker {
                 } else {
                     entry.task.state = TaskState::Pending;
                     let task = entry.task.clone();
+                    st.enqueued(&task.tenant);
                     st.push_pending(&task);
                     report.recovered += 1;
                 }
             }
-            report.trimmed = st.trim(now, &retention);
+            report.trimmed = st.trim(now, &retention, &mut touched);
         }
+        report.queues_visited = touched.len();
         if report.promoted + report.recovered > 0 {
             self.inner.ready.notify_waiters();
         }
@@ -597,15 +731,13 @@ impl Broker for EmbeddedBroker {
                 task.attempt = 0;
                 task.updated_at = now;
                 st.push_pending(&task);
-                st.tasks.insert(
-                    task.task_id,
-                    Entry {
-                        task,
-                        token: 0,
-                        lease_expires: None,
-                        finished_at: None,
-                    },
-                );
+                st.enqueued(&task.tenant);
+                st.insert(Entry {
+                    task,
+                    token: 0,
+                    lease_expires: None,
+                    finished_at: None,
+                });
                 drop(st);
                 self.inner.ready.notify_one();
                 return Ok(());
@@ -614,15 +746,12 @@ impl Broker for EmbeddedBroker {
         };
         let stand_in = malformed_task(TaskId::new(), tenant, queue, &raw, &reason, now);
         let id = stand_in.task_id;
-        st.tasks.insert(
-            id,
-            Entry {
-                task: stand_in,
-                token: 0,
-                lease_expires: None,
-                finished_at: None,
-            },
-        );
+        st.insert(Entry {
+            task: stand_in,
+            token: 0,
+            lease_expires: None,
+            finished_at: None,
+        });
         st.finish(id, now, &retention);
         Ok(())
     }

@@ -8,13 +8,18 @@
 //!   block inside `acquire` (up to `block_for`), they never sleep-poll.
 //! - [`Broker::heartbeat`] extends the leases a worker holds;
 //!   [`Broker::maintain`] returns tasks whose lease expired to pending (or to
-//!   the dead set once out of attempts) and makes delayed tasks due.
+//!   the dead set once out of attempts) and makes delayed tasks due. It
+//!   costs what is due, not what exists: a fleet with thousands of idle
+//!   queues does no per-queue work ([`Maintenance::queues_visited`]).
 //! - [`Broker::update`] (a checkpoint after each handler) and [`Broker::ack`]
 //!   check the token: a worker whose lease moved on gets
 //!   [`BrokerError::LeaseLost`] and cannot overwrite the task.
 //! - Delayed tasks and retries wait by time; failed tasks past their attempts
 //!   and malformed entries go to the dead set with their reason; finished
 //!   tasks are kept for a retention period; every set is bounded.
+//! - [`Broker::enqueue_within`] keeps each tenant within its
+//!   [`TenantQuota`] (queued tasks, queue names), checked and counted in the
+//!   same atomic step as the store.
 //!
 //! This module owns the trait and the types that cross it. It knows nothing of
 //! wasm, and no backend's types (Redis or otherwise) appear in it.
@@ -175,6 +180,30 @@ impl Outcome {
     }
 }
 
+/// Per-tenant bounds that [`Broker::enqueue_within`] checks and counts in
+/// the same atomic step as it stores the tasks, so that no number of
+/// concurrent enqueues (through any number of API processes) can pass them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantQuota {
+    /// Most tasks of the tenant waiting at once: pending, delayed or
+    /// retrying. Active tasks do not count (they are bounded by the
+    /// tenant's concurrency), nor do finished ones.
+    pub max_queued: u64,
+    /// Most distinct queue names the tenant may have tasks in. A queue
+    /// counts while it holds any task of the tenant, finished ones
+    /// included, until retention drops its last record.
+    pub max_queues: u32,
+}
+
+impl TenantQuota {
+    /// No bound: what [`Broker::enqueue`] applies (library producers the
+    /// operator trusts; the API always passes the tenant's limits).
+    pub const UNLIMITED: Self = Self {
+        max_queued: u64::MAX,
+        max_queues: u32::MAX,
+    };
+}
+
 /// What one [`Broker::maintain`] pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Maintenance {
@@ -186,6 +215,10 @@ pub struct Maintenance {
     pub expired_dead: usize,
     /// Finished records dropped past retention or bounds.
     pub trimmed: usize,
+    /// Queue visits the pass made: only queues that had something due (a
+    /// task to promote, a lease to recover, a record to drop) or might
+    /// have; idle queues cost nothing, however many there are.
+    pub queues_visited: usize,
 }
 
 /// Counts of tasks by state, for status pages and tests.
@@ -257,12 +290,21 @@ pub enum BrokerError {
         /// What is wrong.
         reason: String,
     },
-    /// A bound was reached (queue full).
+    /// A bound was reached (queue full, or the tenant's `max_queued`).
     #[error("{op}: {reason}")]
     Full {
         /// The operation refused.
         op: &'static str,
         /// Which bound.
+        reason: String,
+    },
+    /// The tenant already has tasks in its `max_queues` distinct queue
+    /// names; a task for a new name is refused.
+    #[error("{op}: {reason}")]
+    TooManyQueues {
+        /// The operation refused.
+        op: &'static str,
+        /// The bound and the count.
         reason: String,
     },
     /// The backend could not be reached or answered with an error; the
@@ -289,8 +331,25 @@ pub enum BrokerError {
 pub trait Broker: Send + Sync + 'static {
     /// Stores new tasks: pending, or scheduled when `run_at` is in the
     /// future. All or nothing is not promised across tasks, but each task is
-    /// stored whole or not at all.
-    fn enqueue(&self, tasks: Vec<Task>) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// stored whole or not at all. No tenant bound applies (see
+    /// [`Broker::enqueue_within`]).
+    fn enqueue(&self, tasks: Vec<Task>) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        async move { self.enqueue_within(tasks, &TenantQuota::UNLIMITED).await }
+    }
+
+    /// Stores new tasks like [`Broker::enqueue`], each tenant's within
+    /// `quota` (the API passes the tenant's limits): tasks of one tenant and
+    /// queue are checked against the tenant's count of queued tasks and of
+    /// queue names, and counted, in the same atomic step that stores them.
+    /// Tasks that would pass `max_queued` are refused whole with
+    /// [`BrokerError::Full`], tasks that would add a queue name past
+    /// `max_queues` with [`BrokerError::TooManyQueues`]; nothing of a
+    /// refused group is stored.
+    fn enqueue_within(
+        &self,
+        tasks: Vec<Task>,
+        quota: &TenantQuota,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Leases up to `req.max` ready tasks, waiting up to `req.block_for` for
     /// the first. Returns an empty list when none came in time, or when
@@ -377,8 +436,8 @@ pub trait Broker: Send + Sync + 'static {
         raw: Vec<u8>,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
-    /// Counts by state over every queue of one tenant (what the API checks a
-    /// tenant's `max_queued` against). Brokers that cannot count across
+    /// Counts by state over every queue of one tenant (what `/v1/stats`
+    /// shows). Brokers that cannot count across
     /// queues answer [`BrokerError::Unavailable`].
     fn tenant_stats(
         &self,
@@ -409,6 +468,21 @@ pub trait Broker: Send + Sync + 'static {
             })
         }
     }
+}
+
+/// Why [`TenantQuota::max_queued`] refused an enqueue (the same words from
+/// every broker).
+fn quota_full(tenant: &str, queued: u64, asked: u64, max: u64) -> String {
+    format!(
+        "tenant `{tenant}` has {queued} tasks queued; {asked} more would pass its limit of {max}; retry when some have run"
+    )
+}
+
+/// Why [`TenantQuota::max_queues`] refused an enqueue.
+fn too_many_queues(tenant: &str, have: usize, queue: &str, max: u32) -> String {
+    format!(
+        "tenant `{tenant}` has tasks in {have} queues, its limit being {max}; queue `{queue}` would be one more"
+    )
 }
 
 /// The error kind of tasks that did not parse.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use corral::broker::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
-    QueueStats, TaskQuery, WorkerId,
+    QueueStats, TaskQuery, TenantQuota, WorkerId,
 };
 use corral::task::{Task, TaskId};
 
@@ -22,8 +22,12 @@ pub struct UpdateSpy<B> {
 }
 
 impl<B: Broker> Broker for UpdateSpy<B> {
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
-        self.inner.enqueue(tasks).await
+    async fn enqueue_within(
+        &self,
+        tasks: Vec<Task>,
+        quota: &TenantQuota,
+    ) -> Result<(), BrokerError> {
+        self.inner.enqueue_within(tasks, quota).await
     }
     async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
         self.inner.acquire(req).await

@@ -1,35 +1,48 @@
 //! Every Redis key the Redis broker uses, built in one place.
 //!
-//! Layout, with `P` the configured prefix (`corral` by default) and `T` a
-//! queue's hash tag `{tenant:queue}` (both names percent-encoded, see
-//! [`encode`]):
+//! Layout, with `P` the configured prefix (`corral` by default), `T` a
+//! tenant's name and `Q` a queue's name, both percent-encoded (see
+//! [`encode`]), so neither can hold `:`, `{` or `}`:
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P:{T}:pending` | list | ids waiting for a worker (`LPUSH` at the back, taken from the right); raw task JSON pushed by hand is accepted here too |
-//! | `P:{T}:active` | zset | leased ids, scored by lease expiry (µs since the epoch) |
-//! | `P:{T}:scheduled` | zset | delayed and retrying ids, scored by due time (µs) |
-//! | `P:{T}:completed` | zset | completed ids, scored by finish time (µs) |
-//! | `P:{T}:dead` | zset | dead ids, scored by the time they died (µs) |
-//! | `P:{T}:task` | hash | id → the task's JSON as enqueued (or as pushed raw) |
-//! | `P:{T}:meta` | hash | id → packed metadata: state, attempt, max_attempts, fencing token, times, handler index, worker (layout in `lua/common.lua`) |
-//! | `P:{T}:progress` | hash | id → the last checkpoint's JSON |
-//! | `P:{T}:error` | hash | id → the last failure's JSON |
+//! | `P:{q:T}:Q:pending` | list | ids waiting for a worker (`LPUSH` at the back, taken from the right); raw task JSON pushed by hand is accepted here too |
+//! | `P:{q:T}:Q:active` | zset | leased ids, scored by lease expiry (µs since the epoch) |
+//! | `P:{q:T}:Q:scheduled` | zset | delayed and retrying ids, scored by due time (µs) |
+//! | `P:{q:T}:Q:completed` | zset | completed ids, scored by finish time (µs) |
+//! | `P:{q:T}:Q:dead` | zset | dead ids, scored by the time they died (µs) |
+//! | `P:{q:T}:Q:task` | hash | id → the task's JSON as enqueued (or as pushed raw) |
+//! | `P:{q:T}:Q:meta` | hash | id → packed metadata: state, attempt, max_attempts, fencing token, times, handler index, worker (layout in `lua/common.lua`) |
+//! | `P:{q:T}:Q:progress` | hash | id → the last checkpoint's JSON |
+//! | `P:{q:T}:Q:error` | hash | id → the last failure's JSON |
+//! | `P:{q:T}:queues` | set | the tenant's queue names (plain, not encoded) that hold any task record; bounded by the tenant's `max_queues` |
+//! | `P:{q:T}:queued` | string | how many of the tenant's tasks are pending, scheduled or retrying; checked against its `max_queued` |
+//! | `P:{q:T}:due` | zset | the tenant's queue names, each scored by the earliest time (µs) it may need maintenance: a delayed or retrying task falling due, a lease running out, a finished record reaching its retention time; never later than that, possibly earlier |
+//! | `P:tenants` | set | every tenant (plain name) that has had a task |
 //! | `P:{wake}:<queue>` | list | wake-up tokens for idle workers of that queue name (bounded) |
 //! | `P:{wake}:worker:<id>` | list | one worker's interrupt token: ends its wait early (one entry, expires) |
-//! | `P:queues` | set | every `tenant:queue` pair that ever had a task (the index) |
 //!
-//! Every key of a queue carries the queue's hash tag, so one Lua script can
-//! touch all of them in Redis Cluster. Task records live in per-queue hashes
-//! rather than a key per task: that way a script names every key it touches
-//! in `KEYS[]` up front, as Redis Cluster requires, even when it handles
-//! tasks it only discovers while running (the ids it pops from `pending`).
+//! Every key of a tenant carries the tenant's hash tag `{q:T}`, so one Lua
+//! script can touch all of a tenant's keys, in Redis Cluster too: that is
+//! how the tenant's queue set, queued count and due index are checked and
+//! kept exact in the same atomic step as the tasks they describe. (The `q:` keeps a tenant's
+//! tag apart from `{wake}` whatever the tenant is called, and from the
+//! catalog's `{t:T}`.) A queue's keys have four parts after the prefix and a
+//! tenant's own keys three, so no queue name can make a queue key equal a
+//! tenant key. The price: one tenant's queues live on one Cluster node.
+//!
+//! Task records live in per-queue hashes rather than a key per task: that
+//! way a script names every key it touches in `KEYS[]` up front, as Redis
+//! Cluster requires, even when it handles tasks it only discovers while
+//! running (the ids it pops from `pending`).
 //!
 //! The wake lists of all queue names, and each worker's interrupt list, share
 //! the `{wake}` tag so one `BLPOP` can wait on all of them in a cluster.
-//! (Encoded queue names hold no `:`, so no queue's list is a worker's.) The index is the one key not
-//! tied to a queue: it is read outside scripts (by workers looking for queues
-//! and by `task(tenant, id)`, which has no queue), never inside one.
+//! (Encoded queue names hold no `:`, so no queue's list is a worker's.)
+//! `P:tenants` is the one key that is neither a tenant's nor a wake list: it
+//! is written before a tenant's first task is stored and read outside
+//! scripts (by workers looking for queues, and by maintenance), never inside
+//! one.
 //!
 //! This module only builds names. It never talks to Redis.
 
@@ -67,20 +80,51 @@ pub fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// A tenant's queue, as the index stores it: `enc(tenant):enc(queue)`.
+/// A tenant's queue as a wake-up token names it: `enc(tenant):enc(queue)`.
 pub fn pair(tenant: &str, queue: &str) -> String {
     format!("{}:{}", encode(tenant), encode(queue))
 }
 
-/// Splits an index member made by [`pair`] back into tenant and queue.
+/// Splits a token made by [`pair`] back into tenant and queue.
 pub fn parse_pair(member: &str) -> Option<(String, String)> {
     let (t, q) = member.split_once(':')?;
     Some((decode(t)?, decode(q)?))
 }
 
-/// The keys of one tenant's queue, all under one hash tag.
+/// `P:{q:T}`: what every key of `tenant` starts with.
+fn tenant_base(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}:{{q:{}}}", encode(tenant))
+}
+
+/// A tenant's own keys (not a queue's), in the tenant's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantKeys {
+    /// The tenant's queue names that hold any task record (set).
+    pub queues: String,
+    /// How many of its tasks are pending, scheduled or retrying (string).
+    pub queued: String,
+    /// Queue name → when it next needs maintenance, µs (zset).
+    pub due: String,
+}
+
+impl TenantKeys {
+    /// The keys of `tenant` under `prefix`.
+    pub fn new(prefix: &str, tenant: &str) -> Self {
+        let base = tenant_base(prefix, tenant);
+        Self {
+            queues: format!("{base}:queues"),
+            queued: format!("{base}:queued"),
+            due: format!("{base}:due"),
+        }
+    }
+}
+
+/// The keys of one tenant's queue, and the tenant's own keys, all under
+/// the tenant's hash tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueKeys {
+    /// The queue's name (plain), as the tenant's queue set holds it.
+    pub name: String,
     /// Ids waiting for a worker (list).
     pub pending: String,
     /// Leased ids by lease expiry (zset).
@@ -99,14 +143,17 @@ pub struct QueueKeys {
     pub progress: String,
     /// id → last error JSON (hash).
     pub error: String,
+    /// The owning tenant's keys.
+    pub tenant: TenantKeys,
 }
 
 impl QueueKeys {
     /// The keys of `tenant`'s queue `queue` under `prefix`.
     pub fn new(prefix: &str, tenant: &str, queue: &str) -> Self {
-        let base = format!("{prefix}:{{{}}}", pair(tenant, queue));
+        let base = format!("{}:{}", tenant_base(prefix, tenant), encode(queue));
         let key = |suffix: &str| format!("{base}:{suffix}");
         Self {
+            name: queue.to_owned(),
             pending: key("pending"),
             active: key("active"),
             scheduled: key("scheduled"),
@@ -116,10 +163,12 @@ impl QueueKeys {
             meta: key("meta"),
             progress: key("progress"),
             error: key("error"),
+            tenant: TenantKeys::new(prefix, tenant),
         }
     }
 
-    /// Every key, for clean-up tools and tests.
+    /// Every key of the queue itself (not the tenant's), for clean-up
+    /// tools and tests.
     pub fn all(&self) -> [&str; 9] {
         [
             &self.pending,
@@ -146,9 +195,9 @@ pub fn worker_wake(prefix: &str, worker: &str) -> String {
     format!("{prefix}:{{wake}}:worker:{}", encode(worker))
 }
 
-/// The index of every `tenant:queue` pair that has had a task.
-pub fn index(prefix: &str) -> String {
-    format!("{prefix}:queues")
+/// The set of every tenant that has had a task.
+pub fn tenants(prefix: &str) -> String {
+    format!("{prefix}:tenants")
 }
 
 #[cfg(test)]
@@ -169,21 +218,40 @@ mod tests {
         assert_eq!(decode("%4"), None);
     }
 
+    fn tag(k: &str) -> String {
+        let open = k.find('{').expect("a hash tag");
+        let close = open + k[open..].find('}').expect("a closed hash tag");
+        k[open + 1..close].to_owned()
+    }
+
     #[test]
-    fn queue_keys_share_one_hash_tag() {
+    fn a_tenants_keys_share_its_hash_tag() {
         let keys = QueueKeys::new("corral", "acme", "emails");
         for key in keys.all() {
-            assert!(key.starts_with("corral:{acme:emails}:"), "{key}");
+            assert!(key.starts_with("corral:{q:acme}:emails:"), "{key}");
         }
+        assert_eq!(keys.tenant.queues, "corral:{q:acme}:queues");
+        assert_eq!(keys.tenant.queued, "corral:{q:acme}:queued");
         let odd = QueueKeys::new("p", "t{1}", "q}");
-        let tag = |k: &str| {
-            let open = k.find('{').unwrap();
-            let close = open + k[open..].find('}').unwrap();
-            k[open + 1..close].to_owned()
-        };
-        for key in odd.all() {
-            assert_eq!(tag(key), "t%7B1%7D:q%7D");
+        let own = [odd.tenant.queued.as_str(), odd.tenant.due.as_str()];
+        for key in odd.all().into_iter().chain(own) {
+            assert_eq!(tag(key), "q:t%7B1%7D");
         }
         assert_eq!(wake("corral", "a b"), "corral:{wake}:a%20b");
+    }
+
+    #[test]
+    fn no_name_makes_two_kinds_of_key_meet() {
+        // A tenant called `wake` is not in the wake lists' slot.
+        let wake_tenant = QueueKeys::new("p", "wake", "queues");
+        assert_ne!(tag(&wake_tenant.tenant.queues), tag(&wake("p", "queues")));
+        // No queue name makes a queue key equal one of the tenant's keys.
+        for name in ["queues", "queued", "due", "queues:x", "a:queues"] {
+            let q = QueueKeys::new("p", "t", name);
+            for key in q.all() {
+                let t = &q.tenant;
+                assert!(key != t.queues && key != t.queued && key != t.due, "{key}");
+            }
+        }
     }
 }

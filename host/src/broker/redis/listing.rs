@@ -2,8 +2,8 @@
 //! `max_queued` check and `/v1/stats`, and lists for `/v1/tasks` and the
 //! dashboard.
 //!
-//! A tenant's queues come from the queue index; each queue is read on its
-//! own (its keys share one slot) and concurrently. Lists take, from each
+//! A tenant's queues come from its queue set (at most its `max_queues`);
+//! each queue is read on its own and concurrently. Lists take, from each
 //! state's set, its `limit` most recent ids (pending: the newest end of the
 //! list; the sorted sets: highest score), read those records with the same
 //! script as [`Broker::task`](crate::broker::Broker::task), and return the
@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use futures_util::future::join_all;
 
 use super::conn::unavailable;
-use super::{INDEX_TTL, RedisBroker, record, scripts};
+use super::{RedisBroker, record, scripts};
 use crate::broker::{BrokerError, QueueStats, TaskQuery};
 use crate::task::{Task, TaskId, TaskState};
 use crate::text::Inert;
@@ -31,11 +31,10 @@ impl RedisBroker {
         only: Option<&String>,
     ) -> Result<Vec<String>, BrokerError> {
         Ok(self
-            .index(INDEX_TTL)
+            .tenant_queue_names("list_tasks", tenant)
             .await?
             .into_iter()
-            .filter(|(t, q)| t == tenant && only.is_none_or(|want| want == q))
-            .map(|(_, q)| q)
+            .filter(|q| only.is_none_or(|want| want == q))
             .collect())
     }
 

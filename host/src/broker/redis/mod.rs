@@ -4,8 +4,10 @@
 //! [`RedisBroker`] implements [`Broker`] with the same semantics as the
 //! embedded broker (both pass `tests/all/conformance.rs`). What lives where:
 //!
-//! - [`keys`]: every key, from functions. All keys of a tenant's queue share
-//!   the hash tag `{tenant:queue}`, e.g. `corral:{acme:emails}:pending`.
+//! - [`keys`]: every key, from functions. All keys of a tenant share the
+//!   hash tag `{q:tenant}`, e.g. `corral:{q:acme}:emails:pending`, so a
+//!   script can keep a tenant's own counts (its queue names, its queued
+//!   tasks) in the same atomic step as the queue it changes.
 //! - `scripts` and `lua/*.lua`: one Lua script per operation, each naming
 //!   every key it touches in `KEYS[]` (all in one slot, except that on a
 //!   standalone server the enqueue script also pushes the wake-up onto the
@@ -34,6 +36,22 @@
 //! same token and answers success again, so the worker's ack retry loop is
 //! safe.
 //!
+//! # Maintenance costs what is due
+//!
+//! Each tenant keeps a due index (`P:{q:T}:due`): its queue names, each
+//! scored by the earliest time the queue may need maintenance (a delayed or
+//! retrying task falling due, a lease running out, a finished record
+//! reaching its retention time). Every script that gives a queue such work
+//! brings its entry forward in the same atomic step (`ZADD LT`), so the
+//! index is never late; it may be early (a lease extended by a heartbeat),
+//! and then the pass finds nothing yet. [`Broker::maintain`] reads, per
+//! tenant, the entries due by now (one command per tenant, sent
+//! concurrently) and runs `maintain.lua` only for those queues, several per
+//! call since they share the tenant's slot; the script stores each queue's
+//! exact next time, or drops the entry when the queue needs nothing. So a
+//! fleet with thousands of idle queues does no per-queue work, and
+//! `acquire` only ever touches the queue names its worker asks for.
+//!
 //! # Blocking
 //!
 //! Idle workers block in Redis, they never sleep-poll: an `acquire` that
@@ -54,28 +72,40 @@
 //! what one tenant could not use to the others; so one tenant's flood cannot
 //! starve another. Within a tenant, queues are served in the order asked.
 //!
+//! # Tenant quotas
+//!
+//! [`Broker::enqueue_within`] is checked inside `enqueue.lua`, atomically
+//! with the store: each tenant keeps a set of its queue names
+//! (`P:{q:T}:queues`, the queues holding any of its records, bounded by
+//! `max_queues`) and a count of its queued tasks (`P:{q:T}:queued`: pending,
+//! scheduled and retrying, bounded by `max_queued`). Every script that moves
+//! a task into or out of those states adjusts the count in the same step
+//! (enqueue, acquire, a retry or release in ack, a recovery in maintain,
+//! purge), so the count is exact, and a queue leaves the set when
+//! maintenance finds it without records.
+//!
 //! # Finding a task without its queue
 //!
 //! [`Broker::task`] gets a tenant and an id but no queue. Rather than a
-//! per-task key outside the queue's slot (which scripts could not name in
-//! `KEYS[]` together with the queue's keys) or a tenant-wide id → queue hash
-//! (written outside the scripts, so it could drift from them, and growing
-//! with every task), the broker keeps a small index set `P:queues` of every
-//! `tenant:queue` pair that ever had a task, and reads the id from each of
-//! the tenant's queues (a handful, read concurrently). The index is written
-//! before a queue's first task is stored and only read outside scripts.
+//! per-task key (growing with every task), the broker reads the tenant's
+//! queue set and looks for the id in each of those queues (at most the
+//! tenant's `max_queues`, read concurrently). Which tenants exist is the
+//! set `P:tenants`, written before a tenant's first task is stored and only
+//! read outside scripts.
 //!
 //! # Raw pushes
 //!
 //! A producer without this library may `LPUSH` task JSON (the seed's format
 //! works; Corral's own fields are optional) onto a queue's pending list, e.g.
-//! `LPUSH 'corral:{default:default}:pending' '{"task_id": ..., ...}'`; names
+//! `LPUSH 'corral:{q:default}:default:pending' '{"task_id": ..., ...}'`; names
 //! in keys are percent-encoded as [`keys::encode`] says. Workers notice the
 //! entry within their `block_for` (or at once if the producer also pushes
 //! the `tenant:queue` pair onto `corral:{wake}:<queue>`); workers always
-//! serve the default tenant's queues, other tenants' queues must appear in
-//! the index (`SADD corral:queues tenant:queue`, done by any ordinary
-//! enqueue). When a worker takes the entry it is stored under its own
+//! serve the default tenant's queues, another tenant's queue must appear
+//! in the tenant set and the tenant's queue set (`SADD corral:tenants acme`
+//! and `SADD corral:{q:acme}:queues emails`, done by any ordinary enqueue).
+//! Raw entries are not counted as queued tasks (they are not tasks until a
+//! worker takes them). When a worker takes the entry it is stored under its own
 //! `task_id` and parsed ([`parse_raw_task`](crate::broker::parse_raw_task)):
 //! a task runs like any other; JSON that does not parse, a missing field, a
 //! `task_id` that is taken or not a lowercase hyphenated UUID, or a task
@@ -114,7 +144,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, MALFORMED, Maintenance,
-    Outcome, QueueStats, Retention, TaskQuery, WorkerId, parse_raw_task,
+    Outcome, QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, parse_raw_task,
 };
 use crate::clock::{self, Clock, SystemClock};
 use crate::task::{
@@ -124,7 +154,7 @@ use crate::text::Inert;
 use conn::{BlockingPool, Conn, Target, reachable, unavailable};
 use keys::QueueKeys;
 use record::{Assembled, RawRecord, assemble, from_micros, micros};
-use scripts::{AckItem, AcquireArgs, EnqueueItem, MaintainArgs};
+use scripts::{AckItem, AcquireArgs, EnqueueBounds, EnqueueItem, Keep, MaintainArgs};
 
 /// Tasks stored per enqueue script call.
 const ENQUEUE_CHUNK: usize = 1000;
@@ -136,10 +166,16 @@ const SERIALIZE_IN_FLIGHT: usize = 4;
 const ACK_CHUNK: usize = 500;
 /// Leases extended per heartbeat script call.
 const HEARTBEAT_CHUNK: usize = 1000;
-/// Tasks handled per step of one maintenance script call.
+/// Tasks handled per step per queue of one maintenance script call.
 const MAINTAIN_LIMIT: usize = 1000;
-/// Most maintenance calls per queue in one pass.
+/// Due queues one maintenance script call handles (all of one tenant).
+const QUEUES_PER_MAINTAIN: usize = 32;
+/// Most maintenance calls per tenant in one pass.
 const MAINTAIN_ROUNDS: usize = 100;
+/// The longest retention time scripts are told (µs, about 35 years): a
+/// longer one is as good as forever, and every time stays a whole number a
+/// Lua number (a double) holds exactly.
+const TTL_CAP_US: i64 = 1 << 50;
 /// Due tasks one acquire promotes before leasing.
 const PROMOTE_ON_ACQUIRE: usize = 1000;
 /// Raw entries one acquire script call takes at most.
@@ -148,9 +184,9 @@ const RAW_PER_CALL: usize = 2;
 const WAKE_KEEP: isize = 64;
 /// How long an interrupt token waits for its worker's next wait.
 const INTERRUPT_TTL: Duration = Duration::from_secs(60);
-/// How long the cached index of queues is trusted.
+/// How long a worker trusts its cached list of tenants serving its queues.
 const INDEX_TTL: Duration = Duration::from_secs(2);
-/// How long an enqueue trusts that its queue is in the index.
+/// How long an enqueue trusts that its tenant is in the tenant set.
 const REGISTERED_TTL: Duration = Duration::from_secs(10);
 
 /// How to reach Redis and how to keep tasks there.
@@ -243,7 +279,9 @@ impl RedisConfig {
     }
 
     /// Most tasks one queue may hold waiting, scheduled or active; enqueues
-    /// past it fail with [`BrokerError::Full`].
+    /// past it fail with [`BrokerError::Full`]. A bound on the broker as a
+    /// whole, whoever enqueues; tenants' own bounds are the
+    /// [`TenantQuota`] the API passes to [`Broker::enqueue_within`].
     pub fn max_queued(mut self, max: usize) -> Self {
         self.max_queued = max;
         self
@@ -284,14 +322,19 @@ struct Inner {
     conn: Conn,
     blocking: BlockingPool,
     config: RedisConfig,
-    index: Mutex<IndexCache>,
-    registered: Mutex<HashMap<(String, String), Instant>>,
+    served: Mutex<ServedCache>,
+    registered: Mutex<HashMap<String, Instant>>,
     next_tenant: AtomicUsize,
 }
 
+/// Which tenants have which of the queue names a worker asks for: what
+/// `acquire` serves, refreshed every [`INDEX_TTL`].
 #[derive(Default)]
-struct IndexCache {
-    pairs: BTreeSet<(String, String)>,
+struct ServedCache {
+    /// The queue names the entry answers for.
+    asked: Vec<String>,
+    /// Each tenant with those of the names it has.
+    by_tenant: BTreeMap<String, BTreeSet<String>>,
     fetched: Option<Instant>,
 }
 
@@ -329,7 +372,7 @@ impl RedisBroker {
                 conn,
                 blocking: BlockingPool::new(),
                 config,
-                index: Mutex::new(IndexCache::default()),
+                served: Mutex::new(ServedCache::default()),
                 registered: Mutex::new(HashMap::new()),
                 next_tenant: AtomicUsize::new(0),
             }),
@@ -389,35 +432,79 @@ impl RedisBroker {
             .map(|(u, s)| u + s))
     }
 
-    /// Deletes every key of `tenant`'s queue `queue` and drops it from the
-    /// index: all its tasks, whatever their state, are gone.
+    /// Deletes every key of `tenant`'s queue `queue` and takes it out of
+    /// the tenant's queue set and queued count, in one atomic step: all its
+    /// tasks, whatever their state, are gone. Costs in proportion to the
+    /// queue's size (an operator's tool, not a hot path).
     pub async fn purge_queue(&self, tenant: &str, queue: &str) -> Result<(), BrokerError> {
-        const OP: &str = "purge_queue";
-        let keys = self.queue_keys(tenant, queue);
-        let mut conn = self.conn();
-        // One DEL per key: the keys share a slot, but DEL of several keys is
-        // refused by some proxies; this is not a hot path.
-        for key in keys.all() {
-            redis::cmd("DEL")
-                .arg(key)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| unavailable(OP, e))?;
+        scripts::purge(&mut self.conn(), &self.keys(tenant, queue)).await?;
+        let mut served = lock(&self.inner.served);
+        if let Some(queues) = served.by_tenant.get_mut(tenant) {
+            queues.remove(queue);
         }
-        redis::cmd("SREM")
-            .arg(keys::index(&self.inner.config.prefix))
-            .arg(keys::pair(tenant, queue))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| unavailable(OP, e))?;
-        let pair = (tenant.to_owned(), queue.to_owned());
-        lock(&self.inner.index).pairs.remove(&pair);
-        lock(&self.inner.registered).remove(&pair);
         Ok(())
     }
 
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    /// What is kept of finished tasks, as the scripts are told.
+    fn keep(&self) -> Keep {
+        let r = &self.inner.config.retention;
+        Keep {
+            max_completed: r.max_completed,
+            max_dead: r.max_dead,
+            completed_ttl_us: ttl_us(r.completed_ttl),
+            dead_ttl_us: ttl_us(r.dead_ttl),
+        }
+    }
+
+    /// One maintenance pass over the queues of `tenant` that its due index
+    /// names as due: one read of the index, then one script call per
+    /// [`QUEUES_PER_MAINTAIN`] due queues (they share the tenant's slot),
+    /// again while some are left. A tenant with nothing due costs the one
+    /// read, however many queues it has.
+    async fn maintain_tenant(
+        &self,
+        tenant: &str,
+        args: &MaintainArgs,
+    ) -> Result<Maintenance, BrokerError> {
+        const OP: &str = "maintain";
+        let tenant_keys = keys::TenantKeys::new(&self.inner.config.prefix, tenant);
+        let mut total = Maintenance::default();
+        for _ in 0..MAINTAIN_ROUNDS {
+            let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&tenant_keys.due)
+                .arg("-inf")
+                .arg(args.now_us)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(QUEUES_PER_MAINTAIN)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| unavailable(OP, e))?;
+            if due.is_empty() {
+                break;
+            }
+            let queues: Vec<QueueKeys> = due.iter().map(|q| self.keys(tenant, q)).collect();
+            let (done, more) =
+                scripts::maintain(&mut self.conn(), &tenant_keys, &queues, args).await?;
+            total.queues_visited += queues.len();
+            for (keys, m) in queues.iter().zip(done) {
+                total.promoted += m.promoted;
+                total.recovered += m.recovered;
+                total.expired_dead += m.expired_dead;
+                total.trimmed += m.trimmed;
+                if m.promoted + m.recovered > 0 {
+                    self.wake(tenant, &keys.name).await;
+                }
+            }
+            if !more && queues.len() < QUEUES_PER_MAINTAIN {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -428,87 +515,131 @@ impl RedisBroker {
         QueueKeys::new(&self.inner.config.prefix, tenant, queue)
     }
 
-    /// Every known `(tenant, queue)`, from the cache unless it is older than
-    /// `max_age`.
-    async fn index(&self, max_age: Duration) -> Result<BTreeSet<(String, String)>, BrokerError> {
-        {
-            let cache = lock(&self.inner.index);
-            if cache.fetched.is_some_and(|at| at.elapsed() < max_age) {
-                return Ok(cache.pairs.clone());
-            }
-        }
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::index(&self.inner.config.prefix))
+    /// Every tenant that has had a task, the default tenant always among
+    /// them (raw pushes into its queues need no registration).
+    async fn tenants(&self, op: &'static str) -> Result<BTreeSet<String>, BrokerError> {
+        let mut tenants: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(keys::tenants(&self.inner.config.prefix))
             .query_async(&mut self.conn())
             .await
-            .map_err(|e| unavailable("index", e))?;
+            .map_err(|e| unavailable(op, e))?;
         reachable();
-        let pairs: BTreeSet<(String, String)> = members
-            .iter()
-            .filter_map(|m| {
-                let pair = keys::parse_pair(m);
-                if pair.is_none() {
-                    tracing::warn!(member = %Inert(m), "ignoring a malformed entry in the queue index");
-                }
-                pair
-            })
-            .collect();
-        let mut cache = lock(&self.inner.index);
-        cache.pairs = pairs.clone();
-        cache.fetched = Some(Instant::now());
-        Ok(pairs)
+        tenants.insert(DEFAULT_TENANT.to_owned());
+        Ok(tenants)
     }
 
-    /// Adds a pair learned from a wake token to the cached index.
+    /// `tenant`'s queue names: those holding any of its records.
+    async fn tenant_queue_names(
+        &self,
+        op: &'static str,
+        tenant: &str,
+    ) -> Result<BTreeSet<String>, BrokerError> {
+        let keys = keys::TenantKeys::new(&self.inner.config.prefix, tenant);
+        redis::cmd("SMEMBERS")
+            .arg(&keys.queues)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable(op, e))
+    }
+
+    /// Adds a queue learned from a wake token to the cached list of what
+    /// this worker serves, so new work is taken before the next refresh.
     fn learn(&self, member: &str) {
-        if let Some(pair) = keys::parse_pair(member) {
-            lock(&self.inner.index).pairs.insert(pair);
+        if let Some((tenant, queue)) = keys::parse_pair(member) {
+            let mut served = lock(&self.inner.served);
+            if served.asked.contains(&queue) {
+                served.by_tenant.entry(tenant).or_default().insert(queue);
+            }
         }
     }
 
     /// The tenants serving any of `queues`, each with those of its queues
     /// that exist, in the order asked. The default tenant always serves
     /// every queue asked for, so raw pushes into a new queue are found.
+    /// Refreshing costs one command per tenant (a membership test of the
+    /// names asked), whatever the number of queues tenants have.
     async fn tenants_for(
         &self,
         queues: &[String],
     ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
-        let index = self.index(INDEX_TTL).await?;
-        let mut by_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        by_tenant.insert(DEFAULT_TENANT.to_owned(), queues.to_vec());
-        for (tenant, queue) in index {
-            if tenant != DEFAULT_TENANT && queues.contains(&queue) {
-                by_tenant.entry(tenant).or_default().push(queue);
+        let cached = {
+            let served = lock(&self.inner.served);
+            (served.asked == queues && served.fetched.is_some_and(|at| at.elapsed() < INDEX_TTL))
+                .then(|| served.by_tenant.clone())
+        };
+        let by_tenant = match cached {
+            Some(by_tenant) => by_tenant,
+            None => {
+                let tenants = self.tenants("acquire").await?;
+                let others: Vec<&String> =
+                    tenants.iter().filter(|t| *t != DEFAULT_TENANT).collect();
+                let found = join_all(others.iter().map(|tenant| async move {
+                    let keys = keys::TenantKeys::new(&self.inner.config.prefix, tenant);
+                    let has: Vec<bool> = redis::cmd("SMISMEMBER")
+                        .arg(&keys.queues)
+                        .arg(queues)
+                        .query_async(&mut self.conn())
+                        .await
+                        .map_err(|e| unavailable("acquire", e))?;
+                    Ok::<_, BrokerError>(
+                        queues
+                            .iter()
+                            .zip(has)
+                            .filter(|(_, has)| *has)
+                            .map(|(q, _)| q.clone())
+                            .collect::<BTreeSet<String>>(),
+                    )
+                }))
+                .await;
+                let mut by_tenant = BTreeMap::new();
+                by_tenant.insert(
+                    DEFAULT_TENANT.to_owned(),
+                    queues.iter().cloned().collect::<BTreeSet<String>>(),
+                );
+                for (tenant, has) in others.into_iter().zip(found) {
+                    let has = has?;
+                    if !has.is_empty() {
+                        by_tenant.insert(tenant.clone(), has);
+                    }
+                }
+                let mut served = lock(&self.inner.served);
+                served.asked = queues.to_vec();
+                served.by_tenant = by_tenant.clone();
+                served.fetched = Some(Instant::now());
+                by_tenant
             }
-        }
+        };
         Ok(by_tenant
             .into_iter()
-            .map(|(tenant, mut qs)| {
-                qs.sort_by_key(|q| queues.iter().position(|x| x == q));
-                qs.dedup();
+            .map(|(tenant, has)| {
+                // In the order asked: a worker lists its queues by priority.
+                let mut seen = BTreeSet::new();
+                let qs: Vec<String> = queues
+                    .iter()
+                    .filter(|q| has.contains(*q) && seen.insert(q.as_str()))
+                    .cloned()
+                    .collect();
                 (tenant, qs)
             })
             .collect())
     }
 
-    /// Makes sure `(tenant, queue)` is in the index before its tasks are
-    /// stored, so workers and `task()` can find them.
-    async fn register(&self, tenant: &str, queue: &str) -> Result<(), BrokerError> {
-        let pair = (tenant.to_owned(), queue.to_owned());
+    /// Makes sure `tenant` is in the tenant set before its tasks are
+    /// stored, so workers and maintenance find them.
+    async fn register(&self, tenant: &str) -> Result<(), BrokerError> {
         let fresh = lock(&self.inner.registered)
-            .get(&pair)
+            .get(tenant)
             .is_some_and(|at| at.elapsed() < REGISTERED_TTL);
         if fresh {
             return Ok(());
         }
         redis::cmd("SADD")
-            .arg(keys::index(&self.inner.config.prefix))
-            .arg(keys::pair(tenant, queue))
+            .arg(keys::tenants(&self.inner.config.prefix))
+            .arg(tenant)
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| unavailable("enqueue", e))?;
-        lock(&self.inner.registered).insert(pair.clone(), Instant::now());
-        lock(&self.inner.index).pairs.insert(pair);
+        lock(&self.inner.registered).insert(tenant.to_owned(), Instant::now());
         Ok(())
     }
 
@@ -602,11 +733,6 @@ impl RedisBroker {
             }
             let mut raw_seen = 0;
             let mut burials: Vec<(TaskId, u64, String)> = Vec::new();
-            if reply.leased.iter().any(|got| got.code != 0) {
-                // Raw pushes may reach a queue no enqueue registered; make
-                // it findable (`task()`, maintenance) from now on.
-                self.register(tenant, queue).await?;
-            }
             for got in reply.leased {
                 if got.code != 0 {
                     raw_seen += 1;
@@ -730,13 +856,11 @@ impl RedisBroker {
                 }
             })
             .collect();
-        let r = &self.inner.config.retention;
         scripts::ack(
             &mut self.conn(),
             keys,
             micros(self.now()),
-            r.max_completed,
-            r.max_dead,
+            &self.keep(),
             &items,
         )
         .await?;
@@ -857,32 +981,24 @@ impl RedisBroker {
         Ok((out, hints))
     }
 
-    /// Finds the record of `id` among `tenant`'s queues (those in the index,
-    /// and the default queue, where raw pushes need no registration).
+    /// Finds the record of `id` among `tenant`'s queues (those in its queue
+    /// set, and the default queue, where raw pushes need no registration).
     async fn find(
         &self,
         tenant: &str,
         id: TaskId,
     ) -> Result<Option<(String, QueueKeys, RawRecord)>, BrokerError> {
-        for max_age in [INDEX_TTL, Duration::ZERO] {
-            let mut queues: BTreeSet<String> = self
-                .index(max_age)
-                .await?
-                .into_iter()
-                .filter(|(t, _)| t == tenant)
-                .map(|(_, q)| q)
-                .collect();
-            queues.insert(DEFAULT_QUEUE.to_owned());
-            let reads = join_all(queues.iter().map(|q| async move {
-                let keys = self.keys(tenant, q);
-                let record = scripts::read(&mut self.conn(), &keys, id).await?;
-                Ok::<_, BrokerError>(record.map(|r| (q.clone(), keys, r)))
-            }))
-            .await;
-            for read in reads {
-                if let Some(found) = read? {
-                    return Ok(Some(found));
-                }
+        let mut queues = self.tenant_queue_names("task", tenant).await?;
+        queues.insert(DEFAULT_QUEUE.to_owned());
+        let reads = join_all(queues.iter().map(|q| async move {
+            let keys = self.keys(tenant, q);
+            let record = scripts::read(&mut self.conn(), &keys, id).await?;
+            Ok::<_, BrokerError>(record.map(|r| (q.clone(), keys, r)))
+        }))
+        .await;
+        for read in reads {
+            if let Some(found) = read? {
+                return Ok(Some(found));
             }
         }
         Ok(None)
@@ -951,6 +1067,13 @@ fn stored_items(tasks: Vec<Task>, now: DateTime<Utc>) -> Result<Vec<EnqueueItem>
         .collect()
 }
 
+/// A retention time as the scripts take it: µs, at most [`TTL_CAP_US`].
+fn ttl_us(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(TTL_CAP_US)
+}
+
 /// Items of one `(tenant, queue)`, each with its position in the input.
 type QueueGroup<T> = ((String, String), Vec<(usize, T)>);
 
@@ -970,7 +1093,11 @@ fn group_by_queue<T>(items: impl IntoIterator<Item = (String, String, T)>) -> Ve
 }
 
 impl Broker for RedisBroker {
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<(), BrokerError> {
+    async fn enqueue_within(
+        &self,
+        tasks: Vec<Task>,
+        quota: &TenantQuota,
+    ) -> Result<(), BrokerError> {
         for task in &tasks {
             task.validate().map_err(|e| BrokerError::Invalid {
                 op: "enqueue",
@@ -987,8 +1114,13 @@ impl Broker for RedisBroker {
                 .map(|t| (t.tenant.clone(), t.queue_name.clone(), t)),
         );
         for ((tenant, queue), tasks) in groups {
-            self.register(&tenant, &queue).await?;
+            self.register(&tenant).await?;
             let keys = self.keys(&tenant, &queue);
+            let bounds = EnqueueBounds {
+                tenant: &tenant,
+                max_queued_in_queue: max_queued,
+                quota,
+            };
             let tasks: Vec<Task> = tasks.into_iter().map(|(_, t)| t).collect();
             if tasks.len() <= ENQUEUE_CHUNK {
                 let items = stored_items(tasks, now)?;
@@ -1006,20 +1138,13 @@ impl Broker for RedisBroker {
                         &mut self.conn(),
                         &keys,
                         now_us,
-                        max_queued,
+                        &bounds,
                         &items,
                         Some(&wake),
                     )
                     .await?;
-                } else if scripts::enqueue(
-                    &mut self.conn(),
-                    &keys,
-                    now_us,
-                    max_queued,
-                    &items,
-                    None,
-                )
-                .await?
+                } else if scripts::enqueue(&mut self.conn(), &keys, now_us, &bounds, &items, None)
+                    .await?
                     > 0
                 {
                     self.wake(&tenant, &queue).await;
@@ -1040,7 +1165,7 @@ impl Broker for RedisBroker {
                 }
                 chunks.push(chunk);
             }
-            let keys = &keys;
+            let (keys, bounds) = (&keys, &bounds);
             let mut serialized = futures_util::stream::iter(chunks)
                 .map(move |chunk| async move {
                     tokio::task::spawn_blocking(move || stored_items(chunk, now))
@@ -1057,12 +1182,11 @@ impl Broker for RedisBroker {
             let mut ready = 0;
             if let Some(items) = serialized.next().await {
                 ready +=
-                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items?, None)
-                        .await?;
+                    scripts::enqueue(&mut self.conn(), keys, now_us, bounds, &items?, None).await?;
             }
             ready += serialized
                 .map_ok(move |items| async move {
-                    scripts::enqueue(&mut self.conn(), keys, now_us, max_queued, &items, None).await
+                    scripts::enqueue(&mut self.conn(), keys, now_us, bounds, &items, None).await
                 })
                 .try_buffered(ENQUEUE_IN_FLIGHT)
                 .try_fold(0, |sum, ready| async move { Ok(sum + ready) })
@@ -1217,7 +1341,7 @@ impl Broker for RedisBroker {
             };
             (lease.tenant.clone(), lease.queue.clone(), item)
         }));
-        let r = self.inner.config.retention;
+        let keep = &self.keep();
         let batches: Vec<(QueueKeys, Vec<usize>, Vec<AckItem>)> = groups
             .into_iter()
             .map(|((tenant, queue), items)| {
@@ -1229,15 +1353,7 @@ impl Broker for RedisBroker {
         for (keys, positions, items) in &batches {
             for (at, chunk) in positions.chunks(ACK_CHUNK).zip(items.chunks(ACK_CHUNK)) {
                 calls.push(async move {
-                    let held = scripts::ack(
-                        &mut self.conn(),
-                        keys,
-                        now_us,
-                        r.max_completed,
-                        r.max_dead,
-                        chunk,
-                    )
-                    .await?;
+                    let held = scripts::ack(&mut self.conn(), keys, now_us, keep, chunk).await?;
                     let answers: Vec<(usize, Result<(), BrokerError>)> = at
                         .iter()
                         .zip(chunk)
@@ -1309,46 +1425,13 @@ impl Broker for RedisBroker {
     }
 
     async fn maintain(&self) -> Result<Maintenance, BrokerError> {
-        let pairs = self.index(Duration::ZERO).await?;
-        let now = self.now();
-        let r = self.inner.config.retention;
-        let before = |ttl: Duration| {
-            chrono::Duration::from_std(ttl)
-                .ok()
-                .and_then(|ttl| now.checked_sub_signed(ttl))
-                .map(micros)
-                .unwrap_or(i64::MIN)
-        };
+        let tenants = self.tenants("maintain").await?;
         let args = MaintainArgs {
-            now_us: micros(now),
-            completed_before_us: before(r.completed_ttl),
-            dead_before_us: before(r.dead_ttl),
-            max_completed: r.max_completed,
-            max_dead: r.max_dead,
+            now_us: micros(self.now()),
+            keep: self.keep(),
             limit: MAINTAIN_LIMIT,
         };
-        let passes = join_all(pairs.iter().map(|(tenant, queue)| {
-            let args = &args;
-            async move {
-                let keys = self.keys(tenant, queue);
-                let mut total = Maintenance::default();
-                for _ in 0..MAINTAIN_ROUNDS {
-                    let (m, more) = scripts::maintain(&mut self.conn(), &keys, args).await?;
-                    total.promoted += m.promoted;
-                    total.recovered += m.recovered;
-                    total.expired_dead += m.expired_dead;
-                    total.trimmed += m.trimmed;
-                    if !more {
-                        break;
-                    }
-                }
-                if total.promoted + total.recovered > 0 {
-                    self.wake(tenant, queue).await;
-                }
-                Ok::<_, BrokerError>(total)
-            }
-        }))
-        .await;
+        let passes = join_all(tenants.iter().map(|t| self.maintain_tenant(t, &args))).await;
         let mut report = Maintenance::default();
         let mut first_error = None;
         for pass in passes {
@@ -1358,6 +1441,7 @@ impl Broker for RedisBroker {
                     report.recovered += m.recovered;
                     report.expired_dead += m.expired_dead;
                     report.trimmed += m.trimmed;
+                    report.queues_visited += m.queues_visited;
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -1423,11 +1507,16 @@ impl Broker for RedisBroker {
         queue: &str,
         raw: Vec<u8>,
     ) -> Result<(), BrokerError> {
-        self.register(tenant, queue).await?;
+        self.register(tenant).await?;
         let keys = self.keys(tenant, queue);
-        redis::cmd("LPUSH")
-            .arg(&keys.pending)
-            .arg(raw)
+        // As a producer with Redis access would: the queue joins the
+        // tenant's queue set (past max_queues if need be: raw pushes are
+        // the operator's, not a tenant's), then the entry is pushed.
+        redis::pipe()
+            .sadd(&keys.tenant.queues, queue)
+            .ignore()
+            .lpush(&keys.pending, raw)
+            .ignore()
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| unavailable("enqueue_raw", e))?;

@@ -3,7 +3,7 @@
 //! Each script lives in `lua/<name>.lua` with a header documenting its
 //! `KEYS[]`, `ARGV[]` and return codes; `lua/common.lua` (metadata helpers)
 //! is prepended to each. Every script names every key it touches in
-//! `KEYS[]`, and all of them belong to one queue (one hash tag), so each
+//! `KEYS[]`, and all of them belong to one tenant (one hash tag), so each
 //! script runs on one Redis Cluster node. The wrappers below build the
 //! invocation, turn the reply into Rust types and the return codes into
 //! [`BrokerError`] variants; a reply of the wrong shape is
@@ -17,9 +17,9 @@ use std::sync::LazyLock;
 use redis::{Script, Value};
 
 use super::conn::{Conn, reachable, unavailable};
-use super::keys::QueueKeys;
+use super::keys::{QueueKeys, TenantKeys};
 use super::record::RawRecord;
-use crate::broker::{BrokerError, Maintenance, QueueStats};
+use crate::broker::{BrokerError, QueueStats, TenantQuota};
 use crate::task::TaskId;
 
 macro_rules! lua {
@@ -41,6 +41,7 @@ struct Scripts {
     read: Script,
     stats: Script,
     dead: Script,
+    purge: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -53,6 +54,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     read: lua!("read.lua"),
     stats: lua!("stats.lua"),
     dead: lua!("dead.lua"),
+    purge: lua!("purge.lua"),
 });
 
 async fn run(
@@ -136,25 +138,48 @@ pub struct WakeUp<'a> {
     pub keep: isize,
 }
 
-/// Stores `items` in one queue, all or none, and pushes `wake` when given
-/// and a task went straight to pending. Returns how many did.
+/// The largest integer a Lua number (a double) holds exactly: bounds past
+/// it are sent as it, which no count reaches.
+const LUA_MAX: u64 = 1 << 53;
+
+/// What [`enqueue`] checks the tasks against.
+pub struct EnqueueBounds<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Most tasks the queue may hold pending, scheduled or active.
+    pub max_queued_in_queue: usize,
+    /// The tenant's quota.
+    pub quota: &'a TenantQuota,
+}
+
+/// Stores `items` in one queue, all or none, within `bounds`, and pushes
+/// `wake` when given and a task went straight to pending. Returns how many
+/// did.
 pub async fn enqueue(
     conn: &mut Conn,
     keys: &QueueKeys,
     now_us: i64,
-    max_queued: usize,
+    bounds: &EnqueueBounds<'_>,
     items: &[EnqueueItem],
     wake: Option<&WakeUp<'_>>,
 ) -> Result<usize, BrokerError> {
     const OP: &str = "enqueue";
+    let max_queued_in_queue = bounds.max_queued_in_queue;
+    let quota = bounds.quota;
     let mut inv = SCRIPTS.enqueue.prepare_invoke();
     inv.key(&keys.pending)
         .key(&keys.scheduled)
         .key(&keys.active)
         .key(&keys.task)
         .key(&keys.meta)
+        .key(&keys.tenant.queues)
+        .key(&keys.tenant.queued)
+        .key(&keys.tenant.due)
         .arg(now_us)
-        .arg(max_queued)
+        .arg(max_queued_in_queue)
+        .arg(quota.max_queued.min(LUA_MAX))
+        .arg(quota.max_queues)
+        .arg(&keys.name)
         .arg(items.len());
     for item in items {
         inv.arg(&item.id).arg(&item.json[..]).arg(&item.meta[..]);
@@ -181,10 +206,28 @@ pub async fn enqueue(
         2 => Err(BrokerError::Full {
             op: OP,
             reason: format!(
-                "queue `{}` holds {} tasks; {} more would pass its bound of {max_queued}",
-                keys.pending,
+                "queue `{}` holds {} tasks; {} more would pass its bound of {max_queued_in_queue}",
+                keys.name,
                 count(OP, &detail)?,
                 items.len()
+            ),
+        }),
+        3 => Err(BrokerError::Full {
+            op: OP,
+            reason: crate::broker::quota_full(
+                bounds.tenant,
+                count(OP, &detail)? as u64,
+                items.len() as u64,
+                quota.max_queued,
+            ),
+        }),
+        4 => Err(BrokerError::TooManyQueues {
+            op: OP,
+            reason: crate::broker::too_many_queues(
+                bounds.tenant,
+                count(OP, &detail)?,
+                &keys.name,
+                quota.max_queues,
             ),
         }),
         other => Err(corrupt(OP, format!("unknown code {other}"))),
@@ -246,12 +289,16 @@ pub async fn acquire(
         .key(&keys.meta)
         .key(&keys.progress)
         .key(&keys.error)
+        .key(&keys.tenant.queues)
+        .key(&keys.tenant.queued)
+        .key(&keys.tenant.due)
         .arg(args.now_us)
         .arg(args.expires_us)
         .arg(args.worker)
         .arg(args.max)
         .arg(args.promote_max)
-        .arg(args.default_max_attempts);
+        .arg(args.default_max_attempts)
+        .arg(&keys.name);
     for id in args.fresh {
         inv.arg(id);
     }
@@ -343,14 +390,26 @@ pub struct AckItem {
     pub handler: Option<u32>,
 }
 
+/// How long finished tasks are kept, as the scripts are told.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// Most completed tasks kept per queue.
+    pub max_completed: usize,
+    /// Most dead tasks kept per queue.
+    pub max_dead: usize,
+    /// How long a completed task is kept (µs).
+    pub completed_ttl_us: i64,
+    /// How long a dead task is kept (µs).
+    pub dead_ttl_us: i64,
+}
+
 /// Finishes tasks of one queue; one flag per item, `false` where the lease
 /// was lost.
 pub async fn ack(
     conn: &mut Conn,
     keys: &QueueKeys,
     now_us: i64,
-    max_completed: usize,
-    max_dead: usize,
+    keep: &Keep,
     items: &[AckItem],
 ) -> Result<Vec<bool>, BrokerError> {
     const OP: &str = "ack";
@@ -364,9 +423,15 @@ pub async fn ack(
         .key(&keys.meta)
         .key(&keys.progress)
         .key(&keys.error)
+        .key(&keys.tenant.queued)
+        .key(&keys.tenant.due)
+        .key(&keys.tenant.queues)
         .arg(now_us)
-        .arg(max_completed)
-        .arg(max_dead)
+        .arg(keep.max_completed)
+        .arg(keep.max_dead)
+        .arg(keep.completed_ttl_us)
+        .arg(keep.dead_ttl_us)
+        .arg(&keys.name)
         .arg(items.len());
     for item in items {
         inv.arg(item.id.to_string())
@@ -429,54 +494,70 @@ pub async fn heartbeat(
 pub struct MaintainArgs {
     /// Now (µs).
     pub now_us: i64,
-    /// Completed tasks finished at or before this go (µs).
-    pub completed_before_us: i64,
-    /// Dead tasks that died at or before this go (µs).
-    pub dead_before_us: i64,
-    /// Most completed tasks kept.
-    pub max_completed: usize,
-    /// Most dead tasks kept.
-    pub max_dead: usize,
-    /// Most tasks per step per call.
+    /// What is kept, and how long.
+    pub keep: Keep,
+    /// Most tasks per step per queue per call.
     pub limit: usize,
 }
 
-/// One bounded maintenance pass over one queue; the flag says more is left.
+/// What [`maintain`] did to one queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Maintained {
+    /// Delayed or retrying tasks made pending.
+    pub promoted: usize,
+    /// Tasks whose lease expired, returned to pending.
+    pub recovered: usize,
+    /// Tasks whose lease expired on their last attempt, now dead.
+    pub expired_dead: usize,
+    /// Finished records dropped.
+    pub trimmed: usize,
+}
+
+/// One bounded maintenance pass over `queues`, all of the tenant whose
+/// keys are `tenant`; one answer per queue, and a flag saying more is left.
 pub async fn maintain(
     conn: &mut Conn,
-    keys: &QueueKeys,
+    tenant: &TenantKeys,
+    queues: &[QueueKeys],
     args: &MaintainArgs,
-) -> Result<(Maintenance, bool), BrokerError> {
+) -> Result<(Vec<Maintained>, bool), BrokerError> {
     const OP: &str = "maintain";
+    let keep = &args.keep;
     let mut inv = SCRIPTS.maintain.prepare_invoke();
-    inv.key(&keys.pending)
-        .key(&keys.active)
-        .key(&keys.scheduled)
-        .key(&keys.completed)
-        .key(&keys.dead)
-        .key(&keys.task)
-        .key(&keys.meta)
-        .key(&keys.progress)
-        .key(&keys.error)
-        .arg(args.now_us)
-        .arg(args.completed_before_us)
-        .arg(args.dead_before_us)
-        .arg(args.max_completed)
-        .arg(args.max_dead)
-        .arg(args.limit);
+    inv.key(&tenant.queues).key(&tenant.queued).key(&tenant.due);
+    for keys in queues {
+        for key in keys.all() {
+            inv.key(key);
+        }
+    }
+    inv.arg(args.now_us)
+        .arg(args.now_us - keep.completed_ttl_us)
+        .arg(args.now_us - keep.dead_ttl_us)
+        .arg(keep.max_completed)
+        .arg(keep.max_dead)
+        .arg(args.limit)
+        .arg(keep.completed_ttl_us)
+        .arg(keep.dead_ttl_us);
+    for keys in queues {
+        inv.arg(&keys.name);
+    }
     let reply = array(OP, run(OP, conn, &inv).await?)?;
-    let [promoted, recovered, expired_dead, trimmed, more] = reply.as_slice() else {
+    if reply.len() != 1 + 4 * queues.len() {
         return Err(corrupt(OP, "reply of the wrong length"));
-    };
-    Ok((
-        Maintenance {
-            promoted: count(OP, promoted)?,
-            recovered: count(OP, recovered)?,
-            expired_dead: count(OP, expired_dead)?,
-            trimmed: count(OP, trimmed)?,
-        },
-        int(OP, more)? != 0,
-    ))
+    }
+    let more = int(OP, &reply[0])? != 0;
+    let per_queue = reply[1..]
+        .chunks(4)
+        .map(|c| {
+            Ok(Maintained {
+                promoted: count(OP, &c[0])?,
+                recovered: count(OP, &c[1])?,
+                expired_dead: count(OP, &c[2])?,
+                trimmed: count(OP, &c[3])?,
+            })
+        })
+        .collect::<Result<Vec<_>, BrokerError>>()?;
+    Ok((per_queue, more))
 }
 
 /// One task's record, if this queue holds it.
@@ -570,4 +651,19 @@ pub async fn dead(
         }
     }
     Ok(out)
+}
+
+/// Deletes one queue whole and takes it out of its tenant's accounts;
+/// returns how many queued tasks left the tenant's count.
+pub async fn purge(conn: &mut Conn, keys: &QueueKeys) -> Result<usize, BrokerError> {
+    const OP: &str = "purge_queue";
+    let mut inv = SCRIPTS.purge.prepare_invoke();
+    for key in keys.all() {
+        inv.key(key);
+    }
+    inv.key(&keys.tenant.queues)
+        .key(&keys.tenant.queued)
+        .key(&keys.tenant.due)
+        .arg(&keys.name);
+    count(OP, &run(OP, conn, &inv).await?)
 }

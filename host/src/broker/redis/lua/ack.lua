@@ -5,7 +5,14 @@
 -- applied under the same token (a retried ack whose first reply was lost)
 -- answers 0 again without applying twice. Finished sets are then cut to
 -- their bounds, oldest first. Writes are batched (one command per key for
--- all outcomes), as each redis.call from Lua has a fixed cost.
+-- all outcomes), as each redis.call from Lua has a fixed cost. A retry or a
+-- release puts the task back among the tenant's queued tasks (KEYS[10]).
+-- The queue's entry in the due index (KEYS[11]) comes forward to any retry
+-- or retention time this call created; when the call ended the queue's
+-- last lease, the entry is set exactly instead, so a queue that fell idle
+-- is not visited for a lease it no longer has. (Settling exactly on every
+-- call would cost four reads per call; while leases remain, an early entry
+-- costs at most one maintenance visit per lease period.)
 --
 -- KEYS[1] pending    (list)
 -- KEYS[2] active     (zset)
@@ -16,11 +23,18 @@
 -- KEYS[7] meta       (hash)
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
+-- KEYS[10] queued    (string) the tenant's count of queued tasks
+-- KEYS[11] due       (zset)   the tenant's due index
+-- KEYS[12] queues    (set)    the tenant's queue names (a queue left
+--                             without records leaves it)
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] most completed tasks kept
 -- ARGV[3] most dead tasks kept
--- ARGV[4] n, the number of outcomes; then 6 values per outcome:
+-- ARGV[4] how long completed tasks are kept (µs)
+-- ARGV[5] how long dead tasks are kept (µs)
+-- ARGV[6] the queue's name, as the tenant's queue set holds it
+-- ARGV[7] n, the number of outcomes; then 6 values per outcome:
 --         id, token, kind, JSON, due, handler
 --   kind c completed: JSON is the final checkpoint, handler its index
 --        r retry:     JSON is the error, due when to run again (µs)
@@ -35,7 +49,9 @@ local k_pending, k_active, k_scheduled, k_completed, k_dead = KEYS[1], KEYS[2], 
 local k_task, k_meta, k_progress, k_error = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now = ARGV[1]
 local max_completed, max_dead = tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
+local completed_ttl, dead_ttl, queue = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local n = tonumber(ARGV[7])
+local first = 8
 local target = {c = 'c', r = 'r', d = 'd', l = 'p'}
 
 local codes = {}
@@ -44,7 +60,7 @@ if n == 0 then
 end
 local ids = {}
 for i = 0, n - 1 do
-    ids[i + 1] = ARGV[5 + i * 6]
+    ids[i + 1] = ARGV[first + i * 6]
 end
 local metas = redis.call('HMGET', k_meta, unpack(ids))
 
@@ -55,8 +71,9 @@ local meta_args, active_rem, progress_set, error_del, error_set = {}, {}, {}, {}
 local completed_add, scheduled_add, dead_add, released = {}, {}, {}, {}
 local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
 local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
+local first_retry = nil
 for i = 0, n - 1 do
-    local base = 5 + i * 6
+    local base = first + i * 6
     local id, token, kind = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2]
     local code = 1
     local done = applied[id]
@@ -86,6 +103,10 @@ for i = 0, n - 1 do
                 n_completed = n_completed + 2
             elseif kind == 'r' then
                 local due = ARGV[base + 4]
+                local at = tonumber(due)
+                if not first_retry or at < first_retry then
+                    first_retry = at
+                end
                 m.run_at = due
                 error_set[n_error_set + 1] = id
                 error_set[n_error_set + 2] = ARGV[base + 3]
@@ -145,5 +166,25 @@ end
 if n_released > 0 then
     -- Back to the front of the line: they were next already.
     redis.call('RPUSH', k_pending, unpack(released))
+end
+requeue(KEYS[10], n_scheduled / 2 + n_released)
+if n_active > 0 and redis.call('ZCARD', k_active) == 0 then
+    settle(KEYS[11], KEYS[12], {
+        name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,
+        completed = k_completed, dead = k_dead, meta = k_meta,
+    }, completed_ttl, dead_ttl)
+elseif n_active > 0 then
+    local at = first_retry
+    for _, finished in ipairs({{n_completed, completed_ttl}, {n_dead, dead_ttl}}) do
+        if finished[1] > 0 then
+            local t = tonumber(now) + finished[2]
+            if not at or t < at then
+                at = t
+            end
+        end
+    end
+    if at then
+        due_by(KEYS[11], queue, at)
+    end
 end
 return codes

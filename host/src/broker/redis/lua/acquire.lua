@@ -19,6 +19,10 @@
 -- dead set. An id of a task that is no longer pending (a stale entry) is
 -- dropped: that task is accounted for elsewhere.
 --
+-- Stored tasks leased here leave the tenant's count of queued tasks; raw
+-- entries were never counted (they are not tasks until taken here), but
+-- their queue joins the tenant's queue set once it holds their records.
+--
 -- KEYS[1] pending    (list)
 -- KEYS[2] active     (zset)
 -- KEYS[3] scheduled  (zset)
@@ -26,6 +30,9 @@
 -- KEYS[5] meta       (hash)
 -- KEYS[6] progress   (hash)
 -- KEYS[7] error      (hash)
+-- KEYS[8] queues     (set)    the tenant's queue names
+-- KEYS[9] queued     (string) the tenant's count of queued tasks
+-- KEYS[10] due       (zset)   the tenant's due index: the leases' expiry
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] lease expiry (µs)
@@ -33,7 +40,8 @@
 -- ARGV[4] max tasks to lease
 -- ARGV[5] max due tasks to promote
 -- ARGV[6] default max_attempts for raw entries that name none
--- ARGV[7..] fresh ids for raw entries; at most one raw entry per fresh id
+-- ARGV[7] the queue's name, as the tenant's queue set holds it
+-- ARGV[8..] fresh ids for raw entries; at most one raw entry per fresh id
 --           is taken, the rest wait for the next call
 --
 -- Returns {promoted, pending_left, next_due, n, then 6 values per leased task:
@@ -52,7 +60,8 @@ local k_task, k_meta, k_progress, k_error = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now, expires, worker = ARGV[1], ARGV[2], ARGV[3]
 local max, promote_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 local default_max_attempts = tonumber(ARGV[6])
-local next_fresh = 7
+local k_queues, k_queued, queue = KEYS[8], KEYS[9], ARGV[7]
+local next_fresh = 8
 
 -- 1. Due delayed and retrying tasks join the back of pending.
 local promoted = 0
@@ -153,9 +162,14 @@ end
 local result = {promoted, 0, false, #leases}
 if #leases > 0 then
     local meta_args, zadd_args, ids, again = {}, {}, {}, {}
-    local nm, nz, na = 0, 0, 0
+    local nm, nz, na, stored, raw = 0, 0, 0, 0, 0
     for i, l in ipairs(leases) do
         local id, m = l[1], l[2]
+        if l[3] == 0 then
+            stored = stored + 1
+        else
+            raw = raw + 1
+        end
         -- A task leased before may have a checkpoint and an error.
         if m.token > 0 then
             na = na + 1
@@ -178,6 +192,11 @@ if #leases > 0 then
     end
     redis.call('HSET', k_meta, unpack(meta_args))
     redis.call('ZADD', k_active, unpack(zadd_args))
+    unqueue(k_queued, stored)
+    due_by(KEYS[10], queue, expires)
+    if raw > 0 then
+        redis.call('SADD', k_queues, queue)
+    end
     local jsons = redis.call('HMGET', k_task, unpack(ids))
     local progress, errors = {}, {}
     if na > 0 then

@@ -91,3 +91,61 @@ local function bound(set, max, k_task, k_meta, k_progress, k_error)
     end
     return dropped
 end
+
+-- Adds `n` to a tenant's count of queued tasks (pending, scheduled,
+-- retrying), the count enqueue.lua checks max_queued against.
+local function requeue(k_queued, n)
+    if n > 0 then
+        redis.call('INCRBY', k_queued, n)
+    end
+end
+
+-- Takes `n` off that count, never below zero (a count damaged by hand must
+-- not turn into room past the quota).
+local function unqueue(k_queued, n)
+    if n > 0 and redis.call('DECRBY', k_queued, n) < 0 then
+        redis.call('SET', k_queued, 0)
+    end
+end
+
+-- Brings `queue`'s entry in its tenant's due index forward to `at` (µs),
+-- adding it if missing. Every script that gives a queue something to do
+-- later (a delayed task, a lease) and does not settle the entry exactly
+-- calls this in the same step, so the index is never later than the
+-- queue's work; it may be earlier (a lease extended by a heartbeat, a
+-- delayed task taken early by acquire), and then maintenance finds nothing
+-- yet and stores the true time.
+local function due_by(k_due, queue, at)
+    redis.call('ZADD', k_due, 'LT', at, queue)
+end
+
+-- Sets queue `q`'s entry in its tenant's due index to the earliest time
+-- the queue needs maintenance: its first delayed or retrying task, its
+-- first lease expiry, its first finished record's retention time
+-- (`completed_ttl` and `dead_ttl` µs after it finished); removes the entry
+-- when there is none, and then, if the queue holds no record or entry at
+-- all, takes it out of the tenant's queue set (it no longer counts against
+-- max_queues). Exact: only for scripts that hold the whole queue at once.
+--
+-- q: {name, pending, active, scheduled, completed, dead, meta} (keys)
+local function settle(k_due, k_queues, q, completed_ttl, dead_ttl)
+    local at = nil
+    for _, set in ipairs({{q.scheduled, 0}, {q.active, 0}, {q.completed, completed_ttl},
+        {q.dead, dead_ttl}}) do
+        local first = redis.call('ZRANGE', set[1], 0, 0, 'WITHSCORES')
+        if first[2] then
+            local t = tonumber(first[2]) + set[2]
+            if not at or t < at then
+                at = t
+            end
+        end
+    end
+    if at then
+        redis.call('ZADD', k_due, at, q.name)
+        return
+    end
+    redis.call('ZREM', k_due, q.name)
+    if redis.call('HLEN', q.meta) == 0 and redis.call('LLEN', q.pending) == 0 then
+        redis.call('SREM', k_queues, q.name)
+    end
+end

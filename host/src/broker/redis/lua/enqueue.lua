@@ -1,38 +1,59 @@
--- enqueue.lua: stores new tasks of one queue, all or none of them.
+-- enqueue.lua: stores new tasks of one queue, all or none of them, within
+-- the queue's bound and the tenant's quota.
+--
+-- The tenant's quota is checked and counted here, in the same atomic step
+-- that stores the tasks, so concurrent enqueues cannot pass it: the
+-- tenant's count of queued tasks (KEYS[7], kept exact by every script that
+-- moves a task into or out of pending/scheduled/retrying) may not pass
+-- max_queued, and a queue name the tenant does not have yet (KEYS[6]) is
+-- refused once it has max_queues of them.
 --
 -- KEYS[1] pending    (list)  ready ids, pushed at the back (LPUSH)
 -- KEYS[2] scheduled  (zset)  delayed ids by due time
--- KEYS[3] active     (zset)  counted against the bound only
+-- KEYS[3] active     (zset)  counted against the queue's bound only
 -- KEYS[4] task       (hash)  id -> task JSON
 -- KEYS[5] meta       (hash)  id -> metadata (see common.lua)
--- KEYS[6] wake       (list)  optional: the queue name's wake-up list, given
+-- KEYS[6] queues     (set)   the tenant's queue names
+-- KEYS[7] queued     (string) the tenant's count of queued tasks
+-- KEYS[8] due        (zset)  the tenant's due index (delayed tasks)
+-- KEYS[9] wake       (list)  optional: the queue name's wake-up list, given
 --                            only where it shares a server with the queue
 --                            (standalone Redis), so the wake-up is part of
 --                            the same call
 --
 -- ARGV[1] now (µs); the metadata already carries it
 -- ARGV[2] the queue's bound: pending + scheduled + active may not exceed it
--- ARGV[3] n, the number of tasks; then 4 values per task:
+-- ARGV[3] the tenant's max_queued
+-- ARGV[4] the tenant's max_queues
+-- ARGV[5] the queue's name, as the tenant's queue set holds it
+-- ARGV[6] n, the number of tasks; then 4 values per task:
 --         id, task JSON, metadata (packed by Rust, see common.lua; state
 --         p or s), due (µs; empty = ready now)
---         then, with KEYS[6]: the wake-up token and how many tokens to keep
+--         then, with KEYS[9]: the wake-up token and how many tokens to keep
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
 --         {1, id}      nothing stored: task `id` already exists (or is
 --                      given twice)
 --         {2, queued}  nothing stored: the queue holds `queued` tasks and
---                      these would pass the bound
+--                      these would pass its bound
+--         {3, queued}  nothing stored: the tenant has `queued` tasks
+--                      queued and these would pass its max_queued
+--         {4, queues}  nothing stored: the queue is new and the tenant
+--                      already has `queues` queue names, its max_queues
 
-
+local k_queues, k_queued = KEYS[6], KEYS[7]
 local bound_max = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
+local max_queued, max_queues = tonumber(ARGV[3]), tonumber(ARGV[4])
+local queue = ARGV[5]
+local n = tonumber(ARGV[6])
+local first = 7
 
 if n == 0 then
     return {0, 0}
 end
 local ids = {}
 for i = 0, n - 1 do
-    ids[i + 1] = ARGV[4 + i * 4]
+    ids[i + 1] = ARGV[first + i * 4]
 end
 local existing = redis.call('HMGET', KEYS[5], unpack(ids))
 local seen = {}
@@ -42,16 +63,29 @@ for i = 1, n do
     end
     seen[ids[i]] = true
 end
-local queued = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local here = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
     + redis.call('ZCARD', KEYS[3])
-if queued + n > bound_max then
-    return {2, queued}
+if here + n > bound_max then
+    return {2, here}
 end
+local queued = tonumber(redis.call('GET', k_queued) or '0') or 0
+if queued + n > max_queued then
+    return {3, queued}
+end
+if redis.call('SISMEMBER', k_queues, queue) == 0 then
+    local have = redis.call('SCARD', k_queues)
+    if have >= max_queues then
+        return {4, have}
+    end
+    redis.call('SADD', k_queues, queue)
+end
+redis.call('INCRBY', k_queued, n)
 
 local tasks, metas, ready, delayed = {}, {}, {}, {}
 local nt, nm, nr, nd = 0, 0, 0, 0
+local first_due = nil
 for i = 0, n - 1 do
-    local base = 4 + i * 4
+    local base = first + i * 4
     local id, due = ARGV[base], ARGV[base + 3]
     tasks[nt + 1] = id
     tasks[nt + 2] = ARGV[base + 1]
@@ -60,6 +94,10 @@ for i = 0, n - 1 do
     metas[nm + 2] = ARGV[base + 2]
     nm = nm + 2
     if due ~= '' then
+        local at = tonumber(due)
+        if not first_due or at < first_due then
+            first_due = at
+        end
         delayed[nd + 1] = due
         delayed[nd + 2] = id
         nd = nd + 2
@@ -71,14 +109,15 @@ end
 redis.call('HSET', KEYS[4], unpack(tasks))
 if nd > 0 then
     redis.call('ZADD', KEYS[2], unpack(delayed))
+    due_by(KEYS[8], queue, first_due)
 end
 redis.call('HSET', KEYS[5], unpack(metas))
 if nr > 0 then
     redis.call('LPUSH', KEYS[1], unpack(ready))
-    if KEYS[6] then
-        local wake_at = 4 + n * 4
-        redis.call('LPUSH', KEYS[6], ARGV[wake_at])
-        redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[wake_at + 1]) - 1)
+    if KEYS[9] then
+        local wake_at = first + n * 4
+        redis.call('LPUSH', KEYS[9], ARGV[wake_at])
+        redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[wake_at + 1]) - 1)
     end
 end
 return {0, nr}

@@ -1,0 +1,40 @@
+-- purge.lua: deletes one queue whole, every task in it whatever its state,
+-- and takes it out of its tenant's accounts and due index.
+--
+-- The tenant's count of queued tasks loses the queue's pending, scheduled
+-- and retrying tasks, counted from their metadata (so raw entries, never
+-- counted, are not subtracted); the queue leaves the tenant's queue set.
+-- Walks the queue's metadata, so it costs in proportion to the queue: an
+-- operator's tool, not a hot path.
+--
+-- KEYS[1..9] the queue's pending, active, scheduled, completed, dead,
+--            task, meta, progress, error
+-- KEYS[10] queues    (set)    the tenant's queue names
+-- KEYS[11] queued    (string) the tenant's count of queued tasks
+-- KEYS[12] due       (zset)   the tenant's due index
+--
+-- ARGV[1] the queue's name, as the tenant's queue set holds it
+--
+-- Returns the number of queued tasks taken off the tenant's count.
+
+local k_meta = KEYS[7]
+local queued = 0
+local cursor = '0'
+repeat
+    local page = redis.call('HSCAN', k_meta, cursor, 'COUNT', 1000)
+    cursor = page[1]
+    local fields = page[2]
+    for i = 2, #fields, 2 do
+        local m = meta_decode(fields[i])
+        if m and (m.state == 'p' or m.state == 's' or m.state == 'r') then
+            queued = queued + 1
+        end
+    end
+until cursor == '0'
+for i = 1, 9 do
+    redis.call('DEL', KEYS[i])
+end
+unqueue(KEYS[11], queued)
+redis.call('SREM', KEYS[10], ARGV[1])
+redis.call('ZREM', KEYS[12], ARGV[1])
+return queued
