@@ -29,6 +29,7 @@ pub mod client;
 pub mod clock;
 #[doc(hidden)]
 pub mod fuzzing;
+mod lru;
 pub mod registry;
 pub mod sandbox;
 pub mod task;

@@ -5,6 +5,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A compile of one module, in a child under resource limits: no
+    // runtime, no logging, nothing but the compiler.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == corral::sandbox::COMPILE_SUBCOMMAND)
+    {
+        let rest: Vec<String> = args.filter_map(|a| a.into_string().ok()).collect();
+        return corral::sandbox::run_compile_child(&rest);
+    }
     let cli = corral::cli::Cli::parse();
     corral::cli::init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -10,25 +10,30 @@
 //!
 //! Workers resolve jobs here: module bytes are fetched from the catalog by
 //! hash on first use and compiled once (the sandbox caches by hash); a
-//! resolved version is immutable, so it is cached for good, and "newest
-//! version" lookups are cached for [`LATEST_TTL`] to keep the store off the
-//! per-task path.
+//! resolved version is immutable, so it is cached until it is among the
+//! least recently used of [`RESOLVED_CACHED`], and "newest version" lookups
+//! are cached for [`LATEST_TTL`] to keep the store off the per-task path.
+//! Both caches are bounded: their size follows the jobs that run, not every
+//! version tenants ever registered.
 //!
 //! The registry never runs a handler and never touches the broker.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, CatalogError, MemoryCatalog, Quota};
+use crate::lru::Lru;
 use crate::sandbox::{Limits, LoadError, LoadedHandler, ModuleHash, Sandbox};
 use crate::tenant::TenantLimits;
 
 /// How long a "newest version of job X" answer is reused.
 pub const LATEST_TTL: Duration = Duration::from_secs(1);
+
+/// Resolved job versions (and newest-version lookups) kept in memory.
+pub const RESOLVED_CACHED: usize = 4096;
 
 /// One version of a job: its handler chain and limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,18 +134,18 @@ pub enum RegistryError {
 }
 
 type JobKey = (String, String);
-/// Resolved jobs by (tenant, name, version).
-type ResolvedMap = HashMap<(String, String, u32), Arc<ResolvedJob>>;
+/// A resolved job's (tenant, name, version).
+type ResolvedKey = (String, String, u32);
 
 /// Job definitions and module bytes, shared by clients and workers.
 #[derive(Clone)]
 pub struct Registry {
     sandbox: Sandbox,
     catalog: Arc<dyn Catalog>,
-    /// Resolved versions: immutable, kept for good.
-    resolved: Arc<RwLock<ResolvedMap>>,
+    /// Resolved versions: immutable, kept while recently used.
+    resolved: Arc<Lru<ResolvedKey, Arc<ResolvedJob>>>,
     /// Newest version per job, and when it was read.
-    latest: Arc<RwLock<HashMap<JobKey, (u32, Instant)>>>,
+    latest: Arc<Lru<JobKey, (u32, Instant)>>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -173,8 +178,8 @@ impl Registry {
         Self {
             sandbox,
             catalog,
-            resolved: Arc::default(),
-            latest: Arc::default(),
+            resolved: Arc::new(Lru::new(RESOLVED_CACHED, u64::MAX)),
+            latest: Arc::new(Lru::new(RESOLVED_CACHED, u64::MAX)),
         }
     }
 
@@ -226,8 +231,8 @@ impl Registry {
                 limit: limits.max_module_bytes,
             });
         }
-        // Compiling can take seconds: off the runtime's threads.
-        let hash = self.sandbox.validate_async(bytes.to_vec()).await?;
+        // Compiling can take seconds: bounded, off the runtime's threads.
+        let hash = self.sandbox.validate_async(tenant, bytes.to_vec()).await?;
         self.catalog.put_module(tenant, &hash, bytes).await?;
         Ok(hash)
     }
@@ -367,13 +372,11 @@ impl Registry {
             limits,
         };
         let stored = self.catalog.add_job_version(definition, replace).await?;
-        self.latest
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                (tenant.to_owned(), name.to_owned()),
-                (stored.version, Instant::now()),
-            );
+        self.latest.put(
+            (tenant.to_owned(), name.to_owned()),
+            (stored.version, Instant::now()),
+            0,
+        );
         Ok(stored)
     }
 
@@ -392,20 +395,14 @@ impl Registry {
             Some(v) => Some(v),
             None => self
                 .latest
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
                 .get(&(tenant.to_owned(), name.to_owned()))
                 .filter(|(_, at)| at.elapsed() < LATEST_TTL)
-                .map(|(v, _)| *v),
+                .map(|(v, _)| v),
         };
         if let Some(v) = version
-            && let Some(job) = self
-                .resolved
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&(tenant.to_owned(), name.to_owned(), v))
+            && let Some(job) = self.resolved.get(&(tenant.to_owned(), name.to_owned(), v))
         {
-            return Ok(job.clone());
+            return Ok(job);
         }
         let definition = match self.catalog.job(tenant, name, version).await? {
             Some(d) => d,
@@ -422,13 +419,11 @@ impl Registry {
             }
         };
         if version.is_none() {
-            self.latest
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(
-                    (tenant.to_owned(), name.to_owned()),
-                    (definition.version, Instant::now()),
-                );
+            self.latest.put(
+                (tenant.to_owned(), name.to_owned()),
+                (definition.version, Instant::now()),
+                0,
+            );
         }
         let mut handlers = Vec::with_capacity(definition.handlers.len());
         for spec in &definition.handlers {
@@ -440,7 +435,7 @@ impl Registry {
                         .module(tenant, &spec.module)
                         .await?
                         .ok_or_else(|| RegistryError::UnknownModule(spec.module.clone()))?;
-                    self.sandbox.load_async(bytes).await?
+                    self.sandbox.load_async(tenant, bytes).await?.0
                 }
             };
             handlers.push(loaded);
@@ -450,13 +445,7 @@ impl Registry {
             definition,
             handlers,
         });
-        Ok(self
-            .resolved
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_insert(job)
-            .clone())
+        Ok(self.resolved.insert(key, job, 0))
     }
 
     /// The newest version of each of `tenant`'s jobs, by name.

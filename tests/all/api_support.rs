@@ -314,6 +314,18 @@ pub fn refused_modules() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "invalid_component",
         ),
         (
+            "blocks nested past the compile bound",
+            {
+                let depth = corral::sandbox::MAX_NESTING_DEPTH as usize + 1;
+                wat(&format!(
+                    "(component (core module (func {} {})))",
+                    "(block".repeat(depth),
+                    ")".repeat(depth)
+                ))
+            },
+            "compile_limit",
+        ),
+        (
             "a component exporting nothing",
             wat("(component)"),
             "wrong_world",

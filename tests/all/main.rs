@@ -9,6 +9,7 @@ mod api_cli;
 mod api_http;
 mod api_support;
 mod chain;
+mod compile;
 mod conformance;
 mod crash;
 mod deep_args;

@@ -122,6 +122,10 @@ impl From<LoadError> for ApiError {
     fn from(e: LoadError) -> Self {
         let status = match e {
             LoadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            LoadError::CompilerUnavailable(_) => {
+                tracing::warn!(error = %e, "compiler unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Self::new(status, e.kind(), e.to_string())

@@ -68,18 +68,16 @@ pub async fn upload<B: Broker + Clone>(
         "module",
     )
     .await?;
-    let bytes = held.bytes.clone();
-    let size = bytes.len() as u64;
-    // The body's share of the budget lasts as long as this handler, and as
-    // the validation below, which may outlive a request cut short.
+    let size = held.bytes.len() as u64;
+    // The body's share of the budget lasts until the module is stored,
+    // compile included: `add_module` validates it (bounded, off the async
+    // threads, answering as slowly for bytes another tenant uploaded as for
+    // new ones) before storing it.
     let _budget = held.reservation.clone();
-    // Validate (compile) on a blocking thread; the sandbox caches the result,
-    // so `add_module` below finds it compiled.
-    let sandbox = state.registry.sandbox().clone();
-    tokio::task::spawn_blocking(move || sandbox.validate(&held.bytes))
-        .await
-        .map_err(|e| ApiError::internal("module validation", e))??;
-    let hash = state.registry.add_module(caller.name(), &bytes).await?;
+    let hash = state
+        .registry
+        .add_module(caller.name(), &held.bytes)
+        .await?;
     tracing::info!(tenant = caller.name(), %hash, size, "module uploaded");
     Ok((StatusCode::CREATED, Json(ModuleInfo { hash, size })))
 }

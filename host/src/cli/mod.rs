@@ -38,9 +38,9 @@ pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Where precompiled components are cached.
+    /// Compiled-component caches and compile bounds.
     #[command(flatten)]
-    pub cache: sandbox_args::CacheArgs,
+    pub sandbox: sandbox_args::SandboxOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,7 +155,7 @@ pub fn init_tracing(verbose: u8) {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    cli.cache.install();
+    cli.sandbox.install();
     match cli.command {
         Command::Demo(args) => demo(args).await,
         Command::Run(args) => run_job(args).await,

@@ -1,9 +1,10 @@
-//! Compiled components, kept so each module compiles once.
+//! Precompiled components on disk, kept so each module compiles once.
 //!
-//! In memory: content hash → [`LoadedHandler`](super::LoadedHandler) (the
-//! compiled component and its pre-instantiated form). On disk (optional):
-//! precompiled artifacts named by content hash and an engine fingerprint, so
-//! a restarted worker loads a job in milliseconds instead of recompiling it.
+//! Artifacts are named by content hash and an engine fingerprint, so a
+//! restarted worker loads a job in milliseconds instead of recompiling it.
+//! The directory is bounded in bytes: past the bound, the artifacts used
+//! longest ago are deleted (a load marks its file as used). The in-memory
+//! cache is the sandbox's [`Lru`](crate::lru::Lru) of loaded handlers.
 //!
 //! A precompiled artifact is native code that wasmtime maps and runs without
 //! validating it again, so a file is trusted only when all of these hold:
@@ -18,11 +19,10 @@
 //!
 //! This module never decides what a handler may do; it only stores them.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -103,42 +103,6 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("corral").join("components"))
 }
 
-/// The in-memory cache.
-pub(crate) struct MemoryCache<T> {
-    entries: RwLock<HashMap<ModuleHash, Arc<T>>>,
-}
-
-impl<T> MemoryCache<T> {
-    pub(crate) fn new() -> Self {
-        Self {
-            entries: RwLock::new(HashMap::new()),
-        }
-    }
-
-    // A poisoned lock means a thread panicked while inserting; the map itself
-    // is still consistent (inserts are single operations), so keep using it.
-    pub(crate) fn get(&self, hash: &ModuleHash) -> Option<Arc<T>> {
-        self.entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(hash)
-            .cloned()
-    }
-
-    pub(crate) fn insert(&self, hash: ModuleHash, value: Arc<T>) -> Arc<T> {
-        self.entries
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(hash)
-            .or_insert(value)
-            .clone()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-}
-
 /// Why the disk cache could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskCacheError {
@@ -176,6 +140,8 @@ pub(crate) struct DiskCache {
     dir: PathBuf,
     /// sha256 over everything that makes an artifact usable by this engine.
     fingerprint: [u8; 32],
+    /// Most bytes of artifacts kept in `dir`.
+    max_bytes: u64,
 }
 
 /// Artifact layout, all integers little-endian:
@@ -187,9 +153,10 @@ pub(crate) struct DiskCache {
 /// | 32 | the engine fingerprint |
 /// | 8 | payload length |
 /// | 32 | payload sha256 |
+/// | 8 | how long compiling took, in nanoseconds |
 /// | n | payload: `Engine::precompile_component` output |
-const MAGIC: &[u8; 8] = b"CORRAL\x02\n";
-const HEADER_LEN: usize = 8 + 32 + 32 + 8 + 32;
+const MAGIC: &[u8; 8] = b"CORRAL\x03\n";
+const HEADER_LEN: usize = 8 + 32 + 32 + 8 + 32 + 8;
 
 /// Distinguishes temporary files of concurrent stores in one process.
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -212,7 +179,11 @@ pub(crate) enum Unsound {
 impl DiskCache {
     /// Opens (creating, private to this user) the cache in `dir` for
     /// artifacts of `engine`.
-    pub(crate) fn open(dir: &Path, engine: &Engine) -> Result<Self, DiskCacheError> {
+    pub(crate) fn open(
+        dir: &Path,
+        engine: &Engine,
+        max_bytes: u64,
+    ) -> Result<Self, DiskCacheError> {
         let io = |source| DiskCacheError::Io {
             dir: dir.to_owned(),
             source,
@@ -232,6 +203,7 @@ impl DiskCache {
         Ok(Self {
             dir: dir.to_owned(),
             fingerprint: hasher.finalize().into(),
+            max_bytes,
         })
     }
 
@@ -246,8 +218,9 @@ impl DiskCache {
             .join(format!("{hash}-{}.cwasm", &hex(&self.fingerprint)[..16]))
     }
 
-    /// The component stored for `hash`, if a sound artifact is there.
-    pub(crate) fn load(&self, engine: &Engine, hash: &ModuleHash) -> Option<Component> {
+    /// The component stored for `hash`, if a sound artifact is there, and
+    /// how long compiling it took.
+    pub(crate) fn load(&self, engine: &Engine, hash: &ModuleHash) -> Option<(Component, Duration)> {
         let path = self.path(hash);
         let bytes = std::fs::read(&path).ok()?;
         let verdict = match self.payload(hash, &bytes) {
@@ -256,8 +229,16 @@ impl DiskCache {
             // fingerprint, for this module (header and checksum matched, in
             // a directory only this user can write); wasmtime also re-checks
             // engine compatibility while deserializing.
-            Ok(payload) => match unsafe { Component::deserialize(engine, payload) } {
-                Ok(component) => return Some(component),
+            Ok((payload, compile_time)) => match unsafe { Component::deserialize(engine, payload) }
+            {
+                Ok(component) => {
+                    // Marks it used, for the eviction order; a failure only
+                    // makes it look older.
+                    if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+                        let _ = file.set_modified(SystemTime::now());
+                    }
+                    return Some((component, compile_time));
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "precompiled artifact refused by wasmtime");
                     Unsound::Rejected
@@ -270,12 +251,13 @@ impl DiskCache {
         None
     }
 
-    /// The payload of `bytes` if it is a sound artifact for `hash`.
+    /// The payload of `bytes` and the compile time it records, if it is a
+    /// sound artifact for `hash`.
     pub(crate) fn payload<'a>(
         &self,
         hash: &ModuleHash,
         bytes: &'a [u8],
-    ) -> Result<&'a [u8], Unsound> {
+    ) -> Result<(&'a [u8], Duration), Unsound> {
         if bytes.len() < HEADER_LEN || !bytes.starts_with(MAGIC) {
             return Err(Unsound::Foreign);
         }
@@ -285,6 +267,8 @@ impl DiskCache {
         let mut len = [0u8; 8];
         len.copy_from_slice(&header[72..80]);
         let checksum = &header[80..112];
+        let mut nanos = [0u8; 8];
+        nanos.copy_from_slice(&header[112..120]);
         if hex(module) != hash.as_str() || fingerprint != self.fingerprint {
             return Err(Unsound::Mismatched);
         }
@@ -294,11 +278,13 @@ impl DiskCache {
         if Sha256::digest(payload)[..] != *checksum {
             return Err(Unsound::Corrupt);
         }
-        Ok(payload)
+        Ok((payload, Duration::from_nanos(u64::from_le_bytes(nanos))))
     }
 
-    /// Stores a precompiled artifact; a failure only costs a recompile later.
-    pub(crate) fn store(&self, hash: &ModuleHash, artifact: &[u8]) {
+    /// Stores a precompiled artifact, then deletes the artifacts used
+    /// longest ago while the directory holds more than its bound; a failure
+    /// only costs a recompile later.
+    pub(crate) fn store(&self, hash: &ModuleHash, artifact: &[u8], compile_time: Duration) {
         let path = self.path(hash);
         let Some(module) = raw_hash(hash) else {
             return;
@@ -314,6 +300,8 @@ impl DiskCache {
         header.extend_from_slice(&self.fingerprint);
         header.extend_from_slice(&(artifact.len() as u64).to_le_bytes());
         header.extend_from_slice(&Sha256::digest(artifact));
+        let nanos = u64::try_from(compile_time.as_nanos()).unwrap_or(u64::MAX);
+        header.extend_from_slice(&nanos.to_le_bytes());
         // Write to a temporary name and rename: readers (this or another
         // worker sharing the directory) see a whole artifact or none.
         let written = (|| {
@@ -326,6 +314,38 @@ impl DiskCache {
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "could not store precompiled artifact");
             let _ = std::fs::remove_file(&tmp);
+        }
+        self.evict();
+    }
+
+    /// Deletes the artifacts used longest ago until the directory's
+    /// artifacts fit `max_bytes`. Runs after each store (a compile, which
+    /// costs far more than listing the directory).
+    fn evict(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.max_bytes {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                tracing::debug!(path = %path.display(), "evicted precompiled artifact");
+                total -= len;
+            }
         }
     }
 }

@@ -53,6 +53,14 @@ pub enum LoadError {
     /// any sandbox instance may have, so it could never be instantiated.
     #[error("component needs more than a sandbox instance allows: {0}")]
     OverEngineLimits(String),
+    /// Compiling the component would take (or took) more CPU time, memory
+    /// or wall-clock time than a compile may have, or its shape promises
+    /// as much (see [`CompileConfig`](super::CompileConfig)).
+    #[error("component is beyond the compile limits: {0}")]
+    CompileLimit(String),
+    /// The compiler could not be started (not the module's fault: retry).
+    #[error("the compiler is unavailable: {0}")]
+    CompilerUnavailable(String),
 }
 
 impl LoadError {
@@ -66,6 +74,8 @@ impl LoadError {
             LoadError::UnsupportedImport(_) => "unsupported_import",
             LoadError::WrongWorld(_) => "wrong_world",
             LoadError::OverEngineLimits(_) => "over_engine_limits",
+            LoadError::CompileLimit(_) => "compile_limit",
+            LoadError::CompilerUnavailable(_) => "compiler_unavailable",
         }
     }
 }

@@ -34,6 +34,7 @@
 //! | needs more memories or tables than an instance may have | at load | `over_engine_limits` |
 //! | is a core module, not a component | at load | `core_module` |
 //! | is not wasm, or not a valid component | at load | `not_wasm`, `invalid_component` |
+//! | takes too long or too much memory to compile | shape checks, then a bounded child process | `compile_limit` |
 //!
 //! Load errors refuse a module at registration; a module stored without
 //! validation fails its tasks with the same kind when a worker resolves it.
@@ -42,13 +43,16 @@
 //! deadline of a guest waiting in a host call is a tokio timeout).
 
 mod cache;
+mod compiler;
 mod engine;
 mod error;
 mod host;
+mod inspect;
 mod limits;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument as _;
@@ -56,10 +60,13 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{CallHook, Engine, Store, Trap};
 
 pub use cache::{DiskCacheError, LoadSource, ModuleHash, default_cache_dir};
+pub use compiler::{COMPILE_SUBCOMMAND, CompileConfig, CompileIsolation, run_compile_child};
 pub use error::{HandlerFailure, LoadError, MAX_FAILURE_TEXT_BYTES, MAX_NAME_IN_MESSAGE};
 pub use host::MemoryLimitExceeded;
+pub use inspect::{MAX_FUNCTION_BODY_BYTES, MAX_FUNCTIONS, MAX_LOCALS, MAX_NESTING_DEPTH};
 pub use limits::Limits;
 
+use crate::lru::Lru;
 use crate::task::{ArgsMap, MAX_ARG_DEPTH, nested_deeper_than};
 use crate::text::{Inert, inert_capped};
 use host::{CallLabel, FinishedLog, HostState, SharedLog};
@@ -103,6 +110,16 @@ pub struct SandboxConfig {
     /// (`corral bench sandbox`) or for fully trusted handlers, since with it
     /// off [`Limits::fuel`] is ignored and only the deadline stops a loop.
     pub consume_fuel: bool,
+    /// Where and under which bounds modules compile.
+    pub compile: CompileConfig,
+    /// Most compiled handlers kept in memory; the least recently used go
+    /// first.
+    pub memory_cache_entries: usize,
+    /// Most bytes of compiled code kept in memory.
+    pub memory_cache_bytes: u64,
+    /// Most bytes of precompiled artifacts kept in `cache_dir`; the least
+    /// recently used files are deleted past it.
+    pub disk_cache_bytes: u64,
 }
 
 impl Default for SandboxConfig {
@@ -116,6 +133,10 @@ impl Default for SandboxConfig {
             max_log_bytes: 1 << 20,
             cache_dir: None,
             consume_fuel: true,
+            compile: CompileConfig::default(),
+            memory_cache_entries: 1024,
+            memory_cache_bytes: 1 << 30,
+            disk_cache_bytes: 4 << 30,
         }
     }
 }
@@ -124,12 +145,32 @@ impl Default for SandboxConfig {
 pub struct LoadedHandler {
     hash: ModuleHash,
     pre: bindings::HandlerPre<HostState>,
+    /// How long compiling it took (or took when its artifact was made).
+    compile_time: Duration,
+    /// Owners whose own validation has taken `compile_time`: see
+    /// [`Sandbox::validate_async`].
+    paid: Mutex<HashSet<String>>,
 }
 
 impl LoadedHandler {
     /// The module's content hash.
     pub fn hash(&self) -> &ModuleHash {
         &self.hash
+    }
+
+    /// How long compiling this handler took, wherever it was compiled.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Whether `owner` has already waited out this handler's compile, and
+    /// records that it now has.
+    fn paid_by(&self, owner: &str) -> bool {
+        !self
+            .paid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(owner.to_owned())
     }
 }
 
@@ -196,8 +237,9 @@ pub struct Sandbox {
 struct Inner {
     engine: Engine,
     linker: Linker<HostState>,
-    memory: cache::MemoryCache<LoadedHandler>,
+    memory: Lru<ModuleHash, Arc<LoadedHandler>>,
     disk: Option<cache::DiskCache>,
+    compiles: compiler::CompileSlots,
     active: Arc<engine::ActiveCalls>,
     config: SandboxConfig,
 }
@@ -221,7 +263,7 @@ impl Sandbox {
         )?;
 
         let disk = config.cache_dir.as_deref().and_then(|dir| {
-            match cache::DiskCache::open(dir, &engine) {
+            match cache::DiskCache::open(dir, &engine, config.disk_cache_bytes) {
                 Ok(disk) => Some(disk),
                 Err(e) => {
                     tracing::warn!(error = %e, "not caching precompiled components on disk");
@@ -233,8 +275,9 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 engine,
                 linker,
-                memory: cache::MemoryCache::new(),
+                memory: Lru::new(config.memory_cache_entries, config.memory_cache_bytes),
                 disk,
+                compiles: compiler::CompileSlots::new(&config.compile),
                 active,
                 config,
             }),
@@ -273,11 +316,12 @@ impl Sandbox {
         self.inner.memory.get(hash)
     }
 
-    /// The handler compiled from `bytes`, compiling it on first use.
+    /// The handler compiled from `bytes`, compiling it on first use, here
+    /// and in this process.
     ///
-    /// Compiling takes milliseconds to seconds of CPU: from async code, call
-    /// it through `tokio::task::spawn_blocking` unless the module is known
-    /// to be cached.
+    /// For modules the caller trusts (its own files, benchmarks): none of
+    /// the compile bounds of [`CompileConfig`] apply, only the shape checks.
+    /// Untrusted bytes go through [`load_async`](Self::load_async).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedHandler>, LoadError> {
         self.load_traced(bytes).map(|(handler, _)| handler)
     }
@@ -289,45 +333,128 @@ impl Sandbox {
             return Ok((handler, LoadSource::Memory));
         }
         self.check_bytes(bytes)?;
-        let from_disk = self
+        if let Some(handler) = self.load_from_disk(&hash)? {
+            return Ok((handler, LoadSource::Disk));
+        }
+        let started = Instant::now();
+        let artifact = self
             .inner
-            .disk
-            .as_ref()
-            .and_then(|d| d.load(&self.inner.engine, &hash));
-        let (component, source) = match from_disk {
-            Some(component) => (component, LoadSource::Disk),
-            None => (self.compile(&hash, bytes)?, LoadSource::Compiled),
-        };
-        let handler = self.prepare(hash.clone(), &component)?;
-        Ok((self.inner.memory.insert(hash, Arc::new(handler)), source))
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let handler = self.from_artifact(hash, &artifact, started.elapsed())?;
+        Ok((handler, LoadSource::Compiled))
     }
 
-    /// Checks that `bytes` would load (keeping the compiled handler in the
-    /// memory cache, since a module validated is usually about to run).
+    /// Checks that `bytes` would load, compiling here like
+    /// [`load`](Self::load) (and keeping the compiled handler).
     pub fn validate(&self, bytes: &[u8]) -> Result<ModuleHash, LoadError> {
         self.load(bytes).map(|h| h.hash.clone())
     }
 
-    /// [`load`](Self::load) on tokio's blocking pool, for async callers: a
-    /// compile takes milliseconds to seconds of CPU (a Python component,
-    /// several seconds), which on a runtime thread would stall every other
-    /// task scheduled there, lease heartbeats included.
-    pub async fn load_async(&self, bytes: Vec<u8>) -> Result<Arc<LoadedHandler>, LoadError> {
+    /// The handler compiled from `bytes` for `owner` (a tenant), never on
+    /// the async runtime's threads and within every bound of
+    /// [`CompileConfig`]: a slot of the owner's and one of the process's,
+    /// and, with [`CompileIsolation::Child`], CPU time, memory and
+    /// wall-clock time. Bytes already compiled (in memory or on disk) are
+    /// not compiled again.
+    pub async fn load_async(
+        &self,
+        owner: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<LoadedHandler>, LoadSource), LoadError> {
+        let bytes: Arc<[u8]> = bytes.into();
+        // Hashing and the shape checks read every byte: milliseconds for a
+        // large module.
+        let hash = self
+            .blocking({
+                let sandbox = self.clone();
+                let bytes = bytes.clone();
+                move || {
+                    let hash = ModuleHash::of(&bytes);
+                    if sandbox.inner.memory.get(&hash).is_none() {
+                        sandbox.check_bytes(&bytes)?;
+                    }
+                    Ok(hash)
+                }
+            })
+            .await?;
+        if let Some(handler) = self.inner.memory.get(&hash) {
+            return Ok((handler, LoadSource::Memory));
+        }
+        let _slot = self.inner.compiles.acquire(owner).await;
+        // Compiled by someone else while this call waited for its slot.
+        if let Some(handler) = self.inner.memory.get(&hash) {
+            return Ok((handler, LoadSource::Memory));
+        }
+        let from_disk = self
+            .blocking({
+                let sandbox = self.clone();
+                let hash = hash.clone();
+                move || sandbox.load_from_disk(&hash)
+            })
+            .await?;
+        if let Some(handler) = from_disk {
+            return Ok((handler, LoadSource::Disk));
+        }
+        let started = Instant::now();
+        let artifact = match &self.inner.config.compile.isolation {
+            CompileIsolation::Child { program } => {
+                compiler::compile_in_child(program, &self.inner.config, bytes).await?
+            }
+            CompileIsolation::InProcess => {
+                let engine = self.inner.engine.clone();
+                self.blocking(move || {
+                    engine
+                        .precompile_component(&bytes)
+                        .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+                })
+                .await?
+            }
+        };
+        let compile_time = started.elapsed();
         let sandbox = self.clone();
-        match tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await {
-            Ok(loaded) => loaded,
-            // Only a panic inside wasmtime's compiler gets here; compiling
-            // the same bytes again would panic again.
+        let handler = self
+            .blocking(move || sandbox.from_artifact(hash, &artifact, compile_time))
+            .await?;
+        Ok((handler, LoadSource::Compiled))
+    }
+
+    /// Checks that `bytes` would load for `owner` (keeping the compiled
+    /// handler, since a module validated is usually about to run), and
+    /// answers its hash.
+    ///
+    /// The answer takes as long as compiling the module took, whoever
+    /// compiled it: a tenant uploading bytes another tenant already
+    /// uploaded waits as long as if they were new, so timing says nothing
+    /// about other tenants' modules, and nothing is compiled twice.
+    pub async fn validate_async(
+        &self,
+        owner: &str,
+        bytes: Vec<u8>,
+    ) -> Result<ModuleHash, LoadError> {
+        let started = tokio::time::Instant::now();
+        let (handler, source) = self.load_async(owner, bytes).await?;
+        if !handler.paid_by(owner) && source != LoadSource::Compiled {
+            tokio::time::sleep_until(started + handler.compile_time).await;
+        }
+        Ok(handler.hash.clone())
+    }
+
+    /// Runs `work` on tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+    ) -> Result<T, LoadError> {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(done) => done,
+            // Only a panic inside wasmtime gets here; the same bytes would
+            // panic again.
             Err(e) => Err(LoadError::Invalid(format!("compilation failed: {e}"))),
         }
     }
 
-    /// [`validate`](Self::validate) on tokio's blocking pool; see
-    /// [`load_async`](Self::load_async).
-    pub async fn validate_async(&self, bytes: Vec<u8>) -> Result<ModuleHash, LoadError> {
-        self.load_async(bytes).await.map(|h| h.hash.clone())
-    }
-
+    /// Size, magic and the shape checks of `inspect.rs`.
     fn check_bytes(&self, bytes: &[u8]) -> Result<(), LoadError> {
         let limit = self.inner.config.max_module_bytes;
         if bytes.len() as u64 > limit {
@@ -343,24 +470,64 @@ impl Sandbox {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(LoadError::CoreModule);
         }
-        Ok(())
+        inspect::check_shape(bytes)
     }
 
-    fn compile(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<Component, LoadError> {
-        let engine = &self.inner.engine;
-        let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
-        let Some(disk) = &self.inner.disk else {
-            return Component::new(engine, bytes).map_err(invalid);
+    /// The handler whose artifact the disk cache holds, if any.
+    fn load_from_disk(&self, hash: &ModuleHash) -> Result<Option<Arc<LoadedHandler>>, LoadError> {
+        let Some((component, compile_time)) = self
+            .inner
+            .disk
+            .as_ref()
+            .and_then(|d| d.load(&self.inner.engine, hash))
+        else {
+            return Ok(None);
         };
-        // Compile to an artifact once, keep it on disk, and load the
-        // component from those same bytes.
-        let artifact = engine.precompile_component(bytes).map_err(invalid)?;
-        disk.store(hash, &artifact);
-        // SAFETY: `artifact` was produced just now, in memory, by this engine.
-        unsafe { Component::deserialize(engine, &artifact) }.map_err(invalid)
+        self.keep(hash.clone(), &component, compile_time).map(Some)
     }
 
-    fn prepare(&self, hash: ModuleHash, component: &Component) -> Result<LoadedHandler, LoadError> {
+    /// The handler of an artifact this engine's compiler just produced
+    /// (here or in a child process), kept on disk and in memory.
+    fn from_artifact(
+        &self,
+        hash: ModuleHash,
+        artifact: &[u8],
+        compile_time: Duration,
+    ) -> Result<Arc<LoadedHandler>, LoadError> {
+        // SAFETY: `artifact` is the output of `precompile_component` by an
+        // engine with this one's code-generation settings, handed over in
+        // memory or through a pipe from our own child; wasmtime checks the
+        // settings again while deserializing.
+        let component = unsafe { Component::deserialize(&self.inner.engine, artifact) }
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        // Stored only once it proved loadable.
+        let handler = self.keep(hash.clone(), &component, compile_time)?;
+        if let Some(disk) = &self.inner.disk {
+            disk.store(&hash, artifact, compile_time);
+        }
+        Ok(handler)
+    }
+
+    /// Prepares `component` and keeps it in the memory cache, weighed by
+    /// the size of its compiled code.
+    fn keep(
+        &self,
+        hash: ModuleHash,
+        component: &Component,
+        compile_time: Duration,
+    ) -> Result<Arc<LoadedHandler>, LoadError> {
+        let handler = self.prepare(hash.clone(), component, compile_time)?;
+        let image = component.image_range();
+        let weight = (image.end as usize).saturating_sub(image.start as usize) as u64;
+        Ok(self.inner.memory.insert(hash, Arc::new(handler), weight))
+    }
+
+    fn prepare(
+        &self,
+        hash: ModuleHash,
+        component: &Component,
+        compile_time: Duration,
+    ) -> Result<LoadedHandler, LoadError> {
         self.check_resources(component)?;
         let instance_pre = self
             .inner
@@ -369,7 +536,12 @@ impl Sandbox {
             .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
         let pre = bindings::HandlerPre::new(instance_pre)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        Ok(LoadedHandler { hash, pre })
+        Ok(LoadedHandler {
+            hash,
+            pre,
+            compile_time,
+            paid: Mutex::default(),
+        })
     }
 
     /// Refuses a component the pool could never instantiate, so that it

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::broker::{Broker, BrokerError, Checkpoint, Lease, Outcome};
 use crate::clock;
 use crate::registry::{Registry, RegistryError};
-use crate::sandbox::CallContext;
+use crate::sandbox::{CallContext, LoadError};
 use crate::task::{Task, TaskError};
 use crate::text::{Inert, inert_capped};
 
@@ -46,7 +46,11 @@ pub(crate) async fn run_task<B: Broker>(
                 // tighter sandbox settings than the one that registered
                 // it): the task fails with the load error's own kind, as the
                 // registration would have.
-                RegistryError::Module(load) => (load.kind(), false),
+                RegistryError::Module(load) => (
+                    load.kind(),
+                    // Not the module's fault: the compiler could not start.
+                    matches!(load, LoadError::CompilerUnavailable(_)),
+                ),
                 _ => ("job_unloadable", false),
             };
             return Ok(fail(
