@@ -133,49 +133,35 @@ async fn pathological_shapes_are_refused_before_compiling() {
     assert_eq!(err.kind(), "compiler_unavailable", "{err}");
 }
 
+/// A compile past its CPU time, its memory or its wall-clock time is
+/// stopped and the module refused, each bound saying which it was.
+async fn refused_past(limits: CompileConfig, bytes: Vec<u8>, says: &str) {
+    let err = sandbox_with(limits)
+        .validate_async("hostile", bytes)
+        .await
+        .expect_err("over the bound");
+    assert_eq!(err.kind(), "compile_limit", "{err}");
+    assert!(err.to_string().contains(says), "{says}: {err}");
+}
+
+const MINUTES: Duration = Duration::from_secs(120);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_cpu_time_is_killed_and_refused() {
-    let sandbox = sandbox_with(child(
-        Duration::from_secs(1),
-        4 << 30,
-        Duration::from_secs(120),
-    ));
-    let err = sandbox
-        .validate_async("hostile", slow_component(0))
-        .await
-        .expect_err("over the CPU bound");
-    assert_eq!(err.kind(), "compile_limit", "{err}");
-    assert!(err.to_string().contains("CPU time"), "{err}");
+    let limits = child(Duration::from_secs(1), 4 << 30, MINUTES);
+    refused_past(limits, slow_component(0), "CPU time").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_memory_is_refused() {
-    let sandbox = sandbox_with(child(
-        Duration::from_secs(120),
-        96 << 20,
-        Duration::from_secs(120),
-    ));
-    let err = sandbox
-        .validate_async("hostile", hungry_component())
-        .await
-        .expect_err("over the memory bound");
-    assert_eq!(err.kind(), "compile_limit", "{err}");
-    assert!(err.to_string().contains("memory"), "{err}");
+    let limits = child(MINUTES, 96 << 20, MINUTES);
+    refused_past(limits, hungry_component(), "memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_wall_time_is_killed_and_refused() {
-    let sandbox = sandbox_with(child(
-        Duration::from_secs(120),
-        4 << 30,
-        Duration::from_millis(300),
-    ));
-    let err = sandbox
-        .validate_async("hostile", slow_component(0))
-        .await
-        .expect_err("over the wall-clock bound");
-    assert_eq!(err.kind(), "compile_limit", "{err}");
-    assert!(err.to_string().contains("wall-clock"), "{err}");
+    let limits = child(MINUTES, 4 << 30, Duration::from_millis(300));
+    refused_past(limits, slow_component(0), "wall-clock").await;
 }
 
 /// Within its bounds, a child compile gives a handler that runs.
