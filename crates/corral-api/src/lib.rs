@@ -1,0 +1,184 @@
+//! The HTTP API: tenants upload modules, register jobs, enqueue tasks and
+//! read them back, each seeing only its own.
+//!
+//! | method and path | does | answers |
+//! | --- | --- | --- |
+//! | `POST /v1/modules` | upload a module (raw body, `application/wasm`) | 201 `{hash, size}` |
+//! | `GET /v1/modules/{hash}` | whether the tenant has that module | 200 `{hash, size}` |
+//! | `POST /v1/jobs` | register a job (or a new version with `replace`) | 201 the definition |
+//! | `GET /v1/jobs` | the newest version of each job, by name (`?after=&limit=`) | 200 `{jobs: [...], truncated, next}` |
+//! | `GET /v1/jobs/{name}` | one job (`?version=N` for an older one) | 200 the definition |
+//! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}` |
+//! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=`) newest first | 200 `{tasks: [...], truncated}` |
+//! | `GET /v1/tasks/{id}` | one task | 200 the task |
+//! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
+//! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
+//! | `GET /` | the dashboard page (a static shell; it holds no data and asks for a token) | 200 HTML |
+//!
+//! Every `/v1` route needs `Authorization: Bearer <token>` ([`auth`]); the
+//! token decides the tenant, and every read and write is scoped to it: what
+//! belongs to another tenant answers exactly as what does not exist (404),
+//! so a tenant cannot even learn that it exists. Errors are JSON
+//! ([`errors`]), whoever raises them ([`extract`], [`guard`]). Bodies are
+//! capped: JSON at [`ApiConfig::max_json_bytes`], modules at the tenant's
+//! `max_module_bytes`, and all of them together by the [`BodyBudget`]
+//! ([`body`], [`budget`]); list answers at
+//! [`ApiConfig::max_list_bytes`] as well as in rows ([`page`]).
+//!
+//! No client can hold the server: connections are limited and their heads,
+//! bodies and idle time are timed ([`server`]), and every request is
+//! answered or cut within [`ApiConfig::request_timeout`] ([`guard`]).
+//!
+//! Enqueue pins the task to the job's current version, so a later replace
+//! does not change what an already queued task runs, and enforces the
+//! tenant's `max_queued` and `max_queues` through
+//! [`Broker::enqueue_within`], which checks and counts them atomically with
+//! the store: no number of concurrent enqueues, through any number of API
+//! processes, passes them.
+//!
+//! The API never runs handlers; a worker (in the same process under
+//! `corral serve`, or elsewhere on the same Redis) does.
+
+pub mod auth;
+pub mod body;
+pub mod budget;
+mod dashboard;
+pub mod errors;
+pub mod extract;
+pub mod guard;
+mod jobs;
+mod modules;
+pub mod page;
+pub mod server;
+mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use corral_client::broker::Broker;
+use corral_registry::registry::Registry;
+
+pub use auth::Caller;
+pub use budget::BodyBudget;
+pub use errors::ApiError;
+pub use server::{SHUTDOWN_GRACE, raise_fd_limit, serve_with};
+
+/// API settings: what a request may send, and how long and how many at once.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest JSON request body, in bytes.
+    pub max_json_bytes: u64,
+    /// Longest a `wait` request may hold the connection.
+    pub max_wait: Duration,
+    /// Most rows (tasks, jobs) one list request returns.
+    pub max_list: usize,
+    /// Connections served at once (default 1024); more wait in the listen
+    /// backlog. Lowered to fit the open-file limit ([`server`]).
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head after it is
+    /// accepted or after its previous response; also the idle timeout of
+    /// keep-alive connections (default 10 s).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers), bytes (default
+    /// 64 KiB; 431 past it).
+    pub max_header_bytes: usize,
+    /// Longest a request body may go without a byte, and a response write
+    /// stay blocked, before the connection is dropped; also the grace before
+    /// [`min_body_rate`](Self::min_body_rate) applies (default 10 s).
+    pub body_timeout: Duration,
+    /// Slowest average rate, bytes a second, at which a request body may
+    /// arrive (after the grace) and a blocked response drain; 0 turns the
+    /// rate off, leaving the stall bound (default 64 KiB/s).
+    pub min_body_rate: u64,
+    /// Longest any request may take, body included, before it is cut with
+    /// 503 `request_timeout`; `wait` gets [`max_wait`](Self::max_wait) more
+    /// (default 120 s).
+    pub request_timeout: Duration,
+    /// The budget every request body in flight is held in (default 256 MiB,
+    /// 64 MiB per tenant). Clones of a config share one budget.
+    pub body_budget: BodyBudget,
+    /// Largest list answer, in bytes: rows past it are left for another
+    /// request (`truncated: true`).
+    pub max_list_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_json_bytes: 1 << 20,
+            max_wait: Duration::from_secs(60),
+            max_list: 1000,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            body_timeout: Duration::from_secs(10),
+            min_body_rate: 64 << 10,
+            request_timeout: Duration::from_secs(120),
+            body_budget: BodyBudget::default(),
+            max_list_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What the handlers share: the broker tasks go to, the registry (and its
+/// catalog) jobs and tenants live in, and the settings.
+pub struct ApiState<B> {
+    /// Where enqueued tasks go and are read back from.
+    pub broker: B,
+    /// Modules, job definitions, tenants and tokens.
+    pub registry: Registry,
+    /// Limits of the API itself.
+    pub config: ApiConfig,
+}
+
+/// The API's routes over `state`.
+pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
+    let request_timeout = state.config.request_timeout;
+    let wait_timeout = request_timeout.saturating_add(state.config.max_wait);
+    // The long-poll `wait` holds a request for up to `max_wait` by design;
+    // every other route answers within `request_timeout`.
+    let waits = Router::new()
+        .route("/v1/tasks/{id}/wait", get(tasks::wait::<B>))
+        .route_layer(from_fn_with_state(wait_timeout, guard::limit_time));
+    let rest = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/v1/modules", post(modules::upload::<B>))
+        .route("/v1/modules/{hash}", get(modules::show::<B>))
+        .route("/v1/jobs", get(jobs::list::<B>).post(jobs::register::<B>))
+        .route("/v1/jobs/{name}", get(jobs::show::<B>))
+        .route("/v1/tasks", get(tasks::list::<B>).post(tasks::enqueue::<B>))
+        .route("/v1/tasks/{id}", get(tasks::show::<B>))
+        .route("/v1/stats", get(tasks::stats::<B>))
+        .route_layer(from_fn_with_state(request_timeout, guard::limit_time));
+    waits
+        .merge(rest)
+        .fallback(|| async {
+            ApiError::not_found("route_not_found", "no such route; see the API docs")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(map_response(guard::json_errors))
+        .with_state(Arc::new(state))
+}
+
+/// Serves `router` on `listener` with the default [`ApiConfig`]'s
+/// connection bounds until `shutdown` resolves; see [`serve_with`].
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, router, &ApiConfig::default(), shutdown).await
+}

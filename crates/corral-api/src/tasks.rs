@@ -1,0 +1,366 @@
+//! Task routes: enqueue, show, wait, list, and the tenant's counts.
+//!
+//! Enqueue checks the job exists for the caller (404 `job_not_found`
+//! otherwise, the same for another tenant's job), pins the task to the job's
+//! current version (or to the `version` asked for), and stores it under the
+//! caller's tenant, whatever the body says, within the tenant's quota: the
+//! broker checks and counts `max_queued` (429 `queue_full`) and
+//! `max_queues` (429 `too_many_queues`) in the same atomic step as the
+//! store ([`Broker::enqueue_within`]), so concurrent requests cannot pass
+//! them. Reads go
+//! through [`Broker::task`] with the caller's tenant, so another tenant's
+//! task id answers 404 exactly like an unknown one.
+//!
+//! A list shows [`TaskSummary`] rows: a task's args, result log and log can
+//! be megabytes each, so a list names each task, its state and the sizes of
+//! what it holds, with only the first bytes of its error and result; the
+//! whole record is `GET /v1/tasks/{id}`. The answer stops at the API's
+//! `max_list_bytes` (`truncated: true`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+
+use super::body::read_json;
+use super::errors::ApiError;
+use super::extract::{Path, Query};
+use super::page::{BoundedList, clip};
+use super::{ApiState, Caller};
+use corral_client::broker::{Broker, QueueStats, TaskQuery, TenantQuota};
+use corral_core::clock;
+use corral_core::task::{ArgsMap, DEFAULT_QUEUE, Task, TaskError, TaskId, TaskState};
+
+/// Most attempts a task may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
+/// Longest delay a task may ask for (30 days).
+pub const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// The body of `POST /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueTask {
+    /// The job to run.
+    pub job: String,
+    /// The args handler 0 receives (a JSON object).
+    #[serde(default)]
+    pub args: ArgsMap,
+    /// The queue to wait in (default `default`).
+    pub queue: Option<String>,
+    /// Run no earlier than this many ms from now.
+    pub delay_ms: Option<u64>,
+    /// Attempts before the dead set (default 3, at most [`MAX_ATTEMPTS`]).
+    pub max_attempts: Option<u32>,
+    /// Wall-clock budget per handler call, narrowing the job's own.
+    pub timeout_ms: Option<u64>,
+    /// Run this version of the job instead of the current one.
+    pub version: Option<u32>,
+}
+
+/// What `POST /v1/tasks` answers.
+#[derive(Debug, Serialize)]
+pub struct Enqueued {
+    /// The new task's id.
+    pub task_id: TaskId,
+    /// The job.
+    pub job: String,
+    /// The job version the task will run, whatever is registered later.
+    pub job_version: u32,
+    /// The queue it waits in.
+    pub queue: String,
+    /// `pending`, or `scheduled` when delayed.
+    pub state: TaskState,
+}
+
+fn valid_queue(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// `POST /v1/tasks`.
+pub async fn enqueue<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
+    let req: EnqueueTask = read_json(&state.config, caller.name(), &headers, body).await?;
+    let queue = req.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+    if !valid_queue(&queue) {
+        return Err(ApiError::bad_request(format!(
+            "invalid queue name `{queue}`: use 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`"
+        )));
+    }
+    let max_attempts = req
+        .max_attempts
+        .unwrap_or(corral_core::task::DEFAULT_MAX_ATTEMPTS);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        return Err(ApiError::bad_request(format!(
+            "`max_attempts` must be 1 to {MAX_ATTEMPTS}"
+        )));
+    }
+    if req.timeout_ms == Some(0) {
+        return Err(ApiError::bad_request("`timeout_ms` must be at least 1"));
+    }
+    if req.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
+        return Err(ApiError::bad_request(format!(
+            "`delay_ms` must be at most {MAX_DELAY_MS} (30 days)"
+        )));
+    }
+    let tenant = caller.name();
+    let job = state
+        .registry
+        .catalog()
+        .job(tenant, &req.job, req.version)
+        .await?
+        .ok_or_else(|| match req.version {
+            Some(v) => ApiError::not_found(
+                "job_version_not_found",
+                format!("job `{}` has no version {v}", req.job),
+            ),
+            None => ApiError::not_found("job_not_found", format!("unknown job `{}`", req.job)),
+        })?;
+
+    let mut task = Task::new(req.job, req.args);
+    task.tenant = tenant.to_owned();
+    task.queue_name = queue;
+    task.max_attempts = max_attempts;
+    task.timeout_ms = req.timeout_ms;
+    task.job_version = Some(job.version);
+    if let Some(delay) = req.delay_ms.filter(|d| *d > 0) {
+        task.run_at = Some(clock::add(chrono::Utc::now(), Duration::from_millis(delay)));
+    }
+    let answer = Enqueued {
+        task_id: task.task_id,
+        job: task.job_name.clone(),
+        job_version: job.version,
+        queue: task.queue_name.clone(),
+        state: if task.run_at.is_some() {
+            TaskState::Scheduled
+        } else {
+            TaskState::Pending
+        },
+    };
+    let limits = &caller.tenant.limits;
+    let quota = TenantQuota {
+        max_queued: limits.max_queued,
+        max_queues: limits.max_queues,
+    };
+    state.broker.enqueue_within(vec![task], &quota).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a task id (a UUID)")))
+}
+
+fn task_not_found(id: TaskId) -> ApiError {
+    ApiError::not_found("task_not_found", format!("task {id} not found"))
+}
+
+/// `GET /v1/tasks/{id}`.
+pub async fn show<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    let id = parse_id(&id)?;
+    let task = state.broker.task(caller.name(), id).await?;
+    task.map(Json).ok_or_else(|| task_not_found(id))
+}
+
+/// The query of `GET /v1/tasks/{id}/wait`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// How long to wait at most, ms (default and cap: the API's `max_wait`).
+    pub timeout_ms: Option<u64>,
+}
+
+/// `GET /v1/tasks/{id}/wait`: answers as soon as the task is completed or
+/// dead, or with its current state when the timeout passes first.
+pub async fn wait<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<Task>, ApiError> {
+    let id = parse_id(&id)?;
+    let max = state.config.max_wait;
+    let timeout = query
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(max)
+        .min(max);
+    let give_up = tokio::time::Instant::now() + timeout;
+    // The broker has no change feed; poll it, backing off from 5 ms to
+    // 200 ms so a short task answers fast and a long one costs little.
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let task = state
+            .broker
+            .task(caller.name(), id)
+            .await?
+            .ok_or_else(|| task_not_found(id))?;
+        let now = tokio::time::Instant::now();
+        if task.state.is_final() || now >= give_up {
+            return Ok(Json(task));
+        }
+        tokio::time::sleep(pause.min(give_up - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only tasks of this queue.
+    pub queue: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<usize>,
+}
+
+/// Most bytes of a name (job, queue) in a list row; names the API accepts
+/// are at most 128.
+const ROW_NAME_BYTES: usize = 128;
+/// Most bytes of an error's kind in a list row.
+const ROW_KIND_BYTES: usize = 64;
+/// Most bytes of an error's message in a list row.
+const ROW_MESSAGE_BYTES: usize = 512;
+/// Most bytes of the result log in a list row.
+const ROW_RESULT_BYTES: usize = 256;
+
+/// One row of `GET /v1/tasks`: a task without its args, result log and
+/// log, its text clipped so that a row stays small whatever the task holds.
+#[derive(Debug, Serialize)]
+pub struct TaskSummary<'a> {
+    /// The task's id: `GET /v1/tasks/{id}` has the whole record.
+    pub task_id: TaskId,
+    /// The job (at most 128 bytes shown).
+    pub job_name: &'a str,
+    /// The job version it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_version: Option<u32>,
+    /// The queue (at most 128 bytes shown).
+    pub queue_name: &'a str,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// Attempts started.
+    pub attempt: u32,
+    /// Attempts it gets.
+    pub max_attempts: u32,
+    /// The handler to run next.
+    pub current_handler_index: u32,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Not before then (delayed and retrying tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// The last failure, its message clipped to 512 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorSummary<'a>>,
+    /// The first bytes (at most 256) of the result log.
+    pub result_preview: &'a str,
+    /// The whole result log's size, in bytes.
+    pub result_log_bytes: usize,
+    /// The captured log's size, in bytes.
+    pub log_bytes: usize,
+}
+
+/// A task's error as a list row shows it.
+#[derive(Debug, Serialize)]
+pub struct ErrorSummary<'a> {
+    /// Its kind (at most 64 bytes shown).
+    pub kind: &'a str,
+    /// The start of its message.
+    pub message: &'a str,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// The handler that failed, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler_index: Option<u32>,
+}
+
+impl<'a> TaskSummary<'a> {
+    /// The row of `task`.
+    pub fn of(task: &'a Task) -> Self {
+        Self {
+            task_id: task.task_id,
+            job_name: clip(&task.job_name, ROW_NAME_BYTES),
+            job_version: task.job_version,
+            queue_name: clip(&task.queue_name, ROW_NAME_BYTES),
+            state: task.state,
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+            current_handler_index: task.current_handler_index,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            run_at: task.run_at,
+            error: task.error.as_ref().map(|e: &'a TaskError| ErrorSummary {
+                kind: clip(&e.kind, ROW_KIND_BYTES),
+                message: clip(&e.message, ROW_MESSAGE_BYTES),
+                retryable: e.retryable,
+                handler_index: e.handler_index,
+            }),
+            result_preview: clip(&task.result_log, ROW_RESULT_BYTES),
+            result_log_bytes: task.result_log.len(),
+            log_bytes: task.log.len(),
+        }
+    }
+}
+
+/// `GET /v1/tasks`: `{"tasks": [TaskSummary…], "truncated": bool}`, newest
+/// first.
+pub async fn list<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let max = state.config.max_list;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(format!("`limit` must be 1 to {max}")));
+    }
+    let tasks = state
+        .broker
+        .list_tasks(
+            caller.name(),
+            &TaskQuery {
+                state: query.state,
+                queue: query.queue,
+                limit,
+            },
+        )
+        .await?;
+    let mut list = BoundedList::new("tasks", state.config.max_list_bytes)?;
+    for task in &tasks {
+        if !list.push(&TaskSummary::of(task))? {
+            break;
+        }
+    }
+    list.finish(&[])
+}
+
+/// `GET /v1/stats`: the caller's task counts over all its queues.
+pub async fn stats<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    caller: Caller,
+) -> Result<Json<QueueStats>, ApiError> {
+    Ok(Json(state.broker.tenant_stats(caller.name()).await?))
+}

@@ -1,0 +1,781 @@
+//! The embedded broker: the whole broker in this process's memory.
+//!
+//! The default when no Redis URL is given: one process enqueues and works,
+//! with the same lease, retry, dead-set and retention semantics as the Redis
+//! broker (both pass `tests/all/conformance.rs`). Tasks do not outlive the
+//! process. Everything sits behind one mutex, held only for map operations,
+//! never across an await; idle `acquire` calls wait on a [`Notify`].
+//!
+//! Queues are keyed by tenant and queue name; `acquire` starts each call at
+//! the next tenant in turn, so one tenant's flood cannot starve another.
+//!
+//! Tenant quotas ([`TenantQuota`]) are checked and counted under the same
+//! lock that stores the tasks: each tenant's count of queued tasks (pending,
+//! scheduled, retrying) is kept exact by every step that moves a task in or
+//! out of those states, and its queue names are the queues that hold any of
+//! its task records. No operation walks queues: due tasks, leases and
+//! finished records sit in sets ordered by time, so maintenance and acquire
+//! cost what is due, however many queues tenants have made.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use super::{
+    AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
+    QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, malformed_task, parse_raw_task,
+};
+use corral_core::clock::{self, Clock, SystemClock};
+use corral_core::task::{Task, TaskError, TaskId, TaskState};
+
+type QueueKey = (String, String);
+
+/// How long an interrupt waits for its worker's next wait (as on Redis).
+const INTERRUPT_TTL: Duration = Duration::from_secs(60);
+
+struct Entry {
+    task: Task,
+    token: u64,
+    /// Set while active: when the lease runs out.
+    lease_expires: Option<DateTime<Utc>>,
+    /// Set once final: when the task finished.
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<TaskId, Entry>,
+    pending: HashMap<QueueKey, VecDeque<TaskId>>,
+    /// Delayed and retrying tasks by due time.
+    scheduled: BTreeSet<(DateTime<Utc>, TaskId)>,
+    /// Active tasks by lease expiry.
+    active: BTreeSet<(DateTime<Utc>, TaskId)>,
+    completed: VecDeque<TaskId>,
+    dead: VecDeque<TaskId>,
+    /// Per tenant, its queue names, each with how many task records (in
+    /// any state) it holds; a queue is gone with its last record.
+    queues: HashMap<String, HashMap<String, usize>>,
+    /// Per tenant, how many of its tasks are pending, scheduled or retrying.
+    queued: HashMap<String, u64>,
+    /// Tenants in the order `acquire` serves them.
+    tenants: Vec<String>,
+    next_tenant: usize,
+    /// Workers whose next (or current) wait in `acquire` ends at once, with
+    /// when they were interrupted: entries of workers that never wait again
+    /// (stopped ones) are dropped after [`INTERRUPT_TTL`].
+    interrupted: HashMap<WorkerId, std::time::Instant>,
+}
+
+/// An in-process [`Broker`].
+///
+/// ```
+/// use corral_client::broker::{Broker, EmbeddedBroker};
+/// use corral_client::task::{Task, ArgsMap};
+///
+/// # tokio_test_block_on(async {
+/// let broker = EmbeddedBroker::new();
+/// let task = Task::new("pipeline", ArgsMap::new());
+/// let id = task.task_id;
+/// broker.enqueue(vec![task]).await.unwrap();
+/// assert!(broker.task("default", id).await.unwrap().is_some());
+/// # });
+/// # fn tokio_test_block_on(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EmbeddedBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    ready: Notify,
+    clock: Arc<dyn Clock>,
+    retention: Retention,
+    max_pending: usize,
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EmbeddedBroker {
+    /// A broker on the system clock with default retention.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock), Retention::default())
+    }
+
+    /// A broker reading time from `clock` and keeping finished tasks per
+    /// `retention`.
+    pub fn with_clock(clock: Arc<dyn Clock>, retention: Retention) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                ready: Notify::new(),
+                clock,
+                retention,
+                max_pending: 10_000_000,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in
+        // a way later calls would misread, so a poisoned lock is still usable.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_ready(&self, req: &AcquireRequest) -> Vec<Leased> {
+        let now = self.inner.clock.now();
+        let mut st = self.lock();
+        st.promote_due(now, &mut HashSet::new());
+        let mut out = Vec::new();
+        let tenants = st.tenants.len();
+        if tenants == 0 {
+            return out;
+        }
+        // Round-robin over tenants, one task per tenant per turn, each up to
+        // the room the request leaves it.
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        let mut idle_turns = 0;
+        let mut turn = st.next_tenant % tenants;
+        while out.len() < req.max && idle_turns < tenants {
+            let tenant = st.tenants[turn].clone();
+            turn = (turn + 1) % tenants;
+            let had = taken.get(&tenant).copied().unwrap_or(0);
+            if had >= req.room_for(&tenant) {
+                idle_turns += 1;
+                continue;
+            }
+            let mut took = false;
+            for queue in &req.queues {
+                let key = (tenant.clone(), queue.clone());
+                let Some(id) = st.pending.get_mut(&key).and_then(VecDeque::pop_front) else {
+                    continue;
+                };
+                let expires = clock::add(now, req.lease_for);
+                let Some(entry) = st.tasks.get_mut(&id) else {
+                    continue;
+                };
+                if entry.task.state != TaskState::Pending {
+                    // A stale entry: the task is accounted for elsewhere.
+                    continue;
+                }
+                entry.token += 1;
+                entry.lease_expires = Some(expires);
+                entry.task.state = TaskState::Active;
+                entry.task.attempt += 1;
+                entry.task.updated_at = now;
+                let leased = Leased {
+                    lease: Lease {
+                        task_id: id,
+                        tenant: entry.task.tenant.clone(),
+                        queue: entry.task.queue_name.clone(),
+                        token: entry.token,
+                        worker: req.worker.clone(),
+                    },
+                    task: entry.task.clone(),
+                };
+                st.active.insert((expires, id));
+                st.unqueue(&leased.lease.tenant);
+                out.push(leased);
+                took = true;
+                break;
+            }
+            if took {
+                taken.insert(tenant, had + 1);
+                idle_turns = 0;
+            } else {
+                idle_turns += 1;
+            }
+        }
+        st.next_tenant = turn;
+        out
+    }
+
+    fn earliest_due(&self) -> Option<DateTime<Utc>> {
+        self.lock().scheduled.first().map(|(t, _)| *t)
+    }
+
+    /// Counts the stored tasks that `keep` selects, by state.
+    fn count(&self, keep: impl Fn(&Task) -> bool) -> QueueStats {
+        let st = self.lock();
+        let mut stats = QueueStats::default();
+        for entry in st.tasks.values() {
+            if !keep(&entry.task) {
+                continue;
+            }
+            match entry.task.state {
+                TaskState::Pending => stats.pending += 1,
+                TaskState::Scheduled | TaskState::Retrying => stats.scheduled += 1,
+                TaskState::Active => stats.active += 1,
+                TaskState::Completed => stats.completed += 1,
+                TaskState::Dead => stats.dead += 1,
+            }
+        }
+        stats
+    }
+}
+
+impl State {
+    /// Stores a new task record, counting it in its queue.
+    fn insert(&mut self, entry: Entry) {
+        *self
+            .queues
+            .entry(entry.task.tenant.clone())
+            .or_default()
+            .entry(entry.task.queue_name.clone())
+            .or_default() += 1;
+        self.tasks.insert(entry.task.task_id, entry);
+    }
+
+    /// Drops a task record; its queue goes with its last record.
+    fn remove(&mut self, id: &TaskId) {
+        let Some(entry) = self.tasks.remove(id) else {
+            return;
+        };
+        let (tenant, queue) = (&entry.task.tenant, &entry.task.queue_name);
+        let Some(queues) = self.queues.get_mut(tenant) else {
+            return;
+        };
+        if let Some(records) = queues.get_mut(queue) {
+            *records = records.saturating_sub(1);
+            if *records == 0 {
+                queues.remove(queue);
+                self.pending.remove(&(tenant.clone(), queue.clone()));
+            }
+        }
+        if queues.is_empty() {
+            self.queues.remove(tenant);
+        }
+    }
+
+    /// One more of `tenant`'s tasks is pending, scheduled or retrying.
+    fn enqueued(&mut self, tenant: &str) {
+        *self.queued.entry(tenant.to_owned()).or_default() += 1;
+    }
+
+    /// One fewer of `tenant`'s tasks is pending, scheduled or retrying.
+    fn unqueue(&mut self, tenant: &str) {
+        if let Some(n) = self.queued.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.queued.remove(tenant);
+            }
+        }
+    }
+
+    /// Refuses `tasks` (already validated) if storing them would take a
+    /// tenant past `quota`.
+    fn check_quota(&self, tasks: &[Task], quota: &TenantQuota) -> Result<(), BrokerError> {
+        let mut asked: HashMap<&str, (u64, BTreeSet<&str>)> = HashMap::new();
+        for task in tasks {
+            let (n, names) = asked.entry(task.tenant.as_str()).or_default();
+            *n += 1;
+            names.insert(task.queue_name.as_str());
+        }
+        for (tenant, (n, names)) in asked {
+            let queued = self.queued.get(tenant).copied().unwrap_or(0);
+            if queued.saturating_add(n) > quota.max_queued {
+                return Err(BrokerError::Full {
+                    op: "enqueue",
+                    reason: super::quota_full(tenant, queued, n, quota.max_queued),
+                });
+            }
+            let have = self.queues.get(tenant);
+            let count = have.map_or(0, HashMap::len);
+            if let Some(new) = names
+                .iter()
+                .filter(|q| have.is_none_or(|h| !h.contains_key(**q)))
+                .nth((quota.max_queues as usize).saturating_sub(count))
+            {
+                return Err(BrokerError::TooManyQueues {
+                    op: "enqueue",
+                    reason: super::too_many_queues(tenant, count, new, quota.max_queues),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn push_pending(&mut self, task: &Task) {
+        if !self.tenants.iter().any(|t| t == &task.tenant) {
+            self.tenants.push(task.tenant.clone());
+        }
+        self.pending
+            .entry((task.tenant.clone(), task.queue_name.clone()))
+            .or_default()
+            .push_back(task.task_id);
+    }
+
+    /// Makes due delayed and retrying tasks pending; notes their queues in
+    /// `touched`.
+    fn promote_due(&mut self, now: DateTime<Utc>, touched: &mut HashSet<QueueKey>) -> usize {
+        let mut promoted = 0;
+        while let Some(&(at, id)) = self.scheduled.first() {
+            if at > now {
+                break;
+            }
+            self.scheduled.pop_first();
+            let Some(entry) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            entry.task.state = TaskState::Pending;
+            entry.task.updated_at = now;
+            let task = entry.task.clone();
+            touched.insert((task.tenant.clone(), task.queue_name.clone()));
+            self.push_pending(&task);
+            promoted += 1;
+        }
+        promoted
+    }
+
+    /// Checks `lease` against the stored token and returns the entry.
+    fn leased_entry(&mut self, op: &'static str, lease: &Lease) -> Result<&mut Entry, BrokerError> {
+        let lost = || BrokerError::LeaseLost {
+            op,
+            task_id: lease.task_id,
+            token: lease.token,
+        };
+        let entry = self.tasks.get_mut(&lease.task_id).ok_or_else(lost)?;
+        if entry.token != lease.token || entry.task.state != TaskState::Active {
+            return Err(lost());
+        }
+        Ok(entry)
+    }
+
+    fn finish(&mut self, id: TaskId, now: DateTime<Utc>, retention: &Retention) {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        entry.finished_at = Some(now);
+        entry.lease_expires = None;
+        entry.task.updated_at = now;
+        let dead = entry.task.state == TaskState::Dead;
+        let (list, max) = if dead {
+            (&mut self.dead, retention.max_dead)
+        } else {
+            (&mut self.completed, retention.max_completed)
+        };
+        list.push_back(id);
+        let mut over = Vec::new();
+        while list.len() > max {
+            if let Some(old) = list.pop_front() {
+                over.push(old);
+            }
+        }
+        for old in over {
+            self.remove(&old);
+        }
+    }
+
+    /// Drops finished records past retention; notes their queues in
+    /// `touched`.
+    fn trim(
+        &mut self,
+        now: DateTime<Utc>,
+        retention: &Retention,
+        touched: &mut HashSet<QueueKey>,
+    ) -> usize {
+        let mut gone = Vec::new();
+        for (list, ttl) in [
+            (&mut self.completed, retention.completed_ttl),
+            (&mut self.dead, retention.dead_ttl),
+        ] {
+            while let Some(id) = list.front() {
+                let expired = self
+                    .tasks
+                    .get(id)
+                    .and_then(|e| e.finished_at)
+                    .is_none_or(|at| clock::add(at, ttl) <= now);
+                if !expired {
+                    break;
+                }
+                if let Some(id) = list.pop_front() {
+                    gone.push(id);
+                }
+            }
+        }
+        for id in &gone {
+            if let Some(e) = self.tasks.get(id) {
+                touched.insert((e.task.tenant.clone(), e.task.queue_name.clone()));
+            }
+            self.remove(id);
+        }
+        gone.len()
+    }
+
+    fn release_active(&mut self, id: TaskId) {
+        if let Some(at) = self.tasks.get(&id).and_then(|e| e.lease_expires) {
+            self.active.remove(&(at, id));
+        }
+    }
+}
+
+impl Broker for EmbeddedBroker {
+    async fn enqueue_within(
+        &self,
+        tasks: Vec<Task>,
+        quota: &TenantQuota,
+    ) -> Result<(), BrokerError> {
+        let now = self.inner.clock.now();
+        let mut any_ready = false;
+        {
+            let mut st = self.lock();
+            if st.tasks.len() + tasks.len() > self.inner.max_pending {
+                return Err(BrokerError::Full {
+                    op: "enqueue",
+                    reason: format!("the broker holds {} tasks already", st.tasks.len()),
+                });
+            }
+            for task in &tasks {
+                task.validate().map_err(|e| BrokerError::Invalid {
+                    op: "enqueue",
+                    reason: e.reason,
+                })?;
+                if st.tasks.contains_key(&task.task_id) {
+                    return Err(BrokerError::Duplicate {
+                        op: "enqueue",
+                        task_id: task.task_id,
+                    });
+                }
+            }
+            let mut ids = HashSet::with_capacity(tasks.len());
+            if let Some(twice) = tasks.iter().find(|t| !ids.insert(t.task_id)) {
+                return Err(BrokerError::Duplicate {
+                    op: "enqueue",
+                    task_id: twice.task_id,
+                });
+            }
+            st.check_quota(&tasks, quota)?;
+            for mut task in tasks {
+                task.updated_at = now;
+                let id = task.task_id;
+                match task.run_at.filter(|at| *at > now) {
+                    Some(at) => {
+                        task.state = TaskState::Scheduled;
+                        st.scheduled.insert((at, id));
+                    }
+                    None => {
+                        task.state = TaskState::Pending;
+                        st.push_pending(&task);
+                        any_ready = true;
+                    }
+                }
+                st.enqueued(&task.tenant);
+                st.insert(Entry {
+                    task,
+                    token: 0,
+                    lease_expires: None,
+                    finished_at: None,
+                });
+            }
+        }
+        if any_ready {
+            self.inner.ready.notify_waiters();
+            self.inner.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Vec<Leased>, BrokerError> {
+        let give_up = tokio::time::Instant::now() + req.block_for;
+        loop {
+            // Register interest before looking, so an enqueue between the
+            // look and the wait is not missed.
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.take_ready(req);
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let interrupted = self.lock().interrupted.remove(&req.worker);
+            if interrupted.is_some_and(|at| at.elapsed() < INTERRUPT_TTL) {
+                return Ok(got);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= give_up {
+                return Ok(Vec::new());
+            }
+            // Wake for an enqueue, for the next delayed task, or at the end.
+            let mut wake = give_up;
+            if let Some(due) = self.earliest_due() {
+                let wait = (due - self.inner.clock.now()).to_std().unwrap_or_default();
+                wake = wake.min(now + wait);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn interrupt(&self, worker: &WorkerId) {
+        {
+            let mut st = self.lock();
+            st.interrupted.retain(|_, at| at.elapsed() < INTERRUPT_TTL);
+            st.interrupted
+                .insert(worker.clone(), std::time::Instant::now());
+        }
+        self.inner.ready.notify_waiters();
+    }
+
+    async fn update(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), BrokerError> {
+        let now = self.inner.clock.now();
+        let mut st = self.lock();
+        let entry = st.leased_entry("update", lease)?;
+        checkpoint.clone().apply(&mut entry.task);
+        entry.task.updated_at = now;
+        Ok(())
+    }
+
+    async fn ack(
+        &self,
+        results: &[(Lease, Outcome)],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let now = self.inner.clock.now();
+        let retention = self.inner.retention;
+        let mut released = false;
+        let mut out = Vec::with_capacity(results.len());
+        {
+            let mut st = self.lock();
+            for (lease, outcome) in results {
+                if let Err(e) = st.leased_entry("ack", lease) {
+                    // The same outcome under the same token, already applied
+                    // (a retried ack): accepted again, without effect.
+                    let applied = st
+                        .tasks
+                        .get(&lease.task_id)
+                        .is_some_and(|e| e.token == lease.token && e.task.state == outcome.state());
+                    out.push(if applied { Ok(()) } else { Err(e) });
+                    continue;
+                }
+                st.release_active(lease.task_id);
+                let Some(entry) = st.tasks.get_mut(&lease.task_id) else {
+                    continue;
+                };
+                entry.lease_expires = None;
+                entry.task.updated_at = now;
+                match outcome {
+                    Outcome::Completed(cp) => {
+                        cp.clone().apply(&mut entry.task);
+                        entry.task.state = TaskState::Completed;
+                        entry.task.error = None;
+                        st.finish(lease.task_id, now, &retention);
+                    }
+                    Outcome::Retry { error, at } => {
+                        entry.task.state = TaskState::Retrying;
+                        entry.task.run_at = Some(*at);
+                        entry.task.error = Some(error.clone());
+                        st.scheduled.insert((*at, lease.task_id));
+                        st.enqueued(&lease.tenant);
+                    }
+                    Outcome::Dead(error) => {
+                        entry.task.state = TaskState::Dead;
+                        entry.task.error = Some(error.clone());
+                        st.finish(lease.task_id, now, &retention);
+                    }
+                    Outcome::Release => {
+                        entry.task.state = TaskState::Pending;
+                        entry.task.attempt = entry.task.attempt.saturating_sub(1);
+                        let task = entry.task.clone();
+                        // Back to the head: it was next in line already.
+                        st.enqueued(&task.tenant);
+                        st.push_pending(&task);
+                        if let Some(q) = st
+                            .pending
+                            .get_mut(&(task.tenant.clone(), task.queue_name.clone()))
+                            && let Some(id) = q.pop_back()
+                        {
+                            q.push_front(id);
+                        }
+                        released = true;
+                    }
+                }
+                out.push(Ok(()));
+            }
+        }
+        if released {
+            self.inner.ready.notify_one();
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        lease_for: Duration,
+    ) -> Result<Vec<TaskId>, BrokerError> {
+        let now = self.inner.clock.now();
+        let expires = clock::add(now, lease_for);
+        let mut st = self.lock();
+        let mut lost = Vec::new();
+        for lease in leases {
+            let old = match st.leased_entry("heartbeat", lease) {
+                Ok(entry) => entry.lease_expires.replace(expires),
+                Err(_) => {
+                    lost.push(lease.task_id);
+                    continue;
+                }
+            };
+            if let Some(old) = old {
+                st.active.remove(&(old, lease.task_id));
+            }
+            st.active.insert((expires, lease.task_id));
+        }
+        Ok(lost)
+    }
+
+    async fn maintain(&self) -> Result<Maintenance, BrokerError> {
+        let now = self.inner.clock.now();
+        let retention = self.inner.retention;
+        let mut report = Maintenance::default();
+        // The queues this pass had work in: it walks only what is due.
+        let mut touched = HashSet::new();
+        {
+            let mut st = self.lock();
+            report.promoted = st.promote_due(now, &mut touched);
+            while let Some(&(at, id)) = st.active.first() {
+                if at > now {
+                    break;
+                }
+                st.active.pop_first();
+                let Some(entry) = st.tasks.get_mut(&id) else {
+                    continue;
+                };
+                entry.lease_expires = None;
+                entry.task.updated_at = now;
+                touched.insert((entry.task.tenant.clone(), entry.task.queue_name.clone()));
+                if entry.task.attempt >= entry.task.max_attempts {
+                    entry.task.state = TaskState::Dead;
+                    entry.task.error = Some(TaskError {
+                        kind: "lease_expired".into(),
+                        message: format!(
+                            "the worker's lease expired on attempt {} of {}",
+                            entry.task.attempt, entry.task.max_attempts
+                        ),
+                        retryable: false,
+                        handler_index: Some(entry.task.current_handler_index),
+                    });
+                    st.finish(id, now, &retention);
+                    report.expired_dead += 1;
+                } else {
+                    entry.task.state = TaskState::Pending;
+                    let task = entry.task.clone();
+                    st.enqueued(&task.tenant);
+                    st.push_pending(&task);
+                    report.recovered += 1;
+                }
+            }
+            report.trimmed = st.trim(now, &retention, &mut touched);
+        }
+        report.queues_visited = touched.len();
+        if report.promoted + report.recovered > 0 {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(report)
+    }
+
+    async fn task(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, BrokerError> {
+        Ok(self
+            .lock()
+            .tasks
+            .get(&id)
+            .filter(|e| e.task.tenant == tenant)
+            .map(|e| e.task.clone()))
+    }
+
+    async fn dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<Task>, BrokerError> {
+        let st = self.lock();
+        Ok(st
+            .dead
+            .iter()
+            .rev()
+            .filter_map(|id| st.tasks.get(id))
+            .filter(|e| e.task.tenant == tenant && e.task.queue_name == queue)
+            .take(limit)
+            .map(|e| e.task.clone())
+            .collect())
+    }
+
+    async fn enqueue_raw(
+        &self,
+        tenant: &str,
+        queue: &str,
+        raw: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        // Parsed on the way in (the Redis broker parses when a worker takes
+        // the entry); either way a worker sees only tasks that parsed.
+        let now = self.inner.clock.now();
+        let retention = self.inner.retention;
+        let parsed = parse_raw_task(&raw, tenant, queue);
+        let mut st = self.lock();
+        let reason = match parsed {
+            Ok(task) if st.tasks.contains_key(&task.task_id) => {
+                format!("task_id {} already exists", task.task_id)
+            }
+            Ok(mut task) => {
+                task.state = TaskState::Pending;
+                task.attempt = 0;
+                task.updated_at = now;
+                st.push_pending(&task);
+                st.enqueued(&task.tenant);
+                st.insert(Entry {
+                    task,
+                    token: 0,
+                    lease_expires: None,
+                    finished_at: None,
+                });
+                drop(st);
+                self.inner.ready.notify_one();
+                return Ok(());
+            }
+            Err(reason) => reason,
+        };
+        let stand_in = malformed_task(TaskId::new(), tenant, queue, &raw, &reason, now);
+        let id = stand_in.task_id;
+        st.insert(Entry {
+            task: stand_in,
+            token: 0,
+            lease_expires: None,
+            finished_at: None,
+        });
+        st.finish(id, now, &retention);
+        Ok(())
+    }
+
+    async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
+        Ok(self.count(|t| t.tenant == tenant && t.queue_name == queue))
+    }
+
+    async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
+        Ok(self.count(|t| t.tenant == tenant))
+    }
+
+    async fn list_tasks(&self, tenant: &str, query: &TaskQuery) -> Result<Vec<Task>, BrokerError> {
+        let st = self.lock();
+        let mut found: Vec<&Task> = st
+            .tasks
+            .values()
+            .map(|e| &e.task)
+            .filter(|t| t.tenant == tenant)
+            .filter(|t| query.state.is_none_or(|s| t.state == s))
+            .filter(|t| query.queue.as_ref().is_none_or(|q| &t.queue_name == q))
+            .collect();
+        // Newest first: ids are UUID v7, ordered by creation time.
+        found.sort_unstable_by_key(|t| std::cmp::Reverse(t.task_id));
+        Ok(found.into_iter().take(query.limit).cloned().collect())
+    }
+}

@@ -1,0 +1,541 @@
+//! The broker: where tasks wait, and the leases that keep them from being lost.
+//!
+//! A [`Broker`] stores tasks and hands them to workers under a [`Lease`]. The
+//! model is at-least-once:
+//!
+//! - [`Broker::acquire`] moves tasks atomically from pending to active, counts
+//!   the attempt, and gives each a lease with a fencing token. Idle callers
+//!   block inside `acquire` (up to `block_for`), they never sleep-poll.
+//! - [`Broker::heartbeat`] extends the leases a worker holds;
+//!   [`Broker::maintain`] returns tasks whose lease expired to pending (or to
+//!   the dead set once out of attempts) and makes delayed tasks due. It
+//!   costs what is due, not what exists: a fleet with thousands of idle
+//!   queues does no per-queue work ([`Maintenance::queues_visited`]).
+//! - [`Broker::update`] (a checkpoint after each handler) and [`Broker::ack`]
+//!   check the token: a worker whose lease moved on gets
+//!   [`BrokerError::LeaseLost`] and cannot overwrite the task.
+//! - Delayed tasks and retries wait by time; failed tasks past their attempts
+//!   and malformed entries go to the dead set with their reason; finished
+//!   tasks are kept for a retention period; every set is bounded.
+//! - [`Broker::enqueue_within`] keeps each tenant within its
+//!   [`TenantQuota`] (queued tasks, queue names), checked and counted in the
+//!   same atomic step as the store.
+//!
+//! This module owns the trait and the types that cross it. It knows nothing of
+//! wasm, and no backend's types (Redis or otherwise) appear in it.
+
+pub mod embedded;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
+
+pub use embedded::EmbeddedBroker;
+pub use redis::{RedisBroker, RedisConfig};
+
+/// Identifies one worker process (and its leases).
+pub type WorkerId = String;
+
+/// A worker's claim on one active task. Only the holder of the current token
+/// may checkpoint or finish the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The leased task.
+    pub task_id: TaskId,
+    /// The tenant that owns the task.
+    pub tenant: String,
+    /// The task's queue.
+    pub queue: String,
+    /// The fencing token: grows on every acquire of this task.
+    pub token: u64,
+    /// The worker holding the lease.
+    pub worker: WorkerId,
+}
+
+/// A task handed to a worker, with its lease.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// The claim to present on update and ack.
+    pub lease: Lease,
+    /// The task as stored, with `attempt` already counted.
+    pub task: Task,
+}
+
+/// What a worker asks [`Broker::acquire`] for.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    /// Queue names to take from, served fairly across tenants.
+    pub queues: Vec<String>,
+    /// The worker that will hold the leases.
+    pub worker: WorkerId,
+    /// Take at most this many tasks.
+    pub max: usize,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_for: Duration,
+    /// How long to wait for a task when none is ready.
+    pub block_for: Duration,
+    /// The most tasks of each listed tenant this call may lease: the room
+    /// the worker has left under each tenant's concurrency limit. A tenant
+    /// at 0 is skipped; its tasks stay queued for other workers or a later
+    /// call. Tenants not listed are limited by `max` alone.
+    pub tenant_room: HashMap<String, usize>,
+}
+
+impl AcquireRequest {
+    /// How many more of `tenant`'s tasks this call may lease.
+    pub fn room_for(&self, tenant: &str) -> usize {
+        self.tenant_room.get(tenant).copied().unwrap_or(usize::MAX)
+    }
+}
+
+/// Which of a tenant's tasks [`Broker::list_tasks`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only tasks in this state (`None`: any state).
+    pub state: Option<TaskState>,
+    /// Only tasks of this queue (`None`: every queue of the tenant).
+    pub queue: Option<String>,
+    /// At most this many tasks, newest first (by id, which is time-ordered).
+    pub limit: usize,
+}
+
+impl Default for TaskQuery {
+    fn default() -> Self {
+        Self {
+            state: None,
+            queue: None,
+            limit: 100,
+        }
+    }
+}
+
+/// Progress through a handler chain, saved after each handler so a recovered
+/// task resumes where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The next handler to run.
+    pub current_handler_index: u32,
+    /// The args for that handler.
+    pub args_map: ArgsMap,
+    /// The result log so far.
+    pub result_log: String,
+    /// The handlers' captured output so far.
+    pub log: String,
+}
+
+impl Checkpoint {
+    /// The task's current progress.
+    pub fn of(task: &Task) -> Self {
+        Self {
+            current_handler_index: task.current_handler_index,
+            args_map: task.args_map.clone(),
+            result_log: task.result_log.clone(),
+            log: task.log.clone(),
+        }
+    }
+
+    /// Writes this progress into `task`.
+    pub fn apply(self, task: &mut Task) {
+        task.current_handler_index = self.current_handler_index;
+        task.args_map = self.args_map;
+        task.result_log = self.result_log;
+        task.log = self.log;
+    }
+}
+
+/// How a worker finishes with a leased task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every handler ran; the final progress is stored.
+    Completed(Checkpoint),
+    /// A retryable failure: run again at `at`, from the last checkpoint.
+    Retry {
+        /// What went wrong.
+        error: TaskError,
+        /// When to run again.
+        at: DateTime<Utc>,
+    },
+    /// Failed for good: goes to the dead set.
+    Dead(TaskError),
+    /// Handed back untouched (a worker shutting down): back to pending, and the
+    /// attempt is not counted.
+    Release,
+}
+
+impl Outcome {
+    /// The state the task is in once this outcome is applied.
+    pub fn state(&self) -> TaskState {
+        match self {
+            Outcome::Completed(_) => TaskState::Completed,
+            Outcome::Retry { .. } => TaskState::Retrying,
+            Outcome::Dead(_) => TaskState::Dead,
+            Outcome::Release => TaskState::Pending,
+        }
+    }
+}
+
+/// Per-tenant bounds that [`Broker::enqueue_within`] checks and counts in
+/// the same atomic step as it stores the tasks, so that no number of
+/// concurrent enqueues (through any number of API processes) can pass them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantQuota {
+    /// Most tasks of the tenant waiting at once: pending, delayed or
+    /// retrying. Active tasks do not count (they are bounded by the
+    /// tenant's concurrency), nor do finished ones.
+    pub max_queued: u64,
+    /// Most distinct queue names the tenant may have tasks in. A queue
+    /// counts while it holds any task of the tenant, finished ones
+    /// included, until retention drops its last record.
+    pub max_queues: u32,
+}
+
+impl TenantQuota {
+    /// No bound: what [`Broker::enqueue`] applies (library producers the
+    /// operator trusts; the API always passes the tenant's limits).
+    pub const UNLIMITED: Self = Self {
+        max_queued: u64::MAX,
+        max_queues: u32::MAX,
+    };
+}
+
+/// What one [`Broker::maintain`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Delayed or retrying tasks made pending.
+    pub promoted: usize,
+    /// Tasks whose lease expired, returned to pending.
+    pub recovered: usize,
+    /// Tasks whose lease expired on their last attempt, sent to the dead set.
+    pub expired_dead: usize,
+    /// Finished records dropped past retention or bounds.
+    pub trimmed: usize,
+    /// Queue visits the pass made: only queues that had something due (a
+    /// task to promote, a lease to recover, a record to drop) or might
+    /// have; idle queues cost nothing, however many there are.
+    pub queues_visited: usize,
+}
+
+/// Counts of tasks by state, for status pages and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Waiting for a worker.
+    pub pending: usize,
+    /// Waiting for their time (delayed or retrying).
+    pub scheduled: usize,
+    /// Under a lease.
+    pub active: usize,
+    /// Completed and still retained.
+    pub completed: usize,
+    /// In the dead set.
+    pub dead: usize,
+}
+
+/// How long finished tasks are kept, and how many.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Completed tasks are dropped this long after they finish.
+    pub completed_ttl: Duration,
+    /// Dead tasks are dropped this long after they die.
+    pub dead_ttl: Duration,
+    /// At most this many completed tasks are kept (oldest dropped first).
+    pub max_completed: usize,
+    /// At most this many dead tasks are kept (oldest dropped first).
+    pub max_dead: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            completed_ttl: Duration::from_secs(24 * 3600),
+            dead_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_completed: 100_000,
+            max_dead: 100_000,
+        }
+    }
+}
+
+/// What can go wrong talking to a broker. Each variant names the operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The lease was taken over (expired and re-acquired, or the task moved
+    /// on): the caller must stop working on the task.
+    #[error("{op}: lease on task {task_id} is no longer held (token {token})")]
+    LeaseLost {
+        /// The operation refused.
+        op: &'static str,
+        /// The task concerned.
+        task_id: TaskId,
+        /// The token presented.
+        token: u64,
+    },
+    /// A task with this id already exists.
+    #[error("{op}: task {task_id} already exists")]
+    Duplicate {
+        /// The operation refused.
+        op: &'static str,
+        /// The id that exists.
+        task_id: TaskId,
+    },
+    /// The task was refused as it stands (empty names, zero attempts, ...).
+    #[error("{op}: invalid task: {reason}")]
+    Invalid {
+        /// The operation refused.
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A bound was reached (queue full, or the tenant's `max_queued`).
+    #[error("{op}: {reason}")]
+    Full {
+        /// The operation refused.
+        op: &'static str,
+        /// Which bound.
+        reason: String,
+    },
+    /// The tenant already has tasks in its `max_queues` distinct queue
+    /// names; a task for a new name is refused.
+    #[error("{op}: {reason}")]
+    TooManyQueues {
+        /// The operation refused.
+        op: &'static str,
+        /// The bound and the count.
+        reason: String,
+    },
+    /// The backend could not be reached or answered with an error; the
+    /// operation may be retried.
+    #[error("{op}: broker unavailable: {reason}")]
+    Unavailable {
+        /// The operation that failed.
+        op: &'static str,
+        /// The backend's words.
+        reason: String,
+    },
+    /// Stored data that should be ours did not parse.
+    #[error("{op}: corrupt record: {reason}")]
+    Corrupt {
+        /// The operation that failed.
+        op: &'static str,
+        /// What did not parse.
+        reason: String,
+    },
+}
+
+/// A store of tasks with leases. See the module docs for the semantics every
+/// implementation keeps; `tests/all/conformance.rs` checks them.
+pub trait Broker: Send + Sync + 'static {
+    /// Stores new tasks: pending, or scheduled when `run_at` is in the
+    /// future. All or nothing is not promised across tasks, but each task is
+    /// stored whole or not at all. No tenant bound applies (see
+    /// [`Broker::enqueue_within`]).
+    fn enqueue(&self, tasks: Vec<Task>) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        async move { self.enqueue_within(tasks, &TenantQuota::UNLIMITED).await }
+    }
+
+    /// Stores new tasks like [`Broker::enqueue`], each tenant's within
+    /// `quota` (the API passes the tenant's limits): tasks of one tenant and
+    /// queue are checked against the tenant's count of queued tasks and of
+    /// queue names, and counted, in the same atomic step that stores them.
+    /// Tasks that would pass `max_queued` are refused whole with
+    /// [`BrokerError::Full`], tasks that would add a queue name past
+    /// `max_queues` with [`BrokerError::TooManyQueues`]; nothing of a
+    /// refused group is stored.
+    fn enqueue_within(
+        &self,
+        tasks: Vec<Task>,
+        quota: &TenantQuota,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Leases up to `req.max` ready tasks, waiting up to `req.block_for` for
+    /// the first. Returns an empty list when none came in time, or when
+    /// [`Broker::interrupt`] ended the wait.
+    fn acquire(
+        &self,
+        req: &AcquireRequest,
+    ) -> impl Future<Output = Result<Vec<Leased>, BrokerError>> + Send;
+
+    /// Ends `worker`'s waiting acquire early: it returns (empty) so the
+    /// worker can ask again, with more room for a tenant whose task just
+    /// finished. A waiting acquire is never cancelled instead, because it
+    /// may already have leased tasks. When `worker` is not waiting, its next
+    /// wait ends at once; that costs one empty acquire, nothing else.
+    /// Best effort: a broker that cannot deliver the interrupt logs it, and
+    /// the acquire ends at its `block_for` as usual.
+    fn interrupt(&self, worker: &WorkerId) -> impl Future<Output = ()> + Send;
+
+    /// Saves progress of a leased task.
+    fn update(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Finishes with leased tasks, each with its outcome. Each outcome gets
+    /// its own answer: [`BrokerError::LeaseLost`] if the token is no longer
+    /// current. The same outcome sent again under the same token after it
+    /// was applied (a retry after a lost reply) is answered `Ok` again and
+    /// changes nothing, so a failed ack call can always be retried whole.
+    fn ack(
+        &self,
+        results: &[(Lease, Outcome)],
+    ) -> impl Future<Output = Result<Vec<Result<(), BrokerError>>, BrokerError>> + Send;
+
+    /// Extends the given leases by `lease_for`; returns the ids of those no
+    /// longer held (the worker must abandon them).
+    fn heartbeat(
+        &self,
+        leases: &[Lease],
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<Vec<TaskId>, BrokerError>> + Send;
+
+    /// One maintenance pass: promote due tasks, recover expired leases, trim
+    /// finished records.
+    fn maintain(&self) -> impl Future<Output = Result<Maintenance, BrokerError>> + Send;
+
+    /// The stored task, if it is still known.
+    fn task(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> impl Future<Output = Result<Option<Task>, BrokerError>> + Send;
+
+    /// Counts by state for one tenant's queue.
+    fn stats(
+        &self,
+        tenant: &str,
+        queue: &str,
+    ) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send;
+
+    /// The newest dead tasks of one tenant's queue (at most `limit`), newest
+    /// first, each with its error. Malformed entries appear as
+    /// [`malformed_task`] stand-ins.
+    fn dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Task>, BrokerError>> + Send;
+
+    /// Puts raw bytes into a queue the way a hand-written producer does (on
+    /// Redis: `LPUSH` of task JSON onto the queue's pending list). Nothing is
+    /// checked on the way in; the broker parses the entry with
+    /// [`parse_raw_task`] at the latest when a worker takes it: a task that
+    /// parses runs now (its `run_at` is not honoured, its `state` and
+    /// `attempt` start afresh), anything else goes to the dead set as a
+    /// [`malformed_task`] with the reason, and `acquire` carries on with the
+    /// next entry.
+    fn enqueue_raw(
+        &self,
+        tenant: &str,
+        queue: &str,
+        raw: Vec<u8>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Counts by state over every queue of one tenant (what `/v1/stats`
+    /// shows). Brokers that cannot count across
+    /// queues answer [`BrokerError::Unavailable`].
+    fn tenant_stats(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send {
+        let _ = tenant;
+        async {
+            Err(BrokerError::Unavailable {
+                op: "tenant_stats",
+                reason: "this broker cannot count a tenant's tasks across queues".into(),
+            })
+        }
+    }
+
+    /// One tenant's tasks matching `query`, newest first: what the API and
+    /// the dashboard list. Never returns another tenant's task. Brokers that
+    /// cannot list answer [`BrokerError::Unavailable`].
+    fn list_tasks(
+        &self,
+        tenant: &str,
+        query: &TaskQuery,
+    ) -> impl Future<Output = Result<Vec<Task>, BrokerError>> + Send {
+        let _ = (tenant, query);
+        async {
+            Err(BrokerError::Unavailable {
+                op: "list_tasks",
+                reason: "this broker cannot list tasks".into(),
+            })
+        }
+    }
+}
+
+/// Why [`TenantQuota::max_queued`] refused an enqueue (the same words from
+/// every broker).
+fn quota_full(tenant: &str, queued: u64, asked: u64, max: u64) -> String {
+    format!(
+        "tenant `{tenant}` has {queued} tasks queued; {asked} more would pass its limit of {max}; retry when some have run"
+    )
+}
+
+/// Why [`TenantQuota::max_queues`] refused an enqueue.
+fn too_many_queues(tenant: &str, have: usize, queue: &str, max: u32) -> String {
+    format!(
+        "tenant `{tenant}` has tasks in {have} queues, its limit being {max}; queue `{queue}` would be one more"
+    )
+}
+
+/// The error kind of tasks that did not parse.
+pub const MALFORMED: &str = "malformed";
+
+/// Most bytes of a malformed entry kept in its stand-in's `raw` arg.
+pub const MALFORMED_KEEP: usize = 16 * 1024;
+
+/// Parses an entry pushed by hand into `tenant`'s queue `queue`: the task
+/// JSON must parse and validate ([`Task::from_json`]) and must name that same
+/// tenant and queue (so a push cannot run a task as another tenant). The
+/// error is the reason stored with the dead entry.
+pub fn parse_raw_task(raw: &[u8], tenant: &str, queue: &str) -> Result<Task, String> {
+    let task = Task::from_json(raw).map_err(|e| e.reason)?;
+    if task.tenant != tenant || task.queue_name != queue {
+        return Err(format!(
+            "the task names tenant `{}` and queue `{}` but was pushed into tenant `{tenant}`'s queue `{queue}`",
+            task.tenant, task.queue_name
+        ));
+    }
+    Ok(task)
+}
+
+/// The stand-in stored in the dead set for an entry that is not a task: job
+/// `(malformed)`, the entry's text (lossy UTF-8, at most [`MALFORMED_KEEP`]
+/// bytes) as arg `raw`, and a [`MALFORMED`] error with `reason`.
+pub fn malformed_task(
+    id: TaskId,
+    tenant: &str,
+    queue: &str,
+    raw: &[u8],
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Task {
+    let kept = &raw[..raw.len().min(MALFORMED_KEEP)];
+    let mut args = ArgsMap::new();
+    args.insert(
+        "raw".to_owned(),
+        serde_json::Value::String(String::from_utf8_lossy(kept).into_owned()),
+    );
+    let mut task = Task::new("(malformed)", args);
+    task.task_id = id;
+    task.tenant = tenant.to_owned();
+    task.queue_name = queue.to_owned();
+    task.created_at = at;
+    task.updated_at = at;
+    task.state = TaskState::Dead;
+    task.max_attempts = 1;
+    task.error = Some(TaskError {
+        kind: MALFORMED.to_owned(),
+        message: format!("malformed task: {reason}"),
+        retryable: false,
+        handler_index: None,
+    });
+    task
+}

@@ -1,0 +1,310 @@
+//! A task's record as the Redis broker stores it, and its assembly back into
+//! a [`Task`].
+//!
+//! A record is four fields under one id, each in its queue's hash (see
+//! [`keys`](super::keys)): the task JSON as enqueued (or as pushed raw), the
+//! metadata the scripts keep (state, attempt, fencing token, times, worker;
+//! format in `lua/common.lua`), the last checkpoint's JSON and the last
+//! error's JSON. Scripts only ever store JSON that Rust wrote and edit the
+//! small metadata string, so no script parses or re-encodes task JSON (Lua's
+//! cjson would turn `[]` into `{}` and round large numbers).
+//!
+//! This module owns the metadata format on the Rust side and the overlay
+//! rules. It never talks to Redis and never panics on what Redis returns:
+//! anything that does not parse is an error or, for the task JSON itself, a
+//! malformed-task stand-in.
+
+use chrono::{DateTime, Utc};
+
+use crate::broker::{Checkpoint, malformed_task};
+use corral_core::task::{Task, TaskError, TaskId, TaskState};
+
+/// Microseconds since the epoch: the unit of every time the scripts see.
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// The time `us` microseconds after the epoch (clamped into chrono's range).
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or(if us < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+/// The metadata field of a record, as the scripts keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Where the task is in its life.
+    pub state: TaskState,
+    /// Attempts started.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The fencing token of the latest lease.
+    pub token: u64,
+    /// When the task last changed (µs).
+    pub updated_us: i64,
+    /// When a retry is due (µs), if one is.
+    pub run_at_us: Option<i64>,
+    /// The next handler to run.
+    pub handler: u32,
+    /// When the current or last attempt started (µs).
+    pub started_us: Option<i64>,
+    /// The worker holding, or last holding, the lease.
+    pub worker: String,
+}
+
+/// The fixed part of the packed metadata, in bytes (see `lua/common.lua`):
+/// state (1), attempt (4), max_attempts (4), token (8), updated (8),
+/// run_at (8), handler (4), started (8); the worker id follows.
+pub const META_LEN: usize = 45;
+
+impl Meta {
+    /// Parses the packed metadata `lua/common.lua` describes.
+    pub fn parse(raw: &[u8]) -> Result<Self, String> {
+        if raw.len() < META_LEN {
+            return Err(format!("metadata of {} bytes is too short", raw.len()));
+        }
+        let u32_at = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&raw[at..at + 4]);
+            u32::from_be_bytes(b)
+        };
+        // Doubles holding integers (times in µs, the token): refuse anything
+        // that is not a whole number in range.
+        let int_at = |at: usize, name: &str| -> Result<i64, String> {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[at..at + 8]);
+            let x = f64::from_be_bytes(b);
+            if x.is_finite() && x.fract() == 0.0 && (0.0..=9.0e15).contains(&x) {
+                Ok(x as i64)
+            } else {
+                Err(format!("metadata has a bad {name} ({x})"))
+            }
+        };
+        let state = match raw[0] {
+            b'p' => TaskState::Pending,
+            b's' => TaskState::Scheduled,
+            b'a' => TaskState::Active,
+            b'r' => TaskState::Retrying,
+            b'c' => TaskState::Completed,
+            b'd' => TaskState::Dead,
+            other => return Err(format!("metadata has unknown state byte {other:#04x}")),
+        };
+        let optional = |t: i64| (t != 0).then_some(t);
+        let worker = std::str::from_utf8(&raw[META_LEN..])
+            .map_err(|_| "metadata's worker id is not UTF-8".to_owned())?
+            .to_owned();
+        Ok(Self {
+            state,
+            attempt: u32_at(1),
+            max_attempts: u32_at(5),
+            token: int_at(9, "token")? as u64,
+            updated_us: int_at(17, "updated time")?,
+            run_at_us: optional(int_at(25, "run_at time")?),
+            handler: u32_at(33),
+            started_us: optional(int_at(37, "start time")?),
+            worker,
+        })
+    }
+
+    /// Packs the metadata as `lua/common.lua` reads it.
+    pub fn encode(&self) -> Vec<u8> {
+        let state = match self.state {
+            TaskState::Pending => b'p',
+            TaskState::Scheduled => b's',
+            TaskState::Active => b'a',
+            TaskState::Retrying => b'r',
+            TaskState::Completed => b'c',
+            TaskState::Dead => b'd',
+        };
+        let mut out = Vec::with_capacity(META_LEN + self.worker.len());
+        out.push(state);
+        out.extend_from_slice(&self.attempt.to_be_bytes());
+        out.extend_from_slice(&self.max_attempts.to_be_bytes());
+        out.extend_from_slice(&(self.token as f64).to_be_bytes());
+        out.extend_from_slice(&(self.updated_us as f64).to_be_bytes());
+        out.extend_from_slice(&(self.run_at_us.unwrap_or(0) as f64).to_be_bytes());
+        out.extend_from_slice(&self.handler.to_be_bytes());
+        out.extend_from_slice(&(self.started_us.unwrap_or(0) as f64).to_be_bytes());
+        out.extend_from_slice(self.worker.as_bytes());
+        out
+    }
+}
+
+/// What Redis holds for one task, fields as stored.
+#[derive(Debug, Clone, Default)]
+pub struct RawRecord {
+    /// The task JSON (missing only if the record was damaged by hand).
+    pub task: Option<Vec<u8>>,
+    /// The metadata field.
+    pub meta: Vec<u8>,
+    /// The last checkpoint's JSON.
+    pub progress: Option<Vec<u8>>,
+    /// The last error's JSON.
+    pub error: Option<Vec<u8>>,
+}
+
+/// Why a record could not be assembled into a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssembleError {
+    /// The metadata, checkpoint or error field is damaged: our own data.
+    Corrupt(String),
+}
+
+/// A record assembled into a task.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The task (a stand-in when the stored JSON did not parse).
+    pub task: Task,
+    /// The record's metadata.
+    pub meta: Meta,
+    /// Why the stored JSON is not a task, when it is not.
+    pub malformed: Option<String>,
+}
+
+/// Builds the task a record stands for: the stored JSON with the metadata,
+/// checkpoint and error laid over it. A task JSON that does not parse (a raw
+/// push, or a damaged record) gives the malformed-task stand-in and says
+/// why, so a dead malformed entry is still readable.
+pub fn assemble(
+    id: TaskId,
+    tenant: &str,
+    queue: &str,
+    record: &RawRecord,
+) -> Result<Assembled, AssembleError> {
+    let meta = Meta::parse(&record.meta).map_err(AssembleError::Corrupt)?;
+    let error = match &record.error {
+        Some(json) => Some(
+            serde_json::from_slice::<TaskError>(json)
+                .map_err(|e| AssembleError::Corrupt(format!("stored error of task {id}: {e}")))?,
+        ),
+        None => None,
+    };
+    let raw = record.task.as_deref().unwrap_or_default();
+    let parsed = match Task::from_json(raw) {
+        Ok(task) if task.task_id != id => Err(format!(
+            "the record of task {id} holds task {}",
+            task.task_id
+        )),
+        Ok(task) if task.tenant != tenant || task.queue_name != queue => Err(format!(
+            "the task names tenant `{}` and queue `{}` but is stored in tenant `{tenant}`'s queue `{queue}`",
+            task.tenant, task.queue_name
+        )),
+        Ok(task) => Ok(task),
+        Err(e) => Err(e.reason),
+    };
+    let mut task = match parsed {
+        Ok(task) => task,
+        Err(reason) => {
+            let mut task = malformed_task(
+                id,
+                tenant,
+                queue,
+                raw,
+                &reason,
+                from_micros(meta.updated_us),
+            );
+            // A stand-in keeps the record's own state: a raw entry read while
+            // its lease is held stays active until the worker buries it.
+            task.state = meta.state;
+            task.attempt = meta.attempt;
+            if let Some(e) = error {
+                task.error = Some(e);
+            }
+            return Ok(Assembled {
+                task,
+                meta,
+                malformed: Some(reason),
+            });
+        }
+    };
+    if let Some(json) = &record.progress {
+        let checkpoint: Checkpoint = serde_json::from_slice(json)
+            .map_err(|e| AssembleError::Corrupt(format!("stored checkpoint of task {id}: {e}")))?;
+        checkpoint.apply(&mut task);
+    }
+    task.state = meta.state;
+    task.attempt = meta.attempt;
+    task.updated_at = from_micros(meta.updated_us);
+    if let Some(at) = meta.run_at_us {
+        task.run_at = Some(from_micros(at));
+    }
+    if meta.state == TaskState::Completed {
+        task.error = None;
+    } else if error.is_some() {
+        task.error = error;
+    }
+    Ok(Assembled {
+        task,
+        meta,
+        malformed: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Meta {
+        Meta {
+            state: TaskState::Active,
+            attempt: 2,
+            max_attempts: 3,
+            token: 7,
+            updated_us: 1_700_000_000_000_000,
+            run_at_us: None,
+            handler: 1,
+            started_us: Some(1_700_000_000_000_001),
+            worker: "host|1".into(),
+        }
+    }
+
+    #[test]
+    fn meta_round_trips_and_refuses_damage() {
+        let m = sample();
+        let packed = m.encode();
+        assert_eq!(packed.len(), META_LEN + 6);
+        assert_eq!(Meta::parse(&packed).unwrap(), m);
+        let mut bad_state = packed.clone();
+        bad_state[0] = b'x';
+        assert!(Meta::parse(&bad_state).is_err());
+        assert!(Meta::parse(&packed[..META_LEN - 1]).is_err());
+        let mut bad_token = packed.clone();
+        bad_token[9..17].copy_from_slice(&f64::NAN.to_be_bytes());
+        assert!(Meta::parse(&bad_token).is_err());
+        let mut fractional = packed.clone();
+        fractional[17..25].copy_from_slice(&1.5f64.to_be_bytes());
+        assert!(Meta::parse(&fractional).is_err());
+        let mut bad_worker = packed;
+        bad_worker.push(0xff);
+        assert!(Meta::parse(&bad_worker).is_err());
+    }
+
+    #[test]
+    fn unparsable_task_json_reads_as_a_malformed_stand_in() {
+        let id = TaskId::new();
+        let record = RawRecord {
+            task: Some(b"{not json".to_vec()),
+            meta: Meta {
+                state: TaskState::Dead,
+                ..sample()
+            }
+            .encode(),
+            progress: None,
+            error: None,
+        };
+        let got = assemble(id, "t", "q", &record).unwrap();
+        assert!(got.malformed.is_some());
+        let task = got.task;
+        assert_eq!(task.task_id, id);
+        assert_eq!(task.state, TaskState::Dead);
+        assert_eq!(
+            task.error.as_ref().map(|e| e.kind.as_str()),
+            Some("malformed")
+        );
+        assert_eq!(task.original_args_map["raw"], "{not json");
+    }
+}

@@ -1,0 +1,210 @@
+//! The producer API: build tasks and put them into a broker.
+//!
+//! A [`Client`] wraps any [`Broker`]. [`Client::task`] starts a
+//! [`TaskBuilder`] (args, queue, tenant, delay, attempts, timeout);
+//! [`Client::enqueue`] and [`Client::enqueue_many`] store tasks (the latter
+//! in one broker call); [`Client::status`] and [`Client::wait`] read them
+//! back. The client never runs handlers.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::broker::{Broker, BrokerError};
+use corral_core::clock;
+use corral_core::task::{ArgsMap, Task, TaskId, TaskParseError};
+
+/// Puts tasks into a broker and reads them back.
+///
+/// ```
+/// use corral_client::{Client, EmbeddedBroker};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let client = Client::new(EmbeddedBroker::new());
+/// let task = client.task("text-stats").arg("text", "Hello hello world")?.max_attempts(5).build();
+/// let id = client.enqueue(task).await?;
+/// let stored = client.status("default", id).await?.expect("just enqueued");
+/// assert_eq!(stored.original_args_map["text"], "Hello hello world");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Client<B> {
+    broker: B,
+}
+
+/// Why [`Client::wait`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The task is not known (never enqueued, or trimmed after retention).
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// It did not finish in time; the last state seen is given.
+    #[error("task {id} still {state} after {waited:?}")]
+    Timeout {
+        /// The task.
+        id: TaskId,
+        /// Its last state.
+        state: corral_core::task::TaskState,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+impl<B: Broker> Client<B> {
+    /// A client of `broker`.
+    pub fn new(broker: B) -> Self {
+        Self { broker }
+    }
+
+    /// The broker behind the client.
+    pub fn broker(&self) -> &B {
+        &self.broker
+    }
+
+    /// Starts building a task for `job`.
+    pub fn task(&self, job: impl Into<String>) -> TaskBuilder {
+        TaskBuilder {
+            task: Task::new(job, ArgsMap::new()),
+        }
+    }
+
+    /// Stores one task; returns its id.
+    pub async fn enqueue(&self, task: Task) -> Result<TaskId, BrokerError> {
+        let id = task.task_id;
+        self.broker.enqueue(vec![task]).await?;
+        Ok(id)
+    }
+
+    /// Stores many tasks in one broker call; returns their ids in order.
+    pub async fn enqueue_many(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, BrokerError> {
+        let ids = tasks.iter().map(|t| t.task_id).collect();
+        self.broker.enqueue(tasks).await?;
+        Ok(ids)
+    }
+
+    /// Parses a task written as JSON (the seed's format works) and stores it.
+    /// Malformed JSON is refused here, before it reaches a queue.
+    pub async fn enqueue_json(&self, json: &[u8]) -> Result<TaskId, EnqueueJsonError> {
+        let task = Task::from_json(json)?;
+        Ok(self.enqueue(task).await?)
+    }
+
+    /// The stored task, if known.
+    pub async fn status(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, BrokerError> {
+        self.broker.task(tenant, id).await
+    }
+
+    /// Waits until the task completes or dies, up to `timeout`.
+    pub async fn wait(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        timeout: Duration,
+    ) -> Result<Task, WaitError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let task = self
+                .broker
+                .task(tenant, id)
+                .await?
+                .ok_or(WaitError::NotFound(id))?;
+            if task.state.is_final() {
+                return Ok(task);
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(WaitError::Timeout {
+                    id,
+                    state: task.state,
+                    waited,
+                });
+            }
+            tokio::time::sleep(pause.min(timeout - waited)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Why [`Client::enqueue_json`] refused a task.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueJsonError {
+    /// The JSON is not a valid task.
+    #[error(transparent)]
+    Parse(#[from] TaskParseError),
+    /// The broker refused or failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Builds a [`Task`]; see [`Client::task`].
+#[derive(Debug, Clone)]
+pub struct TaskBuilder {
+    task: Task,
+}
+
+impl TaskBuilder {
+    /// Sets arg `name` to `value` (any serde-serializable value).
+    pub fn arg<T: Serialize + ?Sized>(
+        mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<Self, serde_json::Error> {
+        let value = serde_json::to_value(value)?;
+        self.task.args_map.insert(name.to_owned(), value.clone());
+        self.task.original_args_map.insert(name.to_owned(), value);
+        Ok(self)
+    }
+
+    /// Replaces all args.
+    pub fn args(mut self, args: ArgsMap) -> Self {
+        self.task.args_map = args.clone();
+        self.task.original_args_map = args;
+        self
+    }
+
+    /// The queue to wait in.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.task.queue_name = queue.into();
+        self
+    }
+
+    /// The owning tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.task.tenant = tenant.into();
+        self
+    }
+
+    /// Runs no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.task.run_at = Some(clock::add(chrono::Utc::now(), delay));
+        self
+    }
+
+    /// Attempts before the dead set (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.task.max_attempts = n.max(1);
+        self
+    }
+
+    /// Wall-clock budget per attempt, narrowing the job's own.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.task.timeout_ms = Some(timeout.as_millis().max(1) as u64);
+        self
+    }
+
+    /// Pins the job version to run.
+    pub fn job_version(mut self, version: u32) -> Self {
+        self.task.job_version = Some(version);
+        self
+    }
+
+    /// The task.
+    pub fn build(self) -> Task {
+        self.task
+    }
+}

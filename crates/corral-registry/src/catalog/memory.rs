@@ -1,0 +1,294 @@
+//! The in-memory catalog: the embedded setup's storage, gone with the process.
+//!
+//! One lock guards everything, so each quota is checked and the write it
+//! bounds made in one critical section.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use super::{Catalog, CatalogError, Quota, check_handlers};
+use crate::job::JobDefinition;
+use crate::tenant::{Tenant, TenantLimits, TokenHash, TokenId, TokenInfo, check_new_tenant_name};
+use corral_sandbox::ModuleHash;
+
+/// One tenant's modules.
+#[derive(Default)]
+struct Modules {
+    by_hash: HashMap<ModuleHash, Vec<u8>>,
+    /// The sum of their sizes.
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    tenants: HashMap<String, Tenant>,
+    tokens: HashMap<TokenHash, String>,
+    /// tenant → token id → (hash, listing).
+    token_ids: HashMap<String, BTreeMap<TokenId, (TokenHash, TokenInfo)>>,
+    modules: HashMap<String, Modules>,
+    /// tenant → job → versions, oldest first.
+    jobs: HashMap<String, BTreeMap<String, Vec<JobDefinition>>>,
+}
+
+impl State {
+    /// The limits quotas are checked against: the stored tenant's, the
+    /// defaults for a tenant not in the catalog.
+    fn limits(&self, tenant: &str) -> TenantLimits {
+        self.tenants
+            .get(tenant)
+            .map(|t| t.limits)
+            .unwrap_or_default()
+    }
+
+    fn list_token(&mut self, tenant: &str, token: &TokenHash) {
+        let id = token.id();
+        let info = TokenInfo {
+            id: id.clone(),
+            created_at: Utc::now(),
+        };
+        self.token_ids
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(id, (token.clone(), info));
+    }
+}
+
+/// A [`Catalog`] in this process's memory.
+#[derive(Default)]
+pub struct MemoryCatalog {
+    state: Mutex<State>,
+}
+
+impl MemoryCatalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Catalog for MemoryCatalog {
+    async fn create_tenant(&self, tenant: &Tenant, token: &TokenHash) -> Result<(), CatalogError> {
+        check_new_tenant_name(&tenant.name).map_err(CatalogError::InvalidTenantName)?;
+        let mut st = self.lock();
+        if st.tenants.contains_key(&tenant.name) {
+            return Err(CatalogError::TenantExists(tenant.name.clone()));
+        }
+        st.tenants.insert(tenant.name.clone(), tenant.clone());
+        st.tokens.insert(token.clone(), tenant.name.clone());
+        st.list_token(&tenant.name, token);
+        Ok(())
+    }
+
+    async fn tenant(&self, name: &str) -> Result<Option<Tenant>, CatalogError> {
+        Ok(self.lock().tenants.get(name).cloned())
+    }
+
+    async fn add_token(&self, tenant: &str, token: &TokenHash) -> Result<(), CatalogError> {
+        let mut st = self.lock();
+        if !st.tenants.contains_key(tenant) {
+            return Err(CatalogError::UnknownTenant(tenant.to_owned()));
+        }
+        st.tokens.insert(token.clone(), tenant.to_owned());
+        st.list_token(tenant, token);
+        Ok(())
+    }
+
+    async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError> {
+        let mut st = self.lock();
+        let tenant = st.tokens.remove(token);
+        if let Some(tenant) = &tenant
+            && let Some(ids) = st.token_ids.get_mut(tenant)
+        {
+            ids.remove(&token.id());
+        }
+        Ok(tenant)
+    }
+
+    async fn revoke_token_id(&self, tenant: &str, id: &TokenId) -> Result<bool, CatalogError> {
+        let mut st = self.lock();
+        let Some((hash, _)) = st.token_ids.get_mut(tenant).and_then(|ids| ids.remove(id)) else {
+            return Ok(false);
+        };
+        if st.tokens.get(&hash).is_some_and(|owner| owner == tenant) {
+            st.tokens.remove(&hash);
+        }
+        Ok(true)
+    }
+
+    async fn tokens(&self, tenant: &str) -> Result<Vec<TokenInfo>, CatalogError> {
+        let st = self.lock();
+        if !st.tenants.contains_key(tenant) {
+            return Err(CatalogError::UnknownTenant(tenant.to_owned()));
+        }
+        let mut out: Vec<TokenInfo> = st
+            .token_ids
+            .get(tenant)
+            .map(|ids| ids.values().map(|(_, info)| info.clone()).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn set_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), CatalogError> {
+        match self.lock().tenants.get_mut(tenant) {
+            Some(t) => {
+                t.limits = *limits;
+                Ok(())
+            }
+            None => Err(CatalogError::UnknownTenant(tenant.to_owned())),
+        }
+    }
+
+    async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError> {
+        let st = self.lock();
+        Ok(st
+            .tokens
+            .get(token)
+            .and_then(|name| st.tenants.get(name))
+            .cloned())
+    }
+
+    async fn put_module(
+        &self,
+        tenant: &str,
+        hash: &ModuleHash,
+        bytes: &[u8],
+    ) -> Result<(), CatalogError> {
+        let mut st = self.lock();
+        let limits = st.limits(tenant);
+        let stored = st.modules.entry(tenant.to_owned()).or_default();
+        if stored.by_hash.contains_key(hash) {
+            return Ok(());
+        }
+        let size = bytes.len() as u64;
+        let over = |quota: Quota| {
+            Err(CatalogError::OverQuota {
+                quota,
+                limit: quota.limit(&limits),
+            })
+        };
+        if stored.by_hash.len() as u64 >= Quota::Modules.limit(&limits) {
+            return over(Quota::Modules);
+        }
+        if stored.bytes.saturating_add(size) > Quota::ModuleStorage.limit(&limits) {
+            return over(Quota::ModuleStorage);
+        }
+        stored.by_hash.insert(hash.clone(), bytes.to_vec());
+        stored.bytes += size;
+        Ok(())
+    }
+
+    async fn module(
+        &self,
+        tenant: &str,
+        hash: &ModuleHash,
+    ) -> Result<Option<Vec<u8>>, CatalogError> {
+        Ok(self
+            .lock()
+            .modules
+            .get(tenant)
+            .and_then(|m| m.by_hash.get(hash))
+            .cloned())
+    }
+
+    async fn has_module(&self, tenant: &str, hash: &ModuleHash) -> Result<bool, CatalogError> {
+        Ok(self
+            .lock()
+            .modules
+            .get(tenant)
+            .is_some_and(|m| m.by_hash.contains_key(hash)))
+    }
+
+    async fn add_job_version(
+        &self,
+        mut definition: JobDefinition,
+        replace: bool,
+    ) -> Result<JobDefinition, CatalogError> {
+        let mut st = self.lock();
+        let limits = st.limits(&definition.tenant);
+        check_handlers(&definition, &limits)?;
+        let jobs = st.jobs.entry(definition.tenant.clone()).or_default();
+        let current = jobs
+            .get(&definition.name)
+            .and_then(|versions| versions.last())
+            .map(|d| d.version);
+        let over = |quota: Quota| {
+            Err(CatalogError::OverQuota {
+                quota,
+                limit: quota.limit(&limits),
+            })
+        };
+        match current {
+            Some(version) if !replace => {
+                return Err(CatalogError::JobExists {
+                    name: definition.name,
+                    version,
+                });
+            }
+            // Versions are numbered from 1 without gaps: the newest's number
+            // is how many there are.
+            Some(version) if u64::from(version) >= Quota::JobVersions.limit(&limits) => {
+                return over(Quota::JobVersions);
+            }
+            Some(version) => definition.version = version + 1,
+            None if jobs.len() as u64 >= Quota::Jobs.limit(&limits) => {
+                return over(Quota::Jobs);
+            }
+            None => definition.version = 1,
+        }
+        jobs.entry(definition.name.clone())
+            .or_default()
+            .push(definition.clone());
+        Ok(definition)
+    }
+
+    async fn job(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<JobDefinition>, CatalogError> {
+        let st = self.lock();
+        let Some(versions) = st.jobs.get(tenant).and_then(|jobs| jobs.get(name)) else {
+            return Ok(None);
+        };
+        Ok(match version {
+            None => versions.last().cloned(),
+            Some(v) => versions.iter().find(|d| d.version == v).cloned(),
+        })
+    }
+
+    async fn jobs(&self, tenant: &str) -> Result<Vec<JobDefinition>, CatalogError> {
+        self.jobs_page(tenant, None, usize::MAX).await
+    }
+
+    async fn jobs_page(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobDefinition>, CatalogError> {
+        use std::ops::Bound;
+        let st = self.lock();
+        let Some(jobs) = st.jobs.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let from = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        Ok(jobs
+            .range::<str, _>((from, Bound::Unbounded))
+            .filter_map(|(_, versions)| versions.last().cloned())
+            .take(limit)
+            .collect())
+    }
+}

@@ -1,0 +1,24 @@
+//! Corral's job registry: which handlers make up each tenant's jobs, who
+//! the tenants are, and where both are stored.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`job`] | a job definition: name → ordered handler modules + limits |
+//! | [`tenant`] | tenants, their limits and API tokens |
+//! | [`catalog`] | storage of tenants, tokens, modules and job definitions (memory, Redis) |
+//! | [`registry`] | registering jobs and resolving them into compiled handlers |
+//!
+//! Imports go one way: `registry` → `catalog` → `job`, `tenant`. The
+//! registry compiles modules through the sandbox (`corral-sandbox`) and the
+//! Redis catalog shares the broker's connection layer (`corral-client`);
+//! nothing here runs a handler or touches a queue.
+
+pub mod catalog;
+pub mod job;
+pub mod registry;
+pub mod tenant;
+
+pub use catalog::{Catalog, CatalogError, MemoryCatalog, RedisCatalog};
+pub use job::{HandlerSpec, JobDefinition};
+pub use registry::{Registry, RegistryError};
+pub use tenant::{Tenant, TenantLimits, Token};

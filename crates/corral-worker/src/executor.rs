@@ -1,0 +1,168 @@
+//! Runs one leased task's handler chain and decides its outcome.
+//!
+//! Handler `i` gets the args handler `i - 1` returned; after each handler but
+//! the last, progress is checkpointed through [`Broker::update`], so a task
+//! recovered from a dead worker resumes at the handler that was running. A
+//! failure names the handler and its cause; retryable failures go back with
+//! backoff until the task runs out of attempts. The executor never acks: it
+//! returns the [`Outcome`] for the worker's acker to send. Names the tenant
+//! chose and text the guest wrote reach the task and the worker's log only
+//! inert and bounded ([`corral_core::text`]).
+
+use std::sync::Arc;
+
+use corral_client::broker::{Broker, BrokerError, Checkpoint, Lease, Outcome};
+use corral_core::clock;
+use corral_core::task::{Task, TaskError};
+use corral_core::text::{Inert, inert_capped};
+use corral_registry::registry::{Registry, RegistryError};
+use corral_sandbox::{CallContext, LoadError};
+
+use super::retry::RetryPolicy;
+
+/// Runs `task`, held under `lease`, to an outcome. `Err` means the lease was
+/// lost (or the broker failed mid-chain): the task is no longer ours and
+/// must not be acked.
+pub(crate) async fn run_task<B: Broker>(
+    broker: &B,
+    registry: &Registry,
+    retry: &RetryPolicy,
+    lease: &Lease,
+    mut task: Task,
+) -> Result<Outcome, BrokerError> {
+    let job = match registry
+        .resolve(&task.tenant, &task.job_name, task.job_version)
+        .await
+    {
+        Ok(job) => job,
+        Err(e) => {
+            let (kind, retryable) = match &e {
+                RegistryError::UnknownVersion { .. } => ("unknown_job_version", false),
+                RegistryError::UnknownJob { .. } => ("unknown_job", false),
+                // The store was briefly unreachable: worth another attempt.
+                RegistryError::Catalog(_) => ("registry_unavailable", true),
+                // A stored module this worker's sandbox refuses (stored by
+                // something that bypassed validation, or a worker with
+                // tighter sandbox settings than the one that registered
+                // it): the task fails with the load error's own kind, as the
+                // registration would have.
+                RegistryError::Module(load) => (
+                    load.kind(),
+                    // Not the module's fault: the compiler could not start.
+                    matches!(load, LoadError::CompilerUnavailable(_)),
+                ),
+                _ => ("job_unloadable", false),
+            };
+            return Ok(fail(
+                &task,
+                retry,
+                TaskError {
+                    kind: kind.into(),
+                    message: e.to_string(),
+                    retryable,
+                    handler_index: None,
+                },
+            ));
+        }
+    };
+    let count = job.handlers.len() as u32;
+    let mut limits = job.definition.limits;
+    if let Some(timeout) = task.timeout() {
+        limits.timeout_ms = limits.timeout_ms.min(timeout.as_millis().max(1) as u64);
+    }
+    let sandbox = registry.sandbox();
+
+    while task.current_handler_index < count {
+        let index = task.current_handler_index;
+        let handler = &job.handlers[index as usize];
+        let spec = &job.definition.handlers[index as usize];
+        let ctx = CallContext {
+            task_id: task.task_id.to_string(),
+            job: task.job_name.clone(),
+            tenant: task.tenant.clone(),
+            attempt: task.attempt,
+            handler_index: index,
+            handler_count: count,
+        };
+        let result = sandbox.call(handler, ctx, &task.args_map, &limits).await;
+        match result {
+            Ok(out) => {
+                // One event per handler run: counting them shows which
+                // handlers ran again after a crash (tests/all/crash.rs).
+                tracing::debug!(task = %task.task_id, handler = index, attempt = task.attempt, "handler finished");
+                append_guest_log(&mut task, index, &spec.name, &out.guest_log);
+                task.args_map = out.args;
+                task.append_log(&out.result_log);
+                task.current_handler_index = index + 1;
+                if task.current_handler_index < count {
+                    broker.update(lease, &Checkpoint::of(&task)).await?;
+                }
+            }
+            Err(err) => {
+                append_guest_log(&mut task, index, &spec.name, &err.guest_log);
+                let error = TaskError {
+                    kind: err.failure.kind().into(),
+                    // The failure's own text is inert and bounded already.
+                    message: format!(
+                        "handler {index} (`{}`) of job `{}` {}",
+                        Inert(&spec.name),
+                        Inert(&task.job_name),
+                        err.failure
+                    ),
+                    retryable: err.failure.is_retryable(),
+                    handler_index: Some(index),
+                };
+                tracing::warn!(task = %task.task_id, error = %Inert(&error.message), "handler failed");
+                if !task.log.is_empty() {
+                    // Keep what the failing handler wrote; the outcome itself
+                    // carries only the error.
+                    broker.update(lease, &Checkpoint::of(&task)).await?;
+                }
+                return Ok(fail(&task, retry, error));
+            }
+        }
+    }
+    Ok(Outcome::Completed(Checkpoint::of(&task)))
+}
+
+/// Most bytes of a task's error message: it quotes tenant-chosen names
+/// and guest text, and is stored with the task and shown in every listing.
+const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
+
+fn fail(task: &Task, retry: &RetryPolicy, mut error: TaskError) -> Outcome {
+    error.message = inert_capped(&error.message, MAX_ERROR_MESSAGE_BYTES);
+    if error.retryable && task.attempt < task.max_attempts {
+        let at = clock::add(chrono::Utc::now(), retry.delay(task.attempt));
+        Outcome::Retry { error, at }
+    } else {
+        Outcome::Dead(error)
+    }
+}
+
+/// Appends a handler's log (inert lines, from the sandbox) under its
+/// index and name; the name is the tenant's, so it is made inert too.
+fn append_guest_log(task: &mut Task, index: u32, name: &str, text: &str) {
+    use std::fmt::Write as _;
+    let name = Inert(name);
+    for line in text.lines() {
+        // Writing to a String cannot fail.
+        let _ = writeln!(task.log, "[{index}:{name}]{line}");
+    }
+}
+
+/// Shared, cheaply cloned pieces every task runner needs.
+pub(crate) struct Runner<B> {
+    pub broker: B,
+    pub registry: Registry,
+    pub retry: RetryPolicy,
+}
+
+impl<B: Broker> Runner<B> {
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        lease: &Lease,
+        task: Task,
+    ) -> Result<Outcome, BrokerError> {
+        run_task(&self.broker, &self.registry, &self.retry, lease, task).await
+    }
+}

@@ -1,0 +1,480 @@
+//! The worker: leases tasks, runs their chains, reports outcomes.
+//!
+//! [`Worker::run`] starts four duties and stops them in a fixed order:
+//!
+//! 1. **fetch** (this module): waits for a free slot (at most `concurrency`
+//!    tasks at once), leases as many ready tasks as there are free slots in
+//!    one broker call, and runs each in its own tokio task;
+//! 2. **acker**: collects finished tasks' outcomes and sends them to the
+//!    broker in batches;
+//! 3. **heartbeat** ([`heartbeat`]): extends the leases in flight;
+//! 4. **maintenance** ([`maintenance`]): promotes due tasks and recovers
+//!    expired leases.
+//!
+//! No tenant runs more than its `max_concurrency` tasks on one worker: each
+//! acquire carries the room every known tenant has left, and any task over
+//! it is handed back (`worker/tenants.rs` explains the two layers). While
+//! some tenant is at its cap, a slot it frees interrupts the waiting acquire
+//! ([`Broker::interrupt`]), so its queued tasks start at once even though the
+//! acquire was waiting for other tenants' work.
+//!
+//! Shutdown (the `shutdown` future resolves, e.g. on SIGINT/SIGTERM): fetch
+//! stops taking tasks first; tasks in flight get `shutdown_grace` to finish,
+//! with heartbeats still running so their leases hold; whatever is still
+//! running then is aborted and handed back (`Outcome::Release`) from its last
+//! checkpoint; the acker flushes; only then do heartbeat and maintenance stop.
+//! A worker killed outright loses nothing either: its leases expire and
+//! another worker's maintenance returns the tasks to pending.
+
+mod executor;
+mod heartbeat;
+mod maintenance;
+mod retry;
+mod tenants;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+
+pub use retry::RetryPolicy;
+
+use corral_client::broker::{
+    AcquireRequest, Broker, BrokerError, Lease, Leased, Outcome, WorkerId,
+};
+use corral_core::task::{DEFAULT_QUEUE, TaskId};
+use corral_registry::registry::Registry;
+use executor::Runner;
+use tenants::TenantSlots;
+
+/// How long a busy fetch loop waits for more free slots before it asks the
+/// broker, so it fetches batches (see the fetch loop).
+const BATCH_WAIT: Duration = Duration::from_millis(1);
+
+/// Tasks this worker is running: their lease and a handle to abort them.
+pub(crate) type InFlight = Arc<Mutex<HashMap<TaskId, (Lease, AbortHandle)>>>;
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's identity on its leases.
+    pub id: WorkerId,
+    /// Queues to take tasks from.
+    pub queues: Vec<String>,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// How long a lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// How often leases are extended; well under `lease`.
+    pub heartbeat_every: Duration,
+    /// How long one idle acquire waits for work before it asks again (the
+    /// wait ends early at shutdown and when a capped tenant frees a slot).
+    pub block_for: Duration,
+    /// How often the maintenance pass runs.
+    pub maintain_every: Duration,
+    /// How long tasks in flight may finish after shutdown is asked.
+    pub shutdown_grace: Duration,
+    /// Backoff for retryable failures.
+    pub retry: RetryPolicy,
+    /// Most outcomes sent to the broker in one call.
+    pub ack_batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            id: default_worker_id(),
+            queues: vec![DEFAULT_QUEUE.to_owned()],
+            concurrency: 16,
+            lease: Duration::from_secs(30),
+            heartbeat_every: Duration::from_secs(10),
+            block_for: Duration::from_secs(1),
+            maintain_every: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            ack_batch: 256,
+        }
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in logs.
+pub fn default_worker_id() -> WorkerId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// What a worker did, counted as outcomes reach the broker.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Tasks completed.
+    pub completed: AtomicU64,
+    /// Tasks sent back for a retry.
+    pub retried: AtomicU64,
+    /// Tasks sent to the dead set.
+    pub dead: AtomicU64,
+    /// Tasks handed back at shutdown.
+    pub released: AtomicU64,
+    /// Tasks abandoned because their lease was lost.
+    pub lost: AtomicU64,
+}
+
+impl WorkerStats {
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Completed(_) => &self.completed,
+            Outcome::Retry { .. } => &self.retried,
+            Outcome::Dead(_) => &self.dead,
+            Outcome::Release => &self.released,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs tasks from a broker through the registry's handlers.
+///
+/// ```no_run
+/// use corral_client::EmbeddedBroker;
+/// use corral_registry::Registry;
+/// use corral_sandbox::{Sandbox, SandboxConfig};
+/// use corral_worker::{Worker, WorkerConfig};
+///
+/// # async fn demo() -> anyhow::Result<()> {
+/// let registry = Registry::new(Sandbox::new(SandboxConfig::default())?);
+/// registry.register_files("default", "pipeline", &["jobs/dist/normalize.wasm"], Default::default()).await?;
+/// let worker = Worker::new(EmbeddedBroker::new(), registry, WorkerConfig::default());
+/// worker.run(corral_worker::shutdown_signal()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Worker<B> {
+    runner: Arc<Runner<B>>,
+    broker: Arc<B>,
+    config: WorkerConfig,
+    stats: Arc<WorkerStats>,
+}
+
+impl<B: Broker + Clone> Worker<B> {
+    /// A worker taking tasks from `broker` and running them with `registry`.
+    pub fn new(broker: B, registry: Registry, config: WorkerConfig) -> Self {
+        let runner = Arc::new(Runner {
+            broker: broker.clone(),
+            registry,
+            retry: config.retry,
+        });
+        Self {
+            runner,
+            broker: Arc::new(broker),
+            config,
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+
+    /// Live counters; readable while the worker runs.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then shuts down as the module docs
+    /// describe. Returns an error only if the broker fails at startup-critical
+    /// points; transient broker errors are logged and retried.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), BrokerError> {
+        let cfg = &self.config;
+        let concurrency = cfg.concurrency.max(1);
+        let in_flight: InFlight = Arc::default();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Lease, Outcome)>();
+
+        let acker = tokio::spawn(acker(
+            self.broker.clone(),
+            ack_rx,
+            cfg.ack_batch.max(1),
+            self.stats.clone(),
+        ));
+        let beats = tokio::spawn(heartbeat::run(
+            self.broker.clone(),
+            in_flight.clone(),
+            cfg.lease,
+            cfg.heartbeat_every,
+            stop_rx.clone(),
+        ));
+        let upkeep = tokio::spawn(maintenance::run(
+            self.broker.clone(),
+            cfg.maintain_every,
+            stop_rx,
+        ));
+
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut tasks = JoinSet::new();
+        let request = AcquireRequest {
+            queues: cfg.queues.clone(),
+            worker: cfg.id.clone(),
+            max: concurrency,
+            lease_for: cfg.lease,
+            block_for: cfg.block_for,
+            tenant_room: HashMap::new(),
+        };
+        let tenant_slots = TenantSlots::default();
+        tracing::info!(worker = %cfg.id, queues = ?cfg.queues, concurrency, "worker started");
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(50);
+        // Set once `shutdown` has resolved (it must not be polled again).
+        let mut stopping = false;
+        'fetch: loop {
+            if stopping {
+                break 'fetch;
+            }
+            // Reap finished runners so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                biased;
+                _ = &mut shutdown => break 'fetch,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break 'fetch,
+                },
+            };
+            let mut permits = first;
+            // Busy (tasks in flight): give a few more slots a moment to free
+            // up, so one broker round trip fetches a batch rather than a
+            // task or two. Idle: ask at once, latency first.
+            let running = concurrency.saturating_sub(slots.available_permits() + 1);
+            if running > 0 {
+                let want = (concurrency / 4).clamp(1, running) as u32;
+                let more = slots.clone().acquire_many_owned(want);
+                if let Ok(Ok(more)) = tokio::time::timeout(BATCH_WAIT, more).await {
+                    permits.merge(more);
+                }
+            }
+            let extra = slots.available_permits();
+            if extra > 0
+                && let Ok(more) = slots.clone().try_acquire_many_owned(extra as u32)
+            {
+                permits.merge(more);
+            }
+            let tenant_room = tenant_slots.room(&self.runner.registry).await;
+            let capped = tenant_room.values().any(|&room| room == 0);
+            let req = AcquireRequest {
+                max: permits.num_permits(),
+                tenant_room,
+                ..request.clone()
+            };
+            // An acquire is never cancelled halfway (a backend may already
+            // have moved the tasks); it returns within `block_for`, or
+            // earlier when interrupted: at shutdown, or when a tenant at its
+            // cap frees a slot.
+            let freed = capped.then(|| tenant_slots.freed());
+            let (result, stop) =
+                acquire_interruptible(&*self.broker, &req, freed, shutdown.as_mut()).await;
+            stopping = stop;
+            let leased = match result {
+                Ok(leased) => {
+                    backoff = Duration::from_millis(50);
+                    leased
+                }
+                Err(_) if stopping => break 'fetch,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "acquire failed; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => break 'fetch,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if capped && leased.is_empty() && !stopping {
+                // Most likely a capped tenant freed a slot: let a few more
+                // free up, so the next call fetches a batch of its tasks
+                // rather than one.
+                drop(permits);
+                tokio::time::sleep(BATCH_WAIT).await;
+                continue;
+            }
+            for leased in leased {
+                let Some(permit) = permits.split(1) else {
+                    // More tasks than asked for: hand the extra back.
+                    let _ = ack_tx.send((leased.lease, Outcome::Release));
+                    continue;
+                };
+                let tenant = &leased.lease.tenant;
+                let cap = tenant_slots.cap(&self.runner.registry, tenant).await;
+                let Some(slot) = tenant_slots.try_start(tenant, cap) else {
+                    // The tenant is at its cap here (one batch brought more of
+                    // its tasks than it has slots): hand the task back
+                    // untouched for another worker or a later call.
+                    let _ = ack_tx.send((leased.lease, Outcome::Release));
+                    continue;
+                };
+                let runner = self.runner.clone();
+                let ack_tx = ack_tx.clone();
+                let map = in_flight.clone();
+                let Leased { lease, task } = leased;
+                let id = lease.task_id;
+                let mut guard = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                let held = lease.clone();
+                // Boxed: the runner's future is large, and tokio would copy
+                // it whole into every task it spawns.
+                let run = Box::pin(async move {
+                    let result = runner.run(&lease, task).await;
+                    (lease, result)
+                });
+                let abort = tasks.spawn(async move {
+                    let (lease, result) = run.await;
+                    let still_ours = map
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&lease.task_id)
+                        .is_some();
+                    match result {
+                        Ok(outcome) if still_ours => {
+                            let _ = ack_tx.send((lease, outcome));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(task = %lease.task_id, error = %e, "task abandoned")
+                        }
+                    }
+                    drop(slot);
+                    drop(permit);
+                });
+                guard.insert(id, (held, abort));
+            }
+        }
+
+        tracing::info!(in_flight = tasks.len(), "shutting down: no new tasks");
+        let grace = tokio::time::sleep(cfg.shutdown_grace);
+        tokio::pin!(grace);
+        while !tasks.is_empty() {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = &mut grace => break,
+            }
+        }
+        let unfinished: Vec<(Lease, AbortHandle)> = in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        for (lease, abort) in unfinished {
+            abort.abort();
+            tracing::info!(task = %lease.task_id, "handing back unfinished task");
+            let _ = ack_tx.send((lease, Outcome::Release));
+        }
+        tasks.shutdown().await;
+        drop(ack_tx);
+        let _ = acker.await;
+        let _ = stop_tx.send(true);
+        let _ = beats.await;
+        let _ = upkeep.await;
+        tracing::info!(worker = %cfg.id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// Acquires, and asks the broker to end the wait early when `shutdown`
+/// resolves or (while some tenant is at its cap) when `freed` says a capped
+/// tenant freed a slot, so its queued tasks need not wait for `block_for`.
+/// Returns the acquire's result and whether `shutdown` resolved.
+async fn acquire_interruptible<B: Broker>(
+    broker: &B,
+    req: &AcquireRequest,
+    freed: Option<&Notify>,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> (Result<Vec<Leased>, BrokerError>, bool) {
+    let done = Notify::new();
+    let acquire = async {
+        let result = broker.acquire(req).await;
+        done.notify_one();
+        result
+    };
+    let watch = async {
+        let freed = async {
+            match freed {
+                Some(freed) => freed.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = done.notified() => false,
+            _ = shutdown => {
+                broker.interrupt(&req.worker).await;
+                true
+            }
+            _ = freed => {
+                broker.interrupt(&req.worker).await;
+                false
+            }
+        }
+    };
+    tokio::join!(acquire, watch)
+}
+
+/// Sends outcomes to the broker in batches; retries a failed batch so no
+/// outcome is dropped while the broker is briefly away.
+async fn acker<B: Broker>(
+    broker: Arc<B>,
+    mut rx: mpsc::UnboundedReceiver<(Lease, Outcome)>,
+    batch: usize,
+    stats: Arc<WorkerStats>,
+) {
+    let mut buf = Vec::with_capacity(batch);
+    while rx.recv_many(&mut buf, batch).await > 0 {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match broker.ack(&buf).await {
+                Ok(results) => {
+                    for ((lease, outcome), result) in buf.iter().zip(results) {
+                        match result {
+                            Ok(()) => stats.count(outcome),
+                            Err(e) => {
+                                stats.lost.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(task = %lease.task_id, error = %e, "outcome refused");
+                            }
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "ack failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        buf.clear();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,349 @@
+//! The `corral` command line: subcommands over the library's public API.
+//!
+//! Each subcommand is a thin layer: parse arguments, build the pieces
+//! (sandbox, registry, broker, worker, client), print results. Nothing here
+//! is needed to embed Corral in an application.
+
+mod bench_e2e;
+pub mod bench_sandbox;
+mod broker_cmds;
+mod jobs;
+pub mod sandbox_args;
+mod secret;
+mod serve;
+mod tenants;
+mod units;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::broker::EmbeddedBroker;
+use crate::client::Client;
+use crate::registry::Registry;
+use crate::sandbox::{Limits, Sandbox};
+use crate::task::{DEFAULT_TENANT, Task, TaskState, parse_arg_pairs};
+use crate::worker::{Worker, WorkerConfig};
+
+pub use units::parse_duration;
+use units::{parse_mib, parse_millis};
+
+/// Corral: run sandboxed, metered WebAssembly job handlers from a task queue.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Compiled-component caches and compile bounds.
+    #[command(flatten)]
+    pub sandbox: sandbox_args::SandboxOptions,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register the example jobs, enqueue tasks, run a worker on the embedded
+    /// broker, and print every task's result.
+    Demo(DemoArgs),
+    /// Run one job, given as its handler files in chain order, on the given
+    /// args, and print the result.
+    Run(RunArgs),
+    /// Measure Corral and print the figures, one per line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run a worker on a shared (Redis) broker until SIGINT/SIGTERM.
+    Worker(broker_cmds::WorkerArgs),
+    /// Put a task into a shared (Redis) broker and print its id.
+    Enqueue(broker_cmds::EnqueueArgs),
+    /// Show a task stored in a shared (Redis) broker.
+    Status(broker_cmds::StatusArgs),
+    /// Wait until a task completes or dies, then show it; exits non-zero
+    /// unless it completed.
+    Wait(broker_cmds::WaitArgs),
+    /// Serve the HTTP API (with in-process workers); see `cli/serve.rs`.
+    Serve(serve::ServeArgs),
+    /// Manage tenants in the Redis catalog.
+    Tenants(tenants::TenantsArgs),
+    /// Register and list a tenant's jobs in the Redis catalog.
+    Jobs(jobs::JobsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The sandbox: per-task overhead, native baseline, compile and cached
+    /// load times, fuel metering cost, resident memory over many tasks.
+    Sandbox(bench_sandbox::SandboxBenchArgs),
+    /// End to end through Redis with one worker process: throughput, single
+    /// and bulk enqueue rates, enqueue-to-start latency, worker memory.
+    E2e(bench_e2e::E2eArgs),
+}
+
+#[derive(Debug, Args)]
+struct SandboxArgs {
+    /// Fuel per handler call.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory per handler instance, in MiB.
+    #[arg(long = "memory-mib", value_name = "MIB", value_parser = parse_mib)]
+    memory_bytes: Option<u64>,
+    /// Wall-clock time per handler call, e.g. `500ms`, `10s`.
+    #[arg(long = "timeout", value_name = "DURATION", value_parser = parse_millis)]
+    timeout_ms: Option<u64>,
+}
+
+impl SandboxArgs {
+    fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(fuel) = self.fuel {
+            limits.fuel = fuel;
+        }
+        if let Some(bytes) = self.memory_bytes {
+            limits.memory_bytes = bytes;
+        }
+        if let Some(ms) = self.timeout_ms {
+            limits.timeout_ms = ms;
+        }
+        limits
+    }
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Where the built example jobs are (`jobs/build.sh` puts them there).
+    #[arg(long, env = "CORRAL_JOBS_DIR", default_value = "jobs/dist")]
+    jobs_dir: PathBuf,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Handler components, in chain order.
+    #[arg(required = true)]
+    handlers: Vec<PathBuf>,
+    /// An arg as `key=value`; the value is parsed as JSON when it parses.
+    #[arg(short, long = "arg")]
+    args: Vec<String>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// Sets up tracing to stderr, one line per event: every field value and
+/// message is written inert ([`crate::sandbox::InertFields`]), whatever text a
+/// guest or tenant put in it.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .fmt_fields(crate::sandbox::InertFields)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.sandbox.install();
+    match cli.command {
+        Command::Demo(args) => demo(args).await,
+        Command::Run(args) => run_job(args).await,
+        Command::Bench(BenchCommand::Sandbox(args)) => bench_sandbox::run(args).await,
+        Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args).await,
+        Command::Worker(args) => broker_cmds::worker(args).await,
+        Command::Enqueue(args) => broker_cmds::enqueue(args).await,
+        Command::Status(args) => broker_cmds::status(args).await,
+        Command::Wait(args) => broker_cmds::wait(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Tenants(args) => tenants::run(args).await,
+        Command::Jobs(args) => jobs::run(args).await,
+    }
+}
+
+fn job_file(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.wasm"));
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the example jobs first with `jobs/build.sh`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.jobs_dir;
+    let registry = Registry::new(Sandbox::new(sandbox_args::sandbox_config())?);
+    let tenant = DEFAULT_TENANT;
+    let quick = Limits {
+        timeout_ms: 2_000,
+        ..Limits::default()
+    };
+    let chains: [(&str, &[&str], Limits); 3] = [
+        (
+            "text-stats",
+            &["normalize", "count_words", "top_k"],
+            Limits::default(),
+        ),
+        ("always-fails", &["fail"], Limits::default()),
+        (
+            "runaway",
+            &["spin"],
+            Limits {
+                fuel: 50_000_000,
+                ..quick
+            },
+        ),
+    ];
+    for (name, handlers, limits) in chains {
+        let files = handlers
+            .iter()
+            .map(|h| job_file(dir, h))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let def = registry
+            .register_files(tenant, name, &files, limits)
+            .await
+            .with_context(|| format!("registering job `{name}`"))?;
+        println!(
+            "registered job {name} v{}: {}",
+            def.version,
+            handlers.join(" -> ")
+        );
+    }
+
+    let broker = EmbeddedBroker::new();
+    let client = Client::new(broker.clone());
+    let texts = [
+        "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs!",
+        "To be, or not to be, that is the question.",
+        "Corral runs every handler in a fresh WebAssembly sandbox: fuel, memory and time, metered.",
+        "It was the best of times, it was the worst of times, it was the age of wisdom.",
+    ];
+    let mut tasks: Vec<Task> = Vec::new();
+    for text in texts {
+        tasks.push(
+            client
+                .task("text-stats")
+                .arg("text", text)?
+                .arg("k", &3)?
+                .build(),
+        );
+    }
+    tasks.push(
+        client
+            .task("always-fails")
+            .arg("kind", "retryable")?
+            .arg("message", "upstream unavailable")?
+            .max_attempts(2)
+            .build(),
+    );
+    tasks.push(client.task("runaway").max_attempts(1).build());
+    tasks.push(client.task("no-such-job").build());
+    let ids = client.enqueue_many(tasks).await?;
+    println!("enqueued {} tasks\n", ids.len());
+
+    let config = WorkerConfig {
+        concurrency: args.concurrency,
+        retry: crate::worker::RetryPolicy {
+            base: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(broker, registry, config);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let mut failures = 0;
+    for id in &ids {
+        let task = client.wait(tenant, *id, Duration::from_secs(60)).await?;
+        print_task(&task);
+        if task.state != TaskState::Completed && task.job_name == "text-stats" {
+            failures += 1;
+        }
+    }
+    let _ = stop_tx.send(());
+    running.await??;
+    if failures > 0 {
+        bail!("{failures} text-stats task(s) did not complete");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_task(task: &Task) {
+    println!(
+        "task {} job={} state={} attempts={}/{}",
+        task.task_id, task.job_name, task.state, task.attempt, task.max_attempts
+    );
+    if !task.result_log.is_empty() {
+        println!("  result log:");
+        for line in task.result_log.lines() {
+            println!("    {line}");
+        }
+    }
+    if let Some(error) = &task.error {
+        println!("  error: {error}");
+    }
+    let args = serde_json::to_string(&task.args_map).unwrap_or_default();
+    println!("  final args: {args}");
+    if !task.log.is_empty() {
+        println!("  guest output:");
+        for line in task.log.lines() {
+            println!("    {line}");
+        }
+    }
+    println!();
+}
+
+async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let registry = Registry::new(Sandbox::new(sandbox_args::sandbox_config())?);
+    let limits = args.sandbox.limits();
+    registry
+        .register_files(DEFAULT_TENANT, "local", &args.handlers, limits)
+        .await?;
+    let broker = EmbeddedBroker::new();
+    let client = Client::new(broker.clone());
+    let task = client
+        .task("local")
+        .args(parse_arg_pairs(args.args.iter().map(String::as_str))?)
+        .max_attempts(1)
+        .build();
+    let id = client.enqueue(task).await?;
+    let worker = Worker::new(
+        broker,
+        registry,
+        WorkerConfig {
+            concurrency: 1,
+            ..Default::default()
+        },
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let wait_for =
+        Duration::from_millis(limits.timeout_ms.saturating_mul(args.handlers.len() as u64))
+            + Duration::from_secs(30);
+    let task = client.wait(DEFAULT_TENANT, id, wait_for).await?;
+    let _ = stop_tx.send(());
+    running.await??;
+    print_task(&task);
+    Ok(if task.state == TaskState::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
