@@ -276,7 +276,7 @@ queue_args=()
 for (( q = 0; q < queues; q++ )); do queue_args+=(--queue "crash-$q"); done
 start_worker() { # slot
     started_workers=$(( started_workers + 1 ))
-    RUST_LOG=warn,corral::worker::executor=debug NO_COLOR=1 CORRAL_CACHE_DIR="$RUN/cache" \
+    RUST_LOG=warn,corral_worker::executor=debug NO_COLOR=1 CORRAL_CACHE_DIR="$RUN/cache" \
         "$BIN" worker --redis "$URL" --prefix "$PREFIX" "${queue_args[@]}" \
         --concurrency "$concurrency" --lease "$lease" --shutdown-grace 2s \
         </dev/null >/dev/null 2>"$RUN/logs/worker-$started_workers.log" &

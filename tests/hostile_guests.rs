@@ -57,7 +57,7 @@ fn sandbox() -> Sandbox {
 
 fn job_path(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../jobs/dist")
+        .join("../../jobs/dist")
         .join(format!("{name}.wasm"));
     assert!(
         path.exists(),

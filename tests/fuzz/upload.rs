@@ -74,7 +74,7 @@ fn wasm_of(wat: &str) -> Vec<u8> {
 fn real_components() -> &'static [(String, Vec<u8>)] {
     static REAL: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
     REAL.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../jobs/dist");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../jobs/dist");
         let mut found: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("{dir}: {e}; run jobs/build.sh before the tests"))
             .filter_map(|entry| entry.ok().map(|e| e.path()))

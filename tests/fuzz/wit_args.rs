@@ -54,7 +54,7 @@ fn sandbox() -> &'static Sandbox {
 }
 
 fn noop() -> Arc<LoadedHandler> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../jobs/dist/noop.wasm");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../jobs/dist/noop.wasm");
     let bytes = std::fs::read(path)
         .unwrap_or_else(|e| panic!("{path}: {e}; run jobs/build.sh before the tests"));
     sandbox().load(&bytes).expect("noop.wasm loads")

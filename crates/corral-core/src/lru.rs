@@ -122,6 +122,11 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
         self.lock().map.len()
     }
 
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().map.is_empty()
+    }
+
     /// Total weight held.
     #[cfg(test)]
     pub fn weight(&self) -> u64 {

@@ -21,7 +21,7 @@ use corral::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let jobs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../jobs/dist");
+    let jobs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../jobs/dist");
     let chain: Vec<PathBuf> = ["normalize", "count_words", "top_k"]
         .iter()
         .map(|name| jobs.join(format!("{name}.wasm")))

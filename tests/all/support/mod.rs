@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 /// The folder `jobs/build.sh` writes components to.
 pub fn jobs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../jobs/dist")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../jobs/dist")
 }
 
 /// A built job component; fails the test with a clear message when missing.

@@ -301,7 +301,7 @@ impl WorkerProcess {
             .arg("--jobs-dir")
             .arg(super::jobs_dir())
             .args(extra)
-            .env("RUST_LOG", "warn,corral::worker::executor=debug")
+            .env("RUST_LOG", "warn,corral_worker::executor=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -161,6 +161,7 @@ impl Target {
 /// Idle connections for blocking waits. A connection goes back only after
 /// its wait finished normally: one whose wait was cut short may still be
 /// blocked on the server.
+#[derive(Default)]
 pub struct BlockingPool {
     idle: Mutex<Vec<Conn>>,
 }
