@@ -1,8 +1,12 @@
-//! Reading a tenant's tasks across its queues: counts for the API's
-//! `max_queued` check and `/v1/stats`, and lists for `/v1/tasks` and the
-//! dashboard.
+//! Reading tasks back: [`Broker::task`](crate::broker::Broker::task), [`Broker::stats`](crate::broker::Broker::stats) and
+//! [`Broker::dead`](crate::broker::Broker::dead) on Redis (`lua/read.lua`, `lua/stats.lua`,
+//! `lua/dead.lua`), and a tenant's tasks across its queues: counts for the
+//! API's `max_queued` check and `/v1/stats`, and lists for `/v1/tasks` and
+//! the dashboard.
 //!
-//! A tenant's queues come from its queue set (at most its `max_queues`);
+//! [`Broker::task`](crate::broker::Broker::task) gets a tenant and an id but no queue: the record is
+//! looked for in each of the tenant's queues, read concurrently (see the
+//! parent module). A tenant's queues come from its queue set (at most its `max_queues`);
 //! each queue is read on its own and concurrently. Lists take, from each
 //! state's set, its `limit` most recent ids (pending: the newest end of the
 //! list; the sorted sets: highest score), read those records with the same
@@ -17,10 +21,12 @@ use std::collections::BTreeSet;
 
 use futures_util::future::join_all;
 
-use super::conn::unavailable;
-use super::{RedisBroker, record, scripts};
+use super::conn::{Conn, unavailable};
+use super::keys::QueueKeys;
+use super::record::{self, RawRecord, assemble, from_micros};
+use super::{AttemptInfo, RedisBroker, scripts};
 use crate::broker::{BrokerError, QueueStats, TaskQuery};
-use corral_core::task::{Task, TaskId, TaskState};
+use corral_core::task::{DEFAULT_QUEUE, Task, TaskId, TaskState};
 use corral_core::text::Inert;
 
 impl RedisBroker {
@@ -145,5 +151,123 @@ impl RedisBroker {
             }
         }
         Ok(out)
+    }
+}
+
+impl RedisBroker {
+    /// When and by whom the task's latest attempt started; `None` if the
+    /// task is not known. (For latency measurements and status pages.)
+    pub async fn attempt_info(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<Option<AttemptInfo>, BrokerError> {
+        let Some((_, _, record)) = self.find(tenant, id).await? else {
+            return Ok(None);
+        };
+        let meta = record::Meta::parse(&record.meta).map_err(|reason| BrokerError::Corrupt {
+            op: "attempt_info",
+            reason,
+        })?;
+        Ok(Some(AttemptInfo {
+            token: meta.token,
+            started_at: meta.started_us.map(from_micros),
+            worker: meta.worker,
+        }))
+    }
+
+    /// CPU seconds (user + system) the Redis server has used since it
+    /// started, from `INFO cpu`; `None` on a cluster (one figure would not
+    /// cover all nodes) or when the server does not say. For benchmarks.
+    pub async fn server_cpu_seconds(&self) -> Result<Option<f64>, BrokerError> {
+        if matches!(self.inner.conn, Conn::Cluster(_)) {
+            return Ok(None);
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("server_cpu_seconds", e))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        Ok(field("used_cpu_user:")
+            .zip(field("used_cpu_sys:"))
+            .map(|(u, s)| u + s))
+    }
+
+    /// [`Broker::task`](crate::broker::Broker::task) on Redis.
+    pub(super) async fn read_task(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<Option<Task>, BrokerError> {
+        let Some((queue, _, record)) = self.find(tenant, id).await? else {
+            return Ok(None);
+        };
+        match assemble(id, tenant, &queue, &record) {
+            Ok(a) => Ok(Some(a.task)),
+            Err(record::AssembleError::Corrupt(reason)) => {
+                Err(BrokerError::Corrupt { op: "task", reason })
+            }
+        }
+    }
+
+    /// [`Broker::stats`](crate::broker::Broker::stats) on Redis.
+    pub(super) async fn queue_stats(
+        &self,
+        tenant: &str,
+        queue: &str,
+    ) -> Result<QueueStats, BrokerError> {
+        scripts::stats(&mut self.conn(), &self.keys(tenant, queue)).await
+    }
+
+    /// [`Broker::dead`](crate::broker::Broker::dead) on Redis.
+    pub(super) async fn dead_tasks(
+        &self,
+        tenant: &str,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<Task>, BrokerError> {
+        let records = scripts::dead(&mut self.conn(), &self.keys(tenant, queue), limit).await?;
+        let mut out = Vec::with_capacity(records.len());
+        for (id, record) in records {
+            let Ok(task_id) = id.parse::<TaskId>() else {
+                tracing::warn!(tenant, queue, id = %Inert(&id), "dead set holds an id that is not a task id");
+                continue;
+            };
+            match assemble(task_id, tenant, queue, &record) {
+                Ok(a) => out.push(a.task),
+                Err(record::AssembleError::Corrupt(reason)) => {
+                    tracing::warn!(tenant, queue, task = %task_id, reason = %Inert(&reason), "unreadable dead record")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds the record of `id` among `tenant`'s queues (those in its queue
+    /// set, and the default queue, where raw pushes need no registration).
+    pub(super) async fn find(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<Option<(String, QueueKeys, RawRecord)>, BrokerError> {
+        let mut queues = self.tenant_queue_names("task", tenant).await?;
+        queues.insert(DEFAULT_QUEUE.to_owned());
+        let reads = join_all(queues.iter().map(|q| async move {
+            let keys = self.keys(tenant, q);
+            let record = scripts::read(&mut self.conn(), &keys, id).await?;
+            Ok::<_, BrokerError>(record.map(|r| (q.clone(), keys, r)))
+        }))
+        .await;
+        for read in reads {
+            if let Some(found) = read? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 }

@@ -5,8 +5,9 @@
 //! is prepended to each. Every script names every key it touches in
 //! `KEYS[]`, and all of them belong to one tenant (one hash tag), so each
 //! script runs on one Redis Cluster node. The wrappers below build the
-//! invocation, turn the reply into Rust types and the return codes into
-//! [`BrokerError`] variants; a reply of the wrong shape is
+//! invocation, turn the reply into Rust types (read with
+//! [`reply`](super::reply), the one place replies are parsed) and the
+//! return codes into [`BrokerError`] variants; a reply of the wrong shape is
 //! [`BrokerError::Corrupt`], never a panic.
 //!
 //! `EVALSHA` is used, falling back to loading the script when the server
@@ -19,6 +20,7 @@ use redis::{Script, Value};
 use super::conn::{Conn, reachable, unavailable};
 use super::keys::{QueueKeys, TenantKeys};
 use super::record::RawRecord;
+use super::reply::{self, Reply};
 use crate::broker::{BrokerError, QueueStats, TenantQuota};
 use corral_core::task::TaskId;
 
@@ -69,53 +71,6 @@ async fn run(
         }
         Err(e) => Err(unavailable(op, e)),
     }
-}
-
-fn corrupt(op: &'static str, what: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Corrupt {
-        op,
-        reason: format!("unexpected reply from Redis: {what}"),
-    }
-}
-
-fn array(op: &'static str, v: Value) -> Result<Vec<Value>, BrokerError> {
-    match v {
-        Value::Array(items) | Value::Set(items) => Ok(items),
-        other => Err(corrupt(op, format!("expected an array, got {other:?}"))),
-    }
-}
-
-fn int(op: &'static str, v: &Value) -> Result<i64, BrokerError> {
-    match v {
-        Value::Int(n) => Ok(*n),
-        Value::BulkString(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| corrupt(op, "expected an integer")),
-        Value::SimpleString(s) => s.parse().map_err(|_| corrupt(op, "expected an integer")),
-        other => Err(corrupt(op, format!("expected an integer, got {other:?}"))),
-    }
-}
-
-fn opt_bytes(op: &'static str, v: Value) -> Result<Option<Vec<u8>>, BrokerError> {
-    match v {
-        Value::Nil => Ok(None),
-        Value::BulkString(b) => Ok(Some(b)),
-        Value::SimpleString(s) => Ok(Some(s.into_bytes())),
-        other => Err(corrupt(op, format!("expected a string, got {other:?}"))),
-    }
-}
-
-fn bytes(op: &'static str, v: Value) -> Result<Vec<u8>, BrokerError> {
-    opt_bytes(op, v)?.ok_or_else(|| corrupt(op, "expected a string, got nil"))
-}
-
-fn string(op: &'static str, v: Value) -> Result<String, BrokerError> {
-    String::from_utf8(bytes(op, v)?).map_err(|_| corrupt(op, "expected UTF-8 text"))
-}
-
-fn count(op: &'static str, v: &Value) -> Result<usize, BrokerError> {
-    usize::try_from(int(op, v)?).map_err(|_| corrupt(op, "expected a count"))
 }
 
 /// One task for [`enqueue`].
@@ -191,24 +146,20 @@ pub async fn enqueue(
     if let Some(wake) = wake {
         inv.key(wake.key).arg(wake.token).arg(wake.keep);
     }
-    let reply = array(OP, run(OP, conn, &inv).await?)?;
-    let mut it = reply.into_iter();
-    let (Some(code), Some(detail)) = (it.next(), it.next()) else {
-        return Err(corrupt(OP, "short reply"));
-    };
-    match int(OP, &code)? {
-        0 => count(OP, &detail),
-        1 => {
-            let id = string(OP, detail)?;
-            let task_id = id.parse().map_err(|_| corrupt(OP, "bad duplicate id"))?;
-            Err(BrokerError::Duplicate { op: OP, task_id })
-        }
+    // {code, detail}: what the detail is depends on the code.
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    match reply.int()? {
+        0 => reply.count(),
+        1 => Err(BrokerError::Duplicate {
+            op: OP,
+            task_id: reply.task_id()?,
+        }),
         2 => Err(BrokerError::Full {
             op: OP,
             reason: format!(
                 "queue `{}` holds {} tasks; {} more would pass its bound of {max_queued_in_queue}",
                 keys.name,
-                count(OP, &detail)?,
+                reply.count()?,
                 items.len()
             ),
         }),
@@ -216,7 +167,7 @@ pub async fn enqueue(
             op: OP,
             reason: crate::broker::quota_full(
                 bounds.tenant,
-                count(OP, &detail)? as u64,
+                reply.count()? as u64,
                 items.len() as u64,
                 quota.max_queued,
             ),
@@ -225,12 +176,12 @@ pub async fn enqueue(
             op: OP,
             reason: crate::broker::too_many_queues(
                 bounds.tenant,
-                count(OP, &detail)?,
+                reply.count()?,
                 &keys.name,
                 quota.max_queues,
             ),
         }),
-        other => Err(corrupt(OP, format!("unknown code {other}"))),
+        other => Err(reply.corrupt(format!("unknown code {other}"))),
     }
 }
 
@@ -302,33 +253,20 @@ pub async fn acquire(
     for id in args.fresh {
         inv.arg(id);
     }
-    let reply = array(OP, run(OP, conn, &inv).await?)?;
-    if reply.len() < 4 {
-        return Err(corrupt(OP, "short reply"));
-    }
-    let mut it = reply.into_iter();
-    let mut next = || it.next().ok_or_else(|| corrupt(OP, "short reply"));
-    let promoted = count(OP, &next()?)?;
-    let pending_left = count(OP, &next()?)?;
-    let next_due_us = match next()? {
-        Value::Nil => None,
-        v => {
-            let text = string(OP, v)?;
-            // Scores come back as decimal text; an integral score may carry
-            // an exponent or a fraction, so parse as a float.
-            let due: f64 = text.parse().map_err(|_| corrupt(OP, "bad due time"))?;
-            Some(due as i64)
-        }
-    };
-    let n = count(OP, &next()?)?;
-    let mut leased = Vec::with_capacity(n);
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    let promoted = reply.count()?;
+    let pending_left = reply.count()?;
+    let next_due_us = reply.opt_score()?;
+    let n = reply.count()?;
+    // Six values per task: never reserve more than the reply holds.
+    let mut leased = Vec::with_capacity(n.min(reply.remaining() / 6));
     for _ in 0..n {
-        let id = string(OP, next()?)?;
-        let meta = bytes(OP, next()?)?;
-        let task = opt_bytes(OP, next()?)?;
-        let progress = opt_bytes(OP, next()?)?;
-        let error = opt_bytes(OP, next()?)?;
-        let code = int(OP, &next()?)?;
+        let id = reply.string()?;
+        let meta = reply.bytes()?;
+        let task = reply.opt_bytes()?;
+        let progress = reply.opt_bytes()?;
+        let error = reply.opt_bytes()?;
+        let code = reply.int()?;
         leased.push(Acquired {
             id,
             record: RawRecord {
@@ -367,11 +305,7 @@ pub async fn update(
         .arg(now_us)
         .arg(handler)
         .arg(checkpoint_json);
-    match int(OP, &run(OP, conn, &inv).await?)? {
-        0 => Ok(true),
-        1 => Ok(false),
-        other => Err(corrupt(OP, format!("unknown code {other}"))),
-    }
+    reply::held(OP, &run(OP, conn, &inv).await?)
 }
 
 /// How one leased task finishes, as [`ack`] sends it.
@@ -447,21 +381,9 @@ pub async fn ack(
             None => inv.arg(""),
         };
     }
-    let codes = array(OP, run(OP, conn, &inv).await?)?;
-    if codes.len() != items.len() {
-        return Err(corrupt(
-            OP,
-            format!("{} codes for {} outcomes", codes.len(), items.len()),
-        ));
-    }
-    codes
-        .iter()
-        .map(|c| match int(OP, c)? {
-            0 => Ok(true),
-            1 => Ok(false),
-            other => Err(corrupt(OP, format!("unknown code {other}"))),
-        })
-        .collect()
+    // One code per outcome.
+    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, items.len())?;
+    items.iter().map(|_| reply.held()).collect()
 }
 
 /// Extends leases of one queue's tasks; returns the ids no longer held.
@@ -480,14 +402,9 @@ pub async fn heartbeat(
     for (id, token) in leases {
         inv.arg(id.to_string()).arg(*token);
     }
-    array(OP, run(OP, conn, &inv).await?)?
-        .into_iter()
-        .map(|v| {
-            string(OP, v)?
-                .parse()
-                .map_err(|_| corrupt(OP, "bad task id"))
-        })
-        .collect()
+    // The ids whose lease was lost.
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    (0..reply.remaining()).map(|_| reply.task_id()).collect()
 }
 
 /// What [`maintain`] sends.
@@ -541,19 +458,17 @@ pub async fn maintain(
     for keys in queues {
         inv.arg(&keys.name);
     }
-    let reply = array(OP, run(OP, conn, &inv).await?)?;
-    if reply.len() != 1 + 4 * queues.len() {
-        return Err(corrupt(OP, "reply of the wrong length"));
-    }
-    let more = int(OP, &reply[0])? != 0;
-    let per_queue = reply[1..]
-        .chunks(4)
-        .map(|c| {
+    // {more, then four counts per queue}.
+    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, 1 + 4 * queues.len())?;
+    let more = reply.flag()?;
+    let per_queue = queues
+        .iter()
+        .map(|_| {
             Ok(Maintained {
-                promoted: count(OP, &c[0])?,
-                recovered: count(OP, &c[1])?,
-                expired_dead: count(OP, &c[2])?,
-                trimmed: count(OP, &c[3])?,
+                promoted: reply.count()?,
+                recovered: reply.count()?,
+                expired_dead: reply.count()?,
+                trimmed: reply.count()?,
             })
         })
         .collect::<Result<Vec<_>, BrokerError>>()?;
@@ -573,17 +488,14 @@ pub async fn read(
         .key(&keys.progress)
         .key(&keys.error)
         .arg(id.to_string());
-    let reply = match run(OP, conn, &inv).await? {
-        Value::Nil => return Ok(None),
-        v => array(OP, v)?,
+    let Some(mut reply) = Reply::optional(OP, run(OP, conn, &inv).await?)? else {
+        return Ok(None);
     };
-    let mut it = reply.into_iter();
-    let mut next = || it.next().ok_or_else(|| corrupt(OP, "short reply"));
     Ok(Some(RawRecord {
-        task: opt_bytes(OP, next()?)?,
-        meta: bytes(OP, next()?)?,
-        progress: opt_bytes(OP, next()?)?,
-        error: opt_bytes(OP, next()?)?,
+        task: reply.opt_bytes()?,
+        meta: reply.bytes()?,
+        progress: reply.opt_bytes()?,
+        error: reply.opt_bytes()?,
     }))
 }
 
@@ -596,16 +508,13 @@ pub async fn stats(conn: &mut Conn, keys: &QueueKeys) -> Result<QueueStats, Brok
         .key(&keys.active)
         .key(&keys.completed)
         .key(&keys.dead);
-    let reply = array(OP, run(OP, conn, &inv).await?)?;
-    let [pending, scheduled, active, completed, dead] = reply.as_slice() else {
-        return Err(corrupt(OP, "reply of the wrong length"));
-    };
+    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, 5)?;
     Ok(QueueStats {
-        pending: count(OP, pending)?,
-        scheduled: count(OP, scheduled)?,
-        active: count(OP, active)?,
-        completed: count(OP, completed)?,
-        dead: count(OP, dead)?,
+        pending: reply.count()?,
+        scheduled: reply.count()?,
+        active: reply.count()?,
+        completed: reply.count()?,
+        dead: reply.count()?,
     })
 }
 
@@ -623,19 +532,18 @@ pub async fn dead(
         .key(&keys.progress)
         .key(&keys.error)
         .arg(limit);
-    let reply = array(OP, run(OP, conn, &inv).await?)?;
-    if reply.len() % 5 != 0 {
-        return Err(corrupt(OP, "reply of the wrong length"));
+    // Five values per record.
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    if reply.remaining() % 5 != 0 {
+        return Err(reply.corrupt("reply of the wrong length"));
     }
-    let mut out = Vec::with_capacity(reply.len() / 5);
-    let mut it = reply.into_iter();
-    while let Some(id) = it.next() {
-        let mut next = || it.next().ok_or_else(|| corrupt(OP, "short reply"));
-        let id = string(OP, id)?;
-        let task = opt_bytes(OP, next()?)?;
-        let meta = opt_bytes(OP, next()?)?;
-        let progress = opt_bytes(OP, next()?)?;
-        let error = opt_bytes(OP, next()?)?;
+    let mut out = Vec::with_capacity(reply.remaining() / 5);
+    while reply.remaining() > 0 {
+        let id = reply.string()?;
+        let task = reply.opt_bytes()?;
+        let meta = reply.opt_bytes()?;
+        let progress = reply.opt_bytes()?;
+        let error = reply.opt_bytes()?;
         // A dead id without metadata is a record damaged by hand; there is
         // nothing to show for it.
         if let Some(meta) = meta {
@@ -665,5 +573,5 @@ pub async fn purge(conn: &mut Conn, keys: &QueueKeys) -> Result<usize, BrokerErr
         .key(&keys.tenant.queued)
         .key(&keys.tenant.due)
         .arg(&keys.name);
-    count(OP, &run(OP, conn, &inv).await?)
+    reply::count(OP, &run(OP, conn, &inv).await?)
 }
