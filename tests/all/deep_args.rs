@@ -8,8 +8,6 @@
 //! ("corrupt record"). The guests here are tiny WAT components that return
 //! one arg, `deep`, nested to a depth drawn for the run.
 
-use std::time::Duration;
-
 use corral::Client;
 use corral::broker::{Broker, RedisBroker, RedisConfig};
 use corral::registry::{HandlerSpec, Registry};

@@ -40,9 +40,9 @@ fn over_cap(size: usize) -> bool {
     // A fixed buffer and one write: nothing here allocates.
     let mut line = [0u8; 160];
     let mut cursor = std::io::Cursor::new(&mut line[..]);
-    let _ = write!(
+    let _ = writeln!(
         cursor,
-        "fuzz: refused an allocation of {size} bytes in case CORRAL_FUZZ_SEED={:#018x}\n",
+        "fuzz: refused an allocation of {size} bytes in case CORRAL_FUZZ_SEED={:#018x}",
         CASE_SEED.load(Ordering::Relaxed)
     );
     let end = cursor.position() as usize;
