@@ -370,6 +370,11 @@ impl WorkerProcess {
         false
     }
 
+    /// Its process id (valid until it is reaped by `kill` or `stop`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
