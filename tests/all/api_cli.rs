@@ -20,7 +20,10 @@ use crate::support;
 
 fn corral() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_corral"));
-    cmd.env_remove("CORRAL_REDIS_URL")
+    // Compiled components stay in memory: never the user's cache directory.
+    cmd.arg("--no-disk-cache")
+        .env_remove("CORRAL_CACHE_DIR")
+        .env_remove("CORRAL_REDIS_URL")
         .env_remove("CORRAL_TOKEN")
         .stdin(Stdio::null())
         .kill_on_drop(true);

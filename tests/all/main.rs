@@ -13,6 +13,7 @@ mod compile;
 mod conformance;
 mod crash;
 mod deep_args;
+mod leases;
 mod quotas;
 mod redis_broker;
 mod tenants;

@@ -532,10 +532,12 @@ async fn a_capped_tenant_drains_without_waiting_on_the_redis_broker() {
     a_capped_tenant_drains_without_waiting(broker, catalog).await;
 }
 
-/// A tenant at its cap of 1 runs a 12 s task; its cap is then raised to 4.
-/// The worker reads the new cap within seconds although the tenant had no
-/// task leased meanwhile, so the three short tasks queued behind the long one
-/// finish while it still runs.
+/// A tenant at its cap of 1 runs a 30 s task (its deadline is 60 s, so it
+/// is never cut short and retried); its cap is then raised to 4. The worker
+/// reads the new cap although the tenant had no task leased meanwhile, so
+/// the three short tasks queued behind the long one finish while it still
+/// runs its first attempt. Without the refresh they would wait the 30 s and
+/// the long task would be over by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raised_cap_takes_effect_while_the_tenant_is_at_its_cap() {
     let catalog = Store::Memory.catalog().await;
@@ -549,16 +551,21 @@ async fn a_raised_cap_takes_effect_while_the_tenant_is_at_its_cap() {
     )
     .await;
     let registry = Registry::with_catalog(support::sandbox(), catalog.clone());
+    let limits = Limits {
+        timeout_ms: 60_000,
+        ..Limits::default()
+    };
     registry
-        .register_files("capped", "nap", &[support::job("sleep")], Limits::default())
+        .register_files("capped", "nap", &[support::job("sleep")], limits)
         .await
         .unwrap();
     let broker = EmbeddedBroker::new();
     let client = Client::new(broker.clone());
-    let long = naps(&client, "capped", 1, 12_000).remove(0);
+    let long = naps(&client, "capped", 1, 30_000).remove(0);
     client.enqueue(long.clone()).await.unwrap();
     let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(8));
     // The long task runs; the tenant is at its cap.
+    let started = std::time::Instant::now();
     while broker
         .task("capped", long.task_id)
         .await
@@ -566,6 +573,10 @@ async fn a_raised_cap_takes_effect_while_the_tenant_is_at_its_cap() {
         .map(|t| t.state)
         != Some(TaskState::Active)
     {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the long task never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let short = naps(&client, "capped", 3, 10);
@@ -581,8 +592,8 @@ async fn a_raised_cap_takes_effect_while_the_tenant_is_at_its_cap() {
     }
     let long_now = broker.task("capped", long.task_id).await.unwrap().unwrap();
     assert_eq!(
-        long_now.state,
-        TaskState::Active,
+        (long_now.state, long_now.attempt),
+        (TaskState::Active, 1),
         "the short tasks waited for the long one: the raised cap was not read"
     );
     worker.stop().await;

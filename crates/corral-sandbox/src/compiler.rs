@@ -42,6 +42,11 @@ const EXIT_INVALID: u8 = 3;
 /// Most bytes of a child's stderr kept for an error message.
 const STDERR_KEPT: u64 = 16 << 10;
 
+/// Most bytes of compiled code one module may become: the parent holds the
+/// artifact in memory while loading it. Real modules compile to a few times
+/// their size (a 64 MiB module would be far past any real one).
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+
 /// Where compiles run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CompileIsolation {
@@ -197,10 +202,28 @@ pub(crate) async fn compile_in_child(
         // A child that dies early closes its stdin: its exit says why.
         let _ = stdin.write_all(&bytes).await;
     };
-    // The artifact is never larger than the memory the child may use.
+    let cap = MAX_ARTIFACT_BYTES.min(memory);
     let mut artifact = Vec::new();
-    let mut stdout = stdout.take(memory);
-    let read_out = stdout.read_to_end(&mut artifact);
+    let mut oversized = false;
+    // Past the cap the rest is read and dropped, so the child is never
+    // left blocked on a full pipe and ends on its own.
+    let read_out = async {
+        let mut stdout = stdout;
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            let n = stdout.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            if artifact.len() + n > cap as usize {
+                oversized = true;
+                artifact = Vec::new();
+            }
+            if !oversized {
+                artifact.extend_from_slice(&chunk[..n]);
+            }
+        }
+    };
     let mut message = Vec::new();
     let mut stderr = stderr.take(STDERR_KEPT);
     let read_err = stderr.read_to_end(&mut message);
@@ -221,6 +244,12 @@ pub(crate) async fn compile_in_child(
     };
     let message = String::from_utf8_lossy(&message);
     let message = message.trim();
+    if oversized {
+        return Err(LoadError::CompileLimit(format!(
+            "the compiled code is over {} MiB",
+            cap >> 20
+        )));
+    }
     if status.success() {
         return Ok(artifact);
     }

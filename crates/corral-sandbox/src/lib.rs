@@ -349,7 +349,7 @@ impl Sandbox {
             .engine
             .precompile_component(bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let handler = self.handler_from_artifact(hash, &artifact, started.elapsed())?;
+        let handler = self.load_artifact(hash, &artifact, started.elapsed())?;
         Ok((handler, LoadSource::Compiled))
     }
 
@@ -422,7 +422,7 @@ impl Sandbox {
         let compile_time = started.elapsed();
         let sandbox = self.clone();
         let handler = self
-            .blocking(move || sandbox.handler_from_artifact(hash, &artifact, compile_time))
+            .blocking(move || sandbox.load_artifact(hash, &artifact, compile_time))
             .await?;
         Ok((handler, LoadSource::Compiled))
     }
@@ -495,7 +495,7 @@ impl Sandbox {
 
     /// The handler of an artifact this engine's compiler just produced
     /// (here or in a child process), kept on disk and in memory.
-    fn handler_from_artifact(
+    fn load_artifact(
         &self,
         hash: ModuleHash,
         artifact: &[u8],

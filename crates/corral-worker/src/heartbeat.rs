@@ -2,16 +2,17 @@
 //!
 //! Every `every`, extends the lease of each task in flight. A lease the broker
 //! says is no longer held (it expired and another worker took the task) is
-//! dropped here and its task aborted: continuing would only produce a
-//! checkpoint the broker refuses. Broker errors are logged and retried on the
-//! next beat; they never stop the worker.
+//! dropped here, its task aborted and counted as lost: continuing would
+//! only produce a checkpoint the broker refuses. Broker errors are logged
+//! and retried on the next beat; they never stop the worker.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::InFlight;
+use super::{InFlight, WorkerStats};
 use corral_client::broker::Broker;
 
 pub(crate) async fn run<B: Broker>(
@@ -19,6 +20,7 @@ pub(crate) async fn run<B: Broker>(
     in_flight: InFlight,
     lease_for: Duration,
     every: Duration,
+    stats: Arc<WorkerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(every);
@@ -44,6 +46,7 @@ pub(crate) async fn run<B: Broker>(
                     if let Some((_, abort)) = map.remove(&id) {
                         tracing::warn!(task = %id, "lease lost; abandoning the task");
                         abort.abort();
+                        stats.lost.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

@@ -125,7 +125,9 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Tasks handed back at shutdown.
     pub released: AtomicU64,
-    /// Tasks abandoned because their lease was lost.
+    /// Tasks abandoned because their lease was lost (found by a heartbeat,
+    /// a refused checkpoint or a refused outcome) or a checkpoint could not
+    /// be written; another worker takes them once the lease expires.
     pub lost: AtomicU64,
 }
 
@@ -205,6 +207,7 @@ impl<B: Broker + Clone> Worker<B> {
             in_flight.clone(),
             cfg.lease,
             cfg.heartbeat_every,
+            self.stats.clone(),
             stop_rx.clone(),
         ));
         let upkeep = tokio::spawn(maintenance::run(
@@ -318,6 +321,7 @@ impl<B: Broker + Clone> Worker<B> {
                 let runner = self.runner.clone();
                 let ack_tx = ack_tx.clone();
                 let map = in_flight.clone();
+                let stats = self.stats.clone();
                 let Leased { lease, task } = leased;
                 let id = lease.task_id;
                 let mut guard = in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -339,8 +343,12 @@ impl<B: Broker + Clone> Worker<B> {
                         Ok(outcome) if still_ours => {
                             let _ = ack_tx.send((lease, outcome));
                         }
+                        // The heartbeat took it back, and counted it.
                         Ok(_) => {}
                         Err(e) => {
+                            if still_ours {
+                                stats.lost.fetch_add(1, Ordering::Relaxed);
+                            }
                             tracing::warn!(task = %lease.task_id, error = %e, "task abandoned")
                         }
                     }

@@ -22,7 +22,9 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     extra: Vec<String>,
     guard: Option<(Child, ChildStdin)>,
-    pid: u32,
+    /// The server's pid as the guard printed it; `None` when it could not
+    /// be read, and then no signal is ever sent by pid.
+    pid: Option<u32>,
 }
 
 /// A loopback port nothing listens on now (nor, if `bus`, on port + 10000,
@@ -75,7 +77,7 @@ impl RedisServer {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             guard: None,
-            pid: 0,
+            pid: None,
         };
         for _ in 0..5 {
             server.port = free_port(extra.contains(&"--cluster-enabled"));
@@ -109,11 +111,12 @@ impl RedisServer {
         args.extend(self.extra.iter().cloned());
         // The guard: start the server, print its pid, wait for stdin to
         // close (drop, or this process dying), then stop it gracefully.
-        let script = r#"/usr/bin/redis-server "$@" & pid=$!; echo $pid; read _unused; kill -TERM $pid 2>/dev/null; wait $pid"#;
+        let script = r#"server="$1"; shift; "$server" "$@" & pid=$!; echo $pid; read _unused; kill -TERM $pid 2>/dev/null; wait $pid"#;
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg("sh")
+            .arg(redis_server())
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -124,7 +127,7 @@ impl RedisServer {
         let stdout = child.stdout.take().expect("guard stdout");
         let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
-        self.pid = line.trim().parse().unwrap_or(0);
+        self.pid = line.trim().parse().ok().filter(|pid| *pid > 1);
         self.guard = Some((child, stdin));
         let give_up = Instant::now() + Duration::from_secs(10);
         while Instant::now() < give_up {
@@ -164,10 +167,19 @@ impl RedisServer {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(self.pid.to_string())
-                .status();
+            // The server outlived its guard's SIGTERM by 20 s: kill it by
+            // the pid the guard printed, and only by that.
+            if let Some(pid) = self.pid {
+                let killed = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(
+                    killed || !Path::new(&format!("/proc/{pid}")).exists(),
+                    "could not kill redis-server {pid}"
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -194,6 +206,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `redis-server` as found on `PATH`; fails the test when there is none.
+pub fn redis_server() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("redis-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    found.expect("redis-server is not on PATH (scripts/test.sh installs it)")
 }
 
 /// Runs `redis-cli -p port args...`; returns stdout.
@@ -287,6 +309,8 @@ pub struct WorkerProcess {
     child: Child,
     /// Where its stderr goes.
     pub log: PathBuf,
+    /// Its compiled-component cache, never the user's.
+    _cache: tempfile::TempDir,
 }
 
 impl WorkerProcess {
@@ -295,9 +319,12 @@ impl WorkerProcess {
     /// events at debug level, no colours) goes to `log`.
     pub fn start(url: &str, prefix: &str, extra: &[&str], log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("worker log file");
+        let cache = tempfile::tempdir().expect("worker cache dir");
         let child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .arg("worker")
             .args(["--redis", url, "--prefix", prefix])
+            .arg("--cache-dir")
+            .arg(cache.path())
             .arg("--jobs-dir")
             .arg(super::jobs_dir())
             .args(extra)
@@ -308,21 +335,30 @@ impl WorkerProcess {
             .stderr(Stdio::from(file))
             .spawn()
             .expect("start corral worker");
-        Self { child, log }
+        Self {
+            child,
+            log,
+            _cache: cache,
+        }
     }
 
     /// SIGKILL: no shutdown, no hand-back; its leases must expire.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.running() {
+            self.child.kill().expect("SIGKILL the worker");
+        }
+        self.child.wait().expect("reap the worker");
     }
 
     /// SIGTERM and wait for a clean exit; true if it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let _ = Command::new("kill")
+        // `child` is not reaped yet, so its pid is still its own.
+        let sent = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent || !self.running(), "could not SIGTERM the worker");
         let give_up = Instant::now() + Duration::from_secs(30);
         while Instant::now() < give_up {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -332,6 +368,11 @@ impl WorkerProcess {
         }
         self.kill();
         false
+    }
+
+    /// Its process id (valid until it is reaped by `kill` or `stop`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether it is still running.

@@ -32,7 +32,7 @@ use crate::client::Client;
 use crate::clock::SystemClock;
 use crate::registry::Registry;
 use crate::sandbox::{
-    CallContext, CallPhases, Limits, LoadSource, LoadedHandler, Sandbox, SandboxConfig,
+    CallContext, CallPhases, CompileConfig, CompileIsolation, Limits, LoadSource, LoadedHandler, Sandbox, SandboxConfig,
 };
 use crate::task::{ArgsMap, DEFAULT_TENANT};
 use crate::worker::{Worker, WorkerConfig};
@@ -140,6 +140,7 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
     }
     if wanted(Part::Compile) {
         compile_and_load(dir)?;
+        compile_in_child(dir).await?;
     }
     if wanted(Part::Fuel) {
         fuel_slowdown(dir, args.primes_below, args.cpu_runs.max(1)).await?;
@@ -358,6 +359,34 @@ fn compile_and_load(dir: &Path) -> anyhow::Result<()> {
 /// Runs `cpu_heavy.wasm` on an engine with fuel metering and on one
 /// without, alternating between them so that whatever else the machine does
 /// weighs on both alike, and reports each median and their ratio.
+/// The first compile of each example job again, in a bounded child
+/// process of this binary (as `corral worker` and `corral serve` compile
+/// tenants' uploads): what the isolation costs over compiling in process.
+async fn compile_in_child(dir: &Path) -> anyhow::Result<()> {
+    let sandbox = Sandbox::new(SandboxConfig {
+        compile: CompileConfig {
+            isolation: CompileIsolation::Child {
+                program: std::env::current_exe().context("locating this binary")?,
+            },
+            ..CompileConfig::default()
+        },
+        ..SandboxConfig::default()
+    })?;
+    for name in EXAMPLE_JOBS {
+        let bytes = read_job(dir, name)?;
+        let started = Instant::now();
+        let (_, source) = sandbox.load_async("bench", bytes).await?;
+        if source != LoadSource::Compiled {
+            bail!("{name}.wasm was not compiled afresh ({source:?})");
+        }
+        println!(
+            "first compile in a bounded child, {name}.wasm: {}",
+            ms(started.elapsed())
+        );
+    }
+    Ok(())
+}
+
 async fn fuel_slowdown(dir: &Path, below: u32, runs: usize) -> anyhow::Result<()> {
     let bytes = read_job(dir, "cpu_heavy")?;
     let mut args = ArgsMap::new();
