@@ -8,16 +8,19 @@
 //! | [`client`] | the producer API: enqueue, bulk enqueue, status, wait |
 //!
 //! ```no_run
-//! use corral_client::{ArgsMap, Client, RedisBroker, RedisConfig};
+//! use std::time::Duration;
+//! use corral_client::{Client, RedisBroker, RedisConfig};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = RedisBroker::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
 //! let client = Client::new(broker);
-//! let mut args = ArgsMap::new();
-//! args.insert("text".into(), "Hello, World".into());
-//! let id = client.enqueue("text-stats", args).await?;
+//! let task = client.task("text-stats").arg("text", "Hello, World")?.build();
+//! let id = client.enqueue(task).await?;
+//! let done = client.wait("default", id, Duration::from_secs(30)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! `examples/producer.rs` is the same as a program.
 //!
 //! Workers (`corral-worker`) take the tasks from the same broker. Nothing in
 //! this crate knows about wasm: data flows client → broker → worker.

@@ -13,7 +13,7 @@
 //!
 //! No tenant runs more than its `max_concurrency` tasks on one worker: each
 //! acquire carries the room every known tenant has left, and any task over
-//! it is handed back (`worker/tenants.rs` explains the two layers). While
+//! it is handed back (`tenants.rs` explains the two layers). While
 //! some tenant is at its cap, a slot it frees interrupts the waiting acquire
 //! ([`Broker::interrupt`]), so its queued tasks start at once even though the
 //! acquire was waiting for other tenants' work.
