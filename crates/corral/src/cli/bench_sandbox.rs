@@ -32,7 +32,8 @@ use crate::client::Client;
 use crate::clock::SystemClock;
 use crate::registry::Registry;
 use crate::sandbox::{
-    CallContext, CallPhases, CompileConfig, CompileIsolation, Limits, LoadSource, LoadedHandler, Sandbox, SandboxConfig,
+    CallContext, CallPhases, CompileConfig, CompileIsolation, Limits, LoadSource, LoadedHandler,
+    Sandbox, SandboxConfig,
 };
 use crate::task::{ArgsMap, DEFAULT_TENANT};
 use crate::worker::{Worker, WorkerConfig};
