@@ -5,7 +5,8 @@
 //! Producers put JSON [`Task`]s into a [`Broker`] through a [`Client`]; a
 //! [`Worker`] leases them, looks up the job's handler chain in the
 //! [`Registry`] and runs each handler in a fresh [`Sandbox`] instance under
-//! fuel, memory and wall-clock limits, checkpointing after every handler. Data flows one way: client → broker → worker → sandbox → broker.
+//! fuel, memory and wall-clock limits, checkpointing after every handler.
+//! Data flows one way: client → broker → worker → sandbox → broker.
 //!
 //! | module | owns | crate |
 //! | --- | --- | --- |
