@@ -10,7 +10,7 @@
 //!   bytes of it are still read and dropped (never kept), so a client that
 //!   writes the whole body before reading the answer sees the 413 instead of
 //!   a reset connection;
-//! - **memory**: the bytes kept are reserved in the API's [`BodyBudget`]
+//! - **memory**: the bytes kept are reserved in the API's [`BodyBudget`](crate::BodyBudget)
 //!   before they are read (the declared `Content-Length` at once, or growing
 //!   with the chunks), so bodies in flight never hold more than the budget;
 //!   past it the answer is 503 `body_budget_full` (with `Retry-After`);

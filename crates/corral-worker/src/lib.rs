@@ -7,8 +7,8 @@
 //!    one broker call, and runs each in its own tokio task;
 //! 2. **acker**: collects finished tasks' outcomes and sends them to the
 //!    broker in batches;
-//! 3. **heartbeat** ([`heartbeat`]): extends the leases in flight;
-//! 4. **maintenance** ([`maintenance`]): promotes due tasks and recovers
+//! 3. **heartbeat** (`heartbeat.rs`): extends the leases in flight;
+//! 4. **maintenance** (`maintenance.rs`): promotes due tasks and recovers
 //!    expired leases.
 //!
 //! No tenant runs more than its `max_concurrency` tasks on one worker: each

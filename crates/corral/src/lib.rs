@@ -2,12 +2,11 @@
 //! components. This crate is the `corral` command and every crate of the
 //! workspace in one place; each part can also be used alone.
 //!
-//! Producers put JSON [`Task`](task::Task)s into a [`Broker`](broker::Broker)
-//! through a [`Client`](client::Client); a [`Worker`](worker::Worker) leases
-//! them, looks up the job's handler chain in the [`Registry`](registry::Registry)
-//! and runs each handler in a fresh [`Sandbox`](sandbox::Sandbox) instance
-//! under fuel, memory and wall-clock limits, checkpointing after every
-//! handler. Data flows one way: client → broker → worker → sandbox → broker.
+//! Producers put JSON [`Task`]s into a [`Broker`] through a [`Client`]; a
+//! [`Worker`] leases them, looks up the job's handler chain in the
+//! [`Registry`] and runs each handler in a fresh [`Sandbox`] instance under
+//! fuel, memory and wall-clock limits, checkpointing after every handler.
+//! Data flows one way: client → broker → worker → sandbox → broker.
 //!
 //! | module | owns | crate |
 //! | --- | --- | --- |
