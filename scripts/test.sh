@@ -23,7 +23,11 @@ fi
 
 jobs/build.sh --install
 cargo fmt --all -- --check
-cargo test --release --workspace
+# A hang fails the run instead of stalling CI: the whole suite (a cold
+# build of wasmtime included, about 15 minutes here) gets at most
+# CORRAL_TEST_TIMEOUT (default 60 minutes), then SIGTERM and, 30 s later,
+# SIGKILL.
+timeout --kill-after=30s "${CORRAL_TEST_TIMEOUT:-60m}" cargo test --release --workspace
 # The examples are documentation that must keep working: run those that
 # need no server (the producer's needs Redis and a worker; the test command
 # above compiles it).
