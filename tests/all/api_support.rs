@@ -326,6 +326,22 @@ pub fn refused_modules() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "compile_limit",
         ),
         (
+            "three memories, past the two an instance may have",
+            wat(r#"(component
+                (core module $m (memory 1))
+                (core instance (instantiate $m))
+                (core instance (instantiate $m))
+                (core instance (instantiate $m)))"#),
+            "over_engine_limits",
+        ),
+        (
+            "an initial memory larger than a pool slot",
+            wat(r#"(component
+                (core module $m (memory 10000))
+                (core instance (instantiate $m)))"#),
+            "over_engine_limits",
+        ),
+        (
             "a component exporting nothing",
             wat("(component)"),
             "wrong_world",

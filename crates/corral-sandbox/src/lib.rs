@@ -505,8 +505,17 @@ impl Sandbox {
         // engine with this one's code-generation settings, handed over in
         // memory or through a pipe from our own child; wasmtime checks the
         // settings again while deserializing.
-        let component = unsafe { Component::deserialize(&self.inner.engine, artifact) }
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component =
+            unsafe { Component::deserialize(&self.inner.engine, artifact) }.map_err(|e| {
+                let message = format!("{e:#}");
+                // The pool checks a component's memories and tables as it
+                // loads, before `check_resources` could: the same refusal.
+                if message.contains("pooling allocator") {
+                    LoadError::OverEngineLimits(message)
+                } else {
+                    LoadError::Invalid(message)
+                }
+            })?;
         // Stored only once it proved loadable.
         let handler = self.keep(hash.clone(), &component, compile_time)?;
         if let Some(disk) = &self.inner.disk {
