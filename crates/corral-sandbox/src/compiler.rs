@@ -254,7 +254,11 @@ pub(crate) async fn compile_in_child(
         return Ok(artifact);
     }
     if status.code() == Some(i32::from(EXIT_INVALID)) {
-        return Err(LoadError::Invalid(message.to_owned()));
+        // wasmtime's reason quotes names from the module: the tenant's text.
+        return Err(LoadError::Invalid(corral_core::text::inert_capped(
+            message,
+            super::MAX_FAILURE_TEXT_BYTES,
+        )));
     }
     use std::os::unix::process::ExitStatusExt as _;
     let signal = status.signal();
