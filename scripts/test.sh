@@ -21,15 +21,23 @@ if [[ ${#need_apt[@]} -gt 0 ]]; then
     fi
 fi
 
-jobs/build.sh --install
+timeout --kill-after=30s 30m jobs/build.sh --install
 cargo fmt --all -- --check
-# A hang fails the run instead of stalling CI: the whole suite (a cold
-# build of wasmtime included, about 15 minutes here) gets at most
-# CORRAL_TEST_TIMEOUT (default 60 minutes), then SIGTERM and, 30 s later,
-# SIGKILL.
+# The jobs' own unit tests, natively: a handler's logic is plain Rust. Their
+# small workspace builds in its own folder, in the debug profile.
+(
+    cd jobs
+    CARGO_TARGET_DIR="${CORRAL_JOBS_TARGET_DIR:-$PWD/target}/host" \
+        timeout --kill-after=30s 20m cargo test --workspace --quiet
+)
+# A hang fails the run instead of stalling CI: every test has its own limit
+# (`tests/common/limit.rs`), and the whole suite (a cold build of wasmtime
+# included, about 15 minutes here) gets at most CORRAL_TEST_TIMEOUT (default
+# 60 minutes), then SIGTERM and, 30 s later, SIGKILL. Every other step has a
+# limit of its own.
 timeout --kill-after=30s "${CORRAL_TEST_TIMEOUT:-60m}" cargo test --release --workspace
 # The examples are documentation that must keep working: run those that
 # need no server (the producer's needs Redis and a worker; the test command
 # above compiles it).
-cargo run --release --quiet --example embedded
-cargo run --release --quiet --example run_handler
+timeout --kill-after=30s 10m cargo run --release --quiet --example embedded
+timeout --kill-after=30s 10m cargo run --release --quiet --example run_handler

@@ -32,6 +32,9 @@ const TENANT: &str = "default";
 /// The contract, for building WAT fixtures into components.
 const JOB_WIT: &str = include_str!("../wit/job.wit");
 
+#[path = "common/limit.rs"]
+mod limit;
+
 // Guest text bounded and inert; deadlines inside host calls.
 #[path = "hostile_guests/text_and_deadlines.rs"]
 mod text_and_deadlines;
@@ -343,6 +346,7 @@ fn component(core_wat: &str, deps: &[&str], extra_wit: &str, world: &str) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_runs_out_of_fuel() {
+    let _limit = crate::limit::minutes(5);
     let limits = Limits {
         fuel: 20_000_000,
         timeout_ms: 30_000,
@@ -359,6 +363,7 @@ async fn an_infinite_loop_runs_out_of_fuel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_wait_is_stopped_at_its_deadline() {
+    let _limit = crate::limit::minutes(5);
     // Fuel enough for minutes of spinning: only the deadline can stop it.
     let limits = Limits {
         fuel: 10_000_000_000,
@@ -375,6 +380,7 @@ async fn a_busy_wait_is_stopped_at_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleep_is_stopped_at_its_deadline() {
+    let _limit = crate::limit::minutes(5);
     let limits = Limits {
         timeout_ms: 300,
         ..tight()
@@ -392,6 +398,7 @@ async fn a_sleep_is_stopped_at_its_deadline() {
 /// first if the busy guest yields its thread (at epoch ticks).
 #[tokio::test(flavor = "current_thread")]
 async fn a_computing_guest_does_not_block_other_tasks_on_its_thread() {
+    let _limit = crate::limit::minutes(5);
     let registry = registry_with(
         Guest::Job("busy_wait"),
         Limits {
@@ -458,6 +465,7 @@ async fn a_computing_guest_does_not_block_other_tasks_on_its_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_hits_the_memory_limit() {
+    let _limit = crate::limit::minutes(5);
     let error = failed(Guest::Job("memory_bomb"), &[], tight()).await;
     assert_eq!(error.kind, "memory_limit", "{error}");
     assert!(
@@ -469,6 +477,7 @@ async fn a_memory_bomb_hits_the_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_recursion_overflows_the_stack() {
+    let _limit = crate::limit::minutes(5);
     let error = failed(Guest::Job("recurse"), &[], tight()).await;
     assert_eq!(error.kind, "stack_overflow", "{error}");
     assert!(error.message.contains("overflowed its stack"), "{error}");
@@ -480,6 +489,7 @@ async fn unbounded_recursion_overflows_the_stack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_is_reported_with_its_message() {
+    let _limit = crate::limit::minutes(5);
     let error = failed(Guest::Job("panic"), &[], tight()).await;
     assert_eq!(error.kind, "panic", "{error}");
     assert!(
@@ -491,6 +501,7 @@ async fn a_panic_is_reported_with_its_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_instruction_traps() {
+    let _limit = crate::limit::minutes(5);
     let core = handler_core("", "", "unreachable");
     let bytes = component(&core, &[], "", "handler");
     let error = failed(Guest::Bytes(bytes), &[], tight()).await;
@@ -504,6 +515,7 @@ async fn an_unreachable_instruction_traps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_output_is_refused() {
+    let _limit = crate::limit::minutes(5);
     // big_output needs about 5x `bytes` of memory: 256 KiB fits easily in
     // 32 MiB, and is four times the output limit.
     let limits = Limits {
@@ -522,6 +534,7 @@ async fn oversized_output_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_stdout_is_capped_at_the_default_budget_and_noted() {
+    let _limit = crate::limit::minutes(5);
     let limits = Limits::default();
     assert_eq!(limits.max_log_bytes, 64 << 10, "the documented default");
     let done = completed(Guest::Job("big_log"), &[("bytes", json!(1 << 20))], limits).await;
@@ -550,6 +563,7 @@ async fn an_oversized_stdout_is_capped_at_the_default_budget_and_noted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_budget_is_configurable_per_job() {
+    let _limit = crate::limit::minutes(5);
     let limits = Limits {
         max_log_bytes: 1_000,
         ..tight()
@@ -570,6 +584,7 @@ async fn the_log_budget_is_configurable_per_job() {
 /// host memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_budget_above_the_sandbox_ceiling_is_capped() {
+    let _limit = crate::limit::minutes(5);
     // The tenant's own ceiling (1 MiB by default) refuses a larger budget at
     // registration; a sandbox whose ceiling sits below it must still cap it.
     let ceiling: u64 = 256 << 10;
@@ -605,6 +620,7 @@ async fn a_log_budget_above_the_sandbox_ceiling_is_capped() {
 /// dropped; the task itself succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_flood_through_the_host_import_is_capped() {
+    let _limit = crate::limit::minutes(5);
     let message = "x".repeat(100);
     let core = handler_core(
         r#"(import "corral:job/host@0.1.0" "log" (func $log (param i32 i32 i32)))"#,
@@ -644,6 +660,7 @@ async fn a_log_flood_through_the_host_import_is_capped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_out_of_reach() {
+    let _limit = crate::limit::minutes(5);
     let done = completed(Guest::Job("open_file"), &[], tight()).await;
     // No preopened directory, so wasi-libc finds no capability to open any
     // path through: ENOTCAPABLE (76) for reading, listing and creating alike.
@@ -659,6 +676,7 @@ async fn files_are_out_of_reach() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_is_out_of_reach() {
+    let _limit = crate::limit::minutes(5);
     let done = completed(Guest::Job("socket"), &[], tight()).await;
     for attempt in ["tcp", "udp"] {
         let outcome = done.args_map[attempt].as_str().unwrap_or_default();
@@ -670,6 +688,7 @@ async fn the_network_is_out_of_reach() {
 /// random are granted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environment_is_empty_but_clocks_and_random_work() {
+    let _limit = crate::limit::minutes(5);
     let done = completed(Guest::Job("wasi_probe"), &[], tight()).await;
     let got = &done.args_map;
     assert_eq!(got["env"], json!([]), "{got:?}");
@@ -716,6 +735,7 @@ fn imports_secret_store() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_importing_what_the_host_lacks_is_refused() {
+    let _limit = crate::limit::minutes(5);
     let error = refused(&imports_secret_store()).await;
     assert_eq!(error.kind(), "unsupported_import", "{error}");
     assert!(
@@ -744,6 +764,7 @@ async fn a_component_importing_what_the_host_lacks_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_of_another_world_is_refused() {
+    let _limit = crate::limit::minutes(5);
     // `handle` with another type.
     let core = r#"(module
       (memory (export "memory") 1)
@@ -772,6 +793,7 @@ async fn a_component_of_another_world_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_module_is_refused() {
+    let _limit = crate::limit::minutes(5);
     let module = wat::parse_str(handler_core("", "", RETURN_ARGS)).expect("parse WAT");
     let error = refused(&module).await;
     assert_eq!(error.kind(), "core_module", "{error}");
@@ -780,6 +802,7 @@ async fn a_core_module_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_are_refused() {
+    let _limit = crate::limit::minutes(5);
     // Deterministic noise (xorshift), no wasm magic.
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let noise: Vec<u8> = (0..4096)
@@ -805,6 +828,7 @@ async fn random_bytes_are_refused() {
 /// load error registration would have given, and the worker carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_stored_without_validation_fails_its_tasks_with_the_load_error() {
+    let _limit = crate::limit::minutes(5);
     let registry = Registry::new(sandbox());
     let bytes = imports_secret_store();
     let hash = ModuleHash::of(&bytes);
@@ -844,6 +868,7 @@ async fn a_module_stored_without_validation_fails_its_tasks_with_the_load_error(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_state_crosses_tasks() {
+    let _limit = crate::limit::minutes(5);
     let registry = registry_with(Guest::Job("noop"), Limits::default()).await;
     let broker = EmbeddedBroker::new();
     let client = Client::new(broker.clone());
@@ -868,6 +893,7 @@ async fn no_state_crosses_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_have_sane_defaults_and_zero_limits_are_refused() {
+    let _limit = crate::limit::minutes(5);
     let defaults = Limits::default();
     assert_eq!(defaults.memory_bytes, 64 << 20);
     assert_eq!(defaults.timeout_ms, 10_000);
@@ -910,6 +936,7 @@ async fn limits_have_sane_defaults_and_zero_limits_are_refused() {
 /// slot size, never above it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_limit_above_the_sandbox_maximum_is_capped() {
+    let _limit = crate::limit::minutes(5);
     let sandbox = Sandbox::new(SandboxConfig {
         max_instances: 4,
         max_memory_bytes: 16 << 20,
@@ -935,6 +962,7 @@ async fn a_memory_limit_above_the_sandbox_maximum_is_capped() {
 /// with a retryable `instantiate` error, and the pool is whole afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_instance_pool_fails_the_extra_call_retryably() {
+    let _limit = crate::limit::minutes(5);
     let sandbox = Sandbox::new(SandboxConfig {
         max_instances: 1,
         ..SandboxConfig::default()
@@ -942,30 +970,43 @@ async fn a_full_instance_pool_fails_the_extra_call_retryably() {
     .expect("sandbox");
     let sleep = sandbox.load(&job_bytes("sleep")).expect("load sleep");
     let noop = sandbox.load(&job_bytes("noop")).expect("load noop");
-    let mut nap = ArgsMap::new();
-    nap.insert("ms".into(), json!(2_000));
     let limits = Limits {
         timeout_ms: 500,
         ..tight()
     };
-    let holder = sandbox.call(&sleep, context(), &nap, &limits);
+    // The sleeper holds the only instance far longer than the test runs.
+    let holding = Limits {
+        timeout_ms: 120_000,
+        ..tight()
+    };
+    let mut nap = ArgsMap::new();
+    nap.insert("ms".into(), json!(300_000));
+    let mut holder = Box::pin(sandbox.call(&sleep, context(), &nap, &holding));
     let extra = async {
-        // Let the sleeper take the only instance first.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once the sleeper has its instance (polled, bounded), the pool is
+        // empty.
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while sandbox.instances_in_use() == 0 {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the sleeper never got its instance"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         sandbox
             .call(&noop, context(), &ArgsMap::new(), &limits)
             .await
     };
-    let (held, extra) = tokio::join!(holder, extra);
-    assert_eq!(
-        held.expect_err("the sleeper hits its deadline")
-            .failure
-            .kind(),
-        "deadline"
-    );
+    let extra = tokio::select! {
+        held = &mut holder => panic!("the sleeper ended first: {:?}", held.map(|_| ())),
+        extra = extra => extra,
+    };
     let failure = extra.expect_err("no instance left").failure;
     assert_eq!(failure.kind(), "instantiate", "{failure}");
     assert!(failure.is_retryable());
+    // Dropping the sleeper's call ends it and frees its instance.
+    drop(holder);
+    assert_eq!(sandbox.instances_in_use(), 0);
     // The instance is back: the next call runs.
     sandbox
         .call(&noop, context(), &ArgsMap::new(), &limits)
@@ -977,6 +1018,7 @@ async fn a_full_instance_pool_fails_the_extra_call_retryably() {
 /// call fails instead of panicking inside wasmtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_from_another_sandbox_is_refused() {
+    let _limit = crate::limit::minutes(5);
     let other = Sandbox::new(SandboxConfig {
         max_instances: 1,
         ..SandboxConfig::default()
@@ -1038,6 +1080,7 @@ fn artifact_of_noop(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sandbox_loads_from_the_disk_cache() {
+    let _limit = crate::limit::minutes(5);
     let dir = tempfile::tempdir().expect("tempdir");
     artifact_of_noop(dir.path());
     assert_eq!(load_noop_fresh(dir.path()).await, LoadSource::Disk);
@@ -1045,6 +1088,7 @@ async fn a_restarted_sandbox_loads_from_the_disk_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_cache_file_is_recompiled() {
+    let _limit = crate::limit::minutes(5);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = artifact_of_noop(dir.path());
     let mut bytes = std::fs::read(&path).expect("read artifact");
@@ -1058,6 +1102,7 @@ async fn a_corrupt_cache_file_is_recompiled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_cache_file_is_recompiled() {
+    let _limit = crate::limit::minutes(5);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = artifact_of_noop(dir.path());
     let bytes = std::fs::read(&path).expect("read artifact");
@@ -1073,6 +1118,7 @@ async fn a_truncated_cache_file_is_recompiled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_cache_file_is_recompiled() {
+    let _limit = crate::limit::minutes(5);
     let dir = tempfile::tempdir().expect("tempdir");
     let noop_path = artifact_of_noop(dir.path());
 
@@ -1115,6 +1161,7 @@ async fn a_foreign_cache_file_is_recompiled() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_directory_others_can_write_is_not_used() {
+    let _limit = crate::limit::minutes(5);
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");

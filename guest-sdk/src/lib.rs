@@ -6,7 +6,7 @@
 //! JSON conversions, and never panics on what the host sends: a value that
 //! does not parse becomes an [`Error`] the handler can return with `?`.
 //!
-//! ```ignore
+//! ```no_run
 //! use corral_guest::{export_handler, Args, Context, Error, Output};
 //!
 //! fn shout(_ctx: Context, args: Args) -> Result<Output, Error> {
@@ -317,5 +317,135 @@ pub mod log {
     /// Logs at error level.
     pub fn error(message: &str) {
         host::log(Level::Error, message);
+    }
+}
+
+// The SDK's side of the contract, run natively: the WIT records in, the WIT
+// records out, through the same `dispatch` the exported handler calls.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> wit::Context {
+        wit::Context {
+            task_id: "t1".into(),
+            job: "job".into(),
+            tenant: "acme".into(),
+            attempt: 1,
+            handler_index: 0,
+            handler_count: 2,
+        }
+    }
+
+    fn arg(name: &str, json: &str) -> wit::Arg {
+        wit::Arg {
+            name: name.into(),
+            value: json.into(),
+        }
+    }
+
+    /// Doubles `n` (a u32) into `doubled`, keeping the other args.
+    fn double(ctx: Context, mut args: Args) -> Result<Output, Error> {
+        let n: u32 = args.get("n")?;
+        let note: Option<String> = args.get_opt("note")?;
+        args.insert("doubled", &(u64::from(n) * 2))?;
+        let last = ctx.is_last();
+        Ok(Output::new(args).log(format!("{note:?} last={last}")))
+    }
+
+    fn fatal(result: Result<wit::Output, wit::Error>) -> String {
+        match result {
+            Err(wit::Error {
+                kind: wit::ErrorKind::Fatal,
+                message,
+            }) => message,
+            Err(e) => panic!("expected a fatal error, got {:?}: {}", e.kind, e.message),
+            Ok(out) => panic!("expected a fatal error, got output {:?}", out.log),
+        }
+    }
+
+    #[test]
+    fn args_flow_through_and_the_output_is_wire_json() {
+        let out = __private::dispatch(
+            ctx(),
+            vec![arg("n", "21"), arg("keep", r#"{"a":[1,"x"]}"#)],
+            double,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        let got: BTreeMap<String, String> =
+            out.args.into_iter().map(|a| (a.name, a.value)).collect();
+        assert_eq!(got["doubled"], "42");
+        assert_eq!(got["n"], "21");
+        assert_eq!(got["keep"], r#"{"a":[1,"x"]}"#);
+        assert_eq!(out.log, "None last=false");
+    }
+
+    #[test]
+    fn a_missing_arg_is_fatal_and_named() {
+        let message = fatal(__private::dispatch(ctx(), vec![], double));
+        assert_eq!(message, "missing arg `n`");
+    }
+
+    #[test]
+    fn a_mistyped_arg_is_fatal_and_named() {
+        for (value, why) in [
+            (r#""21""#, "a string"),
+            ("-1", "a negative number"),
+            ("4294967296", "past u32"),
+            ("2.5", "a fraction"),
+            ("null", "null"),
+        ] {
+            let message = fatal(__private::dispatch(ctx(), vec![arg("n", value)], double));
+            assert!(message.starts_with("arg `n`: "), "{why}: {message}");
+        }
+        // An optional arg present with the wrong type is refused too.
+        let message = fatal(__private::dispatch(
+            ctx(),
+            vec![arg("n", "1"), arg("note", "7")],
+            double,
+        ));
+        assert!(message.starts_with("arg `note`: "), "{message}");
+    }
+
+    #[test]
+    fn an_arg_that_is_not_json_is_fatal_before_the_handler_runs() {
+        fn never(_: Context, _: Args) -> Result<Output, Error> {
+            panic!("the handler ran on an arg that is not JSON")
+        }
+        let message = fatal(__private::dispatch(
+            ctx(),
+            vec![arg("n", "{not json")],
+            never,
+        ));
+        assert!(
+            message.starts_with("arg `n` is not valid JSON"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn retryable_and_fatal_errors_keep_their_kind_and_message() {
+        fn flaky(_: Context, _: Args) -> Result<Output, Error> {
+            Err(Error::retryable("upstream busy"))
+        }
+        match __private::dispatch(ctx(), vec![], flaky) {
+            Err(wit::Error {
+                kind: wit::ErrorKind::Retryable,
+                message,
+            }) => assert_eq!(message, "upstream busy"),
+            other => panic!("expected retryable, got {:?}", other.map(|o| o.log)),
+        }
+        let e = Error::fatal("bad input");
+        assert!(!e.is_retryable());
+        assert_eq!(e.to_string(), "fatal: bad input");
+    }
+
+    #[test]
+    fn the_last_handler_knows_it_is_last() {
+        let mut last = ctx();
+        last.handler_index = 1;
+        let out = __private::dispatch(last, vec![arg("n", "1")], double)
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(out.log, "None last=true");
     }
 }

@@ -7,6 +7,7 @@
 //! run time where it cannot), version pinning and per-tenant limits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral::api::ApiConfig;
 use corral::broker::{RedisBroker, RedisConfig};
@@ -22,7 +23,7 @@ use crate::support::{self, RunningWorker};
 /// A test's world: a private Redis holding the catalog and the broker, the
 /// API, two tenants.
 struct World {
-    _redis: RedisServer,
+    redis: RedisServer,
     catalog: Arc<dyn Catalog>,
     broker: RedisBroker,
     registry: Registry,
@@ -32,7 +33,10 @@ struct World {
 }
 
 async fn world_with(limits_a: TenantLimits, config: ApiConfig) -> World {
-    let redis = RedisServer::start();
+    world_on(RedisServer::start(), limits_a, config).await
+}
+
+async fn world_on(redis: RedisServer, limits_a: TenantLimits, config: ApiConfig) -> World {
     let catalog: Arc<dyn Catalog> = Arc::new(
         RedisCatalog::connect(&redis.url())
             .await
@@ -46,7 +50,7 @@ async fn world_with(limits_a: TenantLimits, config: ApiConfig) -> World {
     let registry = Registry::with_catalog(support::sandbox(), catalog.clone());
     let api = api_support::serve(broker.clone(), registry.clone(), config).await;
     World {
-        _redis: redis,
+        redis,
         catalog,
         broker,
         registry,
@@ -102,6 +106,7 @@ fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_at_once() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     w.api
         .send(Method::GET, "/v1/stats", Some(&w.a), None)
@@ -126,6 +131,7 @@ async fn a_revoked_token_is_refused_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_needs_a_valid_token() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     let hash = w.api.upload_job(&w.a, "noop").await;
     let routes = routes(&hash, "j", "0190a5c2-7a1e-7cc2-9a41-3f1d7e2b9c10");
@@ -155,6 +161,7 @@ async fn every_route_needs_a_valid_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     let worker = RunningWorker::start(
         w.broker.clone(),
@@ -176,35 +183,61 @@ async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
     assert_eq!(done["args_map"]["text"], "top secret");
 
     // Every route as beta, aimed at alpha's things: nothing succeeds, and
-    // each answer is the one for something that does not exist.
+    // each answer is the one for something that does not exist. Alpha gets
+    // each of them first, so a route broken for everyone cannot pass.
     let missing_hash = "0".repeat(64);
     let missing_task = "0190a5c2-7a1e-7cc2-9a41-3f1d7e2b9c10";
-    for (theirs, unknown) in [
+    for (theirs, unknown, field, value) in [
         (
             format!("/v1/modules/{hash}"),
             format!("/v1/modules/{missing_hash}"),
+            "hash",
+            json!(hash),
         ),
-        ("/v1/jobs/secret-job".into(), "/v1/jobs/no-such-job".into()),
+        (
+            "/v1/jobs/secret-job".into(),
+            "/v1/jobs/no-such-job".into(),
+            "name",
+            json!("secret-job"),
+        ),
         (
             "/v1/jobs/secret-job?version=1".into(),
             "/v1/jobs/no-such-job?version=1".into(),
+            "version",
+            json!(1),
         ),
         (
             format!("/v1/tasks/{task}"),
             format!("/v1/tasks/{missing_task}"),
+            "task_id",
+            json!(task),
         ),
         (
             format!("/v1/tasks/{task}/wait?timeout_ms=10"),
             format!("/v1/tasks/{missing_task}/wait?timeout_ms=10"),
+            "state",
+            json!("completed"),
         ),
     ] {
+        let own = w.api.get(&theirs, &w.a).await;
+        own.expect(200, "");
+        assert_eq!(own.body[field], value, "{theirs} as its owner: {own:?}");
         let r1 = w.api.get(&theirs, &w.b).await;
         let r2 = w.api.get(&unknown, &w.b).await;
         assert_eq!(r1.status.as_u16(), 404, "{theirs}: {r1:?}");
         assert_eq!((r1.status, r1.kind()), (r2.status, r2.kind()), "{theirs}");
         assert!(!r1.message().contains("alpha"), "{r1:?}");
     }
-    // Enqueue alpha's job as beta: unknown job, as for a name never used.
+    // Enqueue alpha's job as beta: unknown job, as for a name never used
+    // (as alpha, accepted).
+    w.api
+        .post(
+            "/v1/tasks",
+            &w.a,
+            &json!({"job": "secret-job", "args": {"text": "x"}}),
+        )
+        .await
+        .expect(202, "");
     let r1 = w
         .api
         .post("/v1/tasks", &w.b, &json!({"job": "secret-job"}))
@@ -215,17 +248,29 @@ async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
         .await;
     r1.expect(404, "job_not_found");
     r2.expect(404, "job_not_found");
-    // A chain naming alpha's module: unknown module.
-    let r = w
-        .api
-        .post(
-            "/v1/jobs",
-            &w.b,
-            &json!({"name": "steal", "handlers": [hash]}),
-        )
-        .await;
+    // A chain naming alpha's module: unknown module (alpha may).
+    let chain = json!({"name": "steal", "handlers": [hash]});
+    w.api.post("/v1/jobs", &w.a, &chain).await.expect(201, "");
+    let r = w.api.post("/v1/jobs", &w.b, &chain).await;
     r.expect(404, "module_not_found");
-    // Lists and counts show beta nothing of alpha's.
+    // Lists and counts show alpha its own things and beta nothing of them.
+    let jobs = w.api.get("/v1/jobs", &w.a).await;
+    jobs.expect(200, "");
+    assert_eq!(
+        jobs.body["jobs"].as_array().map(Vec::len),
+        Some(2),
+        "{jobs:?}"
+    );
+    let tasks = w.api.get("/v1/tasks", &w.a).await;
+    tasks.expect(200, "");
+    assert!(
+        tasks.body["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["task_id"] == json!(task))),
+        "{tasks:?}"
+    );
+    let stats = w.api.get("/v1/stats", &w.a).await;
+    assert!(stats.body["completed"].as_u64() >= Some(1), "{stats:?}");
     let jobs = w.api.get("/v1/jobs", &w.b).await;
     jobs.expect(200, "");
     assert_eq!(jobs.body["jobs"], json!([]));
@@ -259,12 +304,13 @@ async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
         alpha_jobs.body["jobs"][0]["handlers"][0]["name"],
         "normalize"
     );
-    assert_eq!(alpha_jobs.body["jobs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(alpha_jobs.body["jobs"].as_array().map(Vec::len), Some(2));
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_400_with_a_reason() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     let hash = w.api.upload_job(&w.a, "noop").await;
     w.api
@@ -404,6 +450,7 @@ async fn malformed_requests_are_400_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_413() {
+    let _limit = crate::limit::minutes(5);
     let noop_len = support::job_bytes("noop").len() as u64;
     let w = world_with(
         TenantLimits {
@@ -444,6 +491,7 @@ async fn oversized_bodies_are_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_modules_are_refused_at_upload_with_their_own_error() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     for (what, bytes, kind) in api_support::refused_modules() {
         let r = w.api.upload(&w.a, bytes).await;
@@ -465,6 +513,7 @@ async fn hostile_modules_are_refused_at_upload_with_their_own_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_modules_that_validate_are_contained_at_run_time() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     let worker = RunningWorker::start(
         w.broker.clone(),
@@ -548,6 +597,7 @@ async fn hostile_modules_that_validate_are_contained_at_run_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_tasks_keep_the_version_they_were_enqueued_with() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     // Version 1: normalize only.
     let v1 = w
@@ -620,6 +670,7 @@ async fn queued_tasks_keep_the_version_they_were_enqueued_with() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_limits_are_enforced_at_upload_registration_and_enqueue() {
+    let _limit = crate::limit::minutes(5);
     let w = world_with(
         TenantLimits {
             max_fuel: 1_000_000,
@@ -692,6 +743,7 @@ async fn tenant_limits_are_enforced_at_upload_registration_and_enqueue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_enqueues_stay_within_the_tenant_quota() {
+    let _limit = crate::limit::minutes(5);
     let w = world_with(
         TenantLimits {
             max_queued: 20,
@@ -778,6 +830,7 @@ async fn concurrent_enqueues_stay_within_the_tenant_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_is_a_static_page_without_data() {
+    let _limit = crate::limit::minutes(5);
     let w = world().await;
     let resp = reqwest::get(format!("{}/", w.api.base)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -794,4 +847,89 @@ async fn the_dashboard_is_a_static_page_without_data() {
     // No external assets, and nothing of any tenant.
     assert!(!html.contains("http://") && !html.contains("https://"));
     assert!(!html.contains("alpha") && !html.contains("beta"));
+}
+
+/// With its Redis away, the API answers every route 503 with the kind of
+/// store that is missing (never a hang, never a 500), and serves again,
+/// with nothing lost, once Redis is back. (While the connection retries
+/// its backoff, an answer takes up to about ten seconds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_away_answers_503_and_then_serves_again() {
+    let _limit = crate::limit::minutes(5);
+    let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut w = world_on(server, TenantLimits::default(), ApiConfig::default()).await;
+    let hash = w.api.upload_job(&w.a, "noop").await;
+    w.api
+        .post("/v1/jobs", &w.a, &json!({"name": "j", "handlers": [hash]}))
+        .await
+        .expect(201, "");
+    let id = w.api.enqueue(&w.a, "j", json!({})).await;
+    let reads = [
+        "/v1/jobs".to_owned(),
+        "/v1/jobs/j".to_owned(),
+        format!("/v1/modules/{hash}"),
+        format!("/v1/tasks/{id}"),
+        "/v1/tasks".to_owned(),
+        "/v1/stats".to_owned(),
+    ];
+    // Served while Redis is up (so the 503s below are the store's doing).
+    for path in &reads {
+        w.api.get(path, &w.a).await.expect(200, "");
+    }
+
+    w.redis.stop();
+    let enqueue = json!({"job": "j"});
+    let mut answers = Vec::new();
+    for path in &reads {
+        answers.push((path.clone(), w.api.get(path, &w.a).await));
+    }
+    answers.push((
+        "POST /v1/tasks".into(),
+        w.api.post("/v1/tasks", &w.a, &enqueue).await,
+    ));
+    for (what, reply) in &answers {
+        assert_eq!(reply.status.as_u16(), 503, "{what}: {reply:?}");
+        assert!(
+            ["store_unavailable", "broker_unavailable"].contains(&reply.kind()),
+            "{what}: {reply:?}"
+        );
+    }
+    // The raw answer carries Retry-After.
+    let raw = reqwest::Client::new()
+        .get(format!("{}/v1/stats", w.api.base))
+        .bearer_auth(&w.a)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(raw.status().as_u16(), 503);
+    assert_eq!(
+        raw.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+
+    // Back: the same requests are served, with what was stored before.
+    w.redis.restart();
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    for path in &reads {
+        loop {
+            let reply = w.api.get(path, &w.a).await;
+            if reply.status.as_u16() == 200 {
+                break;
+            }
+            assert_eq!(reply.status.as_u16(), 503, "{path}: {reply:?}");
+            assert!(
+                std::time::Instant::now() < give_up,
+                "{path} still unavailable: {reply:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let task = w.api.get(&format!("/v1/tasks/{id}"), &w.a).await;
+    assert_eq!(task.body["task_id"], json!(id), "{task:?}");
+    w.api
+        .post("/v1/tasks", &w.a, &enqueue)
+        .await
+        .expect(202, "");
 }

@@ -65,6 +65,7 @@ async fn serve(args: &[&str]) -> (Child, Vec<String>, Api) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corral_serve_alone_runs_what_its_api_is_given() {
+    let _limit = crate::limit::minutes(5);
     let (mut child, printed, api) =
         serve(&["--workers", "2", "--tenant", "acme", "--tenant", "zed"]).await;
     let token_of = |name: &str| {
@@ -159,6 +160,7 @@ async fn plain(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn tokens_are_recognised_in_arguments() {
+    let _limit = crate::limit::minutes(5);
     let token = corral::tenant::Token::generate();
     assert!(holds_token(token.expose()));
     assert!(holds_token(&format!("--token={}", token.expose())));
@@ -168,6 +170,7 @@ fn tokens_are_recognised_in_arguments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_and_jobs_commands_write_the_redis_catalog() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let url = redis.url();
     let url = url.as_str();
@@ -271,6 +274,8 @@ async fn tenants_and_jobs_commands_write_the_redis_catalog() {
     assert!(ok, "{err}");
     let second = second.trim().to_owned();
     assert!(second.starts_with("crl_") && second != token, "{second}");
+    // Each command that printed a token stored only its hash.
+    crate::api_support::assert_tokens_stored_only_hashed(&redis, &[&token, &second]);
     let (ok, _, err) = run_corral(
         &["tenants", "revoke", "--token-file", "-", "--redis", url],
         Secret::Stdin(&token),
@@ -322,6 +327,7 @@ async fn tenants_and_jobs_commands_write_the_redis_catalog() {
 /// by id, and a token given as an argument is refused with what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_edges_reserved_name_overflow_and_token_ids() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let url = redis.url();
     let url = url.as_str();
@@ -515,6 +521,7 @@ async fn operator_edges_reserved_name_overflow_and_token_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_process_runs_jobs_uploaded_through_another_process() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let url = redis.url();
     // Process 1 creates the tenant; process 2 serves the API and runs no

@@ -177,6 +177,7 @@ fn head(method: &str, path: &str, token: &str, framing: Option<&str>) -> String 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_heads_are_dropped_while_normal_clients_are_served() {
+    let _limit = crate::limit::minutes(5);
     let w = world(ApiConfig {
         header_timeout: Duration::from_secs(1),
         ..ApiConfig::default()
@@ -243,6 +244,7 @@ enum Misbehaviour {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_and_dripping_bodies_are_cut_with_a_json_408() {
+    let _limit = crate::limit::minutes(5);
     let budget = BodyBudget::new(64 << 20, 64 << 20);
     let w = world(ApiConfig {
         body_timeout: Duration::from_millis(500),
@@ -327,6 +329,7 @@ async fn stalled_and_dripping_bodies_are_cut_with_a_json_408() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_past_the_limit_time_out_and_a_new_client_is_served() {
+    let _limit = crate::limit::minutes(5);
     let w = world(ApiConfig {
         max_connections: 8,
         header_timeout: Duration::from_secs(1),
@@ -371,6 +374,7 @@ async fn idle_connections_past_the_limit_time_out_and_a_new_client_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_limit_full_a_new_client_is_served_once_a_connection_frees() {
+    let _limit = crate::limit::minutes(5);
     let w = world(ApiConfig {
         max_connections: 4,
         header_timeout: Duration::from_secs(300),
@@ -392,7 +396,9 @@ async fn with_the_limit_full_a_new_client_is_served_once_a_connection_frees() {
         assert_eq!(reply.status, 200, "{reply:?}");
         held.push(stream);
     }
-    // A fifth is not served while all four slots are held...
+    // A fifth is not served while all four slots are held... (a server
+    // that served it would answer at once: the pause is room for that
+    // mistake to show, not a synchronisation)
     let addr = w.addr.clone();
     let fifth = tokio::spawn(async move { raw_request(&addr, request.as_bytes()).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -411,6 +417,7 @@ async fn with_the_limit_full_a_new_client_is_served_once_a_connection_frees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_its_answers_is_dropped() {
+    let _limit = crate::limit::minutes(5);
     let w = world(ApiConfig {
         body_timeout: Duration::from_millis(500),
         min_body_rate: 64 << 10,
@@ -472,6 +479,7 @@ async fn a_client_that_stops_reading_its_answers_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_connections_and_cuts_requests_past_the_grace() {
+    let _limit = crate::limit::minutes(5);
     let catalog: Arc<dyn Catalog> = Arc::new(MemoryCatalog::new());
     let token = api_support::tenant(&catalog, "alpha", TenantLimits::default()).await;
     let registry = Registry::with_catalog(support::sandbox(), catalog);
@@ -577,6 +585,7 @@ async fn finish_upload(mut stream: TcpStream, length: usize) -> RawReply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_past_the_body_budget_get_a_json_503_and_memory_stays_bounded() {
+    let _limit = crate::limit::minutes(5);
     const MIB: usize = 1 << 20;
     let budget = BodyBudget::new(4 << 20, 4 << 20);
     let w = world(ApiConfig {
@@ -633,6 +642,7 @@ async fn uploads_past_the_body_budget_get_a_json_503_and_memory_stays_bounded() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_take_the_whole_body_budget() {
+    let _limit = crate::limit::minutes(5);
     const MIB: usize = 1 << 20;
     let budget = BodyBudget::new(8 << 20, 3 << 20);
     let w = world(ApiConfig {
@@ -709,6 +719,7 @@ async fn one_tenant_cannot_take_the_whole_body_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_held_up_by_a_stalled_store_is_cut_at_the_request_timeout() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let catalog: Arc<dyn Catalog> = Arc::new(
         RedisCatalog::connect(&redis.url())
@@ -774,6 +785,7 @@ fn not_utf8(rng: &mut StdRng) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_of_every_kind_answer_json() {
+    let _limit = crate::limit::minutes(5);
     let w = world(ApiConfig {
         max_header_bytes: 8 << 10,
         ..ApiConfig::default()

@@ -28,26 +28,66 @@ pub fn keys(server: &RedisServer) -> Vec<String> {
     redis::cmd("KEYS").arg("*").query(&mut conn).expect("KEYS")
 }
 
-/// Every string value and hash field value in `server`, as bytes.
-pub fn string_values(server: &RedisServer) -> Vec<Vec<u8>> {
+/// Everything stored in `server`, as bytes: every key's name and every
+/// value of every type (strings; lists; sets; sorted-set members; hash
+/// fields and values; stream ids, fields and values). A type it does not
+/// know fails the test, so a new kind of key cannot slip past the checks
+/// that read this.
+pub fn everything_stored(server: &RedisServer) -> Vec<Vec<u8>> {
     let client = redis::Client::open(server.url()).expect("redis url");
     let mut conn = client.get_connection().expect("redis connection");
     let mut out = Vec::new();
     for key in keys(server) {
         let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).expect("TYPE");
-        match kind.as_str() {
-            "string" => out.push(redis::cmd("GET").arg(&key).query(&mut conn).expect("GET")),
-            "hash" => {
-                let all: Vec<Vec<u8>> = redis::cmd("HGETALL")
+        let mut read = |cmd: &mut redis::Cmd| -> Vec<Vec<u8>> {
+            cmd.query(&mut conn)
+                .unwrap_or_else(|e| panic!("reading {key} ({kind}): {e}"))
+        };
+        let values = match kind.as_str() {
+            "string" => read(redis::cmd("GET").arg(&key)),
+            "list" => read(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1)),
+            "set" => read(redis::cmd("SMEMBERS").arg(&key)),
+            "zset" => read(redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1)),
+            "hash" => read(redis::cmd("HGETALL").arg(&key)),
+            "stream" => {
+                let entries: Vec<(Vec<u8>, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
                     .arg(&key)
+                    .arg("-")
+                    .arg("+")
                     .query(&mut conn)
-                    .expect("HGETALL");
-                out.extend(all);
+                    .expect("XRANGE");
+                entries
+                    .into_iter()
+                    .flat_map(|(id, fields)| std::iter::once(id).chain(fields))
+                    .collect()
             }
-            _ => {}
-        }
+            "none" => Vec::new(), // expired since KEYS
+            other => panic!("key {key} has a type this check does not read: {other}"),
+        };
+        out.push(key.into_bytes());
+        out.extend(values);
     }
     out
+}
+
+/// Checks that `server` holds each of `tokens` only as its hash: the hash
+/// is there (so the check looks where tokens go), the token nowhere.
+pub fn assert_tokens_stored_only_hashed(server: &RedisServer, tokens: &[&str]) {
+    let stored: Vec<String> = everything_stored(server)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for token in tokens {
+        let hash = Token::from_presented(token).hash().0;
+        assert!(
+            stored.iter().any(|v| v.contains(&hash)),
+            "the hash of a token is not stored: {stored:?}"
+        );
+        let bare = token.trim_start_matches("crl_");
+        for value in &stored {
+            assert!(!value.contains(bare), "a token is stored in clear: {value}");
+        }
+    }
 }
 
 /// Where a test's catalog lives.

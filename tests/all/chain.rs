@@ -42,6 +42,7 @@ fn quick_limits() -> Limits {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn args_flow_through_the_chain_and_checkpoints_advance() {
+    let _limit = crate::limit::minutes(5);
     let (broker, updates) = recording_broker();
     let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
     let client = Client::new(broker.clone());
@@ -93,6 +94,7 @@ async fn args_flow_through_the_chain_and_checkpoints_advance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpointed_task_resumes_at_its_handler() {
+    let _limit = crate::limit::minutes(5);
     let broker = EmbeddedBroker::new();
     let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
     let client = Client::new(broker.clone());
@@ -119,6 +121,7 @@ async fn a_checkpointed_task_resumes_at_its_handler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_errors_fail_the_task_with_the_guests_message() {
+    let _limit = crate::limit::minutes(5);
     let broker = EmbeddedBroker::new();
     let registry = support::registry(&[("fail", &["fail"], Limits::default())]).await;
     let client = Client::new(broker.clone());
@@ -216,6 +219,7 @@ async fn contained(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_by_fuel() {
+    let _limit = crate::limit::minutes(5);
     let err = contained("spin", &[], quick_limits()).await;
     assert_eq!(err.kind, "out_of_fuel", "{err}");
     assert!(
@@ -226,6 +230,7 @@ async fn an_infinite_loop_is_stopped_by_fuel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_guest_is_stopped_by_its_deadline() {
+    let _limit = crate::limit::minutes(5);
     let err = contained("sleep", &[("ms", 60_000.into())], quick_limits()).await;
     assert_eq!(err.kind, "deadline", "{err}");
     assert!(err.message.contains("deadline of 1500 ms"), "{err}");
@@ -233,6 +238,7 @@ async fn a_sleeping_guest_is_stopped_by_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_waiting_guest_is_stopped_by_its_deadline() {
+    let _limit = crate::limit::minutes(5);
     let limits = Limits {
         fuel: 9_000_000_000,
         ..quick_limits()
@@ -243,6 +249,7 @@ async fn a_busy_waiting_guest_is_stopped_by_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
+    let _limit = crate::limit::minutes(5);
     let err = contained("memory_bomb", &[], quick_limits()).await;
     assert_eq!(err.kind, "memory_limit", "{err}");
     assert!(err.message.contains("over its limit of 33554432"), "{err}");
@@ -250,6 +257,7 @@ async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_job_fails_its_task_and_the_worker_carries_on() {
+    let _limit = crate::limit::minutes(5);
     let broker = EmbeddedBroker::new();
     let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
     let client = Client::new(broker.clone());
@@ -281,6 +289,7 @@ async fn an_unknown_job_fails_its_task_and_the_worker_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_a_name_twice_is_an_error_unless_replaced() {
+    let _limit = crate::limit::minutes(5);
     let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
     let files: Vec<_> = PIPELINE.iter().map(|h| support::job(h)).collect();
     let err = registry
@@ -329,6 +338,7 @@ async fn registering_a_name_twice_is_an_error_unless_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_stdout_stderr_and_log_land_in_the_task_log() {
+    let _limit = crate::limit::minutes(5);
     let broker = EmbeddedBroker::new();
     let registry = support::registry(&[("echo", &["echo_log"], Limits::default())]).await;
     let client = Client::new(broker.clone());
@@ -346,6 +356,7 @@ async fn guest_stdout_stderr_and_log_land_in_the_task_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_hands_back_tasks_still_running_after_the_grace_period() {
+    let _limit = crate::limit::minutes(5);
     let broker = EmbeddedBroker::new();
     let limits = Limits {
         timeout_ms: 30_000,
@@ -360,8 +371,9 @@ async fn shutdown_hands_back_tasks_still_running_after_the_grace_period() {
         ..support::worker_config(1)
     };
     let worker = RunningWorker::start(broker.clone(), registry, config);
-    // Wait until the worker holds the task.
-    for _ in 0..500 {
+    // Wait until the worker holds the task (polled, failing after 60 s).
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let t = client
             .status("default", task.task_id)
             .await
@@ -370,6 +382,10 @@ async fn shutdown_hands_back_tasks_still_running_after_the_grace_period() {
         if t.state == TaskState::Active {
             break;
         }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the worker never took the task: {t:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stats = worker.stats.clone();
@@ -385,4 +401,53 @@ async fn shutdown_hands_back_tasks_still_running_after_the_grace_period() {
         "a handed-back run does not count as an attempt"
     );
     assert_eq!(stats.released.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A task's own `timeout_ms` narrows its job's deadline, never widens it:
+/// the same one-second nap completes under the job's 60 s, dies of its
+/// deadline under a task timeout of 200 ms, and a task timeout above the
+/// job's leaves the job's in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_own_timeout_narrows_its_jobs() {
+    let _limit = crate::limit::minutes(5);
+    let broker = EmbeddedBroker::new();
+    let job = |timeout_ms| Limits {
+        timeout_ms,
+        ..Limits::default()
+    };
+    let registry = support::registry(&[
+        ("nap", &["sleep"], job(60_000)),
+        ("short-nap", &["sleep"], job(200)),
+    ])
+    .await;
+    let client = Client::new(broker.clone());
+    let nap = |job: &str, timeout: Option<u64>| {
+        let mut b = client.task(job).arg("ms", &1_000).unwrap().max_attempts(1);
+        if let Some(ms) = timeout {
+            b = b.timeout(Duration::from_millis(ms));
+        }
+        b.build()
+    };
+    let under_job = nap("nap", None);
+    let narrowed = nap("nap", Some(200));
+    let wider = nap("short-nap", Some(60_000));
+    for t in [&under_job, &narrowed, &wider] {
+        client.enqueue(t.clone()).await.unwrap();
+    }
+    let worker = RunningWorker::start(broker, registry, support::worker_config(3));
+    let under_job = support::wait(&client, &under_job, 60).await;
+    let narrowed = support::wait(&client, &narrowed, 60).await;
+    let wider = support::wait(&client, &wider, 60).await;
+    worker.stop().await;
+    assert_eq!(
+        under_job.state,
+        TaskState::Completed,
+        "{:?}",
+        under_job.error
+    );
+    for t in [&narrowed, &wider] {
+        assert_eq!(t.state, TaskState::Dead, "{t:?}");
+        let error = t.error.as_ref().expect("an error");
+        assert_eq!(error.kind, "deadline", "{error}");
+    }
 }

@@ -92,6 +92,7 @@ fn hungry_component() -> Vec<u8> {
 /// the shape checks, before any compile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pathological_shapes_are_refused_before_compiling() {
+    let _limit = crate::limit::minutes(5);
     // A compiler that cannot start: anything reaching it would answer
     // `compiler_unavailable`, so `compile_limit` proves the shape checks
     // refused the module first.
@@ -148,18 +149,21 @@ const MINUTES: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_cpu_time_is_killed_and_refused() {
+    let _limit = crate::limit::minutes(5);
     let limits = child(Duration::from_secs(1), 4 << 30, MINUTES);
     refused_past(limits, slow_component(0), "CPU time").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_memory_is_refused() {
+    let _limit = crate::limit::minutes(5);
     let limits = child(MINUTES, 96 << 20, MINUTES);
     refused_past(limits, hungry_component(), "memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_wall_time_is_killed_and_refused() {
+    let _limit = crate::limit::minutes(5);
     let limits = child(MINUTES, 4 << 30, Duration::from_millis(300));
     refused_past(limits, slow_component(0), "wall-clock").await;
 }
@@ -167,6 +171,7 @@ async fn a_compile_past_its_wall_time_is_killed_and_refused() {
 /// Within its bounds, a child compile gives a handler that runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_compile_gives_a_working_handler() {
+    let _limit = crate::limit::minutes(5);
     let sandbox = sandbox_with(child(
         Duration::from_secs(60),
         2 << 30,
@@ -233,6 +238,7 @@ fn compiles_running(program: &std::path::Path) -> usize {
 /// take every slot: another tenant's compile runs beside them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiles_are_bounded_per_tenant_and_in_total() {
+    let _limit = crate::limit::minutes(5);
     let dir = tempfile::tempdir().expect("tempdir");
     let program = dir.path().join("corral-bounded");
     std::os::unix::fs::symlink(corral(), &program).expect("symlink corral");
@@ -271,7 +277,12 @@ async fn compiles_are_bounded_per_tenant_and_in_total() {
             tokio::spawn(async move { sandbox.validate_async("hostile", bytes).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the sampler sees the first of them compiling (bounded).
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !seen.lock().expect("samples").contains(&1) {
+        assert!(Instant::now() < give_up, "no compile ever started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let alone = seen.lock().expect("samples").clone();
     // Another tenant's compile gets the second slot beside them.
     sandbox
@@ -300,15 +311,22 @@ async fn compiles_are_bounded_per_tenant_and_in_total() {
     );
 }
 
-/// While one tenant's uploads compile at their limits, another tenant's
-/// tasks keep completing: compiles never hold the async runtime.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// While one tenant's upload compiles, another tenant's tasks keep
+/// completing: compiles never hold the async runtime. The runtime has one
+/// worker thread, so a compile that blocked it would let no task finish
+/// until it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn other_tenants_tasks_complete_while_a_hostile_upload_compiles() {
-    let sandbox = sandbox_with(child(
-        Duration::from_secs(60),
-        4 << 30,
-        Duration::from_secs(2),
-    ));
+    let _limit = crate::limit::minutes(5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = dir.path().join("corral-beside");
+    std::os::unix::fs::symlink(corral(), &program).expect("symlink corral");
+    let sandbox = sandbox_with(CompileConfig {
+        isolation: CompileIsolation::Child {
+            program: program.clone(),
+        },
+        ..child(Duration::from_secs(60), 4 << 30, Duration::from_secs(120))
+    });
     let registry = Registry::new(sandbox.clone());
     registry
         .register_files(
@@ -327,29 +345,41 @@ async fn other_tenants_tasks_complete_while_a_hostile_upload_compiles() {
         let registry = registry.clone();
         tokio::spawn(async move { registry.add_module("hostile", &slow_component(0)).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut done = 0;
-    for _ in 0..20 {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while compiles_running(&program) == 0 {
+        assert!(
+            Instant::now() < give_up,
+            "the hostile compile never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Tasks run one after another for as long as the compile does; those
+    // that finish while its process is still running finished beside it.
+    let mut beside = 0;
+    for _ in 0..10_000 {
         let task = corral::Task::new("noop", corral::task::ArgsMap::new());
         client.enqueue(task.clone()).await.expect("enqueue");
         let task = support::wait(&client, &task, 30).await;
         assert_eq!(task.state, TaskState::Completed, "{:?}", task.error);
-        done += 1;
+        if compiles_running(&program) == 0 {
+            break;
+        }
+        beside += 1;
     }
     assert!(
-        !upload.is_finished(),
-        "the hostile compile should still be running after {done} tasks"
+        beside > 0,
+        "no task completed while the hostile module compiled"
     );
-    let err = upload
-        .await
-        .expect("join")
-        .expect_err("over the wall bound");
+    // It compiled in full, and was then refused: it was never a handler.
+    let refused = upload.await.expect("join");
     assert!(
         matches!(
-            err,
-            corral::registry::RegistryError::Module(LoadError::CompileLimit(_))
+            refused,
+            Err(corral::registry::RegistryError::Module(
+                LoadError::WrongWorld(_)
+            ))
         ),
-        "{err}"
+        "{refused:?}"
     );
     worker.stop().await;
 }
@@ -358,6 +388,7 @@ async fn other_tenants_tasks_complete_while_a_hostile_upload_compiles() {
 /// as the compile took, though nothing compiles again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timing_does_not_reveal_another_tenants_upload() {
+    let _limit = crate::limit::minutes(5);
     let sandbox = sandbox_with(child(
         Duration::from_secs(60),
         2 << 30,
@@ -395,6 +426,7 @@ async fn timing_does_not_reveal_another_tenants_upload() {
 /// least recently used; the disk cache keeps at most its bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_caches_are_bounded_least_recently_used_first() {
+    let _limit = crate::limit::minutes(5);
     let dir = tempfile::tempdir().expect("tempdir");
     let sandbox = Sandbox::new(SandboxConfig {
         max_instances: 16,

@@ -23,7 +23,7 @@ use futures_util::future::join_all;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::redis::{RedisServer, cluster, unique_prefix};
+use crate::support::redis::{RedisServer, cluster, redis_cli, unique_prefix};
 
 /// A broker under test with the clock it reads.
 pub struct Fixture<B> {
@@ -31,12 +31,48 @@ pub struct Fixture<B> {
     pub clock: ManualClock,
     /// Keeps the backend's server alive for the test.
     _server: Option<RedisServer>,
+    /// The Redis servers behind the broker (none for the embedded one).
+    ports: Vec<u16>,
 }
 
 /// A kind of broker the suite runs against.
 pub trait Backend {
     type B: Broker + Clone;
     fn make(retention: Retention) -> impl Future<Output = Fixture<Self::B>>;
+    /// How many `acquire` calls wait for work at the broker now (on the
+    /// cluster, which tests share, other tests' waits count too).
+    fn waiting(fx: &Fixture<Self::B>) -> impl Future<Output = usize>;
+}
+
+/// Clients blocked in `BLPOP` (an acquire's wait) on the servers at `ports`.
+async fn blocked_in_blpop(ports: &[u16]) -> usize {
+    let ports = ports.to_vec();
+    tokio::task::spawn_blocking(move || {
+        ports
+            .iter()
+            .map(|port| {
+                redis_cli(*port, &["client", "list"])
+                    .lines()
+                    .filter(|l| l.contains(" cmd=blpop ") && l.contains(" flags=b"))
+                    .count()
+            })
+            .sum()
+    })
+    .await
+    .expect("client list")
+}
+
+/// Waits until more than `before` acquire calls wait for work: the one the
+/// test started has reached its wait. Polled, failing after 60 s.
+async fn until_an_acquire_waits<K: Backend>(fx: &Fixture<K::B>, before: usize) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while K::waiting(fx).await <= before {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the acquire never reached its wait"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn start_clock() -> ManualClock {
@@ -55,7 +91,11 @@ impl Backend for Embedded {
             broker,
             clock,
             _server: None,
+            ports: Vec::new(),
         }
+    }
+    async fn waiting(fx: &Fixture<EmbeddedBroker>) -> usize {
+        fx.broker.waiting_acquires()
     }
 }
 
@@ -74,8 +114,12 @@ impl Backend for Standalone {
         Fixture {
             broker,
             clock,
+            ports: vec![server.port()],
             _server: Some(server),
         }
+    }
+    async fn waiting(fx: &Fixture<RedisBroker>) -> usize {
+        blocked_in_blpop(&fx.ports).await
     }
 }
 
@@ -83,7 +127,7 @@ pub struct Cluster;
 impl Backend for Cluster {
     type B = RedisBroker;
     async fn make(retention: Retention) -> Fixture<RedisBroker> {
-        let urls = tokio::task::spawn_blocking(|| cluster().urls())
+        let (urls, ports) = tokio::task::spawn_blocking(|| (cluster().urls(), cluster().ports()))
             .await
             .expect("cluster start");
         let clock = start_clock();
@@ -98,7 +142,11 @@ impl Backend for Cluster {
             broker,
             clock,
             _server: None,
+            ports,
         }
+    }
+    async fn waiting(fx: &Fixture<RedisBroker>) -> usize {
+        blocked_in_blpop(&fx.ports).await
     }
 }
 
@@ -707,10 +755,9 @@ fn spawn_waiting_acquire<B: Broker + Clone>(
 
 pub async fn a_blocked_acquire_wakes_for_an_enqueue<K: Backend>() {
     let fx = K::make(Retention::default()).await;
+    let before = K::waiting(&fx).await;
     let waiting = spawn_waiting_acquire(&fx.broker, "w");
-    // Let the acquire reach its wait (if it has not, it finds the task on
-    // its first look; either way it must come back with it).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_an_acquire_waits::<K>(&fx, before).await;
     let t = task(1);
     fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
     let got = tokio::time::timeout(Duration::from_secs(30), waiting)
@@ -727,8 +774,9 @@ pub async fn a_blocked_acquire_wakes_for_a_recovered_task<K: Backend>() {
     let t = task(1);
     fx.broker.enqueue(vec![t.clone()]).await.expect("enqueue");
     let first = take_one(&fx.broker, "w1").await;
+    let before = K::waiting(&fx).await;
     let waiting = spawn_waiting_acquire(&fx.broker, "w2");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_an_acquire_waits::<K>(&fx, before).await;
     fx.clock.advance(LEASE + Duration::from_secs(1));
     assert_eq!(fx.broker.maintain().await.expect("maintain").recovered, 1);
     let got = tokio::time::timeout(Duration::from_secs(30), waiting)
@@ -750,9 +798,12 @@ pub async fn an_idle_acquire_gives_up_after_block_for<K: Backend>() {
 
 pub async fn an_interrupt_ends_a_wait_without_losing_work<K: Backend>() {
     let fx = K::make(Retention::default()).await;
+    let before = K::waiting(&fx).await;
     let waiting = spawn_waiting_acquire(&fx.broker, "w");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Another worker's interrupt does not end this wait.
+    until_an_acquire_waits::<K>(&fx, before).await;
+    // Another worker's interrupt does not end this wait. A wait ended by
+    // mistake ends at once; the pause is room for that mistake to show, not
+    // a synchronisation (a correct broker passes however long it is).
     fx.broker.interrupt(&"someone-else".to_owned()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -1395,6 +1446,7 @@ macro_rules! conformance {
         $(
             #[tokio::test]
             async fn $name() {
+                let _limit = crate::limit::minutes(5);
                 super::$name::<$backend>().await;
             }
         )*

@@ -45,6 +45,7 @@ fn text_task(i: usize) -> Task {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_workers_lose_nothing_and_chains_resume_from_their_checkpoint() {
+    let _limit = crate::limit::minutes(12);
     let server = RedisServer::start();
     let prefix = unique_prefix("crash");
     let broker = RedisBroker::connect(RedisConfig::new(server.url()).prefix(prefix.clone()))
@@ -78,7 +79,8 @@ async fn sigkilled_workers_lose_nothing_and_chains_resume_from_their_checkpoint(
     };
     let mut workers: Vec<WorkerProcess> = (0..WORKERS).map(|_| start_worker()).collect();
 
-    let give_up = Instant::now() + Duration::from_secs(150);
+    // Only to turn a hang into a failure, never a measure of speed.
+    let give_up = Instant::now() + Duration::from_secs(600);
     let mut kills = 0;
     let mut rng = rand::rng();
     loop {
@@ -257,6 +259,7 @@ async fn cutting_proxy(upstream: u16, nth: usize) -> (String, Arc<AtomicUsize>) 
 /// which `noop` hands back unchanged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_connections_drop_while_it_starts_waits_and_runs() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let logs = tempfile::tempdir().expect("log dir");
     let mut rng = rand::rng();

@@ -110,6 +110,7 @@ fn depths() -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn args_too_deep_to_store_are_refused_and_every_task_stays_readable() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let broker =
         RedisBroker::connect(RedisConfig::new(server.url()).prefix(unique_prefix("deep-args")))

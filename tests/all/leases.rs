@@ -25,6 +25,7 @@ fn nap(ms: u64) -> Task {
 /// attempt: the heartbeats extended the lease all along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_long_task_on_its_first_attempt() {
+    let _limit = crate::limit::minutes(5);
     let registry = Registry::new(support::sandbox());
     registry
         .register_files(
@@ -86,12 +87,25 @@ fn signal(worker: &WorkerProcess, sig: &str) {
     assert!(status.success(), "kill -{sig} failed");
 }
 
+/// When a stopped worker is resumed, relative to the worker that took its
+/// task over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// After B completed the task: A's handler has ended too by then, and
+    /// whichever of its heartbeat and its outcome reaches the broker first
+    /// is refused.
+    AfterCompletion,
+    /// As soon as B holds the task, while A's handler still has seconds to
+    /// run: A's next heartbeat finds the lease lost and abandons the handler
+    /// mid-call.
+    WhileHandlerRuns,
+}
+
 /// Worker A takes a task, is stopped (SIGSTOP) past its lease; worker B
 /// takes the task over and completes it. A, resumed (SIGCONT), finds its
 /// lease lost and abandons the task: the stored result is B's (attempt 2),
 /// A overwrote nothing, and A counts the task as lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_stopped_past_its_lease_abandons_the_task_when_resumed() {
+async fn a_worker_stopped_past_its_lease(resume: Resume) {
     let server = RedisServer::start();
     let prefix = unique_prefix("leases");
     let broker = RedisBroker::connect(RedisConfig::new(server.url()).prefix(prefix.clone()))
@@ -99,10 +113,21 @@ async fn a_worker_stopped_past_its_lease_abandons_the_task_when_resumed() {
         .expect("connect");
     let logs = tempfile::tempdir().expect("log dir");
     let nap_job = format!("nap={}", support::job("sleep").display());
-    let extra = ["--job", nap_job.as_str(), "--lease", "1s"];
+    let extra = [
+        "--job",
+        nap_job.as_str(),
+        "--lease",
+        "1s",
+        "--timeout",
+        "60s",
+    ];
+    let nap_ms = match resume {
+        Resume::AfterCompletion => 3_000,
+        Resume::WhileHandlerRuns => 12_000,
+    };
 
     let mut a = WorkerProcess::start(&server.url(), &prefix, &extra, logs.path().join("a.log"));
-    let task = nap(3_000);
+    let task = nap(nap_ms);
     broker.enqueue(vec![task.clone()]).await.expect("enqueue");
     let leased = wait_for(&broker, task.task_id, 60, "A leases the task", |t| {
         t.state == TaskState::Active
@@ -112,21 +137,33 @@ async fn a_worker_stopped_past_its_lease_abandons_the_task_when_resumed() {
     signal(&a, "STOP");
 
     let mut b = WorkerProcess::start(&server.url(), &prefix, &extra, logs.path().join("b.log"));
+    if resume == Resume::WhileHandlerRuns {
+        wait_for(&broker, task.task_id, 60, "B leases the task", |t| {
+            t.state == TaskState::Active && t.attempt == 2
+        })
+        .await;
+        signal(&a, "CONT");
+    }
     let done = wait_for(&broker, task.task_id, 60, "B completes the task", |t| {
         t.state == TaskState::Completed
     })
     .await;
     assert_eq!(done.attempt, 2, "B ran it as the second attempt");
-
-    signal(&a, "CONT");
+    if resume == Resume::AfterCompletion {
+        signal(&a, "CONT");
+    }
     assert!(b.stop(), "worker B stops cleanly");
     // Resumed, A's next heartbeat (or its handler's end) finds the lease
     // gone; then it stops.
     let a_log = logs.path().join("a.log");
+    let noticed: &[&str] = match resume {
+        Resume::AfterCompletion => &["lease lost", "abandoned", "refused"],
+        Resume::WhileHandlerRuns => &["lease lost; abandoning the task"],
+    };
     let give_up = Instant::now() + Duration::from_secs(30);
     loop {
         let log = std::fs::read_to_string(&a_log).unwrap_or_default();
-        if log.contains("lease lost") || log.contains("abandoned") || log.contains("refused") {
+        if noticed.iter().any(|n| log.contains(n)) {
             break;
         }
         assert!(
@@ -159,4 +196,21 @@ async fn a_worker_stopped_past_its_lease_abandons_the_task_when_resumed() {
         "A counted the task as lost: {line}"
     );
     assert!(line.contains(" 0 completed"), "A completed nothing: {line}");
+    // A's handler never finished: it was abandoned mid-call.
+    if resume == Resume::WhileHandlerRuns {
+        let a_runs = handler_runs(&a_log);
+        assert!(a_runs.is_empty(), "{a_runs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_its_lease_abandons_the_task_when_resumed() {
+    let _limit = crate::limit::minutes(5);
+    a_worker_stopped_past_its_lease(Resume::AfterCompletion).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_workers_heartbeat_abandons_a_handler_still_running() {
+    let _limit = crate::limit::minutes(5);
+    a_worker_stopped_past_its_lease(Resume::WhileHandlerRuns).await;
 }

@@ -2,6 +2,8 @@
 //! components built by `jobs/build.sh` and, where a test needs Redis, a
 //! `redis-server` of their own on a free loopback port.
 
+#[path = "../common/limit.rs"]
+mod limit;
 mod support;
 
 mod api;
@@ -15,5 +17,6 @@ mod crash;
 mod deep_args;
 mod leases;
 mod quotas;
+mod readme;
 mod redis_broker;
 mod tenants;

@@ -323,17 +323,20 @@ async fn quota_contract(catalog: Arc<dyn Catalog>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_catalog_keeps_every_quota_exactly() {
+    let _limit = crate::limit::minutes(5);
     quota_contract(Store::Memory.catalog().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_catalog_keeps_every_quota_exactly() {
+    let _limit = crate::limit::minutes(5);
     let store = Store::Redis(RedisServer::start());
     quota_contract(store.catalog().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_catalog_keeps_every_quota_exactly_on_a_cluster() {
+    let _limit = crate::limit::minutes(5);
     let urls = tokio::task::spawn_blocking(|| crate::support::redis::cluster().urls())
         .await
         .expect("cluster start");
@@ -462,6 +465,7 @@ fn handler_variant(variant: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn handler_variants_are_distinct_and_sized() {
+    let _limit = crate::limit::minutes(5);
     let base = tiny_handler().len();
     let a = handler_variant(1, base + 100);
     let b = handler_variant(2, base + 100);
@@ -494,6 +498,7 @@ fn tally(replies: &[(u16, String)], ok: u16, refused: (u16, &str)) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_store_exactly_the_module_quota() {
+    let _limit = crate::limit::minutes(5);
     let w = world(
         TenantLimits {
             max_modules: LIMIT,
@@ -541,6 +546,7 @@ async fn concurrent_uploads_store_exactly_the_module_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_registrations_keep_the_job_version_and_handler_quotas() {
+    let _limit = crate::limit::minutes(5);
     let w = world(
         TenantLimits {
             max_jobs: LIMIT,
@@ -610,6 +616,7 @@ async fn concurrent_registrations_keep_the_job_version_and_handler_quotas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_output_and_log_limits_above_the_tenant_ceilings_are_refused() {
+    let _limit = crate::limit::minutes(5);
     let ceilings = TenantLimits {
         max_output_bytes: 64 << 10,
         max_log_bytes: 4 << 10,
@@ -669,6 +676,7 @@ async fn job_output_and_log_limits_above_the_tenant_ceilings_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_of_huge_tasks_stays_under_its_byte_bound() {
+    let _limit = crate::limit::minutes(5);
     let budget = 16 << 10;
     let w = world(
         TenantLimits::default(),
@@ -768,6 +776,7 @@ async fn a_listing_of_huge_tasks_stays_under_its_byte_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_list_pages_by_name_under_its_byte_bound() {
+    let _limit = crate::limit::minutes(5);
     let budget = 4 << 10;
     let w = world(
         TenantLimits::default(),

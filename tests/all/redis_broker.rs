@@ -46,6 +46,7 @@ async fn drained(broker: &RedisBroker, limit: Duration) -> QueueStats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_pushed_by_hand_run_or_go_dead_with_the_reason() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let prefix = unique_prefix("raw");
     let broker = connect(&server, &prefix).await;
@@ -143,6 +144,7 @@ async fn entries_pushed_by_hand_run_or_go_dead_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_ride_out_a_redis_restart_and_lose_nothing() {
+    let _limit = crate::limit::minutes(5);
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let prefix = unique_prefix("restart");
     let broker = connect(&server, &prefix).await;
@@ -207,6 +209,7 @@ async fn default_stats(broker: &RedisBroker) -> QueueStats {
 
 #[tokio::test]
 async fn the_broker_reconnects_after_its_connection_is_killed() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let broker = connect(&server, &unique_prefix("drop")).await;
     broker.enqueue(vec![text_task(0)]).await.expect("enqueue");
@@ -235,6 +238,7 @@ async fn the_broker_reconnects_after_its_connection_is_killed() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_more() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let config = RedisConfig::new(server.url())
         .prefix(unique_prefix("full"))
@@ -257,6 +261,7 @@ async fn a_full_queue_refuses_more() {
 
 #[tokio::test]
 async fn every_key_of_a_tenant_carries_its_hash_tag() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let prefix = unique_prefix("keys");
     let broker = connect(&server, &prefix).await;
@@ -326,6 +331,7 @@ async fn every_key_of_a_tenant_carries_its_hash_tag() {
 
 #[tokio::test]
 async fn purging_a_queue_gives_back_its_quota() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let broker = connect(&server, &unique_prefix("purge")).await;
     let quota = TenantQuota {
@@ -440,6 +446,7 @@ async fn idle_queues(broker: &RedisBroker, names: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_queues_add_no_command_to_maintenance_or_acquire() {
+    let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let prefix = unique_prefix("idle");
     // What one maintenance pass and one acquire (of a worker serving
@@ -481,6 +488,7 @@ async fn thousands_of_idle_queues_add_no_command_to_maintenance_or_acquire() {
 #[tokio::test]
 #[ignore]
 async fn script_costs() {
+    let _limit = crate::limit::minutes(20);
     let server = RedisServer::start();
     let broker = connect(&server, &unique_prefix("cost")).await;
     let evalsha_usec = |server: &RedisServer| -> u64 {
@@ -537,6 +545,7 @@ async fn script_costs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bulk_enqueue_time() {
+    let _limit = crate::limit::minutes(20);
     let server = RedisServer::start();
     let broker = connect(&server, &unique_prefix("bulk")).await;
     // CPU seconds of this process (utime + stime, in 1/100 s) and of Redis.

@@ -250,11 +250,13 @@ async fn catalog_contract(catalog: Arc<dyn Catalog>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_catalog_keeps_the_contract() {
+    let _limit = crate::limit::minutes(5);
     catalog_contract(Store::Memory.catalog().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_catalog_keeps_the_contract_with_every_key_tenant_tagged() {
+    let _limit = crate::limit::minutes(5);
     let store = Store::Redis(RedisServer::start());
     catalog_contract(store.catalog().await).await;
     let Store::Redis(redis) = &store else {
@@ -275,6 +277,7 @@ async fn the_redis_catalog_keeps_the_contract_with_every_key_tenant_tagged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_stored_only_as_hashes() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let store = Store::Redis(redis);
     let catalog = store.catalog().await;
@@ -282,21 +285,12 @@ async fn tokens_are_stored_only_as_hashes() {
     let Store::Redis(redis) = &store else {
         unreachable!()
     };
-    let hash = Token::from_presented(&token).hash().0;
-    let keys = api_support::keys(redis);
-    assert!(keys.iter().any(|k| k.contains(&hash)), "{keys:?}");
-    assert!(!keys.iter().any(|k| k.contains(&token)));
-    for value in api_support::string_values(redis) {
-        let text = String::from_utf8_lossy(&value);
-        assert!(
-            !text.contains(&token),
-            "the token is stored in clear: {text}"
-        );
-    }
+    api_support::assert_tokens_stored_only_hashed(redis, &[&token]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_fetches_modules_by_hash_and_compiles_each_once() {
+    let _limit = crate::limit::minutes(5);
     let store = Store::Redis(RedisServer::start());
     // The uploader and the worker share only the Redis catalog: separate
     // connections, separate sandboxes, separate caches.
@@ -445,11 +439,13 @@ async fn concurrency_cap<B: Broker + Clone>(inner: B, catalog: Arc<dyn Catalog>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_tenant_runs_more_than_its_concurrency_cap_on_a_worker() {
+    let _limit = crate::limit::minutes(5);
     concurrency_cap(EmbeddedBroker::new(), Store::Memory.catalog().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_tenant_runs_more_than_its_concurrency_cap_on_a_redis_worker() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
         .await
@@ -518,12 +514,14 @@ async fn a_capped_tenant_drains_without_waiting<B: Broker + Clone>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_tenant_drains_without_waiting_on_the_embedded_broker() {
+    let _limit = crate::limit::minutes(5);
     a_capped_tenant_drains_without_waiting(EmbeddedBroker::new(), Store::Memory.catalog().await)
         .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_tenant_drains_without_waiting_on_the_redis_broker() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
         .await
@@ -540,6 +538,7 @@ async fn a_capped_tenant_drains_without_waiting_on_the_redis_broker() {
 /// the long task would be over by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raised_cap_takes_effect_while_the_tenant_is_at_its_cap() {
+    let _limit = crate::limit::minutes(5);
     let catalog = Store::Memory.catalog().await;
     api_support::tenant(
         &catalog,
@@ -634,6 +633,7 @@ async fn fair_share<B: Broker + Clone>(broker: B, registry: Registry) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_tenant_does_not_starve_another_on_the_embedded_broker() {
+    let _limit = crate::limit::minutes(5);
     let catalog = Store::Memory.catalog().await;
     for tenant in ["flood", "small"] {
         api_support::tenant(&catalog, tenant, TenantLimits::default()).await;
@@ -644,6 +644,7 @@ async fn a_flooding_tenant_does_not_starve_another_on_the_embedded_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_tenant_does_not_starve_another_on_the_redis_broker() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
         .await
@@ -752,11 +753,13 @@ async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_broker_serves_tenant_calls() {
+    let _limit = crate::limit::minutes(5);
     broker_tenant_calls(EmbeddedBroker::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_broker_serves_tenant_calls() {
+    let _limit = crate::limit::minutes(5);
     let redis = RedisServer::start();
     let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
         .await
@@ -766,6 +769,7 @@ async fn the_redis_broker_serves_tenant_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_catalog_keeps_the_contract_on_a_cluster() {
+    let _limit = crate::limit::minutes(5);
     // The version script names two keys of a tenant; on a cluster it runs
     // only if the tenant's hash tag puts them in one slot.
     let urls = tokio::task::spawn_blocking(|| crate::support::redis::cluster().urls())

@@ -133,6 +133,15 @@ pub fn run(
         let count = env_u64("CORRAL_FUZZ_CASES").unwrap_or(target.cases);
         (Some(name_seed(name)), count, None)
     };
+    // A hang fails the run. Counted from here, after the lock: targets wait
+    // for each other. A run of a chosen number of cases has no bound in time.
+    let _limit = match (until, env_u64("CORRAL_FUZZ_CASES")) {
+        (Some(until), _) => Some(crate::limit::within(
+            until.saturating_duration_since(Instant::now()) + Duration::from_secs(300),
+        )),
+        (None, Some(_)) => None,
+        (None, None) => Some(crate::limit::minutes(10)),
+    };
 
     let started = Instant::now();
     let mut summary = Summary::default();

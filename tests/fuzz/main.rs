@@ -21,6 +21,8 @@
 mod alloc;
 mod driver;
 mod inputs;
+#[path = "../common/limit.rs"]
+mod limit;
 
 mod guest_output;
 mod record;

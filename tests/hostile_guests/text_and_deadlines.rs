@@ -504,6 +504,7 @@ impl LogModel {
 /// event line per call, and nothing else of the guest's.
 #[tokio::test(flavor = "current_thread")]
 async fn guest_logs_are_bounded_and_inert_in_the_task_and_the_worker_log() {
+    let _limit = crate::limit::minutes(5);
     let mut rng = StdRng::seed_from_u64(0x6c6f_6773);
     for case in 0..24 {
         let budget = rng.random_range(16..4096);
@@ -626,6 +627,7 @@ fn failing_guest(message: &Message) -> Vec<u8> {
 /// crossing from the guest may carry is refused as a trap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_message_is_capped_and_inert() {
+    let _limit = crate::limit::minutes(5);
     let mut rng = StdRng::seed_from_u64(0x0065_7272_6f72);
     let mut cases: Vec<(Message, u64)> = Vec::new();
     for _ in 0..8 {
@@ -692,6 +694,7 @@ async fn an_error_message_is_capped_and_inert() {
 /// worker's log stay inert, and each failure is exactly one event line.
 #[tokio::test(flavor = "current_thread")]
 async fn names_with_line_breaks_and_escapes_stay_on_one_line() {
+    let _limit = crate::limit::minutes(5);
     let mut rng = StdRng::seed_from_u64(0x6e61_6d65);
     for case in 0..8 {
         let len = rng.random_range(1..40);
@@ -839,6 +842,7 @@ fn deadline_guest(call: HostCall, deadline_ms: u64) -> Vec<u8> {
 /// guest that saw itself past its deadline completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_expensive_host_call_cannot_outlast_the_deadline() {
+    let _limit = crate::limit::minutes(5);
     let mut calls = Vec::new();
     for n in [1 << 20, 12 << 20, 160 << 20] {
         calls.extend([

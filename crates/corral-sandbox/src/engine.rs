@@ -157,7 +157,7 @@ fn pool(config: &SandboxConfig) -> PoolingAllocationConfig {
 }
 
 /// Counts handler calls in flight, so the ticker can idle when there are
-/// none.
+/// none (and, a second one, instances alive).
 #[derive(Debug, Default)]
 pub(crate) struct ActiveCalls(AtomicUsize);
 
@@ -170,7 +170,11 @@ impl ActiveCalls {
     }
 
     fn any(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 0
+        self.count() > 0
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -248,6 +248,9 @@ struct Inner {
     disk: Option<cache::DiskCache>,
     compiles: compiler::CompileSlots,
     active: Arc<engine::ActiveCalls>,
+    /// Instances alive: from a successful instantiation to the end of its
+    /// call.
+    instances: Arc<engine::ActiveCalls>,
     config: SandboxConfig,
 }
 
@@ -286,6 +289,7 @@ impl Sandbox {
                 disk,
                 compiles: compiler::CompileSlots::new(&config.compile),
                 active,
+                instances: Arc::default(),
                 config,
             }),
         })
@@ -294,6 +298,13 @@ impl Sandbox {
     /// The process's engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Instances alive at this moment, each from its call's successful
+    /// instantiation to the end of the call: never more than
+    /// [`SandboxConfig::max_instances`].
+    pub fn instances_in_use(&self) -> usize {
+        self.inner.instances.count()
     }
 
     /// The settings the sandbox was built with.
@@ -683,12 +694,14 @@ impl Sandbox {
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
 
+        let mut in_use = None;
         let run = async {
             let instance = handler
                 .pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| (e, true))?;
+            in_use = Some(self.inner.instances.enter());
             instance
                 .call_handle(&mut store, &wit_ctx, &wit_args)
                 .await
@@ -710,6 +723,7 @@ impl Sandbox {
             );
         }
         drop(store);
+        drop(in_use);
         finish(outcome, take_log(&log), &limits)
     }
 

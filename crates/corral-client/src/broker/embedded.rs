@@ -18,6 +18,7 @@
 //! cost what is due, however many queues tenants have made.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -94,9 +95,28 @@ pub struct EmbeddedBroker {
 struct Inner {
     state: Mutex<State>,
     ready: Notify,
+    /// `acquire` calls waiting for work now.
+    waiting: AtomicUsize,
     clock: Arc<dyn Clock>,
     retention: Retention,
     max_pending: usize,
+}
+
+/// Counts one waiting `acquire` while it lives, however the wait ends
+/// (the caller may drop the future).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for EmbeddedBroker {
@@ -118,11 +138,19 @@ impl EmbeddedBroker {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 ready: Notify::new(),
+                waiting: AtomicUsize::new(0),
                 clock,
                 retention,
                 max_pending: 10_000_000,
             }),
         }
+    }
+
+    /// How many `acquire` calls are waiting for work at this moment (found
+    /// nothing ready and sleep until an enqueue, a due task, an interrupt or
+    /// their `block_for`).
+    pub fn waiting_acquires(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -510,6 +538,7 @@ impl Broker for EmbeddedBroker {
                 let wait = (due - self.inner.clock.now()).to_std().unwrap_or_default();
                 wake = wake.min(now + wait);
             }
+            let _waiting = Waiting::enter(&self.inner.waiting);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(wake) => {}
