@@ -40,9 +40,9 @@ pub fn within(limit: Duration) -> Limit {
             // Dropping the guard disconnects the channel: the test ended.
             if let Err(mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
                 eprintln!(
-                    "\ntest {test} ran past its limit of {} s: killing the processes it \
+                    "\ntest {test} ran past its limit of {:.1} s: killing the processes it \
                      started and failing this test binary (exit 124)",
-                    limit.as_secs()
+                    limit.as_secs_f64()
                 );
                 kill_descendants();
                 std::process::exit(124);
