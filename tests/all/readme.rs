@@ -35,7 +35,7 @@ fn sh(script: &str, cache: &Path) -> Output {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![bin_dir.to_owned()];
     dirs.extend(std::env::split_paths(&path));
-    let child = Command::new("timeout")
+    Command::new("timeout")
         .args(["--kill-after=5s", "120s", "sh", "-ec", script])
         .current_dir(repo_root())
         .env("PATH", std::env::join_paths(dirs).expect("PATH"))
@@ -47,8 +47,7 @@ fn sh(script: &str, cache: &Path) -> Output {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
-        .expect("run sh");
-    child
+        .expect("run sh")
 }
 
 fn text(bytes: &[u8]) -> String {
