@@ -181,6 +181,12 @@ async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
     let done = w.api.wait(&w.a, &task).await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(done["args_map"]["text"], "top secret");
+    // Its metering came through the Redis checkpoint into the task's JSON.
+    assert_eq!(done["metering"]["total"]["calls"], 1, "{done}");
+    assert!(
+        done["metering"]["handlers"][0]["fuel"].as_u64() > Some(0),
+        "{done}"
+    );
 
     // Every route as beta, aimed at alpha's things: nothing succeeds, and
     // each answer is the one for something that does not exist. Alpha gets

@@ -451,3 +451,89 @@ async fn a_tasks_own_timeout_narrows_its_jobs() {
         assert_eq!(error.kind, "deadline", "{error}");
     }
 }
+
+/// Every handler call is metered and the task keeps it: each handler's
+/// latest call (fuel, peak memory, wall and instantiate time) and a total
+/// over every call, retries included; a failed call is metered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_metered_on_the_task_retries_included() {
+    let _limit = crate::limit::minutes(5);
+    let broker = EmbeddedBroker::new();
+    let registry = support::registry(&[
+        ("stats", &["normalize", "count_words"], Limits::default()),
+        ("flaky", &["normalize", "fail"], Limits::default()),
+        ("bomb", &["memory_bomb"], Limits::default()),
+    ])
+    .await;
+    let client = Client::new(broker.clone());
+    let stats = client.task("stats").arg("text", "A b a").unwrap().build();
+    let flaky = client
+        .task("flaky")
+        .arg("text", "x")
+        .unwrap()
+        .arg("kind", "retryable")
+        .unwrap()
+        .max_attempts(3)
+        .build();
+    let bomb = client.task("bomb").max_attempts(1).build();
+    for t in [&stats, &flaky, &bomb] {
+        client.enqueue(t.clone()).await.unwrap();
+    }
+    let worker = RunningWorker::start(broker, registry, support::worker_config(3));
+    let stats = support::wait(&client, &stats, 60).await;
+    let flaky = support::wait(&client, &flaky, 60).await;
+    let bomb = support::wait(&client, &bomb, 60).await;
+    worker.stop().await;
+
+    assert_eq!(stats.state, TaskState::Completed, "{:?}", stats.error);
+    let m = &stats.metering;
+    assert_eq!(
+        m.handlers
+            .iter()
+            .map(|h| (h.handler_index, h.attempt))
+            .collect::<Vec<_>>(),
+        [(0, 1), (1, 1)]
+    );
+    for h in &m.handlers {
+        let c = h.cost;
+        assert!(c.fuel > 0, "{h:?}");
+        // Every component here has at least one 64 KiB page.
+        assert!(c.peak_memory_bytes >= 64 << 10, "{h:?}");
+        assert!(
+            c.instantiate_us > 0 && c.wall_us >= c.instantiate_us,
+            "{h:?}"
+        );
+    }
+    assert_eq!(m.total.calls, 2);
+    assert_eq!(
+        m.total.fuel,
+        m.handlers.iter().map(|h| h.cost.fuel).sum::<u64>()
+    );
+
+    // Normalize ran once (its result was checkpointed: attempts 2 and 3
+    // resumed at `fail`), fail three times: the total counts every call,
+    // each handler shows its latest.
+    assert_eq!(flaky.state, TaskState::Dead, "{flaky:?}");
+    let m = &flaky.metering;
+    assert_eq!(m.total.calls, 4, "{m:?}");
+    assert_eq!(
+        m.handlers
+            .iter()
+            .map(|h| (h.handler_index, h.attempt))
+            .collect::<Vec<_>>(),
+        [(0, 1), (1, 3)]
+    );
+
+    // The bomb grew its memory up to the limit before it was stopped.
+    assert_eq!(bomb.state, TaskState::Dead);
+    assert_eq!(
+        bomb.error.as_ref().map(|e| e.kind.as_str()),
+        Some("memory_limit")
+    );
+    let peak = bomb.metering.handlers[0].cost.peak_memory_bytes;
+    let limit = Limits::default().memory_bytes;
+    assert!(
+        peak > limit / 2 && peak <= limit,
+        "peak {peak} of a {limit} limit"
+    );
+}

@@ -206,11 +206,23 @@ fn checkpoint(index: u32, log: &str) -> Checkpoint {
     args.insert("step".into(), index.into());
     args.insert("empty_list".into(), serde_json::json!([]));
     args.insert("big".into(), serde_json::json!(9_007_199_254_740_993_u64));
+    let mut metering = corral::metering::TaskMetering::default();
+    metering.record(
+        index.saturating_sub(1),
+        1,
+        corral::metering::CallMetering {
+            fuel: 1_000 + u64::from(index),
+            peak_memory_bytes: 1 << 16,
+            wall_us: 700,
+            instantiate_us: 30,
+        },
+    );
     Checkpoint {
         current_handler_index: index,
         args_map: args,
         result_log: log.into(),
         log: format!("[{index}:h]line\n"),
+        metering,
     }
 }
 
@@ -319,6 +331,16 @@ pub async fn duplicates_and_invalid_tasks_are_refused<K: Backend>() {
             .expect("task")
             .is_none()
     );
+    // Metering is the workers' to write: a task enqueued with some, as if
+    // it had run already, is refused.
+    let mut forged = task(4);
+    forged.metering = checkpoint(1, "").metering;
+    match fx.broker.enqueue(vec![forged]).await {
+        Err(BrokerError::Invalid { reason, .. }) => {
+            assert!(reason.contains("metering"), "{reason}")
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
     assert_eq!(fx.broker.stats(T, Q).await.expect("stats").pending, 1);
 }
 
@@ -334,6 +356,7 @@ pub async fn update_saves_progress_only_under_the_current_token<K: Backend>() {
     assert_eq!(stored.result_log, "first line");
     assert_eq!(stored.args_map, cp.args_map, "args survive byte for byte");
     assert_eq!(stored.log, cp.log);
+    assert_eq!(stored.metering, cp.metering);
     assert_eq!(stored.original_args_map, t.original_args_map);
     assert_eq!(stored.state, TaskState::Active);
 

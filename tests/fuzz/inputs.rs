@@ -339,6 +339,22 @@ pub fn checkpoint(u: &mut Unstructured<'_>, shape: ArgsShape) -> Result<Checkpoi
         args_map: args(u, shape)?,
         result_log: text(u, 4096)?,
         log: text(u, 4096)?,
+        metering: {
+            let mut m = corral::metering::TaskMetering::default();
+            for _ in 0..u.int_in_range(0..=3)? {
+                m.record(
+                    u.arbitrary()?,
+                    u.arbitrary()?,
+                    corral::metering::CallMetering {
+                        fuel: u.arbitrary()?,
+                        peak_memory_bytes: u.arbitrary()?,
+                        wall_us: u.arbitrary()?,
+                        instantiate_us: u.arbitrary()?,
+                    },
+                );
+            }
+            m
+        },
     })
 }
 

@@ -15,6 +15,7 @@
 
 pub mod clock;
 pub mod lru;
+pub mod metering;
 pub mod task;
 pub mod text;
 

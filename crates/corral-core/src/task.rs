@@ -17,6 +17,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::metering::TaskMetering;
+
 /// The args map: names to JSON values.
 pub type ArgsMap = serde_json::Map<String, serde_json::Value>;
 
@@ -215,6 +217,9 @@ pub struct Task {
     /// line labelled with its handler and stream; bounded per handler.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub log: String,
+    /// What its handler calls cost so far (written by workers only).
+    #[serde(default, skip_serializing_if = "TaskMetering::is_empty")]
+    pub metering: TaskMetering,
 }
 
 /// Why a task's JSON was refused.
@@ -249,6 +254,7 @@ impl Task {
             job_version: None,
             error: None,
             log: String::new(),
+            metering: TaskMetering::default(),
         }
     }
 
@@ -267,6 +273,18 @@ impl Task {
         // A Task holds only strings, numbers, maps and timestamps: it always
         // serializes.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// [`validate`](Self::validate), and what only a task being enqueued
+    /// must satisfy: it carries no metering (only workers write it).
+    pub fn validate_new(&self) -> Result<(), TaskParseError> {
+        self.validate()?;
+        if !self.metering.is_empty() {
+            return Err(TaskParseError {
+                reason: "`metering` is written by workers, never enqueued".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: names are not empty, counters are sane.

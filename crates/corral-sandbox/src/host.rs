@@ -297,6 +297,9 @@ pub struct HostState {
     table: ResourceTable,
     log: SharedLog,
     memory_limit: u64,
+    /// Linear memory held now, all memories together; memories only grow,
+    /// so this is also the call's peak.
+    memory_bytes: u64,
     /// Tables beyond this many elements are refused.
     table_elements_limit: usize,
     label: CallLabel,
@@ -313,9 +316,15 @@ impl HostState {
             table,
             log: Arc::new(Mutex::new(CallLog::new(log_budget))),
             memory_limit,
+            memory_bytes: 0,
             table_elements_limit: 1 << 20,
             label,
         }
+    }
+
+    /// The most linear memory the call's instance held, in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        self.memory_bytes
     }
 
     /// The call's log handle.
@@ -405,11 +414,11 @@ impl host::Host for HostState {
 impl ResourceLimiter for HostState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let desired = desired as u64;
+        let (current, desired) = (current as u64, desired as u64);
         if desired > self.memory_limit {
             // An error, not `Ok(false)`: refusing would make `memory.grow`
             // return -1, and most guests then abort with an `unreachable`
@@ -420,6 +429,10 @@ impl ResourceLimiter for HostState {
                 requested: desired,
             }));
         }
+        // Called with `current` 0 when a memory is created, too.
+        self.memory_bytes = self
+            .memory_bytes
+            .saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 

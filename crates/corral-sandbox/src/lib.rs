@@ -70,6 +70,7 @@ pub use inspect::{MAX_FUNCTION_BODY_BYTES, MAX_FUNCTIONS, MAX_LOCALS, MAX_NESTIN
 pub use limits::Limits;
 
 /// The args a handler is called with and returns (names to JSON values).
+pub use corral_core::metering::CallMetering;
 pub use corral_core::task::ArgsMap;
 pub use fields::InertFields;
 
@@ -207,6 +208,8 @@ pub struct CallOutput {
     pub result_log: String,
     /// What the guest wrote to stdout, stderr and `log`, within budget.
     pub guest_log: String,
+    /// What the call cost.
+    pub metering: CallMetering,
 }
 
 /// A failed call: the failure and what the guest wrote before it.
@@ -216,6 +219,8 @@ pub struct CallError {
     pub failure: HandlerFailure,
     /// What the guest wrote, within budget.
     pub guest_log: String,
+    /// What the call cost up to its failure (zero when it never ran).
+    pub metering: CallMetering,
 }
 
 /// The engine, linker and component cache of one process.
@@ -682,6 +687,7 @@ impl Sandbox {
                     message: "handler was loaded by another sandbox".into(),
                 },
                 guest_log: String::new(),
+                metering: CallMetering::default(),
             });
         }
         let _active = self.inner.active.enter();
@@ -695,12 +701,14 @@ impl Sandbox {
         let wit_args = encode_args(args);
 
         let mut in_use = None;
+        let mut instantiated = None;
         let run = async {
             let instance = handler
                 .pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| (e, true))?;
+            instantiated = Some(started.elapsed());
             in_use = Some(self.inner.instances.enter());
             instance
                 .call_handle(&mut store, &wit_ctx, &wit_args)
@@ -713,18 +721,20 @@ impl Sandbox {
             Ok(outcome) => past_deadline(outcome, deadline),
             Err(_) => Err((wasmtime::Error::new(DeadlineExceeded), false)),
         };
+        let metering = meter(&store, &limits, started, instantiated);
         if tracing::enabled!(tracing::Level::TRACE) {
-            let fuel_left = store.get_fuel().unwrap_or(0);
             tracing::trace!(
-                fuel = limits.fuel.saturating_sub(fuel_left),
-                elapsed_us = started.elapsed().as_micros() as u64,
+                fuel = metering.fuel,
+                peak_memory = metering.peak_memory_bytes,
+                elapsed_us = metering.wall_us,
+                instantiate_us = metering.instantiate_us,
                 wasi = store.data().wasi_used(),
                 "handler call done"
             );
         }
         drop(store);
         drop(in_use);
-        finish(outcome, take_log(&log), &limits)
+        finish(outcome, take_log(&log), &limits, metering)
     }
 
     /// The call path of [`call`](Self::call), step by step, with the time
@@ -756,10 +766,11 @@ impl Sandbox {
             Err(e) => Err((e, true)),
         };
         let outcome = past_deadline(outcome, deadline);
+        let metering = meter(&store, &limits, t0, Some(t2 - t0));
         let t3 = Instant::now();
         drop(store);
         let t4 = Instant::now();
-        let result = finish(outcome, take_log(&log), &limits);
+        let result = finish(outcome, take_log(&log), &limits, metering);
         let t5 = Instant::now();
         let phases = CallPhases {
             setup: t1 - t0,
@@ -786,7 +797,12 @@ impl Sandbox {
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
         let outcome = Ok(native(&wit_ctx, wit_args));
-        finish(outcome, FinishedLog::default(), &limits)
+        finish(
+            outcome,
+            FinishedLog::default(),
+            &limits,
+            CallMetering::default(),
+        )
     }
 
     /// [`call_native`](Self::call_native) around [`native_noop`]: the
@@ -910,7 +926,35 @@ type Outcome = Result<Result<wit::Output, wit::Error>, (wasmtime::Error, bool)>;
 
 /// Turns what the guest did into the call's result: its error, a
 /// classified trap, or its output once checked and decoded.
-fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOutput, CallError> {
+/// What a finished call cost: fuel from the store's meter, memory from its
+/// limiter, and the time since `started` (`instantiated`: how long after
+/// `started` the instance was ready, if it ever was).
+fn meter(
+    store: &Store<HostState>,
+    limits: &Limits,
+    started: Instant,
+    instantiated: Option<Duration>,
+) -> CallMetering {
+    // No fuel meter (fuel disabled): nothing consumed.
+    let fuel_left = store.get_fuel().unwrap_or(limits.fuel);
+    CallMetering {
+        fuel: limits.fuel.saturating_sub(fuel_left),
+        peak_memory_bytes: store.data().peak_memory(),
+        wall_us: micros(started.elapsed()),
+        instantiate_us: instantiated.map(micros).unwrap_or(0),
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn finish(
+    outcome: Outcome,
+    log: FinishedLog,
+    limits: &Limits,
+    metering: CallMetering,
+) -> Result<CallOutput, CallError> {
     let output = match outcome {
         Ok(Ok(output)) => output,
         Ok(Err(guest)) => {
@@ -920,18 +964,21 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
                     message: guest_text(&guest.message, limits),
                 },
                 guest_log: log.text,
+                metering,
             });
         }
         Err((e, instantiating)) => {
             return Err(CallError {
                 failure: classify(e, instantiating, limits, &log),
                 guest_log: log.text,
+                metering,
             });
         }
     };
     let fail = |failure| CallError {
         failure,
         guest_log: log.text.clone(),
+        metering,
     };
     // Checked before any decoding: the host has already copied the output
     // out of the guest (bounded by the guest's memory limit) but spends
@@ -976,6 +1023,7 @@ fn finish(outcome: Outcome, log: FinishedLog, limits: &Limits) -> Result<CallOut
         args: next,
         result_log: output.log,
         guest_log: log.text,
+        metering,
     })
 }
 

@@ -90,6 +90,7 @@ pub(crate) async fn run_task<B: Broker>(
                 // One event per handler run: counting them shows which
                 // handlers ran again after a crash (tests/all/crash.rs).
                 tracing::debug!(task = %task.task_id, handler = index, attempt = task.attempt, "handler finished");
+                task.metering.record(index, task.attempt, out.metering);
                 append_guest_log(&mut task, index, &spec.name, &out.guest_log);
                 task.args_map = out.args;
                 task.append_log(&out.result_log);
@@ -99,6 +100,7 @@ pub(crate) async fn run_task<B: Broker>(
                 }
             }
             Err(err) => {
+                task.metering.record(index, task.attempt, err.metering);
                 append_guest_log(&mut task, index, &spec.name, &err.guest_log);
                 let error = TaskError {
                     kind: err.failure.kind().into(),
@@ -113,11 +115,9 @@ pub(crate) async fn run_task<B: Broker>(
                     handler_index: Some(index),
                 };
                 tracing::warn!(task = %task.task_id, error = %Inert(&error.message), "handler failed");
-                if !task.log.is_empty() {
-                    // Keep what the failing handler wrote; the outcome itself
-                    // carries only the error.
-                    broker.update(lease, &Checkpoint::of(&task)).await?;
-                }
+                // Keep what the failing call wrote and cost; the outcome
+                // itself carries only the error.
+                broker.update(lease, &Checkpoint::of(&task)).await?;
                 return Ok(fail(&task, retry, error));
             }
         }

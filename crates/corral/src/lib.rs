@@ -29,7 +29,7 @@
 
 pub use corral_api as api;
 pub use corral_client::{broker, client};
-pub use corral_core::{clock, task, text};
+pub use corral_core::{clock, metering, task, text};
 pub use corral_registry::{catalog, job, registry, tenant};
 pub use corral_sandbox as sandbox;
 pub use corral_worker as worker;

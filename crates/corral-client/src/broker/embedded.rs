@@ -463,7 +463,7 @@ impl Broker for EmbeddedBroker {
                 });
             }
             for task in &tasks {
-                task.validate().map_err(|e| BrokerError::Invalid {
+                task.validate_new().map_err(|e| BrokerError::Invalid {
                     op: "enqueue",
                     reason: e.reason,
                 })?;

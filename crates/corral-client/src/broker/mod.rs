@@ -34,6 +34,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use corral_core::metering::TaskMetering;
 use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
 
 pub use embedded::EmbeddedBroker;
@@ -127,6 +128,9 @@ pub struct Checkpoint {
     pub result_log: String,
     /// The handlers' captured output so far.
     pub log: String,
+    /// What the handler calls cost so far.
+    #[serde(default, skip_serializing_if = "TaskMetering::is_empty")]
+    pub metering: TaskMetering,
 }
 
 impl Checkpoint {
@@ -137,6 +141,7 @@ impl Checkpoint {
             args_map: task.args_map.clone(),
             result_log: task.result_log.clone(),
             log: task.log.clone(),
+            metering: task.metering.clone(),
         }
     }
 
@@ -146,6 +151,7 @@ impl Checkpoint {
         task.args_map = self.args_map;
         task.result_log = self.result_log;
         task.log = self.log;
+        task.metering = self.metering;
     }
 }
 

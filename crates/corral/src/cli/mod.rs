@@ -299,6 +299,28 @@ fn print_task(task: &Task) {
     }
     let args = serde_json::to_string(&task.args_map).unwrap_or_default();
     println!("  final args: {args}");
+    if !task.metering.is_empty() {
+        let t = &task.metering.total;
+        println!(
+            "  metering: {} call(s), fuel {}, peak memory {}, wall {} (instantiating {})",
+            t.calls,
+            t.fuel,
+            bytes(t.peak_memory_bytes),
+            millis(t.wall_us),
+            millis(t.instantiate_us)
+        );
+        for h in &task.metering.handlers {
+            println!(
+                "    handler {} (attempt {}): fuel {}, peak memory {}, wall {} (instantiating {})",
+                h.handler_index,
+                h.attempt,
+                h.cost.fuel,
+                bytes(h.cost.peak_memory_bytes),
+                millis(h.cost.wall_us),
+                millis(h.cost.instantiate_us)
+            );
+        }
+    }
     if !task.log.is_empty() {
         println!("  guest output:");
         for line in task.log.lines() {
@@ -306,6 +328,20 @@ fn print_task(task: &Task) {
         }
     }
     println!();
+}
+
+/// `n` bytes in KiB or MiB, one decimal.
+fn bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
+
+/// `us` microseconds in milliseconds, three decimals.
+fn millis(us: u64) -> String {
+    format!("{:.3} ms", us as f64 / 1000.0)
 }
 
 async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {

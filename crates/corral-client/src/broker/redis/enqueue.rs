@@ -40,7 +40,7 @@ impl RedisBroker {
         quota: &TenantQuota,
     ) -> Result<(), BrokerError> {
         for task in &tasks {
-            task.validate().map_err(|e| BrokerError::Invalid {
+            task.validate_new().map_err(|e| BrokerError::Invalid {
                 op: "enqueue",
                 reason: e.reason,
             })?;
