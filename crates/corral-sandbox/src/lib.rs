@@ -805,6 +805,38 @@ impl Sandbox {
         )
     }
 
+    /// What metering adds to one call, timed over `calls` calls: reading
+    /// the clock, the store's fuel and its limiter's memory ([`meter`]) and
+    /// adding the result to a task's metering, on a real store. For `corral
+    /// bench sandbox`, not part of the API; returns the time per call.
+    #[doc(hidden)]
+    pub fn metering_cost(&self, limits: &Limits, calls: u32) -> Duration {
+        let limits = self.effective(limits);
+        let started = Instant::now();
+        let store = self.new_store(
+            label(&CallContext {
+                task_id: "bench".into(),
+                job: "bench".into(),
+                tenant: "bench".into(),
+                attempt: 1,
+                handler_index: 0,
+                handler_count: 1,
+            }),
+            &limits,
+            deadline_after(started, &limits),
+        );
+        let mut task = corral_core::metering::TaskMetering::default();
+        let timed = Instant::now();
+        for i in 0..calls {
+            let call_started = Instant::now();
+            let instantiated = Some(call_started.elapsed());
+            let cost = meter(&store, &limits, call_started, instantiated);
+            task.record(i % 4, 1, std::hint::black_box(cost));
+        }
+        std::hint::black_box(&task);
+        timed.elapsed() / calls.max(1)
+    }
+
     /// [`call_native`](Self::call_native) around [`native_noop`]: the
     /// baseline of `corral bench sandbox`, not part of the API.
     #[doc(hidden)]
