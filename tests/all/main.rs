@@ -16,6 +16,7 @@ mod conformance;
 mod crash;
 mod deep_args;
 mod leases;
+mod logs;
 mod quotas;
 mod readme;
 mod redis_broker;

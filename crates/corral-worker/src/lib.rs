@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
+use tracing::Instrument as _;
 
 pub use retry::RetryPolicy;
 
@@ -48,6 +49,7 @@ use corral_client::broker::{
     AcquireRequest, Broker, BrokerError, Lease, Leased, Outcome, WorkerId,
 };
 use corral_core::task::{DEFAULT_QUEUE, TaskId};
+use corral_core::text::Inert;
 use corral_registry::registry::Registry;
 use executor::Runner;
 use tenants::TenantSlots;
@@ -326,12 +328,24 @@ impl<B: Broker + Clone> Worker<B> {
                 let id = lease.task_id;
                 let mut guard = in_flight.lock().unwrap_or_else(|p| p.into_inner());
                 let held = lease.clone();
+                // One span per task around its broker calls and handler
+                // calls; the names are the tenant's, so they are inert.
+                let span = tracing::info_span!(
+                    "task",
+                    task = %id,
+                    tenant = %Inert(&task.tenant),
+                    job = %Inert(&task.job_name),
+                    attempt = task.attempt
+                );
                 // Boxed: the runner's future is large, and tokio would copy
                 // it whole into every task it spawns.
-                let run = Box::pin(async move {
-                    let result = runner.run(&lease, task).await;
-                    (lease, result)
-                });
+                let run = Box::pin(
+                    async move {
+                        let result = runner.run(&lease, task).await;
+                        (lease, result)
+                    }
+                    .instrument(span),
+                );
                 let abort = tasks.spawn(async move {
                     let (lease, result) = run.await;
                     let still_ours = map

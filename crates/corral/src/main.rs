@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         return corral::sandbox::run_compile_child(&rest);
     }
     let cli = corral::cli::Cli::parse();
-    corral::cli::init_tracing(cli.verbose);
+    corral::cli::init_tracing(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
