@@ -882,8 +882,28 @@ async fn a_store_that_is_away_answers_503_and_then_serves_again() {
     for path in &reads {
         w.api.get(path, &w.a).await.expect(200, "");
     }
+    let probe = |path: &'static str| w.api.send(Method::GET, path, None, None);
+    probe("/healthz").await.expect(200, "");
+    let ready = probe("/readyz").await;
+    ready.expect(200, "");
+    assert_eq!(
+        ready.body,
+        json!({"status": "ready", "broker": "ok", "catalog": "ok"})
+    );
 
     w.redis.stop();
+    // The probes, with no token: alive, not ready, saying which store is
+    // away and nothing more.
+    probe("/healthz").await.expect(200, "");
+    let unready = probe("/readyz").await;
+    assert_eq!(unready.status.as_u16(), 503, "{unready:?}");
+    assert_eq!(unready.body["status"], "unready");
+    for store in ["broker", "catalog"] {
+        assert!(
+            ["unreachable", "timeout"].contains(&unready.body[store].as_str().unwrap_or("")),
+            "{unready:?}"
+        );
+    }
     let enqueue = json!({"job": "j"});
     // All at once: each waits out the same reconnect attempts.
     let gets = futures_util::future::join_all(
@@ -935,6 +955,10 @@ async fn a_store_that_is_away_answers_503_and_then_serves_again() {
     }
     let task = w.api.get(&format!("/v1/tasks/{id}"), &w.a).await;
     assert_eq!(task.body["task_id"], json!(id), "{task:?}");
+    w.api
+        .send(Method::GET, "/readyz", None, None)
+        .await
+        .expect(200, "");
     w.api
         .post("/v1/tasks", &w.a, &enqueue)
         .await

@@ -14,6 +14,8 @@
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
 //! | `GET /` | the dashboard page (a static shell; it holds no data and asks for a token) | 200 HTML |
+//! | `GET /healthz` | the process serves (no token) | 200 `{status}` |
+//! | `GET /readyz` | the broker and the catalog answer within 2 s (no token) | 200 or 503 `{status, broker, catalog}` |
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` ([`auth`]); the
 //! token decides the tenant, and every read and write is scoped to it: what
@@ -46,6 +48,7 @@ mod dashboard;
 pub mod errors;
 pub mod extract;
 pub mod guard;
+pub mod health;
 mod jobs;
 mod modules;
 pub mod page;
@@ -149,6 +152,8 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
         .route_layer(from_fn_with_state(wait_timeout, guard::limit_time));
     let rest = Router::new()
         .route("/", get(dashboard::page))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz::<B>))
         .route("/v1/modules", post(modules::upload::<B>))
         .route("/v1/modules/{hash}", get(modules::show::<B>))
         .route("/v1/jobs", get(jobs::list::<B>).post(jobs::register::<B>))
