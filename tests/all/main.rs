@@ -11,6 +11,7 @@ mod api_cli;
 mod api_http;
 mod api_support;
 mod chain;
+mod cli;
 mod compile;
 mod conformance;
 mod crash;

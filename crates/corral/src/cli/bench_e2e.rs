@@ -298,37 +298,38 @@ async fn measure(
     let peak_kib = worker.peak_rss_kib();
     worker.stop();
 
-    println!(
+    say!(
         "end-to-end: {e2e_rate:.0} tasks/s ({} tasks, one worker process, concurrency {})",
-        args.tasks, args.concurrency
+        args.tasks,
+        args.concurrency
     );
-    println!("end-to-end including worker start-up: {e2e_with_start:.0} tasks/s");
-    println!("worker CPU while draining: {worker_cpu}");
-    println!("Redis CPU while draining: {redis_cpu}");
-    println!(
+    say!("end-to-end including worker start-up: {e2e_with_start:.0} tasks/s");
+    say!("worker CPU while draining: {worker_cpu}");
+    say!("Redis CPU while draining: {redis_cpu}");
+    say!(
         "single enqueue: {single_rate:.0} tasks/s ({} calls of one task)",
         args.single
     );
-    println!(
+    say!(
         "bulk enqueue: {bulk_rate:.0} tasks/s ({} tasks in one call)",
         args.tasks
     );
-    println!(
+    say!(
         "enqueue-to-start latency p50: {:.3} ms ({} tasks at {}/s)",
         percentile(&latencies_ms, 50.0),
         count,
         args.rate
     );
-    println!(
+    say!(
         "enqueue-to-start latency p99: {:.3} ms",
         percentile(&latencies_ms, 99.0)
     );
     match peak_kib {
-        Some(kib) => println!(
+        Some(kib) => say!(
             "worker peak resident memory: {:.1} MiB",
             kib as f64 / 1024.0
         ),
-        None => println!("worker peak resident memory: unknown (no /proc)"),
+        None => say!("worker peak resident memory: unknown (no /proc)"),
     }
     Ok(ExitCode::SUCCESS)
 }

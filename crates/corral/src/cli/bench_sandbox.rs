@@ -96,7 +96,7 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
     let limits = Limits::default();
     let iterations = args.iterations.max(100);
 
-    println!(
+    say!(
         "corral bench sandbox: {} CPUs, pooling allocator, PAGEMAP_SCAN {}, {iterations} timed calls per figure",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
@@ -108,7 +108,7 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
 
     let started = Instant::now();
     let sandbox = Sandbox::new(SandboxConfig::default())?;
-    println!("engine setup: {}", ms(started.elapsed()));
+    say!("engine setup: {}", ms(started.elapsed()));
 
     let wanted = |part| args.only.is_empty() || args.only.contains(&part);
 
@@ -133,7 +133,7 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
         // Included in the per-task figures above; alone here because it is
         // far below their noise.
         let metering = sandbox.metering_cost(&limits, iterations.max(1) as u32 * 10);
-        println!(
+        say!(
             "metering one call (clock, fuel and memory reads, added to the task), mean: {:.3} µs",
             metering.as_secs_f64() * 1e6
         );
@@ -142,7 +142,7 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
         for (name, handler) in handlers {
             let phases = time_phases(&sandbox, handler, &one_arg, &limits, iterations).await?;
             for (phase, median) in phases {
-                println!("{name} phase {phase}, median: {}", us(median));
+                say!("{name} phase {phase}, median: {}", us(median));
             }
         }
     }
@@ -300,7 +300,7 @@ fn compile_and_load(dir: &Path) -> anyhow::Result<()> {
             if source != LoadSource::Compiled {
                 bail!("{name}.wasm was not compiled afresh ({source:?})");
             }
-            println!(
+            say!(
                 "first compile, {name}.wasm ({} KiB): {}",
                 bytes.len() >> 10,
                 ms(compiled)
@@ -327,7 +327,7 @@ fn compile_and_load(dir: &Path) -> anyhow::Result<()> {
             bail!("no disk loads ran");
         };
         for ((name, _), times) in jobs.iter().zip(&disk_times) {
-            println!(
+            say!(
                 "load from disk cache, {name}.wasm, median of {DISK_LOADS}: {}",
                 ms(median_of(times))
             );
@@ -349,11 +349,11 @@ fn compile_and_load(dir: &Path) -> anyhow::Result<()> {
                     bail!("{name}.wasm is not in the memory cache by hash");
                 }
             }
-            println!(
+            say!(
                 "load from memory cache (hash the bytes + look up), {name}.wasm, median: {}",
                 us(median_of(&by_bytes))
             );
-            println!(
+            say!(
                 "look up in memory cache by hash, {name}.wasm, median: {}",
                 us(median_of(&by_hash))
             );
@@ -387,7 +387,7 @@ async fn compile_in_child(dir: &Path) -> anyhow::Result<()> {
         if source != LoadSource::Compiled {
             bail!("{name}.wasm was not compiled afresh ({source:?})");
         }
-        println!(
+        say!(
             "first compile in a bounded child, {name}.wasm: {}",
             ms(started.elapsed())
         );
@@ -434,14 +434,14 @@ async fn fuel_slowdown(dir: &Path, below: u32, runs: usize) -> anyhow::Result<()
     for (fuel, _, _, times) in engines.iter_mut() {
         times.sort_unstable();
         let median = times[times.len() / 2];
-        println!(
+        say!(
             "cpu_heavy.wasm (primes below {below}: {primes}), fuel {}, median: {}",
             if *fuel { "on" } else { "off" },
             ms(median)
         );
         medians.push(median);
     }
-    println!(
+    say!(
         "fuel metering slowdown on cpu_heavy.wasm: {:.2}x",
         medians[0].as_secs_f64() / medians[1].as_secs_f64().max(1e-9)
     );
@@ -479,11 +479,11 @@ async fn resident_memory_sandbox(
     run(calls).await?;
     let after = rss_bytes();
     if let (Some(before), Some(after)) = (before, after) {
-        println!(
+        say!(
             "sandbox alone, resident memory before {calls} noop calls: {}",
             mib(before)
         );
-        println!(
+        say!(
             "sandbox alone, resident memory after {calls} noop calls: {}",
             mib(after)
         );
@@ -579,25 +579,25 @@ async fn resident_memory(dir: &Path, tasks: usize) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     running.await??;
 
-    println!(
+    say!(
         "worker on the embedded broker, {tasks} noop tasks, concurrency 1: {:.0} tasks/s",
         tasks as f64 / elapsed.as_secs_f64().max(1e-9)
     );
     match (before, after) {
         (Some(before), Some(after)) => {
-            println!("resident memory before {tasks} tasks: {}", mib(before));
+            say!("resident memory before {tasks} tasks: {}", mib(before));
             for (done, rss) in checkpoints {
                 if let Some(rss) = rss {
-                    println!("resident memory after {done} tasks: {}", mib(rss));
+                    say!("resident memory after {done} tasks: {}", mib(rss));
                 }
             }
-            println!("resident memory after {tasks} tasks: {}", mib(after));
-            println!(
+            say!("resident memory after {tasks} tasks: {}", mib(after));
+            say!(
                 "resident memory growth over {tasks} tasks: {:+.2} MiB",
                 (after as f64 - before as f64) / f64::from(1 << 20)
             );
         }
-        _ => println!("resident memory: unavailable (no /proc/self/status)"),
+        _ => say!("resident memory: unavailable (no /proc/self/status)"),
     }
     Ok(())
 }
@@ -606,8 +606,8 @@ fn print_percentiles(name: &str, times: &[Duration]) {
     let mut sorted = times.to_vec();
     sorted.sort_unstable();
     let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
-    println!("{name}, median: {}", us(at(0.5)));
-    println!("{name}, p99: {}", us(at(0.99)));
+    say!("{name}, median: {}", us(at(0.5)));
+    say!("{name}, p99: {}", us(at(0.99)));
 }
 
 fn us(d: Duration) -> String {

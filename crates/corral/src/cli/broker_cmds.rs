@@ -87,15 +87,35 @@ impl RedisArgs {
             .with_context(|| format!("connecting to the catalog at {url}"))
     }
 
-    /// Connects once; a clear error when Redis is not there.
+    /// Connects once for a one-shot command; a clear error naming the URL
+    /// when Redis is not there within [`CONNECT_PATIENCE`] (a worker waits
+    /// for Redis instead, see [`worker`]).
     pub async fn connect(&self, command: &str) -> anyhow::Result<RedisBroker> {
         let config = self.config(command)?;
-        RedisBroker::connect(config).await.with_context(|| {
-            format!(
-                "connecting to Redis at {}",
-                self.redis.as_deref().unwrap_or("")
-            )
-        })
+        let url = self.redis.as_deref().unwrap_or("");
+        within_patience(url, RedisBroker::connect(config)).await
+    }
+}
+
+/// How long a one-shot command (enqueue, status, wait, tenants, jobs)
+/// waits for Redis to answer before saying it is unreachable: the
+/// connection's own retries would take about ten seconds.
+pub(super) const CONNECT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// `connect`, failing after [`CONNECT_PATIENCE`] with an error naming `url`.
+pub(super) async fn within_patience<T, E>(
+    url: &str,
+    connect: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(CONNECT_PATIENCE, connect).await {
+        Ok(connected) => connected.with_context(|| format!("connecting to Redis at {url}")),
+        Err(_) => bail!(
+            "Redis at {url} did not answer within {} s (is it running, and is the URL right?)",
+            CONNECT_PATIENCE.as_secs()
+        ),
     }
 }
 
@@ -351,13 +371,13 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         builder = builder.max_attempts(n);
     }
     let id = client.enqueue(builder.build()).await?;
-    println!("{id}");
+    say!("{id}");
     Ok(ExitCode::SUCCESS)
 }
 
 fn show(task: &crate::task::Task, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(task)?);
+        say!("{}", serde_json::to_string_pretty(task)?);
     } else {
         print_task(task);
     }
@@ -381,6 +401,9 @@ pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `corral wait`'s exit status when its `--timeout` passes first.
+pub const WAIT_TIMED_OUT: u8 = 3;
+
 pub(super) async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
     let s = &args.status;
     let broker = s.redis.connect("wait").await?;
@@ -401,6 +424,12 @@ pub(super) async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
             Err(WaitError::Broker(e)) if !left.is_zero() => {
                 tracing::warn!(error = %e, "reading the task failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            }
+            // 3, not 1: the task may still finish; a script can tell
+            // "not yet" from "failed".
+            Err(e @ WaitError::Timeout { .. }) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(WAIT_TIMED_OUT));
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -155,7 +155,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| module.as_str()[..12].to_owned());
-        println!("module {name} {module}");
+        say!("module {name} {module}");
         handlers.push(HandlerSpec { name, module });
     }
     let chain: Vec<String> = handlers.iter().map(|h| h.name.clone()).collect();
@@ -169,7 +169,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
             .await
     }
     .with_context(|| format!("registering job `{}`", args.name))?;
-    println!(
+    say!(
         "registered job {} v{} for tenant {}: {}",
         definition.name,
         definition.version,
@@ -187,7 +187,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     }
     for job in jobs {
         let chain: Vec<&str> = job.handlers.iter().map(|h| h.name.as_str()).collect();
-        println!(
+        say!(
             "{} v{}  {}  fuel={} memory={}MiB timeout={}ms",
             job.name,
             job.version,

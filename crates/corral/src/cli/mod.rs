@@ -4,6 +4,20 @@
 //! (sandbox, registry, broker, worker, client), print results. Nothing here
 //! is needed to embed Corral in an application.
 
+/// `println!` for what a command prints: when the reader of stdout has
+/// gone (`corral jobs list | head -1`), the command ends quietly with
+/// status 141 (128 + SIGPIPE, what a shell shows for other tools) instead
+/// of panicking. SIGPIPE itself stays ignored: a compile child that dies
+/// while its module is being written to it must not kill this process.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
@@ -74,8 +88,9 @@ enum Command {
     Enqueue(broker_cmds::EnqueueArgs),
     /// Show a task stored in a shared (Redis) broker.
     Status(broker_cmds::StatusArgs),
-    /// Wait until a task completes or dies, then show it; exits non-zero
-    /// unless it completed.
+    /// Wait until a task completes or dies, then show it; exits 0 if it
+    /// completed, 1 if it died (or cannot be read), 3 if `--timeout` passed
+    /// first.
     Wait(broker_cmds::WaitArgs),
     /// Serve the HTTP API (with in-process workers); see `cli/serve.rs`.
     Serve(serve::ServeArgs),
@@ -144,6 +159,15 @@ struct RunArgs {
     args: Vec<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
+}
+
+/// Ends the process after a failed write to stdout (see `say!`).
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("error: writing to stdout: {e}");
+    std::process::exit(1)
 }
 
 /// How log lines are written.
@@ -255,7 +279,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .register_files(tenant, name, &files, limits)
             .await
             .with_context(|| format!("registering job `{name}`"))?;
-        println!(
+        say!(
             "registered job {name} v{}: {}",
             def.version,
             handlers.join(" -> ")
@@ -291,7 +315,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     tasks.push(client.task("runaway").max_attempts(1).build());
     tasks.push(client.task("no-such-job").build());
     let ids = client.enqueue_many(tasks).await?;
-    println!("enqueued {} tasks\n", ids.len());
+    say!("enqueued {} tasks\n", ids.len());
 
     let config = WorkerConfig {
         concurrency: args.concurrency,
@@ -324,24 +348,28 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_task(task: &Task) {
-    println!(
+    say!(
         "task {} job={} state={} attempts={}/{}",
-        task.task_id, task.job_name, task.state, task.attempt, task.max_attempts
+        task.task_id,
+        task.job_name,
+        task.state,
+        task.attempt,
+        task.max_attempts
     );
     if !task.result_log.is_empty() {
-        println!("  result log:");
+        say!("  result log:");
         for line in task.result_log.lines() {
-            println!("    {line}");
+            say!("    {line}");
         }
     }
     if let Some(error) = &task.error {
-        println!("  error: {error}");
+        say!("  error: {error}");
     }
     let args = serde_json::to_string(&task.args_map).unwrap_or_default();
-    println!("  final args: {args}");
+    say!("  final args: {args}");
     if !task.metering.is_empty() {
         let t = &task.metering.total;
-        println!(
+        say!(
             "  metering: {} call(s), fuel {}, peak memory {}, wall {} (instantiating {})",
             t.calls,
             t.fuel,
@@ -350,7 +378,7 @@ fn print_task(task: &Task) {
             millis(t.instantiate_us)
         );
         for h in &task.metering.handlers {
-            println!(
+            say!(
                 "    handler {} (attempt {}): fuel {}, peak memory {}, wall {} (instantiating {})",
                 h.handler_index,
                 h.attempt,
@@ -362,12 +390,12 @@ fn print_task(task: &Task) {
         }
     }
     if !task.log.is_empty() {
-        println!("  guest output:");
+        say!("  guest output:");
         for line in task.log.lines() {
-            println!("    {line}");
+            say!("    {line}");
         }
     }
-    println!();
+    say!();
 }
 
 /// `n` bytes in KiB or MiB, one decimal.

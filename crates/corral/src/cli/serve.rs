@@ -136,7 +136,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .create_tenant(&tenant, &token.hash())
                     .await
                     .with_context(|| format!("creating tenant `{name}`"))?;
-                println!("tenant {name} token {}", token.expose());
+                say!("tenant {name} token {}", token.expose());
             }
             let registry = Registry::with_catalog(sandbox, catalog);
             serve(args, EmbeddedBroker::new(), registry).await
@@ -193,7 +193,7 @@ async fn serve<B: Broker + Clone>(
         }))
     });
 
-    println!("listening on http://{addr}");
+    say!("listening on http://{addr}");
     tracing::info!(%addr, workers = args.workers, "API listening");
     let served = api::serve_with(listener, router, &config, async move {
         shutdown_signal().await;

@@ -189,9 +189,7 @@ pub(super) async fn catalog(redis: Option<&str>) -> anyhow::Result<RedisCatalog>
              without Redis, `corral serve` keeps tenants and jobs in its own memory"
         );
     };
-    RedisCatalog::connect(url)
-        .await
-        .with_context(|| format!("connecting to the catalog at {url}"))
+    super::broker_cmds::within_patience(url, RedisCatalog::connect(url)).await
 }
 
 /// Runs `corral tenants …`.
@@ -231,7 +229,7 @@ async fn create(args: LimitsArgs) -> anyhow::Result<ExitCode> {
 /// on stderr what it is.
 fn show_once(what: &str, token: &Token) -> anyhow::Result<ExitCode> {
     eprintln!("{what} follows, shown this once");
-    println!("{}", token.expose());
+    say!("{}", token.expose());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -262,7 +260,7 @@ async fn list_tokens(args: TenantArgs) -> anyhow::Result<ExitCode> {
         eprintln!("tenant {} has no listed tokens", args.name);
     }
     for token in tokens {
-        println!(
+        say!(
             "{}  created {}",
             token.id,
             token
@@ -356,6 +354,6 @@ async fn set_limits(args: LimitsArgs) -> anyhow::Result<ExitCode> {
         .set_limits(&args.name, &limits)
         .await
         .with_context(|| format!("changing the limits of tenant `{}`", args.name))?;
-    println!("{}", serde_json::to_string_pretty(&limits)?);
+    say!("{}", serde_json::to_string_pretty(&limits)?);
     Ok(ExitCode::SUCCESS)
 }
