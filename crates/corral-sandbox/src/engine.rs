@@ -157,7 +157,7 @@ fn pool(config: &SandboxConfig) -> PoolingAllocationConfig {
 }
 
 /// Counts handler calls in flight, so the ticker can idle when there are
-/// none (and, a second one, instances alive).
+/// none.
 #[derive(Debug, Default)]
 pub(crate) struct ActiveCalls(AtomicUsize);
 
@@ -170,11 +170,34 @@ impl ActiveCalls {
     }
 
     fn any(&self) -> bool {
-        self.count() > 0
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A count of things in use, each held by a guard that borrows it (no
+/// reference count to bump on the call path, unlike [`ActiveCalls`], which
+/// the ticker thread shares).
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicUsize);
+
+impl Counter {
+    /// Counts one until the guard drops.
+    pub(crate) fn enter(&self) -> CounterGuard<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        CounterGuard(&self.0)
     }
 
     pub(crate) fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One counted; see [`Counter::enter`].
+pub(crate) struct CounterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CounterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -255,7 +255,7 @@ struct Inner {
     active: Arc<engine::ActiveCalls>,
     /// Instances alive: from a successful instantiation to the end of its
     /// call.
-    instances: Arc<engine::ActiveCalls>,
+    instances: engine::Counter,
     config: SandboxConfig,
 }
 
@@ -294,7 +294,7 @@ impl Sandbox {
                 disk,
                 compiles: compiler::CompileSlots::new(&config.compile),
                 active,
-                instances: Arc::default(),
+                instances: engine::Counter::default(),
                 config,
             }),
         })
