@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use super::units::{mib, ms, us};
+
 use crate::broker::{EmbeddedBroker, Retention};
 use crate::client::Client;
 use crate::clock::SystemClock;
@@ -608,16 +610,4 @@ fn print_percentiles(name: &str, times: &[Duration]) {
     let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
     say!("{name}, median: {}", us(at(0.5)));
     say!("{name}, p99: {}", us(at(0.99)));
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.2} µs", d.as_secs_f64() * 1e6)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
 }

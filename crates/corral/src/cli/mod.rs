@@ -373,9 +373,9 @@ fn print_task(task: &Task) {
             "  metering: {} call(s), fuel {}, peak memory {}, wall {} (instantiating {})",
             t.calls,
             t.fuel,
-            bytes(t.peak_memory_bytes),
-            millis(t.wall_us),
-            millis(t.instantiate_us)
+            units::mib(t.peak_memory_bytes),
+            units::ms(Duration::from_micros(t.wall_us)),
+            units::ms(Duration::from_micros(t.instantiate_us))
         );
         for h in &task.metering.handlers {
             say!(
@@ -383,9 +383,9 @@ fn print_task(task: &Task) {
                 h.handler_index,
                 h.attempt,
                 h.cost.fuel,
-                bytes(h.cost.peak_memory_bytes),
-                millis(h.cost.wall_us),
-                millis(h.cost.instantiate_us)
+                units::mib(h.cost.peak_memory_bytes),
+                units::ms(Duration::from_micros(h.cost.wall_us)),
+                units::ms(Duration::from_micros(h.cost.instantiate_us))
             );
         }
     }
@@ -396,20 +396,6 @@ fn print_task(task: &Task) {
         }
     }
     say!();
-}
-
-/// `n` bytes in KiB or MiB, one decimal.
-fn bytes(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / f64::from(1 << 20))
-    } else {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    }
-}
-
-/// `us` microseconds in milliseconds, three decimals.
-fn millis(us: u64) -> String {
-    format!("{:.3} ms", us as f64 / 1000.0)
 }
 
 async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,6 @@
 //! Sizes and durations on the command line: `--max-memory-mib 64`,
-//! `--timeout 500ms`, turned into bytes and milliseconds.
+//! `--timeout 500ms`, turned into bytes and milliseconds; and the same units
+//! written back for people (`us`, `ms`, `mib`).
 //!
 //! Each parser is a clap `value_parser`, so a bad value is refused with the
 //! flag's name before anything runs. A value whose conversion does not fit
@@ -94,4 +95,19 @@ mod tests {
             assert!(parse_millis(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// A duration in microseconds, two decimals.
+pub fn us(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+/// A duration in milliseconds, two decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A size in MiB, two decimals.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
 }
