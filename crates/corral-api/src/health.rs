@@ -4,13 +4,14 @@
 //!
 //! Neither needs a token (a load balancer or an orchestrator calls them),
 //! so neither says more than "ok", "unreachable" or "timeout" per store:
-//! never an address, an error text or a tenant's name.
+//! never an address, an error text or a tenant's name. And since anyone
+//! may call `/readyz`, its reads are shared: one probe at a time, its
+//! answer reused for [`READY_FRESH`], so a flood of probes costs the stores
+//! no more than one caller would.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
@@ -28,9 +29,32 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long a readiness answer is reused.
+pub const READY_FRESH: Duration = Duration::from_secs(1);
+
+/// The last readiness answer and when it was probed; the lock is held
+/// while probing, so concurrent callers wait for that probe's answer.
+#[derive(Default)]
+pub struct ReadyCache(tokio::sync::Mutex<Option<(Instant, StatusCode, Value)>>);
+
 /// `GET /readyz`: 200 when the broker and the catalog answer, else 503
-/// naming which did not.
-pub async fn readyz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> (StatusCode, Json<Value>) {
+/// naming which did not; a probe younger than [`READY_FRESH`] is reused.
+pub async fn readyz<B: Broker>(
+    state: &ApiState<B>,
+    cache: &ReadyCache,
+) -> (StatusCode, Json<Value>) {
+    let mut last = cache.0.lock().await;
+    if let Some((at, status, body)) = last.as_ref()
+        && at.elapsed() < READY_FRESH
+    {
+        return (*status, Json(body.clone()));
+    }
+    let (status, body) = probe_stores(state).await;
+    *last = Some((Instant::now(), status, body.clone()));
+    (status, Json(body))
+}
+
+async fn probe_stores<B: Broker>(state: &ApiState<B>) -> (StatusCode, Value) {
     let broker = probe(state.broker.stats(DEFAULT_TENANT, DEFAULT_QUEUE));
     let catalog = probe(state.registry.catalog().tenant(DEFAULT_TENANT));
     let (broker, catalog) = tokio::join!(broker, catalog);
@@ -45,7 +69,7 @@ pub async fn readyz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> (Status
         "broker": broker,
         "catalog": catalog,
     });
-    (status, Json(body))
+    (status, body)
 }
 
 /// "ok", "unreachable" (the read failed) or "timeout".

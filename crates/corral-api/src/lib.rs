@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::routing::{get, post};
@@ -150,10 +151,16 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
     let waits = Router::new()
         .route("/v1/tasks/{id}/wait", get(tasks::wait::<B>))
         .route_layer(from_fn_with_state(wait_timeout, guard::limit_time));
+    let ready = Arc::new(health::ReadyCache::default());
     let rest = Router::new()
         .route("/", get(dashboard::page))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz::<B>))
+        .route(
+            "/readyz",
+            get(move |State(state): State<Arc<ApiState<B>>>| async move {
+                health::readyz(&state, &ready).await
+            }),
+        )
         .route("/v1/modules", post(modules::upload::<B>))
         .route("/v1/modules/{hash}", get(modules::show::<B>))
         .route("/v1/jobs", get(jobs::list::<B>).post(jobs::register::<B>))
