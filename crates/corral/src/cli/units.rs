@@ -61,6 +61,21 @@ fn scaled(s: &str, unit: u64, name: &str) -> Result<u64, String> {
     })
 }
 
+/// A duration in microseconds, two decimals.
+pub fn us(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+/// A duration in milliseconds, two decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A size in MiB, two decimals.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,19 +110,4 @@ mod tests {
             assert!(parse_millis(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// A duration in microseconds, two decimals.
-pub fn us(d: Duration) -> String {
-    format!("{:.2} µs", d.as_secs_f64() * 1e6)
-}
-
-/// A duration in milliseconds, two decimals.
-pub fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// A size in MiB, two decimals.
-pub fn mib(bytes: u64) -> String {
-    format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
 }
