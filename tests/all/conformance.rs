@@ -356,7 +356,12 @@ pub async fn update_saves_progress_only_under_the_current_token<K: Backend>() {
     assert_eq!(stored.result_log, "first line");
     assert_eq!(stored.args_map, cp.args_map, "args survive byte for byte");
     assert_eq!(stored.log, cp.log);
-    assert_eq!(stored.metering, cp.metering);
+    let mut billed = cp.metering.clone();
+    billed.billed();
+    assert_eq!(
+        stored.metering, billed,
+        "stored progress is billed progress"
+    );
     assert_eq!(stored.original_args_map, t.original_args_map);
     assert_eq!(stored.state, TaskState::Active);
 
@@ -1432,6 +1437,177 @@ pub async fn idle_queues_cost_no_maintenance_and_due_work_is_still_done<K: Backe
         .expect("the tenant's queue names were all freed");
 }
 
+/// One handler call's metering, as a worker records it.
+fn call(fuel: u64, peak: u64) -> corral::metering::CallMetering {
+    corral::metering::CallMetering {
+        fuel,
+        peak_memory_bytes: peak,
+        wall_us: 1_000,
+        instantiate_us: 10,
+    }
+}
+
+pub async fn usage_bills_each_stored_call_once_by_tenant_and_day<K: Backend>() {
+    use corral::metering::Usage;
+    let fx = K::make(Retention::default()).await;
+    let today = fx.clock.now().date_naive();
+    let tasks: Vec<Task> = (0..4).map(task).collect();
+    fx.broker.enqueue(tasks).await.expect("enqueue");
+    fx.broker
+        .enqueue(vec![task_in("other", "elsewhere", 9)])
+        .await
+        .expect("enqueue");
+    let got = take(&fx.broker, "w", 4).await;
+    assert!(got.iter().all(|l| l.task.tenant == T));
+    assert_eq!(got.len(), 4);
+
+    // Task 0: a checkpoint after its first handler (billed), then the
+    // final checkpoint with the second call only unbilled.
+    let mut t0 = got[0].task.clone();
+    t0.metering.record(0, 1, call(100, 1 << 20));
+    t0.current_handler_index = 1;
+    fx.broker
+        .update(&got[0].lease, &Checkpoint::of(&t0))
+        .await
+        .expect("update");
+    t0.metering.billed();
+    t0.metering.record(1, 1, call(50, 3 << 20));
+    t0.current_handler_index = 2;
+    let done = Outcome::Completed(Checkpoint::of(&t0));
+    ack_one(&fx.broker, &got[0].lease, done.clone())
+        .await
+        .expect("ack");
+    // The same ack again (its reply was lost): applied once, billed once.
+    ack_one(&fx.broker, &got[0].lease, done)
+        .await
+        .expect("repeat");
+    // Task 1 fails its call: the checkpoint bills the call, the retry
+    // counts the task.
+    let mut t1 = got[1].task.clone();
+    t1.metering.record(0, 1, call(7, 1 << 16));
+    fx.broker
+        .update(&got[1].lease, &Checkpoint::of(&t1))
+        .await
+        .expect("update");
+    let at = clock::add(fx.clock.now(), Duration::from_secs(60));
+    ack_one(
+        &fx.broker,
+        &got[1].lease,
+        Outcome::Retry {
+            error: error("flaky", true),
+            at,
+        },
+    )
+    .await
+    .expect("retry");
+    ack_one(
+        &fx.broker,
+        &got[2].lease,
+        Outcome::Dead(error("broken", false)),
+    )
+    .await
+    .expect("dead");
+    // A holder whose lease moved on bills nothing.
+    let mut t3 = got[3].task.clone();
+    t3.metering.record(0, 1, call(1_000_000, 64 << 20));
+    let stale = Lease {
+        token: got[3].lease.token + 1,
+        ..got[3].lease.clone()
+    };
+    assert!(is_lease_lost(
+        &fx.broker.update(&stale, &Checkpoint::of(&t3)).await
+    ));
+    assert!(is_lease_lost(
+        &ack_one(&fx.broker, &stale, Outcome::Completed(Checkpoint::of(&t3))).await
+    ));
+
+    let usage = fx.broker.usage(T, today..=today).await.expect("usage");
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!(usage[0].day, today);
+    assert_eq!(
+        usage[0].usage,
+        Usage {
+            calls: 3,
+            fuel: 157,
+            wall_us: 3_000,
+            instantiate_us: 30,
+            peak_memory_bytes: 3 << 20,
+            completed: 1,
+            retried: 1,
+            dead: 1,
+        }
+    );
+    // Another tenant's counters are its own; other days have none.
+    let other = fx
+        .broker
+        .usage("other", today..=today)
+        .await
+        .expect("usage");
+    assert!(other.is_empty(), "{other:?}");
+    let mut theirs = fx
+        .broker
+        .acquire(&req("w", &["elsewhere"], 1))
+        .await
+        .expect("acquire");
+    assert_eq!(theirs.len(), 1);
+    let l = theirs.remove(0);
+    let mut t = l.task.clone();
+    t.metering.record(0, 1, call(11, 1 << 16));
+    ack_one(&fx.broker, &l.lease, Outcome::Completed(Checkpoint::of(&t)))
+        .await
+        .expect("ack");
+    let other = fx
+        .broker
+        .usage("other", today..=today)
+        .await
+        .expect("usage");
+    assert_eq!(
+        other
+            .iter()
+            .map(|d| (d.usage.calls, d.usage.fuel, d.usage.completed))
+            .collect::<Vec<_>>(),
+        [(1, 11, 1)]
+    );
+    let ours = fx.broker.usage(T, today..=today).await.expect("usage");
+    assert_eq!((ours[0].usage.calls, ours[0].usage.fuel), (3, 157));
+    let yesterday = today.pred_opt().expect("a day before");
+    let before = fx
+        .broker
+        .usage(T, yesterday..=yesterday)
+        .await
+        .expect("usage");
+    assert!(before.is_empty(), "{before:?}");
+
+    // The next day's work lands on the next day.
+    fx.clock.advance(Duration::from_secs(24 * 3600));
+    fx.broker.maintain().await.expect("maintain");
+    let l = take_one(&fx.broker, "w").await;
+    let mut t = l.task.clone();
+    t.metering.record(0, 2, call(5, 1 << 16));
+    ack_one(&fx.broker, &l.lease, Outcome::Completed(Checkpoint::of(&t)))
+        .await
+        .expect("ack");
+    let tomorrow = today.succ_opt().expect("a day after");
+    let both = fx.broker.usage(T, today..=tomorrow).await.expect("usage");
+    assert_eq!(
+        both.iter()
+            .map(|d| (d.day, d.usage.calls, d.usage.fuel))
+            .collect::<Vec<_>>(),
+        [(today, 3, 157), (tomorrow, 1, 5)]
+    );
+
+    // Ranges are bounded: no query walks more days than are kept.
+    let far = today + chrono::Days::new(u64::from(corral::metering::USAGE_KEPT_DAYS));
+    assert!(matches!(
+        fx.broker.usage(T, today..=far).await,
+        Err(BrokerError::Invalid { .. })
+    ));
+    assert!(matches!(
+        fx.broker.usage(T, tomorrow..=today).await,
+        Err(BrokerError::Invalid { .. })
+    ));
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -1461,7 +1637,8 @@ macro_rules! conformance {
                 a_bulk_enqueue_keeps_its_order,
                 max_queued_holds_under_concurrency_and_stays_exact,
                 queue_names_are_bounded_per_tenant,
-                idle_queues_cost_no_maintenance_and_due_work_is_still_done
+                idle_queues_cost_no_maintenance_and_due_work_is_still_done,
+                usage_bills_each_stored_call_once_by_tenant_and_day
             );
         }
     };

@@ -18,6 +18,7 @@ mod crash;
 mod deep_args;
 mod leases;
 mod logs;
+mod metrics;
 mod quotas;
 mod readme;
 mod redis_broker;

@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 
 use corral_client::broker::Broker;
 use corral_core::task::{DEFAULT_QUEUE, DEFAULT_TENANT};
-
-use crate::ApiState;
+use corral_registry::registry::Registry;
 
 /// How long each readiness check may take: a store that takes longer is
 /// as good as away for a probe.
@@ -40,7 +39,8 @@ pub struct ReadyCache(tokio::sync::Mutex<Option<(Instant, StatusCode, Value)>>);
 /// `GET /readyz`: 200 when the broker and the catalog answer, else 503
 /// naming which did not; a probe younger than [`READY_FRESH`] is reused.
 pub async fn readyz<B: Broker>(
-    state: &ApiState<B>,
+    broker: &B,
+    registry: &Registry,
     cache: &ReadyCache,
 ) -> (StatusCode, Json<Value>) {
     let mut last = cache.0.lock().await;
@@ -49,14 +49,14 @@ pub async fn readyz<B: Broker>(
     {
         return (*status, Json(body.clone()));
     }
-    let (status, body) = probe_stores(state).await;
+    let (status, body) = probe_stores(broker, registry).await;
     *last = Some((Instant::now(), status, body.clone()));
     (status, Json(body))
 }
 
-async fn probe_stores<B: Broker>(state: &ApiState<B>) -> (StatusCode, Value) {
-    let broker = probe(state.broker.stats(DEFAULT_TENANT, DEFAULT_QUEUE));
-    let catalog = probe(state.registry.catalog().tenant(DEFAULT_TENANT));
+async fn probe_stores<B: Broker>(broker: &B, registry: &Registry) -> (StatusCode, Value) {
+    let broker = probe(broker.stats(DEFAULT_TENANT, DEFAULT_QUEUE));
+    let catalog = probe(registry.catalog().tenant(DEFAULT_TENANT));
     let (broker, catalog) = tokio::join!(broker, catalog);
     let ready = broker == "ok" && catalog == "ok";
     let status = if ready {

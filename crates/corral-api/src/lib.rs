@@ -13,6 +13,7 @@
 //! | `GET /v1/tasks/{id}` | one task | 200 the task |
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
+//! | `GET /v1/usage` | what the tenant's tasks cost per UTC day (`?since=&until=`, `YYYY-MM-DD`, default the last 30 days) | 200 `{tenant, since, until, days: [...], total}` |
 //! | `GET /` | the dashboard page (a static shell; it holds no data and asks for a token) | 200 HTML |
 //! | `GET /healthz` | the process serves (no token) | 200 `{status}` |
 //! | `GET /readyz` | the broker and the catalog answer within 2 s (no token) | 200 or 503 `{status, broker, catalog}` |
@@ -50,10 +51,12 @@ pub mod extract;
 pub mod guard;
 pub mod health;
 mod jobs;
+pub mod metrics;
 mod modules;
 pub mod page;
 pub mod server;
 mod tasks;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -158,7 +161,7 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
         .route(
             "/readyz",
             get(move |State(state): State<Arc<ApiState<B>>>| async move {
-                health::readyz(&state, &ready).await
+                health::readyz(&state.broker, &state.registry, &ready).await
             }),
         )
         .route("/v1/modules", post(modules::upload::<B>))
@@ -168,6 +171,7 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
         .route("/v1/tasks", get(tasks::list::<B>).post(tasks::enqueue::<B>))
         .route("/v1/tasks/{id}", get(tasks::show::<B>))
         .route("/v1/stats", get(tasks::stats::<B>))
+        .route("/v1/usage", get(usage::show::<B>))
         .route_layer(from_fn_with_state(request_timeout, guard::limit_time));
     waits
         .merge(rest)

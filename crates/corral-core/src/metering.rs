@@ -4,7 +4,8 @@
 //! The sandbox measures one call ([`CallMetering`]); the worker adds it to
 //! the task ([`TaskMetering::record`]) and stores it with the task's
 //! checkpoint, so a task resumed on another worker keeps what it has cost
-//! so far. Only workers write metering: a task enqueued with metering of its
+//! so far. The broker adds each stored call to its tenant's [`Usage`] of
+//! the day, in the same atomic step as it stores the progress. Only workers write metering: a task enqueued with metering of its
 //! own is refused ([`crate::task::Task::validate`]). This module does
 //! arithmetic and nothing else; it never measures.
 
@@ -52,6 +53,22 @@ pub struct MeteringTotal {
     pub instantiate_us: u64,
 }
 
+impl MeteringTotal {
+    /// Adds one call. Sums saturate instead of wrapping.
+    pub fn add(&mut self, cost: &CallMetering) {
+        self.calls = self.calls.saturating_add(1);
+        self.fuel = self.fuel.saturating_add(cost.fuel);
+        self.peak_memory_bytes = self.peak_memory_bytes.max(cost.peak_memory_bytes);
+        self.wall_us = self.wall_us.saturating_add(cost.wall_us);
+        self.instantiate_us = self.instantiate_us.saturating_add(cost.instantiate_us);
+    }
+
+    /// Whether no call is counted.
+    pub fn is_empty(&self) -> bool {
+        self.calls == 0
+    }
+}
+
 /// A task's metering: each handler's latest call, and the total of all.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskMetering {
@@ -60,6 +77,13 @@ pub struct TaskMetering {
     pub handlers: Vec<HandlerMetering>,
     /// Every call, summed.
     pub total: MeteringTotal,
+    /// The calls recorded since the task's progress was last stored: the
+    /// broker adds them to the tenant's [`Usage`] in the same atomic step
+    /// as it stores the progress that includes them, so each call is
+    /// billed once, and only by the worker that holds the lease. Never
+    /// stored (a stored checkpoint has been billed).
+    #[serde(skip)]
+    pub unbilled: MeteringTotal,
 }
 
 impl TaskMetering {
@@ -84,14 +108,75 @@ impl TaskMetering {
             Ok(i) => self.handlers[i] = entry,
             Err(i) => self.handlers.insert(i, entry),
         }
-        let t = &mut self.total;
-        t.calls = t.calls.saturating_add(1);
-        t.fuel = t.fuel.saturating_add(cost.fuel);
-        t.peak_memory_bytes = t.peak_memory_bytes.max(cost.peak_memory_bytes);
-        t.wall_us = t.wall_us.saturating_add(cost.wall_us);
-        t.instantiate_us = t.instantiate_us.saturating_add(cost.instantiate_us);
+        self.total.add(&cost);
+        self.unbilled.add(&cost);
+    }
+
+    /// Marks the recorded calls billed: their progress is stored.
+    pub fn billed(&mut self) {
+        self.unbilled = MeteringTotal::default();
     }
 }
+
+/// What one tenant's tasks cost on one day (UTC): the usage counters the
+/// broker keeps for quotas and billing. Handler calls are counted when the
+/// progress that includes them is stored; tasks when they finish or are
+/// sent back for a retry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Handler calls metered.
+    pub calls: u64,
+    /// Fuel they consumed.
+    pub fuel: u64,
+    /// Their wall-clock time, in µs.
+    pub wall_us: u64,
+    /// Of which instantiating, in µs.
+    pub instantiate_us: u64,
+    /// The largest peak linear memory of any one call, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Failed attempts sent back for a retry.
+    pub retried: u64,
+    /// Tasks that died.
+    pub dead: u64,
+}
+
+impl Usage {
+    /// Adds `calls` (unbilled metering of a task).
+    pub fn add_calls(&mut self, calls: &MeteringTotal) {
+        self.calls = self.calls.saturating_add(calls.calls);
+        self.fuel = self.fuel.saturating_add(calls.fuel);
+        self.wall_us = self.wall_us.saturating_add(calls.wall_us);
+        self.instantiate_us = self.instantiate_us.saturating_add(calls.instantiate_us);
+        self.peak_memory_bytes = self.peak_memory_bytes.max(calls.peak_memory_bytes);
+    }
+
+    /// Adds another day's or tenant's counters.
+    pub fn merge(&mut self, other: &Usage) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.fuel = self.fuel.saturating_add(other.fuel);
+        self.wall_us = self.wall_us.saturating_add(other.wall_us);
+        self.instantiate_us = self.instantiate_us.saturating_add(other.instantiate_us);
+        self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
+        self.completed = self.completed.saturating_add(other.completed);
+        self.retried = self.retried.saturating_add(other.retried);
+        self.dead = self.dead.saturating_add(other.dead);
+    }
+}
+
+/// One tenant's [`Usage`] on one day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyUsage {
+    /// The day, UTC.
+    pub day: chrono::NaiveDate,
+    /// What the tenant's tasks cost that day.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// Most days one usage query may span: counters are kept this long.
+pub const USAGE_KEPT_DAYS: u32 = 400;
 
 #[cfg(test)]
 mod tests {
@@ -131,14 +216,19 @@ mod tests {
                 instantiate_us: 6,
             }
         );
+        assert_eq!(m.unbilled, m.total);
+        m.billed();
         m.record(0, 3, cost(u64::MAX, 0));
         assert_eq!(m.total.fuel, u64::MAX);
+        assert_eq!((m.unbilled.calls, m.unbilled.fuel), (1, u64::MAX));
     }
 
     #[test]
     fn its_json_is_flat_per_handler() {
         let mut m = TaskMetering::default();
         m.record(0, 1, cost(5, 64));
+        assert_eq!(m.unbilled.fuel, 5);
+        m.billed();
         let json = serde_json::to_value(&m).expect("serialize");
         assert_eq!(json["handlers"][0]["fuel"], 5);
         assert_eq!(json["handlers"][0]["handler_index"], 0);

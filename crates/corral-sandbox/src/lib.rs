@@ -256,7 +256,47 @@ struct Inner {
     /// Instances alive: from a successful instantiation to the end of its
     /// call.
     instances: engine::Counter,
+    /// Module loads by where they were answered from.
+    loads: LoadTally,
     config: SandboxConfig,
+}
+
+/// How module loads were answered, counted since the sandbox was built.
+#[derive(Debug, Default)]
+struct LoadTally {
+    memory: std::sync::atomic::AtomicU64,
+    disk: std::sync::atomic::AtomicU64,
+    compiled: std::sync::atomic::AtomicU64,
+}
+
+impl LoadTally {
+    fn count<E>(
+        &self,
+        loaded: Result<(Arc<LoadedHandler>, LoadSource), E>,
+    ) -> Result<(Arc<LoadedHandler>, LoadSource), E> {
+        if let Ok((_, source)) = &loaded {
+            let counter = match source {
+                LoadSource::Memory => &self.memory,
+                LoadSource::Disk => &self.disk,
+                LoadSource::Compiled => &self.compiled,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        loaded
+    }
+}
+
+/// Module loads since the sandbox was built, by where each was answered
+/// from: the compile cache's hits (`memory`, `disk`) and misses
+/// (`compiled`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadCounts {
+    /// Found compiled in memory.
+    pub memory: u64,
+    /// Found precompiled on disk.
+    pub disk: u64,
+    /// Compiled.
+    pub compiled: u64,
 }
 
 impl Sandbox {
@@ -295,6 +335,7 @@ impl Sandbox {
                 compiles: compiler::CompileSlots::new(&config.compile),
                 active,
                 instances: engine::Counter::default(),
+                loads: LoadTally::default(),
                 config,
             }),
         })
@@ -351,6 +392,21 @@ impl Sandbox {
 
     /// Like [`load`](Self::load), also saying where the handler came from.
     pub fn load_traced(&self, bytes: &[u8]) -> Result<(Arc<LoadedHandler>, LoadSource), LoadError> {
+        self.inner.loads.count(self.load_uncounted(bytes))
+    }
+
+    /// Module loads so far, by where they were answered from.
+    pub fn load_counts(&self) -> LoadCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = &self.inner.loads;
+        LoadCounts {
+            memory: t.memory.load(Relaxed),
+            disk: t.disk.load(Relaxed),
+            compiled: t.compiled.load(Relaxed),
+        }
+    }
+
+    fn load_uncounted(&self, bytes: &[u8]) -> Result<(Arc<LoadedHandler>, LoadSource), LoadError> {
         let hash = ModuleHash::of(bytes);
         if let Some(handler) = self.inner.memory.get(&hash) {
             return Ok((handler, LoadSource::Memory));
@@ -382,6 +438,15 @@ impl Sandbox {
     /// wall-clock time. Bytes already compiled (in memory or on disk) are
     /// not compiled again.
     pub async fn load_async(
+        &self,
+        owner: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<LoadedHandler>, LoadSource), LoadError> {
+        let loaded = self.load_async_uncounted(owner, bytes).await;
+        self.inner.loads.count(loaded)
+    }
+
+    async fn load_async_uncounted(
         &self,
         owner: &str,
         bytes: Vec<u8>,

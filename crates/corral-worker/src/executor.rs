@@ -18,6 +18,7 @@ use corral_core::text::{Inert, inert_capped};
 use corral_registry::registry::{Registry, RegistryError};
 use corral_sandbox::{CallContext, LoadError};
 
+use super::metrics::{TaskLabels, WorkerMetrics};
 use super::retry::RetryPolicy;
 
 /// Runs `task`, held under `lease`, to an outcome. `Err` means the lease was
@@ -29,6 +30,7 @@ pub(crate) async fn run_task<B: Broker>(
     retry: &RetryPolicy,
     lease: &Lease,
     mut task: Task,
+    metrics: Option<(&WorkerMetrics, &TaskLabels)>,
 ) -> Result<Outcome, BrokerError> {
     let job = match registry
         .resolve(&task.tenant, &task.job_name, task.job_version)
@@ -85,6 +87,13 @@ pub(crate) async fn run_task<B: Broker>(
             handler_count: count,
         };
         let result = sandbox.call(handler, ctx, &task.args_map, &limits).await;
+        if let Some((m, labels)) = metrics {
+            let cost = match &result {
+                Ok(out) => &out.metering,
+                Err(err) => &err.metering,
+            };
+            m.handler_call(labels, cost);
+        }
         match result {
             Ok(out) => {
                 // One event per handler run: counting them shows which
@@ -97,6 +106,7 @@ pub(crate) async fn run_task<B: Broker>(
                 task.current_handler_index = index + 1;
                 if task.current_handler_index < count {
                     broker.update(lease, &Checkpoint::of(&task)).await?;
+                    task.metering.billed();
                 }
             }
             Err(err) => {
@@ -155,6 +165,7 @@ pub(crate) struct Runner<B> {
     pub broker: B,
     pub registry: Registry,
     pub retry: RetryPolicy,
+    pub metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl<B: Broker> Runner<B> {
@@ -162,7 +173,17 @@ impl<B: Broker> Runner<B> {
         self: &Arc<Self>,
         lease: &Lease,
         task: Task,
+        labels: Option<&TaskLabels>,
     ) -> Result<Outcome, BrokerError> {
-        run_task(&self.broker, &self.registry, &self.retry, lease, task).await
+        let metrics = self.metrics.as_deref().zip(labels);
+        run_task(
+            &self.broker,
+            &self.registry,
+            &self.retry,
+            lease,
+            task,
+            metrics,
+        )
+        .await
     }
 }

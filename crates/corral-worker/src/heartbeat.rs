@@ -7,7 +7,6 @@
 //! and retried on the next beat; they never stop the worker.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -46,7 +45,7 @@ pub(crate) async fn run<B: Broker>(
                     if let Some((_, abort)) = map.remove(&id) {
                         tracing::warn!(task = %id, "lease lost; abandoning the task");
                         abort.abort();
-                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                        stats.lose();
                     }
                 }
             }

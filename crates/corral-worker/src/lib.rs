@@ -26,9 +26,11 @@
 //! A worker killed outright loses nothing either: its leases expire and
 //! another worker's maintenance returns the tasks to pending.
 
+mod depth;
 mod executor;
 mod heartbeat;
 mod maintenance;
+pub mod metrics;
 mod retry;
 mod tenants;
 
@@ -43,6 +45,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
+pub use metrics::WorkerMetrics;
 pub use retry::RetryPolicy;
 
 use corral_client::broker::{
@@ -52,6 +55,7 @@ use corral_core::task::{DEFAULT_QUEUE, TaskId};
 use corral_core::text::Inert;
 use corral_registry::registry::Registry;
 use executor::Runner;
+use metrics::TaskLabels;
 use tenants::TenantSlots;
 
 /// How long a busy fetch loop waits for more free slots before it asks the
@@ -85,6 +89,9 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// Most outcomes sent to the broker in one call.
     pub ack_batch: usize,
+    /// How often queue depth is sampled for [`WorkerMetrics`] (only with
+    /// [`Worker::with_metrics`]).
+    pub depth_every: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -100,6 +107,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             ack_batch: 256,
+            depth_every: Duration::from_secs(10),
         }
     }
 }
@@ -131,9 +139,19 @@ pub struct WorkerStats {
     /// a refused checkpoint or a refused outcome) or a checkpoint could not
     /// be written; another worker takes them once the lease expires.
     pub lost: AtomicU64,
+    /// The metrics these counts also go to, if any.
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl WorkerStats {
+    /// A task abandoned (see [`WorkerStats::lost`]).
+    fn lose(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.lease_lost();
+        }
+    }
+
     fn count(&self, outcome: &Outcome) {
         let counter = match outcome {
             Outcome::Completed(_) => &self.completed,
@@ -174,6 +192,7 @@ impl<B: Broker + Clone> Worker<B> {
             broker: broker.clone(),
             registry,
             retry: config.retry,
+            metrics: None,
         });
         Self {
             runner,
@@ -188,6 +207,24 @@ impl<B: Broker + Clone> Worker<B> {
         self.stats.clone()
     }
 
+    /// Records what the worker does into `metrics` too (tasks, handler
+    /// calls, leases lost, acquire batches) and samples its queues' depth
+    /// every [`WorkerConfig::depth_every`].
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        let runner = Runner {
+            broker: self.runner.broker.clone(),
+            registry: self.runner.registry.clone(),
+            retry: self.runner.retry,
+            metrics: Some(metrics.clone()),
+        };
+        self.runner = Arc::new(runner);
+        self.stats = Arc::new(WorkerStats {
+            metrics: Some(metrics),
+            ..WorkerStats::default()
+        });
+        self
+    }
+
     /// Runs until `shutdown` resolves, then shuts down as the module docs
     /// describe. Returns an error only if the broker fails at startup-critical
     /// points; transient broker errors are logged and retried.
@@ -196,7 +233,7 @@ impl<B: Broker + Clone> Worker<B> {
         let concurrency = cfg.concurrency.max(1);
         let in_flight: InFlight = Arc::default();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Lease, Outcome)>();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Finished>();
 
         let acker = tokio::spawn(acker(
             self.broker.clone(),
@@ -215,8 +252,17 @@ impl<B: Broker + Clone> Worker<B> {
         let upkeep = tokio::spawn(maintenance::run(
             self.broker.clone(),
             cfg.maintain_every,
-            stop_rx,
+            stop_rx.clone(),
         ));
+        let sampler = self.runner.metrics.clone().map(|metrics| {
+            tokio::spawn(depth::run(
+                self.broker.clone(),
+                cfg.queues.clone(),
+                cfg.depth_every,
+                metrics,
+                stop_rx,
+            ))
+        });
 
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
@@ -284,6 +330,9 @@ impl<B: Broker + Clone> Worker<B> {
             let leased = match result {
                 Ok(leased) => {
                     backoff = Duration::from_millis(50);
+                    if let (Some(m), false) = (&self.runner.metrics, leased.is_empty()) {
+                        m.acquired(leased.len());
+                    }
                     leased
                 }
                 Err(_) if stopping => break 'fetch,
@@ -308,7 +357,7 @@ impl<B: Broker + Clone> Worker<B> {
             for leased in leased {
                 let Some(permit) = permits.split(1) else {
                     // More tasks than asked for: hand the extra back.
-                    let _ = ack_tx.send((leased.lease, Outcome::Release));
+                    let _ = ack_tx.send((leased.lease, Outcome::Release, None));
                     continue;
                 };
                 let tenant = &leased.lease.tenant;
@@ -317,7 +366,7 @@ impl<B: Broker + Clone> Worker<B> {
                     // The tenant is at its cap here (one batch brought more of
                     // its tasks than it has slots): hand the task back
                     // untouched for another worker or a later call.
-                    let _ = ack_tx.send((leased.lease, Outcome::Release));
+                    let _ = ack_tx.send((leased.lease, Outcome::Release, None));
                     continue;
                 };
                 let runner = self.runner.clone();
@@ -326,6 +375,11 @@ impl<B: Broker + Clone> Worker<B> {
                 let stats = self.stats.clone();
                 let Leased { lease, task } = leased;
                 let id = lease.task_id;
+                let labels = self.runner.metrics.as_ref().map(|m| {
+                    let labels = m.labels(&task.tenant, &task.job_name);
+                    m.started(&labels);
+                    labels
+                });
                 let mut guard = in_flight.lock().unwrap_or_else(|p| p.into_inner());
                 let held = lease.clone();
                 // One span per task around its broker calls and handler
@@ -341,13 +395,13 @@ impl<B: Broker + Clone> Worker<B> {
                 // it whole into every task it spawns.
                 let run = Box::pin(
                     async move {
-                        let result = runner.run(&lease, task).await;
-                        (lease, result)
+                        let result = runner.run(&lease, task, labels.as_ref()).await;
+                        (lease, result, labels)
                     }
                     .instrument(span),
                 );
                 let abort = tasks.spawn(async move {
-                    let (lease, result) = run.await;
+                    let (lease, result, labels) = run.await;
                     let still_ours = map
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -355,13 +409,13 @@ impl<B: Broker + Clone> Worker<B> {
                         .is_some();
                     match result {
                         Ok(outcome) if still_ours => {
-                            let _ = ack_tx.send((lease, outcome));
+                            let _ = ack_tx.send((lease, outcome, labels));
                         }
                         // The heartbeat took it back, and counted it.
                         Ok(_) => {}
                         Err(e) => {
                             if still_ours {
-                                stats.lost.fetch_add(1, Ordering::Relaxed);
+                                stats.lose();
                             }
                             tracing::warn!(task = %lease.task_id, error = %e, "task abandoned")
                         }
@@ -391,7 +445,7 @@ impl<B: Broker + Clone> Worker<B> {
         for (lease, abort) in unfinished {
             abort.abort();
             tracing::info!(task = %lease.task_id, "handing back unfinished task");
-            let _ = ack_tx.send((lease, Outcome::Release));
+            let _ = ack_tx.send((lease, Outcome::Release, None));
         }
         tasks.shutdown().await;
         drop(ack_tx);
@@ -399,6 +453,9 @@ impl<B: Broker + Clone> Worker<B> {
         let _ = stop_tx.send(true);
         let _ = beats.await;
         let _ = upkeep.await;
+        if let Some(sampler) = sampler {
+            let _ = sampler.await;
+        }
         tracing::info!(worker = %cfg.id, "worker stopped");
         Ok(())
     }
@@ -442,25 +499,41 @@ async fn acquire_interruptible<B: Broker>(
     tokio::join!(acquire, watch)
 }
 
+/// A task's outcome on its way to the broker, with its metric labels
+/// (none for a task handed back untouched).
+type Finished = (Lease, Outcome, Option<TaskLabels>);
+
 /// Sends outcomes to the broker in batches; retries a failed batch so no
 /// outcome is dropped while the broker is briefly away.
 async fn acker<B: Broker>(
     broker: Arc<B>,
-    mut rx: mpsc::UnboundedReceiver<(Lease, Outcome)>,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
     batch: usize,
     stats: Arc<WorkerStats>,
 ) {
+    let mut received: Vec<Finished> = Vec::with_capacity(batch);
     let mut buf = Vec::with_capacity(batch);
-    while rx.recv_many(&mut buf, batch).await > 0 {
+    let mut labels = Vec::with_capacity(batch);
+    while rx.recv_many(&mut received, batch).await > 0 {
+        for (lease, outcome, label) in received.drain(..) {
+            buf.push((lease, outcome));
+            labels.push(label);
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
             match broker.ack(&buf).await {
                 Ok(results) => {
-                    for ((lease, outcome), result) in buf.iter().zip(results) {
+                    for (((lease, outcome), label), result) in buf.iter().zip(&labels).zip(results)
+                    {
                         match result {
-                            Ok(()) => stats.count(outcome),
+                            Ok(()) => {
+                                stats.count(outcome);
+                                if let (Some(m), Some(label)) = (&stats.metrics, label) {
+                                    m.finished(label, outcome);
+                                }
+                            }
                             Err(e) => {
-                                stats.lost.fetch_add(1, Ordering::Relaxed);
+                                stats.lose();
                                 tracing::warn!(task = %lease.task_id, error = %e, "outcome refused");
                             }
                         }
@@ -475,6 +548,7 @@ async fn acker<B: Broker>(
             }
         }
         buf.clear();
+        labels.clear();
     }
 }
 

@@ -71,6 +71,13 @@ impl<B: Broker> Broker for UpdateSpy<B> {
     ) -> Result<Vec<Task>, BrokerError> {
         self.inner.dead(tenant, queue, limit).await
     }
+    async fn usage(
+        &self,
+        tenant: &str,
+        days: std::ops::RangeInclusive<chrono::NaiveDate>,
+    ) -> Result<Vec<corral::metering::DailyUsage>, BrokerError> {
+        self.inner.usage(tenant, days).await
+    }
     async fn enqueue_raw(
         &self,
         tenant: &str,

@@ -17,19 +17,22 @@
 //! finished records sit in sets ordered by time, so maintenance and acquire
 //! cost what is due, however many queues tenants have made.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::Notify;
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
-    QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, malformed_task, parse_raw_task,
+    QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, check_usage_days, malformed_task,
+    parse_raw_task,
 };
 use corral_core::clock::{self, Clock, SystemClock};
+use corral_core::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage};
 use corral_core::task::{Task, TaskError, TaskId, TaskState};
 
 type QueueKey = (String, String);
@@ -68,6 +71,11 @@ struct State {
     /// when they were interrupted: entries of workers that never wait again
     /// (stopped ones) are dropped after [`INTERRUPT_TTL`].
     interrupted: HashMap<WorkerId, std::time::Instant>,
+    /// Per tenant and day (UTC), what its tasks cost; days older than
+    /// [`USAGE_KEPT_DAYS`] are dropped by `maintain`.
+    usage: BTreeMap<(String, NaiveDate), Usage>,
+    /// The day `usage` was last cut to [`USAGE_KEPT_DAYS`]: once a day.
+    usage_cut: Option<NaiveDate>,
 }
 
 /// An in-process [`Broker`].
@@ -439,6 +447,14 @@ impl State {
         gone.len()
     }
 
+    /// Adds to `tenant`'s usage of the day `now` falls on.
+    fn bill(&mut self, tenant: &str, now: DateTime<Utc>, add: impl FnOnce(&mut Usage)) {
+        add(self
+            .usage
+            .entry((tenant.to_owned(), now.date_naive()))
+            .or_default());
+    }
+
     fn release_active(&mut self, id: TaskId) {
         if let Some(at) = self.tasks.get(&id).and_then(|e| e.lease_expires) {
             self.active.remove(&(at, id));
@@ -561,7 +577,11 @@ impl Broker for EmbeddedBroker {
         let mut st = self.lock();
         let entry = st.leased_entry("update", lease)?;
         checkpoint.clone().apply(&mut entry.task);
+        entry.task.metering.billed();
         entry.task.updated_at = now;
+        st.bill(&lease.tenant, now, |u| {
+            u.add_calls(&checkpoint.metering.unbilled)
+        });
         Ok(())
     }
 
@@ -595,9 +615,14 @@ impl Broker for EmbeddedBroker {
                 match outcome {
                     Outcome::Completed(cp) => {
                         cp.clone().apply(&mut entry.task);
+                        entry.task.metering.billed();
                         entry.task.state = TaskState::Completed;
                         entry.task.error = None;
                         st.finish(lease.task_id, now, &retention);
+                        st.bill(&lease.tenant, now, |u| {
+                            u.add_calls(&cp.metering.unbilled);
+                            u.completed += 1;
+                        });
                     }
                     Outcome::Retry { error, at } => {
                         entry.task.state = TaskState::Retrying;
@@ -605,11 +630,13 @@ impl Broker for EmbeddedBroker {
                         entry.task.error = Some(error.clone());
                         st.scheduled.insert((*at, lease.task_id));
                         st.enqueued(&lease.tenant);
+                        st.bill(&lease.tenant, now, |u| u.retried += 1);
                     }
                     Outcome::Dead(error) => {
                         entry.task.state = TaskState::Dead;
                         entry.task.error = Some(error.clone());
                         st.finish(lease.task_id, now, &retention);
+                        st.bill(&lease.tenant, now, |u| u.dead += 1);
                     }
                     Outcome::Release => {
                         entry.task.state = TaskState::Pending;
@@ -704,6 +731,12 @@ impl Broker for EmbeddedBroker {
                 }
             }
             report.trimmed = st.trim(now, &retention, &mut touched);
+            let today = now.date_naive();
+            if st.usage_cut != Some(today) {
+                st.usage_cut = Some(today);
+                let oldest = today - chrono::Days::new(u64::from(USAGE_KEPT_DAYS));
+                st.usage.retain(|(_, day), _| *day > oldest);
+            }
         }
         report.queues_visited = touched.len();
         if report.promoted + report.recovered > 0 {
@@ -719,6 +752,24 @@ impl Broker for EmbeddedBroker {
             .get(&id)
             .filter(|e| e.task.tenant == tenant)
             .map(|e| e.task.clone()))
+    }
+
+    async fn usage(
+        &self,
+        tenant: &str,
+        days: RangeInclusive<NaiveDate>,
+    ) -> Result<Vec<DailyUsage>, BrokerError> {
+        check_usage_days(&days)?;
+        let st = self.lock();
+        let (from, to) = (days.start(), days.end());
+        Ok(st
+            .usage
+            .range((tenant.to_owned(), *from)..=(tenant.to_owned(), *to))
+            .map(|((_, day), usage)| DailyUsage {
+                day: *day,
+                usage: *usage,
+            })
+            .collect())
     }
 
     async fn dead(
@@ -782,6 +833,7 @@ impl Broker for EmbeddedBroker {
             finished_at: None,
         });
         st.finish(id, now, &retention);
+        st.bill(tenant, now, |u| u.dead += 1);
         Ok(())
     }
 
@@ -791,6 +843,35 @@ impl Broker for EmbeddedBroker {
 
     async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
         Ok(self.count(|t| t.tenant == tenant))
+    }
+
+    async fn queue_depths(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<(String, String, QueueStats)>, BrokerError> {
+        // One walk over the tasks; the embedded broker holds one process's.
+        let st = self.lock();
+        let mut depths: BTreeMap<QueueKey, QueueStats> = BTreeMap::new();
+        for entry in st.tasks.values() {
+            let t = &entry.task;
+            if !queues.contains(&t.queue_name) {
+                continue;
+            }
+            let stats = depths
+                .entry((t.tenant.clone(), t.queue_name.clone()))
+                .or_default();
+            match t.state {
+                TaskState::Pending => stats.pending += 1,
+                TaskState::Scheduled | TaskState::Retrying => stats.scheduled += 1,
+                TaskState::Active => stats.active += 1,
+                TaskState::Completed => stats.completed += 1,
+                TaskState::Dead => stats.dead += 1,
+            }
+        }
+        Ok(depths
+            .into_iter()
+            .map(|((tenant, queue), stats)| (tenant, queue, stats))
+            .collect())
     }
 
     async fn list_tasks(&self, tenant: &str, query: &TaskQuery) -> Result<Vec<Task>, BrokerError> {

@@ -29,12 +29,13 @@ pub mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use corral_core::metering::TaskMetering;
+use corral_core::metering::{DailyUsage, TaskMetering, USAGE_KEPT_DAYS};
 use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
 
 pub use embedded::EmbeddedBroker;
@@ -417,6 +418,21 @@ pub trait Broker: Send + Sync + 'static {
         queue: &str,
     ) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send;
 
+    /// What `tenant`'s tasks cost on each day (UTC) of `days` that had
+    /// any, oldest first: handler calls with their fuel, time and peak
+    /// memory, counted when the progress that includes them was stored
+    /// (atomically with it), and tasks completed, retried and died (a
+    /// worker's verdict, or an entry that was not a task; a lease that
+    /// expired on the last attempt is not the tenant's failure and is not
+    /// counted). Counters are kept for
+    /// [`USAGE_KEPT_DAYS`] days; a longer range is refused with
+    /// [`BrokerError::Invalid`], as is one that ends before it starts.
+    fn usage(
+        &self,
+        tenant: &str,
+        days: RangeInclusive<NaiveDate>,
+    ) -> impl Future<Output = Result<Vec<DailyUsage>, BrokerError>> + Send;
+
     /// The newest dead tasks of one tenant's queue (at most `limit`), newest
     /// first, each with its error. Malformed entries appear as
     /// [`malformed_task`] stand-ins.
@@ -458,6 +474,24 @@ pub trait Broker: Send + Sync + 'static {
         }
     }
 
+    /// Counts by state of every tenant's queue among `queues` that holds
+    /// any task: what a worker samples for its queue-depth metrics. The
+    /// cost grows with the tenants that use those names (one small read
+    /// each), so callers sample it, never per request. Brokers that cannot
+    /// answer return [`BrokerError::Unavailable`].
+    fn queue_depths(
+        &self,
+        queues: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, String, QueueStats)>, BrokerError>> + Send {
+        let _ = queues;
+        async {
+            Err(BrokerError::Unavailable {
+                op: "queue_depths",
+                reason: "this broker cannot sample queue depths".into(),
+            })
+        }
+    }
+
     /// One tenant's tasks matching `query`, newest first: what the API and
     /// the dashboard list. Never returns another tenant's task. Brokers that
     /// cannot list answer [`BrokerError::Unavailable`].
@@ -474,6 +508,32 @@ pub trait Broker: Send + Sync + 'static {
             })
         }
     }
+}
+
+/// Refuses a usage range that is empty or longer than the counters are
+/// kept (what every broker answers the same way).
+fn check_usage_days(days: &RangeInclusive<NaiveDate>) -> Result<(), BrokerError> {
+    let span = (*days.end() - *days.start()).num_days();
+    if span < 0 {
+        return Err(BrokerError::Invalid {
+            op: "usage",
+            reason: format!(
+                "the range ends ({}) before it starts ({})",
+                days.end(),
+                days.start()
+            ),
+        });
+    }
+    if span >= i64::from(USAGE_KEPT_DAYS) {
+        return Err(BrokerError::Invalid {
+            op: "usage",
+            reason: format!(
+                "{} days asked; usage is kept for {USAGE_KEPT_DAYS} days",
+                span + 1
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Why [`TenantQuota::max_queued`] refused an enqueue (the same words from

@@ -29,6 +29,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use super::metrics_port::MetricsArgs;
 use super::sandbox_args::sandbox_config;
 use super::{SandboxArgs, parse_duration, print_task};
 use crate::broker::{Broker, BrokerError, RedisBroker, RedisConfig};
@@ -154,6 +155,8 @@ pub(super) struct WorkerArgs {
     id: Option<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -287,6 +290,7 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.jobs_dir {
         jobs.extend(example_jobs(dir)?);
     }
+    let port = args.metrics.bind().await?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let connect = || RedisBroker::connect(config.clone());
@@ -337,7 +341,11 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let worker = Worker::new(broker, registry, config);
+    let mut worker = Worker::new(broker.clone(), registry.clone(), config);
+    if let Some(port) = port {
+        worker = worker.with_metrics(port.metrics.clone());
+        port.serve(broker, registry)?;
+    }
     let stats = worker.stats();
     worker.run(shutdown_signal()).await?;
     use std::sync::atomic::Ordering::Relaxed;

@@ -22,11 +22,13 @@ mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
 mod jobs;
+mod metrics_port;
 pub mod sandbox_args;
 mod secret;
 mod serve;
 mod tenants;
 mod units;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -98,6 +100,9 @@ enum Command {
     Tenants(tenants::TenantsArgs),
     /// Register and list a tenant's jobs in the Redis catalog.
     Jobs(jobs::JobsArgs),
+    /// What tenants' tasks cost (calls, fuel, time, memory, tasks), by
+    /// day, from the shared (Redis) broker.
+    Usage(usage::UsageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Tenants(args) => tenants::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
+        Command::Usage(args) => usage::run(args).await,
     }
 }
 

@@ -9,6 +9,9 @@
 //! `corral tenants create`, any number of `corral serve` processes share the
 //! work, and `--workers 0` makes a process an API front end only.
 //!
+//! `--metrics-listen ADDR` serves Prometheus metrics (the in-process
+//! worker's) and the probes on a port of their own (`cli/metrics_port.rs`).
+//!
 //! It prints `listening on http://ADDR` once the socket is bound (tests and
 //! scripts read the port from it when `--listen` asks for port 0), and stops
 //! on SIGINT/SIGTERM: the API stops taking requests, then the worker shuts
@@ -95,6 +98,8 @@ pub struct ServeArgs {
         value_parser = super::units::parse_kib
     )]
     max_list_bytes: u64,
+    #[command(flatten)]
+    metrics: super::metrics_port::MetricsArgs,
 }
 
 impl ServeArgs {
@@ -170,6 +175,7 @@ async fn serve<B: Broker + Clone>(
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let port = args.metrics.bind().await?;
     let config = args.api_config();
     let router = api::router(ApiState {
         broker: broker.clone(),
@@ -178,8 +184,12 @@ async fn serve<B: Broker + Clone>(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = port.as_ref().map(|p| p.metrics.clone());
+    if let Some(port) = port {
+        port.serve(broker.clone(), registry.clone())?;
+    }
     let worker = (args.workers > 0).then(|| {
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             broker,
             registry,
             WorkerConfig {
@@ -187,6 +197,9 @@ async fn serve<B: Broker + Clone>(
                 ..WorkerConfig::default()
             },
         );
+        if let Some(metrics) = metrics {
+            worker = worker.with_metrics(metrics);
+        }
         let mut stop = stop_rx.clone();
         tokio::spawn(worker.run(async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -16,11 +16,21 @@ use futures_util::future::join_all;
 
 use super::keys::QueueKeys;
 use super::record::micros;
-use super::scripts::{self, AckItem};
+use super::scripts::{self, AckItem, Billing};
 use super::{RedisBroker, group_by_queue};
 use crate::broker::{BrokerError, Checkpoint, Lease, Outcome};
+use chrono::{DateTime, Utc};
 use corral_core::clock;
+use corral_core::metering::USAGE_KEPT_DAYS;
 use corral_core::task::TaskId;
+
+/// Where the scripts bill `keys`' tenant for work stored at `now`.
+pub(super) fn billing(keys: &QueueKeys, now: DateTime<Utc>) -> Billing {
+    Billing {
+        key: keys.tenant.usage(now.date_naive()),
+        ttl_secs: u64::from(USAGE_KEPT_DAYS) * 24 * 3600,
+    }
+}
 
 /// Outcomes applied per ack script call.
 const ACK_CHUNK: usize = 500;
@@ -40,14 +50,17 @@ impl RedisBroker {
             reason: format!("checkpoint does not serialize: {e}"),
         })?;
         let keys = self.keys(&lease.tenant, &lease.queue);
+        let now = self.now();
         let held = scripts::update(
             &mut self.conn(),
             &keys,
+            &billing(&keys, now),
             lease.task_id,
             lease.token,
-            micros(self.now()),
+            micros(now),
             checkpoint.current_handler_index,
             &json,
+            &checkpoint.metering.unbilled,
         )
         .await?;
         if held {
@@ -67,17 +80,22 @@ impl RedisBroker {
         results: &[(Lease, Outcome)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         const OP: &str = "ack";
-        let now_us = micros(self.now());
+        let now = self.now();
+        let now_us = micros(now);
         let total = results.len();
         let mut released: BTreeSet<(String, String)> = BTreeSet::new();
         let groups = group_by_queue(results.iter().map(|(lease, outcome)| {
+            let mut calls = None;
             let (kind, json, due_us, handler) = match outcome {
-                Outcome::Completed(cp) => (
-                    "c",
-                    serde_json::to_vec(cp).unwrap_or_default(),
-                    None,
-                    Some(cp.current_handler_index),
-                ),
+                Outcome::Completed(cp) => {
+                    calls = Some(cp.metering.unbilled);
+                    (
+                        "c",
+                        serde_json::to_vec(cp).unwrap_or_default(),
+                        None,
+                        Some(cp.current_handler_index),
+                    )
+                }
                 Outcome::Retry { error, at } => (
                     "r",
                     serde_json::to_vec(error).unwrap_or_default(),
@@ -102,22 +120,26 @@ impl RedisBroker {
                 json,
                 due_us,
                 handler,
+                calls,
             };
             (lease.tenant.clone(), lease.queue.clone(), item)
         }));
         let keep = &self.keep();
-        let batches: Vec<(QueueKeys, Vec<usize>, Vec<AckItem>)> = groups
+        let batches: Vec<(QueueKeys, Billing, Vec<usize>, Vec<AckItem>)> = groups
             .into_iter()
             .map(|((tenant, queue), items)| {
                 let (positions, items): (Vec<usize>, Vec<AckItem>) = items.into_iter().unzip();
-                (self.keys(&tenant, &queue), positions, items)
+                let keys = self.keys(&tenant, &queue);
+                let usage = billing(&keys, now);
+                (keys, usage, positions, items)
             })
             .collect();
         let mut calls = Vec::new();
-        for (keys, positions, items) in &batches {
+        for (keys, usage, positions, items) in &batches {
             for (at, chunk) in positions.chunks(ACK_CHUNK).zip(items.chunks(ACK_CHUNK)) {
                 calls.push(async move {
-                    let held = scripts::ack(&mut self.conn(), keys, now_us, keep, chunk).await?;
+                    let held =
+                        scripts::ack(&mut self.conn(), keys, now_us, keep, usage, chunk).await?;
                     let answers: Vec<(usize, Result<(), BrokerError>)> = at
                         .iter()
                         .zip(chunk)

@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use super::ack::billing;
 use super::conn::{reachable, unavailable};
 use super::fairness::Hints;
 use super::keys::QueueKeys;
@@ -323,14 +324,17 @@ impl RedisBroker {
                     json: serde_json::to_vec(&error).unwrap_or_default(),
                     due_us: None,
                     handler: None,
+                    calls: None,
                 }
             })
             .collect();
+        let now = self.now();
         scripts::ack(
             &mut self.conn(),
             keys,
-            micros(self.now()),
+            micros(now),
             &self.keep(),
+            &billing(keys, now),
             &items,
         )
         .await?;

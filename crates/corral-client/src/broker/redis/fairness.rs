@@ -178,7 +178,7 @@ impl RedisBroker {
     /// every queue asked for, so raw pushes into a new queue are found.
     /// Refreshing costs one command per tenant (a membership test of the
     /// names asked), whatever the number of queues tenants have.
-    async fn tenants_for(
+    pub(super) async fn tenants_for(
         &self,
         queues: &[String],
     ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {

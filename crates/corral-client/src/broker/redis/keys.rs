@@ -18,6 +18,7 @@
 //! | `P:{q:T}:queues` | set | the tenant's queue names (plain, not encoded) that hold any task record; bounded by the tenant's `max_queues` |
 //! | `P:{q:T}:queued` | string | how many of the tenant's tasks are pending, scheduled or retrying; checked against its `max_queued` |
 //! | `P:{q:T}:due` | zset | the tenant's queue names, each scored by the earliest time (µs) it may need maintenance: a delayed or retrying task falling due, a lease running out, a finished record reaching its retention time; never later than that, possibly earlier |
+//! | `P:{q:T}:usage-D` | hash | what the tenant's tasks cost on day `D` (`YYYY-MM-DD`, UTC): calls, fuel, wall_us, instantiate_us, peak_memory_bytes, completed, retried, dead; expires after the days usage is kept |
 //! | `P:tenants` | set | every tenant (plain name) that has had a task |
 //! | `P:{wake}:<queue>` | list | wake-up tokens for idle workers of that queue name (bounded) |
 //! | `P:{wake}:worker:<id>` | list | one worker's interrupt token: ends its wait early (one entry, expires) |
@@ -105,6 +106,8 @@ pub struct TenantKeys {
     pub queued: String,
     /// Queue name → when it next needs maintenance, µs (zset).
     pub due: String,
+    /// `P:{q:T}:usage-`: the day's date completes a usage key.
+    usage_base: String,
 }
 
 impl TenantKeys {
@@ -115,7 +118,13 @@ impl TenantKeys {
             queues: format!("{base}:queues"),
             queued: format!("{base}:queued"),
             due: format!("{base}:due"),
+            usage_base: format!("{base}:usage-"),
         }
+    }
+
+    /// The tenant's usage counters of `day` (hash).
+    pub fn usage(&self, day: chrono::NaiveDate) -> String {
+        format!("{}{}", self.usage_base, day.format("%Y-%m-%d"))
     }
 }
 

@@ -30,6 +30,33 @@ use corral_core::task::{DEFAULT_QUEUE, Task, TaskId, TaskState};
 use corral_core::text::Inert;
 
 impl RedisBroker {
+    /// [`Broker::queue_depths`](crate::broker::Broker::queue_depths) on
+    /// Redis: which tenants have the names (the acquire's cached index),
+    /// then one stats script per tenant queue, concurrently.
+    pub(super) async fn depths(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<(String, String, QueueStats)>, BrokerError> {
+        let pairs: Vec<(String, String)> = self
+            .tenants_for(queues)
+            .await?
+            .into_iter()
+            .flat_map(|(tenant, qs)| qs.into_iter().map(move |q| (tenant.clone(), q)))
+            .collect();
+        let counts = join_all(pairs.iter().map(|(tenant, queue)| async move {
+            scripts::stats(&mut self.conn(), &self.keys(tenant, queue)).await
+        }))
+        .await;
+        let mut out = Vec::new();
+        for ((tenant, queue), stats) in pairs.into_iter().zip(counts) {
+            let stats = stats?;
+            if stats != QueueStats::default() {
+                out.push((tenant, queue, stats));
+            }
+        }
+        Ok(out)
+    }
+
     /// `tenant`'s queues, optionally only `only`.
     async fn tenant_queues(
         &self,

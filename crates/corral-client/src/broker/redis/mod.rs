@@ -149,13 +149,15 @@ mod maintain;
 pub(crate) mod record;
 mod reply;
 mod scripts;
+mod usage;
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::RangeInclusive;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
@@ -163,6 +165,7 @@ use super::{
 };
 use conn::{BlockingPool, Conn, Target, reachable, unavailable};
 use corral_core::clock::{Clock, SystemClock};
+use corral_core::metering::DailyUsage;
 use corral_core::task::{DEFAULT_TENANT, Task, TaskId};
 use fairness::ServedCache;
 use keys::QueueKeys;
@@ -381,6 +384,12 @@ impl RedisBroker {
         Ok(tenants)
     }
 
+    /// Every tenant that has had a task on this broker (and `default`),
+    /// sorted: whose usage `corral usage` shows when no tenant is named.
+    pub async fn tenants_with_tasks(&self) -> Result<Vec<String>, BrokerError> {
+        Ok(self.tenants("tenants").await?.into_iter().collect())
+    }
+
     /// `tenant`'s queue names: those holding any of its records.
     async fn tenant_queue_names(
         &self,
@@ -503,12 +512,27 @@ impl Broker for RedisBroker {
         self.dead_tasks(tenant, queue, limit).await
     }
 
+    async fn usage(
+        &self,
+        tenant: &str,
+        days: RangeInclusive<NaiveDate>,
+    ) -> Result<Vec<DailyUsage>, BrokerError> {
+        self.daily_usage(tenant, days).await
+    }
+
     async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
         self.tenant_counts(tenant).await
     }
 
     async fn list_tasks(&self, tenant: &str, query: &TaskQuery) -> Result<Vec<Task>, BrokerError> {
         self.tenant_tasks(tenant, query).await
+    }
+
+    async fn queue_depths(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<(String, String, QueueStats)>, BrokerError> {
+        self.depths(queues).await
     }
 
     async fn enqueue_raw(

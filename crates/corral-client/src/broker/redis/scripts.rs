@@ -22,6 +22,7 @@ use super::keys::{QueueKeys, TenantKeys};
 use super::record::RawRecord;
 use super::reply::{self, Reply};
 use crate::broker::{BrokerError, QueueStats, TenantQuota};
+use corral_core::metering::MeteringTotal;
 use corral_core::task::TaskId;
 
 macro_rules! lua {
@@ -287,25 +288,57 @@ pub async fn acquire(
 }
 
 /// Saves a checkpoint; `Ok(false)` when the lease is no longer held.
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     conn: &mut Conn,
     keys: &QueueKeys,
+    usage: &Billing,
     id: TaskId,
     token: u64,
     now_us: i64,
     handler: u32,
     checkpoint_json: &[u8],
+    calls: &MeteringTotal,
 ) -> Result<bool, BrokerError> {
     const OP: &str = "update";
     let mut inv = SCRIPTS.update.prepare_invoke();
     inv.key(&keys.meta)
         .key(&keys.progress)
+        .key(&usage.key)
         .arg(id.to_string())
         .arg(token)
         .arg(now_us)
         .arg(handler)
-        .arg(checkpoint_json);
+        .arg(checkpoint_json)
+        .arg(usage.ttl_secs);
+    calls_args(&mut inv, Some(calls));
     reply::held(OP, &run(OP, conn, &inv).await?)
+}
+
+/// Where a script adds to a tenant's usage: the day's key, and how long
+/// it is kept.
+pub struct Billing {
+    /// The tenant's usage key of the day ([`TenantKeys::usage`]).
+    pub key: String,
+    /// Seconds the key lives after its first write.
+    pub ttl_secs: u64,
+}
+
+/// The five metering values the scripts read with `add_calls`; empty
+/// when there is nothing to bill.
+fn calls_args(inv: &mut redis::ScriptInvocation<'_>, calls: Option<&MeteringTotal>) {
+    match calls.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            inv.arg(c.calls)
+                .arg(c.fuel)
+                .arg(c.wall_us)
+                .arg(c.instantiate_us)
+                .arg(c.peak_memory_bytes);
+        }
+        None => {
+            inv.arg("").arg("").arg("").arg("").arg("");
+        }
+    }
 }
 
 /// How one leased task finishes, as [`ack`] sends it.
@@ -322,6 +355,8 @@ pub struct AckItem {
     pub due_us: Option<i64>,
     /// The final handler index (`c`).
     pub handler: Option<u32>,
+    /// The calls the final checkpoint adds (`c`), billed with it.
+    pub calls: Option<MeteringTotal>,
 }
 
 /// How long finished tasks are kept, as the scripts are told.
@@ -344,6 +379,7 @@ pub async fn ack(
     keys: &QueueKeys,
     now_us: i64,
     keep: &Keep,
+    usage: &Billing,
     items: &[AckItem],
 ) -> Result<Vec<bool>, BrokerError> {
     const OP: &str = "ack";
@@ -360,12 +396,14 @@ pub async fn ack(
         .key(&keys.tenant.queued)
         .key(&keys.tenant.due)
         .key(&keys.tenant.queues)
+        .key(&usage.key)
         .arg(now_us)
         .arg(keep.max_completed)
         .arg(keep.max_dead)
         .arg(keep.completed_ttl_us)
         .arg(keep.dead_ttl_us)
         .arg(&keys.name)
+        .arg(usage.ttl_secs)
         .arg(items.len());
     for item in items {
         inv.arg(item.id.to_string())
@@ -380,6 +418,7 @@ pub async fn ack(
             Some(h) => inv.arg(h),
             None => inv.arg(""),
         };
+        calls_args(&mut inv, item.calls.as_ref());
     }
     // One code per outcome.
     let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, items.len())?;

@@ -27,6 +27,9 @@
 -- KEYS[11] due       (zset)   the tenant's due index
 -- KEYS[12] queues    (set)    the tenant's queue names (a queue left
 --                             without records leaves it)
+-- KEYS[13] usage     (hash)   the tenant's usage of the day: the calls each
+--                             completed task's final checkpoint adds, and
+--                             tasks completed, retried and died
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] most completed tasks kept
@@ -34,8 +37,11 @@
 -- ARGV[4] how long completed tasks are kept (µs)
 -- ARGV[5] how long dead tasks are kept (µs)
 -- ARGV[6] the queue's name, as the tenant's queue set holds it
--- ARGV[7] n, the number of outcomes; then 6 values per outcome:
---         id, token, kind, JSON, due, handler
+-- ARGV[7] how long a day's usage is kept (s)
+-- ARGV[8] n, the number of outcomes; then 11 values per outcome:
+--         id, token, kind, JSON, due, handler, and the calls the final
+--         checkpoint adds (c only, else empty): calls, fuel, wall_us,
+--         instantiate_us, peak_memory_bytes
 --   kind c completed: JSON is the final checkpoint, handler its index
 --        r retry:     JSON is the error, due when to run again (µs)
 --        d dead:      JSON is the error
@@ -50,8 +56,10 @@ local k_task, k_meta, k_progress, k_error = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now = ARGV[1]
 local max_completed, max_dead = tonumber(ARGV[2]), tonumber(ARGV[3])
 local completed_ttl, dead_ttl, queue = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local n = tonumber(ARGV[7])
-local first = 8
+local usage_ttl = ARGV[7]
+local n = tonumber(ARGV[8])
+local first = 9
+local stride = 11
 local target = {c = 'c', r = 'r', d = 'd', l = 'p'}
 
 local codes = {}
@@ -60,7 +68,7 @@ if n == 0 then
 end
 local ids = {}
 for i = 0, n - 1 do
-    ids[i + 1] = ARGV[first + i * 6]
+    ids[i + 1] = ARGV[first + i * stride]
 end
 local metas = redis.call('HMGET', k_meta, unpack(ids))
 
@@ -72,8 +80,9 @@ local completed_add, scheduled_add, dead_add, released = {}, {}, {}, {}
 local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
 local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
 local first_retry = nil
+local usage = {}
 for i = 0, n - 1 do
-    local base = first + i * 6
+    local base = first + i * stride
     local id, token, kind = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2]
     local code = 1
     local done = applied[id]
@@ -101,6 +110,7 @@ for i = 0, n - 1 do
                 completed_add[n_completed + 1] = now
                 completed_add[n_completed + 2] = id
                 n_completed = n_completed + 2
+                add_calls(usage, base + 6)
             elseif kind == 'r' then
                 local due = ARGV[base + 4]
                 local at = tonumber(due)
@@ -168,6 +178,8 @@ if n_released > 0 then
     redis.call('RPUSH', k_pending, unpack(released))
 end
 requeue(KEYS[10], n_scheduled / 2 + n_released)
+usage.completed, usage.retried, usage.dead = n_completed / 2, n_scheduled / 2, n_dead / 2
+bill(KEYS[13], usage, usage_ttl)
 if n_active > 0 and redis.call('ZCARD', k_active) == 0 then
     settle(KEYS[11], KEYS[12], {
         name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,

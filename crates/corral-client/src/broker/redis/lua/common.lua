@@ -108,6 +108,54 @@ local function unqueue(k_queued, n)
     end
 end
 
+-- The usage counters summed by `bill` (peak_memory_bytes is a maximum).
+local USAGE_SUMS = {'calls', 'fuel', 'wall_us', 'instantiate_us', 'completed', 'retried', 'dead'}
+
+-- Adds `u` (a table of the counters above, and peak_memory_bytes) to a
+-- tenant's usage of one day (a hash that expires `ttl` seconds after its
+-- first write). Billing never fails the step it is part of: an increment
+-- that would pass 2^63 is dropped (redis.pcall), the rest applies. Sums
+-- are Lua numbers, exact below 2^53 per call of a script.
+local function bill(k_usage, u, ttl)
+    local any = false
+    for _, field in ipairs(USAGE_SUMS) do
+        local v = u[field]
+        if v and v > 0 then
+            redis.pcall('HINCRBY', k_usage, field, string.format('%.0f', v))
+            any = true
+        end
+    end
+    local peak = u.peak_memory_bytes
+    if peak and peak > 0 then
+        local was = tonumber(redis.call('HGET', k_usage, 'peak_memory_bytes')) or 0
+        if peak > was then
+            redis.call('HSET', k_usage, 'peak_memory_bytes', string.format('%.0f', peak))
+        end
+        any = true
+    end
+    if any and redis.call('TTL', k_usage) < 0 then
+        redis.call('EXPIRE', k_usage, ttl)
+    end
+end
+
+-- Reads the five metering values of one stored call batch from ARGV,
+-- starting at `at`: calls, fuel, wall_us, instantiate_us,
+-- peak_memory_bytes (empty strings count as 0), into `u`.
+local function add_calls(u, at)
+    local calls = tonumber(ARGV[at])
+    if not calls or calls <= 0 then
+        return
+    end
+    u.calls = (u.calls or 0) + calls
+    u.fuel = (u.fuel or 0) + (tonumber(ARGV[at + 1]) or 0)
+    u.wall_us = (u.wall_us or 0) + (tonumber(ARGV[at + 2]) or 0)
+    u.instantiate_us = (u.instantiate_us or 0) + (tonumber(ARGV[at + 3]) or 0)
+    local peak = tonumber(ARGV[at + 4]) or 0
+    if peak > (u.peak_memory_bytes or 0) then
+        u.peak_memory_bytes = peak
+    end
+end
+
 -- Brings `queue`'s entry in its tenant's due index forward to `at` (µs),
 -- adding it if missing. Every script that gives a queue something to do
 -- later (a delayed task, a lease) and does not settle the entry exactly
