@@ -285,6 +285,29 @@ async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
     assert_eq!(tasks.body["tasks"], json!([]));
     let stats = w.api.get("/v1/stats", &w.b).await;
     assert_eq!(stats.body["completed"], 0);
+    // Usage: alpha's task cost is alpha's, and beta sees none of it.
+    let usage = w.api.get("/v1/usage", &w.a).await;
+    usage.expect(200, "");
+    assert_eq!(usage.body["tenant"], "alpha", "{usage:?}");
+    assert!(
+        usage.body["total"]["calls"].as_u64() >= Some(1),
+        "{usage:?}"
+    );
+    assert!(
+        usage.body["total"]["fuel"].as_u64() >= done["metering"]["total"]["fuel"].as_u64(),
+        "{usage:?}"
+    );
+    assert_eq!(
+        usage.body["days"].as_array().map(Vec::len),
+        Some(1),
+        "{usage:?}"
+    );
+    let usage = w.api.get("/v1/usage", &w.b).await;
+    usage.expect(200, "");
+    assert_eq!(usage.body["total"]["calls"], 0, "{usage:?}");
+    assert_eq!(usage.body["days"], json!([]), "{usage:?}");
+    let bad = w.api.get("/v1/usage?since=2020-01-01", &w.a).await;
+    bad.expect(400, "");
     // Beta may use the same job name (no 409 that would reveal alpha's),
     // and uploading the same bytes gives beta its own copy.
     let mine = w

@@ -27,8 +27,9 @@ code{font-size:12px}.dead{color:#b00}.completed{color:#070}.err{color:#b00}
 <button>Show</button> <button type="button" id="forget">Forget</button></form>
 <p id="status"></p>
 <h2>Tasks by state</h2><table><thead><tr><th>pending</th><th>scheduled</th><th>active</th><th>completed</th><th>dead</th></tr></thead><tbody id="stats"></tbody></table>
+<h2>Usage, last 30 days (UTC)</h2><table><thead><tr><th>day</th><th>calls</th><th>fuel</th><th>wall s</th><th>instantiate s</th><th>peak MiB</th><th>completed</th><th>retried</th><th>dead</th></tr></thead><tbody id="usage"></tbody></table>
 <h2>Jobs</h2><table><thead><tr><th>name</th><th>version</th><th>handlers</th><th>fuel</th><th>memory</th><th>timeout ms</th></tr></thead><tbody id="jobs"></tbody></table>
-<h2>Recent tasks</h2><table><thead><tr><th>id</th><th>job</th><th>v</th><th>queue</th><th>state</th><th>attempt</th><th>updated</th><th>error / result</th></tr></thead><tbody id="tasks"></tbody></table>
+<h2>Recent tasks</h2><table><thead><tr><th>id</th><th>job</th><th>v</th><th>queue</th><th>state</th><th>attempt</th><th>updated</th><th>fuel</th><th>wall ms</th><th>error / result</th></tr></thead><tbody id="tasks"></tbody></table>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -47,10 +48,12 @@ async function get(path) {
 async function load() {
   if (!sessionStorage.getItem("corral-token")) { $("status").textContent = "Enter a token."; return; }
   try {
-    const [stats, jobs, tasks] = await Promise.all([get("/v1/stats"), get("/v1/jobs"), get("/v1/tasks?limit=50")]);
+    const [stats, jobs, tasks, usage] = await Promise.all([get("/v1/stats"), get("/v1/jobs"), get("/v1/tasks?limit=50"), get("/v1/usage")]);
     $("stats").replaceChildren(row([stats.pending, stats.scheduled, stats.active, stats.completed, stats.dead]));
+    const use = (day, u) => row([day, u.calls, u.fuel, (u.wall_us / 1e6).toFixed(3), (u.instantiate_us / 1e6).toFixed(3), (u.peak_memory_bytes / 1048576).toFixed(2), u.completed, u.retried, u.dead]);
+    $("usage").replaceChildren(...usage.days.map((d) => use(d.day, d)), use("total", usage.total));
     $("jobs").replaceChildren(...jobs.jobs.map((j) => row([j.name, j.version, j.handlers.map((h) => h.name).join(" \u2192 "), j.limits.fuel, j.limits.memory_bytes, j.limits.timeout_ms])));
-    $("tasks").replaceChildren(...tasks.tasks.map((t) => row([t.task_id, t.job_name, t.job_version, t.queue_name, t.state, t.attempt + "/" + t.max_attempts, t.updated_at, t.error ? t.error.kind + ": " + t.error.message : t.result_preview], t.state)));
+    $("tasks").replaceChildren(...tasks.tasks.map((t) => row([t.task_id, t.job_name, t.job_version, t.queue_name, t.state, t.attempt + "/" + t.max_attempts, t.updated_at, t.metering.fuel, (t.metering.wall_us / 1e3).toFixed(2), t.error ? t.error.kind + ": " + t.error.message : t.result_preview], t.state)));
     $("status").textContent = "Updated " + new Date().toLocaleTimeString() + " (every 5 s).";
   } catch (e) { $("status").textContent = String(e.message || e); $("status").className = "err"; }
 }

@@ -36,6 +36,7 @@ use super::page::{BoundedList, clip};
 use super::{ApiState, Caller};
 use corral_client::broker::{Broker, QueueStats, TaskQuery, TenantQuota};
 use corral_core::clock;
+use corral_core::metering::MeteringTotal;
 use corral_core::task::{ArgsMap, DEFAULT_QUEUE, Task, TaskError, TaskId, TaskState};
 
 /// Most attempts a task may ask for.
@@ -281,6 +282,8 @@ pub struct TaskSummary<'a> {
     pub result_log_bytes: usize,
     /// The captured log's size, in bytes.
     pub log_bytes: usize,
+    /// What all its handler calls cost so far.
+    pub metering: MeteringTotal,
 }
 
 /// A task's error as a list row shows it.
@@ -321,6 +324,7 @@ impl<'a> TaskSummary<'a> {
             result_preview: clip(&task.result_log, ROW_RESULT_BYTES),
             result_log_bytes: task.result_log.len(),
             log_bytes: task.log.len(),
+            metering: task.metering.total,
         }
     }
 }
