@@ -30,14 +30,16 @@ cargo fmt --all -- --check
     CARGO_TARGET_DIR="${CORRAL_JOBS_TARGET_DIR:-$PWD/target}/host" \
         timeout --kill-after=30s 20m cargo test --workspace --quiet
 )
+# The `otlp` feature is on for the whole run, so its export is tested and
+# everything (the examples below too) builds once, with one feature set.
 # A hang fails the run instead of stalling CI: every test has its own limit
 # (`tests/common/limit.rs`), and the whole suite (a cold build of wasmtime
 # included, about 15 minutes here) gets at most CORRAL_TEST_TIMEOUT (default
 # 60 minutes), then SIGTERM and, 30 s later, SIGKILL. Every other step has a
 # limit of its own.
-timeout --kill-after=30s "${CORRAL_TEST_TIMEOUT:-60m}" cargo test --release --workspace
+timeout --kill-after=30s "${CORRAL_TEST_TIMEOUT:-60m}" cargo test --release --workspace --features corral/otlp
 # The examples are documentation that must keep working: run those that
 # need no server (the producer's needs Redis and a worker; the test command
 # above compiles it).
-timeout --kill-after=30s 10m cargo run --release --quiet --example embedded
-timeout --kill-after=30s 10m cargo run --release --quiet --example run_handler
+timeout --kill-after=30s 10m cargo run --release --quiet --features corral/otlp --example embedded
+timeout --kill-after=30s 10m cargo run --release --quiet --features corral/otlp --example run_handler

@@ -19,6 +19,8 @@ mod deep_args;
 mod leases;
 mod logs;
 mod metrics;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod quotas;
 mod readme;
 mod redis_broker;

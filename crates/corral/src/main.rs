@@ -16,7 +16,8 @@ fn main() -> ExitCode {
         return corral::sandbox::run_compile_child(&rest);
     }
     let cli = corral::cli::Cli::parse();
-    corral::cli::init_tracing(cli.verbose, cli.log_format);
+    // Dropped after the runtime: the last spans are sent on the way out.
+    let _tracing = corral::cli::init_tracing(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

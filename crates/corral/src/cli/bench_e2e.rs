@@ -13,6 +13,9 @@
 //!    broker records): p50 and p99 enqueue-to-start latency;
 //! 5. reads the worker's peak resident memory (`VmHWM`) before stopping it.
 //!
+//! `--metrics` runs the worker with its Prometheus metrics recording, to
+//! compare against a run without.
+//!
 //! It prints one figure per line. Every task runs the no-op component in a
 //! fresh wasm instance, so the figures include the sandbox's per-task cost.
 //! This module only measures; it changes nothing in how Corral runs.
@@ -58,6 +61,10 @@ pub(super) struct E2eArgs {
     /// The `corral` binary to start the worker from (default: this one).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
+    /// Run the worker with its Prometheus metrics on (`--metrics-listen`
+    /// on a free loopback port), to measure what recording them costs.
+    #[arg(long)]
+    metrics: bool,
 }
 
 /// Stops (SIGTERM, then SIGKILL) the worker process when dropped, so a
@@ -236,6 +243,9 @@ async fn measure(
         .stdout(Stdio::null());
     if args.redis.cluster {
         cmd.arg("--cluster");
+    }
+    if args.metrics {
+        cmd.args(["--metrics-listen", "127.0.0.1:0"]);
     }
     let spawned = Instant::now();
     let mut worker = WorkerProcess {

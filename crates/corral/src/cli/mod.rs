@@ -23,6 +23,8 @@ pub mod bench_sandbox;
 mod broker_cmds;
 mod jobs;
 mod metrics_port;
+#[cfg(feature = "otlp")]
+mod otlp;
 pub mod sandbox_args;
 mod secret;
 mod serve;
@@ -190,8 +192,17 @@ pub enum LogFormat {
 /// by the encoder. `verbose` raises Corral's own targets (`corral*`, the
 /// guests' `corral::guest` among them) to info or debug; only the third
 /// level lets the libraries (wasmtime, cranelift, hyper) speak.
-pub fn init_tracing(verbose: u8, format: LogFormat) {
+///
+/// Built with the `otlp` feature, spans (one per task, one per handler
+/// call) are also exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set (`cli/otlp.rs`). Keep
+/// the returned guard until the process ends: dropping it sends what is
+/// left (call it outside the async runtime).
+pub fn init_tracing(verbose: u8, format: LogFormat) -> TracingGuard {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let default = match verbose {
         0 => "warn",
         1 => "warn,corral=info",
@@ -200,26 +211,47 @@ pub fn init_tracing(verbose: u8, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let stderr: Boxed = match format {
         LogFormat::Text => {
             // Colour is for a person at a terminal: a file or a pipe gets
             // plain text.
             let ansi = std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            builder
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
                 .fmt_fields(crate::sandbox::InertFields)
                 .with_ansi(ansi)
-                .try_init()
+                .with_filter(filter)
+                .boxed()
         }
-        LogFormat::Json => builder
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
     };
+    #[cfg(feature = "otlp")]
+    {
+        let (layer, guard) = otlp::layer();
+        let layers: Vec<Boxed> = std::iter::once(stderr).chain(layer).collect();
+        let _ = tracing_subscriber::registry().with(layers).try_init();
+        guard
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = tracing_subscriber::registry().with(stderr).try_init();
+        TracingGuard::default()
+    }
+}
+
+/// Keeps trace export alive; dropping it flushes what is left.
+#[derive(Default)]
+pub struct TracingGuard {
+    #[cfg(feature = "otlp")]
+    _otlp: Option<otlp::Exporting>,
 }
 
 /// Runs the parsed command line.
