@@ -21,4 +21,5 @@ mod logs;
 mod quotas;
 mod readme;
 mod redis_broker;
+mod replay;
 mod tenants;

@@ -65,7 +65,7 @@ use wasmtime::{CallHook, Engine, Store, Trap};
 pub use cache::{DiskCacheError, LoadSource, ModuleHash, default_cache_dir};
 pub use compiler::{COMPILE_SUBCOMMAND, CompileConfig, CompileIsolation, run_compile_child};
 pub use error::{HandlerFailure, LoadError, MAX_FAILURE_TEXT_BYTES, MAX_NAME_IN_MESSAGE};
-pub use host::MemoryLimitExceeded;
+pub use host::{MemoryLimitExceeded, WasiUse};
 pub use inspect::{MAX_FUNCTION_BODY_BYTES, MAX_FUNCTIONS, MAX_LOCALS, MAX_NESTING_DEPTH};
 pub use limits::Limits;
 
@@ -210,6 +210,8 @@ pub struct CallOutput {
     pub guest_log: String,
     /// What the call cost.
     pub metering: CallMetering,
+    /// Whether it made WASI calls, and which clock and random calls.
+    pub wasi: WasiUse,
 }
 
 /// A failed call: the failure and what the guest wrote before it.
@@ -221,6 +223,9 @@ pub struct CallError {
     pub guest_log: String,
     /// What the call cost up to its failure (zero when it never ran).
     pub metering: CallMetering,
+    /// Whether it made WASI calls, and which clock and random calls,
+    /// before it failed.
+    pub wasi: WasiUse,
 }
 
 /// The engine, linker and component cache of one process.
@@ -272,6 +277,8 @@ impl Sandbox {
         // toolchains (which import much of it) load; what each interface may
         // actually do is decided by the per-call context in `host`.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // The same clocks and random, counted per call (`CallOutput::wasi`).
+        host::add_counted_clocks_and_random(&mut linker)?;
         bindings::Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |state| state,
@@ -688,6 +695,7 @@ impl Sandbox {
                 },
                 guest_log: String::new(),
                 metering: CallMetering::default(),
+                wasi: WasiUse::default(),
             });
         }
         let _active = self.inner.active.enter();
@@ -732,9 +740,10 @@ impl Sandbox {
                 "handler call done"
             );
         }
+        let wasi = store.data().wasi_use();
         drop(store);
         drop(in_use);
-        finish(outcome, take_log(&log), &limits, metering)
+        finish(outcome, take_log(&log), &limits, metering, wasi)
     }
 
     /// The call path of [`call`](Self::call), step by step, with the time
@@ -767,10 +776,11 @@ impl Sandbox {
         };
         let outcome = past_deadline(outcome, deadline);
         let metering = meter(&store, &limits, t0, Some(t2 - t0));
+        let wasi = store.data().wasi_use();
         let t3 = Instant::now();
         drop(store);
         let t4 = Instant::now();
-        let result = finish(outcome, take_log(&log), &limits, metering);
+        let result = finish(outcome, take_log(&log), &limits, metering, wasi);
         let t5 = Instant::now();
         let phases = CallPhases {
             setup: t1 - t0,
@@ -802,6 +812,7 @@ impl Sandbox {
             FinishedLog::default(),
             &limits,
             CallMetering::default(),
+            WasiUse::default(),
         )
     }
 
@@ -986,6 +997,7 @@ fn finish(
     log: FinishedLog,
     limits: &Limits,
     metering: CallMetering,
+    wasi: WasiUse,
 ) -> Result<CallOutput, CallError> {
     let output = match outcome {
         Ok(Ok(output)) => output,
@@ -997,6 +1009,7 @@ fn finish(
                 },
                 guest_log: log.text,
                 metering,
+                wasi,
             });
         }
         Err((e, instantiating)) => {
@@ -1004,6 +1017,7 @@ fn finish(
                 failure: classify(e, instantiating, limits, &log),
                 guest_log: log.text,
                 metering,
+                wasi,
             });
         }
     };
@@ -1011,6 +1025,7 @@ fn finish(
         failure,
         guest_log: log.text.clone(),
         metering,
+        wasi,
     };
     // Checked before any decoding: the host has already copied the output
     // out of the guest (bounded by the guest's memory limit) but spends
@@ -1056,6 +1071,7 @@ fn finish(
         result_log: output.log,
         guest_log: log.text,
         metering,
+        wasi,
     })
 }
 

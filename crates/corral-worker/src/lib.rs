@@ -43,6 +43,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
+pub use executor::{MAX_ERROR_MESSAGE_BYTES, call_context, record_call, task_limits};
 pub use retry::RetryPolicy;
 
 use corral_client::broker::{

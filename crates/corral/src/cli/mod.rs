@@ -22,6 +22,7 @@ mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
 mod jobs;
+mod replay;
 pub mod sandbox_args;
 mod secret;
 mod serve;
@@ -98,6 +99,10 @@ enum Command {
     Tenants(tenants::TenantsArgs),
     /// Register and list a tenant's jobs in the Redis catalog.
     Jobs(jobs::JobsArgs),
+    /// Run a finished task again, locally and outside the broker, and
+    /// compare the run with the stored one; exits 0 if they match, 1 if
+    /// they differ, 2 if the task cannot be replayed.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Tenants(args) => tenants::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
     }
 }
 
