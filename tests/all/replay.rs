@@ -117,13 +117,20 @@ fn a_completed_task_replays_with_the_same_fuel_per_handler() {
     assert_eq!(report["differences"], Value::Array(vec![]), "{report:#}");
     assert_eq!(report["stored"]["state"], "completed");
     assert_eq!(report["replay"]["state"], "completed");
-    assert_eq!(report["replay"]["args"]["top"], serde_json::json!([["the", 3], ["and", 2]]));
+    assert_eq!(
+        report["replay"]["args"]["top"],
+        serde_json::json!([["the", 3], ["and", 2]])
+    );
     let handlers = report["handlers"].as_array().expect("handlers");
     let names: Vec<&str> = handlers.iter().filter_map(|h| h["name"].as_str()).collect();
     assert_eq!(names, ["normalize", "count_words", "top_k"]);
     for h in handlers {
-        let replayed = h["replay"]["metering"]["fuel"].as_u64().expect("replay fuel");
-        let stored = h["stored"]["metering"]["fuel"].as_u64().expect("stored fuel");
+        let replayed = h["replay"]["metering"]["fuel"]
+            .as_u64()
+            .expect("replay fuel");
+        let stored = h["stored"]["metering"]["fuel"]
+            .as_u64()
+            .expect("stored fuel");
         assert!(replayed > 0, "{h:#}");
         assert_eq!(replayed, stored, "{h:#}");
         assert_eq!(
@@ -143,7 +150,9 @@ fn a_completed_task_replays_with_the_same_fuel_per_handler() {
     let out = fleet.corral(&["replay", &id]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    let fuel = handlers[2]["stored"]["metering"]["fuel"].as_u64().unwrap_or(0);
+    let fuel = handlers[2]["stored"]["metering"]["fuel"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(
         stdout.contains(&format!("fuel: replay {fuel}, stored the same")),
         "{stdout}"
@@ -257,7 +266,10 @@ fn a_tampered_record_makes_the_replay_differ() {
     let out = fleet.corral(&["replay", &id]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("the final args differ: `summary` stored"), "{stdout}");
+    assert!(
+        stdout.contains("the final args differ: `summary` stored"),
+        "{stdout}"
+    );
 
     // Put back as it was, it matches again.
     store(&checkpoint);
@@ -297,7 +309,10 @@ fn what_cannot_be_replayed_is_refused() {
     let out = fleet.corral(&["replay", missing]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&format!("task {missing} not found")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("task {missing} not found")),
+        "{stderr}"
+    );
 
     // A finished task whose module is deleted from the catalog.
     let id = fleet.enqueue("noop", &["x=1"], &[]);
@@ -314,7 +329,9 @@ fn what_cannot_be_replayed_is_refused() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains(&format!("module {hash} of job `noop` is no longer in the catalog")),
+        stderr.contains(&format!(
+            "module {hash} of job `noop` is no longer in the catalog"
+        )),
         "{stderr}"
     );
 }
@@ -332,7 +349,10 @@ fn clock_and_random_reads_are_counted_and_named() {
     assert_eq!(wasi["any"], true, "{report:#}");
     assert_eq!(wasi["wall_clock"], 1, "{report:#}");
     assert_eq!(wasi["random"], 1, "{report:#}");
-    assert!(wasi["monotonic_clock"].as_u64().unwrap_or(0) >= 2, "{report:#}");
+    assert!(
+        wasi["monotonic_clock"].as_u64().unwrap_or(0) >= 2,
+        "{report:#}"
+    );
     // Its wall-clock seconds and its loop over the monotonic clock may or
     // may not come out the same; whatever differs is put down to them.
     match code {

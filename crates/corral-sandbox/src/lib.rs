@@ -210,8 +210,6 @@ pub struct CallOutput {
     pub guest_log: String,
     /// What the call cost.
     pub metering: CallMetering,
-    /// Whether it made WASI calls, and which clock and random calls.
-    pub wasi: WasiUse,
 }
 
 /// A failed call: the failure and what the guest wrote before it.
@@ -223,9 +221,6 @@ pub struct CallError {
     pub guest_log: String,
     /// What the call cost up to its failure (zero when it never ran).
     pub metering: CallMetering,
-    /// Whether it made WASI calls, and which clock and random calls,
-    /// before it failed.
-    pub wasi: WasiUse,
 }
 
 /// The engine, linker and component cache of one process.
@@ -277,7 +272,7 @@ impl Sandbox {
         // toolchains (which import much of it) load; what each interface may
         // actually do is decided by the per-call context in `host`.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        // The same clocks and random, counted per call (`CallOutput::wasi`).
+        // The same clocks and random, each call counted (`call_counted`).
         host::add_counted_clocks_and_random(&mut linker)?;
         bindings::Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
@@ -686,17 +681,31 @@ impl Sandbox {
         args: &ArgsMap,
         limits: &Limits,
     ) -> Result<CallOutput, CallError> {
+        self.call_counted(handler, ctx, args, limits).await.0
+    }
+
+    /// [`call`](Self::call), also answering what the guest asked of WASI
+    /// ([`WasiUse`]): whether it made WASI calls, and how many to the
+    /// clock and random interfaces, for a caller that must know whether
+    /// the result could depend on more than the args (`corral replay`).
+    pub async fn call_counted(
+        &self,
+        handler: &LoadedHandler,
+        ctx: CallContext,
+        args: &ArgsMap,
+        limits: &Limits,
+    ) -> (Result<CallOutput, CallError>, WasiUse) {
         if !Engine::same(handler.pre.engine(), &self.inner.engine) {
             // wasmtime would panic: an instance cannot live in a store of
             // another engine.
-            return Err(CallError {
+            let error = CallError {
                 failure: HandlerFailure::Instantiate {
                     message: "handler was loaded by another sandbox".into(),
                 },
                 guest_log: String::new(),
                 metering: CallMetering::default(),
-                wasi: WasiUse::default(),
-            });
+            };
+            return (Err(error), WasiUse::default());
         }
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
@@ -743,7 +752,7 @@ impl Sandbox {
         let wasi = store.data().wasi_use();
         drop(store);
         drop(in_use);
-        finish(outcome, take_log(&log), &limits, metering, wasi)
+        (finish(outcome, take_log(&log), &limits, metering), wasi)
     }
 
     /// The call path of [`call`](Self::call), step by step, with the time
@@ -776,11 +785,10 @@ impl Sandbox {
         };
         let outcome = past_deadline(outcome, deadline);
         let metering = meter(&store, &limits, t0, Some(t2 - t0));
-        let wasi = store.data().wasi_use();
         let t3 = Instant::now();
         drop(store);
         let t4 = Instant::now();
-        let result = finish(outcome, take_log(&log), &limits, metering, wasi);
+        let result = finish(outcome, take_log(&log), &limits, metering);
         let t5 = Instant::now();
         let phases = CallPhases {
             setup: t1 - t0,
@@ -812,7 +820,6 @@ impl Sandbox {
             FinishedLog::default(),
             &limits,
             CallMetering::default(),
-            WasiUse::default(),
         )
     }
 
@@ -997,7 +1004,6 @@ fn finish(
     log: FinishedLog,
     limits: &Limits,
     metering: CallMetering,
-    wasi: WasiUse,
 ) -> Result<CallOutput, CallError> {
     let output = match outcome {
         Ok(Ok(output)) => output,
@@ -1009,7 +1015,6 @@ fn finish(
                 },
                 guest_log: log.text,
                 metering,
-                wasi,
             });
         }
         Err((e, instantiating)) => {
@@ -1017,7 +1022,6 @@ fn finish(
                 failure: classify(e, instantiating, limits, &log),
                 guest_log: log.text,
                 metering,
-                wasi,
             });
         }
     };
@@ -1025,7 +1029,6 @@ fn finish(
         failure,
         guest_log: log.text.clone(),
         metering,
-        wasi,
     };
     // Checked before any decoding: the host has already copied the output
     // out of the guest (bounded by the guest's memory limit) but spends
@@ -1071,7 +1074,6 @@ fn finish(
         result_log: output.log,
         guest_log: log.text,
         metering,
-        wasi,
     })
 }
 

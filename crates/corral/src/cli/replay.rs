@@ -201,20 +201,16 @@ async fn replay(args: &ReplayArgs) -> anyhow::Result<Report> {
         let index = copy.current_handler_index;
         // The attempt in which the stored run last called this handler (the
         // call its metering and error describe), or its last attempt.
-        copy.attempt = stored_metering(&stored.metering, index)
-            .map_or(stored.attempt, |m| m.attempt);
+        copy.attempt =
+            stored_metering(&stored.metering, index).map_or(stored.attempt, |m| m.attempt);
         let args_in = copy.args_map.clone();
         let ctx = call_context(&copy, count);
-        let result = sandbox
-            .call(&job.handlers[index as usize], ctx, &args_in, &limits)
+        let (result, wasi) = sandbox
+            .call_counted(&job.handlers[index as usize], ctx, &args_in, &limits)
             .await;
-        let (metering, wasi, output) = match &result {
-            Ok(out) => (
-                out.metering,
-                out.wasi,
-                (out.args.clone(), out.result_log.clone()),
-            ),
-            Err(err) => (err.metering, err.wasi, Default::default()),
+        let (metering, output) = match &result {
+            Ok(out) => (out.metering, (out.args.clone(), out.result_log.clone())),
+            Err(err) => (err.metering, Default::default()),
         };
         let log_from = copy.log.len();
         let recorded = record_call(&mut copy, &def.handlers[index as usize], result);
@@ -319,11 +315,7 @@ fn clip(text: &str) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!(
-        "{}… ({} bytes more)",
-        Inert(&text[..end]),
-        text.len() - end
-    )
+    format!("{}… ({} bytes more)", Inert(&text[..end]), text.len() - end)
 }
 
 fn args_text(args: &ArgsMap) -> String {
@@ -463,7 +455,12 @@ impl Report {
             ));
         }
         let no_metering = self.stored.metering.is_empty();
-        if no_metering && (stored_completed || stored_error.as_ref().is_some_and(|e| e.handler_index.is_some())) {
+        if no_metering
+            && (stored_completed
+                || stored_error
+                    .as_ref()
+                    .is_some_and(|e| e.handler_index.is_some()))
+        {
             self.notes.push(
                 "the stored run has no metering (written by a worker that did not meter?): \
                  fuel and memory are not compared"
@@ -489,7 +486,9 @@ impl Report {
             self.differ(
                 "log".into(),
                 None,
-                format!("the stored log has {foreign} line(s) no handler of this job version wrote"),
+                format!(
+                    "the stored log has {foreign} line(s) no handler of this job version wrote"
+                ),
                 json!(self.stored.log),
                 json!(self.copy.log),
             );
@@ -766,10 +765,9 @@ impl Report {
     fn print(&self) {
         let s = &self.stored;
         let stored_state = match &s.error {
-            Some(e) if s.state == TaskState::Dead => format!(
-                "dead {}",
-                outcome_text(Some(e), &self.names)
-            ),
+            Some(e) if s.state == TaskState::Dead => {
+                format!("dead {}", outcome_text(Some(e), &self.names))
+            }
             _ => s.state.to_string(),
         };
         say!(
@@ -778,7 +776,11 @@ impl Report {
             Inert(&s.tenant),
             Inert(&s.job_name),
             self.version,
-            if self.pinned { "" } else { ", newest: not pinned" },
+            if self.pinned {
+                ""
+            } else {
+                ", newest: not pinned"
+            },
             self.names.len()
         );
         say!(
@@ -851,7 +853,11 @@ impl Report {
         let Some(call) = self.calls.get(i) else {
             say!("  replay: did not run (an earlier handler failed)");
             match &stored.metering {
-                Some(m) => say!("  stored: ran (attempt {}), fuel {}", m.attempt, m.cost.fuel),
+                Some(m) => say!(
+                    "  stored: ran (attempt {}), fuel {}",
+                    m.attempt,
+                    m.cost.fuel
+                ),
                 None => say!("  stored: did not run"),
             }
             return;
