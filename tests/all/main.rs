@@ -24,4 +24,5 @@ mod otlp;
 mod quotas;
 mod readme;
 mod redis_broker;
+mod replay;
 mod tenants;

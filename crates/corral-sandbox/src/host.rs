@@ -17,6 +17,13 @@
 //! dozen trait objects, a measurable share of a task's cost, and handlers
 //! that never touch WASI (the common case for pure data transforms) never pay
 //! it. What the guest can reach is identical either way.
+//!
+//! The clock and random interfaces are linked through counting wrappers
+//! ([`add_counted_clocks_and_random`]) that pass every call on to
+//! wasmtime-wasi unchanged and count it in [`WasiUse`]: those are the only
+//! imports whose answers differ from one run of the same call to the next,
+//! so the counts say whether a call's result could (not whether it did)
+//! depend on more than its inputs.
 
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +33,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::clocks::{WasiClocksCtx, WasiClocksCtxView};
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+use wasmtime_wasi::p2::bindings::random::{insecure, insecure_seed, random};
+use wasmtime_wasi::random::WasiRandomCtx;
 
 use super::bindings::corral::job::host::{self, Level};
 use corral_core::text::Inert;
@@ -303,6 +317,8 @@ pub struct HostState {
     /// Tables beyond this many elements are refused.
     table_elements_limit: usize,
     label: CallLabel,
+    /// Clock and random calls so far.
+    uses: WasiUse,
 }
 
 impl HostState {
@@ -319,6 +335,7 @@ impl HostState {
             memory_bytes: 0,
             table_elements_limit: 1 << 20,
             label,
+            uses: WasiUse::default(),
         }
     }
 
@@ -335,6 +352,192 @@ impl HostState {
     /// Whether the guest made any WASI call (and so a context was built).
     pub fn wasi_used(&self) -> bool {
         self.wasi.is_some()
+    }
+
+    /// What the guest asked of WASI so far.
+    pub fn wasi_use(&self) -> WasiUse {
+        WasiUse {
+            any: self.wasi_used(),
+            ..self.uses
+        }
+    }
+
+    /// The WASI context (built now if this is the first WASI call), the
+    /// resource table and the call counters, borrowed apart.
+    fn wasi_parts(&mut self) -> (&mut WasiCtx, &mut ResourceTable, &mut WasiUse) {
+        let Self {
+            wasi,
+            table,
+            log,
+            memory_limit,
+            uses,
+            ..
+        } = self;
+        let ctx = wasi.get_or_insert_with(|| build_wasi(log, *memory_limit));
+        (ctx, table, uses)
+    }
+}
+
+/// What one call's guest asked of WASI: whether it made any WASI call at
+/// all (writing to stdout or stderr is one), and how many calls it made to
+/// each clock and random interface, the only ones whose answers are not
+/// the same on every run. A call with all counts zero got nothing from
+/// outside its inputs but the deny-by-default answers, which never change;
+/// a count above zero says the guest read a clock or random numbers, not
+/// that its result depends on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WasiUse {
+    /// Any WASI call at all (stdout/stderr, environment, clocks, ...).
+    pub any: bool,
+    /// Calls to `wasi:clocks/wall-clock` (`now`, `resolution`).
+    pub wall_clock: u64,
+    /// Calls to `wasi:clocks/monotonic-clock` (`now`, `resolution`, and
+    /// `subscribe-instant` / `subscribe-duration`, whose pollables become
+    /// ready by the clock).
+    pub monotonic_clock: u64,
+    /// Calls to `wasi:random/random` (`get-random-bytes`, `get-random-u64`).
+    pub random: u64,
+    /// Calls to `wasi:random/insecure` (`get-insecure-random-bytes`,
+    /// `get-insecure-random-u64`).
+    pub insecure_random: u64,
+    /// Calls to `wasi:random/insecure-seed` (Rust's `HashMap` seeds its
+    /// hasher this way: a new seed every call).
+    pub insecure_seed: u64,
+}
+
+impl WasiUse {
+    /// Calls to either clock.
+    pub fn clock_calls(&self) -> u64 {
+        self.wall_clock.saturating_add(self.monotonic_clock)
+    }
+
+    /// Calls to any random interface.
+    pub fn random_calls(&self) -> u64 {
+        self.random
+            .saturating_add(self.insecure_random)
+            .saturating_add(self.insecure_seed)
+    }
+}
+
+/// A WASI implementation with the call counters beside it: every call
+/// counts, then goes to `inner` unchanged.
+struct Counted<'a, T> {
+    inner: T,
+    uses: &'a mut WasiUse,
+}
+
+struct CountedClocks;
+
+impl HasData for CountedClocks {
+    type Data<'a> = Counted<'a, WasiClocksCtxView<'a>>;
+}
+
+struct CountedRandom;
+
+impl HasData for CountedRandom {
+    type Data<'a> = Counted<'a, &'a mut WasiRandomCtx>;
+}
+
+fn counted_clocks(state: &mut HostState) -> Counted<'_, WasiClocksCtxView<'_>> {
+    let (ctx, table, uses) = state.wasi_parts();
+    let ctx: &mut WasiClocksCtx = ctx.clocks();
+    Counted {
+        inner: WasiClocksCtxView { ctx, table },
+        uses,
+    }
+}
+
+fn counted_random(state: &mut HostState) -> Counted<'_, &mut WasiRandomCtx> {
+    let (ctx, _, uses) = state.wasi_parts();
+    Counted {
+        inner: ctx.random(),
+        uses,
+    }
+}
+
+/// Links the clock and random interfaces again, over what
+/// `wasmtime_wasi::p2::add_to_linker_async` linked, through the counting
+/// wrappers: same names, same answers, each call counted in the call's
+/// [`WasiUse`].
+pub fn add_counted_clocks_and_random(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    wall_clock::add_to_linker::<HostState, CountedClocks>(linker, counted_clocks)?;
+    monotonic_clock::add_to_linker::<HostState, CountedClocks>(linker, counted_clocks)?;
+    random::add_to_linker::<HostState, CountedRandom>(linker, counted_random)?;
+    insecure::add_to_linker::<HostState, CountedRandom>(linker, counted_random)?;
+    insecure_seed::add_to_linker::<HostState, CountedRandom>(linker, counted_random)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+impl wall_clock::Host for Counted<'_, WasiClocksCtxView<'_>> {
+    fn now(&mut self) -> wasmtime::Result<wall_clock::Datetime> {
+        self.uses.wall_clock += 1;
+        wall_clock::Host::now(&mut self.inner)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<wall_clock::Datetime> {
+        self.uses.wall_clock += 1;
+        wall_clock::Host::resolution(&mut self.inner)
+    }
+}
+
+impl monotonic_clock::Host for Counted<'_, WasiClocksCtxView<'_>> {
+    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
+        self.uses.monotonic_clock += 1;
+        monotonic_clock::Host::now(&mut self.inner)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
+        self.uses.monotonic_clock += 1;
+        monotonic_clock::Host::resolution(&mut self.inner)
+    }
+
+    fn subscribe_instant(
+        &mut self,
+        when: monotonic_clock::Instant,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        self.uses.monotonic_clock += 1;
+        monotonic_clock::Host::subscribe_instant(&mut self.inner, when)
+    }
+
+    fn subscribe_duration(
+        &mut self,
+        duration: monotonic_clock::Duration,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        self.uses.monotonic_clock += 1;
+        monotonic_clock::Host::subscribe_duration(&mut self.inner, duration)
+    }
+}
+
+impl random::Host for Counted<'_, &mut WasiRandomCtx> {
+    fn get_random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+        self.uses.random += 1;
+        random::Host::get_random_bytes(self.inner, len)
+    }
+
+    fn get_random_u64(&mut self) -> wasmtime::Result<u64> {
+        self.uses.random += 1;
+        random::Host::get_random_u64(self.inner)
+    }
+}
+
+impl insecure::Host for Counted<'_, &mut WasiRandomCtx> {
+    fn get_insecure_random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+        self.uses.insecure_random += 1;
+        insecure::Host::get_insecure_random_bytes(self.inner, len)
+    }
+
+    fn get_insecure_random_u64(&mut self) -> wasmtime::Result<u64> {
+        self.uses.insecure_random += 1;
+        insecure::Host::get_insecure_random_u64(self.inner)
+    }
+}
+
+impl insecure_seed::Host for Counted<'_, &mut WasiRandomCtx> {
+    fn insecure_seed(&mut self) -> wasmtime::Result<(u64, u64)> {
+        self.uses.insecure_seed += 1;
+        insecure_seed::Host::insecure_seed(self.inner)
     }
 }
 
@@ -363,14 +566,7 @@ fn build_wasi(log: &SharedLog, memory_limit: u64) -> WasiCtx {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let Self {
-            wasi,
-            table,
-            log,
-            memory_limit,
-            ..
-        } = self;
-        let ctx = wasi.get_or_insert_with(|| build_wasi(log, *memory_limit));
+        let (ctx, table, _) = self.wasi_parts();
         WasiCtxView { ctx, table }
     }
 }

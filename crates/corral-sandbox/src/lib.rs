@@ -65,7 +65,7 @@ use wasmtime::{CallHook, Engine, Store, Trap};
 pub use cache::{DiskCacheError, LoadSource, ModuleHash, default_cache_dir};
 pub use compiler::{COMPILE_SUBCOMMAND, CompileConfig, CompileIsolation, run_compile_child};
 pub use error::{HandlerFailure, LoadError, MAX_FAILURE_TEXT_BYTES, MAX_NAME_IN_MESSAGE};
-pub use host::MemoryLimitExceeded;
+pub use host::{MemoryLimitExceeded, WasiUse};
 pub use inspect::{MAX_FUNCTION_BODY_BYTES, MAX_FUNCTIONS, MAX_LOCALS, MAX_NESTING_DEPTH};
 pub use limits::Limits;
 
@@ -312,6 +312,8 @@ impl Sandbox {
         // toolchains (which import much of it) load; what each interface may
         // actually do is decided by the per-call context in `host`.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // The same clocks and random, each call counted (`call_counted`).
+        host::add_counted_clocks_and_random(&mut linker)?;
         bindings::Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |state| state,
@@ -744,16 +746,31 @@ impl Sandbox {
         args: &ArgsMap,
         limits: &Limits,
     ) -> Result<CallOutput, CallError> {
+        self.call_counted(handler, ctx, args, limits).await.0
+    }
+
+    /// [`call`](Self::call), also answering what the guest asked of WASI
+    /// ([`WasiUse`]): whether it made WASI calls, and how many to the
+    /// clock and random interfaces, for a caller that must know whether
+    /// the result could depend on more than the args (`corral replay`).
+    pub async fn call_counted(
+        &self,
+        handler: &LoadedHandler,
+        ctx: CallContext,
+        args: &ArgsMap,
+        limits: &Limits,
+    ) -> (Result<CallOutput, CallError>, WasiUse) {
         if !Engine::same(handler.pre.engine(), &self.inner.engine) {
             // wasmtime would panic: an instance cannot live in a store of
             // another engine.
-            return Err(CallError {
+            let error = CallError {
                 failure: HandlerFailure::Instantiate {
                     message: "handler was loaded by another sandbox".into(),
                 },
                 guest_log: String::new(),
                 metering: CallMetering::default(),
-            });
+            };
+            return (Err(error), WasiUse::default());
         }
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
@@ -797,9 +814,10 @@ impl Sandbox {
                 "handler call done"
             );
         }
+        let wasi = store.data().wasi_use();
         drop(store);
         drop(in_use);
-        finish(outcome, take_log(&log), &limits, metering)
+        (finish(outcome, take_log(&log), &limits, metering), wasi)
     }
 
     /// The call path of [`call`](Self::call), step by step, with the time

@@ -8,6 +8,11 @@
 //! returns the [`Outcome`] for the worker's acker to send. Names the tenant
 //! chose and text the guest wrote reach the task and the worker's log only
 //! inert and bounded ([`corral_core::text`]).
+//!
+//! How one handler call is set up and recorded on the task ([`task_limits`],
+//! [`call_context`], [`record_call`]) is public, so that a finished task can
+//! be run again outside any broker and compared field by field with what
+//! the worker stored (`corral replay`).
 
 use std::sync::Arc;
 
@@ -15,8 +20,8 @@ use corral_client::broker::{Broker, BrokerError, Checkpoint, Lease, Outcome};
 use corral_core::clock;
 use corral_core::task::{Task, TaskError};
 use corral_core::text::{Inert, inert_capped};
-use corral_registry::registry::{Registry, RegistryError};
-use corral_sandbox::{CallContext, LoadError};
+use corral_registry::registry::{HandlerSpec, Registry, RegistryError};
+use corral_sandbox::{CallContext, CallError, CallOutput, Limits, LoadError};
 
 use super::metrics::{TaskLabels, WorkerMetrics};
 use super::retry::RetryPolicy;
@@ -68,24 +73,14 @@ pub(crate) async fn run_task<B: Broker>(
         }
     };
     let count = job.handlers.len() as u32;
-    let mut limits = job.definition.limits;
-    if let Some(timeout) = task.timeout() {
-        limits.timeout_ms = limits.timeout_ms.min(timeout.as_millis().max(1) as u64);
-    }
+    let limits = task_limits(&job.definition.limits, &task);
     let sandbox = registry.sandbox();
 
     while task.current_handler_index < count {
         let index = task.current_handler_index;
         let handler = &job.handlers[index as usize];
         let spec = &job.definition.handlers[index as usize];
-        let ctx = CallContext {
-            task_id: task.task_id.to_string(),
-            job: task.job_name.clone(),
-            tenant: task.tenant.clone(),
-            attempt: task.attempt,
-            handler_index: index,
-            handler_count: count,
-        };
+        let ctx = call_context(&task, count);
         let result = sandbox.call(handler, ctx, &task.args_map, &limits).await;
         if let Some((m, labels)) = metrics {
             let cost = match &result {
@@ -94,36 +89,17 @@ pub(crate) async fn run_task<B: Broker>(
             };
             m.handler_call(labels, cost);
         }
-        match result {
-            Ok(out) => {
+        match record_call(&mut task, spec, result) {
+            Ok(()) => {
                 // One event per handler run: counting them shows which
                 // handlers ran again after a crash (tests/all/crash.rs).
                 tracing::debug!(task = %task.task_id, handler = index, attempt = task.attempt, "handler finished");
-                task.metering.record(index, task.attempt, out.metering);
-                append_guest_log(&mut task, index, &spec.name, &out.guest_log);
-                task.args_map = out.args;
-                task.append_log(&out.result_log);
-                task.current_handler_index = index + 1;
                 if task.current_handler_index < count {
                     broker.update(lease, &Checkpoint::of(&task)).await?;
                     task.metering.billed();
                 }
             }
-            Err(err) => {
-                task.metering.record(index, task.attempt, err.metering);
-                append_guest_log(&mut task, index, &spec.name, &err.guest_log);
-                let error = TaskError {
-                    kind: err.failure.kind().into(),
-                    // The failure's own text is inert and bounded already.
-                    message: format!(
-                        "handler {index} (`{}`) of job `{}` {}",
-                        Inert(&spec.name),
-                        Inert(&task.job_name),
-                        err.failure
-                    ),
-                    retryable: err.failure.is_retryable(),
-                    handler_index: Some(index),
-                };
+            Err(error) => {
                 tracing::warn!(task = %task.task_id, error = %Inert(&error.message), "handler failed");
                 // Keep what the failing call wrote and cost; the outcome
                 // itself carries only the error.
@@ -135,9 +111,75 @@ pub(crate) async fn run_task<B: Broker>(
     Ok(Outcome::Completed(Checkpoint::of(&task)))
 }
 
+/// The limits every handler call of `task` runs under: the job's, with the
+/// wall-clock limit narrowed to the task's own `timeout_ms` (never widened).
+pub fn task_limits(job: &Limits, task: &Task) -> Limits {
+    let mut limits = *job;
+    if let Some(timeout) = task.timeout() {
+        limits.timeout_ms = limits.timeout_ms.min(timeout.as_millis().max(1) as u64);
+    }
+    limits
+}
+
+/// What the guest is told about a call of `task`'s current handler, in a
+/// chain of `handler_count`: the task's id, job, tenant and attempt.
+pub fn call_context(task: &Task, handler_count: u32) -> CallContext {
+    CallContext {
+        task_id: task.task_id.to_string(),
+        job: task.job_name.clone(),
+        tenant: task.tenant.clone(),
+        attempt: task.attempt,
+        handler_index: task.current_handler_index,
+        handler_count,
+    }
+}
+
+/// Records a finished call of `task`'s current handler (`spec`, its entry
+/// in the job definition) on the task, as the worker stores it: the call's
+/// metering under the handler's index and the task's attempt, the guest's
+/// log lines prefixed `[index:name]`, and, when it succeeded, its args,
+/// its result text appended to the result log and the next handler's
+/// index. A failed call returns the error the task then stores (naming
+/// the handler, inert, at most [`MAX_ERROR_MESSAGE_BYTES`]); the task
+/// stays at the failed handler with the args it was given.
+pub fn record_call(
+    task: &mut Task,
+    spec: &HandlerSpec,
+    result: Result<CallOutput, CallError>,
+) -> Result<(), TaskError> {
+    let index = task.current_handler_index;
+    match result {
+        Ok(out) => {
+            task.metering.record(index, task.attempt, out.metering);
+            append_guest_log(task, index, &spec.name, &out.guest_log);
+            task.args_map = out.args;
+            task.append_log(&out.result_log);
+            task.current_handler_index = index + 1;
+            Ok(())
+        }
+        Err(err) => {
+            task.metering.record(index, task.attempt, err.metering);
+            append_guest_log(task, index, &spec.name, &err.guest_log);
+            // The failure's own text is inert and bounded already.
+            let message = format!(
+                "handler {index} (`{}`) of job `{}` {}",
+                Inert(&spec.name),
+                Inert(&task.job_name),
+                err.failure
+            );
+            Err(TaskError {
+                kind: err.failure.kind().into(),
+                message: inert_capped(&message, MAX_ERROR_MESSAGE_BYTES),
+                retryable: err.failure.is_retryable(),
+                handler_index: Some(index),
+            })
+        }
+    }
+}
+
 /// Most bytes of a task's error message: it quotes tenant-chosen names
 /// and guest text, and is stored with the task and shown in every listing.
-const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
 
 fn fail(task: &Task, retry: &RetryPolicy, mut error: TaskError) -> Outcome {
     error.message = inert_capped(&error.message, MAX_ERROR_MESSAGE_BYTES);

@@ -45,6 +45,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
+pub use executor::{MAX_ERROR_MESSAGE_BYTES, call_context, record_call, task_limits};
 pub use metrics::WorkerMetrics;
 pub use retry::RetryPolicy;
 

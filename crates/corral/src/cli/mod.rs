@@ -25,6 +25,7 @@ mod jobs;
 mod metrics_port;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod replay;
 pub mod sandbox_args;
 mod secret;
 mod serve;
@@ -105,6 +106,10 @@ enum Command {
     /// What tenants' tasks cost (calls, fuel, time, memory, tasks), by
     /// day, from the shared (Redis) broker.
     Usage(usage::UsageArgs),
+    /// Run a finished task again, locally and outside the broker, and
+    /// compare the run with the stored one; exits 0 if they match, 1 if
+    /// they differ, 2 if the task cannot be replayed.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +275,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenants(args) => tenants::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
         Command::Usage(args) => usage::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
     }
 }
 
