@@ -38,7 +38,7 @@ use corral_core::metering::TaskMetering;
 use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
 
 pub use embedded::EmbeddedBroker;
-pub use redis::{RedisBroker, RedisConfig};
+pub use redis::{RedisBroker, RedisConfig, RedisTls};
 
 /// Identifies one worker process (and its leases).
 pub type WorkerId = String;
