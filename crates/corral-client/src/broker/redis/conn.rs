@@ -145,8 +145,8 @@ fn is_tls(url: &str) -> bool {
 /// Where the broker's Redis is.
 #[derive(Clone)]
 pub enum Target {
-    /// A standalone server.
-    Single(redis::Client),
+    /// A standalone server (boxed: with TLS settings a client is large).
+    Single(Box<redis::Client>),
     /// A cluster, from its seed nodes (boxed: a cluster client is large).
     Cluster(Box<ClusterTarget>),
 }
@@ -201,13 +201,13 @@ impl Target {
                 op: "connect",
                 reason: "no Redis URL given".into(),
             }),
-            [one] if !cluster => Ok(Target::Single(
+            [one] if !cluster => Ok(Target::Single(Box::new(
                 match &certs {
                     Some(certs) => redis::Client::build_with_tls(one.as_str(), certs.clone()),
                     None => redis::Client::open(one.as_str()),
                 }
                 .map_err(bad)?,
-            )),
+            ))),
             many => {
                 let build = |timeout: Duration| {
                     let mut builder = ClusterClient::builder(many.iter().map(String::as_str))
@@ -250,7 +250,13 @@ impl Target {
     async fn open(&self, response: Duration, blocking: bool) -> Result<Conn, BrokerError> {
         let conn = match self {
             Target::Single(client) => {
-                ConnectionManager::new_with_config(client.clone(), Self::manager_config(response))
+                if matches!(
+                    client.get_connection_info().addr(),
+                    redis::ConnectionAddr::TcpTls { .. }
+                ) {
+                    refused_tls(client).await?;
+                }
+                ConnectionManager::new_with_config(*client.clone(), Self::manager_config(response))
                     .await
                     .map(Conn::Single)
             }
@@ -261,6 +267,37 @@ impl Target {
         };
         conn.map_err(|e| unavailable("connect", e))
     }
+}
+
+/// Fails with [`BrokerError::Invalid`] when the TLS server's certificate,
+/// or the client's, is refused: a verdict waiting cannot change, which the
+/// connection manager would otherwise retry for seconds, leaving a one-shot
+/// command to report a server that does not answer. Anything else (a
+/// server not up yet) is left to the manager's retries.
+async fn refused_tls(client: &redis::Client) -> Result<(), BrokerError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let Err(e) = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    else {
+        return Ok(());
+    };
+    // redis-rs keeps rustls' error behind an `Arc<dyn Error>` (no downcast):
+    // its wording is all there is to go by.
+    let said = e.to_string();
+    let verdict = e.kind() == redis::ErrorKind::InvalidClientConfig
+        || (!e.is_connection_refusal()
+            && !e.is_timeout()
+            && (said.contains("certificate") || said.contains("fatal alert")));
+    if verdict {
+        return Err(BrokerError::Invalid {
+            op: "connect",
+            reason: format!("TLS refused: {said}"),
+        });
+    }
+    Ok(())
 }
 
 /// Idle connections for blocking waits. A connection goes back only after
