@@ -208,7 +208,7 @@ fn apply(
         } else {
             let mut valid: Vec<&str> = globals.iter().filter_map(Arg::get_long).collect();
             valid.extend(redis_args.get_arguments().filter_map(Arg::get_long));
-            valid.extend(TABLES.iter().map(|t| *t));
+            valid.extend(TABLES);
             let hint = TABLES
                 .iter()
                 .find(|t| {
