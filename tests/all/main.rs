@@ -13,6 +13,7 @@ mod api_support;
 mod chain;
 mod cli;
 mod compile;
+mod config;
 mod conformance;
 mod crash;
 mod deep_args;

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // A compile of one module, in a child under resource limits: no
     // runtime, no logging, nothing but the compiler.
@@ -15,7 +13,11 @@ fn main() -> ExitCode {
         let rest: Vec<String> = args.filter_map(|a| a.into_string().ok()).collect();
         return corral::sandbox::run_compile_child(&rest);
     }
-    let cli = corral::cli::Cli::parse();
+    // The command line, with the config file and environment applied.
+    let cli = match corral::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     // Dropped after the runtime: the last spans are sent on the way out.
     let _tracing = corral::cli::init_tracing(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

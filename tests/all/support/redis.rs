@@ -25,6 +25,8 @@ pub struct RedisServer {
     /// The server's pid as the guard printed it; `None` when it could not
     /// be read, and then no signal is ever sent by pid.
     pid: Option<u32>,
+    /// Whether `port` speaks TLS only ([`RedisServer::start_tls`]).
+    tls: bool,
 }
 
 /// A loopback port nothing listens on now (nor, if `bus`, on port + 10000,
@@ -78,6 +80,7 @@ impl RedisServer {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             guard: None,
             pid: None,
+            tls: false,
         };
         for _ in 0..5 {
             server.port = free_port(extra.contains(&"--cluster-enabled"));
@@ -86,6 +89,44 @@ impl RedisServer {
             }
         }
         panic!("redis-server did not start; see {}", server.log().display());
+    }
+
+    /// A server speaking only TLS on its port, given its `--tls-*`
+    /// certificate options in `extra`; `Err` with its log when it does not
+    /// start (a redis-server built without TLS says so there).
+    pub fn start_tls(extra: &[&str]) -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let mut server = Self {
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            guard: None,
+            pid: None,
+            tls: true,
+        };
+        for _ in 0..3 {
+            server.port = free_port(false);
+            if server.spawn() {
+                return Ok(server);
+            }
+        }
+        Err(std::fs::read_to_string(server.log()).unwrap_or_default())
+    }
+
+    /// `rediss://127.0.0.1:<port>`, for a server from `start_tls`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server answers: PING, or for TLS (which a raw PING
+    /// cannot speak) a connection accepted.
+    fn answers(&self) -> bool {
+        if self.tls {
+            let addr = ([127, 0, 0, 1], self.port).into();
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        } else {
+            ping(self.port)
+        }
     }
 
     fn log(&self) -> PathBuf {
@@ -108,6 +149,11 @@ impl RedisServer {
             "--daemonize".into(),
             "no".into(),
         ];
+        if self.tls {
+            // The plain port off (the last `--port` wins), TLS on this one.
+            args.extend(["--port", "0", "--tls-port"].map(String::from));
+            args.push(self.port.to_string());
+        }
         args.extend(self.extra.iter().cloned());
         // The guard: start the server, print its pid, wait for stdin to
         // close (drop, or this process dying), then stop it gracefully.
@@ -131,7 +177,7 @@ impl RedisServer {
         self.guard = Some((child, stdin));
         let give_up = Instant::now() + Duration::from_secs(10);
         while Instant::now() < give_up {
-            if ping(self.port) {
+            if self.answers() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -216,6 +262,23 @@ pub fn redis_server() -> PathBuf {
             .find(|candidate| candidate.is_file())
     });
     found.expect("redis-server is not on PATH (scripts/test.sh installs it)")
+}
+
+/// Whether this `redis-server` was built with TLS: one without it refuses
+/// `--tls-port` as a bad directive (one with it exits at once here, having
+/// nothing to listen on).
+pub fn redis_supports_tls() -> bool {
+    let out = Command::new(redis_server())
+        .args(["--port", "0", "--tls-port", "0", "--save", ""])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-server");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    !said.contains("Bad directive")
 }
 
 /// Runs `redis-cli -p port args...`; returns stdout.

@@ -39,7 +39,7 @@ use corral_core::metering::{DailyUsage, TaskMetering, USAGE_KEPT_DAYS};
 use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
 
 pub use embedded::EmbeddedBroker;
-pub use redis::{RedisBroker, RedisConfig};
+pub use redis::{RedisBroker, RedisConfig, RedisTls};
 
 /// Identifies one worker process (and its leases).
 pub type WorkerId = String;

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use super::{Catalog, CatalogError, Quota};
 use crate::job::JobDefinition;
 use crate::tenant::{Tenant, TenantLimits, TokenHash, TokenId, TokenInfo, check_new_tenant_name};
+use corral_client::broker::RedisConfig;
 use corral_client::broker::redis::conn::{Conn, Target};
 use corral_client::broker::redis::keys::encode;
 use corral_sandbox::ModuleHash;
@@ -273,6 +274,23 @@ impl RedisCatalog {
             .await
             .map_err(failed)?;
         let this = Self::new(conn, prefix);
+        this.query::<()>("catalog connect", &redis::cmd("PING"))
+            .await?;
+        Ok(this)
+    }
+
+    /// Connects where the broker's `config` points (its nodes, TLS
+    /// certificates and key prefix).
+    pub async fn connect_config(config: &RedisConfig) -> Result<Self, CatalogError> {
+        let failed =
+            |e: corral_client::broker::BrokerError| CatalogError::Unavailable(e.to_string());
+        let conn = config
+            .target()
+            .map_err(failed)?
+            .connect()
+            .await
+            .map_err(failed)?;
+        let this = Self::new(conn, config.key_prefix());
         this.query::<()>("catalog connect", &redis::cmd("PING"))
             .await?;
         Ok(this)

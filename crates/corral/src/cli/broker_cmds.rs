@@ -2,7 +2,9 @@
 //! commands that talk to a broker shared between processes.
 //!
 //! The shared broker is Redis (`--redis URL`, or `CORRAL_REDIS_URL`; several
-//! comma-separated URLs or `--cluster` for a Redis Cluster). Without a Redis
+//! comma-separated URLs or `--cluster` for a Redis Cluster; `rediss://` for
+//! TLS, with `--redis-ca-cert` and a client certificate when the server's
+//! CA or checks call for them). Without a Redis
 //! URL there is nothing these commands could share: the embedded broker
 //! lives inside one process (it is what `corral demo` and `corral run` use),
 //! so they stop with an error that says so instead of enqueueing into a
@@ -32,7 +34,8 @@ use clap::Args;
 use super::metrics_port::MetricsArgs;
 use super::sandbox_args::sandbox_config;
 use super::{SandboxArgs, parse_duration, print_task};
-use crate::broker::{Broker, BrokerError, RedisBroker, RedisConfig};
+use crate::broker::redis::redact;
+use crate::broker::{Broker, BrokerError, RedisBroker, RedisConfig, RedisTls};
 use crate::catalog::{CatalogError, RedisCatalog};
 use crate::client::{Client, WaitError};
 use crate::registry::{Registry, RegistryError};
@@ -49,12 +52,23 @@ pub(super) struct RedisArgs {
     #[arg(long, env = "CORRAL_REDIS_URL")]
     pub redis: Option<String>,
     /// Treat a single `--redis` URL as a Redis Cluster seed node.
-    #[arg(long)]
+    #[arg(long, env = "CORRAL_REDIS_CLUSTER")]
     pub cluster: bool,
     /// First part of every Redis key; brokers with different prefixes share
     /// nothing.
     #[arg(long, env = "CORRAL_REDIS_PREFIX", default_value = "corral")]
     pub prefix: String,
+    /// For `rediss://` URLs: a PEM file of the CA certificates to trust,
+    /// instead of the system's roots.
+    #[arg(long, env = "CORRAL_REDIS_CA_CERT", value_name = "FILE")]
+    pub redis_ca_cert: Option<PathBuf>,
+    /// For `rediss://` servers that check clients: a PEM file of this
+    /// client's certificate chain (with `--redis-client-key`).
+    #[arg(long, env = "CORRAL_REDIS_CLIENT_CERT", value_name = "FILE")]
+    pub redis_client_cert: Option<PathBuf>,
+    /// The PEM private key of `--redis-client-cert`.
+    #[arg(long, env = "CORRAL_REDIS_CLIENT_KEY", value_name = "FILE")]
+    pub redis_client_key: Option<PathBuf>,
 }
 
 impl RedisArgs {
@@ -68,22 +82,34 @@ impl RedisArgs {
                  To try Corral without Redis, use `corral demo` or `corral run`."
             );
         };
-        Ok(RedisConfig::new(url.clone())
+        let config = RedisConfig::new(url.clone())
             .as_cluster(self.cluster)
-            .prefix(self.prefix.clone()))
+            .prefix(self.prefix.clone());
+        Ok(match self.tls()? {
+            Some(tls) => config.tls(tls),
+            None => config,
+        })
     }
 
-    /// The catalog on the same Redis (same nodes and prefix).
+    /// The certificates the `--redis-*` TLS options name, read now.
+    fn tls(&self) -> anyhow::Result<Option<RedisTls>> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let client = match (&self.redis_client_cert, &self.redis_client_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => bail!("--redis-client-cert and --redis-client-key go together: give both"),
+        };
+        let ca_cert = self.redis_ca_cert.as_ref().map(read).transpose()?;
+        Ok((ca_cert.is_some() || client.is_some()).then_some(RedisTls { ca_cert, client }))
+    }
+
+    /// The catalog on the same Redis (same nodes, TLS and prefix).
     pub async fn catalog(&self, command: &str) -> anyhow::Result<RedisCatalog> {
-        self.config(command)?;
-        let url = self.redis.as_deref().unwrap_or_default();
-        let nodes: Vec<String> = url
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let cluster = self.cluster || nodes.len() > 1;
-        RedisCatalog::connect_nodes(&nodes, cluster, &self.prefix)
+        let config = self.config(command)?;
+        let url = redact(self.redis.as_deref().unwrap_or_default());
+        RedisCatalog::connect_config(&config)
             .await
             .with_context(|| format!("connecting to the catalog at {url}"))
     }
@@ -93,8 +119,8 @@ impl RedisArgs {
     /// for Redis instead, see [`worker`]).
     pub async fn connect(&self, command: &str) -> anyhow::Result<RedisBroker> {
         let config = self.config(command)?;
-        let url = self.redis.as_deref().unwrap_or("");
-        within_patience(url, RedisBroker::connect(config)).await
+        let url = redact(self.redis.as_deref().unwrap_or(""));
+        within_patience(&url, RedisBroker::connect(config)).await
     }
 }
 

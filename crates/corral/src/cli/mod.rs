@@ -21,6 +21,7 @@ macro_rules! say {
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
+mod config;
 mod jobs;
 mod metrics_port;
 #[cfg(feature = "otlp")]
@@ -47,6 +48,7 @@ use crate::sandbox::{Limits, Sandbox};
 use crate::task::{DEFAULT_TENANT, Task, TaskState, parse_arg_pairs};
 use crate::worker::{Worker, WorkerConfig};
 
+pub use config::parse;
 pub use units::parse_duration;
 use units::{parse_mib, parse_millis};
 
@@ -69,6 +71,17 @@ pub struct Cli {
         default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
+    /// Settings from this TOML file: top-level keys for the global options
+    /// and the Redis connection, `[worker]` and `[serve]` tables for those
+    /// commands' flags (see corral.example.toml). A flag beats its
+    /// environment variable, which beats the file.
+    #[arg(long, global = true, env = "CORRAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the settings this command would run with, as TOML that
+    /// `--config` reads back, each marked flag, env, file or default; then
+    /// exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
     /// Compiled-component caches and compile bounds.
     #[command(flatten)]
     pub sandbox: sandbox_args::SandboxOptions,

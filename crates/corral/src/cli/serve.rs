@@ -5,7 +5,8 @@
 //! API enqueues, and the tenants named by `--tenant` created at start (their
 //! tokens printed once; all of it is gone when the process ends; `local`
 //! when none is named, since `default` is reserved). With
-//! `--redis URL` the broker and the catalog live in Redis: tenants come from
+//! `--redis URL` the broker and the catalog live in Redis (under `--prefix`;
+//! `--cluster` and the TLS options as for `corral worker`): tenants come from
 //! `corral tenants create`, any number of `corral serve` processes share the
 //! work, and `--workers 0` makes a process an API front end only.
 //!
@@ -28,8 +29,8 @@ use tokio::net::TcpListener;
 
 use super::sandbox_args::sandbox_config;
 use crate::api::{self, ApiConfig, ApiState, BodyBudget};
-use crate::broker::{Broker, EmbeddedBroker, RedisBroker, RedisConfig};
-use crate::catalog::{Catalog, MemoryCatalog, RedisCatalog};
+use crate::broker::{Broker, EmbeddedBroker, RedisBroker};
+use crate::catalog::{Catalog, MemoryCatalog};
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
 use crate::tenant::{Tenant, TenantLimits, Token, check_new_tenant_name};
@@ -38,10 +39,11 @@ use crate::worker::{Worker, WorkerConfig, shutdown_signal};
 /// Arguments of `corral serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Redis URL for the broker and the catalog; without it, everything is
-    /// in this process's memory.
-    #[arg(long, env = "CORRAL_REDIS_URL")]
-    redis: Option<String>,
+    /// Redis for the broker and the catalog (`--redis URL`, `--prefix`,
+    /// `--cluster`, TLS); without a URL, everything is in this process's
+    /// memory.
+    #[command(flatten)]
+    redis: super::broker_cmds::RedisArgs,
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -126,8 +128,8 @@ impl ServeArgs {
 /// Runs `corral serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(sandbox_config()).context("starting the sandbox")?;
-    match args.redis.clone() {
-        Some(url) => serve_redis(args, sandbox, &url).await,
+    match args.redis.redis {
+        Some(_) => serve_redis(args, sandbox).await,
         None => {
             let catalog = Arc::new(MemoryCatalog::new());
             for name in &args.tenants {
@@ -149,13 +151,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve_redis(args: ServeArgs, sandbox: Sandbox, url: &str) -> anyhow::Result<ExitCode> {
-    let broker = RedisBroker::connect(RedisConfig::new(url))
+async fn serve_redis(args: ServeArgs, sandbox: Sandbox) -> anyhow::Result<ExitCode> {
+    let config = args.redis.config("serve")?;
+    let url = crate::broker::redis::redact(args.redis.redis.as_deref().unwrap_or_default());
+    let broker = RedisBroker::connect(config)
         .await
         .with_context(|| format!("connecting to the broker at {url}"))?;
-    let catalog = RedisCatalog::connect(url)
-        .await
-        .with_context(|| format!("connecting to the catalog at {url}"))?;
+    let catalog = args.redis.catalog("serve").await?;
     let registry = Registry::with_catalog(sandbox, Arc::new(catalog));
     serve(args, broker, registry).await
 }

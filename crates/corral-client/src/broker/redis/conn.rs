@@ -10,6 +10,11 @@
 //! connection, so blocking waits get their own connections from
 //! [`BlockingPool`].
 //!
+//! A `rediss://` URL is reached over TLS (rustls, with the ring crypto
+//! provider), trusting the system's roots, or only the CA certificates of a
+//! [`RedisTls`], which may also carry a client certificate for servers that
+//! ask for one.
+//!
 //! Every Redis error becomes [`BrokerError::Unavailable`] naming the
 //! operation; losing and regaining the server is logged (rate-limited) here.
 //! This module never interprets replies and never panics.
@@ -71,11 +76,77 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Certificates for `rediss://` connections, in PEM.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The CA certificates to trust instead of the system's roots (a
+    /// private CA, or a self-signed server).
+    pub ca_cert: Option<Vec<u8>>,
+    /// A client certificate chain and its private key, for a server that
+    /// checks clients (mutual TLS).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A private key never reaches a log line.
+        f.debug_struct("RedisTls")
+            .field("ca_cert", &self.ca_cert.as_ref().map(|_| "<pem>"))
+            .field("client", &self.client.as_ref().map(|_| "<pem>"))
+            .finish()
+    }
+}
+
+impl RedisTls {
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca_cert.clone(),
+        }
+    }
+}
+
+/// `urls` (one Redis URL, or several comma-separated) with any password
+/// replaced by `***`, for messages and printed settings.
+pub fn redact(urls: &str) -> String {
+    let one = |url: &str| -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = match userinfo.split_once(':') {
+                    Some((user, _password)) => format!("{user}:***"),
+                    // A lone userinfo may be a password (`redis://secret@host`).
+                    None => "***".to_owned(),
+                };
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+            None => url.to_owned(),
+        }
+    };
+    urls.split(',').map(one).collect::<Vec<_>>().join(",")
+}
+
+/// Whether `url` asks for TLS.
+fn is_tls(url: &str) -> bool {
+    url.get(..9)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+}
+
 /// Where the broker's Redis is.
 #[derive(Clone)]
 pub enum Target {
-    /// A standalone server.
-    Single(redis::Client),
+    /// A standalone server (boxed: with TLS settings a client is large).
+    Single(Box<redis::Client>),
     /// A cluster, from its seed nodes (boxed: a cluster client is large).
     Cluster(Box<ClusterTarget>),
 }
@@ -93,26 +164,60 @@ impl Target {
     /// Parses the URL(s): one URL is a standalone server unless `cluster`;
     /// several are a cluster's seed nodes.
     pub fn new(nodes: &[String], cluster: bool) -> Result<Self, BrokerError> {
+        Self::with_tls(nodes, cluster, None)
+    }
+
+    /// Like [`new`](Self::new), with certificates for `rediss://` URLs
+    /// (refused with `redis://` ones, which would not use them).
+    pub fn with_tls(
+        nodes: &[String],
+        cluster: bool,
+        tls: Option<&RedisTls>,
+    ) -> Result<Self, BrokerError> {
         let bad = |e: RedisError| BrokerError::Invalid {
             op: "connect",
-            reason: format!("bad Redis URL: {e}"),
+            reason: format!("bad Redis URL or TLS certificate: {e}"),
         };
+        if nodes.iter().any(|n| is_tls(n)) {
+            // Several providers may be compiled in; rustls then wants one
+            // chosen for the process. An application that chose already
+            // keeps its choice.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        if tls.is_some()
+            && let Some(plain) = nodes.iter().find(|n| !is_tls(n))
+        {
+            return Err(BrokerError::Invalid {
+                op: "connect",
+                reason: format!(
+                    "TLS certificates are given, but `{}` is not a rediss:// URL",
+                    redact(plain)
+                ),
+            });
+        }
+        let certs = tls.map(RedisTls::certificates);
         match nodes {
             [] => Err(BrokerError::Invalid {
                 op: "connect",
                 reason: "no Redis URL given".into(),
             }),
-            [one] if !cluster => Ok(Target::Single(
-                redis::Client::open(one.as_str()).map_err(bad)?,
-            )),
+            [one] if !cluster => Ok(Target::Single(Box::new(
+                match &certs {
+                    Some(certs) => redis::Client::build_with_tls(one.as_str(), certs.clone()),
+                    None => redis::Client::open(one.as_str()),
+                }
+                .map_err(bad)?,
+            ))),
             many => {
                 let build = |timeout: Duration| {
-                    ClusterClient::builder(many.iter().map(String::as_str))
+                    let mut builder = ClusterClient::builder(many.iter().map(String::as_str))
                         .connection_timeout(CONNECT_TIMEOUT)
                         .response_timeout(timeout)
-                        .retries(6)
-                        .build()
-                        .map_err(bad)
+                        .retries(6);
+                    if let Some(certs) = &certs {
+                        builder = builder.certs(certs.clone());
+                    }
+                    builder.build().map_err(bad)
                 };
                 Ok(Target::Cluster(Box::new(ClusterTarget {
                     normal: build(RESPONSE_TIMEOUT)?,
@@ -145,7 +250,13 @@ impl Target {
     async fn open(&self, response: Duration, blocking: bool) -> Result<Conn, BrokerError> {
         let conn = match self {
             Target::Single(client) => {
-                ConnectionManager::new_with_config(client.clone(), Self::manager_config(response))
+                if matches!(
+                    client.get_connection_info().addr(),
+                    redis::ConnectionAddr::TcpTls { .. }
+                ) {
+                    refused_tls(client).await?;
+                }
+                ConnectionManager::new_with_config(*client.clone(), Self::manager_config(response))
                     .await
                     .map(Conn::Single)
             }
@@ -156,6 +267,37 @@ impl Target {
         };
         conn.map_err(|e| unavailable("connect", e))
     }
+}
+
+/// Fails with [`BrokerError::Invalid`] when the TLS server's certificate,
+/// or the client's, is refused: a verdict waiting cannot change, which the
+/// connection manager would otherwise retry for seconds, leaving a one-shot
+/// command to report a server that does not answer. Anything else (a
+/// server not up yet) is left to the manager's retries.
+async fn refused_tls(client: &redis::Client) -> Result<(), BrokerError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let Err(e) = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    else {
+        return Ok(());
+    };
+    // redis-rs keeps rustls' error behind an `Arc<dyn Error>` (no downcast):
+    // its wording is all there is to go by.
+    let said = e.to_string();
+    let verdict = e.kind() == redis::ErrorKind::InvalidClientConfig
+        || (!e.is_connection_refusal()
+            && !e.is_timeout()
+            && (said.contains("certificate") || said.contains("fatal alert")));
+    if verdict {
+        return Err(BrokerError::Invalid {
+            op: "connect",
+            reason: format!("TLS refused: {said}"),
+        });
+    }
+    Ok(())
 }
 
 /// Idle connections for blocking waits. A connection goes back only after
@@ -232,5 +374,34 @@ pub fn unavailable(op: &'static str, e: RedisError) -> BrokerError {
 pub fn reachable() {
     if DOWN.load(Ordering::Relaxed) && DOWN.swap(false, Ordering::Relaxed) {
         tracing::info!("Redis is reachable again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("rediss://user:secret@h:6380/0,redis://:pw@h2:7000"),
+            "rediss://user:***@h:6380/0,redis://:***@h2:7000"
+        );
+        assert_eq!(redact("redis://secret@h"), "redis://***@h");
+        assert_eq!(redact("redis://h:6379/0?x=a@b"), "redis://h:6379/0?x=a@b");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn certificates_need_a_tls_url() {
+        let tls = RedisTls::default();
+        let nodes = ["redis://127.0.0.1:1".to_owned()];
+        let err = Target::with_tls(&nodes, false, Some(&tls))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not a rediss:// URL"), "{err}");
+        let nodes = ["rediss://127.0.0.1:1".to_owned()];
+        assert!(Target::with_tls(&nodes, false, Some(&tls)).is_ok());
     }
 }

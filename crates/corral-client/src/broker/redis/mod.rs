@@ -164,6 +164,7 @@ use super::{
     QueueStats, Retention, TaskQuery, TenantQuota, WorkerId,
 };
 use conn::{BlockingPool, Conn, Target, reachable, unavailable};
+pub use conn::{RedisTls, redact};
 use corral_core::clock::{Clock, SystemClock};
 use corral_core::metering::DailyUsage;
 use corral_core::task::{DEFAULT_TENANT, Task, TaskId};
@@ -200,6 +201,7 @@ pub struct RedisConfig {
     retention: Retention,
     max_queued: usize,
     clock: Arc<dyn Clock>,
+    tls: Option<RedisTls>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -210,6 +212,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("retention", &self.retention)
             .field("max_queued", &self.max_queued)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -245,6 +248,7 @@ impl RedisConfig {
             retention: Retention::default(),
             max_queued: 10_000_000,
             clock: Arc::new(SystemClock),
+            tls: None,
         }
     }
 
@@ -286,6 +290,20 @@ impl RedisConfig {
     pub fn key_prefix(&self) -> &str {
         &self.prefix
     }
+
+    /// Certificates for `rediss://` URLs: a CA to trust instead of the
+    /// system's roots, a client certificate. Without them a `rediss://`
+    /// server must present a certificate the system trusts.
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Where these settings point; the Redis catalog connects through it
+    /// too, so both reach the same servers the same way.
+    pub fn target(&self) -> Result<Target, BrokerError> {
+        Target::with_tls(&self.nodes, self.cluster, self.tls.as_ref())
+    }
 }
 
 /// When and where a task's current or last attempt started.
@@ -319,7 +337,7 @@ struct Inner {
 impl RedisBroker {
     /// Connects (checking the server answers) and returns the broker.
     pub async fn connect(config: RedisConfig) -> Result<Self, BrokerError> {
-        let target = Target::new(&config.nodes, config.cluster)?;
+        let target = config.target()?;
         let mut conn = target.connect().await?;
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
