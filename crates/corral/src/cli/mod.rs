@@ -21,7 +21,10 @@ macro_rules! say {
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
+mod bulk;
+mod completions;
 mod jobs;
+mod progress;
 pub mod sandbox_args;
 mod secret;
 mod serve;
@@ -84,7 +87,8 @@ enum Command {
     Bench(BenchCommand),
     /// Run a worker on a shared (Redis) broker until SIGINT/SIGTERM.
     Worker(broker_cmds::WorkerArgs),
-    /// Put a task into a shared (Redis) broker and print its id.
+    /// Put a task into a shared (Redis) broker and print its id; with
+    /// `--from FILE`, one task per JSON line, printing their ids.
     Enqueue(broker_cmds::EnqueueArgs),
     /// Show a task stored in a shared (Redis) broker.
     Status(broker_cmds::StatusArgs),
@@ -98,6 +102,8 @@ enum Command {
     Tenants(tenants::TenantsArgs),
     /// Register and list a tenant's jobs in the Redis catalog.
     Jobs(jobs::JobsArgs),
+    /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
+    Completions(completions::CompletionsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,9 +160,13 @@ struct RunArgs {
     /// Handler components, in chain order.
     #[arg(required = true)]
     handlers: Vec<PathBuf>,
-    /// An arg as `key=value`; the value is parsed as JSON when it parses.
-    #[arg(short, long = "arg")]
+    /// An arg as `key=value`; the value is always a string (`n=5` is "5").
+    #[arg(short, long = "arg", value_name = "KEY=VALUE")]
     args: Vec<String>,
+    /// An arg as `key=JSON`; the value is parsed as JSON (`n=5` is the
+    /// number 5).
+    #[arg(long = "json-arg", value_name = "KEY=JSON")]
+    json_args: Vec<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -232,6 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Tenants(args) => tenants::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
+        Command::Completions(args) => completions::run(args),
     }
 }
 
@@ -408,7 +419,10 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(broker.clone());
     let task = client
         .task("local")
-        .args(parse_arg_pairs(args.args.iter().map(String::as_str))?)
+        .args(parse_arg_pairs(
+            args.args.iter().map(String::as_str),
+            args.json_args.iter().map(String::as_str),
+        )?)
         .max_attempts(1)
         .build();
     let id = client.enqueue(task).await?;
