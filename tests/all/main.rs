@@ -16,6 +16,7 @@ mod compile;
 mod conformance;
 mod crash;
 mod deep_args;
+mod enqueue_cli;
 mod leases;
 mod logs;
 mod quotas;
