@@ -429,6 +429,66 @@ fn wait_prints_no_spinner_off_a_terminal() {
     assert!(e.contains("still pending"), "{e}");
 }
 
+/// Runs `args` on a pseudo-terminal (util-linux's `script`, which Debian
+/// always has): what the terminal showed, stdout and stderr together.
+fn on_a_terminal(args: &[&str]) -> String {
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_corral"))
+        .chain(["--no-disk-cache"])
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let out = Command::new("script")
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("CORRAL_REDIS_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run `script` (util-linux) for a pseudo-terminal");
+    text(&out.stdout)
+}
+
+/// The spinner and the bar appear on a terminal (and, as the tests above
+/// check, nowhere else).
+#[test]
+fn a_terminal_shows_the_spinner_and_the_bar() {
+    let _limit = crate::limit::minutes(5);
+    let server = RedisServer::start();
+    let url = server.url();
+    tenant_with_noop(&url, "acme", &[]);
+    let id = ok(&["enqueue", "noop", "--redis", &url, "--tenant", "acme"]);
+    let shown = on_a_terminal(&[
+        "wait",
+        id.trim(),
+        "--redis",
+        &url,
+        "--tenant",
+        "acme",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(
+        shown.contains(&format!("waiting for task {}", id.trim())),
+        "{shown}"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tasks.jsonl");
+    jsonl(&file, 20_000, None);
+    let shown = on_a_terminal(&[
+        "enqueue",
+        "noop",
+        "--redis",
+        &url,
+        "--tenant",
+        "acme",
+        "--quiet",
+        "--from",
+        file.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(shown.contains("tasks enqueued ["), "{shown}");
+    assert!(shown.contains("20000"), "{shown}");
+}
+
 #[test]
 fn completions_are_scripts_the_shell_accepts() {
     let _limit = crate::limit::minutes(5);

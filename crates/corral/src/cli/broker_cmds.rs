@@ -18,6 +18,10 @@
 //! `always-fails`; these are synced into the catalog under `--tenant`
 //! (registered, or replaced by a new version when they differ).
 //!
+//! `corral enqueue` takes the API's path ([`crate::submit`]): the tenant and
+//! job must be in that catalog, the task is pinned to the job's version and
+//! stored within the tenant's queue quota; `--from FILE` is [`super::bulk`].
+//!
 //! This module only parses arguments and wires library pieces together.
 
 use std::path::{Path, PathBuf};

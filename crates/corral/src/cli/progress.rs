@@ -46,7 +46,7 @@ pub(super) fn bytes_bar(total: Option<u64>) -> ProgressBar {
     let (target, shown) = target();
     let bar = ProgressBar::with_draw_target(total, target).with_finish(ProgressFinish::AndClear);
     let template = match total {
-        Some(_) => "{spinner} [{bar:30}] {bytes}/{total_bytes} {msg} ({elapsed}, eta {eta})",
+        Some(_) => "{spinner} {msg} [{wide_bar}] {bytes}/{total_bytes}, eta {eta}",
         None => "{spinner} {bytes} read, {msg} ({elapsed})",
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
