@@ -78,7 +78,7 @@ impl Defaults {
         }
     }
 
-    /// Line `line`'s task, the flags filling in what it leaves out.
+    /// The task of one line, the flags filling in what it leaves out.
     fn parse(&self, bytes: &[u8]) -> Result<NewTask, String> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         let Value::Object(mut map) = value else {
