@@ -56,11 +56,38 @@ fn wait_exit_codes_tell_timed_out_from_failed() {
     let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let url = server.url();
-    let out = run(&["enqueue", "noop", "--redis", &url]);
+    // `enqueue` needs the job in the catalog.
+    let noop = crate::support::job("noop");
+    for args in [
+        vec!["tenants", "create", "acme", "--redis", &url],
+        vec![
+            "jobs",
+            "register",
+            "noop",
+            noop.to_str().expect("UTF-8"),
+            "--redis",
+            &url,
+            "--tenant",
+            "acme",
+        ],
+    ] {
+        let out = run(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let out = run(&["enqueue", "noop", "--redis", &url, "--tenant", "acme"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_owned();
     // No worker: the task stays pending.
-    let out = run(&["wait", &id, "--redis", &url, "--timeout", "300ms"]);
+    let out = run(&[
+        "wait",
+        &id,
+        "--redis",
+        &url,
+        "--tenant",
+        "acme",
+        "--timeout",
+        "300ms",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("still pending"),

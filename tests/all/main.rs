@@ -17,6 +17,7 @@ mod config;
 mod conformance;
 mod crash;
 mod deep_args;
+mod enqueue_cli;
 mod leases;
 mod logs;
 mod metrics;

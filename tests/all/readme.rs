@@ -90,6 +90,8 @@ fn the_readme_shell_commands_enqueue_look_and_wait() {
     let logs = tempfile::tempdir().expect("log dir");
     // The README's worker: default prefix, the example jobs.
     let mut worker = WorkerProcess::start(&url, "corral", &[], logs.path().join("worker.log"));
+    // As the README says: enqueue once the worker has registered its jobs.
+    worker.wait_started();
 
     let block = readme_block("corral enqueue text-stats");
     let script = format!(

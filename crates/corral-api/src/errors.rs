@@ -25,6 +25,7 @@ use serde::Serialize;
 use corral_client::broker::BrokerError;
 use corral_registry::catalog::CatalogError;
 use corral_registry::registry::RegistryError;
+use corral_registry::submit::SubmitError;
 use corral_sandbox::LoadError;
 
 /// A failed request: its status, a stable kind and a message for people.
@@ -160,6 +161,22 @@ impl From<CatalogError> for ApiError {
                 )
             }
             CatalogError::Corrupt(_) => Self::internal("catalog read", e),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let message = e.to_string();
+        match e {
+            SubmitError::Invalid(_) => Self::bad_request(message),
+            SubmitError::UnknownTenant(_) => Self::not_found("tenant_not_found", message),
+            SubmitError::JobNotFound(_) => Self::not_found("job_not_found", message),
+            SubmitError::JobVersionNotFound { .. } => {
+                Self::not_found("job_version_not_found", message)
+            }
+            SubmitError::Catalog(e) => e.into(),
+            SubmitError::Broker(e) => e.into(),
         }
     }
 }

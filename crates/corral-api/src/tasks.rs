@@ -34,61 +34,16 @@ use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::{BoundedList, clip};
 use super::{ApiState, Caller};
-use corral_client::broker::{Broker, QueueStats, TaskQuery, TenantQuota};
-use corral_core::clock;
+use corral_client::broker::{Broker, QueueStats, TaskQuery};
 use corral_core::metering::MeteringTotal;
-use corral_core::task::{ArgsMap, DEFAULT_QUEUE, Task, TaskError, TaskId, TaskState};
+use corral_core::task::{Task, TaskError, TaskId, TaskState};
+use corral_registry::submit::submit;
 
-/// Most attempts a task may ask for.
-pub const MAX_ATTEMPTS: u32 = 100;
-/// Longest delay a task may ask for (30 days).
-pub const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
+pub use corral_registry::submit::{Enqueued, NewTask as EnqueueTask};
 
-/// The body of `POST /v1/tasks`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnqueueTask {
-    /// The job to run.
-    pub job: String,
-    /// The args handler 0 receives (a JSON object).
-    #[serde(default)]
-    pub args: ArgsMap,
-    /// The queue to wait in (default `default`).
-    pub queue: Option<String>,
-    /// Run no earlier than this many ms from now.
-    pub delay_ms: Option<u64>,
-    /// Attempts before the dead set (default 3, at most [`MAX_ATTEMPTS`]).
-    pub max_attempts: Option<u32>,
-    /// Wall-clock budget per handler call, narrowing the job's own.
-    pub timeout_ms: Option<u64>,
-    /// Run this version of the job instead of the current one.
-    pub version: Option<u32>,
-}
-
-/// What `POST /v1/tasks` answers.
-#[derive(Debug, Serialize)]
-pub struct Enqueued {
-    /// The new task's id.
-    pub task_id: TaskId,
-    /// The job.
-    pub job: String,
-    /// The job version the task will run, whatever is registered later.
-    pub job_version: u32,
-    /// The queue it waits in.
-    pub queue: String,
-    /// `pending`, or `scheduled` when delayed.
-    pub state: TaskState,
-}
-
-fn valid_queue(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-}
-
-/// `POST /v1/tasks`.
+/// `POST /v1/tasks`: the body is a [`EnqueueTask`]; checking it, finding
+/// the job, pinning its version and storing within the tenant's quota are
+/// [`corral_registry::submit::submit`]'s, which `corral enqueue` shares.
 pub async fn enqueue<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
     caller: Caller,
@@ -96,68 +51,8 @@ pub async fn enqueue<B: Broker + Clone>(
     body: Body,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
     let req: EnqueueTask = read_json(&state.config, caller.name(), &headers, body).await?;
-    let queue = req.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
-    if !valid_queue(&queue) {
-        return Err(ApiError::bad_request(format!(
-            "invalid queue name `{queue}`: use 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`"
-        )));
-    }
-    let max_attempts = req
-        .max_attempts
-        .unwrap_or(corral_core::task::DEFAULT_MAX_ATTEMPTS);
-    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
-        return Err(ApiError::bad_request(format!(
-            "`max_attempts` must be 1 to {MAX_ATTEMPTS}"
-        )));
-    }
-    if req.timeout_ms == Some(0) {
-        return Err(ApiError::bad_request("`timeout_ms` must be at least 1"));
-    }
-    if req.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
-        return Err(ApiError::bad_request(format!(
-            "`delay_ms` must be at most {MAX_DELAY_MS} (30 days)"
-        )));
-    }
-    let tenant = caller.name();
-    let job = state
-        .registry
-        .catalog()
-        .job(tenant, &req.job, req.version)
-        .await?
-        .ok_or_else(|| match req.version {
-            Some(v) => ApiError::not_found(
-                "job_version_not_found",
-                format!("job `{}` has no version {v}", req.job),
-            ),
-            None => ApiError::not_found("job_not_found", format!("unknown job `{}`", req.job)),
-        })?;
-
-    let mut task = Task::new(req.job, req.args);
-    task.tenant = tenant.to_owned();
-    task.queue_name = queue;
-    task.max_attempts = max_attempts;
-    task.timeout_ms = req.timeout_ms;
-    task.job_version = Some(job.version);
-    if let Some(delay) = req.delay_ms.filter(|d| *d > 0) {
-        task.run_at = Some(clock::add(chrono::Utc::now(), Duration::from_millis(delay)));
-    }
-    let answer = Enqueued {
-        task_id: task.task_id,
-        job: task.job_name.clone(),
-        job_version: job.version,
-        queue: task.queue_name.clone(),
-        state: if task.run_at.is_some() {
-            TaskState::Scheduled
-        } else {
-            TaskState::Pending
-        },
-    };
-    let limits = &caller.tenant.limits;
-    let quota = TenantQuota {
-        max_queued: limits.max_queued,
-        max_queues: limits.max_queues,
-    };
-    state.broker.enqueue_within(vec![task], &quota).await?;
+    let catalog = state.registry.catalog();
+    let answer = submit(&state.broker, catalog.as_ref(), &caller.tenant, req).await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

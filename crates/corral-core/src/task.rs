@@ -338,14 +338,17 @@ impl Task {
     }
 }
 
-/// Parses `key=value` pairs into an args map; a value that parses as JSON is
-/// taken as JSON, anything else as a string (`n=3` is a number, `s=hi` a
-/// string, `s="3"` the string "3").
+/// Parses command-line args into an args map: each of `strings` is
+/// `key=value` with the value taken as a string, whatever it looks like
+/// (`n=5` is the string "5"); each of `json` is `key=JSON`, its value parsed
+/// as JSON (`n=5` is the number 5, `s="hi"` a string), an error when it does
+/// not parse. A key given twice, in either list, is an error: a script
+/// never has one value silently win.
 pub fn parse_arg_pairs<'a>(
-    pairs: impl IntoIterator<Item = &'a str>,
+    strings: impl IntoIterator<Item = &'a str>,
+    json: impl IntoIterator<Item = &'a str>,
 ) -> Result<ArgsMap, TaskParseError> {
-    let mut map = ArgsMap::new();
-    for pair in pairs {
+    fn split(pair: &str) -> Result<(&str, &str), TaskParseError> {
         let (key, value) = pair.split_once('=').ok_or_else(|| TaskParseError {
             reason: format!("argument `{pair}` is not of the form key=value"),
         })?;
@@ -354,9 +357,24 @@ pub fn parse_arg_pairs<'a>(
                 reason: format!("argument `{pair}` has an empty key"),
             });
         }
-        let value = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-        map.insert(key.to_owned(), value);
+        Ok((key, value))
+    }
+    let mut map = ArgsMap::new();
+    let strings = strings.into_iter().map(|p| (p, false));
+    for (pair, is_json) in strings.chain(json.into_iter().map(|p| (p, true))) {
+        let (key, value) = split(pair)?;
+        let value = if is_json {
+            serde_json::from_str(value).map_err(|e| TaskParseError {
+                reason: format!("argument `{key}`: `{value}` is not JSON ({e})"),
+            })?
+        } else {
+            serde_json::Value::String(value.to_owned())
+        };
+        if map.insert(key.to_owned(), value).is_some() {
+            return Err(TaskParseError {
+                reason: format!("argument `{key}` is given twice"),
+            });
+        }
     }
     Ok(map)
 }
@@ -390,7 +408,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let mut task = Task::new("j", parse_arg_pairs(["a=1", "b=x"]).unwrap());
+        let mut task = Task::new("j", parse_arg_pairs(["b=x"], ["a=1"]).unwrap());
         task.error = Some(TaskError {
             kind: "guest_error".into(),
             message: "m".into(),
@@ -491,14 +509,23 @@ mod tests {
     }
 
     #[test]
-    fn arg_pairs_parse_json_when_they_can() {
-        let map = parse_arg_pairs(["n=3", "s=hi", "q=\"3\"", "o={\"a\":[1]}", "e="]).unwrap();
-        assert_eq!(map["n"], 3);
+    fn arg_pairs_are_strings_and_json_pairs_are_json() {
+        let map = parse_arg_pairs(
+            ["n=5", "s=hi", "e=", "t=true"],
+            ["m=5", "q=\"3\"", "o={\"a\":[1]}"],
+        )
+        .unwrap();
+        assert_eq!(map["n"], "5");
         assert_eq!(map["s"], "hi");
+        assert_eq!(map["e"], "");
+        assert_eq!(map["t"], "true");
+        assert_eq!(map["m"], 5);
         assert_eq!(map["q"], "3");
         assert_eq!(map["o"]["a"][0], 1);
-        assert_eq!(map["e"], "");
-        assert!(parse_arg_pairs(["novalue"]).is_err());
-        assert!(parse_arg_pairs(["=v"]).is_err());
+        assert!(parse_arg_pairs(["novalue"], []).is_err());
+        assert!(parse_arg_pairs(["=v"], []).is_err());
+        assert!(parse_arg_pairs([], ["s=hi"]).is_err());
+        assert!(parse_arg_pairs(["a=1"], ["a=1"]).is_err());
+        assert!(parse_arg_pairs(["a=1", "a=2"], []).is_err());
     }
 }

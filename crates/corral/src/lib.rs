@@ -20,6 +20,7 @@
 //! | [`tenant`] | tenants, their limits and API tokens | `corral-registry` |
 //! | [`catalog`] | storage of tenants, modules and job definitions | `corral-registry` |
 //! | [`registry`] | registering jobs, resolving them into compiled handlers | `corral-registry` |
+//! | [`submit`] | enqueueing a tenant's task: job known, version pinned, within quota | `corral-registry` |
 //! | [`worker`] | fetch loop, concurrency, heartbeats, shutdown | `corral-worker` |
 //! | [`api`] | the HTTP API and dashboard | `corral-api` |
 //! | [`cli`] | the `corral` command line | this crate |
@@ -30,7 +31,7 @@
 pub use corral_api as api;
 pub use corral_client::{broker, client};
 pub use corral_core::{clock, metering, task, text};
-pub use corral_registry::{catalog, job, registry, tenant};
+pub use corral_registry::{catalog, job, registry, submit, tenant};
 pub use corral_sandbox as sandbox;
 pub use corral_worker as worker;
 

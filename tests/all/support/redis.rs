@@ -405,6 +405,22 @@ impl WorkerProcess {
         }
     }
 
+    /// Waits (at most 60 s) until the worker has registered its jobs: it
+    /// says so on its start line (`corral worker ID: queues …`). A task of a
+    /// job not registered yet is refused by `corral enqueue`.
+    pub fn wait_started(&mut self) {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.lines().any(|l| l.starts_with("corral worker ")) {
+                return;
+            }
+            assert!(self.running(), "the worker exited before starting: {log}");
+            assert!(Instant::now() < give_up, "the worker did not start: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown, no hand-back; its leases must expire.
     pub fn kill(&mut self) {
         if self.running() {

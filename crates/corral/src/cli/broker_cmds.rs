@@ -20,6 +20,10 @@
 //! `always-fails`; these are synced into the catalog under `--tenant`
 //! (registered, or replaced by a new version when they differ).
 //!
+//! `corral enqueue` takes the API's path ([`crate::submit`]): the tenant and
+//! job must be in that catalog, the task is pinned to the job's version and
+//! stored within the tenant's queue quota; `--from FILE` is [`super::bulk`].
+//!
 //! This module only parses arguments and wires library pieces together.
 
 use std::path::{Path, PathBuf};
@@ -40,6 +44,7 @@ use crate::catalog::{CatalogError, RedisCatalog};
 use crate::client::{Client, WaitError};
 use crate::registry::{Registry, RegistryError};
 use crate::sandbox::Sandbox;
+use crate::submit::{SubmitError, find_tenant, submit};
 use crate::task::{DEFAULT_QUEUE, DEFAULT_TENANT, TaskId, TaskState, parse_arg_pairs};
 use crate::worker::{Worker, WorkerConfig, shutdown_signal};
 
@@ -189,11 +194,18 @@ pub(super) struct WorkerArgs {
 pub(super) struct EnqueueArgs {
     #[command(flatten)]
     redis: RedisArgs,
-    /// The job to run.
-    job: String,
-    /// An arg as `key=value`; the value is parsed as JSON when it parses.
-    #[arg(short, long = "arg")]
+    /// The job to run (with `--from`, the job of lines that name none). It
+    /// must be registered for the tenant; the task runs its current
+    /// version.
+    #[arg(required_unless_present = "from")]
+    job: Option<String>,
+    /// An arg as `key=value`; the value is always a string (`n=5` is "5").
+    #[arg(short, long = "arg", value_name = "KEY=VALUE")]
     args: Vec<String>,
+    /// An arg as `key=JSON`; the value is parsed as JSON (`n=5` is the
+    /// number 5, `tags=["a"]` a list).
+    #[arg(long = "json-arg", value_name = "KEY=JSON")]
+    json_args: Vec<String>,
     /// Run no earlier than this from now, e.g. `10s`, `5m`.
     #[arg(long, value_parser = parse_duration)]
     delay: Option<Duration>,
@@ -203,9 +215,18 @@ pub(super) struct EnqueueArgs {
     /// The queue to put it in.
     #[arg(long, default_value = DEFAULT_QUEUE)]
     queue: String,
-    /// The owning tenant.
+    /// The owning tenant; its `max_queued` and `max_queues` apply.
     #[arg(long, default_value = DEFAULT_TENANT)]
     tenant: String,
+    /// Enqueue one task per line of this JSON Lines file (`-`: standard
+    /// input): `{"job": …, "args": {…}, "queue": …, "delay_ms": …,
+    /// "max_attempts": …}`, the flags filling in what a line leaves out.
+    /// Prints the ids, one per line.
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+    /// With `--from`: print only how many tasks were enqueued.
+    #[arg(long, requires = "from")]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -387,25 +408,53 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
-    let pairs = parse_arg_pairs(args.args.iter().map(String::as_str))?;
-    let broker = args.redis.connect("enqueue").await?;
-    let client = Client::new(broker);
-    let mut builder = client
-        .task(&args.job)
-        .args(pairs)
-        .queue(&args.queue)
-        .tenant(&args.tenant);
-    if let Some(delay) = args.delay {
-        builder = builder.delay(delay);
-    }
-    if let Some(n) = args.max_attempts {
-        if n == 0 {
-            bail!("--max-attempts must be at least 1");
+    // Everything that needs no Redis is checked first.
+    let delay_ms = match args.delay {
+        Some(d) => Some(u64::try_from(d.as_millis()).context("--delay is too long")?),
+        None => None,
+    };
+    let defaults = super::bulk::Defaults {
+        job: args.job.clone(),
+        args: parse_arg_pairs(
+            args.args.iter().map(String::as_str),
+            args.json_args.iter().map(String::as_str),
+        )?,
+        queue: args.queue.clone(),
+        delay_ms,
+        max_attempts: args.max_attempts,
+    };
+    let single = match (&args.from, &args.job) {
+        (None, Some(job)) => {
+            let task = defaults.task(job.clone());
+            task.check()?;
+            Some(task)
         }
-        builder = builder.max_attempts(n);
+        _ => None,
+    };
+    let source = args.from.as_deref().map(super::bulk::open).transpose()?;
+    let broker = args.redis.connect("enqueue").await?;
+    let url = args.redis.redis.as_deref().unwrap_or_default();
+    let catalog = tokio::time::timeout(CONNECT_PATIENCE, args.redis.catalog("enqueue"))
+        .await
+        .map_err(|_| anyhow::anyhow!("the catalog at {url} did not answer within 2 s"))??;
+    let tenant = find_tenant(&catalog, &args.tenant).await?;
+    match (single, source) {
+        (Some(task), _) => match submit(&broker, &catalog, &tenant, task).await {
+            Ok(done) => say!("{}", done.task_id),
+            Err(e @ (SubmitError::JobNotFound(_) | SubmitError::JobVersionNotFound { .. })) => {
+                bail!(
+                    "{e} for tenant `{}`: register it first (`corral jobs register`, or a \
+                     worker's --job / --jobs-dir); nothing was enqueued",
+                    tenant.name
+                )
+            }
+            Err(e) => bail!("{e}; nothing was enqueued"),
+        },
+        (None, Some(source)) => {
+            super::bulk::run(source, defaults, &broker, &catalog, &tenant, args.quiet).await?
+        }
+        (None, None) => bail!("give the job to enqueue, or --from FILE"),
     }
-    let id = client.enqueue(builder.build()).await?;
-    say!("{id}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -443,9 +492,15 @@ pub(super) async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
     let broker = s.redis.connect("wait").await?;
     let client = Client::new(broker);
     let deadline = tokio::time::Instant::now() + args.timeout;
+    // On a terminal only; cleared before anything else is printed.
+    let spinner = super::progress::spinner(format!("waiting for task {}", s.id));
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.wait(&s.tenant, s.id, left).await {
+        let waited = client.wait(&s.tenant, s.id, left).await;
+        if !matches!(waited, Err(WaitError::Broker(_)) if !left.is_zero()) {
+            spinner.finish_and_clear();
+        }
+        match waited {
             Ok(task) => {
                 show(&task, s.json)?;
                 return Ok(if task.state == TaskState::Completed {
@@ -456,7 +511,7 @@ pub(super) async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
             }
             // Redis restarting is no reason to stop waiting.
             Err(WaitError::Broker(e)) if !left.is_zero() => {
-                tracing::warn!(error = %e, "reading the task failed; retrying");
+                spinner.suspend(|| tracing::warn!(error = %e, "reading the task failed; retrying"));
                 tokio::time::sleep(Duration::from_millis(200).min(left)).await;
             }
             // 3, not 1: the task may still finish; a script can tell

@@ -21,11 +21,14 @@ macro_rules! say {
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
+mod bulk;
+mod completions;
 mod config;
 mod jobs;
 mod metrics_port;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod progress;
 mod replay;
 pub mod sandbox_args;
 mod secret;
@@ -102,7 +105,8 @@ enum Command {
     Bench(BenchCommand),
     /// Run a worker on a shared (Redis) broker until SIGINT/SIGTERM.
     Worker(broker_cmds::WorkerArgs),
-    /// Put a task into a shared (Redis) broker and print its id.
+    /// Put a task into a shared (Redis) broker and print its id; with
+    /// `--from FILE`, one task per JSON line, printing their ids.
     Enqueue(broker_cmds::EnqueueArgs),
     /// Show a task stored in a shared (Redis) broker.
     Status(broker_cmds::StatusArgs),
@@ -123,6 +127,8 @@ enum Command {
     /// compare the run with the stored one; exits 0 if they match, 1 if
     /// they differ, 2 if the task cannot be replayed.
     Replay(replay::ReplayArgs),
+    /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
+    Completions(completions::CompletionsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,9 +185,13 @@ struct RunArgs {
     /// Handler components, in chain order.
     #[arg(required = true)]
     handlers: Vec<PathBuf>,
-    /// An arg as `key=value`; the value is parsed as JSON when it parses.
-    #[arg(short, long = "arg")]
+    /// An arg as `key=value`; the value is always a string (`n=5` is "5").
+    #[arg(short, long = "arg", value_name = "KEY=VALUE")]
     args: Vec<String>,
+    /// An arg as `key=JSON`; the value is parsed as JSON (`n=5` is the
+    /// number 5).
+    #[arg(long = "json-arg", value_name = "KEY=JSON")]
+    json_args: Vec<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -289,6 +299,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => jobs::run(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Completions(args) => completions::run(args),
     }
 }
 
@@ -465,7 +476,10 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(broker.clone());
     let task = client
         .task("local")
-        .args(parse_arg_pairs(args.args.iter().map(String::as_str))?)
+        .args(parse_arg_pairs(
+            args.args.iter().map(String::as_str),
+            args.json_args.iter().map(String::as_str),
+        )?)
         .max_attempts(1)
         .build();
     let id = client.enqueue(task).await?;
