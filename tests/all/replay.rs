@@ -24,12 +24,14 @@ impl Fleet {
         let prefix = unique_prefix("replay");
         let logs = tempfile::tempdir().expect("log dir");
         let probe = format!("probe={}", crate::support::job("wasi_probe").display());
-        let worker = WorkerProcess::start(
+        let mut worker = WorkerProcess::start(
             &server.url(),
             &prefix,
             &["--job", &probe],
             logs.path().join("worker.log"),
         );
+        // `corral enqueue` checks the catalog: the jobs must be there.
+        worker.wait_started();
         Self {
             server,
             prefix,
@@ -106,8 +108,8 @@ fn a_completed_task_replays_with_the_same_fuel_per_handler() {
     let fleet = Fleet::start();
     let id = fleet.enqueue(
         "text-stats",
-        &["text=The cat and the hat and the bat", "k=2"],
-        &[],
+        &["text=The cat and the hat and the bat"],
+        &["--json-arg", "k=2"],
     );
     assert_eq!(fleet.wait(&id), Some(0), "the task did not complete");
 
