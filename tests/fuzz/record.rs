@@ -206,6 +206,9 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
             let mut expected = task.clone();
             if let Some(cp) = checkpoint {
                 cp.apply(&mut expected);
+                // A stored checkpoint has been billed: what it carried as
+                // unbilled is not stored.
+                expected.metering.billed();
             }
             expected.state = m.state;
             expected.attempt = m.attempt;
