@@ -396,7 +396,7 @@ impl<B: Broker + Clone> Worker<B> {
                 // it whole into every task it spawns.
                 let run = Box::pin(
                     async move {
-                        let result = runner.run(&lease, task, labels.as_ref()).await;
+                        let result = runner.run(&lease, task, labels.as_deref()).await;
                         (lease, result, labels)
                     }
                     .instrument(span),
@@ -502,7 +502,7 @@ async fn acquire_interruptible<B: Broker>(
 
 /// A task's outcome on its way to the broker, with its metric labels
 /// (none for a task handed back untouched).
-type Finished = (Lease, Outcome, Option<TaskLabels>);
+type Finished = (Lease, Outcome, Option<Arc<TaskLabels>>);
 
 /// Sends outcomes to the broker in batches; retries a failed batch so no
 /// outcome is dropped while the broker is briefly away.

@@ -18,8 +18,8 @@
 //!
 //! [`WorkerConfig::depth_every`]: crate::WorkerConfig::depth_every
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -38,9 +38,23 @@ pub const OTHER: &str = "other";
 
 /// Label values of one task: its tenant and job, folded.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TaskLabels {
+struct JobLabels {
     tenant: String,
     job: String,
+}
+
+/// The metrics of one tenant's job, resolved once: recording a task is
+/// then a few atomic adds, with no label hashing or allocation per task.
+/// (A prometheus-client metric is a shared handle: these are the series
+/// the families expose.)
+#[derive(Debug)]
+pub struct TaskLabels {
+    labels: JobLabels,
+    started: Counter,
+    completed: Counter,
+    seconds: Histogram,
+    fuel: Histogram,
+    memory: Histogram,
 }
 
 /// A finished task: its tenant, job, how it finished and, for a failure,
@@ -61,7 +75,7 @@ struct DepthLabels {
     state: &'static str,
 }
 
-type Histograms = Family<TaskLabels, Histogram, fn() -> Histogram>;
+type Histograms = Family<JobLabels, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
     // 50 µs to about 13 s.
@@ -125,7 +139,7 @@ fn kind_label(kind: &str) -> String {
 pub struct WorkerMetrics {
     tenants: LabelBound,
     jobs: LabelBound,
-    started: Family<TaskLabels, Counter>,
+    started: Family<JobLabels, Counter>,
     finished: Family<FinishLabels, Counter>,
     handler_seconds: Histograms,
     handler_fuel: Histograms,
@@ -136,6 +150,30 @@ pub struct WorkerMetrics {
     /// Tenant and queue pairs of the last depth sample, so a queue that
     /// emptied reads 0 rather than its last depth.
     sampled: Mutex<HashSet<(String, String)>>,
+    /// Each tenant's job's resolved metrics, by the names as given
+    /// (bounded: past the label bounds, names share `other`'s entry).
+    jobs_seen: Mutex<SeenJobs>,
+}
+
+/// Tenant → job → resolved metrics, looked up by `&str` (no allocation
+/// per task), with its number of entries.
+#[derive(Debug, Default)]
+struct SeenJobs {
+    by_tenant: HashMap<String, HashMap<String, Arc<TaskLabels>>>,
+    entries: usize,
+}
+
+impl SeenJobs {
+    fn get(&self, tenant: &str, job: &str) -> Option<Arc<TaskLabels>> {
+        self.by_tenant.get(tenant)?.get(job).cloned()
+    }
+
+    fn insert(&mut self, tenant: &str, job: &str, resolved: Arc<TaskLabels>) {
+        let jobs = self.by_tenant.entry(tenant.to_owned()).or_default();
+        if jobs.insert(job.to_owned(), resolved).is_none() {
+            self.entries += 1;
+        }
+    }
 }
 
 impl WorkerMetrics {
@@ -154,13 +192,14 @@ impl WorkerMetrics {
             acquire_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             queue_depth: Family::default(),
             sampled: Mutex::new(HashSet::new()),
+            jobs_seen: Mutex::new(SeenJobs::default()),
         }
     }
 
     /// Adds the worker's families, and `sandbox`'s instances in use and
     /// module loads (read at each scrape), to `registry` (names start with
     /// `corral_`).
-    pub fn register(self: &std::sync::Arc<Self>, registry: &mut Registry, sandbox: &Sandbox) {
+    pub fn register(self: &Arc<Self>, registry: &mut Registry, sandbox: &Sandbox) {
         registry.register(
             "corral_tasks_started",
             "Tasks leased and started by this worker",
@@ -204,45 +243,81 @@ impl WorkerMetrics {
         registry.register_collector(Box::new(SandboxGauges(sandbox.clone())));
     }
 
-    /// The labels of a task of `tenant`'s job `job`.
-    pub fn labels(&self, tenant: &str, job: &str) -> TaskLabels {
-        TaskLabels {
+    /// The metrics of `tenant`'s job `job`, resolved on first use.
+    pub fn labels(&self, tenant: &str, job: &str) -> Arc<TaskLabels> {
+        let mut seen = self.jobs_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = seen.get(tenant, job) {
+            return found;
+        }
+        let labels = JobLabels {
             tenant: self.tenants.fold(tenant),
             job: self.jobs.fold(job),
+        };
+        let (folded_tenant, folded_job) = (labels.tenant.clone(), labels.job.clone());
+        let resolved = match seen.get(&folded_tenant, &folded_job) {
+            Some(found) => found,
+            None => Arc::new(TaskLabels {
+                started: self.started.get_or_create(&labels).clone(),
+                completed: self
+                    .finished
+                    .get_or_create(&FinishLabels {
+                        tenant: labels.tenant.clone(),
+                        job: labels.job.clone(),
+                        outcome: "completed",
+                        kind: String::new(),
+                    })
+                    .clone(),
+                seconds: self.handler_seconds.get_or_create(&labels).clone(),
+                fuel: self.handler_fuel.get_or_create(&labels).clone(),
+                memory: self.handler_memory.get_or_create(&labels).clone(),
+                labels,
+            }),
+        };
+        // Names folded into `other` share its entry and add none.
+        if seen.entries
+            >= 4 * self
+                .tenants
+                .max
+                .saturating_mul(self.jobs.max)
+                .clamp(1, 1 << 16)
+        {
+            // Folded names each keep an entry; past this many, start over
+            // rather than grow (the series themselves are kept).
+            *seen = SeenJobs::default();
         }
+        seen.insert(&folded_tenant, &folded_job, resolved.clone());
+        seen.insert(tenant, job, resolved.clone());
+        resolved
     }
 
     /// A task leased and started.
     pub fn started(&self, labels: &TaskLabels) {
-        self.started.get_or_create(labels).inc();
+        labels.started.inc();
     }
 
     /// One handler call, as the sandbox metered it.
     pub fn handler_call(&self, labels: &TaskLabels, cost: &CallMetering) {
-        self.handler_seconds
-            .get_or_create(labels)
-            .observe(cost.wall_us as f64 / 1e6);
-        self.handler_fuel
-            .get_or_create(labels)
-            .observe(cost.fuel as f64);
-        self.handler_memory
-            .get_or_create(labels)
-            .observe(cost.peak_memory_bytes as f64);
+        labels.seconds.observe(cost.wall_us as f64 / 1e6);
+        labels.fuel.observe(cost.fuel as f64);
+        labels.memory.observe(cost.peak_memory_bytes as f64);
     }
 
     /// An outcome the broker accepted (releases are not counted: the task
     /// runs again elsewhere).
     pub fn finished(&self, labels: &TaskLabels, outcome: &Outcome) {
         let (outcome, kind) = match outcome {
-            Outcome::Completed(_) => ("completed", String::new()),
+            Outcome::Completed(_) => {
+                labels.completed.inc();
+                return;
+            }
             Outcome::Retry { error, .. } => ("retried", kind_label(&error.kind)),
             Outcome::Dead(error) => ("dead", kind_label(&error.kind)),
             Outcome::Release => return,
         };
         self.finished
             .get_or_create(&FinishLabels {
-                tenant: labels.tenant.clone(),
-                job: labels.job.clone(),
+                tenant: labels.labels.tenant.clone(),
+                job: labels.labels.job.clone(),
                 outcome,
                 kind,
             })
