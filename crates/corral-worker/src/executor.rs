@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use corral_client::broker::{Broker, BrokerError, Checkpoint, Lease, Outcome};
 use corral_core::clock;
+use corral_core::metering::CallMetering;
 use corral_core::task::{Task, TaskError};
 use corral_core::text::{Inert, inert_capped};
 use corral_registry::registry::{HandlerSpec, Registry, RegistryError};
 use corral_sandbox::{CallContext, CallError, CallOutput, Limits, LoadError};
 
-use super::metrics::{TaskLabels, WorkerMetrics};
+use super::metrics::WorkerMetrics;
 use super::retry::RetryPolicy;
 
 /// Runs `task`, held under `lease`, to an outcome. `Err` means the lease was
@@ -35,7 +36,7 @@ pub(crate) async fn run_task<B: Broker>(
     retry: &RetryPolicy,
     lease: &Lease,
     mut task: Task,
-    metrics: Option<(&WorkerMetrics, &TaskLabels)>,
+    mut calls: Option<&mut Vec<CallMetering>>,
 ) -> Result<Outcome, BrokerError> {
     let job = match registry
         .resolve(&task.tenant, &task.job_name, task.job_version)
@@ -82,12 +83,11 @@ pub(crate) async fn run_task<B: Broker>(
         let spec = &job.definition.handlers[index as usize];
         let ctx = call_context(&task, count);
         let result = sandbox.call(handler, ctx, &task.args_map, &limits).await;
-        if let Some((m, labels)) = metrics {
-            let cost = match &result {
-                Ok(out) => &out.metering,
-                Err(err) => &err.metering,
-            };
-            m.handler_call(labels, cost);
+        if let Some(calls) = calls.as_deref_mut() {
+            calls.push(match &result {
+                Ok(out) => out.metering,
+                Err(err) => err.metering,
+            });
         }
         match record_call(&mut task, spec, result) {
             Ok(()) => {
@@ -215,16 +215,15 @@ impl<B: Broker> Runner<B> {
         self: &Arc<Self>,
         lease: &Lease,
         task: Task,
-        labels: Option<&TaskLabels>,
+        calls: Option<&mut Vec<CallMetering>>,
     ) -> Result<Outcome, BrokerError> {
-        let metrics = self.metrics.as_deref().zip(labels);
         run_task(
             &self.broker,
             &self.registry,
             &self.retry,
             lease,
             task,
-            metrics,
+            calls,
         )
         .await
     }

@@ -52,6 +52,7 @@ pub use retry::RetryPolicy;
 use corral_client::broker::{
     AcquireRequest, Broker, BrokerError, Lease, Leased, Outcome, WorkerId,
 };
+use corral_core::metering::CallMetering;
 use corral_core::task::{DEFAULT_QUEUE, TaskId};
 use corral_core::text::Inert;
 use corral_registry::registry::Registry;
@@ -396,13 +397,18 @@ impl<B: Broker + Clone> Worker<B> {
                 // it whole into every task it spawns.
                 let run = Box::pin(
                     async move {
-                        let result = runner.run(&lease, task, labels.as_deref()).await;
-                        (lease, result, labels)
+                        // Each call's metering, observed by the acker: one
+                        // task records every histogram, so the tasks' own
+                        // threads never contend for them.
+                        let mut calls = labels.as_ref().map(|_| Vec::with_capacity(4));
+                        let result = runner.run(&lease, task, calls.as_mut()).await;
+                        let metered = labels.zip(calls);
+                        (lease, result, metered)
                     }
                     .instrument(span),
                 );
                 let abort = tasks.spawn(async move {
-                    let (lease, result, labels) = run.await;
+                    let (lease, result, metered) = run.await;
                     let still_ours = map
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -410,11 +416,14 @@ impl<B: Broker + Clone> Worker<B> {
                         .is_some();
                     match result {
                         Ok(outcome) if still_ours => {
-                            let _ = ack_tx.send((lease, outcome, labels));
+                            let _ = ack_tx.send((lease, outcome, metered));
                         }
                         // The heartbeat took it back, and counted it.
                         Ok(_) => {}
                         Err(e) => {
+                            if let (Some(m), Some((labels, calls))) = (&stats.metrics, &metered) {
+                                m.handler_calls(labels, calls);
+                            }
                             if still_ours {
                                 stats.lose();
                             }
@@ -500,9 +509,13 @@ async fn acquire_interruptible<B: Broker>(
     tokio::join!(acquire, watch)
 }
 
-/// A task's outcome on its way to the broker, with its metric labels
-/// (none for a task handed back untouched).
-type Finished = (Lease, Outcome, Option<Arc<TaskLabels>>);
+/// A task's outcome on its way to the broker, with its metrics and the
+/// metering of the calls it made (none for a task handed back untouched,
+/// or without metrics).
+type Finished = (Lease, Outcome, Option<Metered>);
+
+/// A task's job's metrics, and each handler call it made in this run.
+type Metered = (Arc<TaskLabels>, Vec<CallMetering>);
 
 /// Sends outcomes to the broker in batches; retries a failed batch so no
 /// outcome is dropped while the broker is briefly away.
@@ -529,11 +542,15 @@ async fn acker<B: Broker>(
                         match result {
                             Ok(()) => {
                                 stats.count(outcome);
-                                if let (Some(m), Some(label)) = (&stats.metrics, label) {
-                                    m.finished(label, outcome);
+                                if let (Some(m), Some((labels, calls))) = (&stats.metrics, label) {
+                                    m.handler_calls(labels, calls);
+                                    m.finished(labels, outcome);
                                 }
                             }
                             Err(e) => {
+                                if let (Some(m), Some((labels, calls))) = (&stats.metrics, label) {
+                                    m.handler_calls(labels, calls);
+                                }
                                 stats.lose();
                                 tracing::warn!(task = %lease.task_id, error = %e, "outcome refused");
                             }

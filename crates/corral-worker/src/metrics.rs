@@ -6,7 +6,9 @@
 //! binary serves over HTTP. Counts are taken where the work happens: a task
 //! is counted started when it is leased and run, finished (completed,
 //! retried, dead) once the broker accepted its outcome, each handler call's
-//! duration, fuel and peak memory as the sandbox metered it. Queue depth is
+//! duration, fuel and peak memory as the sandbox metered it (observed by
+//! the worker's acker with the task's outcome, so the histograms are
+//! written by one task and never contended). Queue depth is
 //! sampled by the worker every [`WorkerConfig::depth_every`] (`depth.rs`;
 //! a scrape never reads the broker).
 //!
@@ -295,11 +297,13 @@ impl WorkerMetrics {
         labels.started.inc();
     }
 
-    /// One handler call, as the sandbox metered it.
-    pub fn handler_call(&self, labels: &TaskLabels, cost: &CallMetering) {
-        labels.seconds.observe(cost.wall_us as f64 / 1e6);
-        labels.fuel.observe(cost.fuel as f64);
-        labels.memory.observe(cost.peak_memory_bytes as f64);
+    /// Handler calls of one task, as the sandbox metered them.
+    pub fn handler_calls(&self, labels: &TaskLabels, calls: &[CallMetering]) {
+        for cost in calls {
+            labels.seconds.observe(cost.wall_us as f64 / 1e6);
+            labels.fuel.observe(cost.fuel as f64);
+            labels.memory.observe(cost.peak_memory_bytes as f64);
+        }
     }
 
     /// An outcome the broker accepted (releases are not counted: the task
