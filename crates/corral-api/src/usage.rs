@@ -10,17 +10,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use chrono::{Days, NaiveDate, Utc};
+use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
 use super::extract::Query;
 use super::{ApiState, Caller};
 use corral_client::broker::Broker;
-use corral_core::metering::{DailyUsage, Usage};
-
-/// Days answered when `since` is not given: the last 30, today included.
-const DEFAULT_DAYS: u64 = 30;
+use corral_core::metering::{DailyUsage, Usage, usage_default_since};
 
 /// `?since=YYYY-MM-DD&until=YYYY-MM-DD` (UTC days, both included).
 #[derive(Debug, Deserialize)]
@@ -47,12 +44,7 @@ pub async fn show<B: Broker + Clone>(
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let until = query.until.unwrap_or_else(|| Utc::now().date_naive());
-    let since = match query.since {
-        Some(day) => day,
-        None => until
-            .checked_sub_days(Days::new(DEFAULT_DAYS - 1))
-            .unwrap_or(NaiveDate::MIN),
-    };
+    let since = query.since.unwrap_or_else(|| usage_default_since(until));
     let days = state.broker.usage(caller.name(), since..=until).await?;
     let mut total = Usage::default();
     for d in &days {

@@ -178,6 +178,17 @@ pub struct DailyUsage {
 /// Most days one usage query may span: counters are kept this long.
 pub const USAGE_KEPT_DAYS: u32 = 400;
 
+/// Days a usage query covers when it names no first day: the last 30,
+/// `until` included.
+pub const USAGE_DEFAULT_DAYS: u64 = 30;
+
+/// The first day of a usage query ending `until` that names none.
+pub fn usage_default_since(until: chrono::NaiveDate) -> chrono::NaiveDate {
+    until
+        .checked_sub_days(chrono::Days::new(USAGE_DEFAULT_DAYS - 1))
+        .unwrap_or(chrono::NaiveDate::MIN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

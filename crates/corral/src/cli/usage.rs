@@ -10,16 +10,13 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use chrono::{Days, NaiveDate, Utc};
+use chrono::{NaiveDate, Utc};
 use clap::Args;
 
 use super::broker_cmds::RedisArgs;
 use super::units::mib;
 use crate::broker::Broker;
-use crate::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage};
-
-/// Days shown when `--since` is not given: the last 30, today included.
-const DEFAULT_DAYS: u64 = 30;
+use crate::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage, usage_default_since};
 
 /// Arguments of `corral usage`.
 #[derive(Debug, Args)]
@@ -54,12 +51,7 @@ struct Row<'a> {
 
 pub(super) async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
     let until = args.until.unwrap_or_else(|| Utc::now().date_naive());
-    let since = match args.since {
-        Some(day) => day,
-        None => until
-            .checked_sub_days(Days::new(DEFAULT_DAYS - 1))
-            .unwrap_or(NaiveDate::MIN),
-    };
+    let since = args.since.unwrap_or_else(|| usage_default_since(until));
     if since > until {
         bail!("--since {since} is after --until {until}");
     }
