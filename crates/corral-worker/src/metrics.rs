@@ -110,6 +110,9 @@ impl LabelBound {
     }
 
     fn fold(&self, value: &str) -> String {
+        if !label_safe(value) {
+            return OTHER.to_owned();
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(value) {
             return value.to_owned();
@@ -120,6 +123,19 @@ impl LabelBound {
         }
         OTHER.to_owned()
     }
+}
+
+/// Whether `value` may be a label value as it is. prometheus-client writes
+/// label values unescaped, so a quote, a backslash or a line break in a
+/// name (a task's job name is whatever its producer wrote) would end the
+/// value and let the name write series of its own into the scrape; such
+/// names, and very long ones, are [`OTHER`].
+fn label_safe(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && !value
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\')
 }
 
 /// A failure kind as a label: Corral's kinds are short snake_case
@@ -342,10 +358,14 @@ impl WorkerMetrics {
     /// past the label bound are summed into [`OTHER`]; queues sampled
     /// before and absent now read 0.
     pub fn queue_depths(&self, sample: &[(String, String, QueueStats)]) {
-        let mut now: std::collections::HashMap<(String, String), QueueStats> =
-            std::collections::HashMap::new();
+        let mut now: HashMap<(String, String), QueueStats> = HashMap::new();
         for (tenant, queue, stats) in sample {
-            let key = (self.tenants.fold(tenant), queue.clone());
+            let queue = if label_safe(queue) {
+                queue.clone()
+            } else {
+                OTHER.to_owned()
+            };
+            let key = (self.tenants.fold(tenant), queue);
             let sum = now.entry(key).or_default();
             sum.pending += stats.pending;
             sum.scheduled += stats.scheduled;
@@ -412,5 +432,52 @@ impl Collector for SandboxGauges {
             misses.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name that would break out of its label value is counted under
+    /// `other`, and the scrape holds no series it wrote.
+    #[test]
+    fn names_cannot_write_into_the_scrape() {
+        let sandbox = Sandbox::new(corral_sandbox::SandboxConfig::default()).expect("sandbox");
+        let metrics = Arc::new(WorkerMetrics::new(10));
+        let mut registry = Registry::default();
+        metrics.register(&mut registry, &sandbox);
+        let evil = "x\"} 1\nforged_total{a=\"b\"} 99\n# \\";
+        metrics.started(&metrics.labels("acme", evil));
+        metrics.started(&metrics.labels(evil, "job"));
+        metrics.queue_depths(&[(
+            "acme".into(),
+            evil.into(),
+            QueueStats {
+                pending: 3,
+                ..QueueStats::default()
+            },
+        )]);
+        metrics.started(&metrics.labels("acme", "fine"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(!text.contains("forged"), "{text}");
+        assert!(
+            text.contains(r#"corral_tasks_started_total{tenant="acme",job="other"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"corral_tasks_started_total{tenant="other",job="job"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"corral_queue_depth{tenant="acme",queue="other",state="pending"} 3"#),
+            "{text}"
+        );
+        // A safe name after the unsafe ones still gets its own label.
+        assert!(
+            text.contains(r#"corral_tasks_started_total{tenant="acme",job="fine"} 1"#),
+            "{text}"
+        );
     }
 }
