@@ -1596,6 +1596,23 @@ pub async fn usage_bills_each_stored_call_once_by_tenant_and_day<K: Backend>() {
         [(today, 3, 157), (tomorrow, 1, 5)]
     );
 
+    // On Redis, each day's counters expire: none is kept for ever.
+    let mut usage_keys = 0;
+    for port in &fx.ports {
+        for key in redis_cli(*port, &["--scan", "--pattern", "*usage-*"]).lines() {
+            let ttl: i64 = redis_cli(*port, &["TTL", key])
+                .trim()
+                .parse()
+                .expect("a TTL");
+            assert!(ttl > 0, "{key} has TTL {ttl}");
+            usage_keys += 1;
+        }
+    }
+    assert!(
+        fx.ports.is_empty() || usage_keys >= 3,
+        "{usage_keys} usage keys"
+    );
+
     // Ranges are bounded: no query walks more days than are kept.
     let far = today + chrono::Days::new(u64::from(corral::metering::USAGE_KEPT_DAYS));
     assert!(matches!(

@@ -112,17 +112,21 @@ end
 local USAGE_SUMS = {'calls', 'fuel', 'wall_us', 'instantiate_us', 'completed', 'retried', 'dead'}
 
 -- Adds `u` (a table of the counters above, and peak_memory_bytes) to a
--- tenant's usage of one day (a hash that expires `ttl` seconds after its
--- first write). Billing never fails the step it is part of: an increment
--- that would pass 2^63 is dropped (redis.pcall), the rest applies. Sums
--- are Lua numbers, exact below 2^53 per call of a script.
+-- tenant's usage of one day (a hash that expires `ttl` seconds after it is
+-- made). Billing never fails the step it is part of: an increment that
+-- would pass 2^63 is dropped (redis.pcall), the rest applies. Sums are Lua
+-- numbers, exact below 2^53 per call of a script. A counter whose new value
+-- is what was just added was absent: the hash may be new, so its expiry is
+-- set then (at worst a day's key has it set again when a counter appears
+-- late), instead of asking for its TTL on every call.
 local function bill(k_usage, u, ttl)
-    local any = false
+    local fresh = false
     for _, field in ipairs(USAGE_SUMS) do
         local v = u[field]
         if v and v > 0 then
-            redis.pcall('HINCRBY', k_usage, field, string.format('%.0f', v))
-            any = true
+            if redis.pcall('HINCRBY', k_usage, field, string.format('%.0f', v)) == v then
+                fresh = true
+            end
         end
     end
     local peak = u.peak_memory_bytes
@@ -131,9 +135,8 @@ local function bill(k_usage, u, ttl)
         if peak > was then
             redis.call('HSET', k_usage, 'peak_memory_bytes', string.format('%.0f', peak))
         end
-        any = true
     end
-    if any and redis.call('TTL', k_usage) < 0 then
+    if fresh then
         redis.call('EXPIRE', k_usage, ttl)
     end
 end
