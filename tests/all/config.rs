@@ -18,7 +18,7 @@ use corral::registry::Registry;
 use corral::sandbox::Limits;
 
 use crate::support;
-use crate::support::redis::{RedisServer, redis_supports_tls, unique_prefix};
+use crate::support::redis::{RedisServer, redis_supports_tls, unique_prefix, wait_for_start};
 
 /// The example file at the top of the repository.
 fn example() -> PathBuf {
@@ -49,24 +49,6 @@ fn text(b: &[u8]) -> String {
 }
 
 /// A process killed (SIGKILL) and reaped on drop.
-/// Waits until the worker logging to `log` has registered its jobs (it
-/// prints its start line then), so `corral enqueue` finds them; fails
-/// after 60 s.
-fn wait_started(log: &Path) {
-    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.lines().any(|l| l.starts_with("corral worker ")) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < give_up,
-            "the worker did not start: {text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 struct Running(Child);
 
 impl Drop for Running {
@@ -285,7 +267,7 @@ fn a_worker_runs_on_settings_from_its_file_and_environment() {
             .spawn()
             .expect("start corral worker"),
     );
-    wait_started(&dir.path().join("worker.log"));
+    wait_for_start(&dir.path().join("worker.log"), || true);
     let by_flags = ["--redis", &url, "--prefix", &prefix];
     let out = run(corral(&["enqueue", "noop", "--queue", "cfg-q"]).args(by_flags));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -543,7 +525,7 @@ fn a_worker_and_enqueue_over_tls_complete_a_task() {
             .spawn()
             .expect("start corral worker"),
     );
-    wait_started(Path::new(&log));
+    wait_for_start(Path::new(&log), || true);
     let out = run(&mut corral(&["enqueue", "noop", "--config", &file]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_owned();

@@ -409,16 +409,8 @@ impl WorkerProcess {
     /// says so on its start line (`corral worker ID: queues …`). A task of a
     /// job not registered yet is refused by `corral enqueue`.
     pub fn wait_started(&mut self) {
-        let give_up = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if log.lines().any(|l| l.starts_with("corral worker ")) {
-                return;
-            }
-            assert!(self.running(), "the worker exited before starting: {log}");
-            assert!(Instant::now() < give_up, "the worker did not start: {log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        wait_for_start(&self.log, || matches!(child.try_wait(), Ok(None)));
     }
 
     /// SIGKILL: no shutdown, no hand-back; its leases must expire.
@@ -465,6 +457,22 @@ impl Drop for WorkerProcess {
         if self.running() {
             self.kill();
         }
+    }
+}
+
+/// Waits until the `corral worker` logging to `log` prints its start line
+/// (its jobs are registered then, so `corral enqueue` finds them); fails
+/// if `running` says it exited, or after 60 s.
+pub fn wait_for_start(log: &Path, mut running: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with("corral worker ")) {
+            return;
+        }
+        assert!(running(), "the worker exited before starting: {text}");
+        assert!(Instant::now() < give_up, "the worker did not start: {text}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
