@@ -126,7 +126,9 @@ pub struct Registry {
     latest: Arc<Lru<JobKey, (u32, Instant)>>,
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` may name a job (or a queue): 1 to 128 of letters,
+/// digits, `-`, `_`, `.`, `:`.
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name

@@ -119,14 +119,10 @@ pub enum SubmitError {
     Broker(#[from] BrokerError),
 }
 
-/// Whether `name` may name a queue: 1 to 128 of letters, digits, `-`, `_`,
-/// `.`, `:`.
+/// Whether `name` may name a queue: the rule job names follow, 1 to 128
+/// of letters, digits, `-`, `_`, `.`, `:`.
 pub fn valid_queue(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    crate::registry::valid_name(name)
 }
 
 impl NewTask {
