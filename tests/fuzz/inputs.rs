@@ -289,14 +289,7 @@ pub fn task_error(u: &mut Unstructured<'_>) -> Result<TaskError> {
 
 /// Any state.
 pub fn state(u: &mut Unstructured<'_>) -> Result<TaskState> {
-    Ok(*u.choose(&[
-        TaskState::Pending,
-        TaskState::Scheduled,
-        TaskState::Active,
-        TaskState::Retrying,
-        TaskState::Completed,
-        TaskState::Dead,
-    ])?)
+    Ok(*u.choose(&TaskState::ALL)?)
 }
 
 /// A task that [`Task::validate`] accepts, with every field generated;

@@ -60,6 +60,7 @@ fn meta(u: &mut Unstructured<'_>) -> Result<Meta> {
         handler: u.arbitrary()?,
         started_us: optional(u)?,
         worker: inputs::text(u, 128)?,
+        cancel_requested: false,
     })
 }
 

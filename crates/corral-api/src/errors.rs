@@ -239,6 +239,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::Duplicate { .. } => {
                 Self::new(StatusCode::CONFLICT, "duplicate_task", message)
             }
+            BrokerError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            BrokerError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "wrong_state", message),
             BrokerError::LeaseLost { .. } | BrokerError::Corrupt { .. } => {
                 Self::internal("broker call", message)
             }

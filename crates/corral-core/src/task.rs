@@ -71,12 +71,47 @@ pub enum TaskState {
     /// Failed for good: a fatal error, out of attempts, or malformed. Kept in
     /// the dead set with its error.
     Dead,
+    /// Stopped by an operator or the tenant: never runs (again), never
+    /// retried. Kept like dead tasks, with an error of kind `cancelled`
+    /// naming the handler that was running, if one was.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state, in a task's usual order through life.
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Pending,
+        TaskState::Scheduled,
+        TaskState::Active,
+        TaskState::Retrying,
+        TaskState::Completed,
+        TaskState::Dead,
+        TaskState::Cancelled,
+    ];
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.to_string() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown task state `{}`; expected one of pending, scheduled, active, retrying, completed, dead, cancelled",
+                    crate::text::Inert(s)
+                )
+            })
+    }
 }
 
 impl TaskState {
     /// Whether the task will never run again.
     pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Completed | TaskState::Dead)
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Dead | TaskState::Cancelled
+        )
     }
 }
 
@@ -89,6 +124,7 @@ impl fmt::Display for TaskState {
             TaskState::Retrying => "retrying",
             TaskState::Completed => "completed",
             TaskState::Dead => "dead",
+            TaskState::Cancelled => "cancelled",
         };
         f.write_str(s)
     }
@@ -145,6 +181,9 @@ pub fn nested_deeper_than(value: &serde_json::Value, max: usize) -> bool {
     }
     false
 }
+
+/// Most errors kept in [`Task::error_history`].
+pub const MAX_ERROR_HISTORY: usize = 20;
 
 /// The default number of attempts a task gets.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -213,6 +252,11 @@ pub struct Task {
     /// The last failure, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
+    /// Earlier failures, oldest first: the error a dead task had each time
+    /// it was retried by hand (at most [`MAX_ERROR_HISTORY`], the oldest
+    /// dropped first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_history: Vec<TaskError>,
     /// What the handlers wrote to stdout, stderr and the `log` import, each
     /// line labelled with its handler and stream; bounded per handler.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -231,6 +275,18 @@ pub struct TaskParseError {
 }
 
 impl Task {
+    /// Moves the task's error, if it has one, to the end of its
+    /// [`error_history`](Self::error_history), keeping at most
+    /// [`MAX_ERROR_HISTORY`]: what a retry by hand does, so the failure
+    /// that killed the task stays on record.
+    pub fn archive_error(&mut self) {
+        if let Some(error) = self.error.take() {
+            self.error_history.push(error);
+        }
+        let over = self.error_history.len().saturating_sub(MAX_ERROR_HISTORY);
+        self.error_history.drain(..over);
+    }
+
     /// A new pending task for `job_name` in the default queue and tenant.
     pub fn new(job_name: impl Into<String>, args: ArgsMap) -> Self {
         let now = Utc::now();
@@ -253,6 +309,7 @@ impl Task {
             timeout_ms: None,
             job_version: None,
             error: None,
+            error_history: Vec::new(),
             log: String::new(),
             metering: TaskMetering::default(),
         }

@@ -9,7 +9,10 @@
 //!    broker in batches;
 //! 3. **heartbeat** (`heartbeat.rs`): extends the leases in flight;
 //! 4. **maintenance** (`maintenance.rs`): promotes due tasks and recovers
-//!    expired leases.
+//!    expired leases;
+//! 5. **cancels** (`cancels.rs`): waits on the broker for cancels of tasks
+//!    this worker runs and stops them at once (the heartbeat also keeps
+//!    the worker's entry in the workers registry).
 //!
 //! No tenant runs more than its `max_concurrency` tasks on one worker: each
 //! acquire carries the room every known tenant has left, and any task over
@@ -26,6 +29,7 @@
 //! A worker killed outright loses nothing either: its leases expire and
 //! another worker's maintenance returns the tasks to pending.
 
+mod cancels;
 mod depth;
 mod executor;
 mod heartbeat;
@@ -50,7 +54,7 @@ pub use metrics::WorkerMetrics;
 pub use retry::RetryPolicy;
 
 use corral_client::broker::{
-    AcquireRequest, Broker, BrokerError, Lease, Leased, Outcome, WorkerId,
+    AcquireRequest, Broker, BrokerError, Lease, Leased, Outcome, WorkerId, WorkerInfo,
 };
 use corral_core::metering::CallMetering;
 use corral_core::task::{DEFAULT_QUEUE, TaskId};
@@ -114,11 +118,16 @@ impl Default for WorkerConfig {
     }
 }
 
+/// This machine's host name (`worker` when it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned())
+}
+
 /// `host-pid-random`: unique per process, readable in logs.
 pub fn default_worker_id() -> WorkerId {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "worker".to_owned());
+    let host = host_name();
     format!(
         "{host}-{}-{:08x}",
         std::process::id(),
@@ -137,6 +146,8 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Tasks handed back at shutdown.
     pub released: AtomicU64,
+    /// Tasks stopped because their cancel was asked for.
+    pub cancelled: AtomicU64,
     /// Tasks abandoned because their lease was lost (found by a heartbeat,
     /// a refused checkpoint or a refused outcome) or a checkpoint could not
     /// be written; another worker takes them once the lease expires.
@@ -160,6 +171,7 @@ impl WorkerStats {
             Outcome::Retry { .. } => &self.retried,
             Outcome::Dead(_) => &self.dead,
             Outcome::Release => &self.released,
+            Outcome::Cancelled(_) => &self.cancelled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -243,12 +255,33 @@ impl<B: Broker + Clone> Worker<B> {
             cfg.ack_batch.max(1),
             self.stats.clone(),
         ));
+        let entry = WorkerInfo {
+            id: cfg.id.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            started_at: chrono::Utc::now(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            queues: cfg.queues.clone(),
+            concurrency,
+            tasks: Vec::new(),
+            seen_at: chrono::Utc::now(),
+        };
         let beats = tokio::spawn(heartbeat::run(
             self.broker.clone(),
             in_flight.clone(),
-            cfg.lease,
-            cfg.heartbeat_every,
+            heartbeat::Beat {
+                lease_for: cfg.lease,
+                every: cfg.heartbeat_every,
+                entry,
+            },
             self.stats.clone(),
+            stop_rx.clone(),
+        ));
+        let cancels = tokio::spawn(cancels::run(
+            self.broker.clone(),
+            cfg.id.clone(),
+            in_flight.clone(),
+            ack_tx.clone(),
             stop_rx.clone(),
         ));
         let upkeep = tokio::spawn(maintenance::run(
@@ -458,6 +491,10 @@ impl<B: Broker + Clone> Worker<B> {
             let _ = ack_tx.send((lease, Outcome::Release, None));
         }
         tasks.shutdown().await;
+        // The cancel listener holds a sender too: it stops before the
+        // acker can finish.
+        cancels.abort();
+        let _ = cancels.await;
         drop(ack_tx);
         let _ = acker.await;
         let _ = stop_tx.send(true);

@@ -332,6 +332,7 @@ impl WorkerMetrics {
             }
             Outcome::Retry { error, .. } => ("retried", kind_label(&error.kind)),
             Outcome::Dead(error) => ("dead", kind_label(&error.kind)),
+            Outcome::Cancelled(error) => ("cancelled", kind_label(&error.kind)),
             Outcome::Release => return,
         };
         self.finished

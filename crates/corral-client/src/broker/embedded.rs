@@ -27,9 +27,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::Notify;
 
 use super::{
-    AcquireRequest, Broker, BrokerError, Checkpoint, Lease, Leased, Maintenance, Outcome,
-    QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, check_usage_days, malformed_task,
-    parse_raw_task,
+    AcquireRequest, Broker, BrokerError, Cancelled, Checkpoint, Lease, Leased, Maintenance,
+    Outcome, QueueInfo, QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, WorkerInfo,
+    check_usage_days, malformed_task, parse_raw_task,
 };
 use corral_core::clock::{self, Clock, SystemClock};
 use corral_core::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage};
@@ -47,6 +47,23 @@ struct Entry {
     lease_expires: Option<DateTime<Utc>>,
     /// Set once final: when the task finished.
     finished_at: Option<DateTime<Utc>>,
+    /// Set while active once [`Broker::cancel`] asked for it.
+    cancel_requested: bool,
+    /// The worker holding, or last holding, the lease.
+    worker: WorkerId,
+}
+
+impl Entry {
+    fn new(task: Task) -> Self {
+        Self {
+            task,
+            token: 0,
+            lease_expires: None,
+            finished_at: None,
+            cancel_requested: false,
+            worker: WorkerId::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -59,6 +76,17 @@ struct State {
     active: BTreeSet<(DateTime<Utc>, TaskId)>,
     completed: VecDeque<TaskId>,
     dead: VecDeque<TaskId>,
+    cancelled: VecDeque<TaskId>,
+    /// Per tenant and queue, the ids of its task records (any state), in
+    /// id (creation) order: what listing and counting walk, so neither
+    /// costs more than the one queue.
+    by_queue: HashMap<QueueKey, BTreeSet<TaskId>>,
+    /// Queues workers skip.
+    paused: HashSet<QueueKey>,
+    /// The workers registry: each worker's entry and when it goes.
+    workers: BTreeMap<WorkerId, (WorkerInfo, std::time::Instant)>,
+    /// Cancels not yet delivered, per worker.
+    cancels: HashMap<WorkerId, Vec<TaskId>>,
     /// Per tenant, its queue names, each with how many task records (in
     /// any state) it holds; a queue is gone with its last record.
     queues: HashMap<String, HashMap<String, usize>>,
@@ -103,6 +131,8 @@ pub struct EmbeddedBroker {
 struct Inner {
     state: Mutex<State>,
     ready: Notify,
+    /// Wakes workers waiting in `cancel_requests`.
+    cancels: Notify,
     /// `acquire` calls waiting for work now.
     waiting: AtomicUsize,
     clock: Arc<dyn Clock>,
@@ -146,6 +176,7 @@ impl EmbeddedBroker {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 ready: Notify::new(),
+                cancels: Notify::new(),
                 waiting: AtomicUsize::new(0),
                 clock,
                 retention,
@@ -192,6 +223,9 @@ impl EmbeddedBroker {
             let mut took = false;
             for queue in &req.queues {
                 let key = (tenant.clone(), queue.clone());
+                if st.paused.contains(&key) {
+                    continue;
+                }
                 let Some(id) = st.pending.get_mut(&key).and_then(VecDeque::pop_front) else {
                     continue;
                 };
@@ -204,6 +238,8 @@ impl EmbeddedBroker {
                     continue;
                 }
                 entry.token += 1;
+                entry.cancel_requested = false;
+                entry.worker.clone_from(&req.worker);
                 entry.lease_expires = Some(expires);
                 entry.task.state = TaskState::Active;
                 entry.task.attempt += 1;
@@ -239,29 +275,134 @@ impl EmbeddedBroker {
         self.lock().scheduled.first().map(|(t, _)| *t)
     }
 
-    /// Counts the stored tasks that `keep` selects, by state.
-    fn count(&self, keep: impl Fn(&Task) -> bool) -> QueueStats {
-        let st = self.lock();
-        let mut stats = QueueStats::default();
-        for entry in st.tasks.values() {
-            if !keep(&entry.task) {
-                continue;
-            }
-            match entry.task.state {
-                TaskState::Pending => stats.pending += 1,
-                TaskState::Scheduled | TaskState::Retrying => stats.scheduled += 1,
-                TaskState::Active => stats.active += 1,
-                TaskState::Completed => stats.completed += 1,
-                TaskState::Dead => stats.dead += 1,
-            }
-        }
-        stats
+    /// Counts by state of one tenant's queue, walking only that queue.
+    fn count(&self, tenant: &str, queue: &str) -> QueueStats {
+        let now = self.inner.clock.now();
+        self.lock().count(tenant, queue, now)
     }
 }
 
 impl State {
+    /// Counts by state of one tenant's queue, walking only that queue.
+    fn count(&self, tenant: &str, queue: &str, now: DateTime<Utc>) -> QueueStats {
+        let key = (tenant.to_owned(), queue.to_owned());
+        let minute_ago = now - chrono::Duration::minutes(1);
+        let mut stats = QueueStats {
+            paused: self.paused.contains(&key),
+            ..QueueStats::default()
+        };
+        for id in self.by_queue.get(&key).into_iter().flatten() {
+            let Some(entry) = self.tasks.get(id) else {
+                continue;
+            };
+            let recent = entry.finished_at.is_some_and(|at| at > minute_ago);
+            match entry.task.state {
+                TaskState::Pending => stats.pending += 1,
+                TaskState::Scheduled => stats.scheduled += 1,
+                TaskState::Retrying => {
+                    stats.scheduled += 1;
+                    stats.retrying += 1;
+                }
+                TaskState::Active => stats.active += 1,
+                TaskState::Completed => {
+                    stats.completed += 1;
+                    stats.completed_last_minute += usize::from(recent);
+                }
+                TaskState::Dead => {
+                    stats.dead += 1;
+                    stats.failed_last_minute += usize::from(recent);
+                }
+                TaskState::Cancelled => stats.cancelled += 1,
+            }
+        }
+        stats
+    }
+
+    /// The stored entry of `tenant`'s task `id` (another tenant's is as
+    /// good as missing).
+    fn owned(
+        &mut self,
+        op: &'static str,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<&mut Entry, BrokerError> {
+        self.tasks
+            .get_mut(&id)
+            .filter(|e| e.task.tenant == tenant)
+            .ok_or_else(|| BrokerError::NotFound {
+                op,
+                what: format!("task {id}"),
+            })
+    }
+
+    /// Takes a waiting task out of the line it waits in (pending or
+    /// scheduled) and out of its tenant's count of queued tasks.
+    fn unwait(&mut self, id: TaskId) {
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        let task = &entry.task;
+        let tenant = task.tenant.clone();
+        match task.state {
+            TaskState::Pending => {
+                if let Some(q) = self
+                    .pending
+                    .get_mut(&(task.tenant.clone(), task.queue_name.clone()))
+                {
+                    q.retain(|x| *x != id);
+                }
+            }
+            TaskState::Scheduled | TaskState::Retrying => {
+                if let Some(at) = task.run_at {
+                    self.scheduled.remove(&(at, id));
+                }
+                // A delayed task's due time is its run_at; fall back to a
+                // search should it have been changed.
+                self.scheduled.retain(|(_, x)| *x != id);
+            }
+            _ => return,
+        }
+        self.unqueue(&tenant);
+    }
+
+    /// Takes a finished task out of its finished list.
+    fn unfinish(&mut self, id: TaskId) {
+        let Some(state) = self.tasks.get(&id).map(|e| e.task.state) else {
+            return;
+        };
+        let list = match state {
+            TaskState::Completed => &mut self.completed,
+            TaskState::Dead => &mut self.dead,
+            TaskState::Cancelled => &mut self.cancelled,
+            _ => return,
+        };
+        list.retain(|x| *x != id);
+    }
+
+    /// Puts a dead or cancelled task back in line: attempts reset, error
+    /// archived. The caller checked the state and the quota.
+    fn requeue_finished(&mut self, id: TaskId, now: DateTime<Utc>) {
+        self.unfinish(id);
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        entry.finished_at = None;
+        entry.task.archive_error();
+        entry.task.state = TaskState::Pending;
+        entry.task.attempt = 0;
+        entry.task.run_at = None;
+        entry.task.updated_at = now;
+        let task = entry.task.clone();
+        self.enqueued(&task.tenant);
+        self.push_pending(&task);
+    }
+
     /// Stores a new task record, counting it in its queue.
     fn insert(&mut self, entry: Entry) {
+        self.by_queue
+            .entry((entry.task.tenant.clone(), entry.task.queue_name.clone()))
+            .or_default()
+            .insert(entry.task.task_id);
         *self
             .queues
             .entry(entry.task.tenant.clone())
@@ -277,6 +418,13 @@ impl State {
             return;
         };
         let (tenant, queue) = (&entry.task.tenant, &entry.task.queue_name);
+        let key = (tenant.clone(), queue.clone());
+        if let Some(ids) = self.by_queue.get_mut(&key) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_queue.remove(&key);
+            }
+        }
         let Some(queues) = self.queues.get_mut(tenant) else {
             return;
         };
@@ -393,11 +541,10 @@ impl State {
         entry.finished_at = Some(now);
         entry.lease_expires = None;
         entry.task.updated_at = now;
-        let dead = entry.task.state == TaskState::Dead;
-        let (list, max) = if dead {
-            (&mut self.dead, retention.max_dead)
-        } else {
-            (&mut self.completed, retention.max_completed)
+        let (list, max) = match entry.task.state {
+            TaskState::Dead => (&mut self.dead, retention.max_dead),
+            TaskState::Cancelled => (&mut self.cancelled, retention.max_dead),
+            _ => (&mut self.completed, retention.max_completed),
         };
         list.push_back(id);
         let mut over = Vec::new();
@@ -423,6 +570,7 @@ impl State {
         for (list, ttl) in [
             (&mut self.completed, retention.completed_ttl),
             (&mut self.dead, retention.dead_ttl),
+            (&mut self.cancelled, retention.dead_ttl),
         ] {
             while let Some(id) = list.front() {
                 let expired = self
@@ -513,12 +661,7 @@ impl Broker for EmbeddedBroker {
                     }
                 }
                 st.enqueued(&task.tenant);
-                st.insert(Entry {
-                    task,
-                    token: 0,
-                    lease_expires: None,
-                    finished_at: None,
-                });
+                st.insert(Entry::new(task));
             }
         }
         if any_ready {
@@ -612,7 +755,30 @@ impl Broker for EmbeddedBroker {
                 };
                 entry.lease_expires = None;
                 entry.task.updated_at = now;
+                // A task whose cancel was asked for never runs again: a
+                // retry or a hand-back becomes the cancel.
+                let asked_cancel;
+                let outcome = match outcome {
+                    Outcome::Retry { .. } | Outcome::Release if entry.cancel_requested => {
+                        asked_cancel = Outcome::Cancelled(cancel_error(
+                            "the task was cancelled while it ran",
+                            Some(entry.task.current_handler_index),
+                        ));
+                        &asked_cancel
+                    }
+                    other => other,
+                };
+                entry.cancel_requested = false;
                 match outcome {
+                    Outcome::Cancelled(_) => {
+                        entry.task.state = TaskState::Cancelled;
+                        // The checkpoint names the handler that was running.
+                        entry.task.error = Some(cancel_error(
+                            "the task was cancelled while it ran",
+                            Some(entry.task.current_handler_index),
+                        ));
+                        st.finish(lease.task_id, now, &retention);
+                    }
                     Outcome::Completed(cp) => {
                         cp.clone().apply(&mut entry.task);
                         entry.task.metering.billed();
@@ -709,7 +875,16 @@ impl Broker for EmbeddedBroker {
                 entry.lease_expires = None;
                 entry.task.updated_at = now;
                 touched.insert((entry.task.tenant.clone(), entry.task.queue_name.clone()));
-                if entry.task.attempt >= entry.task.max_attempts {
+                if entry.cancel_requested {
+                    entry.cancel_requested = false;
+                    entry.task.state = TaskState::Cancelled;
+                    entry.task.error = Some(cancel_error(
+                        "the task was cancelled while it ran; its worker's lease expired before it reported back",
+                        Some(entry.task.current_handler_index),
+                    ));
+                    st.finish(id, now, &retention);
+                    report.expired_dead += 1;
+                } else if entry.task.attempt >= entry.task.max_attempts {
                     entry.task.state = TaskState::Dead;
                     entry.task.error = Some(TaskError {
                         kind: "lease_expired".into(),
@@ -812,12 +987,7 @@ impl Broker for EmbeddedBroker {
                 task.updated_at = now;
                 st.push_pending(&task);
                 st.enqueued(&task.tenant);
-                st.insert(Entry {
-                    task,
-                    token: 0,
-                    lease_expires: None,
-                    finished_at: None,
-                });
+                st.insert(Entry::new(task));
                 drop(st);
                 self.inner.ready.notify_one();
                 return Ok(());
@@ -826,52 +996,43 @@ impl Broker for EmbeddedBroker {
         };
         let stand_in = malformed_task(TaskId::new(), tenant, queue, &raw, &reason, now);
         let id = stand_in.task_id;
-        st.insert(Entry {
-            task: stand_in,
-            token: 0,
-            lease_expires: None,
-            finished_at: None,
-        });
+        st.insert(Entry::new(stand_in));
         st.finish(id, now, &retention);
         st.bill(tenant, now, |u| u.dead += 1);
         Ok(())
     }
 
     async fn stats(&self, tenant: &str, queue: &str) -> Result<QueueStats, BrokerError> {
-        Ok(self.count(|t| t.tenant == tenant && t.queue_name == queue))
+        Ok(self.count(tenant, queue))
     }
 
     async fn tenant_stats(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
-        Ok(self.count(|t| t.tenant == tenant))
+        let now = self.inner.clock.now();
+        let st = self.lock();
+        let mut total = QueueStats::default();
+        for queue in st.queues.get(tenant).into_iter().flat_map(HashMap::keys) {
+            total.add(&st.count(tenant, queue, now));
+        }
+        Ok(total)
     }
 
     async fn queue_depths(
         &self,
         queues: &[String],
     ) -> Result<Vec<(String, String, QueueStats)>, BrokerError> {
-        // One walk over the tasks; the embedded broker holds one process's.
+        let now = self.inner.clock.now();
         let st = self.lock();
-        let mut depths: BTreeMap<QueueKey, QueueStats> = BTreeMap::new();
-        for entry in st.tasks.values() {
-            let t = &entry.task;
-            if !queues.contains(&t.queue_name) {
-                continue;
-            }
-            let stats = depths
-                .entry((t.tenant.clone(), t.queue_name.clone()))
-                .or_default();
-            match t.state {
-                TaskState::Pending => stats.pending += 1,
-                TaskState::Scheduled | TaskState::Retrying => stats.scheduled += 1,
-                TaskState::Active => stats.active += 1,
-                TaskState::Completed => stats.completed += 1,
-                TaskState::Dead => stats.dead += 1,
+        let mut out = Vec::new();
+        for (tenant, queue) in st.by_queue.keys() {
+            if queues.contains(queue) {
+                let stats = st.count(tenant, queue, now);
+                if !stats.is_empty() {
+                    out.push((tenant.clone(), queue.clone(), stats));
+                }
             }
         }
-        Ok(depths
-            .into_iter()
-            .map(|((tenant, queue), stats)| (tenant, queue, stats))
-            .collect())
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
     }
 
     async fn list_tasks(&self, tenant: &str, query: &TaskQuery) -> Result<Vec<Task>, BrokerError> {
@@ -887,5 +1048,281 @@ impl Broker for EmbeddedBroker {
         // Newest first: ids are UUID v7, ordered by creation time.
         found.sort_unstable_by_key(|t| std::cmp::Reverse(t.task_id));
         Ok(found.into_iter().take(query.limit).cloned().collect())
+    }
+
+    async fn queue_names(&self, tenant: &str) -> Result<Vec<String>, BrokerError> {
+        let st = self.lock();
+        let mut names: Vec<String> = st
+            .queues
+            .get(tenant)
+            .map(|q| q.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn queues(&self, tenant: &str) -> Result<Vec<QueueInfo>, BrokerError> {
+        let now = self.inner.clock.now();
+        let names = self.queue_names(tenant).await?;
+        let st = self.lock();
+        Ok(names
+            .into_iter()
+            .map(|queue| QueueInfo {
+                tenant: tenant.to_owned(),
+                stats: st.count(tenant, &queue, now),
+                queue,
+            })
+            .collect())
+    }
+
+    async fn tasks_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        state: TaskState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Task>, Option<usize>), BrokerError> {
+        let st = self.lock();
+        let key = (tenant.to_owned(), queue.to_owned());
+        let mut found: Vec<Task> = st
+            .by_queue
+            .get(&key)
+            .into_iter()
+            .flat_map(|ids| ids.iter().rev())
+            .filter_map(|id| st.tasks.get(id))
+            .filter(|e| e.task.state == state)
+            .skip(offset)
+            .take(limit.saturating_add(1))
+            .map(|e| e.task.clone())
+            .collect();
+        let next = (found.len() > limit).then_some(offset + limit);
+        found.truncate(limit);
+        Ok((found, next))
+    }
+
+    async fn retry(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        quota: &TenantQuota,
+    ) -> Result<(), BrokerError> {
+        let now = self.inner.clock.now();
+        {
+            let mut st = self.lock();
+            let entry = st.owned("retry", tenant, id)?;
+            let state = entry.task.state;
+            if !matches!(state, TaskState::Dead | TaskState::Cancelled) {
+                return Err(BrokerError::Conflict {
+                    op: "retry",
+                    reason: format!(
+                        "task {id} is {state}; only dead or cancelled tasks are retried"
+                    ),
+                });
+            }
+            let queued = st.queued.get(tenant).copied().unwrap_or(0);
+            if queued.saturating_add(1) > quota.max_queued {
+                return Err(BrokerError::Full {
+                    op: "retry",
+                    reason: super::quota_full(tenant, queued, 1, quota.max_queued),
+                });
+            }
+            st.requeue_finished(id, now);
+        }
+        self.inner.ready.notify_one();
+        Ok(())
+    }
+
+    async fn retry_dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        quota: &TenantQuota,
+    ) -> Result<usize, BrokerError> {
+        let now = self.inner.clock.now();
+        let n = {
+            let mut st = self.lock();
+            let dead: Vec<TaskId> = st
+                .dead
+                .iter()
+                .filter(|id| {
+                    st.tasks
+                        .get(id)
+                        .is_some_and(|e| e.task.tenant == tenant && e.task.queue_name == queue)
+                })
+                .copied()
+                .collect();
+            let queued = st.queued.get(tenant).copied().unwrap_or(0);
+            let asked = dead.len() as u64;
+            if queued.saturating_add(asked) > quota.max_queued {
+                return Err(BrokerError::Full {
+                    op: "retry_dead",
+                    reason: super::quota_full(tenant, queued, asked, quota.max_queued),
+                });
+            }
+            for id in &dead {
+                st.requeue_finished(*id, now);
+            }
+            dead.len()
+        };
+        if n > 0 {
+            self.inner.ready.notify_waiters();
+            self.inner.ready.notify_one();
+        }
+        Ok(n)
+    }
+
+    async fn delete(&self, tenant: &str, id: TaskId) -> Result<(), BrokerError> {
+        let mut st = self.lock();
+        let state = st.owned("delete", tenant, id)?.task.state;
+        if state == TaskState::Active {
+            return Err(BrokerError::Conflict {
+                op: "delete",
+                reason: format!("task {id} is active; cancel it first"),
+            });
+        }
+        st.unwait(id);
+        st.unfinish(id);
+        st.remove(&id);
+        Ok(())
+    }
+
+    async fn purge(
+        &self,
+        tenant: &str,
+        queue: &str,
+        state: TaskState,
+    ) -> Result<usize, BrokerError> {
+        if state == TaskState::Active {
+            return Err(BrokerError::Conflict {
+                op: "purge",
+                reason: "active tasks are not purged; cancel them".into(),
+            });
+        }
+        let mut st = self.lock();
+        let key = (tenant.to_owned(), queue.to_owned());
+        let ids: Vec<TaskId> = st
+            .by_queue
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|id| st.tasks.get(id).is_some_and(|e| e.task.state == state))
+            .copied()
+            .collect();
+        for id in &ids {
+            st.unwait(*id);
+            st.unfinish(*id);
+            st.remove(id);
+        }
+        Ok(ids.len())
+    }
+
+    async fn pause(&self, tenant: &str, queue: &str, paused: bool) -> Result<(), BrokerError> {
+        let key = (tenant.to_owned(), queue.to_owned());
+        let resumed = {
+            let mut st = self.lock();
+            if paused {
+                st.paused.insert(key);
+                false
+            } else {
+                st.paused.remove(&key)
+            }
+        };
+        if resumed {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn cancel(&self, tenant: &str, id: TaskId) -> Result<Cancelled, BrokerError> {
+        let now = self.inner.clock.now();
+        let retention = self.inner.retention;
+        let worker = {
+            let mut st = self.lock();
+            let entry = st.owned("cancel", tenant, id)?;
+            let state = entry.task.state;
+            if state.is_final() {
+                return Err(BrokerError::Conflict {
+                    op: "cancel",
+                    reason: format!("task {id} is {state} already"),
+                });
+            }
+            if state == TaskState::Active {
+                entry.cancel_requested = true;
+                let worker = entry.worker.clone();
+                st.cancels.entry(worker.clone()).or_default().push(id);
+                worker
+            } else {
+                st.unwait(id);
+                if let Some(entry) = st.tasks.get_mut(&id) {
+                    entry.task.state = TaskState::Cancelled;
+                    entry.task.updated_at = now;
+                    entry.task.error =
+                        Some(cancel_error("the task was cancelled before it ran", None));
+                }
+                st.finish(id, now, &retention);
+                return Ok(Cancelled::Now);
+            }
+        };
+        self.inner.cancels.notify_waiters();
+        Ok(Cancelled::Requested { worker })
+    }
+
+    async fn cancel_requests(
+        &self,
+        worker: &WorkerId,
+        wait: Duration,
+    ) -> Result<Vec<TaskId>, BrokerError> {
+        let give_up = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.inner.cancels.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(ids) = self.lock().cancels.remove(worker) {
+                return Ok(ids);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(give_up) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<(), BrokerError> {
+        let mut info = info.clone();
+        info.seen_at = self.inner.clock.now();
+        let gone = std::time::Instant::now() + ttl;
+        let mut st = self.lock();
+        st.workers
+            .retain(|_, (_, until)| *until > std::time::Instant::now());
+        st.workers.insert(info.id.clone(), (info, gone));
+        Ok(())
+    }
+
+    async fn deregister_worker(&self, worker: &WorkerId) -> Result<(), BrokerError> {
+        self.lock().workers.remove(worker);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        let now = std::time::Instant::now();
+        Ok(self
+            .lock()
+            .workers
+            .values()
+            .filter(|(_, until)| *until > now)
+            .take(super::MAX_WORKERS_LISTED)
+            .map(|(info, _)| info.clone())
+            .collect())
+    }
+}
+
+/// The error a cancelled task ends with.
+fn cancel_error(message: &str, handler_index: Option<u32>) -> TaskError {
+    TaskError {
+        kind: "cancelled".into(),
+        message: message.into(),
+        retryable: false,
+        handler_index,
     }
 }

@@ -25,6 +25,7 @@
 //! wasm, and no backend's types (Redis or otherwise) appear in it.
 
 pub mod embedded;
+mod paging;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -173,6 +174,10 @@ pub enum Outcome {
     /// Handed back untouched (a worker shutting down): back to pending, and the
     /// attempt is not counted.
     Release,
+    /// Stopped because [`Broker::cancel`] asked for it: final, never
+    /// retried. The error (kind `cancelled`) names the handler that was
+    /// running.
+    Cancelled(TaskError),
 }
 
 impl Outcome {
@@ -183,6 +188,7 @@ impl Outcome {
             Outcome::Retry { .. } => TaskState::Retrying,
             Outcome::Dead(_) => TaskState::Dead,
             Outcome::Release => TaskState::Pending,
+            Outcome::Cancelled(_) => TaskState::Cancelled,
         }
     }
 }
@@ -229,19 +235,139 @@ pub struct Maintenance {
 }
 
 /// Counts of tasks by state, for status pages and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStats {
-    /// Waiting for a worker.
+    /// Waiting for a worker. On Redis this counts the queue's pending list,
+    /// raw entries not yet parsed included.
     pub pending: usize,
-    /// Waiting for their time (delayed or retrying).
+    /// Waiting for their time (delayed or retrying): `retrying` of them
+    /// wait to run again after a failure.
     pub scheduled: usize,
+    /// Of `scheduled`, those waiting after a retryable failure.
+    #[serde(default)]
+    pub retrying: usize,
     /// Under a lease.
     pub active: usize,
     /// Completed and still retained.
     pub completed: usize,
     /// In the dead set.
     pub dead: usize,
+    /// Cancelled and still retained.
+    #[serde(default)]
+    pub cancelled: usize,
+    /// Whether workers skip the queue ([`Broker::pause`]).
+    #[serde(default)]
+    pub paused: bool,
+    /// Retained tasks that completed in the last minute.
+    #[serde(default)]
+    pub completed_last_minute: usize,
+    /// Retained tasks that died (failed for good) in the last minute.
+    #[serde(default)]
+    pub failed_last_minute: usize,
 }
+
+impl QueueStats {
+    /// Whether the queue holds no task in any state.
+    pub fn is_empty(&self) -> bool {
+        self.pending + self.scheduled + self.active + self.completed + self.dead + self.cancelled
+            == 0
+    }
+
+    /// Adds `other`'s counts to these (a tenant's total over its queues);
+    /// `paused` becomes true if either is.
+    pub fn add(&mut self, other: &QueueStats) {
+        self.pending += other.pending;
+        self.scheduled += other.scheduled;
+        self.retrying += other.retrying;
+        self.active += other.active;
+        self.completed += other.completed;
+        self.dead += other.dead;
+        self.cancelled += other.cancelled;
+        self.paused |= other.paused;
+        self.completed_last_minute += other.completed_last_minute;
+        self.failed_last_minute += other.failed_last_minute;
+    }
+}
+
+/// One queue of a tenant with its counts: what [`Broker::queues`] lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The tenant that owns the queue.
+    pub tenant: String,
+    /// The queue's name.
+    pub queue: String,
+    /// Its counts by state, and whether it is paused.
+    pub stats: QueueStats,
+}
+
+/// One page of a tenant's tasks: what [`Broker::list_page`] returns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskPage {
+    /// The tasks, grouped by queue (in name order) and state (in
+    /// [`TaskState::ALL`] order), newest first within each.
+    pub tasks: Vec<Task>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Which tasks [`Broker::list_page`] pages through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Only tasks in this state (`None`: every state).
+    pub state: Option<TaskState>,
+    /// Only this queue (`None`: every queue of the tenant).
+    pub queue: Option<String>,
+    /// At most this many tasks (at least 1, at most [`MAX_PAGE`]).
+    pub limit: usize,
+    /// A page's [`TaskPage::next`], to go on from there.
+    pub cursor: Option<String>,
+}
+
+/// Most tasks one page may hold.
+pub const MAX_PAGE: usize = 1000;
+
+/// What [`Broker::cancel`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Cancelled {
+    /// The task was waiting (pending, scheduled or retrying): it is
+    /// `cancelled` now and will never run.
+    Now,
+    /// The task is running: its worker has been told and stops the guest;
+    /// the task becomes `cancelled` when the worker reports back (or when
+    /// its lease runs out, if the worker died).
+    Requested {
+        /// The worker holding the lease.
+        worker: WorkerId,
+    },
+}
+
+/// A worker as it describes itself in the registry ([`Broker::register_worker`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker's id (the one its leases carry).
+    pub id: WorkerId,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Corral's version.
+    pub version: String,
+    /// The queue names it serves.
+    pub queues: Vec<String>,
+    /// How many tasks it runs at once.
+    pub concurrency: usize,
+    /// The tasks it runs now.
+    pub tasks: Vec<TaskId>,
+    /// When it last refreshed this entry.
+    #[serde(default = "Utc::now")]
+    pub seen_at: DateTime<Utc>,
+}
+
+/// Most workers [`Broker::workers`] lists.
+pub const MAX_WORKERS_LISTED: usize = 10_000;
 
 /// How long finished tasks are kept, and how many.
 #[derive(Debug, Clone, Copy)]
@@ -321,6 +447,24 @@ pub enum BrokerError {
         /// The operation that failed.
         op: &'static str,
         /// The backend's words.
+        reason: String,
+    },
+    /// No such task or queue for this tenant (another tenant's answers the
+    /// same).
+    #[error("{op}: {what} not found")]
+    NotFound {
+        /// The operation refused.
+        op: &'static str,
+        /// What was looked for.
+        what: String,
+    },
+    /// The task is in a state the operation does not apply to (deleting
+    /// an active task, retrying a pending one).
+    #[error("{op}: {reason}")]
+    Conflict {
+        /// The operation refused.
+        op: &'static str,
+        /// The state found and what the operation needs.
         reason: String,
     },
     /// Stored data that should be ours did not parse.
@@ -507,6 +651,193 @@ pub trait Broker: Send + Sync + 'static {
                 reason: "this broker cannot list tasks".into(),
             })
         }
+    }
+    /// The names of `tenant`'s queues (those that hold any task record), in
+    /// name order: at most the tenant's `max_queues`.
+    fn queue_names(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<String>, BrokerError>> + Send {
+        async move {
+            Ok(self
+                .queues(tenant)
+                .await?
+                .into_iter()
+                .map(|q| q.queue)
+                .collect())
+        }
+    }
+
+    /// `tenant`'s queues (every name that holds a task record), in name
+    /// order, each with its counts by state and whether it is paused.
+    /// Costs one small read per queue (at most the tenant's `max_queues`).
+    fn queues(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<QueueInfo>, BrokerError>> + Send {
+        let _ = tenant;
+        unsupported("queues")
+    }
+
+    /// Up to `limit` of `tenant`'s tasks in `queue` that are in `state`,
+    /// newest first, starting at `offset` (0, or an offset this returned):
+    /// one step of [`Broker::list_page`]. Returns the tasks and the offset
+    /// to go on from, `None` when there are no more. Reads a bounded
+    /// number of entries per call (it may return fewer than `limit` and an
+    /// offset to go on from). Tasks that change state while read show as
+    /// they are now and may be missed or shown twice, as with any offset
+    /// paging.
+    fn tasks_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        state: TaskState,
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Task>, Option<usize>), BrokerError>> + Send {
+        let _ = (tenant, queue, state, offset, limit);
+        unsupported("tasks_in")
+    }
+
+    /// One page of `tenant`'s tasks: by queue in name order, then by state,
+    /// newest first within each. Work per page is bounded by the page and
+    /// the tenant's queue count, never by how many tasks exist.
+    fn list_page(
+        &self,
+        tenant: &str,
+        query: &PageQuery,
+    ) -> impl Future<Output = Result<TaskPage, BrokerError>> + Send {
+        async move { paging::list_page(self, tenant, query).await }
+    }
+
+    /// Runs a dead or cancelled task again: back to pending with its
+    /// attempts reset, its error moved to its error history, from its last
+    /// checkpoint. Counted against `quota` like an enqueue.
+    /// [`BrokerError::NotFound`] for an unknown id,
+    /// [`BrokerError::Conflict`] for a task in another state.
+    fn retry(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        quota: &TenantQuota,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (tenant, id, quota);
+        unsupported("retry")
+    }
+
+    /// Runs every dead task of `tenant`'s `queue` again, as
+    /// [`Broker::retry`] does one; returns how many. On Redis, atomic per
+    /// batch of tasks (a queue's whole dead set could be large).
+    fn retry_dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        quota: &TenantQuota,
+    ) -> impl Future<Output = Result<usize, BrokerError>> + Send {
+        let _ = (tenant, queue, quota);
+        unsupported("retry_dead")
+    }
+
+    /// Deletes a task and its record, in any state but active (cancel it
+    /// first). [`BrokerError::NotFound`] for an unknown id,
+    /// [`BrokerError::Conflict`] for an active task.
+    fn delete(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (tenant, id);
+        unsupported("delete")
+    }
+
+    /// Deletes every task of `tenant`'s `queue` that is in `state` (not
+    /// active: [`BrokerError::Conflict`]); returns how many. On Redis,
+    /// atomic per batch.
+    fn purge(
+        &self,
+        tenant: &str,
+        queue: &str,
+        state: TaskState,
+    ) -> impl Future<Output = Result<usize, BrokerError>> + Send {
+        let _ = (tenant, queue, state);
+        unsupported("purge")
+    }
+
+    /// Pauses (`true`) or resumes `tenant`'s `queue`. Workers skip a
+    /// paused queue; it still takes enqueues; the pause is stored with the
+    /// queues, so it survives worker and broker restarts.
+    fn pause(
+        &self,
+        tenant: &str,
+        queue: &str,
+        paused: bool,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (tenant, queue, paused);
+        unsupported("pause")
+    }
+
+    /// Cancels a task: a waiting one at once, a running one by telling its
+    /// worker (which stops the guest and acks [`Outcome::Cancelled`]).
+    /// [`BrokerError::NotFound`] for an unknown id,
+    /// [`BrokerError::Conflict`] for a task already final.
+    fn cancel(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> impl Future<Output = Result<Cancelled, BrokerError>> + Send {
+        let _ = (tenant, id);
+        unsupported("cancel")
+    }
+
+    /// Waits up to `wait` for cancels of tasks `worker` holds, and returns
+    /// their ids (empty when none came). A worker keeps one such wait
+    /// running; each cancel is delivered once.
+    fn cancel_requests(
+        &self,
+        worker: &WorkerId,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<TaskId>, BrokerError>> + Send {
+        let _ = worker;
+        async move {
+            tokio::time::sleep(wait).await;
+            Ok(Vec::new())
+        }
+    }
+
+    /// Adds or refreshes `info` in the workers registry; the entry goes
+    /// away `ttl` after its last refresh.
+    fn register_worker(
+        &self,
+        info: &WorkerInfo,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (info, ttl);
+        async { Ok(()) }
+    }
+
+    /// Takes a stopping worker out of the registry.
+    fn deregister_worker(
+        &self,
+        worker: &WorkerId,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = worker;
+        async { Ok(()) }
+    }
+
+    /// The workers registered and refreshed within their ttl, by id (at
+    /// most [`MAX_WORKERS_LISTED`]).
+    fn workers(&self) -> impl Future<Output = Result<Vec<WorkerInfo>, BrokerError>> + Send {
+        unsupported("workers")
+    }
+}
+
+/// What a broker answers for an operation it does not have.
+fn unsupported<T>(op: &'static str) -> impl Future<Output = Result<T, BrokerError>> + Send {
+    async move {
+        Err(BrokerError::Unavailable {
+            op,
+            reason: "this broker does not support it".into(),
+        })
     }
 }
 

@@ -109,6 +109,12 @@ impl RedisBroker {
                     None,
                 ),
                 Outcome::Release => ("l", Vec::new(), None, None),
+                Outcome::Cancelled(error) => (
+                    "x",
+                    serde_json::to_vec(error).unwrap_or_default(),
+                    None,
+                    None,
+                ),
             };
             if matches!(outcome, Outcome::Release) {
                 released.insert((lease.tenant.clone(), lease.queue.clone()));

@@ -207,6 +207,7 @@ fn stored_items(tasks: Vec<Task>, now: DateTime<Utc>) -> Result<Vec<EnqueueItem>
                 handler: task.current_handler_index,
                 started_us: None,
                 worker: String::new(),
+                cancel_requested: false,
             };
             // Sized up front: growing the buffer was a good part of the cost.
             let mut json = Vec::with_capacity(512);

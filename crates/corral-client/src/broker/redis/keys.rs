@@ -11,15 +11,21 @@
 //! | `P:{q:T}:Q:scheduled` | zset | delayed and retrying ids, scored by due time (µs) |
 //! | `P:{q:T}:Q:completed` | zset | completed ids, scored by finish time (µs) |
 //! | `P:{q:T}:Q:dead` | zset | dead ids, scored by the time they died (µs) |
+//! | `P:{q:T}:Q:cancelled` | zset | cancelled ids, scored by the time they were cancelled (µs) |
+//! | `P:{q:T}:Q:retrying` | string | how many of the ids in `scheduled` wait after a failure (state `r`) |
 //! | `P:{q:T}:Q:task` | hash | id → the task's JSON as enqueued (or as pushed raw) |
 //! | `P:{q:T}:Q:meta` | hash | id → packed metadata: state, attempt, max_attempts, fencing token, times, handler index, worker (layout in `lua/common.lua`) |
 //! | `P:{q:T}:Q:progress` | hash | id → the last checkpoint's JSON |
 //! | `P:{q:T}:Q:error` | hash | id → the last failure's JSON |
 //! | `P:{q:T}:queues` | set | the tenant's queue names (plain, not encoded) that hold any task record; bounded by the tenant's `max_queues` |
 //! | `P:{q:T}:queued` | string | how many of the tenant's tasks are pending, scheduled or retrying; checked against its `max_queued` |
+//! | `P:{q:T}:paused` | set | the tenant's queue names (plain) that workers skip |
 //! | `P:{q:T}:due` | zset | the tenant's queue names, each scored by the earliest time (µs) it may need maintenance: a delayed or retrying task falling due, a lease running out, a finished record reaching its retention time; never later than that, possibly earlier |
 //! | `P:{q:T}:usage-D` | hash | what the tenant's tasks cost on day `D` (`YYYY-MM-DD`, UTC): calls, fuel, wall_us, instantiate_us, peak_memory_bytes, completed, retried, dead; expires after the days usage is kept |
 //! | `P:tenants` | set | every tenant (plain name) that has had a task |
+//! | `P:{workers}:seen` | zset | worker ids, scored by when their registry entry expires (µs) |
+//! | `P:{workers}:info` | hash | worker id → the worker's JSON description |
+//! | `P:{wake}:cancel:<id>` | list | ids of tasks a worker holds whose cancel was asked for (bounded, expires) |
 //! | `P:{wake}:<queue>` | list | wake-up tokens for idle workers of that queue name (bounded) |
 //! | `P:{wake}:worker:<id>` | list | one worker's interrupt token: ends its wait early (one entry, expires) |
 //!
@@ -104,6 +110,8 @@ pub struct TenantKeys {
     pub queues: String,
     /// How many of its tasks are pending, scheduled or retrying (string).
     pub queued: String,
+    /// Its paused queue names (set).
+    pub paused: String,
     /// Queue name → when it next needs maintenance, µs (zset).
     pub due: String,
     /// `P:{q:T}:usage-`: the day's date completes a usage key.
@@ -117,6 +125,7 @@ impl TenantKeys {
         Self {
             queues: format!("{base}:queues"),
             queued: format!("{base}:queued"),
+            paused: format!("{base}:paused"),
             due: format!("{base}:due"),
             usage_base: format!("{base}:usage-"),
         }
@@ -144,6 +153,10 @@ pub struct QueueKeys {
     pub completed: String,
     /// Dead ids by time of death (zset).
     pub dead: String,
+    /// Cancelled ids by time of cancel (zset).
+    pub cancelled: String,
+    /// How many scheduled ids are retrying (string).
+    pub retrying: String,
     /// id → task JSON (hash).
     pub task: String,
     /// id → lease and state metadata (hash).
@@ -168,6 +181,8 @@ impl QueueKeys {
             scheduled: key("scheduled"),
             completed: key("completed"),
             dead: key("dead"),
+            cancelled: key("cancelled"),
+            retrying: key("retrying"),
             task: key("task"),
             meta: key("meta"),
             progress: key("progress"),
@@ -178,7 +193,7 @@ impl QueueKeys {
 
     /// Every key of the queue itself (not the tenant's), for clean-up
     /// tools and tests.
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 11] {
         [
             &self.pending,
             &self.active,
@@ -189,6 +204,8 @@ impl QueueKeys {
             &self.meta,
             &self.progress,
             &self.error,
+            &self.cancelled,
+            &self.retrying,
         ]
     }
 }
@@ -202,6 +219,19 @@ pub fn wake(prefix: &str, queue: &str) -> String {
 /// `Broker::interrupt` can end the wait without cancelling it.
 pub fn worker_wake(prefix: &str, worker: &str) -> String {
     format!("{prefix}:{{wake}}:worker:{}", encode(worker))
+}
+
+/// The list of cancelled task ids `worker` waits on.
+pub fn worker_cancels(prefix: &str, worker: &str) -> String {
+    format!("{prefix}:{{wake}}:cancel:{}", encode(worker))
+}
+
+/// The workers registry: ids by expiry, and their descriptions.
+pub fn workers(prefix: &str) -> (String, String) {
+    (
+        format!("{prefix}:{{workers}}:seen"),
+        format!("{prefix}:{{workers}}:info"),
+    )
 }
 
 /// The set of every tenant that has had a task.
@@ -255,11 +285,14 @@ mod tests {
         let wake_tenant = QueueKeys::new("p", "wake", "queues");
         assert_ne!(tag(&wake_tenant.tenant.queues), tag(&wake("p", "queues")));
         // No queue name makes a queue key equal one of the tenant's keys.
-        for name in ["queues", "queued", "due", "queues:x", "a:queues"] {
+        for name in ["queues", "queued", "due", "paused", "queues:x", "a:queues"] {
             let q = QueueKeys::new("p", "t", name);
             for key in q.all() {
                 let t = &q.tenant;
-                assert!(key != t.queues && key != t.queued && key != t.due, "{key}");
+                assert!(
+                    key != t.queues && key != t.queued && key != t.due && key != t.paused,
+                    "{key}"
+                );
             }
         }
     }

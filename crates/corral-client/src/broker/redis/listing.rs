@@ -23,7 +23,7 @@ use futures_util::future::join_all;
 
 use super::conn::{Conn, unavailable};
 use super::keys::QueueKeys;
-use super::record::{self, RawRecord, assemble, from_micros};
+use super::record::{self, RawRecord, assemble, from_micros, micros};
 use super::{AttemptInfo, RedisBroker, scripts};
 use crate::broker::{BrokerError, QueueStats, TaskQuery};
 use corral_core::task::{DEFAULT_QUEUE, Task, TaskId, TaskState};
@@ -44,13 +44,18 @@ impl RedisBroker {
             .flat_map(|(tenant, qs)| qs.into_iter().map(move |q| (tenant.clone(), q)))
             .collect();
         let counts = join_all(pairs.iter().map(|(tenant, queue)| async move {
-            scripts::stats(&mut self.conn(), &self.keys(tenant, queue)).await
+            scripts::stats(
+                &mut self.conn(),
+                &self.keys(tenant, queue),
+                micros(self.now()),
+            )
+            .await
         }))
         .await;
         let mut out = Vec::new();
         for ((tenant, queue), stats) in pairs.into_iter().zip(counts) {
             let stats = stats?;
-            if stats != QueueStats::default() {
+            if !stats.is_empty() {
                 out.push((tenant, queue, stats));
             }
         }
@@ -74,19 +79,13 @@ impl RedisBroker {
     /// Counts by state summed over `tenant`'s queues.
     pub(super) async fn tenant_counts(&self, tenant: &str) -> Result<QueueStats, BrokerError> {
         let queues = self.tenant_queues(tenant, None).await?;
-        let counts =
-            join_all(queues.iter().map(|q| async move {
-                scripts::stats(&mut self.conn(), &self.keys(tenant, q)).await
-            }))
-            .await;
+        let counts = join_all(queues.iter().map(|q| async move {
+            scripts::stats(&mut self.conn(), &self.keys(tenant, q), micros(self.now())).await
+        }))
+        .await;
         let mut total = QueueStats::default();
         for c in counts {
-            let c = c?;
-            total.pending += c.pending;
-            total.scheduled += c.scheduled;
-            total.active += c.active;
-            total.completed += c.completed;
-            total.dead += c.dead;
+            total.add(&c?);
         }
         Ok(total)
     }
@@ -141,6 +140,7 @@ impl RedisBroker {
             (&keys.active, &[TaskState::Active][..]),
             (&keys.completed, &[TaskState::Completed][..]),
             (&keys.dead, &[TaskState::Dead][..]),
+            (&keys.cancelled, &[TaskState::Cancelled][..]),
         ] {
             if wants(states) {
                 pipe.cmd("ZREVRANGE").arg(set).arg(0).arg(last);
@@ -248,7 +248,12 @@ impl RedisBroker {
         tenant: &str,
         queue: &str,
     ) -> Result<QueueStats, BrokerError> {
-        scripts::stats(&mut self.conn(), &self.keys(tenant, queue)).await
+        scripts::stats(
+            &mut self.conn(),
+            &self.keys(tenant, queue),
+            micros(self.now()),
+        )
+        .await
     }
 
     /// [`Broker::dead`](crate::broker::Broker::dead) on Redis.

@@ -146,6 +146,7 @@ mod fairness;
 pub mod keys;
 mod listing;
 mod maintain;
+mod operate;
 pub(crate) mod record;
 mod reply;
 mod scripts;
@@ -560,5 +561,91 @@ impl Broker for RedisBroker {
         raw: Vec<u8>,
     ) -> Result<(), BrokerError> {
         self.push_raw(tenant, queue, raw).await
+    }
+
+    async fn queue_names(&self, tenant: &str) -> Result<Vec<String>, BrokerError> {
+        self.names(tenant).await
+    }
+
+    async fn queues(&self, tenant: &str) -> Result<Vec<crate::broker::QueueInfo>, BrokerError> {
+        self.queue_infos(tenant).await
+    }
+
+    async fn tasks_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        state: corral_core::task::TaskState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Task>, Option<usize>), BrokerError> {
+        self.page_of(tenant, queue, state, offset, limit).await
+    }
+
+    async fn retry(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        quota: &TenantQuota,
+    ) -> Result<(), BrokerError> {
+        self.retry_one(tenant, id, quota).await
+    }
+
+    async fn retry_dead(
+        &self,
+        tenant: &str,
+        queue: &str,
+        quota: &TenantQuota,
+    ) -> Result<usize, BrokerError> {
+        self.retry_all_dead(tenant, queue, quota).await
+    }
+
+    async fn delete(&self, tenant: &str, id: TaskId) -> Result<(), BrokerError> {
+        self.delete_one(tenant, id).await
+    }
+
+    async fn purge(
+        &self,
+        tenant: &str,
+        queue: &str,
+        state: corral_core::task::TaskState,
+    ) -> Result<usize, BrokerError> {
+        self.purge_in_state(tenant, queue, state).await
+    }
+
+    async fn pause(&self, tenant: &str, queue: &str, paused: bool) -> Result<(), BrokerError> {
+        self.set_paused(tenant, queue, paused).await
+    }
+
+    async fn cancel(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<crate::broker::Cancelled, BrokerError> {
+        self.cancel_one(tenant, id).await
+    }
+
+    async fn cancel_requests(
+        &self,
+        worker: &WorkerId,
+        wait: Duration,
+    ) -> Result<Vec<TaskId>, BrokerError> {
+        self.wait_cancels(worker, wait).await
+    }
+
+    async fn register_worker(
+        &self,
+        info: &crate::broker::WorkerInfo,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.register_entry(info, ttl).await
+    }
+
+    async fn deregister_worker(&self, worker: &WorkerId) -> Result<(), BrokerError> {
+        self.deregister(worker).await
+    }
+
+    async fn workers(&self) -> Result<Vec<crate::broker::WorkerInfo>, BrokerError> {
+        self.live_workers().await
     }
 }

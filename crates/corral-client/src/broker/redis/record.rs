@@ -54,6 +54,8 @@ pub struct Meta {
     pub started_us: Option<i64>,
     /// The worker holding, or last holding, the lease.
     pub worker: String,
+    /// Active, and its cancel was asked for (state byte `k`).
+    pub cancel_requested: bool,
 }
 
 /// The fixed part of the packed metadata, in bytes (see `lua/common.lua`):
@@ -91,6 +93,8 @@ impl Meta {
             b'r' => TaskState::Retrying,
             b'c' => TaskState::Completed,
             b'd' => TaskState::Dead,
+            b'x' => TaskState::Cancelled,
+            b'k' => TaskState::Active,
             other => return Err(format!("metadata has unknown state byte {other:#04x}")),
         };
         let optional = |t: i64| (t != 0).then_some(t);
@@ -99,6 +103,7 @@ impl Meta {
             .to_owned();
         Ok(Self {
             state,
+            cancel_requested: raw[0] == b'k',
             attempt: u32_at(1),
             max_attempts: u32_at(5),
             token: int_at(9, "token")? as u64,
@@ -115,10 +120,12 @@ impl Meta {
         let state = match self.state {
             TaskState::Pending => b'p',
             TaskState::Scheduled => b's',
+            TaskState::Active if self.cancel_requested => b'k',
             TaskState::Active => b'a',
             TaskState::Retrying => b'r',
             TaskState::Completed => b'c',
             TaskState::Dead => b'd',
+            TaskState::Cancelled => b'x',
         };
         let mut out = Vec::with_capacity(META_LEN + self.worker.len());
         out.push(state);
@@ -259,6 +266,7 @@ mod tests {
             handler: 1,
             started_us: Some(1_700_000_000_000_001),
             worker: "host|1".into(),
+            cancel_requested: false,
         }
     }
 

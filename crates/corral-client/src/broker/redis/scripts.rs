@@ -45,6 +45,12 @@ struct Scripts {
     stats: Script,
     dead: Script,
     purge: Script,
+    purge_state: Script,
+    cancel: Script,
+    delete: Script,
+    requeue: Script,
+    pause: Script,
+    list: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -58,6 +64,12 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     stats: lua!("stats.lua"),
     dead: lua!("dead.lua"),
     purge: lua!("purge.lua"),
+    purge_state: lua!("purge_state.lua"),
+    cancel: lua!("cancel.lua"),
+    delete: lua!("delete.lua"),
+    requeue: lua!("requeue.lua"),
+    pause: lua!("pause.lua"),
+    list: lua!("list.lua"),
 });
 
 async fn run(
@@ -244,6 +256,8 @@ pub async fn acquire(
         .key(&keys.tenant.queues)
         .key(&keys.tenant.queued)
         .key(&keys.tenant.due)
+        .key(&keys.tenant.paused)
+        .key(&keys.retrying)
         .arg(args.now_us)
         .arg(args.expires_us)
         .arg(args.worker)
@@ -397,6 +411,8 @@ pub async fn ack(
         .key(&keys.tenant.due)
         .key(&keys.tenant.queues)
         .key(&usage.key)
+        .key(&keys.cancelled)
+        .key(&keys.retrying)
         .arg(now_us)
         .arg(keep.max_completed)
         .arg(keep.max_dead)
@@ -538,22 +554,36 @@ pub async fn read(
     }))
 }
 
-/// Counts of one queue's tasks by state.
-pub async fn stats(conn: &mut Conn, keys: &QueueKeys) -> Result<QueueStats, BrokerError> {
+/// Counts of one queue's tasks by state, as of `now_us`.
+pub async fn stats(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    now_us: i64,
+) -> Result<QueueStats, BrokerError> {
     const OP: &str = "stats";
     let mut inv = SCRIPTS.stats.prepare_invoke();
     inv.key(&keys.pending)
         .key(&keys.scheduled)
         .key(&keys.active)
         .key(&keys.completed)
-        .key(&keys.dead);
-    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, 5)?;
+        .key(&keys.dead)
+        .key(&keys.cancelled)
+        .key(&keys.retrying)
+        .key(&keys.tenant.paused)
+        .arg(now_us - 60_000_000)
+        .arg(&keys.name);
+    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, 10)?;
     Ok(QueueStats {
         pending: reply.count()?,
         scheduled: reply.count()?,
         active: reply.count()?,
         completed: reply.count()?,
         dead: reply.count()?,
+        cancelled: reply.count()?,
+        retrying: reply.count()?,
+        paused: reply.flag()?,
+        completed_last_minute: reply.count()?,
+        failed_last_minute: reply.count()?,
     })
 }
 
@@ -611,6 +641,237 @@ pub async fn purge(conn: &mut Conn, keys: &QueueKeys) -> Result<usize, BrokerErr
     inv.key(&keys.tenant.queues)
         .key(&keys.tenant.queued)
         .key(&keys.tenant.due)
+        .key(&keys.tenant.paused)
         .arg(&keys.name);
     reply::count(OP, &run(OP, conn, &inv).await?)
+}
+
+/// The state byte the scripts use for `state`.
+pub fn state_byte(state: corral_core::task::TaskState) -> &'static str {
+    use corral_core::task::TaskState;
+    match state {
+        TaskState::Pending => "p",
+        TaskState::Scheduled => "s",
+        TaskState::Active => "a",
+        TaskState::Retrying => "r",
+        TaskState::Completed => "c",
+        TaskState::Dead => "d",
+        TaskState::Cancelled => "x",
+    }
+}
+
+/// Deletes one batch of a queue's tasks in `state` (not active); returns
+/// how many went and where to go on (`None`: the state is empty).
+pub async fn purge_state(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    state: corral_core::task::TaskState,
+    batch: usize,
+    offset: usize,
+    keep: &Keep,
+) -> Result<(usize, Option<usize>), BrokerError> {
+    const OP: &str = "purge";
+    let mut inv = SCRIPTS.purge_state.prepare_invoke();
+    for key in keys.all() {
+        inv.key(key);
+    }
+    inv.key(&keys.tenant.queued)
+        .key(&keys.tenant.due)
+        .key(&keys.tenant.queues)
+        .arg(state_byte(state))
+        .arg(batch)
+        .arg(offset)
+        .arg(&keys.name)
+        .arg(keep.completed_ttl_us)
+        .arg(keep.dead_ttl_us);
+    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, 2)?;
+    let deleted = reply.count()?;
+    let next = reply.int()?;
+    Ok((deleted, usize::try_from(next).ok()))
+}
+
+/// What [`cancel`] found.
+pub enum CancelReply {
+    /// Cancelled at once.
+    Now,
+    /// No such task in this queue.
+    Missing,
+    /// Final already, in this state byte.
+    Final(String),
+    /// Running under this worker, now marked.
+    Running(String),
+}
+
+/// Cancels one task of a queue (see `lua/cancel.lua`).
+pub async fn cancel(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    id: TaskId,
+    now_us: i64,
+    keep: &Keep,
+) -> Result<CancelReply, BrokerError> {
+    const OP: &str = "cancel";
+    let mut inv = SCRIPTS.cancel.prepare_invoke();
+    inv.key(&keys.pending)
+        .key(&keys.scheduled)
+        .key(&keys.cancelled)
+        .key(&keys.meta)
+        .key(&keys.error)
+        .key(&keys.tenant.queued)
+        .key(&keys.retrying)
+        .key(&keys.tenant.due)
+        .arg(id.to_string())
+        .arg(now_us)
+        .arg(keep.dead_ttl_us)
+        .arg(&keys.name);
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    Ok(match reply.int()? {
+        0 => CancelReply::Now,
+        1 => CancelReply::Missing,
+        2 => CancelReply::Final(reply.string()?),
+        3 => CancelReply::Running(reply.string()?),
+        other => return Err(reply.corrupt(format!("unknown code {other}"))),
+    })
+}
+
+/// Deletes one task of a queue: `Ok(true)` deleted, `Ok(false)` not in
+/// this queue, [`BrokerError::Conflict`] when active.
+pub async fn delete(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    id: TaskId,
+    keep: &Keep,
+) -> Result<bool, BrokerError> {
+    const OP: &str = "delete";
+    let mut inv = SCRIPTS.delete.prepare_invoke();
+    for key in keys.all() {
+        inv.key(key);
+    }
+    inv.key(&keys.tenant.queued)
+        .key(&keys.tenant.due)
+        .key(&keys.tenant.queues)
+        .arg(id.to_string())
+        .arg(&keys.name)
+        .arg(keep.completed_ttl_us)
+        .arg(keep.dead_ttl_us);
+    match reply::int(OP, &run(OP, conn, &inv).await?)? {
+        0 => Ok(true),
+        1 => Ok(false),
+        2 => Err(BrokerError::Conflict {
+            op: OP,
+            reason: format!("task {id} is active; cancel it first"),
+        }),
+        other => Err(reply::corrupt(OP, format!("unknown code {other}"))),
+    }
+}
+
+/// One dead or cancelled task to run again: its id, its update time as
+/// read (µs) and its new JSON.
+pub struct Requeue {
+    pub id: TaskId,
+    pub read_updated_us: i64,
+    pub json: Vec<u8>,
+}
+
+/// Runs `items` of one queue again, all or none within `max_queued`;
+/// `Ok(Ok(applied))`, or `Ok(Err(queued))` when the quota refused.
+pub async fn requeue(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    now_us: i64,
+    max_queued: u64,
+    items: &[Requeue],
+) -> Result<Result<usize, u64>, BrokerError> {
+    const OP: &str = "retry";
+    let mut inv = SCRIPTS.requeue.prepare_invoke();
+    inv.key(&keys.pending)
+        .key(&keys.dead)
+        .key(&keys.cancelled)
+        .key(&keys.task)
+        .key(&keys.meta)
+        .key(&keys.error)
+        .key(&keys.tenant.queued)
+        .arg(now_us)
+        .arg(max_queued.min(LUA_MAX))
+        .arg(items.len());
+    for item in items {
+        inv.arg(item.id.to_string())
+            .arg(item.read_updated_us)
+            .arg(&item.json[..]);
+    }
+    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, 2)?;
+    let code = reply.int()?;
+    let n = reply.count()?;
+    match code {
+        0 => Ok(Ok(n)),
+        1 => Ok(Err(n as u64)),
+        other => Err(reply.corrupt(format!("unknown code {other}"))),
+    }
+}
+
+/// Pauses or resumes one queue; `Ok(false)` when pausing a queue the
+/// tenant does not have.
+pub async fn pause(conn: &mut Conn, keys: &QueueKeys, paused: bool) -> Result<bool, BrokerError> {
+    const OP: &str = "pause";
+    let mut inv = SCRIPTS.pause.prepare_invoke();
+    inv.key(&keys.tenant.queues)
+        .key(&keys.tenant.paused)
+        .arg(&keys.name)
+        .arg(if paused { "1" } else { "0" });
+    Ok(reply::int(OP, &run(OP, conn, &inv).await?)? == 0)
+}
+
+/// One step of listing a queue's tasks in `state`: records, and the offset
+/// to go on from.
+pub async fn list(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    state: corral_core::task::TaskState,
+    offset: usize,
+    limit: usize,
+    scan: usize,
+) -> Result<(Vec<(String, RawRecord)>, Option<usize>), BrokerError> {
+    use corral_core::task::TaskState;
+    const OP: &str = "list_page";
+    let line = match state {
+        TaskState::Pending => &keys.pending,
+        TaskState::Scheduled | TaskState::Retrying => &keys.scheduled,
+        TaskState::Active => &keys.active,
+        TaskState::Completed => &keys.completed,
+        TaskState::Dead => &keys.dead,
+        TaskState::Cancelled => &keys.cancelled,
+    };
+    let mut inv = SCRIPTS.list.prepare_invoke();
+    inv.key(line)
+        .key(&keys.task)
+        .key(&keys.meta)
+        .key(&keys.progress)
+        .key(&keys.error)
+        .arg(state_byte(state))
+        .arg(offset)
+        .arg(limit)
+        .arg(scan);
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    let next = usize::try_from(reply.int()?).ok();
+    if reply.remaining() % 5 != 0 {
+        return Err(reply.corrupt("reply of the wrong length"));
+    }
+    let mut out = Vec::with_capacity(reply.remaining() / 5);
+    while reply.remaining() > 0 {
+        let id = reply.string()?;
+        let task = reply.opt_bytes()?;
+        let meta = reply.bytes()?;
+        let progress = reply.opt_bytes()?;
+        let error = reply.opt_bytes()?;
+        out.push((
+            id,
+            RawRecord {
+                task,
+                meta,
+                progress,
+                error,
+            },
+        ));
+    }
+    Ok((out, next))
 }

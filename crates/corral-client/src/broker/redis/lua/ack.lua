@@ -30,7 +30,11 @@
 -- KEYS[13] usage     (hash)   the tenant's usage of the day: the calls each
 --                             completed task's final checkpoint adds, and
 --                             tasks completed, retried and died
+-- KEYS[14] cancelled (zset)
+-- KEYS[15] retrying  (string) the queue's count of retrying tasks
 --
+-- A task whose cancel was asked for (state k) that comes back as a retry
+-- or a release is cancelled instead: it never runs again.
 -- ARGV[1] now (µs)
 -- ARGV[2] most completed tasks kept
 -- ARGV[3] most dead tasks kept
@@ -46,6 +50,8 @@
 --        r retry:     JSON is the error, due when to run again (µs)
 --        d dead:      JSON is the error
 --        l release:   back to the front of pending, attempt not counted
+--        x cancelled: the worker stopped the task; the error is written
+--                     here, naming the handler of the last checkpoint
 --
 -- Returns one code per outcome, in order:
 --         0 applied (or already applied under this token)
@@ -60,7 +66,7 @@ local usage_ttl = ARGV[7]
 local n = tonumber(ARGV[8])
 local first = 9
 local stride = 11
-local target = {c = 'c', r = 'r', d = 'd', l = 'p'}
+local target = {c = 'c', r = 'r', d = 'd', l = 'p', x = 'x'}
 
 local codes = {}
 if n == 0 then
@@ -76,7 +82,8 @@ local applied = {} -- id -> {token, state} applied by this call
 -- Argument lists for one batched command per key, with their lengths
 -- (counters instead of `#t + 1`: the length operator is not free in Lua).
 local meta_args, active_rem, progress_set, error_del, error_set = {}, {}, {}, {}, {}
-local completed_add, scheduled_add, dead_add, released = {}, {}, {}, {}
+local completed_add, scheduled_add, dead_add, released, cancelled_add = {}, {}, {}, {}, {}
+local n_cancelled = 0
 local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
 local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
 local first_retry = nil
@@ -94,7 +101,15 @@ for i = 0, n - 1 do
         end
     else
         local m = meta_decode(metas[i + 1])
-        if m and m.token == token and m.state == 'a' and target[kind] then
+        local json = ARGV[base + 3]
+        if leased(m, token) and m.state == 'k' and (kind == 'r' or kind == 'l') then
+            kind = 'x'
+        end
+        if kind == 'x' and m then
+            -- The checkpoint names the handler that was running.
+            json = cancel_error('the task was cancelled while it ran', tonumber(m.handler))
+        end
+        if leased(m, token) and target[kind] then
             code = 0
             n_active = n_active + 1
             active_rem[n_active] = id
@@ -131,6 +146,13 @@ for i = 0, n - 1 do
                 dead_add[n_dead + 1] = now
                 dead_add[n_dead + 2] = id
                 n_dead = n_dead + 2
+            elseif kind == 'x' then
+                error_set[n_error_set + 1] = id
+                error_set[n_error_set + 2] = json
+                n_error_set = n_error_set + 2
+                cancelled_add[n_cancelled + 1] = now
+                cancelled_add[n_cancelled + 2] = id
+                n_cancelled = n_cancelled + 2
             else
                 if m.attempt > 0 then
                     m.attempt = m.attempt - 1
@@ -142,7 +164,8 @@ for i = 0, n - 1 do
             meta_args[n_meta + 2] = meta_encode(m)
             n_meta = n_meta + 2
             applied[id] = {token, m.state}
-        elseif m and m.token == token and m.state == target[kind] then
+        elseif m and m.token == token and (m.state == target[kind]
+            or (m.state == 'x' and (kind == 'r' or kind == 'l'))) then
             code = 0
         end
     end
@@ -173,6 +196,13 @@ if n_dead > 0 then
     redis.call('ZADD', k_dead, unpack(dead_add))
     bound(k_dead, max_dead, k_task, k_meta, k_progress, k_error)
 end
+if n_cancelled > 0 then
+    redis.call('ZADD', KEYS[14], unpack(cancelled_add))
+    bound(KEYS[14], max_dead, k_task, k_meta, k_progress, k_error)
+end
+if n_scheduled > 0 then
+    redis.call('INCRBY', KEYS[15], n_scheduled / 2)
+end
 if n_released > 0 then
     -- Back to the front of the line: they were next already.
     redis.call('RPUSH', k_pending, unpack(released))
@@ -183,11 +213,12 @@ bill(KEYS[13], usage, usage_ttl)
 if n_active > 0 and redis.call('ZCARD', k_active) == 0 then
     settle(KEYS[11], KEYS[12], {
         name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,
-        completed = k_completed, dead = k_dead, meta = k_meta,
+        completed = k_completed, dead = k_dead, cancelled = KEYS[14], meta = k_meta,
     }, completed_ttl, dead_ttl)
 elseif n_active > 0 then
     local at = first_retry
-    for _, finished in ipairs({{n_completed, completed_ttl}, {n_dead, dead_ttl}}) do
+    for _, finished in ipairs({{n_completed, completed_ttl}, {n_dead, dead_ttl},
+        {n_cancelled, dead_ttl}}) do
         if finished[1] > 0 then
             local t = tonumber(now) + finished[2]
             if not at or t < at then

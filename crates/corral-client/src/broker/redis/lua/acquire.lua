@@ -33,6 +33,9 @@
 -- KEYS[8] queues     (set)    the tenant's queue names
 -- KEYS[9] queued     (string) the tenant's count of queued tasks
 -- KEYS[10] due       (zset)   the tenant's due index: the leases' expiry
+-- KEYS[11] paused    (set)    the tenant's paused queue names: a paused
+--                             queue gives nothing (and promotes nothing)
+-- KEYS[12] retrying  (string) the queue's count of retrying tasks
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] lease expiry (µs)
@@ -63,15 +66,22 @@ local default_max_attempts = tonumber(ARGV[6])
 local k_queues, k_queued, queue = KEYS[8], KEYS[9], ARGV[7]
 local next_fresh = 8
 
+if redis.call('SISMEMBER', KEYS[11], queue) == 1 then
+    return {0, 0, false, 0}
+end
+
 -- 1. Due delayed and retrying tasks join the back of pending.
 local promoted = 0
 local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', now, 'LIMIT', 0, promote_max)
 if #due > 0 then
     redis.call('ZREM', k_scheduled, unpack(due))
     local metas = redis.call('HMGET', k_meta, unpack(due))
-    local meta_args, ready = {}, {}
+    local meta_args, ready, retried = {}, {}, 0
     for i, id in ipairs(due) do
         local m = meta_decode(metas[i])
+        if m and m.state == 'r' then
+            retried = retried + 1
+        end
         if m and (m.state == 's' or m.state == 'r') then
             m.state = 'p'
             m.updated = now
@@ -85,6 +95,7 @@ if #due > 0 then
         redis.call('LPUSH', k_pending, unpack(ready))
         promoted = #ready
     end
+    unretry(KEYS[12], retried)
 end
 
 -- 2. Take up to `max` entries from the front of pending.

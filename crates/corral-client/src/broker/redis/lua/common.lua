@@ -6,7 +6,9 @@
 -- and rewritten on every acquire and ack.
 --
 --   c1 state         p pending, s scheduled, a active, r retrying,
---                    c completed, d dead
+--                    c completed, d dead, x cancelled; k active with a
+--                    cancel asked for (a lease like `a`, but it ends
+--                    cancelled whatever the worker reports but success)
 --   I4 attempt       attempts started (counted on acquire)
 --   I4 max_attempts  copied from the task, so scripts need not parse JSON
 --   d  token         the fencing token; grows by one on every acquire
@@ -178,11 +180,12 @@ end
 -- all, takes it out of the tenant's queue set (it no longer counts against
 -- max_queues). Exact: only for scripts that hold the whole queue at once.
 --
--- q: {name, pending, active, scheduled, completed, dead, meta} (keys)
+-- q: {name, pending, active, scheduled, completed, dead, cancelled, meta}
+-- (keys)
 local function settle(k_due, k_queues, q, completed_ttl, dead_ttl)
     local at = nil
     for _, set in ipairs({{q.scheduled, 0}, {q.active, 0}, {q.completed, completed_ttl},
-        {q.dead, dead_ttl}}) do
+        {q.dead, dead_ttl}, {q.cancelled, dead_ttl}}) do
         local first = redis.call('ZRANGE', set[1], 0, 0, 'WITHSCORES')
         if first[2] then
             local t = tonumber(first[2]) + set[2]
@@ -199,4 +202,28 @@ local function settle(k_due, k_queues, q, completed_ttl, dead_ttl)
     if redis.call('HLEN', q.meta) == 0 and redis.call('LLEN', q.pending) == 0 then
         redis.call('SREM', k_queues, q.name)
     end
+end
+
+-- Whether metadata `m` is a lease under `token` (active, with or without
+-- a cancel asked for).
+local function leased(m, token)
+    return m and m.token == token and (m.state == 'a' or m.state == 'k')
+end
+
+-- Takes `n` off a queue's count of retrying tasks, never below zero.
+local function unretry(k_retrying, n)
+    if n > 0 and redis.call('DECRBY', k_retrying, n) <= 0 then
+        redis.call('DEL', k_retrying)
+    end
+end
+
+-- The error JSON of a task cancelled while handler `handler` ran (or
+-- before it ran, when `handler` is nil).
+local function cancel_error(message, handler)
+    return cjson.encode({
+        kind = 'cancelled',
+        message = message,
+        retryable = false,
+        handler_index = handler,
+    })
 end

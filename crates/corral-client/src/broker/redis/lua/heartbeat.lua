@@ -23,7 +23,7 @@ local zadd_args = {}
 for i = 0, n - 1 do
     local id, token = ids[i + 1], tonumber(ARGV[4 + i * 2])
     local m = meta_decode(metas[i + 1])
-    if m and m.state == 'a' and m.token == token then
+    if leased(m, token) then
         zadd_args[#zadd_args + 1] = ARGV[1]
         zadd_args[#zadd_args + 1] = id
     else

@@ -6,8 +6,9 @@
 -- 1. Due delayed and retrying tasks become pending (back of the line).
 -- 2. Tasks whose lease expired (their worker died or stalled) go back to
 --    pending, or to the dead set with a `lease_expired` error when that was
---    their last attempt.
--- 3. Completed and dead tasks past their retention time are dropped, with
+--    their last attempt, or to the cancelled set when their cancel was
+--    asked for (counted as expired_dead).
+-- 3. Completed, dead and cancelled tasks past their retention time are dropped, with
 --    their records; then both sets are cut to their bounds.
 -- 4. The queue's entry in the due index is set to the earliest time it
 --    next needs this (first scheduled task, first lease expiry, first
@@ -21,9 +22,10 @@
 -- KEYS[1] queues     (set)    the tenant's queue names
 -- KEYS[2] queued     (string) the tenant's count of queued tasks
 -- KEYS[3] due        (zset)   the tenant's due index
--- then 9 keys per queue, in the order of the names in ARGV:
+-- then 11 keys per queue, in the order of the names in ARGV:
 --   pending (list), active, scheduled, completed, dead (zsets),
---   task, meta, progress, error (hashes)
+--   task, meta, progress, error (hashes), cancelled (zset),
+--   retrying (string)
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] completed tasks that finished at or before this time go (µs)
@@ -49,8 +51,9 @@ local function maintain(queue, base)
     local k_pending, k_active, k_scheduled = KEYS[base], KEYS[base + 1], KEYS[base + 2]
     local k_completed, k_dead, k_task = KEYS[base + 3], KEYS[base + 4], KEYS[base + 5]
     local k_meta, k_progress, k_error = KEYS[base + 6], KEYS[base + 7], KEYS[base + 8]
+    local k_cancelled, k_retrying = KEYS[base + 9], KEYS[base + 10]
 
-    local promoted = 0
+    local promoted, retried = 0, 0
     local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', now, 'LIMIT', 0, limit)
     if #due == limit then
         more = 1
@@ -58,6 +61,9 @@ local function maintain(queue, base)
     for _, id in ipairs(due) do
         redis.call('ZREM', k_scheduled, id)
         local m = meta_get(k_meta, id)
+        if m and m.state == 'r' then
+            retried = retried + 1
+        end
         if m and (m.state == 's' or m.state == 'r') then
             m.state = 'p'
             m.updated = now
@@ -66,6 +72,7 @@ local function maintain(queue, base)
             promoted = promoted + 1
         end
     end
+    unretry(k_retrying, retried)
 
     local recovered, expired_dead = 0, 0
     local expired = redis.call('ZRANGEBYSCORE', k_active, '-inf', now, 'LIMIT', 0, limit)
@@ -75,7 +82,16 @@ local function maintain(queue, base)
     for _, id in ipairs(expired) do
         redis.call('ZREM', k_active, id)
         local m = meta_get(k_meta, id)
-        if m and m.state == 'a' then
+        if m and m.state == 'k' then
+            m.updated = now
+            m.state = 'x'
+            redis.call('HSET', k_error, id, cancel_error(
+                'the task was cancelled while it ran; its worker\'s lease expired before it reported back',
+                tonumber(m.handler)))
+            redis.call('ZADD', k_cancelled, now, id)
+            expired_dead = expired_dead + 1
+            meta_put(k_meta, id, m)
+        elseif m and m.state == 'a' then
             m.updated = now
             if m.attempt >= m.max then
                 m.state = 'd'
@@ -98,7 +114,8 @@ local function maintain(queue, base)
     end
 
     local trimmed = 0
-    for _, set in ipairs({{k_completed, completed_before}, {k_dead, dead_before}}) do
+    for _, set in ipairs({{k_completed, completed_before}, {k_dead, dead_before},
+        {k_cancelled, dead_before}}) do
         local old = redis.call('ZRANGEBYSCORE', set[1], '-inf', set[2], 'LIMIT', 0, limit)
         if #old == limit then
             more = 1
@@ -111,11 +128,12 @@ local function maintain(queue, base)
     end
     trimmed = trimmed + bound(k_completed, max_completed, k_task, k_meta, k_progress, k_error)
     trimmed = trimmed + bound(k_dead, max_dead, k_task, k_meta, k_progress, k_error)
+    trimmed = trimmed + bound(k_cancelled, max_dead, k_task, k_meta, k_progress, k_error)
     requeue(k_queued, recovered)
 
     settle(k_due, k_queues, {
         name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,
-        completed = k_completed, dead = k_dead, meta = k_meta,
+        completed = k_completed, dead = k_dead, cancelled = k_cancelled, meta = k_meta,
     }, completed_ttl, dead_ttl)
     return promoted, recovered, expired_dead, trimmed
 end
@@ -123,7 +141,7 @@ end
 local out = {0}
 local n = 1
 for i = 9, #ARGV do
-    local p, r, d, t = maintain(ARGV[i], 4 + (i - 9) * 9)
+    local p, r, d, t = maintain(ARGV[i], 4 + (i - 9) * 11)
     out[n + 1], out[n + 2], out[n + 3], out[n + 4] = p, r, d, t
     n = n + 4
 end

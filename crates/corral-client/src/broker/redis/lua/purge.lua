@@ -7,11 +7,12 @@
 -- Walks the queue's metadata, so it costs in proportion to the queue: an
 -- operator's tool, not a hot path.
 --
--- KEYS[1..9] the queue's pending, active, scheduled, completed, dead,
---            task, meta, progress, error
--- KEYS[10] queues    (set)    the tenant's queue names
--- KEYS[11] queued    (string) the tenant's count of queued tasks
--- KEYS[12] due       (zset)   the tenant's due index
+-- KEYS[1..11] the queue's pending, active, scheduled, completed, dead,
+--             task, meta, progress, error, cancelled, retrying
+-- KEYS[12] queues    (set)    the tenant's queue names
+-- KEYS[13] queued    (string) the tenant's count of queued tasks
+-- KEYS[14] due       (zset)   the tenant's due index
+-- KEYS[15] paused    (set)    the tenant's paused queue names
 --
 -- ARGV[1] the queue's name, as the tenant's queue set holds it
 --
@@ -31,10 +32,11 @@ repeat
         end
     end
 until cursor == '0'
-for i = 1, 9 do
+for i = 1, 11 do
     redis.call('DEL', KEYS[i])
 end
-unqueue(KEYS[11], queued)
-redis.call('SREM', KEYS[10], ARGV[1])
-redis.call('ZREM', KEYS[12], ARGV[1])
+unqueue(KEYS[13], queued)
+redis.call('SREM', KEYS[12], ARGV[1])
+redis.call('ZREM', KEYS[14], ARGV[1])
+redis.call('SREM', KEYS[15], ARGV[1])
 return queued

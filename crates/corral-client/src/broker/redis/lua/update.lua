@@ -19,7 +19,7 @@
 
 local id = ARGV[1]
 local m = meta_get(KEYS[1], id)
-if not m or m.state ~= 'a' or m.token ~= tonumber(ARGV[2]) then
+if not leased(m, tonumber(ARGV[2])) then
     return 1
 end
 m.updated = ARGV[3]

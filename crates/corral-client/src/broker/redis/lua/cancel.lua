@@ -1,0 +1,60 @@
+-- cancel.lua: cancels one task of a queue.
+--
+-- A waiting task (pending, scheduled, retrying) leaves its line and its
+-- tenant's count of queued tasks and is cancelled at once: final, with a
+-- `cancelled` error, kept like a dead task. An active task is marked
+-- (state k): its lease holds on, every later outcome but success ends it
+-- cancelled (ack.lua), and an expired lease cancels it (maintain.lua); the
+-- caller tells the worker named in the answer. Removing a pending id walks
+-- the pending list (LREM): bounded by the tenant's own queued tasks.
+--
+-- KEYS[1] pending    (list)
+-- KEYS[2] scheduled  (zset)
+-- KEYS[3] cancelled  (zset)
+-- KEYS[4] meta       (hash)
+-- KEYS[5] error      (hash)
+-- KEYS[6] queued     (string) the tenant's count of queued tasks
+-- KEYS[7] retrying   (string) the queue's count of retrying tasks
+-- KEYS[8] due        (zset)   the tenant's due index
+--
+-- ARGV[1] the task id
+-- ARGV[2] now (µs)
+-- ARGV[3] how long cancelled tasks are kept (µs)
+-- ARGV[4] the queue's name, as the tenant's sets hold it
+--
+-- Returns {0}            cancelled now
+--         {1}            no such task in this queue
+--         {2, state}     already final (c, d or x)
+--         {3, worker}    running: marked, the worker must be told
+
+local id, now = ARGV[1], ARGV[2]
+local m = meta_get(KEYS[4], id)
+if not m then
+    return {1}
+end
+if m.state == 'c' or m.state == 'd' or m.state == 'x' then
+    return {2, m.state}
+end
+if m.state == 'a' or m.state == 'k' then
+    if m.state == 'a' then
+        m.state = 'k'
+        meta_put(KEYS[4], id, m)
+    end
+    return {3, m.worker}
+end
+if m.state == 'p' then
+    redis.call('LREM', KEYS[1], 0, id)
+else
+    redis.call('ZREM', KEYS[2], id)
+    if m.state == 'r' then
+        unretry(KEYS[7], 1)
+    end
+end
+unqueue(KEYS[6], 1)
+m.state = 'x'
+m.updated = now
+meta_put(KEYS[4], id, m)
+redis.call('HSET', KEYS[5], id, cancel_error('the task was cancelled before it ran', nil))
+redis.call('ZADD', KEYS[3], now, id)
+due_by(KEYS[8], ARGV[4], tonumber(now) + tonumber(ARGV[3]))
+return {0}

@@ -1,0 +1,56 @@
+-- list.lua: one page of a queue's tasks in one state, newest first, with
+-- their records.
+--
+-- Reads the line or set that holds the state (pending: the list, from its
+-- newest end; the others: their sorted set, highest score first) from
+-- `offset`, keeps the entries whose record is in the state asked (the
+-- scheduled set holds scheduled and retrying tasks, the active set active
+-- ones with and without a cancel asked for, the pending list may hold
+-- stale ids and raw entries), and stops once it has `limit` or has looked
+-- at `scan` entries. Read-only.
+--
+-- KEYS[1] the line or set (list for p, zset otherwise)
+-- KEYS[2] task      (hash)
+-- KEYS[3] meta      (hash)
+-- KEYS[4] progress  (hash)
+-- KEYS[5] error     (hash)
+--
+-- ARGV[1] the state: p, s, a, r, c, d or x
+-- ARGV[2] offset into the line or set
+-- ARGV[3] most tasks to return
+-- ARGV[4] most entries to look at
+--
+-- Returns {next, then 5 values per task: id, task JSON or false,
+--          metadata, checkpoint JSON or false, error JSON or false}
+--   next: the offset to go on from, or -1 when the line or set is done
+
+local state, offset = ARGV[1], tonumber(ARGV[2])
+local limit, scan = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {-1}
+local entries
+if state == 'p' then
+    entries = redis.call('LRANGE', KEYS[1], offset, offset + scan - 1)
+else
+    entries = redis.call('ZREVRANGE', KEYS[1], offset, offset + scan - 1)
+end
+local found = 0
+for i, id in ipairs(entries) do
+    if found == limit then
+        out[1] = offset + i - 1
+        return out
+    end
+    local meta = string.len(id) == 36 and redis.call('HGET', KEYS[3], id)
+    local s = meta and string.sub(meta, 1, 1)
+    if s == state or (state == 'a' and s == 'k') then
+        found = found + 1
+        out[#out + 1] = id
+        out[#out + 1] = redis.call('HGET', KEYS[2], id)
+        out[#out + 1] = meta
+        out[#out + 1] = redis.call('HGET', KEYS[4], id)
+        out[#out + 1] = redis.call('HGET', KEYS[5], id)
+    end
+end
+if #entries == scan then
+    out[1] = offset + scan
+end
+return out
