@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Corral's whole test suite: installs what the tests need when it is
-# missing (redis-server; a toolchain for the guest jobs), builds the guest
+# missing (redis-server; a headless Chromium for the dashboard's browser
+# test; a toolchain for the guest jobs), builds the guest
 # jobs, checks formatting, and runs every test in the release profile (the
 # one profile everything here builds in, so wasmtime is compiled once).
 set -euo pipefail
@@ -9,6 +10,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+# The dashboard's test drives a real headless Chromium (tests/all/
+# dashboard_browser.rs); Debian's headless shell is the smallest. A browser
+# named in CORRAL_TEST_CHROMIUM, or another Chromium on PATH, serves too.
+if [[ -z "${CORRAL_TEST_CHROMIUM:-}" ]] &&
+    ! command -v chromium-headless-shell >/dev/null 2>&1 &&
+    ! command -v chromium >/dev/null 2>&1; then
+    need_apt+=(chromium-headless-shell)
+fi
 if [[ ${#need_apt[@]} -gt 0 ]]; then
     if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${need_apt[*]}" >&2

@@ -857,25 +857,60 @@ async fn concurrent_enqueues_stay_within_the_tenant_quota() {
     assert_eq!(names.len(), 4, "{names:?}");
 }
 
+/// The dashboard is three static files served without a token, none
+/// holding any tenant's data; the page's policy allows only this origin's
+/// script and style (nothing inline) and requires Trusted Types, and the
+/// script writes data as text only and sends the token only in a header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_is_a_static_page_without_data() {
     let _limit = crate::limit::minutes(5);
     let w = world().await;
-    let resp = reqwest::get(format!("{}/", w.api.base)).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let csp = resp
-        .headers()
-        .get("content-security-policy")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(csp.contains("default-src 'none'"), "{csp}");
-    let html = resp.text().await.unwrap();
+    let mut texts = Vec::new();
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/dashboard.js", "text/javascript"),
+        ("/dashboard.css", "text/css"),
+    ] {
+        let resp = reqwest::get(format!("{}{path}", w.api.base)).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("cache-control"), "no-store", "{path}");
+        let csp = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "require-trusted-types-for 'script'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        texts.push(resp.text().await.unwrap());
+    }
+    let (html, script) = (&texts[0], &texts[1]);
     assert!(html.contains("<title>Corral</title>"));
-    assert!(html.contains("/v1/tasks?limit=50"));
+    assert!(html.contains(r#"<script src="/dashboard.js" defer></script>"#));
+    // No inline script or style for the policy to refuse.
+    assert!(!html.contains("<script>") && !html.contains("<style") && !html.contains(" style="));
+    assert!(script.contains("/v1/tasks") && script.contains("/v1/queues"));
+    // Data only as text; the token only in the Authorization header.
+    assert!(!script.contains("innerHTML") && !script.contains("insertAdjacentHTML"));
+    assert!(script.contains(r#"Authorization: "Bearer " + token()"#));
     // No external assets, and nothing of any tenant.
-    assert!(!html.contains("http://") && !html.contains("https://"));
-    assert!(!html.contains("alpha") && !html.contains("beta"));
+    for text in &texts {
+        assert!(!text.contains("http://") && !text.contains("https://"));
+        assert!(!text.contains("alpha") && !text.contains("beta"));
+    }
 }
 
 /// With its Redis away, the API answers every route 503 with the kind of

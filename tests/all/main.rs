@@ -16,6 +16,7 @@ mod compile;
 mod config;
 mod conformance;
 mod crash;
+mod dashboard_browser;
 mod deep_args;
 mod enqueue_cli;
 mod leases;

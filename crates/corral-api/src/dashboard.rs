@@ -1,84 +1,71 @@
-//! The dashboard: one self-contained HTML page (no external assets) listing
-//! the tenant's jobs, task counts and recent tasks.
+//! The dashboard: one self-contained page (no external assets) over the
+//! tenant's queues, tasks, workers, jobs and usage, with the operator's
+//! verbs (pause, resume, purge, retry dead; retry, cancel, delete a task)
+//! and, for an admin token, a tenant switcher.
 //!
-//! The page itself is a static shell that holds no tenant data, so it is the
-//! one route served without a token: it asks for the token (or takes it from
-//! a `#token=…` fragment, which browsers never send to the server, and then
-//! clears it from the address bar), keeps it in the tab's `sessionStorage`
-//! only, and reads everything through the same
-//! authenticated `/v1` routes as any client. It renders with `textContent`
-//! only, never HTML from data, so a job name or a task's log cannot inject
-//! markup.
+//! Three static files, none of them holding any data: the page
+//! (`GET /`), its script (`GET /dashboard.js`) and its style
+//! (`GET /dashboard.css`), the only routes served without a token. The
+//! script asks for the token (or takes it from a `#token=…` fragment,
+//! which browsers never send to the server, and then clears it from the
+//! address bar at once), keeps it in the tab's `sessionStorage` only,
+//! sends it only in the `Authorization` header, never in a URL, and reads
+//! and acts through the same authenticated `/v1` routes as any client.
+//!
+//! It must never render data as markup: it writes text with `textContent`
+//! only, so a job name or a task's log cannot inject any. The page's
+//! Content-Security-Policy enforces what it can of that: scripts and
+//! styles from this origin only (no inline script or style at all), fetches
+//! to this origin only, and Trusted Types required, so the browser itself
+//! refuses a string handed to `innerHTML` or any other HTML sink.
 
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY};
-use axum::response::{Html, IntoResponse};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
+use axum::response::IntoResponse;
 
-const PAGE: &str = r##"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Corral</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px system-ui,sans-serif;margin:2em;color:#222}
-h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-code{font-size:12px}.dead{color:#b00}.completed{color:#070}.err{color:#b00}
-</style></head><body>
-<h1>Corral</h1>
-<form id="login"><label>API token <input id="token" type="password" size="70" autocomplete="off"></label>
-<button>Show</button> <button type="button" id="forget">Forget</button></form>
-<p id="status"></p>
-<h2>Tasks by state</h2><table><thead><tr><th>pending</th><th>scheduled</th><th>active</th><th>completed</th><th>dead</th></tr></thead><tbody id="stats"></tbody></table>
-<h2>Usage, last 30 days (UTC)</h2><table><thead><tr><th>day</th><th>calls</th><th>fuel</th><th>wall s</th><th>instantiate s</th><th>peak MiB</th><th>completed</th><th>retried</th><th>dead</th></tr></thead><tbody id="usage"></tbody></table>
-<h2>Jobs</h2><table><thead><tr><th>name</th><th>version</th><th>handlers</th><th>fuel</th><th>memory</th><th>timeout ms</th></tr></thead><tbody id="jobs"></tbody></table>
-<h2>Recent tasks</h2><table><thead><tr><th>id</th><th>job</th><th>v</th><th>queue</th><th>state</th><th>attempt</th><th>updated</th><th>fuel</th><th>wall ms</th><th>error / result</th></tr></thead><tbody id="tasks"></tbody></table>
-<script>
-"use strict";
-const $ = (id) => document.getElementById(id);
-function row(cells, cls) {
-  const tr = document.createElement("tr");
-  for (const c of cells) { const td = document.createElement("td"); td.textContent = c == null ? "" : String(c); tr.appendChild(td); }
-  if (cls) tr.className = cls;
-  return tr;
+/// The page: markup only; its script and style are the two routes below.
+const PAGE: &str = include_str!("dashboard/index.html");
+/// The page's script.
+const SCRIPT: &str = include_str!("dashboard/dashboard.js");
+/// The page's style.
+const STYLE: &str = include_str!("dashboard/dashboard.css");
+
+/// The page's policy: nothing but this origin's script and style, fetches
+/// to this origin, no plugin, frame, form target or base change, never
+/// framed, and no string into an HTML sink (Trusted Types with no policy).
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
+     require-trusted-types-for 'script'; trusted-types 'none'";
+
+/// One of the dashboard's static files, as `content_type`, with headers
+/// that keep it from being sniffed, framed, cached or leaking a referrer.
+fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "no-store"),
+            (CONTENT_SECURITY_POLICY, CSP),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (X_FRAME_OPTIONS, "DENY"),
+            (REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
 }
-async function get(path) {
-  const r = await fetch(path, { headers: { Authorization: "Bearer " + sessionStorage.getItem("corral-token") } });
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.error ? body.error.kind + ": " + body.error.message : r.status);
-  return body;
-}
-async function load() {
-  if (!sessionStorage.getItem("corral-token")) { $("status").textContent = "Enter a token."; return; }
-  try {
-    const [stats, jobs, tasks, usage] = await Promise.all([get("/v1/stats"), get("/v1/jobs"), get("/v1/tasks?limit=50"), get("/v1/usage")]);
-    $("stats").replaceChildren(row([stats.pending, stats.scheduled, stats.active, stats.completed, stats.dead]));
-    const use = (day, u) => row([day, u.calls, u.fuel, (u.wall_us / 1e6).toFixed(3), (u.instantiate_us / 1e6).toFixed(3), (u.peak_memory_bytes / 1048576).toFixed(2), u.completed, u.retried, u.dead]);
-    $("usage").replaceChildren(...usage.days.map((d) => use(d.day, d)), use("total", usage.total));
-    $("jobs").replaceChildren(...jobs.jobs.map((j) => row([j.name, j.version, j.handlers.map((h) => h.name).join(" \u2192 "), j.limits.fuel, j.limits.memory_bytes, j.limits.timeout_ms])));
-    $("tasks").replaceChildren(...tasks.tasks.map((t) => row([t.task_id, t.job_name, t.job_version, t.queue_name, t.state, t.attempt + "/" + t.max_attempts, t.updated_at, t.metering.fuel, (t.metering.wall_us / 1e3).toFixed(2), t.error ? t.error.kind + ": " + t.error.message : t.result_preview], t.state)));
-    $("status").textContent = "Updated " + new Date().toLocaleTimeString() + " (every 5 s).";
-  } catch (e) { $("status").textContent = String(e.message || e); $("status").className = "err"; }
-}
-if (location.hash.startsWith("#token=")) {
-  sessionStorage.setItem("corral-token", decodeURIComponent(location.hash.slice(7)));
-  history.replaceState(null, "", location.pathname);
-}
-$("login").addEventListener("submit", (e) => { e.preventDefault(); sessionStorage.setItem("corral-token", $("token").value.trim()); $("token").value = ""; load(); });
-$("forget").addEventListener("click", () => { sessionStorage.removeItem("corral-token"); location.reload(); });
-load(); setInterval(load, 5000);
-</script></body></html>
-"##;
 
 /// `GET /`: the dashboard page.
 pub async fn page() -> impl IntoResponse {
-    (
-        [
-            (CACHE_CONTROL, "no-store"),
-            // Only this page's own inline script and style, and fetches to
-            // this origin.
-            (
-                CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'",
-            ),
-        ],
-        Html(PAGE),
-    )
+    file("text/html; charset=utf-8", PAGE)
+}
+
+/// `GET /dashboard.js`: the page's script.
+pub async fn script() -> impl IntoResponse {
+    file("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /dashboard.css`: the page's style.
+pub async fn style() -> impl IntoResponse {
+    file("text/css; charset=utf-8", STYLE)
 }

@@ -15,6 +15,7 @@
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
 //! | `GET /v1/usage` | what the tenant's tasks cost per UTC day (`?since=&until=`, `YYYY-MM-DD`, default the last 30 days) | 200 `{tenant, since, until, days: [...], total}` |
 //! | `GET /` | the dashboard page (a static shell; it holds no data and asks for a token) | 200 HTML |
+//! | `GET /dashboard.js`, `GET /dashboard.css` | the dashboard's script and style (static, no token) | 200 |
 //! | `GET /healthz` | the process serves (no token) | 200 `{status}` |
 //! | `GET /readyz` | the broker and the catalog answer within 2 s (no token) | 200 or 503 `{status, broker, catalog}` |
 //!
@@ -157,6 +158,8 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
     let ready = Arc::new(health::ReadyCache::default());
     let rest = Router::new()
         .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
         .route("/healthz", get(health::healthz))
         .route(
             "/readyz",
