@@ -334,11 +334,15 @@ impl Browser {
                 return value;
             }
             if Instant::now() >= give_up {
-                let status = self
-                    .eval("(document.getElementById('status') || {}).textContent || ''")
+                let page = self
+                    .eval(
+                        "JSON.stringify({hash: location.hash, \
+                         status: (document.getElementById('status') || {}).textContent, \
+                         updated: (document.getElementById('updated') || {}).textContent})",
+                    )
                     .await;
                 panic!(
-                    "waited {bound:?} for {what}; status line: {status}; reports: {:?}",
+                    "waited {bound:?} for {what}; the page: {page}; reports: {:?}",
                     self.reports()
                 );
             }

@@ -170,8 +170,42 @@ function actions(buttons) {
   return span;
 }
 
+// What each row was built from, to keep rows whose data did not change.
+const builtFrom = new WeakMap();
+
+// Sets `tbody`'s rows to one per item, building only the rows whose data
+// changed since the last refresh: a row (and the button under the user's
+// pointer) stays the same element while its data does.
+function sync(tbody, items, keyOf, build) {
+  const old = new Map();
+  for (const tr of tbody.children) old.set(tr.dataset.key, tr);
+  const rows = items.map((item) => {
+    const key = String(keyOf(item));
+    const data = JSON.stringify(item);
+    const have = old.get(key);
+    if (have && builtFrom.get(have) === data) return have;
+    const tr = build(item);
+    tr.dataset.key = key;
+    builtFrom.set(tr, data);
+    return tr;
+  });
+  const same = rows.length === tbody.children.length && rows.every((tr, i) => tbody.children[i] === tr);
+  if (!same) tbody.replaceChildren(...rows);
+}
+
+// Sets a select's options to `values` (after a first `any` option) when
+// they changed, keeping its choice.
+function options(select, values) {
+  const data = JSON.stringify(values);
+  if (builtFrom.get(select) === data) return;
+  const keep = select.value;
+  select.replaceChildren(new Option("any", ""), ...values.map((v) => new Option(v, v)));
+  select.value = keep;
+  builtFrom.set(select, data);
+}
+
 function renderQueues(queues) {
-  const rows = queues.map((q) => {
+  sync($("queues"), queues, (q) => q.queue, (q) => {
     const s = q.stats;
     const name = q.queue;
     const pick = document.createElement("select");
@@ -199,20 +233,17 @@ function renderQueues(queues) {
     tr.children[8].className = s.paused ? "paused" : "";
     return tr;
   });
-  $("queues").replaceChildren(...rows);
   // The queue filter offers the queues there are (and keeps its choice).
   const names = queues.map((q) => q.queue);
   if (view.queue && !names.includes(view.queue)) names.push(view.queue);
-  const keep = $("f-queue").value;
-  $("f-queue").replaceChildren(new Option("any", ""), ...names.map((n) => new Option(n, n)));
-  $("f-queue").value = keep;
+  options($("f-queue"), names);
 }
 
 function renderTasks(page) {
   // The API filters by state and queue; the job filter applies to the rows
   // of each page here (the route has no job parameter).
   const tasks = view.job ? page.tasks.filter((t) => t.job_name === view.job) : page.tasks;
-  const rows = tasks.map((t) => {
+  sync($("tasks"), tasks, (t) => t.task_id, (t) => {
     const link = el("a", t.task_id);
     link.href = "#task=" + encodeURIComponent(t.task_id);
     const state = el("span", t.state, "state " + t.state);
@@ -222,7 +253,6 @@ function renderTasks(page) {
     tr.dataset.task = t.task_id;
     return tr;
   });
-  $("tasks").replaceChildren(...rows);
   $("p-next").disabled = !page.next;
   $("p-prev").disabled = view.earlier.length === 0;
   $("p-first").disabled = view.earlier.length === 0;
@@ -233,23 +263,24 @@ function renderTasks(page) {
 }
 
 function renderWorkers(workers) {
-  $("workers").replaceChildren(...workers.map((w) => {
+  sync($("workers"), workers, (w) => w.id, (w) => {
     const tr = row([w.id, w.host, w.pid, w.version, w.queues.join(", "), w.concurrency,
       w.tasks.length ? w.tasks.join(" ") : "", w.started_at, w.seen_at]);
     tr.dataset.worker = w.id;
     return tr;
-  }));
+  });
 }
 
 function renderJobs(jobs) {
-  $("jobs").replaceChildren(...jobs.map((j) => row([j.name, j.version, j.handlers.map((h) => h.name).join(" \u2192 "),
-    j.limits.fuel, j.limits.memory_bytes, j.limits.timeout_ms])));
+  sync($("jobs"), jobs, (j) => j.name, (j) => row([j.name, j.version, j.handlers.map((h) => h.name).join(" \u2192 "),
+    j.limits.fuel, j.limits.memory_bytes, j.limits.timeout_ms]));
 }
 
 function renderUsage(usage) {
   const use = (day, u) => row([day, u.calls, u.fuel, (u.wall_us / 1e6).toFixed(3), (u.instantiate_us / 1e6).toFixed(3),
     mib(u.peak_memory_bytes), u.completed, u.retried, u.dead]);
-  $("usage").replaceChildren(...usage.days.map((d) => use(d.day, d)), use("total", usage.total));
+  const days = usage.days.concat([Object.assign({}, usage.total, { day: "total" })]);
+  sync($("usage"), days, (d) => d.day, (d) => use(d.day, d));
 }
 
 // The task id of a `#task=<id>` address, if it is one.
@@ -260,18 +291,22 @@ function shownTask() {
   return TASK_ID.test(id) ? id : null;
 }
 
+// The job a task runs, for its handler names: the version it is pinned
+// to (kept once found), or the job's newest for a task pinned to none.
+// `null` when there is none (removed, or not registered yet).
 async function jobOf(task) {
-  if (task.job_version == null) return null;
+  const pinned = task.job_version != null;
   const key = task.job_name + "@" + task.job_version;
-  if (!view.jobs.has(key)) {
-    try {
-      view.jobs.set(key, await api("GET", "/v1/jobs/" + encodeURIComponent(task.job_name), { version: task.job_version }));
-    } catch (_) {
-      // Removed since: the handlers are shown by number.
-      view.jobs.set(key, null);
-    }
+  if (pinned && view.jobs.has(key)) return view.jobs.get(key);
+  try {
+    const job = await api("GET", "/v1/jobs/" + encodeURIComponent(task.job_name),
+      pinned ? { version: task.job_version } : null);
+    if (pinned) view.jobs.set(key, job);
+    return job;
+  } catch (e) {
+    if (e.status === 404) return null;
+    throw e;
   }
-  return view.jobs.get(key);
 }
 
 // A handler's place in the task's life.
@@ -288,7 +323,14 @@ function handlerStatus(t, i) {
 
 async function renderDetail(id) {
   const t = await api("GET", taskPath(id));
+  // What the API leaves out when empty.
+  const metering = t.metering || { handlers: [], total: { calls: 0, fuel: 0, wall_us: 0 } };
+  const history = t.error_history || [];
   const job = await jobOf(t);
+  // Unchanged since the last refresh: the panel (and its buttons) stay.
+  const data = JSON.stringify([t, job]);
+  if (!$("detail").hidden && builtFrom.get($("detail")) === data) return;
+  builtFrom.set($("detail"), data);
   $("detail").hidden = false;
   $("detail").dataset.task = t.task_id;
   $("d-id").textContent = t.task_id;
@@ -301,7 +343,7 @@ async function renderDetail(id) {
     ["updated", t.updated_at],
     ["run at", t.run_at || ""],
     ["next handler", t.current_handler_index],
-    ["cost", t.metering.total.calls + " call(s), fuel " + t.metering.total.fuel + ", wall " + ms(t.metering.total.wall_us) + " ms"],
+    ["cost", metering.total.calls + " call(s), fuel " + metering.total.fuel + ", wall " + ms(metering.total.wall_us) + " ms"],
   ];
   $("d-fields").replaceChildren(...fields.map(([k, v]) => {
     const tr = document.createElement("tr");
@@ -311,7 +353,7 @@ async function renderDetail(id) {
     return tr;
   }));
   $("d-actions").replaceChildren(...taskButtons(t));
-  const metered = new Map(t.metering.handlers.map((h) => [h.handler_index, h]));
+  const metered = new Map(metering.handlers.map((h) => [h.handler_index, h]));
   // Without the job (removed since), as many handlers as the task shows.
   const seen = t.state === "completed" ? t.current_handler_index : t.current_handler_index + 1;
   const count = job ? job.handlers.length : Math.max(seen, ...[...metered.keys()].map((i) => i + 1));
@@ -320,8 +362,8 @@ async function renderDetail(id) {
     const m = metered.get(i);
     const name = job ? job.handlers[i].name : "handler " + i;
     const st = handlerStatus(t, i);
-    handlers.push(row([i, name, st, m ? m.attempt : "", m ? m.cost.fuel : "", m ? ms(m.cost.wall_us) : "",
-      m ? mib(m.cost.peak_memory_bytes) : ""], st));
+    handlers.push(row([i, name, st, m ? m.attempt : "", m ? m.fuel : "", m ? ms(m.wall_us) : "",
+      m ? mib(m.peak_memory_bytes) : ""], st));
   }
   $("d-handlers").replaceChildren(...handlers);
   const e = t.error;
@@ -329,19 +371,20 @@ async function renderDetail(id) {
     ? e.kind + (e.handler_index != null ? " (handler " + e.handler_index + ")" : "") +
       (e.retryable ? ", retryable" : "") + "\n" + e.message
     : "";
-  $("d-history").replaceChildren(...t.error_history.map((h) =>
+  $("d-history").replaceChildren(...history.map((h) =>
     row([h.kind, h.handler_index != null ? h.handler_index : "", h.retryable ? "yes" : "no", h.message])));
   $("d-args-in").textContent = json(t.original_args_map);
   $("d-args-out-title").textContent = t.state === "completed"
     ? "Args out (after the last handler)"
     : "Args now (in for handler " + t.current_handler_index + ")";
   $("d-args-out").textContent = json(t.args_map);
-  $("d-result").textContent = t.result_log;
-  $("d-log").textContent = t.log;
+  $("d-result").textContent = t.result_log || "";
+  $("d-log").textContent = t.log || "";
 }
 
 function clearDetail() {
   $("detail").hidden = true;
+  builtFrom.delete($("detail"));
   delete $("detail").dataset.task;
 }
 
@@ -369,6 +412,7 @@ async function probeAdmin() {
 
 function clearAll() {
   for (const id of ["queues", "tasks", "workers", "jobs", "usage"]) $(id).replaceChildren();
+  $("updated").textContent = "";
   clearDetail();
 }
 
@@ -446,7 +490,8 @@ $("login").addEventListener("submit", (e) => {
   sessionStorage.removeItem(TENANT_KEY);
   resetPaging();
   view.jobs.clear();
-  status("Loading\u2026");
+  status("");
+  $("updated").textContent = "Loading\u2026";
   start();
 });
 $("forget").addEventListener("click", () => {
