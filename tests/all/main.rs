@@ -22,6 +22,8 @@ mod enqueue_cli;
 mod leases;
 mod logs;
 mod metrics;
+mod operate;
+mod operate_cli;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod quotas;
