@@ -18,6 +18,7 @@ mod conformance;
 mod crash;
 mod deep_args;
 mod enqueue_cli;
+mod fleet_cli;
 mod leases;
 mod logs;
 mod metrics;
