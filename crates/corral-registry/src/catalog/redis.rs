@@ -751,15 +751,20 @@ impl Catalog for RedisCatalog {
         let json = serde_json::to_vec(&entry).map_err(|e| corrupt(op, e))?;
         let id = token.id();
         // Listed first (a token is never in use without an id to revoke it
-        // by), then claimed only if the hash names no one.
-        self.query::<()>(
-            op,
-            redis::cmd("HSET")
-                .arg(self.admin_tokens_key())
-                .arg(id.as_str())
-                .arg(json),
-        )
-        .await?;
+        // by), never over a listing already there (that token, made
+        // before), then claimed only if the hash names no one.
+        let listed: i64 = self
+            .query(
+                op,
+                redis::cmd("HSETNX")
+                    .arg(self.admin_tokens_key())
+                    .arg(id.as_str())
+                    .arg(json),
+            )
+            .await?;
+        if listed == 0 {
+            return Err(CatalogError::TokenInUse);
+        }
         let set: Option<String> = self
             .query(
                 op,
