@@ -220,6 +220,92 @@ async fn jobs_rm_asks_first_and_the_queued_tasks_then_fail() {
     api_process.kill().await.expect("stop the API");
 }
 
+/// Runs `corral ARGS` on a pseudo-terminal (util-linux `script`), typing
+/// `typed` at it; (exit status, what the terminal showed). Bounded: killed
+/// after a minute.
+fn on_a_terminal(args: &[&str], typed: &str) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_corral"))
+        .chain(["--no-disk-cache"])
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut child = std::process::Command::new("timeout")
+        .args([
+            "--kill-after=5s",
+            "60s",
+            "script",
+            "-qec",
+            &quoted.join(" "),
+            "/dev/null",
+        ])
+        .env("TERM", "xterm")
+        .env_remove("CORRAL_REDIS_URL")
+        .env_remove("CORRAL_REDIS_PREFIX")
+        .env_remove("CORRAL_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run `script` (util-linux) for a pseudo-terminal");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(typed.as_bytes()).expect("type the answer");
+    drop(stdin);
+    let out = child.wait_with_output().expect("script ran");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// On a terminal, `jobs rm` asks, and only a yes removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_rm_on_a_terminal_removes_only_on_yes() {
+    let _limit = crate::limit::minutes(5);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let url = url.as_str();
+    let (ok, _, err) = plain(&["tenants", "create", "acme", "--redis", url]).await;
+    assert!(ok, "{err}");
+    let normalize = support::job("normalize").display().to_string();
+    let (ok, _, err) = plain(&[
+        "jobs", "register", "doomed", &normalize, "--tenant", "acme", "--redis", url,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let catalog = RedisCatalog::connect(url).await.unwrap();
+    let rm = ["jobs", "rm", "doomed", "--tenant", "acme", "--redis", url];
+    for no in ["n\n", "\n", "yes please\n"] {
+        let rm = rm.map(str::to_owned);
+        let typed = no.to_owned();
+        let (status, shown) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = rm.iter().map(String::as_str).collect();
+            on_a_terminal(&args, &typed)
+        })
+        .await
+        .expect("the terminal run");
+        assert!(
+            shown.contains("remove job `doomed` of tenant acme"),
+            "{no:?}: {shown}"
+        );
+        assert!(shown.contains("[y/N]"), "{no:?}: {shown}");
+        assert_eq!(status, Some(1), "{no:?}: {shown}");
+        assert!(shown.contains("left as it was"), "{no:?}: {shown}");
+        assert!(catalog.job("acme", "doomed", None).await.unwrap().is_some());
+    }
+    let args = rm.map(str::to_owned);
+    let (status, shown) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        on_a_terminal(&args, "y\n")
+    })
+    .await
+    .expect("the terminal run");
+    assert_eq!(status, Some(0), "{shown}");
+    assert!(shown.contains("removed job `doomed`"), "{shown}");
+    assert_eq!(catalog.job("acme", "doomed", None).await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_prefixes_on_one_redis_are_two_catalogs() {
     let _limit = crate::limit::minutes(5);
