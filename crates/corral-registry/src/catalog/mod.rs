@@ -3,8 +3,11 @@
 //! A [`Catalog`] is plain storage with the few atomic operations the registry
 //! needs (create a tenant once, add a job version without racing another
 //! writer). Every record is scoped by tenant: no call returns another
-//! tenant's data, whatever it is asked. The in-memory catalog backs the
-//! embedded setup; the Redis one shares the broker's server.
+//! tenant's data, whatever it is asked; the operator's calls are the only
+//! ones over every tenant ([`Catalog::tenants_page`], the admin tokens),
+//! and callers give them to admin tokens and operators only. The in-memory
+//! catalog backs the embedded setup; the Redis one shares the broker's
+//! server.
 //!
 //! It also enforces the tenant's storage quotas ([`Quota`]): the count is
 //! checked in the same atomic step as the write it bounds (under the memory
