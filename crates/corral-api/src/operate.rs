@@ -13,8 +13,10 @@
 //! | `DELETE /v1/queues/{queue}/tasks?state=S` | every task of the queue in state `S` is deleted (`active` refused) |
 //! | `GET /v1/workers` | the live workers that serve the tenant's queue names |
 //!
-//! Everything is scoped to the caller's tenant (the token decides it,
-//! never the request): a task id or queue name of another tenant answers
+//! Everything is scoped to one tenant, the request's [`Scope`]: a tenant's
+//! token acts on its own tenant only, an admin token on the tenant it
+//! names with `?tenant=` ([`crate::auth`]). A task id or queue name of
+//! another tenant answers
 //! exactly as one that was never used, 404 `task_not_found` or
 //! `queue_not_found`. A queue exists for a tenant while it holds any of
 //! its task records ([`Broker::queue_names`]). A verb that does not apply
@@ -45,7 +47,7 @@ use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::{BoundedList, clip};
 use super::tasks::{parse_id, task_not_found};
-use super::{ApiState, Caller};
+use super::{ApiState, Scope};
 use corral_client::broker::{Broker, BrokerError, Cancelled, QueueStats};
 use corral_core::task::{TaskId, TaskState};
 use corral_core::text::Inert;
@@ -64,9 +66,9 @@ fn queue_not_found(queue: &str) -> ApiError {
     ApiError::not_found("queue_not_found", format!("queue `{queue}` not found"))
 }
 
-/// `queue` from the path, checked to be a name and one of the caller's
+/// `queue` from the path, checked to be a name and one of the tenant's
 /// queues; another tenant's queue is not found, as a name never used.
-async fn own_queue<B: Broker>(broker: &B, caller: &Caller, queue: &str) -> Result<(), ApiError> {
+async fn own_queue<B: Broker>(broker: &B, scope: &Scope, queue: &str) -> Result<(), ApiError> {
     if !valid_queue(queue) {
         return Err(ApiError::bad_request(format!(
             "`{}` is not a queue name: use 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`",
@@ -74,7 +76,7 @@ async fn own_queue<B: Broker>(broker: &B, caller: &Caller, queue: &str) -> Resul
         )));
     }
     if broker
-        .queue_names(caller.name())
+        .queue_names(scope.name())
         .await?
         .iter()
         .any(|q| q == queue)
@@ -96,14 +98,14 @@ pub struct TaskDone {
 /// `POST /v1/tasks/{id}/retry`: 200 `{task_id, state: "pending"}`.
 pub async fn retry<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<TaskDone>, ApiError> {
     let id = parse_id(&id)?;
-    let quota = caller.tenant.limits.queue_quota();
+    let quota = scope.tenant.limits.queue_quota();
     state
         .broker
-        .retry(caller.name(), id, &quota)
+        .retry(scope.name(), id, &quota)
         .await
         .map_err(task_error(id))?;
     Ok(Json(TaskDone {
@@ -115,13 +117,13 @@ pub async fn retry<B: Broker + Clone>(
 /// `DELETE /v1/tasks/{id}`: 200 `{task_id, state: "deleted"}`.
 pub async fn delete_task<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<TaskDone>, ApiError> {
     let id = parse_id(&id)?;
     state
         .broker
-        .delete(caller.name(), id)
+        .delete(scope.name(), id)
         .await
         .map_err(task_error(id))?;
     Ok(Json(TaskDone {
@@ -145,13 +147,13 @@ pub struct CancelDone {
 /// stopped it).
 pub async fn cancel<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<CancelDone>, ApiError> {
     let id = parse_id(&id)?;
     let cancelled = state
         .broker
-        .cancel(caller.name(), id)
+        .cancel(scope.name(), id)
         .await
         .map_err(task_error(id))?;
     Ok(Json(CancelDone {
@@ -164,9 +166,9 @@ pub async fn cancel<B: Broker + Clone>(
 /// by name. A tenant has at most its `max_queues`.
 pub async fn queues<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
 ) -> Result<Response, ApiError> {
-    let queues = state.broker.queues(caller.name()).await?;
+    let queues = state.broker.queues(scope.name()).await?;
     let mut list = BoundedList::new("queues", state.config.max_list_bytes)?;
     for queue in &queues {
         if !list.push(queue)? {
@@ -179,11 +181,11 @@ pub async fn queues<B: Broker + Clone>(
 /// `GET /v1/queues/{queue}/stats`: the queue's counts.
 pub async fn queue_stats<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
-    own_queue(&state.broker, &caller, &queue).await?;
-    Ok(Json(state.broker.stats(caller.name(), &queue).await?))
+    own_queue(&state.broker, &scope, &queue).await?;
+    Ok(Json(state.broker.stats(scope.name(), &queue).await?))
 }
 
 /// The answer of a verb on a queue.
@@ -217,14 +219,14 @@ impl QueueDone {
 
 async fn set_paused<B: Broker + Clone>(
     state: &ApiState<B>,
-    caller: &Caller,
+    scope: &Scope,
     queue: String,
     paused: bool,
 ) -> Result<Json<QueueDone>, ApiError> {
-    own_queue(&state.broker, caller, &queue).await?;
+    own_queue(&state.broker, scope, &queue).await?;
     state
         .broker
-        .pause(caller.name(), &queue, paused)
+        .pause(scope.name(), &queue, paused)
         .await
         .map_err(|e| match e {
             // The queue's last task went since the look.
@@ -241,32 +243,32 @@ async fn set_paused<B: Broker + Clone>(
 /// skip the queue until it is resumed; it still takes enqueues.
 pub async fn pause<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDone>, ApiError> {
-    set_paused(&state, &caller, queue, true).await
+    set_paused(&state, &scope, queue, true).await
 }
 
 /// `POST /v1/queues/{queue}/resume`: 200 `{queue, paused: false}`.
 pub async fn resume<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDone>, ApiError> {
-    set_paused(&state, &caller, queue, false).await
+    set_paused(&state, &scope, queue, false).await
 }
 
 /// `POST /v1/queues/{queue}/retry-dead`: 200 `{queue, retried: n}`.
 pub async fn retry_dead<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDone>, ApiError> {
-    own_queue(&state.broker, &caller, &queue).await?;
-    let quota = caller.tenant.limits.queue_quota();
+    own_queue(&state.broker, &scope, &queue).await?;
+    let quota = scope.tenant.limits.queue_quota();
     let retried = state
         .broker
-        .retry_dead(caller.name(), &queue, &quota)
+        .retry_dead(scope.name(), &queue, &quota)
         .await?;
     Ok(Json(QueueDone {
         retried: Some(retried),
@@ -286,7 +288,7 @@ pub struct PurgeQuery {
 /// purged: n}`; `active` is 409 `wrong_state` (cancel those tasks).
 pub async fn purge<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(queue): Path<String>,
     Query(query): Query<PurgeQuery>,
 ) -> Result<Json<QueueDone>, ApiError> {
@@ -295,11 +297,8 @@ pub async fn purge<B: Broker + Clone>(
             "`state` is required: the state whose tasks are deleted (pending, scheduled, retrying, completed, dead, cancelled)",
         ));
     };
-    own_queue(&state.broker, &caller, &queue).await?;
-    let purged = state
-        .broker
-        .purge(caller.name(), &queue, task_state)
-        .await?;
+    own_queue(&state.broker, &scope, &queue).await?;
+    let purged = state.broker.purge(scope.name(), &queue, task_state).await?;
     Ok(Json(QueueDone {
         state: Some(task_state),
         purged: Some(purged),
@@ -308,15 +307,15 @@ pub async fn purge<B: Broker + Clone>(
 }
 
 /// `GET /v1/workers`: `{"workers": [WorkerInfo…], "truncated"}`, the live
-/// workers serving any of the caller's queue names, each showing only
+/// workers serving any of the tenant's queue names, each showing only
 /// those names and no task ids (see the module docs).
 pub async fn workers<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
 ) -> Result<Response, ApiError> {
     let mine: BTreeSet<String> = state
         .broker
-        .queue_names(caller.name())
+        .queue_names(scope.name())
         .await?
         .into_iter()
         .collect();

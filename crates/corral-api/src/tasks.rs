@@ -1,14 +1,17 @@
 //! Task routes: enqueue, show, wait, list, and the tenant's counts.
 //!
-//! Enqueue checks the job exists for the caller (404 `job_not_found`
+//! Every route acts on the request's [`Scope`]: the token's tenant, or the
+//! `?tenant=` an admin token names.
+//!
+//! Enqueue checks the job exists for that tenant (404 `job_not_found`
 //! otherwise, the same for another tenant's job), pins the task to the job's
 //! current version (or to the `version` asked for), and stores it under the
-//! caller's tenant, whatever the body says, within the tenant's quota: the
+//! scope's tenant, whatever the body says, within the tenant's quota: the
 //! broker checks and counts `max_queued` (429 `queue_full`) and
 //! `max_queues` (429 `too_many_queues`) in the same atomic step as the
 //! store ([`Broker::enqueue_within`]), so concurrent requests cannot pass
 //! them. Reads go
-//! through [`Broker::task`] with the caller's tenant, so another tenant's
+//! through [`Broker::task`] with the scope's tenant, so another tenant's
 //! task id answers 404 exactly like an unknown one.
 //!
 //! A list shows [`TaskSummary`] rows: a task's args, result log and log can
@@ -36,7 +39,7 @@ use super::body::read_json;
 use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::{BoundedList, clip};
-use super::{ApiState, Caller};
+use super::{ApiState, Scope};
 use corral_client::broker::{Broker, MAX_PAGE, PageQuery, QueueStats};
 use corral_core::metering::MeteringTotal;
 use corral_core::task::{Task, TaskError, TaskId, TaskState};
@@ -50,13 +53,13 @@ pub use corral_registry::submit::{Enqueued, NewTask as EnqueueTask};
 /// [`corral_registry::submit::submit`]'s, which `corral enqueue` shares.
 pub async fn enqueue<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
-    let req: EnqueueTask = read_json(&state.config, caller.name(), &headers, body).await?;
+    let req: EnqueueTask = read_json(&state.config, scope.name(), &headers, body).await?;
     let catalog = state.registry.catalog();
-    let answer = submit(&state.broker, catalog.as_ref(), &caller.tenant, req).await?;
+    let answer = submit(&state.broker, catalog.as_ref(), &scope.tenant, req).await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
@@ -72,11 +75,11 @@ pub(crate) fn task_not_found(id: TaskId) -> ApiError {
 /// `GET /v1/tasks/{id}`.
 pub async fn show<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
     let id = parse_id(&id)?;
-    let task = state.broker.task(caller.name(), id).await?;
+    let task = state.broker.task(scope.name(), id).await?;
     task.map(Json).ok_or_else(|| task_not_found(id))
 }
 
@@ -92,7 +95,7 @@ pub struct WaitQuery {
 /// dead, or with its current state when the timeout passes first.
 pub async fn wait<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(id): Path<String>,
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<Task>, ApiError> {
@@ -110,7 +113,7 @@ pub async fn wait<B: Broker + Clone>(
     loop {
         let task = state
             .broker
-            .task(caller.name(), id)
+            .task(scope.name(), id)
             .await?
             .ok_or_else(|| task_not_found(id))?;
         let now = tokio::time::Instant::now();
@@ -234,7 +237,7 @@ impl<'a> TaskSummary<'a> {
 /// cursor or null}`, by queue name, then state, newest first within each.
 pub async fn list<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let max = state.config.max_list.min(MAX_PAGE);
@@ -256,7 +259,7 @@ pub async fn list<B: Broker + Clone>(
         limit,
         cursor: query.cursor,
     };
-    let page = state.broker.list_page(caller.name(), &page_query).await?;
+    let page = state.broker.list_page(scope.name(), &page_query).await?;
     let mut list = BoundedList::new("tasks", state.config.max_list_bytes)?;
     for task in &page.tasks {
         if !list.push(&TaskSummary::of(task))? {
@@ -269,7 +272,7 @@ pub async fn list<B: Broker + Clone>(
         page_query.limit = list.rows();
         state
             .broker
-            .list_page(caller.name(), &page_query)
+            .list_page(scope.name(), &page_query)
             .await?
             .next
     } else {
@@ -278,10 +281,10 @@ pub async fn list<B: Broker + Clone>(
     list.finish(&[("next", serde_json::json!(next))])
 }
 
-/// `GET /v1/stats`: the caller's task counts over all its queues.
+/// `GET /v1/stats`: the tenant's task counts over all its queues.
 pub async fn stats<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
 ) -> Result<Json<QueueStats>, ApiError> {
-    Ok(Json(state.broker.tenant_stats(caller.name()).await?))
+    Ok(Json(state.broker.tenant_stats(scope.name()).await?))
 }
