@@ -11,13 +11,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use corral::api::ApiConfig;
 use corral::broker::{RedisBroker, RedisConfig};
 use corral::catalog::{Catalog, RedisCatalog};
 use corral::registry::Registry;
 use corral::tenant::TenantLimits;
+use corral::worker::WorkerConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -198,7 +198,10 @@ async fn dead_tasks_run_again_within_the_tenants_quota() {
     let worker = RunningWorker::start(
         w.broker.clone(),
         w.registry.clone(),
-        support::worker_config(2),
+        WorkerConfig {
+            queues: vec!["q".into()],
+            ..support::worker_config(2)
+        },
     );
     let mut dead = Vec::new();
     for n in 0..3 {
@@ -222,7 +225,13 @@ async fn dead_tasks_run_again_within_the_tenants_quota() {
     assert!(task["error"].is_null(), "{task}");
     let history = task["error_history"].as_array().expect("an error history");
     assert_eq!(history.len(), 1, "{task}");
-    assert_eq!(history[0]["message"], "broke 0", "{task}");
+    assert_eq!(history[0]["kind"], "guest_error", "{task}");
+    assert!(
+        history[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("fatal error: broke 0")),
+        "{task}"
+    );
     // Pending now: not retried again.
     w.call(Method::POST, &path(&dead[0]), &w.a)
         .await
