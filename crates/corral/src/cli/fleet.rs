@@ -199,6 +199,8 @@ impl Table {
                     }
                 }
             }
+            // An empty last cell leaves nothing to pad for.
+            out.truncate(out.trim_end().len());
             out
         };
         let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
