@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral::api::ApiConfig;
-use corral::broker::{RedisBroker, RedisConfig};
+use corral::broker::{Broker, RedisBroker, RedisConfig};
 use corral::catalog::{Catalog, RedisCatalog};
 use corral::registry::Registry;
 use corral::tenant::TenantLimits;
+use corral::worker::WorkerConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -198,7 +199,10 @@ async fn dead_tasks_run_again_within_the_tenants_quota() {
     let worker = RunningWorker::start(
         w.broker.clone(),
         w.registry.clone(),
-        support::worker_config(2),
+        WorkerConfig {
+            queues: vec!["q".into()],
+            ..support::worker_config(2)
+        },
     );
     let mut dead = Vec::new();
     for n in 0..3 {
@@ -222,7 +226,13 @@ async fn dead_tasks_run_again_within_the_tenants_quota() {
     assert!(task["error"].is_null(), "{task}");
     let history = task["error_history"].as_array().expect("an error history");
     assert_eq!(history.len(), 1, "{task}");
-    assert_eq!(history[0]["message"], "broke 0", "{task}");
+    assert_eq!(history[0]["kind"], "guest_error", "{task}");
+    assert!(
+        history[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("fatal error: broke 0")),
+        "{task}"
+    );
     // Pending now: not retried again.
     w.call(Method::POST, &path(&dead[0]), &w.a)
         .await
@@ -354,7 +364,9 @@ async fn a_paused_queue_is_skipped_by_a_running_worker_process() {
     let mut worker = WorkerProcess::start(
         &w.redis.url(),
         "corral",
-        &["--queue", "slow", "--queue", "other"],
+        // Short leases: the registry entry, with the tasks the worker
+        // runs, is refreshed every second.
+        &["--queue", "slow", "--queue", "other", "--lease", "3s"],
         log.clone(),
     );
     worker.wait_started();
@@ -396,6 +408,47 @@ async fn a_paused_queue_is_skipped_by_a_running_worker_process() {
     let none = w.api.get("/v1/workers", &w.b).await;
     none.expect(200, "");
     assert_eq!(none.body["workers"], json!([]), "{none:?}");
+    // Beta's long task runs on it, in queue `other` that alpha has too: the
+    // registry names it (as the operator sees), alpha is never shown its
+    // id. Beta cancels it; its worker stops it.
+    w.api
+        .register(&w.b, "sleepy", &["sleep"], json!({"timeout_ms": 120_000}))
+        .await
+        .expect(201, "");
+    let long = w
+        .enqueue(&w.b, "sleepy", "other", json!({"ms": 60_000}))
+        .await;
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let registry = w.broker.workers().await.expect("the workers registry");
+        if registry
+            .iter()
+            .any(|r| r.tasks.iter().any(|t| t.to_string() == long))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the worker never listed beta's task: {registry:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = w.api.get("/v1/workers", &w.a).await;
+    assert_eq!(seen.body["workers"][0]["tasks"], json!([]), "{seen:?}");
+    let theirs = w.api.get("/v1/workers", &w.b).await;
+    assert_eq!(theirs.body["workers"][0]["queues"], json!(["other"]));
+    assert_eq!(theirs.body["workers"][0]["tasks"], json!([]), "{theirs:?}");
+    let r = w
+        .call(Method::POST, &format!("/v1/tasks/{long}/cancel"), &w.b)
+        .await;
+    r.expect(200, "");
+    assert_eq!(r.body["result"], "requested", "{r:?}");
+    assert_eq!(r.body["worker"], listed[0]["id"], "{r:?}");
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while w.task(&w.b, &long).await["state"] != "cancelled" {
+        assert!(Instant::now() < give_up, "beta's task was never stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Resumed, the held task runs.
     let r = w.call(Method::POST, "/v1/queues/slow/resume", &w.a).await;

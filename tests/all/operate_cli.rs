@@ -246,5 +246,19 @@ fn operators_list_pause_purge_and_see_workers() {
         &url,
     ]);
     assert!(e.contains("not found"), "{e}");
+    let e = fails(&[
+        "queues", "pause", "work", "--redis", &url, "--tenant", "zed",
+    ]);
+    assert!(e.contains("queue `work` not found for tenant `zed`"), "{e}");
+    // A name two tenants use needs --tenant.
+    enqueue(&url, "zed", "work");
+    let e = fails(&["queues", "pause", "work", "--redis", &url]);
+    assert!(e.contains("`acme`, `zed`") && e.contains("--tenant"), "{e}");
+    ok(&[
+        "queues", "pause", "work", "--redis", &url, "--tenant", "zed",
+    ]);
+    let qs = queues(&url);
+    assert_eq!(qs[&("zed".to_owned(), "work".to_owned())]["paused"], true);
+    assert_eq!(qs[&("acme".to_owned(), "work".to_owned())]["paused"], false);
     assert!(worker.stop(), "the worker exited cleanly");
 }

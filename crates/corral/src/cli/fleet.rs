@@ -15,7 +15,7 @@ use clap::Args;
 
 use super::broker_cmds::{CONNECT_PATIENCE, RedisArgs};
 use crate::broker::{Broker, BrokerError, RedisBroker, TenantQuota};
-use crate::submit::find_tenant;
+use crate::submit::{find_tenant, valid_queue};
 use crate::task::TaskId;
 use crate::text::Inert;
 
@@ -67,16 +67,14 @@ impl Target {
         bail!("task {id} not found for any tenant")
     }
 
-    /// The tenant whose `queue` is meant: `--tenant`, or the one that has
-    /// a queue of that name.
+    /// The tenant whose `queue` is meant: `--tenant` if it has a queue of
+    /// that name, or the one tenant that has one.
     pub async fn tenant_of_queue(
         &self,
         broker: &RedisBroker,
         queue: &str,
     ) -> anyhow::Result<String> {
-        if let Some(t) = &self.tenant {
-            return Ok(t.clone());
-        }
+        check_queue(queue)?;
         let mut found = Vec::new();
         for tenant in self.tenants(broker).await? {
             let names = broker
@@ -88,6 +86,11 @@ impl Target {
             }
         }
         match found.len() {
+            0 if self.tenant.is_some() => bail!(
+                "queue `{}` not found for tenant `{}`",
+                Inert(queue),
+                Inert(self.tenant.as_deref().unwrap_or_default())
+            ),
             0 => bail!("queue `{}` not found for any tenant", Inert(queue)),
             1 => Ok(found.remove(0)),
             _ => bail!(
@@ -113,6 +116,17 @@ impl Target {
             .with_context(|| format!("reading the limits of tenant `{}`", Inert(tenant)))?;
         Ok(found.limits.queue_quota())
     }
+}
+
+/// Refuses what cannot be a queue's name (the rule every enqueue follows).
+pub(super) fn check_queue(queue: &str) -> anyhow::Result<()> {
+    if !valid_queue(queue) {
+        bail!(
+            "`{}` is not a queue name: queues are named with 1 to 128 letters, digits, `-`, `_`, `.`, `:`",
+            Inert(queue)
+        );
+    }
+    Ok(())
 }
 
 /// A broker refusal as the operator reads it: what, for which tenant.
@@ -185,6 +199,8 @@ impl Table {
                     }
                 }
             }
+            // An empty last cell leaves nothing to pad for.
+            out.truncate(out.trim_end().len());
             out
         };
         let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();

@@ -23,7 +23,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::confirm::confirm;
-use super::fleet::{Table, Target, refused};
+use super::fleet::{Table, Target, check_queue, refused};
 use crate::broker::{Broker, Cancelled, MAX_PAGE, PageQuery};
 use crate::task::{Task, TaskError, TaskId, TaskState};
 use crate::text::Inert;
@@ -165,6 +165,9 @@ const ERROR_SHOWN: usize = 60;
 async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     if args.limit == 0 || args.limit > MAX_PAGE {
         bail!("--limit must be 1 to {MAX_PAGE}");
+    }
+    if let Some(queue) = &args.queue {
+        check_queue(queue)?;
     }
     let broker = args.target.broker("tasks ls").await?;
     let query = PageQuery {
