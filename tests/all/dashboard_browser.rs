@@ -2,7 +2,8 @@
 //! and a real `corral worker` process sharing a real Redis: a user types a
 //! token into the form, sees a dead task, presses its Retry and watches it
 //! complete, opens a task's detail, cancels a running task, pauses and
-//! resumes a queue, all by clicking the page; the page reports no error
+//! resumes a queue; then an admin picks another tenant in the switcher and
+//! deletes one of its tasks, all through the page; the page reports no error
 //! (no exception, no `console.error`, no CSP or Trusted Types violation)
 //! and the token never shows in its address.
 //!
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use corral::broker::{RedisBroker, RedisConfig};
 use corral::catalog::{Catalog, RedisCatalog};
-use corral::tenant::TenantLimits;
+use corral::tenant::{TenantLimits, Token};
 use corral::{ArgsMap, Client, Task};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -325,6 +326,95 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
             SHOWN,
         )
         .await;
+
+    // An admin token: the tenant switcher, and acting on the tenant picked.
+    let zed = api_support::tenant(&catalog, "zed", TenantLimits::default()).await;
+    api.register(&zed, "words", &["normalize"], json!({}))
+        .await
+        .expect(201, "");
+    let zed_task = api.enqueue(&zed, "words", json!({"text": "Zed"})).await;
+    let done = api.wait(&zed, &zed_task).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    let admin = Token::generate();
+    catalog
+        .add_admin_token(&admin.hash(), Some("dashboard test"))
+        .await
+        .expect("store an admin token");
+    let admin = admin.expose().to_owned();
+    browser.click("#forget").await;
+    browser
+        .wait_for(
+            "the page to forget the token",
+            &format!(
+                "{} === 'Enter a token.' && !document.querySelector('#tasks tr')",
+                text_of("#status")
+            ),
+            SHOWN,
+        )
+        .await;
+    browser.type_into("#token", &admin).await;
+    browser.click("#show").await;
+    // The first tenant by name is shown first: acme, with its tasks.
+    browser
+        .wait_for(
+            "the switcher, on acme",
+            &format!(
+                "!document.getElementById('tenant-box').hidden && \
+                 document.getElementById('tenant').value === 'acme' && {}",
+                row_in_state(&dead_id, "completed")
+            ),
+            SHOWN,
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("[...document.getElementById('tenant').options].map((o) => o.value)")
+            .await,
+        json!(["acme", "zed"])
+    );
+    // Zed picked from the keyboard: its task, none of acme's.
+    browser
+        .eval("document.getElementById('tenant').focus()")
+        .await;
+    browser.press("ArrowDown", 40).await;
+    browser
+        .wait_for(
+            "zed's task, without acme's",
+            &format!(
+                "{} && !document.querySelector('tr[data-task=\"{dead_id}\"]')",
+                row_in_state(&zed_task, "completed")
+            ),
+            SHOWN,
+        )
+        .await;
+    // The admin deletes it; zed's own token finds it gone.
+    browser
+        .click(&format!("tr[data-task=\"{zed_task}\"] button.delete"))
+        .await;
+    browser
+        .wait_for(
+            "zed's task to go",
+            &format!("!document.querySelector('tr[data-task=\"{zed_task}\"]')"),
+            SHOWN,
+        )
+        .await;
+    api.get(&format!("/v1/tasks/{zed_task}"), &zed)
+        .await
+        .expect(404, "task_not_found");
+    assert!(
+        browser
+            .reports()
+            .dialogs
+            .iter()
+            .any(|d| d.contains(&format!("Delete task {zed_task}"))),
+        "{:?}",
+        browser.reports()
+    );
+    let address = browser.eval("location.href").await;
+    assert!(
+        !address.as_str().unwrap_or("").contains(&admin),
+        "{address}"
+    );
 
     // Nothing went wrong on the page. The browser logs every answer over
     // 399 as a failed load; two were expected: a tenant's token asking for

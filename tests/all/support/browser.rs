@@ -304,16 +304,26 @@ impl Browser {
     /// The value of the JavaScript `expression` in the page (awaited if a
     /// promise); fails the test if it throws.
     pub async fn eval(&self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
+    /// [`eval`](Self::eval), its failure returned: it throws, or the page
+    /// is between two documents (a reload).
+    async fn try_eval(&self, expression: &str) -> Result<Value, String> {
+        let session = self.session.clone();
         let answer = self
-            .call(
+            .command(
+                Some(&session),
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
             )
-            .await;
+            .await?;
         if let Some(e) = answer.get("exceptionDetails") {
-            panic!("`{expression}` threw: {e}");
+            return Err(format!("`{expression}` threw: {e}"));
         }
-        answer["result"]["value"].clone()
+        Ok(answer["result"]["value"].clone())
     }
 
     /// Waits until `expression` is truthy, at most `bound`; returns its
@@ -322,7 +332,8 @@ impl Browser {
     pub async fn wait_for(&self, what: &str, expression: &str, bound: Duration) -> Value {
         let give_up = Instant::now() + bound;
         loop {
-            let value = self.eval(expression).await;
+            // A failed evaluation (the page reloading) counts as not yet.
+            let value = self.try_eval(expression).await.unwrap_or(Value::Null);
             let truthy = match &value {
                 Value::Null => false,
                 Value::Bool(b) => *b,
@@ -386,6 +397,19 @@ impl Browser {
     pub async fn type_into(&self, selector: &str, text: &str) {
         self.click(selector).await;
         self.call("Input.insertText", json!({"text": text})).await;
+    }
+
+    /// Presses and releases `key` (a DOM key name, e.g. `ArrowDown`, with
+    /// its Windows virtual key code) on the focused element.
+    pub async fn press(&self, key: &str, code: u32) {
+        for kind in ["keyDown", "keyUp"] {
+            self.call(
+                "Input.dispatchKeyEvent",
+                json!({"type": kind, "key": key, "code": key,
+                       "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code}),
+            )
+            .await;
+        }
     }
 
     /// What the page reported so far.

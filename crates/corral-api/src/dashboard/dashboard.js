@@ -396,7 +396,7 @@ async function probeAdmin() {
   try {
     const list = await api("GET", "/v1/tenants", null, false);
     view.admin = true;
-    const names = list.tenants.map((t) => t.tenant ? t.tenant.name : t.name);
+    const names = list.tenants.map((t) => t.name);
     const saved = sessionStorage.getItem(TENANT_KEY);
     view.tenant = names.includes(saved) ? saved : names[0] || null;
     $("tenant").replaceChildren(...names.map((n) => new Option(n, n)));
