@@ -101,6 +101,9 @@ fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
             None,
         ),
         (Method::GET, "/v1/stats".into(), None),
+        (Method::GET, "/v1/usage".into(), None),
+        (Method::DELETE, format!("/v1/jobs/{job}"), None),
+        (Method::GET, "/v1/tenants".into(), None),
     ]
 }
 
@@ -254,6 +257,103 @@ async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
         .await;
     r1.expect(404, "job_not_found");
     r2.expect(404, "job_not_found");
+    // Remove alpha's job as beta: unknown job, as for a name never used;
+    // alpha's job stays.
+    let r1 = w
+        .api
+        .send(Method::DELETE, "/v1/jobs/secret-job", Some(&w.b), None)
+        .await;
+    let r2 = w
+        .api
+        .send(Method::DELETE, "/v1/jobs/no-such-job", Some(&w.b), None)
+        .await;
+    r1.expect(404, "job_not_found");
+    r2.expect(404, "job_not_found");
+    assert_eq!(
+        r1.message().replace("secret-job", "X"),
+        r2.message().replace("no-such-job", "X")
+    );
+    w.api.get("/v1/jobs/secret-job", &w.a).await.expect(200, "");
+    // Beta naming alpha with `?tenant=` reaches nothing, on any route: the
+    // answer for a tenant that does not exist. Its own name is accepted.
+    let reads = [
+        "/v1/jobs".to_owned(),
+        "/v1/jobs/secret-job".into(),
+        "/v1/tasks".into(),
+        format!("/v1/tasks/{task}"),
+        format!("/v1/tasks/{task}/wait?timeout_ms=10"),
+        format!("/v1/modules/{hash}"),
+        "/v1/stats".into(),
+        "/v1/usage".into(),
+    ];
+    let with = |path: &str, tenant: &str| {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{sep}tenant={tenant}")
+    };
+    for path in &reads {
+        let theirs = w.api.get(&with(path, "alpha"), &w.b).await;
+        let nobody = w.api.get(&with(path, "nobody"), &w.b).await;
+        theirs.expect(404, "tenant_not_found");
+        assert_eq!(
+            (
+                theirs.status,
+                theirs.kind(),
+                theirs.message().replace("alpha", "X")
+            ),
+            (
+                nobody.status,
+                nobody.kind(),
+                nobody.message().replace("nobody", "X")
+            ),
+            "{path}"
+        );
+        let own = w.api.get(&with(path, "beta"), &w.b).await;
+        assert_ne!(own.kind(), "tenant_not_found", "{path}: {own:?}");
+        assert_eq!(
+            own.status,
+            w.api.get(path, &w.b).await.status,
+            "{path}: its own name changes nothing"
+        );
+    }
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/tasks?tenant=alpha",
+            Some(json!({"job": "secret-job"})),
+        ),
+        (Method::DELETE, "/v1/jobs/secret-job?tenant=alpha", None),
+        (
+            Method::POST,
+            "/v1/jobs?tenant=alpha",
+            Some(json!({"name": "planted", "handlers": [hash]})),
+        ),
+    ] {
+        let body = body.map(|b| ("application/json", serde_json::to_vec(&b).unwrap()));
+        w.api
+            .send(method, path, Some(&w.b), body)
+            .await
+            .expect(404, "tenant_not_found");
+    }
+    let module = w
+        .api
+        .send(
+            Method::POST,
+            "/v1/modules?tenant=alpha",
+            Some(&w.b),
+            Some(("application/wasm", support::job_bytes("noop"))),
+        )
+        .await;
+    module.expect(404, "tenant_not_found");
+    w.api.get("/v1/jobs/secret-job", &w.a).await.expect(200, "");
+    w.api
+        .get("/v1/jobs/planted", &w.a)
+        .await
+        .expect(404, "job_not_found");
+    // The list of tenants is an admin's.
+    w.api
+        .get("/v1/tenants", &w.b)
+        .await
+        .expect(403, "admin_required");
     // A chain naming alpha's module: unknown module (alpha may).
     let chain = json!({"name": "steal", "handlers": [hash]});
     w.api.post("/v1/jobs", &w.a, &chain).await.expect(201, "");
@@ -621,6 +721,289 @@ async fn hostile_modules_that_validate_are_contained_at_run_time() {
         .enqueue(&w.a, "after", json!({"text": "Still OK"}))
         .await;
     assert_eq!(w.api.wait(&w.a, &t).await["args_map"]["text"], "still ok");
+    worker.stop().await;
+}
+
+/// The task ids of a `GET /v1/tasks` answer.
+fn task_ids(list: &api_support::Reply) -> Vec<String> {
+    list.body["tasks"]
+        .as_array()
+        .map(|tasks| {
+            tasks
+                .iter()
+                .filter_map(|t| t["task_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_acts_on_the_tenant_it_names() {
+    let _limit = crate::limit::minutes(5);
+    let w = world().await;
+    let worker = RunningWorker::start(
+        w.broker.clone(),
+        w.registry.clone(),
+        support::worker_config(2),
+    );
+    let admin = Token::generate();
+    w.catalog
+        .add_admin_token(&admin.hash(), Some("tests"))
+        .await
+        .unwrap();
+    let admin = admin.expose().to_owned();
+    // Each tenant's own job of one name, and a finished task of it.
+    w.api
+        .register(&w.a, "stats", &["normalize"], json!({}))
+        .await
+        .expect(201, "");
+    w.api
+        .register(&w.b, "stats", &["count_words"], json!({}))
+        .await
+        .expect(201, "");
+    let ta = w.api.enqueue(&w.a, "stats", json!({"text": "Alpha"})).await;
+    let tb = w.api.enqueue(&w.b, "stats", json!({"text": "b b"})).await;
+    assert_eq!(w.api.wait(&w.a, &ta).await["state"], "completed");
+    assert_eq!(w.api.wait(&w.b, &tb).await["state"], "completed");
+
+    // The admin reads each tenant's things under that tenant's name.
+    for (tenant, task, handler) in [("alpha", &ta, "normalize"), ("beta", &tb, "count_words")] {
+        let one = w
+            .api
+            .get(&format!("/v1/tasks/{task}?tenant={tenant}"), &admin)
+            .await;
+        one.expect(200, "");
+        assert_eq!(one.body["tenant"], tenant, "{one:?}");
+        let list = w
+            .api
+            .get(&format!("/v1/tasks?tenant={tenant}"), &admin)
+            .await;
+        list.expect(200, "");
+        assert_eq!(task_ids(&list), vec![task.clone()], "{list:?}");
+        let jobs = w
+            .api
+            .get(&format!("/v1/jobs?tenant={tenant}&limit=10"), &admin)
+            .await;
+        jobs.expect(200, "");
+        assert_eq!(jobs.body["jobs"][0]["tenant"], tenant, "{jobs:?}");
+        assert_eq!(jobs.body["jobs"][0]["handlers"][0]["name"], handler);
+        let stats = w
+            .api
+            .get(&format!("/v1/stats?tenant={tenant}"), &admin)
+            .await;
+        stats.expect(200, "");
+        assert_eq!(stats.body["completed"], 1, "{stats:?}");
+        let usage = w
+            .api
+            .get(&format!("/v1/usage?tenant={tenant}"), &admin)
+            .await;
+        usage.expect(200, "");
+        assert_eq!(usage.body["tenant"], tenant, "{usage:?}");
+    }
+    // A task asked for under the other tenant answers as a missing one.
+    let wrong = w
+        .api
+        .get(&format!("/v1/tasks/{ta}?tenant=beta"), &admin)
+        .await;
+    let missing = w
+        .api
+        .get(
+            "/v1/tasks/0190a5c2-7a1e-7cc2-9a41-3f1d7e2b9c10?tenant=beta",
+            &admin,
+        )
+        .await;
+    wrong.expect(404, "task_not_found");
+    assert_eq!(
+        (wrong.status, wrong.kind()),
+        (missing.status, missing.kind())
+    );
+    // Where one tenant is needed, the admin must name one that exists.
+    let long = "x".repeat(300);
+    for path in [
+        "/v1/tasks".to_owned(),
+        format!("/v1/tasks/{ta}"),
+        "/v1/jobs".into(),
+        "/v1/jobs/stats".into(),
+        "/v1/stats".into(),
+        "/v1/usage".into(),
+    ] {
+        w.api
+            .get(&path, &admin)
+            .await
+            .expect(400, "tenant_required");
+        for nobody in ["nobody", "a%20b", "%00", long.as_str()] {
+            w.api
+                .get(&format!("{path}?tenant={nobody}"), &admin)
+                .await
+                .expect(404, "tenant_not_found");
+        }
+    }
+    w.api
+        .get("/v1/stats?tenant=alpha&tenant=beta", &admin)
+        .await
+        .expect(400, "bad_request");
+    // It writes as the tenant it names: a task enqueued for alpha runs
+    // alpha's chain and is alpha's.
+    let queued = w
+        .api
+        .post(
+            "/v1/tasks?tenant=alpha",
+            &admin,
+            &json!({"job": "stats", "args": {"text": "By ADMIN"}, "max_attempts": 1}),
+        )
+        .await;
+    queued.expect(202, "");
+    let id = queued.body["task_id"].as_str().expect("task_id").to_owned();
+    let done = w.api.wait(&w.a, &id).await;
+    assert_eq!(done["tenant"], "alpha", "{done}");
+    assert_eq!(done["args_map"]["text"], "by admin", "{done}");
+
+    // The tenants, by name, a page at a time; never a token.
+    let tenants = w.api.get("/v1/tenants", &admin).await;
+    tenants.expect(200, "");
+    let rows: Vec<(String, u64)> = tenants.body["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap_or("").to_owned(),
+                t["tokens"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![("alpha".into(), 1), ("beta".into(), 1)]);
+    assert_eq!(
+        tenants.body["tenants"][0]["limits"]["max_queued"],
+        json!(TenantLimits::default().max_queued)
+    );
+    assert!(!tenants.body.to_string().contains("crl_"), "{tenants:?}");
+    let first = w.api.get("/v1/tenants?limit=1", &admin).await;
+    assert_eq!(first.body["tenants"][0]["name"], "alpha", "{first:?}");
+    assert_eq!(first.body["next"], "alpha");
+    let rest = w.api.get("/v1/tenants?limit=1&after=alpha", &admin).await;
+    assert_eq!(rest.body["tenants"][0]["name"], "beta", "{rest:?}");
+    assert_eq!(rest.body["next"], Value::Null);
+    w.api
+        .get("/v1/tenants?limit=0", &admin)
+        .await
+        .expect(400, "bad_request");
+
+    // Revoked, it is refused at once, exactly as a token never issued.
+    assert!(
+        w.catalog
+            .revoke_admin_token(&Token::from_presented(&admin).hash().id())
+            .await
+            .unwrap()
+    );
+    let refused = w.api.get("/v1/stats?tenant=alpha", &admin).await;
+    refused.expect(401, "unauthorized");
+    let unknown = w
+        .api
+        .get("/v1/stats?tenant=alpha", Token::generate().expose())
+        .await;
+    assert_eq!(refused.body, unknown.body);
+    w.api
+        .get("/v1/tenants", &admin)
+        .await
+        .expect(401, "unauthorized");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_job_is_gone_and_its_queued_tasks_fail_as_unknown_job() {
+    let _limit = crate::limit::minutes(5);
+    let w = world().await;
+    // The worker has a registry of its own, as a worker process would: it
+    // learns of the removal from the store, not from the API's registry.
+    let registry = Registry::with_catalog(support::sandbox(), w.catalog.clone());
+    let worker = RunningWorker::start(w.broker.clone(), registry, support::worker_config(2));
+    for token in [&w.a, &w.b] {
+        w.api
+            .register(token, "doomed", &["normalize"], json!({}))
+            .await
+            .expect(201, "");
+    }
+    // The worker runs it once (and keeps it resolved), and one more task
+    // is due after the removal.
+    let first = w.api.enqueue(&w.a, "doomed", json!({"text": "A"})).await;
+    assert_eq!(w.api.wait(&w.a, &first).await["state"], "completed");
+    let later = w
+        .api
+        .post(
+            "/v1/tasks",
+            &w.a,
+            &json!({"job": "doomed", "args": {"text": "B"}, "delay_ms": 2500, "max_attempts": 1}),
+        )
+        .await;
+    later.expect(202, "");
+    let later = later.body["task_id"].as_str().expect("task_id").to_owned();
+    let removed = w
+        .api
+        .send(Method::DELETE, "/v1/jobs/doomed", Some(&w.a), None)
+        .await;
+    assert_eq!(removed.status.as_u16(), 204, "{removed:?}");
+    // Gone for alpha: not shown, not listed, no new task, not removed
+    // twice. Beta's job of that name stays.
+    w.api
+        .get("/v1/jobs/doomed", &w.a)
+        .await
+        .expect(404, "job_not_found");
+    assert_eq!(w.api.get("/v1/jobs", &w.a).await.body["jobs"], json!([]));
+    w.api
+        .post("/v1/tasks", &w.a, &json!({"job": "doomed"}))
+        .await
+        .expect(404, "job_not_found");
+    w.api
+        .send(Method::DELETE, "/v1/jobs/doomed", Some(&w.a), None)
+        .await
+        .expect(404, "job_not_found");
+    w.api.get("/v1/jobs/doomed", &w.b).await.expect(200, "");
+    // The queued task fails when it runs, as for a job never registered.
+    let done = w.api.wait(&w.a, &later).await;
+    assert_eq!(done["state"], "dead", "{done}");
+    assert_eq!(done["error"]["kind"], "unknown_job", "{done}");
+    // The name is free again, from version 1, with a new chain.
+    let again = w
+        .api
+        .register(&w.a, "doomed", &["count_words"], json!({}))
+        .await;
+    again.expect(201, "");
+    assert_eq!(again.body["version"], 1);
+    let t = w.api.enqueue(&w.a, "doomed", json!({"text": "c c"})).await;
+    let done = w.api.wait(&w.a, &t).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["args_map"]["counts"]["c"], 2, "{done}");
+    // An admin removes a tenant's job by naming the tenant.
+    let admin = Token::generate();
+    w.catalog
+        .add_admin_token(&admin.hash(), None)
+        .await
+        .unwrap();
+    w.api
+        .send(
+            Method::DELETE,
+            "/v1/jobs/doomed",
+            Some(admin.expose()),
+            None,
+        )
+        .await
+        .expect(400, "tenant_required");
+    let removed = w
+        .api
+        .send(
+            Method::DELETE,
+            "/v1/jobs/doomed?tenant=beta",
+            Some(admin.expose()),
+            None,
+        )
+        .await;
+    assert_eq!(removed.status.as_u16(), 204, "{removed:?}");
+    w.api
+        .get("/v1/jobs/doomed", &w.b)
+        .await
+        .expect(404, "job_not_found");
+    w.api.get("/v1/jobs/doomed", &w.a).await.expect(200, "");
     worker.stop().await;
 }
 

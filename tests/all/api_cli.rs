@@ -18,12 +18,15 @@ use tokio::process::{Child, ChildStdout, Command};
 use crate::api_support::{Api, RedisServer};
 use crate::support;
 
-fn corral() -> Command {
+pub(crate) fn corral() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_corral"));
     // Compiled components stay in memory: never the user's cache directory.
     cmd.arg("--no-disk-cache")
         .env_remove("CORRAL_CACHE_DIR")
         .env_remove("CORRAL_REDIS_URL")
+        .env_remove("CORRAL_REDIS_PREFIX")
+        .env_remove("CORRAL_REDIS_CLUSTER")
+        .env_remove("CORRAL_CONFIG")
         .env_remove("CORRAL_TOKEN")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -41,7 +44,7 @@ async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
 
 /// Starts `corral serve ARGS` on port 0; returns the process, its stdout
 /// lines before `listening on`, and an API client pointed at it.
-async fn serve(args: &[&str]) -> (Child, Vec<String>, Api) {
+pub(crate) async fn serve(args: &[&str]) -> (Child, Vec<String>, Api) {
     let mut child = corral()
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
@@ -99,7 +102,7 @@ async fn corral_serve_alone_runs_what_its_api_is_given() {
 }
 
 /// Whether `arg` holds a token (`crl_` and 64 hex digits) anywhere.
-fn holds_token(arg: &str) -> bool {
+pub(crate) fn holds_token(arg: &str) -> bool {
     arg.match_indices("crl_").any(|(i, _)| {
         let hex = &arg.as_bytes()[i + 4..];
         hex.len() >= 64 && hex[..64].iter().all(u8::is_ascii_hexdigit)
@@ -108,7 +111,7 @@ fn holds_token(arg: &str) -> bool {
 
 /// How a run of `corral` is given a token: never as an argument.
 #[derive(Clone, Copy)]
-enum Secret<'a> {
+pub(crate) enum Secret<'a> {
     None,
     /// In `CORRAL_TOKEN`.
     Env(&'a str),
@@ -118,7 +121,7 @@ enum Secret<'a> {
 
 /// Runs `corral ARGS` to the end (60 s at most); (success, stdout, stderr).
 /// Fails the test if an argument holds a token.
-async fn run_corral(args: &[&str], secret: Secret<'_>) -> (bool, String, String) {
+pub(crate) async fn run_corral(args: &[&str], secret: Secret<'_>) -> (bool, String, String) {
     for arg in args {
         assert!(!holds_token(arg), "a token on the command line: {args:?}");
     }
@@ -154,7 +157,7 @@ async fn run_corral(args: &[&str], secret: Secret<'_>) -> (bool, String, String)
 }
 
 /// [`run_corral`] without a token.
-async fn plain(args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn plain(args: &[&str]) -> (bool, String, String) {
     run_corral(args, Secret::None).await
 }
 

@@ -857,9 +857,13 @@ async fn malformed_requests_of_every_kind_answer_json() {
         "/v1/modules",
         "/v1/stats",
         "/v1/jobs/j",
+        "/v1/tenants",
     ] {
         for method in ["PUT", "PATCH", "DELETE", "FROB"] {
-            cases.push((method.into(), path.into(), 405));
+            // Removing a job is a route.
+            if (method, path) != ("DELETE", "/v1/jobs/j") {
+                cases.push((method.into(), path.into(), 405));
+            }
         }
     }
     for (method, path, status) in cases {

@@ -19,6 +19,7 @@ mod conformance;
 mod crash;
 mod deep_args;
 mod enqueue_cli;
+mod fleet_cli;
 mod leases;
 mod logs;
 mod metrics;

@@ -17,7 +17,7 @@ use corral::catalog::{Catalog, CatalogError, RedisCatalog};
 use corral::registry::{HandlerSpec, JobDefinition, Registry};
 use corral::sandbox::{Limits, ModuleHash};
 use corral::task::{Task, TaskId, TaskState};
-use corral::tenant::{Tenant, TenantLimits, Token, TokenId};
+use corral::tenant::{Principal, Tenant, TenantLimits, Token, TokenId};
 use corral::worker::WorkerConfig;
 
 use crate::api_support::{self, RedisServer, Store};
@@ -246,6 +246,246 @@ async fn catalog_contract(catalog: Arc<dyn Catalog>) {
         .await
         .unwrap();
     assert_eq!(theirs.version, 1);
+
+    // Removing a job removes every version of it, and only that tenant's:
+    // the name is then free again, from version 1.
+    assert!(catalog.delete_job("acme", "job:a").await.unwrap());
+    assert_eq!(catalog.job("acme", "job:a", None).await.unwrap(), None);
+    assert_eq!(catalog.job("acme", "job:a", Some(1)).await.unwrap(), None);
+    let names: Vec<String> = catalog
+        .jobs("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, vec!["b".to_owned()]);
+    assert!(!catalog.delete_job("acme", "job:a").await.unwrap());
+    assert!(!catalog.delete_job("acme", "never").await.unwrap());
+    assert!(!catalog.delete_job("nobody", "job:a").await.unwrap());
+    assert_eq!(
+        catalog.job("other", "job:a", None).await.unwrap(),
+        Some(theirs)
+    );
+    let again = catalog
+        .add_job_version(definition("acme", "job:a", &hash), false)
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1);
+
+    admin_tokens_contract(&catalog, &acme, &second).await;
+    tenant_listing_contract(&catalog, &acme).await;
+}
+
+/// Admin tokens, in a catalog where tenant `acme` has the token `tenants`.
+async fn admin_tokens_contract(catalog: &Arc<dyn Catalog>, acme: &Tenant, tenants: &Token) {
+    let admin = Token::generate();
+    let info = catalog
+        .add_admin_token(&admin.hash(), Some("on-call: ops"))
+        .await
+        .unwrap();
+    assert_eq!(info.id, admin.hash().id());
+    assert_eq!(info.name.as_deref(), Some("on-call: ops"));
+    // It is the operator's, and no tenant's.
+    assert_eq!(
+        catalog.principal_for_token(&admin.hash()).await.unwrap(),
+        Some(Principal::Admin(admin.hash().id()))
+    );
+    assert_eq!(catalog.tenant_for_token(&admin.hash()).await.unwrap(), None);
+    assert_eq!(
+        catalog.principal_for_token(&tenants.hash()).await.unwrap(),
+        Some(Principal::Tenant(acme.clone()))
+    );
+    assert_eq!(
+        catalog
+            .principal_for_token(&Token::generate().hash())
+            .await
+            .unwrap(),
+        None
+    );
+    let unnamed = Token::generate();
+    catalog
+        .add_admin_token(&unnamed.hash(), None)
+        .await
+        .unwrap();
+    let mut listed: Vec<(TokenId, Option<String>)> = catalog
+        .admin_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect();
+    listed.sort();
+    let mut want = vec![
+        (admin.hash().id(), Some("on-call: ops".to_owned())),
+        (unnamed.hash().id(), None),
+    ];
+    want.sort();
+    assert_eq!(listed, want);
+
+    // A token is one tenant's or an admin's, never both, whichever came
+    // first; a refusal changes nothing.
+    assert_eq!(
+        catalog.add_admin_token(&tenants.hash(), None).await,
+        Err(CatalogError::TokenInUse)
+    );
+    assert_eq!(
+        catalog.add_token("acme", &admin.hash()).await,
+        Err(CatalogError::TokenInUse)
+    );
+    assert_eq!(
+        catalog.add_admin_token(&admin.hash(), None).await,
+        Err(CatalogError::TokenInUse)
+    );
+    assert_eq!(
+        catalog.principal_for_token(&tenants.hash()).await.unwrap(),
+        Some(Principal::Tenant(acme.clone()))
+    );
+    assert_eq!(
+        catalog.principal_for_token(&admin.hash()).await.unwrap(),
+        Some(Principal::Admin(admin.hash().id()))
+    );
+    let acme_ids: Vec<TokenId> = catalog
+        .tokens("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(acme_ids, vec![tenants.hash().id()]);
+    assert_eq!(catalog.admin_tokens().await.unwrap().len(), 2);
+
+    // Tenant revocations never reach an admin token, nor admin ones a
+    // tenant's.
+    assert_eq!(catalog.revoke_token(&admin.hash()).await.unwrap(), None);
+    assert!(
+        !catalog
+            .revoke_token_id("acme", &admin.hash().id())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !catalog
+            .revoke_admin_token(&tenants.hash().id())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        catalog.principal_for_token(&admin.hash()).await.unwrap(),
+        Some(Principal::Admin(admin.hash().id()))
+    );
+    assert_eq!(
+        catalog.tenant_for_token(&tenants.hash()).await.unwrap(),
+        Some(acme.clone())
+    );
+
+    // Names are a line of printable text.
+    for bad in [
+        String::new(),
+        "a\nb".into(),
+        "\u{202e}x".into(),
+        "x".repeat(129),
+    ] {
+        let refused = catalog
+            .add_admin_token(&Token::generate().hash(), Some(&bad))
+            .await;
+        assert!(
+            matches!(&refused, Err(CatalogError::InvalidTokenName(m)) if !m.is_empty()),
+            "{bad:?}: {refused:?}"
+        );
+    }
+    assert_eq!(catalog.admin_tokens().await.unwrap().len(), 2);
+
+    // Revoked by id: it stops working at once and is no longer listed.
+    assert!(
+        catalog
+            .revoke_admin_token(&admin.hash().id())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        catalog.principal_for_token(&admin.hash()).await.unwrap(),
+        None
+    );
+    assert!(
+        !catalog
+            .revoke_admin_token(&admin.hash().id())
+            .await
+            .unwrap()
+    );
+    let ids: Vec<TokenId> = catalog
+        .admin_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, vec![unnamed.hash().id()]);
+    assert_eq!(
+        catalog.principal_for_token(&unnamed.hash()).await.unwrap(),
+        Some(Principal::Admin(unnamed.hash().id()))
+    );
+}
+
+/// The tenant listing, in a catalog where `acme` (one token) is the only
+/// tenant so far.
+async fn tenant_listing_contract(catalog: &Arc<dyn Catalog>, acme: &Tenant) {
+    let before = chrono::Utc::now();
+    for name in ["zed", "bob"] {
+        api_support::tenant(catalog, name, TenantLimits::default()).await;
+    }
+    catalog
+        .add_token("zed", &Token::generate().hash())
+        .await
+        .unwrap();
+    let all = catalog.tenants_page(None, 100).await.unwrap();
+    let rows: Vec<(&str, u64)> = all
+        .iter()
+        .map(|t| (t.tenant.name.as_str(), t.tokens))
+        .collect();
+    assert_eq!(rows, vec![("acme", 1), ("bob", 1), ("zed", 2)]);
+    assert_eq!(&all[0].tenant, acme);
+    for t in &all[1..] {
+        let created = t.created_at.expect("a creation time");
+        assert!(created >= before - chrono::TimeDelta::seconds(1), "{t:?}");
+    }
+    // A page at a time, each starting after the last name of the one
+    // before.
+    let names = |page: Vec<corral::tenant::TenantInfo>| -> Vec<String> {
+        page.into_iter().map(|t| t.tenant.name).collect()
+    };
+    assert_eq!(
+        names(catalog.tenants_page(None, 2).await.unwrap()),
+        ["acme", "bob"]
+    );
+    assert_eq!(
+        names(catalog.tenants_page(Some("bob"), 2).await.unwrap()),
+        ["zed"]
+    );
+    assert_eq!(
+        names(catalog.tenants_page(Some("b"), 1).await.unwrap()),
+        ["bob"]
+    );
+    assert!(
+        catalog
+            .tenants_page(Some("zed"), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(catalog.tenants_page(None, 0).await.unwrap().is_empty());
+    // Changing limits keeps the creation time.
+    let created = all[2].created_at;
+    let tighter = TenantLimits {
+        max_jobs: 3,
+        ..TenantLimits::default()
+    };
+    catalog.set_limits("zed", &tighter).await.unwrap();
+    let zed = catalog.tenants_page(Some("bob"), 1).await.unwrap();
+    assert_eq!(
+        (zed[0].tenant.limits, zed[0].created_at),
+        (tighter, created)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,13 +505,20 @@ async fn the_redis_catalog_keeps_the_contract_with_every_key_tenant_tagged() {
     let keys = api_support::keys(redis);
     assert!(!keys.is_empty());
     for key in &keys {
-        let tenant_key = ["corral:{t:acme}:", "corral:{t:other}:"]
-            .iter()
-            .any(|p| key.starts_with(p));
-        assert!(
-            tenant_key || key.starts_with("corral:token:"),
-            "key without its tenant: {key}"
-        );
+        let tenant_key = [
+            "corral:{t:acme}:",
+            "corral:{t:other}:",
+            "corral:{t:bob}:",
+            "corral:{t:zed}:",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p));
+        // Tokens and the two listings over every tenant are the only keys
+        // outside a tenant's tag.
+        let across = key.starts_with("corral:token:")
+            || key == "corral:catalog:tenants"
+            || key == "corral:catalog:admin_tokens";
+        assert!(tenant_key || across, "key without its tenant: {key}");
     }
 }
 

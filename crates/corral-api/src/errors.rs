@@ -1,8 +1,11 @@
 //! API errors: one type, one JSON shape, one status per kind.
 //!
 //! Every failure answers `{"error": {"kind": "...", "message": "..."}}` with
-//! a status that follows from the kind: 400 for a malformed request, 401 for
-//! a missing or unknown token, 404 for anything the caller cannot see
+//! a status that follows from the kind: 400 for a malformed request (an
+//! admin token without the `?tenant=` a route needs: `tenant_required`),
+//! 401 for a missing or unknown token, 403 `admin_required` for a route
+//! over every tenant asked with a tenant's token (the route is no secret,
+//! what it shows is), 404 for anything the caller cannot see
 //! (whether it does not exist or belongs to another tenant: the two are
 //! never told apart), 409 for a name already taken, 413 for a body over its
 //! cap, 422 for a module or job the registry refuses (a catalog quota too:
@@ -150,8 +153,15 @@ impl From<CatalogError> for ApiError {
             CatalogError::InvalidTenantName(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
             }
-            // A tenant the request was authenticated as no longer exists.
+            // A tenant the request was authenticated as no longer exists,
+            // or an admin named one that does not.
             CatalogError::UnknownTenant(_) => Self::not_found("tenant_not_found", e.to_string()),
+            CatalogError::TokenInUse => {
+                Self::new(StatusCode::CONFLICT, "token_in_use", e.to_string())
+            }
+            CatalogError::InvalidTokenName(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
+            }
             CatalogError::Unavailable(_) => {
                 tracing::warn!(error = %e, "catalog unavailable");
                 Self::new(

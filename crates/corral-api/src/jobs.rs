@@ -1,4 +1,5 @@
-//! Job routes: register a job (or a new version of one), list and show.
+//! Job routes: register a job (or a new version of one), list, show and
+//! remove.
 //!
 //! A registration names an ordered chain of module hashes the tenant has
 //! uploaded, and optional limits; limits left out take the defaults narrowed
@@ -10,6 +11,11 @@
 //! quotas (jobs, versions per job, handlers per job) is 422 with the
 //! quota's kind; output and log limits above the tenant's ceilings are
 //! `over_tenant_limit` like fuel, memory and time.
+//!
+//! `DELETE /v1/jobs/{name}` removes a job, every version of it (204): tasks
+//! already queued for it fail when they run (`unknown_job`), and the name is
+//! free again (a new registration starts at version 1). Another tenant's
+//! job answers 404 `job_not_found` exactly like a job that does not exist.
 //!
 //! The list pages by name: `?limit=` (default 100) jobs after `?after=`,
 //! the answer's `next` naming where the next page starts; it also stops
@@ -29,7 +35,7 @@ use super::body::read_json;
 use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::BoundedList;
-use super::{ApiState, Caller};
+use super::{ApiState, Scope};
 use corral_client::broker::Broker;
 use corral_core::text::{Inert, needs_escape};
 use corral_registry::registry::{HandlerSpec, JobDefinition};
@@ -104,11 +110,11 @@ pub struct RegisterJob {
 /// `POST /v1/jobs`.
 pub async fn register<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<JobDefinition>), ApiError> {
-    let req: RegisterJob = read_json(&state.config, caller.name(), &headers, body).await?;
+    let req: RegisterJob = read_json(&state.config, scope.name(), &headers, body).await?;
     let mut handlers = Vec::with_capacity(req.handlers.len());
     for (i, link) in req.handlers.into_iter().enumerate() {
         let (name, hash) = match link {
@@ -130,19 +136,19 @@ pub async fn register<B: Broker + Clone>(
         }
         handlers.push(HandlerSpec { name, module });
     }
-    let base = caller.tenant.limits.cap(&Limits::default());
+    let base = scope.tenant.limits.cap(&Limits::default());
     let limits = req.limits.over(base);
     let registry = &state.registry;
     let definition = if req.replace {
         registry
-            .replace(caller.name(), &req.name, handlers, limits)
+            .replace(scope.name(), &req.name, handlers, limits)
             .await?
     } else {
         registry
-            .register(caller.name(), &req.name, handlers, limits)
+            .register(scope.name(), &req.name, handlers, limits)
             .await?
     };
-    tracing::info!(tenant = caller.name(), job = %Inert(&definition.name), version = definition.version, "job registered");
+    tracing::info!(tenant = scope.name(), by = %scope.caller.actor(), job = %Inert(&definition.name), version = definition.version, "job registered");
     Ok((StatusCode::CREATED, Json(definition)))
 }
 
@@ -160,7 +166,7 @@ pub struct ListJobs {
 /// name or null}`, by name.
 pub async fn list<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Query(query): Query<ListJobs>,
 ) -> Result<Response, ApiError> {
     let max = state.config.max_list;
@@ -172,7 +178,7 @@ pub async fn list<B: Broker + Clone>(
     let jobs = state
         .registry
         .catalog()
-        .jobs_page(caller.name(), query.after.as_deref(), limit + 1)
+        .jobs_page(scope.name(), query.after.as_deref(), limit + 1)
         .await?;
     let mut list = BoundedList::new("jobs", state.config.max_list_bytes)?;
     let mut last = None;
@@ -201,14 +207,14 @@ pub struct ShowJob {
 /// `GET /v1/jobs/{name}`.
 pub async fn show<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(name): Path<String>,
     Query(query): Query<ShowJob>,
 ) -> Result<Json<JobDefinition>, ApiError> {
     let found = state
         .registry
         .catalog()
-        .job(caller.name(), &name, query.version)
+        .job(scope.name(), &name, query.version)
         .await?;
     found.map(Json).ok_or_else(|| match query.version {
         Some(v) => ApiError::not_found(
@@ -217,4 +223,20 @@ pub async fn show<B: Broker + Clone>(
         ),
         None => ApiError::not_found("job_not_found", format!("unknown job `{name}`")),
     })
+}
+
+/// `DELETE /v1/jobs/{name}`: 204 once removed.
+pub async fn remove<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    scope: Scope,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.registry.remove_job(scope.name(), &name).await? {
+        return Err(ApiError::not_found(
+            "job_not_found",
+            format!("unknown job `{name}`"),
+        ));
+    }
+    tracing::info!(tenant = scope.name(), by = %scope.caller.actor(), job = %Inert(&name), "job removed");
+    Ok(StatusCode::NO_CONTENT)
 }

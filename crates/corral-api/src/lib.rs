@@ -8,20 +8,25 @@
 //! | `POST /v1/jobs` | register a job (or a new version with `replace`) | 201 the definition |
 //! | `GET /v1/jobs` | the newest version of each job, by name (`?after=&limit=`) | 200 `{jobs: [...], truncated, next}` |
 //! | `GET /v1/jobs/{name}` | one job (`?version=N` for an older one) | 200 the definition |
+//! | `DELETE /v1/jobs/{name}` | remove a job, every version (its queued tasks then fail `unknown_job`) | 204 |
 //! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}` |
 //! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=`) newest first | 200 `{tasks: [...], truncated}` |
 //! | `GET /v1/tasks/{id}` | one task | 200 the task |
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
 //! | `GET /v1/usage` | what the tenant's tasks cost per UTC day (`?since=&until=`, `YYYY-MM-DD`, default the last 30 days) | 200 `{tenant, since, until, days: [...], total}` |
+//! | `GET /v1/tenants` | admin token only: the tenants by name (`?after=&limit=`) | 200 `{tenants: [...], truncated, next}` |
 //! | `GET /` | the dashboard page (a static shell; it holds no data and asks for a token) | 200 HTML |
 //! | `GET /healthz` | the process serves (no token) | 200 `{status}` |
 //! | `GET /readyz` | the broker and the catalog answer within 2 s (no token) | 200 or 503 `{status, broker, catalog}` |
 //!
-//! Every `/v1` route needs `Authorization: Bearer <token>` ([`auth`]); the
-//! token decides the tenant, and every read and write is scoped to it: what
-//! belongs to another tenant answers exactly as what does not exist (404),
-//! so a tenant cannot even learn that it exists. Errors are JSON
+//! Every `/v1` route needs `Authorization: Bearer <token>` ([`auth`]); a
+//! tenant's token decides the tenant, and every read and write is scoped to
+//! it: what belongs to another tenant answers exactly as what does not
+//! exist (404), so a tenant cannot even learn that it exists. An admin
+//! token (`corral admin token`) acts on any tenant: the routes above over
+//! one tenant's things take it with `?tenant=NAME` ([`auth::Scope`]), and
+//! only it may use the routes over every tenant. Errors are JSON
 //! ([`errors`]), whoever raises them ([`extract`], [`guard`]). Bodies are
 //! capped: JSON at [`ApiConfig::max_json_bytes`], modules at the tenant's
 //! `max_module_bytes`, and all of them together by the [`BodyBudget`]
@@ -56,6 +61,7 @@ mod modules;
 pub mod page;
 pub mod server;
 mod tasks;
+mod tenants;
 mod usage;
 
 use std::future::Future;
@@ -72,7 +78,7 @@ use tokio::net::TcpListener;
 use corral_client::broker::Broker;
 use corral_registry::registry::Registry;
 
-pub use auth::Caller;
+pub use auth::{Caller, Scope, TenantParam};
 pub use budget::BodyBudget;
 pub use errors::ApiError;
 pub use server::{SHUTDOWN_GRACE, raise_fd_limit, serve_with};
@@ -149,13 +155,33 @@ pub struct ApiState<B> {
 pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
     let request_timeout = state.config.request_timeout;
     let wait_timeout = request_timeout.saturating_add(state.config.max_wait);
+    let state = Arc::new(state);
+    // Every `/v1` route authenticates first (inside the time limit: the
+    // lookup reads the catalog).
+    let authenticated = from_fn_with_state(state.clone(), auth::authenticate::<B>);
     // The long-poll `wait` holds a request for up to `max_wait` by design;
     // every other route answers within `request_timeout`.
     let waits = Router::new()
         .route("/v1/tasks/{id}/wait", get(tasks::wait::<B>))
+        .route_layer(authenticated.clone())
         .route_layer(from_fn_with_state(wait_timeout, guard::limit_time));
+    let v1 = Router::new()
+        .route("/v1/modules", post(modules::upload::<B>))
+        .route("/v1/modules/{hash}", get(modules::show::<B>))
+        .route("/v1/jobs", get(jobs::list::<B>).post(jobs::register::<B>))
+        .route(
+            "/v1/jobs/{name}",
+            get(jobs::show::<B>).delete(jobs::remove::<B>),
+        )
+        .route("/v1/tasks", get(tasks::list::<B>).post(tasks::enqueue::<B>))
+        .route("/v1/tasks/{id}", get(tasks::show::<B>))
+        .route("/v1/stats", get(tasks::stats::<B>))
+        .route("/v1/usage", get(usage::show::<B>))
+        .route("/v1/tenants", get(tenants::list::<B>))
+        .route_layer(authenticated)
+        .route_layer(from_fn_with_state(request_timeout, guard::limit_time));
     let ready = Arc::new(health::ReadyCache::default());
-    let rest = Router::new()
+    let open = Router::new()
         .route("/", get(dashboard::page))
         .route("/healthz", get(health::healthz))
         .route(
@@ -164,17 +190,10 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
                 health::readyz(&state.broker, &state.registry, &ready).await
             }),
         )
-        .route("/v1/modules", post(modules::upload::<B>))
-        .route("/v1/modules/{hash}", get(modules::show::<B>))
-        .route("/v1/jobs", get(jobs::list::<B>).post(jobs::register::<B>))
-        .route("/v1/jobs/{name}", get(jobs::show::<B>))
-        .route("/v1/tasks", get(tasks::list::<B>).post(tasks::enqueue::<B>))
-        .route("/v1/tasks/{id}", get(tasks::show::<B>))
-        .route("/v1/stats", get(tasks::stats::<B>))
-        .route("/v1/usage", get(usage::show::<B>))
         .route_layer(from_fn_with_state(request_timeout, guard::limit_time));
     waits
-        .merge(rest)
+        .merge(v1)
+        .merge(open)
         .fallback(|| async {
             ApiError::not_found("route_not_found", "no such route; see the API docs")
         })
@@ -186,7 +205,7 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
             )
         })
         .layer(map_response(guard::json_errors))
-        .with_state(Arc::new(state))
+        .with_state(state)
 }
 
 /// Serves `router` on `listener` with the default [`ApiConfig`]'s

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::body::read_limited;
 use super::errors::ApiError;
 use super::extract::Path;
-use super::{ApiState, Caller};
+use super::{ApiState, Scope};
 use corral_client::broker::Broker;
 use corral_sandbox::ModuleHash;
 
@@ -38,7 +38,7 @@ const WASM_TYPES: [&str; 2] = ["application/wasm", "application/octet-stream"];
 /// `POST /v1/modules`: validates and stores the body; answers its hash.
 pub async fn upload<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<ModuleInfo>), ApiError> {
@@ -53,14 +53,14 @@ pub async fn upload<B: Broker + Clone>(
             ));
         }
     }
-    let cap = caller
+    let cap = scope
         .tenant
         .limits
         .max_module_bytes
         .min(state.registry.sandbox().config().max_module_bytes);
     let held = read_limited(
         &state.config,
-        caller.name(),
+        scope.name(),
         &headers,
         body,
         cap,
@@ -74,18 +74,15 @@ pub async fn upload<B: Broker + Clone>(
     // threads, answering as slowly for bytes another tenant uploaded as for
     // new ones) before storing it.
     let _budget = held.reservation.clone();
-    let hash = state
-        .registry
-        .add_module(caller.name(), &held.bytes)
-        .await?;
-    tracing::info!(tenant = caller.name(), %hash, size, "module uploaded");
+    let hash = state.registry.add_module(scope.name(), &held.bytes).await?;
+    tracing::info!(tenant = scope.name(), by = %scope.caller.actor(), %hash, size, "module uploaded");
     Ok((StatusCode::CREATED, Json(ModuleInfo { hash, size })))
 }
 
 /// `GET /v1/modules/{hash}`: the module if this tenant uploaded it.
 pub async fn show<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(hash): Path<String>,
 ) -> Result<Json<ModuleInfo>, ApiError> {
     let not_found = || ApiError::not_found("module_not_found", format!("unknown module {hash}"));
@@ -93,7 +90,7 @@ pub async fn show<B: Broker + Clone>(
     let bytes = state
         .registry
         .catalog()
-        .module(caller.name(), &parsed)
+        .module(scope.name(), &parsed)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(ModuleInfo {

@@ -1,14 +1,17 @@
 //! Task routes: enqueue, show, wait, list, and the tenant's counts.
 //!
-//! Enqueue checks the job exists for the caller (404 `job_not_found`
+//! Every route acts on the request's [`Scope`]: the token's tenant, or the
+//! `?tenant=` an admin token names.
+//!
+//! Enqueue checks the job exists for that tenant (404 `job_not_found`
 //! otherwise, the same for another tenant's job), pins the task to the job's
 //! current version (or to the `version` asked for), and stores it under the
-//! caller's tenant, whatever the body says, within the tenant's quota: the
+//! scope's tenant, whatever the body says, within the tenant's quota: the
 //! broker checks and counts `max_queued` (429 `queue_full`) and
 //! `max_queues` (429 `too_many_queues`) in the same atomic step as the
 //! store ([`Broker::enqueue_within`]), so concurrent requests cannot pass
 //! them. Reads go
-//! through [`Broker::task`] with the caller's tenant, so another tenant's
+//! through [`Broker::task`] with the scope's tenant, so another tenant's
 //! task id answers 404 exactly like an unknown one.
 //!
 //! A list shows [`TaskSummary`] rows: a task's args, result log and log can
@@ -33,7 +36,7 @@ use super::body::read_json;
 use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::{BoundedList, clip};
-use super::{ApiState, Caller};
+use super::{ApiState, Scope};
 use corral_client::broker::{Broker, QueueStats, TaskQuery};
 use corral_core::metering::MeteringTotal;
 use corral_core::task::{Task, TaskError, TaskId, TaskState};
@@ -46,13 +49,13 @@ pub use corral_registry::submit::{Enqueued, NewTask as EnqueueTask};
 /// [`corral_registry::submit::submit`]'s, which `corral enqueue` shares.
 pub async fn enqueue<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
-    let req: EnqueueTask = read_json(&state.config, caller.name(), &headers, body).await?;
+    let req: EnqueueTask = read_json(&state.config, scope.name(), &headers, body).await?;
     let catalog = state.registry.catalog();
-    let answer = submit(&state.broker, catalog.as_ref(), &caller.tenant, req).await?;
+    let answer = submit(&state.broker, catalog.as_ref(), &scope.tenant, req).await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
@@ -68,11 +71,11 @@ fn task_not_found(id: TaskId) -> ApiError {
 /// `GET /v1/tasks/{id}`.
 pub async fn show<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
     let id = parse_id(&id)?;
-    let task = state.broker.task(caller.name(), id).await?;
+    let task = state.broker.task(scope.name(), id).await?;
     task.map(Json).ok_or_else(|| task_not_found(id))
 }
 
@@ -88,7 +91,7 @@ pub struct WaitQuery {
 /// dead, or with its current state when the timeout passes first.
 pub async fn wait<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Path(id): Path<String>,
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<Task>, ApiError> {
@@ -106,7 +109,7 @@ pub async fn wait<B: Broker + Clone>(
     loop {
         let task = state
             .broker
-            .task(caller.name(), id)
+            .task(scope.name(), id)
             .await?
             .ok_or_else(|| task_not_found(id))?;
         let now = tokio::time::Instant::now();
@@ -228,7 +231,7 @@ impl<'a> TaskSummary<'a> {
 /// first.
 pub async fn list<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let max = state.config.max_list;
@@ -239,7 +242,7 @@ pub async fn list<B: Broker + Clone>(
     let tasks = state
         .broker
         .list_tasks(
-            caller.name(),
+            scope.name(),
             &TaskQuery {
                 state: query.state,
                 queue: query.queue,
@@ -256,10 +259,10 @@ pub async fn list<B: Broker + Clone>(
     list.finish(&[])
 }
 
-/// `GET /v1/stats`: the caller's task counts over all its queues.
+/// `GET /v1/stats`: the tenant's task counts over all its queues.
 pub async fn stats<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
 ) -> Result<Json<QueueStats>, ApiError> {
-    Ok(Json(state.broker.tenant_stats(caller.name()).await?))
+    Ok(Json(state.broker.tenant_stats(scope.name()).await?))
 }

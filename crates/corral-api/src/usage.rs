@@ -1,4 +1,5 @@
-//! `GET /v1/usage`: what the caller's tasks cost, day by day.
+//! `GET /v1/usage`: what the tenant's tasks cost, day by day (the token's
+//! tenant, or the one an admin token names with `?tenant=`).
 //!
 //! The counters are the broker's ([`Broker::usage`]), kept per tenant and
 //! day atomically with each stored checkpoint and ack. A tenant sees only
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
 use super::extract::Query;
-use super::{ApiState, Caller};
+use super::{ApiState, Scope};
 use corral_client::broker::Broker;
 use corral_core::metering::{DailyUsage, Usage, usage_default_since};
 
@@ -40,18 +41,18 @@ pub struct UsageReport {
 /// `GET /v1/usage`.
 pub async fn show<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    caller: Caller,
+    scope: Scope,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let until = query.until.unwrap_or_else(|| Utc::now().date_naive());
     let since = query.since.unwrap_or_else(|| usage_default_since(until));
-    let days = state.broker.usage(caller.name(), since..=until).await?;
+    let days = state.broker.usage(scope.name(), since..=until).await?;
     let mut total = Usage::default();
     for d in &days {
         total.merge(&d.usage);
     }
     Ok(Json(UsageReport {
-        tenant: caller.name().to_owned(),
+        tenant: scope.name().to_owned(),
         since,
         until,
         days,

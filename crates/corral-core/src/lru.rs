@@ -117,6 +117,21 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
         value
     }
 
+    /// Forgets every entry whose key `doomed` picks (a record removed from
+    /// its store, say).
+    pub fn remove_where(&self, doomed: impl Fn(&K) -> bool) {
+        let mut state = self.lock();
+        let mut freed = 0;
+        state.map.retain(|key, slot| {
+            let keep = !doomed(key);
+            if !keep {
+                freed += slot.weight;
+            }
+            keep
+        });
+        state.weight -= freed;
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.lock().map.len()
@@ -170,6 +185,18 @@ mod tests {
         lru.put("k", 1, 3);
         lru.put("k", 2, 5);
         assert_eq!((lru.get(&"k"), lru.weight(), lru.len()), (Some(2), 5, 1));
+    }
+
+    #[test]
+    fn remove_where_forgets_the_picked_entries_and_their_weight() {
+        let lru = Lru::new(8, 100);
+        lru.put(("a", 1), (), 3);
+        lru.put(("a", 2), (), 4);
+        lru.put(("b", 1), (), 5);
+        lru.remove_where(|(name, _)| *name == "a");
+        assert_eq!((lru.len(), lru.weight()), (1, 5));
+        assert_eq!(lru.get(&("a", 1)), None);
+        assert_eq!(lru.get(&("b", 1)), Some(()));
     }
 
     #[test]

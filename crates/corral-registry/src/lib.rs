@@ -25,4 +25,4 @@ pub use catalog::{Catalog, CatalogError, MemoryCatalog, RedisCatalog};
 pub use job::{HandlerSpec, JobDefinition};
 pub use registry::{Registry, RegistryError};
 pub use submit::{NewTask, SubmitError};
-pub use tenant::{Tenant, TenantLimits, Token};
+pub use tenant::{Principal, Tenant, TenantInfo, TenantLimits, Token};

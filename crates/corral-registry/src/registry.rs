@@ -10,11 +10,15 @@
 //!
 //! Workers resolve jobs here: module bytes are fetched from the catalog by
 //! hash on first use and compiled once (the sandbox caches by hash); a
-//! resolved version is immutable, so it is cached until it is among the
-//! least recently used of [`RESOLVED_CACHED`], and "newest version" lookups
-//! are cached for [`LATEST_TTL`] to keep the store off the per-task path.
-//! Both caches are bounded: their size follows the jobs that run, not every
-//! version tenants ever registered.
+//! resolved version is cached until it is among the least recently used of
+//! [`RESOLVED_CACHED`], and "newest version" lookups are cached for
+//! [`LATEST_TTL`] to keep the store off the per-task path. A stored version
+//! never changes, but a job can be removed ([`Registry::remove_job`]) and
+//! its name registered again from version 1: so a cached version is used
+//! as is for [`LATEST_TTL`], then confirmed against the store (one small
+//! read) before it is used again, and a removal reaches every worker within
+//! that time. Both caches are bounded: their size follows the jobs that
+//! run, not every version tenants ever registered.
 //!
 //! The registry never runs a handler and never touches the broker.
 
@@ -120,8 +124,9 @@ type ResolvedKey = (String, String, u32);
 pub struct Registry {
     sandbox: Sandbox,
     catalog: Arc<dyn Catalog>,
-    /// Resolved versions: immutable, kept while recently used.
-    resolved: Arc<Lru<ResolvedKey, Arc<ResolvedJob>>>,
+    /// Resolved versions, kept while recently used, each with when the
+    /// store last confirmed it.
+    resolved: Arc<Lru<ResolvedKey, (Arc<ResolvedJob>, Instant)>>,
     /// Newest version per job, and when it was read.
     latest: Arc<Lru<JobKey, (u32, Instant)>>,
 }
@@ -379,12 +384,30 @@ impl Registry {
                 .filter(|(_, at)| at.elapsed() < LATEST_TTL)
                 .map(|(v, _)| v),
         };
-        if let Some(v) = version
-            && let Some(job) = self.resolved.get(&(tenant.to_owned(), name.to_owned(), v))
-        {
-            return Ok(job);
+        // A definition already read from the store for this call, if any.
+        let mut read = None;
+        if let Some(v) = version {
+            let key = (tenant.to_owned(), name.to_owned(), v);
+            if let Some((job, confirmed)) = self.resolved.get(&key) {
+                if confirmed.elapsed() < LATEST_TTL {
+                    return Ok(job);
+                }
+                // Still stored as cached? (It may have been removed, and the
+                // name registered again.)
+                let stored = self.catalog.job(tenant, name, Some(v)).await?;
+                if stored.as_ref() == Some(&job.definition) {
+                    self.resolved.put(key, (job.clone(), Instant::now()), 0);
+                    return Ok(job);
+                }
+                self.resolved.remove_where(|k| *k == key);
+                read = Some(stored);
+            }
         }
-        let definition = match self.catalog.job(tenant, name, version).await? {
+        let stored = match read {
+            Some(stored) => stored,
+            None => self.catalog.job(tenant, name, version).await?,
+        };
+        let definition = match stored {
             Some(d) => d,
             None => {
                 return Err(match version {
@@ -425,7 +448,19 @@ impl Registry {
             definition,
             handlers,
         });
-        Ok(self.resolved.insert(key, job, 0))
+        Ok(self.resolved.insert(key, (job, Instant::now()), 0).0)
+    }
+
+    /// Removes `tenant`'s job `name`, every version ([`Catalog::delete_job`]);
+    /// returns whether there was one. This process forgets it at once;
+    /// other processes within [`LATEST_TTL`], after which their tasks of it
+    /// fail with `unknown_job`.
+    pub async fn remove_job(&self, tenant: &str, name: &str) -> Result<bool, RegistryError> {
+        let removed = self.catalog.delete_job(tenant, name).await?;
+        self.latest.remove_where(|(t, n)| t == tenant && n == name);
+        self.resolved
+            .remove_where(|(t, n, _)| t == tenant && n == name);
+        Ok(removed)
     }
 
     /// The newest version of each of `tenant`'s jobs, by name.

@@ -4,7 +4,10 @@
 //! once when created and stored only as their sha256 ([`TokenHash`]), so a
 //! leaked store does not leak credentials; each has a short public id
 //! ([`TokenId`], from the hash) by which an operator lists and revokes it
-//! without ever handling the secret again. The name [`DEFAULT_TENANT`] is
+//! without ever handling the secret again. Admin tokens (an operator's, see
+//! [`Principal`]) are made, hashed and listed the same way, but name no
+//! tenant: a token is one tenant's or an admin's, never both. The name
+//! [`DEFAULT_TENANT`] is
 //! reserved: tasks enqueued without a tenant land there, so no registered
 //! tenant may take it ([`check_new_tenant_name`]). This module owns the model
 //! and the limit checks; storage is the catalog's, enforcement points call
@@ -240,6 +243,56 @@ pub struct TokenInfo {
     pub id: TokenId,
     /// When the catalog stored it.
     pub created_at: DateTime<Utc>,
+    /// The operator's note on an admin token (`corral admin token --name`);
+    /// tenant tokens have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Longest note an admin token may carry, in bytes.
+pub const MAX_TOKEN_NAME_BYTES: usize = 128;
+
+/// Checks the note given to an admin token: 1 to [`MAX_TOKEN_NAME_BYTES`]
+/// bytes of printable text, nothing that could break or restyle the line it
+/// is listed on. The error says why, for people.
+pub fn check_token_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_TOKEN_NAME_BYTES {
+        return Err(format!(
+            "a token's name must be 1 to {MAX_TOKEN_NAME_BYTES} bytes"
+        ));
+    }
+    if name.chars().any(corral_core::text::needs_escape) {
+        return Err(
+            "a token's name may not hold control, line-separator or bidirectional-text characters"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Who a presented token is: a tenant's token acts for that tenant only, an
+/// admin token for the operator, over every tenant. A token is one or the
+/// other, never both: the catalog refuses to store a hash that already
+/// names the other kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A tenant's token, with the tenant as stored.
+    Tenant(Tenant),
+    /// An admin token, by its public id.
+    Admin(TokenId),
+}
+
+/// A tenant as `corral tenants ls` and `GET /v1/tenants` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    /// The tenant: name and limits.
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    /// When the catalog created it; `None` for tenants created before the
+    /// catalog kept the time.
+    pub created_at: Option<DateTime<Utc>>,
+    /// How many tokens it has listed.
+    pub tokens: u64,
 }
 
 fn hex(bytes: &[u8]) -> String {

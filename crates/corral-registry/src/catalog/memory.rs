@@ -4,14 +4,18 @@
 //! bounds made in one critical section.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::{Catalog, CatalogError, Quota, check_handlers};
 use crate::job::JobDefinition;
-use crate::tenant::{Tenant, TenantLimits, TokenHash, TokenId, TokenInfo, check_new_tenant_name};
+use crate::tenant::{
+    Principal, Tenant, TenantInfo, TenantLimits, TokenHash, TokenId, TokenInfo,
+    check_new_tenant_name, check_token_name,
+};
 use corral_sandbox::ModuleHash;
 
 /// One tenant's modules.
@@ -22,10 +26,21 @@ struct Modules {
     bytes: u64,
 }
 
+/// Whom a stored token names.
+#[derive(Clone, PartialEq, Eq)]
+enum Owner {
+    Tenant(String),
+    Admin,
+}
+
 #[derive(Default)]
 struct State {
-    tenants: HashMap<String, Tenant>,
-    tokens: HashMap<TokenHash, String>,
+    /// By name, sorted: the listing pages through it.
+    tenants: BTreeMap<String, Tenant>,
+    created: HashMap<String, DateTime<Utc>>,
+    tokens: HashMap<TokenHash, Owner>,
+    /// Admin token id → (hash, listing).
+    admin_ids: BTreeMap<TokenId, (TokenHash, TokenInfo)>,
     /// tenant → token id → (hash, listing).
     token_ids: HashMap<String, BTreeMap<TokenId, (TokenHash, TokenInfo)>>,
     modules: HashMap<String, Modules>,
@@ -43,11 +58,19 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// Whether `token` is free for `tenant`: unknown, or already its own.
+    fn free_for(&self, tenant: &str, token: &TokenHash) -> bool {
+        self.tokens
+            .get(token)
+            .is_none_or(|owner| *owner == Owner::Tenant(tenant.to_owned()))
+    }
+
     fn list_token(&mut self, tenant: &str, token: &TokenHash) {
         let id = token.id();
         let info = TokenInfo {
             id: id.clone(),
             created_at: Utc::now(),
+            name: None,
         };
         self.token_ids
             .entry(tenant.to_owned())
@@ -81,8 +104,13 @@ impl Catalog for MemoryCatalog {
         if st.tenants.contains_key(&tenant.name) {
             return Err(CatalogError::TenantExists(tenant.name.clone()));
         }
+        if !st.free_for(&tenant.name, token) {
+            return Err(CatalogError::TokenInUse);
+        }
         st.tenants.insert(tenant.name.clone(), tenant.clone());
-        st.tokens.insert(token.clone(), tenant.name.clone());
+        st.created.insert(tenant.name.clone(), Utc::now());
+        st.tokens
+            .insert(token.clone(), Owner::Tenant(tenant.name.clone()));
         st.list_token(&tenant.name, token);
         Ok(())
     }
@@ -96,20 +124,25 @@ impl Catalog for MemoryCatalog {
         if !st.tenants.contains_key(tenant) {
             return Err(CatalogError::UnknownTenant(tenant.to_owned()));
         }
-        st.tokens.insert(token.clone(), tenant.to_owned());
+        if !st.free_for(tenant, token) {
+            return Err(CatalogError::TokenInUse);
+        }
+        st.tokens
+            .insert(token.clone(), Owner::Tenant(tenant.to_owned()));
         st.list_token(tenant, token);
         Ok(())
     }
 
     async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError> {
         let mut st = self.lock();
-        let tenant = st.tokens.remove(token);
-        if let Some(tenant) = &tenant
-            && let Some(ids) = st.token_ids.get_mut(tenant)
-        {
+        let Some(Owner::Tenant(tenant)) = st.tokens.get(token).cloned() else {
+            return Ok(None);
+        };
+        st.tokens.remove(token);
+        if let Some(ids) = st.token_ids.get_mut(&tenant) {
             ids.remove(&token.id());
         }
-        Ok(tenant)
+        Ok(Some(tenant))
     }
 
     async fn revoke_token_id(&self, tenant: &str, id: &TokenId) -> Result<bool, CatalogError> {
@@ -117,7 +150,7 @@ impl Catalog for MemoryCatalog {
         let Some((hash, _)) = st.token_ids.get_mut(tenant).and_then(|ids| ids.remove(id)) else {
             return Ok(false);
         };
-        if st.tokens.get(&hash).is_some_and(|owner| owner == tenant) {
+        if st.free_for(tenant, &hash) {
             st.tokens.remove(&hash);
         }
         Ok(true)
@@ -148,12 +181,97 @@ impl Catalog for MemoryCatalog {
     }
 
     async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError> {
+        Ok(match self.principal_for_token(token).await? {
+            Some(Principal::Tenant(tenant)) => Some(tenant),
+            Some(Principal::Admin(_)) | None => None,
+        })
+    }
+
+    async fn principal_for_token(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<Principal>, CatalogError> {
         let st = self.lock();
+        Ok(match st.tokens.get(token) {
+            Some(Owner::Tenant(name)) => st.tenants.get(name).cloned().map(Principal::Tenant),
+            Some(Owner::Admin) => Some(Principal::Admin(token.id())),
+            None => None,
+        })
+    }
+
+    async fn add_admin_token(
+        &self,
+        token: &TokenHash,
+        name: Option<&str>,
+    ) -> Result<TokenInfo, CatalogError> {
+        if let Some(name) = name {
+            check_token_name(name).map_err(CatalogError::InvalidTokenName)?;
+        }
+        let mut st = self.lock();
+        if st.tokens.contains_key(token) {
+            return Err(CatalogError::TokenInUse);
+        }
+        let info = TokenInfo {
+            id: token.id(),
+            created_at: Utc::now(),
+            name: name.map(str::to_owned),
+        };
+        st.tokens.insert(token.clone(), Owner::Admin);
+        st.admin_ids
+            .insert(info.id.clone(), (token.clone(), info.clone()));
+        Ok(info)
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<TokenInfo>, CatalogError> {
+        let mut out: Vec<TokenInfo> = self
+            .lock()
+            .admin_ids
+            .values()
+            .map(|(_, info)| info.clone())
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn revoke_admin_token(&self, id: &TokenId) -> Result<bool, CatalogError> {
+        let mut st = self.lock();
+        let Some((hash, _)) = st.admin_ids.remove(id) else {
+            return Ok(false);
+        };
+        if st.tokens.get(&hash) == Some(&Owner::Admin) {
+            st.tokens.remove(&hash);
+        }
+        Ok(true)
+    }
+
+    async fn tenants_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TenantInfo>, CatalogError> {
+        let st = self.lock();
+        let from = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
         Ok(st
-            .tokens
-            .get(token)
-            .and_then(|name| st.tenants.get(name))
-            .cloned())
+            .tenants
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(name, tenant)| TenantInfo {
+                tenant: tenant.clone(),
+                created_at: st.created.get(name).copied(),
+                tokens: st.token_ids.get(name).map_or(0, |ids| ids.len() as u64),
+            })
+            .collect())
+    }
+
+    async fn delete_job(&self, tenant: &str, name: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .lock()
+            .jobs
+            .get_mut(tenant)
+            .is_some_and(|jobs| jobs.remove(name).is_some()))
     }
 
     async fn put_module(
@@ -276,7 +394,6 @@ impl Catalog for MemoryCatalog {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<JobDefinition>, CatalogError> {
-        use std::ops::Bound;
         let st = self.lock();
         let Some(jobs) = st.jobs.get(tenant) else {
             return Ok(Vec::new());

@@ -3,8 +3,11 @@
 //! A [`Catalog`] is plain storage with the few atomic operations the registry
 //! needs (create a tenant once, add a job version without racing another
 //! writer). Every record is scoped by tenant: no call returns another
-//! tenant's data, whatever it is asked. The in-memory catalog backs the
-//! embedded setup; the Redis one shares the broker's server.
+//! tenant's data, whatever it is asked; the operator's calls are the only
+//! ones over every tenant ([`Catalog::tenants_page`], the admin tokens),
+//! and callers give them to admin tokens and operators only. The in-memory
+//! catalog backs the embedded setup; the Redis one shares the broker's
+//! server.
 //!
 //! It also enforces the tenant's storage quotas ([`Quota`]): the count is
 //! checked in the same atomic step as the write it bounds (under the memory
@@ -22,7 +25,7 @@ pub mod redis;
 use async_trait::async_trait;
 
 use crate::job::JobDefinition;
-use crate::tenant::{Tenant, TenantLimits, TokenHash, TokenId, TokenInfo};
+use crate::tenant::{Principal, Tenant, TenantInfo, TenantLimits, TokenHash, TokenId, TokenInfo};
 use corral_sandbox::ModuleHash;
 
 pub use memory::MemoryCatalog;
@@ -131,6 +134,14 @@ pub enum CatalogError {
     /// No tenant of that name exists.
     #[error("no tenant `{0}`")]
     UnknownTenant(String),
+    /// The token already names a tenant or the operator: a token is one
+    /// tenant's or an admin's, never both (generated tokens never collide;
+    /// this guards the rule, not chance).
+    #[error("that token is already in use")]
+    TokenInUse,
+    /// An admin token's name is not acceptable; the text says why.
+    #[error("{0}")]
+    InvalidTokenName(String),
     /// The job exists and replace was not asked for.
     #[error("job `{name}` is already registered (version {version}); replace it explicitly")]
     JobExists {
@@ -157,16 +168,55 @@ pub trait Catalog: Send + Sync + 'static {
     /// The tenant of that name.
     async fn tenant(&self, name: &str) -> Result<Option<Tenant>, CatalogError>;
 
-    /// The tenant a token belongs to.
+    /// The tenant a token belongs to; `None` for an unknown token and for
+    /// an admin token (which belongs to no tenant).
     async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError>;
+
+    /// Who a token is: a tenant's (with the tenant as stored) or an admin's;
+    /// `None` for a token the catalog does not know (never issued, or
+    /// revoked). What authentication asks.
+    async fn principal_for_token(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<Principal>, CatalogError>;
+
+    /// Stores an admin token (`name`, an operator's note, checked with
+    /// [`crate::tenant::check_token_name`]); answers its listing. A hash
+    /// that already names a tenant or an admin is
+    /// [`CatalogError::TokenInUse`].
+    async fn add_admin_token(
+        &self,
+        token: &TokenHash,
+        name: Option<&str>,
+    ) -> Result<TokenInfo, CatalogError>;
+
+    /// The admin tokens (ids, names and creation times, oldest first).
+    /// Only operators make them, one at a time, so there are few.
+    async fn admin_tokens(&self) -> Result<Vec<TokenInfo>, CatalogError>;
+
+    /// Revokes an admin token by its id: it stops working at once. Returns
+    /// whether there was one. Never touches a tenant's token.
+    async fn revoke_admin_token(&self, id: &TokenId) -> Result<bool, CatalogError>;
+
+    /// A page of tenants, by name: at most `limit` of them, those named
+    /// after `after` when given (the previous page's last name), each with
+    /// its creation time and token count. Reads only the page, however many
+    /// tenants there are. Tenants created before the catalog indexed them
+    /// are not listed (they work as before).
+    async fn tenants_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TenantInfo>, CatalogError>;
 
     /// Gives an existing tenant one more token. Rotating a token is: add a
     /// new one, move the clients to it, revoke the old one.
     async fn add_token(&self, tenant: &str, token: &TokenHash) -> Result<(), CatalogError>;
 
-    /// Revokes a token: from now on it names no tenant, and it is no longer
-    /// listed. Returns the tenant it belonged to, `None` if it belonged to
-    /// none.
+    /// Revokes a tenant's token: from now on it names no tenant, and it is
+    /// no longer listed. Returns the tenant it belonged to, `None` if it
+    /// belonged to none (an admin token is left alone: see
+    /// [`revoke_admin_token`](Self::revoke_admin_token)).
     async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError>;
 
     /// Revokes a tenant's token by its public id, as [`tokens`](Self::tokens)
@@ -221,6 +271,13 @@ pub trait Catalog: Send + Sync + 'static {
         definition: JobDefinition,
         replace: bool,
     ) -> Result<JobDefinition, CatalogError>;
+
+    /// Removes a job, every version of it; returns whether there was one.
+    /// Tasks already queued for it fail when they run (`unknown_job`), and
+    /// it no longer counts against `max_jobs`. Its modules stay (other jobs
+    /// may name them). A job registered again under the name starts again
+    /// at version 1.
+    async fn delete_job(&self, tenant: &str, name: &str) -> Result<bool, CatalogError>;
 
     /// A job at `version`, or its newest version when `None`.
     async fn job(

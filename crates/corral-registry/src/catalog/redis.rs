@@ -13,16 +13,22 @@
 //! | `P:{t:T}:module_bytes` | string | the sum of those sizes |
 //! | `P:{t:T}:job:<name>` | hash | version → [`JobDefinition`] JSON |
 //! | `P:{t:T}:jobs` | hash | job name → newest version |
-//! | `P:token:<sha256>` | string | the tenant a token belongs to |
+//! | `P:token:<sha256>` | string | the tenant a token belongs to, or [`ADMIN_HOLDER`] for an admin token |
+//! | `P:catalog:tenants` | zset | every tenant's name, all scored 0: the listing pages through it by name (`ZRANGE … BYLEX`) |
+//! | `P:catalog:admin_tokens` | hash | admin token id → `{hash, created_at, name}` JSON (the listing) |
 //!
 //! Every key of a tenant carries the tenant in the hash tag `{t:T}`, so a
 //! tenant's keys live in one Redis Cluster slot and the scripts below can
 //! name all they touch in `KEYS[]`. The `t:` inside the tag and the
 //! suffixes (`tenant`, `tokens`, `module:…`, `modules`, `module_bytes`,
 //! `job:…`, `jobs`) never equal the broker's queue tags and suffixes, so the
-//! two share a server without colliding. Token keys are the one exception to
-//! "keyed by tenant": a token is looked up before its tenant is known. Only
-//! the sha256 of a token is stored.
+//! two share a server without colliding. Token keys are an exception to
+//! "keyed by tenant": a token is looked up before its tenant is known; so
+//! are the two `P:catalog:` keys, which span tenants (the broker's keys all
+//! start `P:{`, so they never meet). Only the sha256 of a token is stored.
+//! One token key names one holder, so a token is one tenant's or an
+//! admin's, never both; [`CLAIM_TOKEN`] and `SET NX` refuse a hash that
+//! already names another.
 //!
 //! Quotas are checked inside the script that writes ([`PUT_MODULE`],
 //! [`ADD_JOB_VERSION`]), against the limits in the tenant's record read by
@@ -42,7 +48,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Catalog, CatalogError, Quota};
 use crate::job::JobDefinition;
-use crate::tenant::{Tenant, TenantLimits, TokenHash, TokenId, TokenInfo, check_new_tenant_name};
+use crate::tenant::{
+    Principal, Tenant, TenantInfo, TenantLimits, TokenHash, TokenId, TokenInfo,
+    check_new_tenant_name, check_token_name,
+};
 use corral_client::broker::RedisConfig;
 use corral_client::broker::redis::conn::{Conn, Target};
 use corral_client::broker::redis::keys::encode;
@@ -184,6 +193,49 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 "#;
 
+/// Points `KEYS[1]` (a token key) at tenant `ARGV[1]` unless it already
+/// names another holder (a tenant or [`ADMIN_HOLDER`]). Returns `1` set,
+/// `0` in use (nothing changes).
+pub const CLAIM_TOKEN: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// Deletes `KEYS[1]` (a token key) unless it is an admin token's (its value
+/// `ARGV[1]`, [`ADMIN_HOLDER`]); returns the tenant it named, or nil when
+/// there was none (or it is an admin's, left as it is).
+pub const REVOKE_TENANT_TOKEN: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if not holder or holder == ARGV[1] then
+    return false
+end
+redis.call('DEL', KEYS[1])
+return holder
+"#;
+
+/// Removes a job, every version.
+///
+/// - `KEYS[1]` `P:{t:T}:job:<name>`, `KEYS[2]` `P:{t:T}:jobs`
+/// - `ARGV[1]` the job's name
+///
+/// Returns `1` removed, `0` there was no such job.
+pub const DELETE_JOB: &str = r#"
+local indexed = redis.call('HDEL', KEYS[2], ARGV[1])
+local stored = redis.call('DEL', KEYS[1])
+if indexed + stored > 0 then
+    return 1
+end
+return 0
+"#;
+
+/// What a token key holds for an admin token: not a tenant name (those are
+/// letters, digits, `-`, `_`, `.`), so no tenant can be called that.
+pub const ADMIN_HOLDER: &str = "!admin";
+
 /// Deletes `KEYS[1]` (a token key) only if it still names tenant `ARGV[1]`.
 /// Returns `1` deleted, `0` not.
 pub const DELETE_IF: &str = r#"
@@ -193,11 +245,25 @@ end
 return 0
 "#;
 
-/// A token's listing as stored in `P:{t:T}:tokens`.
+/// A token's listing as stored in `P:{t:T}:tokens` and
+/// `P:catalog:admin_tokens`.
 #[derive(Serialize, Deserialize)]
 struct TokenEntry {
     hash: TokenHash,
     created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+/// A tenant's record as stored at `P:{t:T}:tenant`: the [`Tenant`] and
+/// when it was created (records written before the time was kept have
+/// none). The scripts read only its `limits`.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    tenant: Tenant,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_at: Option<DateTime<Utc>>,
 }
 
 /// A [`Catalog`] in Redis (standalone or cluster).
@@ -214,6 +280,9 @@ struct Scripts {
     create_tenant: Script,
     list_token: Script,
     delete_if: Script,
+    claim_token: Script,
+    revoke_tenant_token: Script,
+    delete_job: Script,
 }
 
 /// `P:{t:T}:suffix`: a key of `tenant`, in the tenant's hash tag.
@@ -234,6 +303,7 @@ fn listing(op: &'static str, token: &TokenHash) -> Result<(TokenId, Vec<u8>), Ca
     let entry = TokenEntry {
         hash: token.clone(),
         created_at: Utc::now(),
+        name: None,
     };
     let json = serde_json::to_vec(&entry).map_err(|e| corrupt(op, e))?;
     Ok((token.id(), json))
@@ -307,6 +377,9 @@ impl RedisCatalog {
                 create_tenant: Script::new(CREATE_TENANT),
                 list_token: Script::new(LIST_TOKEN),
                 delete_if: Script::new(DELETE_IF),
+                claim_token: Script::new(CLAIM_TOKEN),
+                revoke_tenant_token: Script::new(REVOKE_TENANT_TOKEN),
+                delete_job: Script::new(DELETE_JOB),
             }),
         }
     }
@@ -317,6 +390,82 @@ impl RedisCatalog {
 
     fn token_key(&self, token: &TokenHash) -> String {
         format!("{}:token:{}", self.prefix, encode(&token.0))
+    }
+
+    /// `P:catalog:tenants`: every tenant's name, for the listing.
+    fn tenant_index_key(&self) -> String {
+        format!("{}:catalog:tenants", self.prefix)
+    }
+
+    /// `P:catalog:admin_tokens`: the admin tokens' listing.
+    fn admin_tokens_key(&self) -> String {
+        format!("{}:catalog:admin_tokens", self.prefix)
+    }
+
+    /// Points `token` at `tenant`, unless it names another holder.
+    async fn claim_token(
+        &self,
+        op: &'static str,
+        tenant: &str,
+        token: &TokenHash,
+    ) -> Result<(), CatalogError> {
+        let claimed: i64 = self
+            .invoke(
+                op,
+                self.scripts
+                    .claim_token
+                    .key(self.token_key(token))
+                    .arg(tenant),
+            )
+            .await?;
+        match claimed {
+            1 => Ok(()),
+            _ => Err(CatalogError::TokenInUse),
+        }
+    }
+
+    /// The tenant's record, parsed and checked to be `name`'s.
+    async fn record(&self, op: &'static str, name: &str) -> Result<Option<Record>, CatalogError> {
+        let record: Option<Vec<u8>> = self
+            .query(op, redis::cmd("GET").arg(self.tenant_key(name, "tenant")))
+            .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let record: Record = serde_json::from_slice(&record)
+            .map_err(|e| corrupt(op, format!("tenant `{name}`: {e}")))?;
+        if record.tenant.name != name {
+            return Err(corrupt(
+                op,
+                format!("record of tenant `{name}` names `{}`", record.tenant.name),
+            ));
+        }
+        Ok(Some(record))
+    }
+
+    /// The listing of one tenant's tokens, or of the admin tokens, at `key`.
+    async fn listed_tokens(
+        &self,
+        op: &'static str,
+        key: String,
+        whose: &str,
+    ) -> Result<Vec<TokenInfo>, CatalogError> {
+        let entries: Vec<(String, Vec<u8>)> =
+            self.query(op, redis::cmd("HGETALL").arg(key)).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
+            let id = TokenId::parse(&id)
+                .ok_or_else(|| corrupt(op, format!("token id `{id}` of {whose}")))?;
+            let entry: TokenEntry = serde_json::from_slice(&entry)
+                .map_err(|e| corrupt(op, format!("token {id} of {whose}: {e}")))?;
+            out.push(TokenInfo {
+                id,
+                created_at: entry.created_at,
+                name: entry.name,
+            });
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
     }
 
     fn module_key(&self, tenant: &str, hash: &ModuleHash) -> String {
@@ -391,12 +540,16 @@ impl Catalog for RedisCatalog {
     async fn create_tenant(&self, tenant: &Tenant, token: &TokenHash) -> Result<(), CatalogError> {
         let op = "create_tenant";
         check_new_tenant_name(&tenant.name).map_err(CatalogError::InvalidTenantName)?;
-        let record = serde_json::to_vec(tenant).map_err(|e| corrupt(op, e))?;
+        let record = Record {
+            tenant: tenant.clone(),
+            created_at: Some(Utc::now()),
+        };
+        let record = serde_json::to_vec(&record).map_err(|e| corrupt(op, e))?;
         let (id, listing) = listing(op, token)?;
         // The record and the listing first, in one script (one slot); the
-        // token key, in another slot, after. Until it is written the tenant
-        // exists with a listed token that does not work yet; a taken name
-        // never gets a token key at all.
+        // index and the token key, in other slots, after. Until the token
+        // key is written the tenant exists with a listed token that does not
+        // work yet; a taken name never gets a token key at all.
         let created: i64 = self
             .invoke(
                 op,
@@ -414,30 +567,28 @@ impl Catalog for RedisCatalog {
         }
         self.query::<()>(
             op,
-            redis::cmd("SET")
-                .arg(self.token_key(token))
+            redis::cmd("ZADD")
+                .arg(self.tenant_index_key())
+                .arg(0)
                 .arg(&tenant.name),
         )
-        .await
+        .await?;
+        if let Err(e) = self.claim_token(op, &tenant.name, token).await {
+            // The hash names someone else: the tenant stays, without it.
+            self.query::<()>(
+                op,
+                redis::cmd("HDEL")
+                    .arg(self.tenant_key(&tenant.name, "tokens"))
+                    .arg(id.as_str()),
+            )
+            .await?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn tenant(&self, name: &str) -> Result<Option<Tenant>, CatalogError> {
-        let op = "tenant";
-        let record: Option<Vec<u8>> = self
-            .query(op, redis::cmd("GET").arg(self.tenant_key(name, "tenant")))
-            .await?;
-        let Some(record) = record else {
-            return Ok(None);
-        };
-        let tenant: Tenant = serde_json::from_slice(&record)
-            .map_err(|e| corrupt(op, format!("tenant `{name}`: {e}")))?;
-        if tenant.name != name {
-            return Err(corrupt(
-                op,
-                format!("record of tenant `{name}` names `{}`", tenant.name),
-            ));
-        }
-        Ok(Some(tenant))
+        Ok(self.record("tenant", name).await?.map(|r| r.tenant))
     }
 
     async fn add_token(&self, tenant: &str, token: &TokenHash) -> Result<(), CatalogError> {
@@ -459,15 +610,31 @@ impl Catalog for RedisCatalog {
         if listed == 0 {
             return Err(CatalogError::UnknownTenant(tenant.to_owned()));
         }
-        self.query::<()>(op, redis::cmd("SET").arg(self.token_key(token)).arg(tenant))
-            .await
+        if let Err(e) = self.claim_token(op, tenant, token).await {
+            self.query::<()>(
+                op,
+                redis::cmd("HDEL")
+                    .arg(self.tenant_key(tenant, "tokens"))
+                    .arg(id.as_str()),
+            )
+            .await?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn revoke_token(&self, token: &TokenHash) -> Result<Option<String>, CatalogError> {
         let op = "revoke_token";
-        // The token stops working first; then its listing goes.
+        // The token stops working first; then its listing goes. An admin
+        // token is left alone.
         let tenant: Option<String> = self
-            .query(op, redis::cmd("GETDEL").arg(self.token_key(token)))
+            .invoke(
+                op,
+                self.scripts
+                    .revoke_tenant_token
+                    .key(self.token_key(token))
+                    .arg(ADMIN_HOLDER),
+            )
             .await?;
         if let Some(tenant) = &tenant {
             self.query::<()>(
@@ -512,33 +679,20 @@ impl Catalog for RedisCatalog {
         if self.tenant(tenant).await?.is_none() {
             return Err(CatalogError::UnknownTenant(tenant.to_owned()));
         }
-        let entries: Vec<(String, Vec<u8>)> = self
-            .query(
-                op,
-                redis::cmd("HGETALL").arg(self.tenant_key(tenant, "tokens")),
-            )
-            .await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (id, entry) in entries {
-            let id = TokenId::parse(&id)
-                .ok_or_else(|| corrupt(op, format!("token id `{id}` of `{tenant}`")))?;
-            let entry: TokenEntry = serde_json::from_slice(&entry)
-                .map_err(|e| corrupt(op, format!("token {id} of `{tenant}`: {e}")))?;
-            out.push(TokenInfo {
-                id,
-                created_at: entry.created_at,
-            });
-        }
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
+        self.listed_tokens(
+            op,
+            self.tenant_key(tenant, "tokens"),
+            &format!("`{tenant}`"),
+        )
+        .await
     }
 
     async fn set_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), CatalogError> {
         let op = "set_limits";
-        let Some(mut record) = self.tenant(tenant).await? else {
+        let Some(mut record) = self.record(op, tenant).await? else {
             return Err(CatalogError::UnknownTenant(tenant.to_owned()));
         };
-        record.limits = *limits;
+        record.tenant.limits = *limits;
         let json = serde_json::to_vec(&record).map_err(|e| corrupt(op, e))?;
         // XX: only over the existing record, never creating a tenant.
         let written: Option<String> = self
@@ -557,16 +711,175 @@ impl Catalog for RedisCatalog {
     }
 
     async fn tenant_for_token(&self, token: &TokenHash) -> Result<Option<Tenant>, CatalogError> {
-        let name: Option<String> = self
+        Ok(match self.principal_for_token(token).await? {
+            Some(Principal::Tenant(tenant)) => Some(tenant),
+            Some(Principal::Admin(_)) | None => None,
+        })
+    }
+
+    async fn principal_for_token(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<Principal>, CatalogError> {
+        let holder: Option<String> = self
             .query(
-                "tenant_for_token",
+                "principal_for_token",
                 redis::cmd("GET").arg(self.token_key(token)),
             )
             .await?;
-        match name {
-            Some(name) => self.tenant(&name).await,
+        match holder {
+            Some(holder) if holder == ADMIN_HOLDER => Ok(Some(Principal::Admin(token.id()))),
+            Some(name) => Ok(self.tenant(&name).await?.map(Principal::Tenant)),
             None => Ok(None),
         }
+    }
+
+    async fn add_admin_token(
+        &self,
+        token: &TokenHash,
+        name: Option<&str>,
+    ) -> Result<TokenInfo, CatalogError> {
+        let op = "add_admin_token";
+        if let Some(name) = name {
+            check_token_name(name).map_err(CatalogError::InvalidTokenName)?;
+        }
+        let entry = TokenEntry {
+            hash: token.clone(),
+            created_at: Utc::now(),
+            name: name.map(str::to_owned),
+        };
+        let json = serde_json::to_vec(&entry).map_err(|e| corrupt(op, e))?;
+        let id = token.id();
+        // Listed first (a token is never in use without an id to revoke it
+        // by), never over a listing already there (that token, made
+        // before), then claimed only if the hash names no one.
+        let listed: i64 = self
+            .query(
+                op,
+                redis::cmd("HSETNX")
+                    .arg(self.admin_tokens_key())
+                    .arg(id.as_str())
+                    .arg(json),
+            )
+            .await?;
+        if listed == 0 {
+            return Err(CatalogError::TokenInUse);
+        }
+        let set: Option<String> = self
+            .query(
+                op,
+                redis::cmd("SET")
+                    .arg(self.token_key(token))
+                    .arg(ADMIN_HOLDER)
+                    .arg("NX"),
+            )
+            .await?;
+        if set.is_none() {
+            self.query::<()>(
+                op,
+                redis::cmd("HDEL")
+                    .arg(self.admin_tokens_key())
+                    .arg(id.as_str()),
+            )
+            .await?;
+            return Err(CatalogError::TokenInUse);
+        }
+        Ok(TokenInfo {
+            id,
+            created_at: entry.created_at,
+            name: entry.name,
+        })
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<TokenInfo>, CatalogError> {
+        self.listed_tokens("admin_tokens", self.admin_tokens_key(), "the operator")
+            .await
+    }
+
+    async fn revoke_admin_token(&self, id: &TokenId) -> Result<bool, CatalogError> {
+        let op = "revoke_admin_token";
+        let key = self.admin_tokens_key();
+        let entry: Option<Vec<u8>> = self
+            .query(op, redis::cmd("HGET").arg(&key).arg(id.as_str()))
+            .await?;
+        let Some(entry) = entry else {
+            return Ok(false);
+        };
+        let entry: TokenEntry = serde_json::from_slice(&entry)
+            .map_err(|e| corrupt(op, format!("admin token {id}: {e}")))?;
+        // It stops working first, and only a key still holding an admin
+        // token goes: a listing cannot reach a tenant's token.
+        self.invoke::<i64>(
+            op,
+            self.scripts
+                .delete_if
+                .key(self.token_key(&entry.hash))
+                .arg(ADMIN_HOLDER),
+        )
+        .await?;
+        self.query::<()>(op, redis::cmd("HDEL").arg(&key).arg(id.as_str()))
+            .await?;
+        Ok(true)
+    }
+
+    async fn tenants_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TenantInfo>, CatalogError> {
+        let op = "tenants_page";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Names sort as bytes, as `str` does; `(name` starts after it.
+        let from = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let names: Vec<String> = self
+            .query(
+                op,
+                redis::cmd("ZRANGE")
+                    .arg(self.tenant_index_key())
+                    .arg(from)
+                    .arg("+")
+                    .arg("BYLEX")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(names.len());
+        // Each tenant's keys are in its own slot: one read each, the page's
+        // worth at once.
+        let reads = names.iter().map(|name| async move {
+            let record = self.record(op, name).await?;
+            let tokens: u64 = self
+                .query(op, redis::cmd("HLEN").arg(self.tenant_key(name, "tokens")))
+                .await?;
+            Ok::<_, CatalogError>(record.map(|r| TenantInfo {
+                tenant: r.tenant,
+                created_at: r.created_at,
+                tokens,
+            }))
+        });
+        for info in futures_util::future::try_join_all(reads).await? {
+            // An index entry without a record is skipped (the record is
+            // written first; nothing deletes one yet).
+            out.extend(info);
+        }
+        Ok(out)
+    }
+
+    async fn delete_job(&self, tenant: &str, name: &str) -> Result<bool, CatalogError> {
+        let removed: i64 = self
+            .invoke(
+                "delete_job",
+                self.scripts
+                    .delete_job
+                    .key(self.job_key(tenant, name))
+                    .key(self.tenant_key(tenant, "jobs"))
+                    .arg(name),
+            )
+            .await?;
+        Ok(removed == 1)
     }
 
     async fn put_module(

@@ -1,4 +1,4 @@
-//! `corral jobs register|list`: a tenant's job definitions in the Redis
+//! `corral jobs register|list|rm`: a tenant's job definitions in the Redis
 //! catalog, from the command line.
 //!
 //! `register NAME a.wasm b.wasm …` validates each file with this machine's
@@ -10,6 +10,14 @@
 //! command line ([`super::secret`]). Workers on the same Redis fetch the
 //! modules by hash when a task needs them. Over HTTP, the same is
 //! `POST /v1/modules` then `POST /v1/jobs`.
+//!
+//! `rm NAME` removes a job, every version of it (`DELETE /v1/jobs/NAME`
+//! over HTTP): tasks already queued for it fail when they run
+//! (`unknown_job`; workers notice within a second). It asks first on a
+//! terminal, and needs `--yes` anywhere else ([`super::confirm`]).
+//!
+//! The catalog is the one `--redis`, `--prefix`, `--cluster` and the TLS
+//! options name, as for every command on Redis.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +26,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
+use super::broker_cmds::RedisArgs;
+use super::confirm::confirm;
 use super::sandbox_args::sandbox_config;
 use super::secret::TokenInput;
 use super::tenants::catalog;
@@ -40,14 +50,16 @@ enum JobsCommand {
     Register(RegisterArgs),
     /// List a tenant's jobs (newest version of each).
     List(ListArgs),
+    /// Remove a job, every version; tasks queued for it then fail.
+    #[command(visible_alias = "remove")]
+    Rm(RmArgs),
 }
 
 /// Which tenant, and where its catalog is.
 #[derive(Debug, Args)]
 struct Who {
-    /// Redis URL of the catalog.
-    #[arg(long, env = "CORRAL_REDIS_URL")]
-    redis: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// The tenant, by name (operator access); without it, the tenant is the
     /// one the API token belongs to.
     #[arg(long, conflicts_with = "token_file")]
@@ -66,7 +78,7 @@ impl Who {
                  or --token-file PATH"
             })?),
         };
-        let catalog = catalog(self.redis.as_deref()).await?;
+        let catalog = catalog(&self.redis).await?;
         let tenant = match (&self.tenant, token) {
             (Some(name), _) => catalog.tenant(name).await?.with_context(|| {
                 format!("no tenant `{name}`: create it with `corral tenants create`")
@@ -117,11 +129,24 @@ struct ListArgs {
     who: Who,
 }
 
+#[derive(Debug, Args)]
+struct RmArgs {
+    /// The job's name.
+    name: String,
+    #[command(flatten)]
+    who: Who,
+    /// Remove without asking (needed when standard input is not a
+    /// terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
 /// Runs `corral jobs …`.
 pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         JobsCommand::Register(args) => register(args).await,
         JobsCommand::List(args) => list(args).await,
+        JobsCommand::Rm(args) => remove(args).await,
     }
 }
 
@@ -197,5 +222,41 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             job.limits.timeout_ms
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(args: RmArgs) -> anyhow::Result<ExitCode> {
+    let (catalog, tenant) = args.who.resolve().await?;
+    let name = &args.name;
+    let Some(current) = catalog
+        .job(&tenant.name, name, None)
+        .await
+        .with_context(|| format!("reading job `{name}`"))?
+    else {
+        bail!("tenant {} has no job `{name}`", tenant.name);
+    };
+    let versions = match current.version {
+        1 => "its only version".to_owned(),
+        n => format!("all {n} versions"),
+    };
+    let prompt = format!(
+        "remove job `{name}` of tenant {} ({versions}); tasks queued for it will fail",
+        tenant.name
+    );
+    if !confirm(&prompt, args.yes)? {
+        eprintln!("job `{name}` left as it was");
+        return Ok(ExitCode::FAILURE);
+    }
+    if !catalog
+        .delete_job(&tenant.name, name)
+        .await
+        .with_context(|| format!("removing job `{name}`"))?
+    {
+        bail!(
+            "job `{name}` of tenant {} was removed meanwhile",
+            tenant.name
+        );
+    }
+    eprintln!("removed job `{name}` of tenant {}", tenant.name);
     Ok(ExitCode::SUCCESS)
 }

@@ -18,12 +18,14 @@ macro_rules! say {
     }};
 }
 
+mod admin;
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
 mod bulk;
 mod completions;
 mod config;
+mod confirm;
 mod jobs;
 mod metrics_port;
 #[cfg(feature = "otlp")]
@@ -118,8 +120,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage tenants in the Redis catalog.
     Tenants(tenants::TenantsArgs),
-    /// Register and list a tenant's jobs in the Redis catalog.
+    /// Register, list and remove a tenant's jobs in the Redis catalog.
     Jobs(jobs::JobsArgs),
+    /// The operator's admin tokens (they act on every tenant through the
+    /// API), in the Redis catalog.
+    Admin(admin::AdminArgs),
     /// What tenants' tasks cost (calls, fuel, time, memory, tasks), by
     /// day, from the shared (Redis) broker.
     Usage(usage::UsageArgs),
@@ -297,6 +302,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Tenants(args) => tenants::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
+        Command::Admin(args) => admin::run(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Completions(args) => completions::run(args),

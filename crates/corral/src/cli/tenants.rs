@@ -8,7 +8,11 @@
 //!   `tokens` lists; `revoke --token-file PATH` (`-`: stdin) or
 //!   `revoke --token-from-env` does it by the secret;
 //! - `limits NAME` changes the limits given and prints them all (job
-//!   versions already registered keep their own limits).
+//!   versions already registered keep their own limits);
+//! - `ls` lists the tenants by name in an aligned table (name, creation
+//!   time, token count, the main limits), or as JSON with `--json`; it
+//!   reads the catalog a bounded page at a time (`--after NAME` starts
+//!   after a name, `--limit N` stops after N).
 //!
 //! Tokens go to stdout alone (so `TOKEN=$(corral tenants create acme)`
 //! works) and only their sha256 is stored: a lost token cannot be shown
@@ -17,18 +21,23 @@
 //! durations that do not fit are refused ([`super::units`]). The name
 //! `default` is reserved (tasks enqueued without a tenant land there). A
 //! tenant needs a shared store to outlive this command, so `--redis` is
-//! required; `corral serve` without Redis creates its tenants itself
-//! (`--tenant`).
+//! required, with the rest of the connection as every command takes it
+//! (`--prefix`, `--cluster`, TLS; the config file's top-level keys and
+//! `CORRAL_REDIS_*`): the catalog's keys live under the prefix, so
+//! processes with different prefixes see different tenants. `corral serve`
+//! without Redis creates its tenants itself (`--tenant`).
 
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
+use super::broker_cmds::{RedisArgs, within_patience};
 use super::secret::{TOKEN_ENV, TokenInput, refuse_on_command_line};
 use super::units::{parse_kib, parse_mib, parse_millis};
+use crate::broker::redis::redact;
 use crate::catalog::{Catalog, RedisCatalog};
-use crate::tenant::{Tenant, TenantLimits, Token, TokenId, check_new_tenant_name};
+use crate::tenant::{Tenant, TenantInfo, TenantLimits, Token, TokenId, check_new_tenant_name};
 
 /// `corral tenants …`.
 #[derive(Debug, Args)]
@@ -50,15 +59,33 @@ enum TenantsCommand {
     Revoke(RevokeArgs),
     /// Change a tenant's limits (only those given) and print them all.
     Limits(LimitsArgs),
+    /// List the tenants by name: creation time, token count, main limits.
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
 }
 
 #[derive(Debug, Args)]
 struct TenantArgs {
     /// The tenant.
     name: String,
-    /// Redis URL of the catalog.
-    #[arg(long, env = "CORRAL_REDIS_URL")]
-    redis: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Print a JSON array of the tenants (name, limits, created_at,
+    /// tokens) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Start after this tenant name (where an earlier listing stopped).
+    #[arg(long, value_name = "NAME")]
+    after: Option<String>,
+    /// List at most this many tenants.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 #[derive(Debug, Args)]
@@ -79,9 +106,8 @@ struct RevokeArgs {
     /// Refused: a token on the command line is visible to every user.
     #[arg(long, hide = true, value_name = "TOKEN")]
     token: Option<String>,
-    /// Redis URL of the catalog.
-    #[arg(long, env = "CORRAL_REDIS_URL")]
-    redis: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 /// A tenant and limits: what `create` and `limits` take.
@@ -89,9 +115,8 @@ struct RevokeArgs {
 struct LimitsArgs {
     /// The tenant's name: 1 to 64 of letters, digits, `-`, `_`, `.`.
     name: String,
-    /// Redis URL of the catalog.
-    #[arg(long, env = "CORRAL_REDIS_URL")]
-    redis: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[command(flatten)]
     limits: LimitFlags,
 }
@@ -181,15 +206,17 @@ impl LimitFlags {
     }
 }
 
-/// Connects to the Redis catalog named by `--redis`, or says why it cannot.
-pub(super) async fn catalog(redis: Option<&str>) -> anyhow::Result<RedisCatalog> {
-    let Some(url) = redis else {
+/// Connects to the Redis catalog `redis` names (its nodes, `--cluster`,
+/// TLS and `--prefix`), or says why it cannot.
+pub(super) async fn catalog(redis: &RedisArgs) -> anyhow::Result<RedisCatalog> {
+    let Some(url) = redis.redis.as_deref() else {
         bail!(
             "this command needs the shared catalog: pass --redis URL (or set CORRAL_REDIS_URL); \
              without Redis, `corral serve` keeps tenants and jobs in its own memory"
         );
     };
-    super::broker_cmds::within_patience(url, RedisCatalog::connect(url)).await
+    let config = redis.config("tenants")?;
+    within_patience(&redact(url), RedisCatalog::connect_config(&config)).await
 }
 
 /// Runs `corral tenants …`.
@@ -200,12 +227,13 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
         TenantsCommand::Tokens(args) => list_tokens(args).await,
         TenantsCommand::Revoke(args) => revoke(args).await,
         TenantsCommand::Limits(args) => set_limits(args).await,
+        TenantsCommand::Ls(args) => list(args).await,
     }
 }
 
 async fn create(args: LimitsArgs) -> anyhow::Result<ExitCode> {
     check_new_tenant_name(&args.name).map_err(anyhow::Error::msg)?;
-    let catalog = catalog(args.redis.as_deref()).await?;
+    let catalog = catalog(&args.redis).await?;
     let token = Token::generate();
     let tenant = Tenant {
         name: args.name.clone(),
@@ -234,7 +262,7 @@ fn show_once(what: &str, token: &Token) -> anyhow::Result<ExitCode> {
 }
 
 async fn add_token(args: TenantArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog(args.redis.as_deref()).await?;
+    let catalog = catalog(&args.redis).await?;
     let token = Token::generate();
     catalog
         .add_token(&args.name, &token.hash())
@@ -251,7 +279,7 @@ async fn add_token(args: TenantArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn list_tokens(args: TenantArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog(args.redis.as_deref()).await?;
+    let catalog = catalog(&args.redis).await?;
     let tokens = catalog
         .tokens(&args.name)
         .await
@@ -281,7 +309,7 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     }
     .read(args.token_from_env)?;
     if let Some(token) = secret {
-        let catalog = catalog(args.redis.as_deref()).await?;
+        let catalog = catalog(&args.redis).await?;
         return match catalog
             .revoke_token(&token.hash())
             .await
@@ -313,7 +341,7 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
              `corral tenants tokens {name}` lists them"
         );
     };
-    let catalog = catalog(args.redis.as_deref()).await?;
+    let catalog = catalog(&args.redis).await?;
     if catalog
         .revoke_token_id(name, &id)
         .await
@@ -341,7 +369,7 @@ fn looks_like_secret(arg: &str) -> bool {
 }
 
 async fn set_limits(args: LimitsArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog(args.redis.as_deref()).await?;
+    let catalog = catalog(&args.redis).await?;
     let Some(tenant) = catalog
         .tenant(&args.name)
         .await
@@ -356,4 +384,103 @@ async fn set_limits(args: LimitsArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("changing the limits of tenant `{}`", args.name))?;
     say!("{}", serde_json::to_string_pretty(&limits)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tenants read from the catalog per call of `ls`.
+const LIST_PAGE: usize = 500;
+
+async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog(&args.redis).await?;
+    let wanted = args
+        .limit
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut tenants: Vec<TenantInfo> = Vec::new();
+    let mut after = args.after.clone();
+    // Page by page, each read bounded; one more than wanted tells whether
+    // the listing stopped short.
+    while tenants.len() <= wanted {
+        let room = (wanted - tenants.len()).saturating_add(1).min(LIST_PAGE);
+        let page = catalog
+            .tenants_page(after.as_deref(), room)
+            .await
+            .context("listing the tenants")?;
+        let full = page.len() == room;
+        after = page.last().map(|t| t.tenant.name.clone());
+        tenants.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let more = tenants.len() > wanted;
+    tenants.truncate(wanted);
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&tenants)?);
+    } else if tenants.is_empty() {
+        eprintln!("no tenants");
+    } else {
+        for line in table(&tenants) {
+            say!("{line}");
+        }
+    }
+    if more && let Some(last) = tenants.last() {
+        eprintln!(
+            "more tenants follow: `corral tenants ls --after {}` lists them",
+            last.tenant.name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lines of `ls`'s table: a header, then one row per tenant, columns
+/// padded to their widest cell (names are plain ASCII).
+fn table(tenants: &[TenantInfo]) -> Vec<String> {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "CREATED".to_owned(),
+        "TOKENS".to_owned(),
+        "LIMITS".to_owned(),
+    ]];
+    for t in tenants {
+        rows.push([
+            t.tenant.name.clone(),
+            t.created_at.map_or_else(
+                || "-".to_owned(),
+                |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+            t.tokens.to_string(),
+            limits_summary(&t.tenant.limits),
+        ]);
+    }
+    let widths: Vec<usize> = (0..3)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{:<w0$}  {:<w1$}  {:>w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+        })
+        .collect()
+}
+
+/// The limits an operator looks at first, on one line (`tenants limits
+/// NAME` prints them all).
+fn limits_summary(l: &TenantLimits) -> String {
+    format!(
+        "concurrency={} queued={} queues={} jobs={} fuel={} memory={}MiB timeout={}ms",
+        l.max_concurrency,
+        l.max_queued,
+        l.max_queues,
+        l.max_jobs,
+        l.max_fuel,
+        l.max_memory_bytes >> 20,
+        l.max_timeout_ms,
+    )
 }
