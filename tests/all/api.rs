@@ -104,6 +104,20 @@ fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
         (Method::GET, "/v1/usage".into(), None),
         (Method::DELETE, format!("/v1/jobs/{job}"), None),
         (Method::GET, "/v1/tenants".into(), None),
+        (Method::POST, format!("/v1/tasks/{task}/retry"), None),
+        (Method::POST, format!("/v1/tasks/{task}/cancel"), None),
+        (Method::DELETE, format!("/v1/tasks/{task}"), None),
+        (Method::GET, "/v1/queues".into(), None),
+        (Method::GET, "/v1/queues/default/stats".into(), None),
+        (Method::POST, "/v1/queues/default/pause".into(), None),
+        (Method::POST, "/v1/queues/default/resume".into(), None),
+        (Method::POST, "/v1/queues/default/retry-dead".into(), None),
+        (
+            Method::DELETE,
+            "/v1/queues/default/tasks?state=dead".into(),
+            None,
+        ),
+        (Method::GET, "/v1/workers".into(), None),
     ]
 }
 
@@ -237,6 +251,74 @@ async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
         assert_eq!((r1.status, r1.kind()), (r2.status, r2.kind()), "{theirs}");
         assert!(!r1.message().contains("alpha"), "{r1:?}");
     }
+    // The operator verbs, as beta on alpha's finished task and queue: each
+    // answers as for a task or queue never used; alpha's are found (a
+    // finished task is not retried or cancelled: 409).
+    for (method, theirs, unknown, own) in [
+        (
+            Method::POST,
+            format!("/v1/tasks/{task}/retry"),
+            format!("/v1/tasks/{missing_task}/retry"),
+            409,
+        ),
+        (
+            Method::POST,
+            format!("/v1/tasks/{task}/cancel"),
+            format!("/v1/tasks/{missing_task}/cancel"),
+            409,
+        ),
+        (
+            Method::GET,
+            "/v1/queues/default/stats".into(),
+            "/v1/queues/never-used/stats".into(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/queues/default/pause".into(),
+            "/v1/queues/never-used/pause".into(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/queues/default/resume".into(),
+            "/v1/queues/never-used/resume".into(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/queues/default/retry-dead".into(),
+            "/v1/queues/never-used/retry-dead".into(),
+            200,
+        ),
+        (
+            Method::DELETE,
+            "/v1/queues/default/tasks?state=dead".into(),
+            "/v1/queues/never-used/tasks?state=dead".into(),
+            200,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/tasks/{task}"),
+            format!("/v1/tasks/{missing_task}"),
+            // Not deleted as alpha: the checks below list it.
+            0,
+        ),
+    ] {
+        let r1 = w.api.send(method.clone(), &theirs, Some(&w.b), None).await;
+        let r2 = w.api.send(method.clone(), &unknown, Some(&w.b), None).await;
+        assert_eq!(r1.status.as_u16(), 404, "{method} {theirs}: {r1:?}");
+        assert_eq!((r1.status, r1.kind()), (r2.status, r2.kind()), "{theirs}");
+        assert!(!r1.message().contains("alpha"), "{r1:?}");
+        if own != 0 {
+            let mine = w.api.send(method.clone(), &theirs, Some(&w.a), None).await;
+            assert_eq!(mine.status.as_u16(), own, "{method} {theirs}: {mine:?}");
+        }
+    }
+    // Beta's delete left alpha's task alone.
+    let kept = w.api.get(&format!("/v1/tasks/{task}"), &w.a).await;
+    kept.expect(200, "");
+    assert_eq!(kept.body["state"], "completed");
     // Enqueue alpha's job as beta: unknown job, as for a name never used
     // (as alpha, accepted).
     w.api

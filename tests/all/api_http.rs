@@ -795,20 +795,28 @@ async fn malformed_requests_of_every_kind_answer_json() {
     // Path parameters that do not decode to UTF-8, on every route with one.
     for _ in 0..40 {
         let segment = encode(&not_utf8(&mut rng));
-        for path in [
-            format!("/v1/jobs/{segment}"),
-            format!("/v1/modules/{segment}"),
-            format!("/v1/tasks/{segment}"),
-            format!("/v1/tasks/{segment}/wait"),
+        for (method, path) in [
+            ("GET", format!("/v1/jobs/{segment}")),
+            ("GET", format!("/v1/modules/{segment}")),
+            ("GET", format!("/v1/tasks/{segment}")),
+            ("GET", format!("/v1/tasks/{segment}/wait")),
+            ("POST", format!("/v1/tasks/{segment}/retry")),
+            ("POST", format!("/v1/tasks/{segment}/cancel")),
+            ("DELETE", format!("/v1/tasks/{segment}")),
+            ("GET", format!("/v1/queues/{segment}/stats")),
+            ("POST", format!("/v1/queues/{segment}/pause")),
+            ("POST", format!("/v1/queues/{segment}/resume")),
+            ("POST", format!("/v1/queues/{segment}/retry-dead")),
+            ("DELETE", format!("/v1/queues/{segment}/tasks?state=dead")),
         ] {
-            let reply = raw_request(&w.addr, head("GET", &path, &w.a, None).as_bytes())
+            let reply = raw_request(&w.addr, head(method, &path, &w.a, None).as_bytes())
                 .await
                 .expect("an answer");
             reply.expect_error(400, "bad_request");
             // Without a token the answer is the 401, before the path is read.
             let reply = raw_request(
                 &w.addr,
-                format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+                format!("{method} {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
             )
             .await
             .expect("an answer");
@@ -837,6 +845,15 @@ async fn malformed_requests_of_every_kind_answer_json() {
         cases.push(("GET".into(), format!("/v1/tasks?{query}"), 400));
     }
     for query in [
+        "state=zombie",
+        "state=%FF",
+        "oops=1",
+        "state=dead&state=dead",
+    ] {
+        cases.push(("DELETE".into(), format!("/v1/queues/q/tasks?{query}"), 400));
+    }
+    cases.push(("GET".into(), "/v1/tasks?cursor=nonsense".into(), 400));
+    for query in [
         "version=x",
         "version=-1",
         "version=%FF",
@@ -858,6 +875,9 @@ async fn malformed_requests_of_every_kind_answer_json() {
         "/v1/stats",
         "/v1/jobs/j",
         "/v1/tenants",
+        "/v1/queues",
+        "/v1/workers",
+        "/v1/queues/q/pause",
     ] {
         for method in ["PUT", "PATCH", "DELETE", "FROB"] {
             // Removing a job is a route.

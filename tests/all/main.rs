@@ -23,6 +23,8 @@ mod fleet_cli;
 mod leases;
 mod logs;
 mod metrics;
+mod operate;
+mod operate_cli;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod quotas;

@@ -717,8 +717,14 @@ async fn a_listing_of_huge_tasks_stays_under_its_byte_bound() {
     }
     w.broker.enqueue(tasks.clone()).await.unwrap();
     assert!(stored > 8 * budget, "the tasks hold {stored} bytes");
-    let mut newest: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
-    newest.sort_by(|a, b| b.cmp(a));
+    // A list's order: by queue name, then state (all pending here), newest
+    // first within each.
+    let mut order: Vec<(String, TaskId)> = tasks
+        .iter()
+        .map(|t| (t.queue_name.clone(), t.task_id))
+        .collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let newest: Vec<TaskId> = order.into_iter().map(|(_, id)| id).collect();
 
     let raw = |path: String| {
         let (api, token) = (&w.api, &w.token);
@@ -743,7 +749,7 @@ async fn a_listing_of_huge_tasks_stays_under_its_byte_bound() {
         "{}",
         rows.len()
     );
-    // The newest first, none skipped; each row a summary.
+    // In list order, none skipped; each row a summary.
     for (row, id) in rows.iter().zip(&newest) {
         assert_eq!(row["task_id"], id.to_string());
         let task = tasks.iter().find(|t| t.task_id == *id).unwrap();
@@ -760,6 +766,32 @@ async fn a_listing_of_huge_tasks_stays_under_its_byte_bound() {
             assert!(row["error"]["kind"].as_str().unwrap().len() <= 64);
         }
     }
+    // The rows left out come next: following `next` lists every task once,
+    // in order, each answer under the bound.
+    let mut listed: Vec<String> = Vec::new();
+    let mut next = json["next"].as_str().map(str::to_owned);
+    assert!(next.is_some(), "a truncated answer names where to go on");
+    listed.extend(
+        rows.iter()
+            .map(|r| r["task_id"].as_str().unwrap().to_owned()),
+    );
+    let mut pages = 1;
+    while let Some(cursor) = next {
+        assert!(pages < 100, "{pages} pages for {} tasks", tasks.len());
+        let body = raw(format!("/v1/tasks?limit=1000&cursor={cursor}")).await;
+        assert!(body.len() <= budget, "{} bytes listed", body.len());
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let rows = page["tasks"].as_array().expect("rows");
+        assert!(!rows.is_empty(), "{page}");
+        listed.extend(
+            rows.iter()
+                .map(|r| r["task_id"].as_str().unwrap().to_owned()),
+        );
+        next = page["next"].as_str().map(str::to_owned);
+        pages += 1;
+    }
+    let expected: Vec<String> = newest.iter().map(TaskId::to_string).collect();
+    assert_eq!(listed, expected);
     // Fewer rows than the budget holds: all of them, not truncated.
     let body = raw("/v1/tasks?limit=3".into()).await;
     let json: Value = serde_json::from_slice(&body).unwrap();

@@ -7,7 +7,8 @@
 //! over every tenant asked with a tenant's token (the route is no secret,
 //! what it shows is), 404 for anything the caller cannot see
 //! (whether it does not exist or belongs to another tenant: the two are
-//! never told apart), 409 for a name already taken, 413 for a body over its
+//! never told apart), 409 for a name already taken or for a verb that does
+//! not apply to a task's state (`wrong_state`), 413 for a body over its
 //! cap, 422 for a module or job the registry refuses (a catalog quota too:
 //! `too_many_modules`, `module_storage_full`, `too_many_jobs`,
 //! `too_many_job_versions`, `too_many_handlers`), 429 for a full queue

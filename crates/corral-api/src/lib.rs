@@ -10,8 +10,17 @@
 //! | `GET /v1/jobs/{name}` | one job (`?version=N` for an older one) | 200 the definition |
 //! | `DELETE /v1/jobs/{name}` | remove a job, every version (its queued tasks then fail `unknown_job`) | 204 |
 //! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}` |
-//! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=`) newest first | 200 `{tasks: [...], truncated}` |
+//! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=&cursor=`) by queue, state, newest first | 200 `{tasks: [...], truncated, next}` |
 //! | `GET /v1/tasks/{id}` | one task | 200 the task |
+//! | `POST /v1/tasks/{id}/retry` | run a dead or cancelled task again | 200 `{task_id, state}` |
+//! | `POST /v1/tasks/{id}/cancel` | cancel a waiting or running task | 200 `{task_id, result[, worker]}` |
+//! | `DELETE /v1/tasks/{id}` | delete a task that is not active | 200 `{task_id, state: "deleted"}` |
+//! | `GET /v1/queues` | the tenant's queues with counts, paused or not | 200 `{queues: [...], truncated}` |
+//! | `GET /v1/queues/{queue}/stats` | one queue's counts | 200 counts |
+//! | `POST /v1/queues/{queue}/pause`, `.../resume` | workers skip the queue, or take from it again | 200 `{queue, paused}` |
+//! | `POST /v1/queues/{queue}/retry-dead` | run every dead task of the queue again | 200 `{queue, retried}` |
+//! | `DELETE /v1/queues/{queue}/tasks?state=S` | delete the queue's tasks in state `S` (not `active`) | 200 `{queue, state, purged}` |
+//! | `GET /v1/workers` | the live workers serving the tenant's queue names, without task ids | 200 `{workers: [...], truncated}` |
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
 //! | `GET /v1/usage` | what the tenant's tasks cost per UTC day (`?since=&until=`, `YYYY-MM-DD`, default the last 30 days) | 200 `{tenant, since, until, days: [...], total}` |
@@ -58,6 +67,7 @@ pub mod health;
 mod jobs;
 pub mod metrics;
 mod modules;
+mod operate;
 pub mod page;
 pub mod server;
 mod tasks;
@@ -72,7 +82,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn_with_state, map_response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 
 use corral_client::broker::Broker;
@@ -174,7 +184,22 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
             get(jobs::show::<B>).delete(jobs::remove::<B>),
         )
         .route("/v1/tasks", get(tasks::list::<B>).post(tasks::enqueue::<B>))
-        .route("/v1/tasks/{id}", get(tasks::show::<B>))
+        .route(
+            "/v1/tasks/{id}",
+            get(tasks::show::<B>).delete(operate::delete_task::<B>),
+        )
+        .route("/v1/tasks/{id}/retry", post(operate::retry::<B>))
+        .route("/v1/tasks/{id}/cancel", post(operate::cancel::<B>))
+        .route("/v1/queues", get(operate::queues::<B>))
+        .route("/v1/queues/{queue}/stats", get(operate::queue_stats::<B>))
+        .route("/v1/queues/{queue}/pause", post(operate::pause::<B>))
+        .route("/v1/queues/{queue}/resume", post(operate::resume::<B>))
+        .route(
+            "/v1/queues/{queue}/retry-dead",
+            post(operate::retry_dead::<B>),
+        )
+        .route("/v1/queues/{queue}/tasks", delete(operate::purge::<B>))
+        .route("/v1/workers", get(operate::workers::<B>))
         .route("/v1/stats", get(tasks::stats::<B>))
         .route("/v1/usage", get(usage::show::<B>))
         .route("/v1/tenants", get(tenants::list::<B>))

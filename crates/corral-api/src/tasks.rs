@@ -17,8 +17,11 @@
 //! A list shows [`TaskSummary`] rows: a task's args, result log and log can
 //! be megabytes each, so a list names each task, its state and the sizes of
 //! what it holds, with only the first bytes of its error and result; the
-//! whole record is `GET /v1/tasks/{id}`. The answer stops at the API's
-//! `max_list_bytes` (`truncated: true`).
+//! whole record is `GET /v1/tasks/{id}`. It pages ([`Broker::list_page`]):
+//! by queue in name order, then by state, newest first within each, `next`
+//! naming where the following page starts (`?cursor=`). The answer also
+//! stops at the API's `max_list_bytes` (`truncated: true`, and `next` then
+//! starts at the first row left out).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,10 +40,11 @@ use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::{BoundedList, clip};
 use super::{ApiState, Scope};
-use corral_client::broker::{Broker, QueueStats, TaskQuery};
+use corral_client::broker::{Broker, MAX_PAGE, PageQuery, QueueStats};
 use corral_core::metering::MeteringTotal;
 use corral_core::task::{Task, TaskError, TaskId, TaskState};
-use corral_registry::submit::submit;
+use corral_core::text::Inert;
+use corral_registry::submit::{submit, valid_queue};
 
 pub use corral_registry::submit::{Enqueued, NewTask as EnqueueTask};
 
@@ -59,12 +63,12 @@ pub async fn enqueue<B: Broker + Clone>(
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
-fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not a task id (a UUID)")))
 }
 
-fn task_not_found(id: TaskId) -> ApiError {
+pub(crate) fn task_not_found(id: TaskId) -> ApiError {
     ApiError::not_found("task_not_found", format!("task {id} not found"))
 }
 
@@ -131,6 +135,8 @@ pub struct ListQuery {
     pub queue: Option<String>,
     /// At most this many (default 100).
     pub limit: Option<usize>,
+    /// Where to go on from: a previous answer's `next`.
+    pub cursor: Option<String>,
 }
 
 /// Most bytes of a name (job, queue) in a list row; names the API accepts
@@ -227,36 +233,52 @@ impl<'a> TaskSummary<'a> {
     }
 }
 
-/// `GET /v1/tasks`: `{"tasks": [TaskSummary…], "truncated": bool}`, newest
-/// first.
+/// `GET /v1/tasks`: `{"tasks": [TaskSummary…], "truncated": bool, "next":
+/// cursor or null}`, by queue name, then state, newest first within each.
 pub async fn list<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
     scope: Scope,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let max = state.config.max_list;
+    let max = state.config.max_list.min(MAX_PAGE);
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > max {
         return Err(ApiError::bad_request(format!("`limit` must be 1 to {max}")));
     }
-    let tasks = state
-        .broker
-        .list_tasks(
-            scope.name(),
-            &TaskQuery {
-                state: query.state,
-                queue: query.queue,
-                limit,
-            },
-        )
-        .await?;
+    if let Some(queue) = &query.queue
+        && !valid_queue(queue)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`{}` is not a queue name",
+            Inert(clip(queue, ROW_NAME_BYTES))
+        )));
+    }
+    let mut page_query = PageQuery {
+        state: query.state,
+        queue: query.queue,
+        limit,
+        cursor: query.cursor,
+    };
+    let page = state.broker.list_page(scope.name(), &page_query).await?;
     let mut list = BoundedList::new("tasks", state.config.max_list_bytes)?;
-    for task in &tasks {
+    for task in &page.tasks {
         if !list.push(&TaskSummary::of(task))? {
             break;
         }
     }
-    list.finish(&[])
+    let next = if list.truncated() {
+        // The page's cursor would skip the rows left out: ask again for
+        // just the rows sent, whose cursor starts at the first left out.
+        page_query.limit = list.rows();
+        state
+            .broker
+            .list_page(scope.name(), &page_query)
+            .await?
+            .next
+    } else {
+        page.next
+    };
+    list.finish(&[("next", serde_json::json!(next))])
 }
 
 /// `GET /v1/stats`: the tenant's task counts over all its queues.

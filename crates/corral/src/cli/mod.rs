@@ -26,18 +26,23 @@ mod bulk;
 mod completions;
 mod config;
 mod confirm;
+mod fleet;
 mod jobs;
 mod metrics_port;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod progress;
+mod queues;
 mod replay;
 pub mod sandbox_args;
 mod secret;
 mod serve;
+mod stats;
+mod tasks;
 mod tenants;
 mod units;
 mod usage;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -128,6 +133,17 @@ enum Command {
     /// What tenants' tasks cost (calls, fuel, time, memory, tasks), by
     /// day, from the shared (Redis) broker.
     Usage(usage::UsageArgs),
+    /// List tasks on the shared (Redis) broker, and retry, cancel or
+    /// delete them.
+    Tasks(tasks::TasksArgs),
+    /// List queues on the shared (Redis) broker, pause and resume them,
+    /// purge their tasks by state.
+    Queues(queues::QueuesArgs),
+    /// Counts of tasks by state per queue, with totals, from the shared
+    /// (Redis) broker.
+    Stats(stats::StatsArgs),
+    /// The live workers on the shared (Redis) broker.
+    Workers(workers::WorkersArgs),
     /// Run a finished task again, locally and outside the broker, and
     /// compare the run with the stored one; exits 0 if they match, 1 if
     /// they differ, 2 if the task cannot be replayed.
@@ -304,6 +320,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => jobs::run(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Usage(args) => usage::run(args).await,
+        Command::Tasks(args) => tasks::run(args).await,
+        Command::Queues(args) => queues::run(args).await,
+        Command::Stats(args) => stats::run(args).await,
+        Command::Workers(args) => workers::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Completions(args) => completions::run(args),
     }
