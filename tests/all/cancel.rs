@@ -65,7 +65,15 @@ async fn running_guests_are_cancelled_from_another_process_within_the_bound() {
         format!("nap={}", support::job("sleep").display()),
         format!("noop={}", support::job("noop").display()),
     ];
-    let mut extra = vec!["--id", "canceller-test-worker", "--timeout", "120s"];
+    // Fuel enough for the loop to run until it is cancelled.
+    let mut extra = vec![
+        "--id",
+        "canceller-test-worker",
+        "--timeout",
+        "120s",
+        "--fuel",
+        "10000000000",
+    ];
     for job in &jobs {
         extra.extend(["--job", job.as_str()]);
     }
@@ -86,7 +94,13 @@ async fn running_guests_are_cancelled_from_another_process_within_the_bound() {
         // Let the guest get going.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let asked = Instant::now();
-        let answer = broker.cancel("default", id).await.expect("cancel");
+        let answer = match broker.cancel("default", id).await {
+            Ok(answer) => answer,
+            Err(e) => panic!(
+                "{what}: cancel refused ({e}); the task: {:?}",
+                state_of(&broker, id).await.error
+            ),
+        };
         assert_eq!(
             answer,
             Cancelled::Requested {
