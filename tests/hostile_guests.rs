@@ -9,7 +9,9 @@
 //! loader (a core module, random bytes) and hostile files in the disk cache
 //! (corrupt, truncated, foreign) are here too.
 //!
-//! Every wait is bounded and every limit short; nothing here asserts a time.
+//! Every wait is bounded and every limit short; nothing here asserts a time
+//! but how soon a cancelled call stops (`hostile_guests/cancel.rs`), which is
+//! the requirement itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -38,6 +40,10 @@ mod limit;
 // Guest text bounded and inert; deadlines inside host calls.
 #[path = "hostile_guests/text_and_deadlines.rs"]
 mod text_and_deadlines;
+
+// Calls cancelled from outside while they compute or wait.
+#[path = "hostile_guests/cancel.rs"]
+mod cancel;
 
 // ---------------------------------------------------------------------------
 // Harness

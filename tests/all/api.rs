@@ -101,6 +101,9 @@ fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
             None,
         ),
         (Method::GET, "/v1/stats".into(), None),
+        (Method::GET, "/v1/usage".into(), None),
+        (Method::DELETE, format!("/v1/jobs/{job}"), None),
+        (Method::GET, "/v1/tenants".into(), None),
         (Method::POST, format!("/v1/tasks/{task}/retry"), None),
         (Method::POST, format!("/v1/tasks/{task}/cancel"), None),
         (Method::DELETE, format!("/v1/tasks/{task}"), None),
@@ -115,9 +118,6 @@ fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
             None,
         ),
         (Method::GET, "/v1/workers".into(), None),
-        (Method::GET, "/v1/usage".into(), None),
-        (Method::DELETE, format!("/v1/jobs/{job}"), None),
-        (Method::GET, "/v1/tenants".into(), None),
     ]
 }
 

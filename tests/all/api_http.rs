@@ -874,10 +874,10 @@ async fn malformed_requests_of_every_kind_answer_json() {
         "/v1/modules",
         "/v1/stats",
         "/v1/jobs/j",
+        "/v1/tenants",
         "/v1/queues",
         "/v1/workers",
         "/v1/queues/q/pause",
-        "/v1/tenants",
     ] {
         for method in ["PUT", "PATCH", "DELETE", "FROB"] {
             // Removing a job is a route.

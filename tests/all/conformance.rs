@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use chrono::DateTime;
 use corral::broker::{
-    AcquireRequest, Broker, BrokerError, Checkpoint, EmbeddedBroker, Lease, Leased, Outcome,
-    RedisBroker, RedisConfig, Retention, TenantQuota,
+    AcquireRequest, Broker, BrokerError, Cancelled, Checkpoint, EmbeddedBroker, Lease, Leased,
+    Outcome, PageQuery, RedisBroker, RedisConfig, Retention, TenantQuota, WorkerInfo,
 };
 use corral::clock::{self, Clock, ManualClock};
 use corral::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
@@ -1625,6 +1625,482 @@ pub async fn usage_bills_each_stored_call_once_by_tenant_and_day<K: Backend>() {
     ));
 }
 
+/// Every task of `tenant` that `list_page` shows, page by page (`limit`
+/// per page), with the number of pages.
+async fn all_pages<B: Broker>(b: &B, tenant: &str, query: PageQuery) -> (Vec<Task>, usize) {
+    let mut query = query;
+    let mut out = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = b.list_page(tenant, &query).await.expect("list_page");
+        assert!(page.tasks.len() <= query.limit);
+        out.extend(page.tasks);
+        pages += 1;
+        assert!(pages < 1000, "paging never ends");
+        match page.next {
+            Some(next) => query.cursor = Some(next),
+            None => return (out, pages),
+        }
+    }
+}
+
+pub async fn pages_list_every_task_once_by_queue_and_state<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let t = task_in("acme", if n % 3 == 0 { "mail" } else { Q }, n);
+        ids.push(t.task_id);
+        b.enqueue(vec![t]).await.expect("enqueue");
+    }
+    let leased = b.acquire(&req("w1", &[Q], 3)).await.expect("acquire");
+    assert_eq!(leased.len(), 3);
+    // Another tenant's tasks never show.
+    b.enqueue(vec![task_in("other", Q, 99)])
+        .await
+        .expect("enqueue");
+    ack_one(b, &leased[0].lease, Outcome::Dead(error("boom", false)))
+        .await
+        .expect("dead");
+    ack_one(b, &leased[1].lease, Outcome::Completed(checkpoint(1, "ok")))
+        .await
+        .expect("completed");
+
+    let (all, pages) = all_pages(
+        b,
+        "acme",
+        PageQuery {
+            limit: 5,
+            ..PageQuery::default()
+        },
+    )
+    .await;
+    assert!(pages >= 3, "{pages} pages for 12 tasks at 5 a page");
+    let mut seen: Vec<TaskId> = all.iter().map(|t| t.task_id).collect();
+    seen.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen, want, "every task once, and only acme's");
+    // By queue in name order (default, then mail), then by state.
+    assert!(all[8..].iter().all(|t| t.queue_name == "mail"));
+    assert_eq!(all[0].state, TaskState::Pending);
+
+    let (dead, _) = all_pages(
+        b,
+        "acme",
+        PageQuery {
+            state: Some(TaskState::Dead),
+            limit: 2,
+            ..PageQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].task_id, leased[0].lease.task_id);
+    let (active, _) = all_pages(
+        b,
+        "acme",
+        PageQuery {
+            state: Some(TaskState::Active),
+            queue: Some(Q.into()),
+            limit: 10,
+            cursor: None,
+        },
+    )
+    .await;
+    assert_eq!(active.len(), 1);
+    let (pending, pages) = all_pages(
+        b,
+        "acme",
+        PageQuery {
+            state: Some(TaskState::Pending),
+            queue: Some(Q.into()),
+            limit: 2,
+            cursor: None,
+        },
+    )
+    .await;
+    assert_eq!(pending.len(), 5);
+    assert!(pages >= 3);
+    // Newest first within a state.
+    assert!(pending.windows(2).all(|w| w[0].task_id > w[1].task_id));
+    assert!(matches!(
+        b.list_page(
+            "acme",
+            &PageQuery {
+                limit: 0,
+                ..PageQuery::default()
+            }
+        )
+        .await,
+        Err(BrokerError::Invalid { .. })
+    ));
+    assert!(matches!(
+        b.list_page(
+            "acme",
+            &PageQuery {
+                limit: 5,
+                cursor: Some("garbage".into()),
+                ..PageQuery::default()
+            }
+        )
+        .await,
+        Err(BrokerError::Invalid { .. })
+    ));
+    let queues: Vec<String> = b
+        .queues("acme")
+        .await
+        .expect("queues")
+        .into_iter()
+        .map(|q| q.queue)
+        .collect();
+    assert_eq!(queues, vec![Q.to_owned(), "mail".to_owned()]);
+}
+
+pub async fn retry_runs_a_dead_task_again_and_keeps_its_error<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let t = task(1);
+    let id = t.task_id;
+    b.enqueue(vec![t]).await.expect("enqueue");
+    let l = take_one(b, "w1").await;
+    b.update(&l.lease, &checkpoint(1, "step one"))
+        .await
+        .expect("checkpoint");
+    ack_one(b, &l.lease, Outcome::Dead(error("boom", false)))
+        .await
+        .expect("dead");
+    let unlimited = TenantQuota::UNLIMITED;
+    // Only dead or cancelled tasks; another tenant's id is as missing.
+    assert!(matches!(
+        b.retry("other", id, &unlimited).await,
+        Err(BrokerError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.retry(T, TaskId::new(), &unlimited).await,
+        Err(BrokerError::NotFound { .. })
+    ));
+    b.retry(T, id, &unlimited).await.expect("retry");
+    let again = get(b, id).await;
+    assert_eq!(again.state, TaskState::Pending);
+    assert_eq!(again.attempt, 0);
+    assert_eq!(again.error, None);
+    assert_eq!(again.error_history.len(), 1);
+    assert_eq!(again.error_history[0].kind, "boom");
+    assert!(matches!(
+        b.retry(T, id, &unlimited).await,
+        Err(BrokerError::Conflict { .. })
+    ));
+    // It resumes from its checkpoint, attempts counted afresh.
+    let l = take_one(b, "w1").await;
+    assert_eq!(l.task.task_id, id);
+    assert_eq!(l.task.attempt, 1);
+    assert_eq!(l.task.current_handler_index, 1);
+    ack_one(b, &l.lease, Outcome::Dead(error("again", false)))
+        .await
+        .expect("dead");
+
+    // Every dead task of a queue, within the tenant's quota.
+    let more: Vec<Task> = (2..5).map(task).collect();
+    b.enqueue(more).await.expect("enqueue");
+    for l in take(b, "w1", 3).await {
+        ack_one(b, &l.lease, Outcome::Dead(error("boom", false)))
+            .await
+            .expect("dead");
+    }
+    assert_eq!(b.stats(T, Q).await.expect("stats").dead, 4);
+    let tight = TenantQuota {
+        max_queued: 3,
+        max_queues: 10,
+    };
+    assert!(matches!(
+        b.retry_dead(T, Q, &tight).await,
+        Err(BrokerError::Full { .. })
+    ));
+    assert_eq!(b.stats(T, Q).await.expect("stats").dead, 4, "refused whole");
+    assert_eq!(b.retry_dead(T, Q, &unlimited).await.expect("retry_dead"), 4);
+    let stats = b.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.dead, stats.pending), (0, 4));
+    assert_eq!(queued(b, T).await, 4);
+    assert_eq!(get(b, id).await.error_history.len(), 2);
+}
+
+pub async fn delete_and_purge_take_tasks_out_of_every_count<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let tasks: Vec<Task> = (0..10).map(task).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+    b.enqueue(tasks).await.expect("enqueue");
+    let mut later = task(50);
+    later.run_at = Some(clock::add(fx.clock.now(), Duration::from_secs(3600)));
+    let later_id = later.task_id;
+    b.enqueue(vec![later]).await.expect("enqueue");
+    let leased = take(b, "w1", 3).await;
+    ack_one(b, &leased[0].lease, Outcome::Dead(error("boom", false)))
+        .await
+        .expect("dead");
+    ack_one(b, &leased[1].lease, Outcome::Completed(checkpoint(1, "ok")))
+        .await
+        .expect("done");
+    let active = leased[2].lease.task_id;
+    assert_eq!(queued(b, T).await, 8);
+
+    // Any state but active.
+    assert!(matches!(
+        b.delete(T, active).await,
+        Err(BrokerError::Conflict { .. })
+    ));
+    assert!(matches!(
+        b.delete("other", ids[5]).await,
+        Err(BrokerError::NotFound { .. })
+    ));
+    b.delete(T, ids[5]).await.expect("delete pending");
+    b.delete(T, later_id).await.expect("delete scheduled");
+    b.delete(T, leased[0].lease.task_id)
+        .await
+        .expect("delete dead");
+    assert!(b.task(T, ids[5]).await.expect("task").is_none());
+    assert!(matches!(
+        b.delete(T, ids[5]).await,
+        Err(BrokerError::NotFound { .. })
+    ));
+    assert_eq!(queued(b, T).await, 6);
+    let stats = b.stats(T, Q).await.expect("stats");
+    assert_eq!(
+        (
+            stats.pending,
+            stats.scheduled,
+            stats.active,
+            stats.completed,
+            stats.dead
+        ),
+        (6, 0, 1, 1, 0)
+    );
+
+    assert!(matches!(
+        b.purge(T, Q, TaskState::Active).await,
+        Err(BrokerError::Conflict { .. })
+    ));
+    assert_eq!(b.purge(T, Q, TaskState::Completed).await.expect("purge"), 1);
+    assert_eq!(b.purge(T, Q, TaskState::Pending).await.expect("purge"), 6);
+    assert_eq!(queued(b, T).await, 0);
+    let stats = b.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.pending, stats.completed, stats.active), (0, 0, 1));
+    // Nothing purged comes back to a worker.
+    assert!(take(b, "w2", 10).await.is_empty());
+    // The quota's room is back: a full quota's worth fits again.
+    let quota = TenantQuota {
+        max_queued: 6,
+        max_queues: 10,
+    };
+    b.enqueue_within((0..6).map(task).collect(), &quota)
+        .await
+        .expect("room after the purge");
+}
+
+pub async fn a_paused_queue_is_skipped_and_takes_enqueues<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    // Another tenant has a queue of the same name, which stays served.
+    b.enqueue(vec![task(1), task_in("other", Q, 3)])
+        .await
+        .expect("enqueue");
+    assert!(matches!(
+        b.pause(T, "nope", true).await,
+        Err(BrokerError::NotFound { .. })
+    ));
+    b.pause(T, Q, true).await.expect("pause");
+    b.enqueue(vec![task(2)])
+        .await
+        .expect("a paused queue takes enqueues");
+    let got = take(b, "w1", 10).await;
+    assert_eq!(got.len(), 1, "a paused queue gives nothing");
+    assert_eq!(got[0].lease.tenant, "other");
+    assert!(take(b, "w1", 10).await.is_empty());
+    let stats = b.stats(T, Q).await.expect("stats");
+    assert!(stats.paused);
+    assert_eq!(stats.pending, 2);
+    assert!(!b.stats("other", Q).await.expect("stats").paused);
+    b.pause(T, Q, false).await.expect("resume");
+    assert!(!b.stats(T, Q).await.expect("stats").paused);
+    assert_eq!(take(b, "w1", 10).await.len(), 2);
+}
+
+pub async fn cancel_ends_waiting_tasks_at_once_and_tells_the_holder<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let (a, c) = (task(1), task(2));
+    let (a_id, c_id) = (a.task_id, c.task_id);
+    let mut later = task(3);
+    later.run_at = Some(clock::add(fx.clock.now(), Duration::from_secs(60)));
+    let later_id = later.task_id;
+    b.enqueue(vec![a, c, later]).await.expect("enqueue");
+    assert!(matches!(
+        b.cancel("other", a_id).await,
+        Err(BrokerError::NotFound { .. })
+    ));
+    // A running task: its worker is told, the lease holds on.
+    let running = take_one(b, "w1").await;
+    assert_eq!(running.task.task_id, a_id);
+    b.update(&running.lease, &checkpoint(2, "two"))
+        .await
+        .expect("checkpoint");
+    assert_eq!(
+        b.cancel(T, a_id).await.expect("cancel"),
+        Cancelled::Requested {
+            worker: "w1".into()
+        }
+    );
+    let told = b
+        .cancel_requests(&"w1".to_owned(), Duration::from_secs(5))
+        .await
+        .expect("cancel_requests");
+    assert_eq!(told, vec![a_id]);
+    assert!(
+        b.cancel_requests(&"w1".to_owned(), Duration::from_millis(50))
+            .await
+            .expect("cancel_requests")
+            .is_empty(),
+        "each cancel is delivered once"
+    );
+    // Whatever the worker reports but success, the task ends cancelled,
+    // naming the handler of its checkpoint; never retried.
+    let at = clock::add(fx.clock.now(), Duration::from_secs(1));
+    ack_one(
+        b,
+        &running.lease,
+        Outcome::Retry {
+            error: error("io", true),
+            at,
+        },
+    )
+    .await
+    .expect("ack");
+    let done = get(b, a_id).await;
+    assert_eq!(done.state, TaskState::Cancelled);
+    let e = done.error.expect("an error");
+    assert_eq!((e.kind.as_str(), e.handler_index), ("cancelled", Some(2)));
+    assert!(matches!(
+        b.cancel(T, a_id).await,
+        Err(BrokerError::Conflict { .. })
+    ));
+
+    // Waiting tasks are final at once and never run.
+    assert_eq!(b.cancel(T, c_id).await.expect("cancel"), Cancelled::Now);
+    assert_eq!(b.cancel(T, later_id).await.expect("cancel"), Cancelled::Now);
+    fx.clock.advance(Duration::from_secs(120));
+    b.maintain().await.expect("maintain");
+    assert!(take(b, "w1", 10).await.is_empty());
+    assert_eq!(get(b, c_id).await.state, TaskState::Cancelled);
+    assert_eq!(queued(b, T).await, 0);
+    let stats = b.stats(T, Q).await.expect("stats");
+    assert_eq!((stats.cancelled, stats.pending, stats.scheduled), (3, 0, 0));
+
+    // A holder that dies: the expired lease ends the task cancelled.
+    let d = task(4);
+    let d_id = d.task_id;
+    b.enqueue(vec![d]).await.expect("enqueue");
+    let held = take_one(b, "w9").await;
+    assert_eq!(held.lease.task_id, d_id);
+    b.cancel(T, d_id).await.expect("cancel");
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    b.maintain().await.expect("maintain");
+    assert_eq!(get(b, d_id).await.state, TaskState::Cancelled);
+    assert!(take(b, "w1", 10).await.is_empty());
+    // And a cancelled task may be run again by hand.
+    b.retry(T, d_id, &TenantQuota::UNLIMITED)
+        .await
+        .expect("retry");
+    assert_eq!(take_one(b, "w1").await.lease.task_id, d_id);
+}
+
+pub async fn stats_count_retrying_and_the_last_minute<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    b.enqueue((0..4).map(task).collect())
+        .await
+        .expect("enqueue");
+    let leased = take(b, "w1", 4).await;
+    let at = clock::add(fx.clock.now(), Duration::from_secs(30));
+    ack_one(
+        b,
+        &leased[0].lease,
+        Outcome::Retry {
+            error: error("io", true),
+            at,
+        },
+    )
+    .await
+    .expect("retry");
+    ack_one(b, &leased[1].lease, Outcome::Completed(checkpoint(1, "ok")))
+        .await
+        .expect("done");
+    ack_one(b, &leased[2].lease, Outcome::Dead(error("boom", false)))
+        .await
+        .expect("dead");
+    let s = b.stats(T, Q).await.expect("stats");
+    assert_eq!(
+        (
+            s.scheduled,
+            s.retrying,
+            s.active,
+            s.completed_last_minute,
+            s.failed_last_minute
+        ),
+        (1, 1, 1, 1, 1)
+    );
+    fx.clock.advance(Duration::from_secs(61));
+    b.maintain().await.expect("maintain");
+    let s = b.stats(T, Q).await.expect("stats");
+    assert_eq!(
+        (
+            s.scheduled,
+            s.retrying,
+            s.pending,
+            s.completed_last_minute,
+            s.failed_last_minute
+        ),
+        (0, 0, 2, 0, 0),
+        "the retry was promoted (and the lease left running recovered), the minute passed"
+    );
+    assert_eq!((s.completed, s.dead), (1, 1));
+}
+
+pub async fn workers_register_and_drop_out_after_their_ttl<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let info = |id: &str| WorkerInfo {
+        id: id.into(),
+        host: "host".into(),
+        pid: 42,
+        started_at: fx.clock.now(),
+        version: "1".into(),
+        queues: vec![Q.into()],
+        concurrency: 4,
+        tasks: vec![TaskId::new()],
+        seen_at: fx.clock.now(),
+    };
+    b.register_worker(&info("w1"), Duration::from_secs(30))
+        .await
+        .expect("register");
+    b.register_worker(&info("w2"), Duration::from_secs(90))
+        .await
+        .expect("register");
+    let listed = b.workers().await.expect("workers");
+    assert_eq!(
+        listed.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        ["w1", "w2"]
+    );
+    assert_eq!(listed[0].tasks.len(), 1);
+    fx.clock.advance(Duration::from_secs(31));
+    let listed = b.workers().await.expect("workers");
+    assert_eq!(listed.len(), 1, "w1 missed its refresh");
+    b.deregister_worker(&"w2".to_owned())
+        .await
+        .expect("deregister");
+    assert!(b.workers().await.expect("workers").is_empty());
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -1655,7 +2131,14 @@ macro_rules! conformance {
                 max_queued_holds_under_concurrency_and_stays_exact,
                 queue_names_are_bounded_per_tenant,
                 idle_queues_cost_no_maintenance_and_due_work_is_still_done,
-                usage_bills_each_stored_call_once_by_tenant_and_day
+                usage_bills_each_stored_call_once_by_tenant_and_day,
+                pages_list_every_task_once_by_queue_and_state,
+                retry_runs_a_dead_task_again_and_keeps_its_error,
+                delete_and_purge_take_tasks_out_of_every_count,
+                a_paused_queue_is_skipped_and_takes_enqueues,
+                cancel_ends_waiting_tasks_at_once_and_tells_the_holder,
+                stats_count_retrying_and_the_last_minute,
+                workers_register_and_drop_out_after_their_ttl
             );
         }
     };

@@ -10,6 +10,7 @@ mod api;
 mod api_cli;
 mod api_http;
 mod api_support;
+mod cancel;
 mod chain;
 mod cli;
 mod compile;

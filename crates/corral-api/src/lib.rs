@@ -35,7 +35,8 @@
 //! it: what belongs to another tenant answers exactly as what does not
 //! exist (404), so a tenant cannot even learn that it exists. An admin
 //! token (`corral admin token`) acts on any tenant: the routes above over
-//! one tenant's things take it with `?tenant=NAME` ([`auth::Scope`]). Errors are JSON
+//! one tenant's things take it with `?tenant=NAME` ([`auth::Scope`]), and
+//! only it may use the routes over every tenant. Errors are JSON
 //! ([`errors`]), whoever raises them ([`extract`], [`guard`]). Bodies are
 //! capped: JSON at [`ApiConfig::max_json_bytes`], modules at the tenant's
 //! `max_module_bytes`, and all of them together by the [`BodyBudget`]

@@ -75,7 +75,7 @@ pub async fn upload<B: Broker + Clone>(
     // new ones) before storing it.
     let _budget = held.reservation.clone();
     let hash = state.registry.add_module(scope.name(), &held.bytes).await?;
-    tracing::info!(tenant = scope.name(), %hash, size, "module uploaded");
+    tracing::info!(tenant = scope.name(), by = %scope.caller.actor(), %hash, size, "module uploaded");
     Ok((StatusCode::CREATED, Json(ModuleInfo { hash, size })))
 }
 

@@ -13,10 +13,8 @@
 //! | `DELETE /v1/queues/{queue}/tasks?state=S` | every task of the queue in state `S` is deleted (`active` refused) |
 //! | `GET /v1/workers` | the live workers that serve the tenant's queue names |
 //!
-//! Everything is scoped to one tenant, the request's [`Scope`]: a tenant's
-//! token acts on its own tenant only, an admin token on the tenant it
-//! names with `?tenant=` ([`crate::auth`]). A task id or queue name of
-//! another tenant answers
+//! Everything is scoped to the caller's tenant (the token decides it,
+//! never the request): a task id or queue name of another tenant answers
 //! exactly as one that was never used, 404 `task_not_found` or
 //! `queue_not_found`. A queue exists for a tenant while it holds any of
 //! its task records ([`Broker::queue_names`]). A verb that does not apply
@@ -43,6 +41,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
+use super::auth::{Caller, TenantParam};
 use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::{BoundedList, clip};
@@ -66,9 +65,9 @@ fn queue_not_found(queue: &str) -> ApiError {
     ApiError::not_found("queue_not_found", format!("queue `{queue}` not found"))
 }
 
-/// `queue` from the path, checked to be a name and one of the tenant's
+/// `queue` from the path, checked to be a name and one of the caller's
 /// queues; another tenant's queue is not found, as a name never used.
-async fn own_queue<B: Broker>(broker: &B, scope: &Scope, queue: &str) -> Result<(), ApiError> {
+async fn own_queue<B: Broker>(broker: &B, caller: &Scope, queue: &str) -> Result<(), ApiError> {
     if !valid_queue(queue) {
         return Err(ApiError::bad_request(format!(
             "`{}` is not a queue name: use 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`",
@@ -76,7 +75,7 @@ async fn own_queue<B: Broker>(broker: &B, scope: &Scope, queue: &str) -> Result<
         )));
     }
     if broker
-        .queue_names(scope.name())
+        .queue_names(caller.name())
         .await?
         .iter()
         .any(|q| q == queue)
@@ -98,14 +97,14 @@ pub struct TaskDone {
 /// `POST /v1/tasks/{id}/retry`: 200 `{task_id, state: "pending"}`.
 pub async fn retry<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<TaskDone>, ApiError> {
     let id = parse_id(&id)?;
-    let quota = scope.tenant.limits.queue_quota();
+    let quota = caller.tenant.limits.queue_quota();
     state
         .broker
-        .retry(scope.name(), id, &quota)
+        .retry(caller.name(), id, &quota)
         .await
         .map_err(task_error(id))?;
     Ok(Json(TaskDone {
@@ -117,13 +116,13 @@ pub async fn retry<B: Broker + Clone>(
 /// `DELETE /v1/tasks/{id}`: 200 `{task_id, state: "deleted"}`.
 pub async fn delete_task<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<TaskDone>, ApiError> {
     let id = parse_id(&id)?;
     state
         .broker
-        .delete(scope.name(), id)
+        .delete(caller.name(), id)
         .await
         .map_err(task_error(id))?;
     Ok(Json(TaskDone {
@@ -147,13 +146,13 @@ pub struct CancelDone {
 /// stopped it).
 pub async fn cancel<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<CancelDone>, ApiError> {
     let id = parse_id(&id)?;
     let cancelled = state
         .broker
-        .cancel(scope.name(), id)
+        .cancel(caller.name(), id)
         .await
         .map_err(task_error(id))?;
     Ok(Json(CancelDone {
@@ -166,9 +165,9 @@ pub async fn cancel<B: Broker + Clone>(
 /// by name. A tenant has at most its `max_queues`.
 pub async fn queues<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
 ) -> Result<Response, ApiError> {
-    let queues = state.broker.queues(scope.name()).await?;
+    let queues = state.broker.queues(caller.name()).await?;
     let mut list = BoundedList::new("queues", state.config.max_list_bytes)?;
     for queue in &queues {
         if !list.push(queue)? {
@@ -181,11 +180,11 @@ pub async fn queues<B: Broker + Clone>(
 /// `GET /v1/queues/{queue}/stats`: the queue's counts.
 pub async fn queue_stats<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
-    own_queue(&state.broker, &scope, &queue).await?;
-    Ok(Json(state.broker.stats(scope.name(), &queue).await?))
+    own_queue(&state.broker, &caller, &queue).await?;
+    Ok(Json(state.broker.stats(caller.name(), &queue).await?))
 }
 
 /// The answer of a verb on a queue.
@@ -219,14 +218,14 @@ impl QueueDone {
 
 async fn set_paused<B: Broker + Clone>(
     state: &ApiState<B>,
-    scope: &Scope,
+    caller: &Scope,
     queue: String,
     paused: bool,
 ) -> Result<Json<QueueDone>, ApiError> {
-    own_queue(&state.broker, scope, &queue).await?;
+    own_queue(&state.broker, caller, &queue).await?;
     state
         .broker
-        .pause(scope.name(), &queue, paused)
+        .pause(caller.name(), &queue, paused)
         .await
         .map_err(|e| match e {
             // The queue's last task went since the look.
@@ -243,32 +242,32 @@ async fn set_paused<B: Broker + Clone>(
 /// skip the queue until it is resumed; it still takes enqueues.
 pub async fn pause<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDone>, ApiError> {
-    set_paused(&state, &scope, queue, true).await
+    set_paused(&state, &caller, queue, true).await
 }
 
 /// `POST /v1/queues/{queue}/resume`: 200 `{queue, paused: false}`.
 pub async fn resume<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDone>, ApiError> {
-    set_paused(&state, &scope, queue, false).await
+    set_paused(&state, &caller, queue, false).await
 }
 
 /// `POST /v1/queues/{queue}/retry-dead`: 200 `{queue, retried: n}`.
 pub async fn retry_dead<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDone>, ApiError> {
-    own_queue(&state.broker, &scope, &queue).await?;
-    let quota = scope.tenant.limits.queue_quota();
+    own_queue(&state.broker, &caller, &queue).await?;
+    let quota = caller.tenant.limits.queue_quota();
     let retried = state
         .broker
-        .retry_dead(scope.name(), &queue, &quota)
+        .retry_dead(caller.name(), &queue, &quota)
         .await?;
     Ok(Json(QueueDone {
         retried: Some(retried),
@@ -288,7 +287,7 @@ pub struct PurgeQuery {
 /// purged: n}`; `active` is 409 `wrong_state` (cancel those tasks).
 pub async fn purge<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    caller: Scope,
     Path(queue): Path<String>,
     Query(query): Query<PurgeQuery>,
 ) -> Result<Json<QueueDone>, ApiError> {
@@ -297,8 +296,11 @@ pub async fn purge<B: Broker + Clone>(
             "`state` is required: the state whose tasks are deleted (pending, scheduled, retrying, completed, dead, cancelled)",
         ));
     };
-    own_queue(&state.broker, &scope, &queue).await?;
-    let purged = state.broker.purge(scope.name(), &queue, task_state).await?;
+    own_queue(&state.broker, &caller, &queue).await?;
+    let purged = state
+        .broker
+        .purge(caller.name(), &queue, task_state)
+        .await?;
     Ok(Json(QueueDone {
         state: Some(task_state),
         purged: Some(purged),
@@ -307,19 +309,32 @@ pub async fn purge<B: Broker + Clone>(
 }
 
 /// `GET /v1/workers`: `{"workers": [WorkerInfo…], "truncated"}`, the live
-/// workers serving any of the tenant's queue names, each showing only
-/// those names and no task ids (see the module docs).
+/// workers serving any of the caller's queue names, each showing only
+/// those names and no task ids (see the module docs). An admin token
+/// without `?tenant=` sees every worker whole, the ids of the tasks each
+/// runs included.
 pub async fn workers<B: Broker + Clone>(
     State(state): State<Arc<ApiState<B>>>,
-    scope: Scope,
+    who: Caller,
+    TenantParam(asked): TenantParam,
 ) -> Result<Response, ApiError> {
+    let mut list = BoundedList::new("workers", state.config.max_list_bytes)?;
+    if who.is_admin() && asked.is_none() {
+        for worker in state.broker.workers().await? {
+            if !list.push(&worker)? {
+                break;
+            }
+        }
+        return list.finish(&[]);
+    }
+    let catalog = state.registry.catalog();
+    let tenant = who.tenant_for(catalog.as_ref(), asked.as_deref()).await?;
     let mine: BTreeSet<String> = state
         .broker
-        .queue_names(scope.name())
+        .queue_names(&tenant.name)
         .await?
         .into_iter()
         .collect();
-    let mut list = BoundedList::new("workers", state.config.max_list_bytes)?;
     if mine.is_empty() {
         return list.finish(&[]);
     }

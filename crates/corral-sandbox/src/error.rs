@@ -155,6 +155,11 @@ pub enum HandlerFailure {
     /// The handler's module could not be loaded.
     #[error("could not be loaded: {0}")]
     Load(LoadError),
+    /// The call was cancelled from outside (its
+    /// [`CancelSignal`](super::CancelSignal)) and the guest stopped where it
+    /// was, or never started.
+    #[error("was cancelled and stopped before it finished")]
+    Cancelled,
 }
 
 impl HandlerFailure {
@@ -172,17 +177,27 @@ impl HandlerFailure {
             HandlerFailure::BadOutput { .. } => "bad_output",
             HandlerFailure::Instantiate { .. } => "instantiate",
             HandlerFailure::Load(e) => e.kind(),
+            HandlerFailure::Cancelled => "cancelled",
         }
     }
 
     /// Whether another attempt might succeed. Deterministic failures (fuel,
     /// memory, traps, bad output) are not retried; the guest decides for its
-    /// own errors; a deadline or a full instance pool may pass.
+    /// own errors; a deadline or a full instance pool may pass. A cancelled
+    /// call is not retried: someone asked for it to stop.
     pub fn is_retryable(&self) -> bool {
         match self {
             HandlerFailure::Guest { retryable, .. } => *retryable,
             HandlerFailure::Deadline { .. } | HandlerFailure::Instantiate { .. } => true,
-            _ => false,
+            HandlerFailure::OutOfFuel { .. }
+            | HandlerFailure::MemoryLimit { .. }
+            | HandlerFailure::StackOverflow
+            | HandlerFailure::Panic { .. }
+            | HandlerFailure::Trap { .. }
+            | HandlerFailure::OutputTooLarge { .. }
+            | HandlerFailure::BadOutput { .. }
+            | HandlerFailure::Load(_)
+            | HandlerFailure::Cancelled => false,
         }
     }
 }

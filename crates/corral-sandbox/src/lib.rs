@@ -19,6 +19,7 @@
 //! | --- | --- | --- |
 //! | computes forever | fuel | `out_of_fuel` |
 //! | computes or waits past its deadline | epoch callback / async timeout / call hook | `deadline` |
+//! | computes or waits after its call was cancelled ([`CancelSignal`]) | the same three, watching the signal; a call cancelled before it starts never instantiates | `cancelled` |
 //! | grows memory past its limit | the store's resource limiter | `memory_limit` |
 //! | recurses without bound | `max_wasm_stack` | `stack_overflow` |
 //! | panics (Rust) | trap on `unreachable`, message from stderr | `panic` |
@@ -43,6 +44,7 @@
 //! deadline of a guest waiting in a host call is a tokio timeout).
 
 mod cache;
+mod cancel;
 mod compiler;
 mod engine;
 mod error;
@@ -63,6 +65,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{CallHook, Engine, Store, Trap};
 
 pub use cache::{DiskCacheError, LoadSource, ModuleHash, default_cache_dir};
+pub use cancel::CancelSignal;
 pub use compiler::{COMPILE_SUBCOMMAND, CompileConfig, CompileIsolation, run_compile_child};
 pub use error::{HandlerFailure, LoadError, MAX_FAILURE_TEXT_BYTES, MAX_NAME_IN_MESSAGE};
 pub use host::{MemoryLimitExceeded, WasiUse};
@@ -704,8 +707,15 @@ impl Sandbox {
     /// A fresh store for one call: deny-by-default host state, memory
     /// limiter, fuel, a bound on what one host call may copy out of the
     /// guest, and an epoch callback and call hook that fail the call past
-    /// `deadline` (the epoch callback also yields every tick).
-    fn new_store(&self, label: CallLabel, limits: &Limits, deadline: Instant) -> Store<HostState> {
+    /// `deadline` or once `cancel` is cancelled (the epoch callback also
+    /// yields every tick).
+    fn new_store(
+        &self,
+        label: CallLabel,
+        limits: &Limits,
+        deadline: Instant,
+        cancel: Option<&CancelSignal>,
+    ) -> Store<HostState> {
         let state = HostState::new(limits.memory_bytes, limits.max_log_bytes as usize, label);
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| s);
@@ -719,16 +729,20 @@ impl Sandbox {
         // the deadline and let the guest return as if it had not. So the
         // deadline is checked on the way into and out of every host call
         // (and libcall) as well.
+        // A cancelled call is stopped at the same places, and is reported as
+        // cancelled even if its deadline has passed too: it was asked to stop.
+        let hook_cancel = cancel.cloned();
         store.call_hook(move |_, hook| match hook {
-            CallHook::CallingHost | CallHook::ReturningFromHost if Instant::now() >= deadline => {
-                Err(wasmtime::Error::new(DeadlineExceeded))
+            CallHook::CallingHost | CallHook::ReturningFromHost => {
+                stopped(hook_cancel.as_ref(), deadline).map_or(Ok(()), Err)
             }
             _ => Ok(()),
         });
         store.set_epoch_deadline(1);
+        let epoch_cancel = cancel.cloned();
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
+            if let Some(stop) = stopped(epoch_cancel.as_ref(), deadline) {
+                Err(stop)
             } else {
                 // Yield to the runtime once per tick, so a computing guest
                 // never holds a worker thread for long.
@@ -749,6 +763,25 @@ impl Sandbox {
         self.call_counted(handler, ctx, args, limits).await.0
     }
 
+    /// [`call`](Self::call), stopped as soon as `cancel` is cancelled: a
+    /// guest that computes is stopped at its next epoch tick (every
+    /// millisecond), one that waits in a host call (a sleep, a poll) at
+    /// once, and a call whose signal is already cancelled never
+    /// instantiates. Either way it fails with [`HandlerFailure::Cancelled`],
+    /// carrying what the guest wrote and what the call cost so far.
+    pub async fn call_cancellable(
+        &self,
+        handler: &LoadedHandler,
+        ctx: CallContext,
+        args: &ArgsMap,
+        limits: &Limits,
+        cancel: &CancelSignal,
+    ) -> Result<CallOutput, CallError> {
+        self.run_call(handler, ctx, args, limits, Some(cancel))
+            .await
+            .0
+    }
+
     /// [`call`](Self::call), also answering what the guest asked of WASI
     /// ([`WasiUse`]): whether it made WASI calls, and how many to the
     /// clock and random interfaces, for a caller that must know whether
@@ -760,6 +793,29 @@ impl Sandbox {
         args: &ArgsMap,
         limits: &Limits,
     ) -> (Result<CallOutput, CallError>, WasiUse) {
+        self.run_call(handler, ctx, args, limits, None).await
+    }
+
+    /// One call, cancellable when given a signal: the body of
+    /// [`call_counted`](Self::call_counted) and
+    /// [`call_cancellable`](Self::call_cancellable).
+    async fn run_call(
+        &self,
+        handler: &LoadedHandler,
+        ctx: CallContext,
+        args: &ArgsMap,
+        limits: &Limits,
+        cancel: Option<&CancelSignal>,
+    ) -> (Result<CallOutput, CallError>, WasiUse) {
+        if cancel.is_some_and(CancelSignal::is_cancelled) {
+            // Nothing to stop yet: no store, no instance, nothing run.
+            let error = CallError {
+                failure: HandlerFailure::Cancelled,
+                guest_log: String::new(),
+                metering: CallMetering::default(),
+            };
+            return (Err(error), WasiUse::default());
+        }
         if !Engine::same(handler.pre.engine(), &self.inner.engine) {
             // wasmtime would panic: an instance cannot live in a store of
             // another engine.
@@ -777,7 +833,7 @@ impl Sandbox {
         let span = tracing::debug_span!("handler", task = %Inert(&ctx.task_id), job = %Inert(&ctx.job), index = ctx.handler_index);
         let started = Instant::now();
         let deadline = deadline_after(started, &limits);
-        let mut store = self.new_store(label(&ctx), &limits, deadline);
+        let mut store = self.new_store(label(&ctx), &limits, deadline, cancel);
         let log = store.data().log();
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
@@ -799,9 +855,18 @@ impl Sandbox {
         };
         // The epoch callback stops a guest that computes; this timeout stops
         // one that waits in a host call (a sleep, a poll).
-        let outcome = match tokio::time::timeout_at(deadline.into(), run.instrument(span)).await {
-            Ok(outcome) => past_deadline(outcome, deadline),
-            Err(_) => Err((wasmtime::Error::new(DeadlineExceeded), false)),
+        let timed = tokio::time::timeout_at(deadline.into(), run.instrument(span));
+        // And the signal stops either at once: dropping the call's future
+        // drops the guest wherever it is (it yields every epoch tick). Looked
+        // at first, so a call cancelled before it is first polled never
+        // instantiates.
+        let outcome = tokio::select! {
+            biased;
+            () = cancelled(cancel) => Err((wasmtime::Error::new(Cancelled), false)),
+            timed = timed => match timed {
+                Ok(outcome) => past_deadline(outcome, deadline),
+                Err(_) => Err((wasmtime::Error::new(DeadlineExceeded), false)),
+            },
         };
         let metering = meter(&store, &limits, started, instantiated);
         if tracing::enabled!(tracing::Level::TRACE) {
@@ -834,7 +899,7 @@ impl Sandbox {
         let _active = self.inner.active.enter();
         let limits = self.effective(limits);
         let deadline = deadline_after(t0, &limits);
-        let mut store = self.new_store(label(&ctx), &limits, deadline);
+        let mut store = self.new_store(label(&ctx), &limits, deadline, None);
         let log = store.data().log();
         let wit_ctx = wit_context(ctx);
         let wit_args = encode_args(args);
@@ -907,6 +972,7 @@ impl Sandbox {
             }),
             &limits,
             deadline_after(started, &limits),
+            None,
         );
         let mut task = corral_core::metering::TaskMetering::default();
         let timed = Instant::now();
@@ -1156,6 +1222,32 @@ fn guest_text(text: &str, limits: &Limits) -> String {
 #[error("deadline exceeded")]
 struct DeadlineExceeded;
 
+/// Raised by the epoch callback, the call hook or the wait on the signal
+/// once a call's [`CancelSignal`] is cancelled.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("cancelled")]
+struct Cancelled;
+
+/// Why a running call must stop now, if it must: cancelled (first: it was
+/// asked to), or past its deadline.
+fn stopped(cancel: Option<&CancelSignal>, deadline: Instant) -> Option<wasmtime::Error> {
+    if cancel.is_some_and(CancelSignal::is_cancelled) {
+        Some(wasmtime::Error::new(Cancelled))
+    } else if Instant::now() >= deadline {
+        Some(wasmtime::Error::new(DeadlineExceeded))
+    } else {
+        None
+    }
+}
+
+/// Returns once `cancel` is cancelled; never without a signal.
+async fn cancelled(cancel: Option<&CancelSignal>) {
+    match cancel {
+        Some(signal) => signal.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Turns a wasmtime error into the failure it stands for.
 fn classify(
     e: wasmtime::Error,
@@ -1163,6 +1255,9 @@ fn classify(
     limits: &Limits,
     log: &FinishedLog,
 ) -> HandlerFailure {
+    if e.downcast_ref::<Cancelled>().is_some() {
+        return HandlerFailure::Cancelled;
+    }
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return HandlerFailure::Deadline {
             limit: limits.timeout(),

@@ -436,7 +436,9 @@ async function refresh(force) {
       api("GET", "/v1/queues").then((a) => renderQueues(a.queues)),
       api("GET", "/v1/tasks", { state: view.state, queue: view.queue, limit: PAGE_SIZE, cursor: view.cursor })
         .then(renderTasks),
-      api("GET", "/v1/workers").then((a) => renderWorkers(a.workers)),
+      // An admin sees every worker whole (the tasks each runs included);
+      // a tenant, those serving its queues.
+      api("GET", "/v1/workers", null, !view.admin).then((a) => renderWorkers(a.workers)),
       api("GET", "/v1/jobs").then((a) => renderJobs(a.jobs)),
       api("GET", "/v1/usage").then(renderUsage),
       id ? renderDetail(id) : Promise.resolve(clearDetail()),

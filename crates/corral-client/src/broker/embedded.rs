@@ -84,7 +84,7 @@ struct State {
     /// Queues workers skip.
     paused: HashSet<QueueKey>,
     /// The workers registry: each worker's entry and when it goes.
-    workers: BTreeMap<WorkerId, (WorkerInfo, std::time::Instant)>,
+    workers: BTreeMap<WorkerId, (WorkerInfo, DateTime<Utc>)>,
     /// Cancels not yet delivered, per worker.
     cancels: HashMap<WorkerId, Vec<TaskId>>,
     /// Per tenant, its queue names, each with how many task records (in
@@ -1222,6 +1222,21 @@ impl Broker for EmbeddedBroker {
         let resumed = {
             let mut st = self.lock();
             if paused {
+                if !st.queues.get(tenant).is_some_and(|q| q.contains_key(queue)) {
+                    return Err(BrokerError::NotFound {
+                        op: "pause",
+                        what: format!("queue `{}`", corral_core::text::Inert(queue)),
+                    });
+                }
+                // Pauses of queues gone since go with it, as on Redis.
+                let live = &st.queues;
+                let keep: HashSet<QueueKey> = st
+                    .paused
+                    .iter()
+                    .filter(|(t, q)| live.get(t).is_some_and(|names| names.contains_key(q)))
+                    .cloned()
+                    .collect();
+                st.paused = keep;
                 st.paused.insert(key);
                 false
             } else {
@@ -1289,12 +1304,12 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<(), BrokerError> {
+        let now = self.inner.clock.now();
         let mut info = info.clone();
-        info.seen_at = self.inner.clock.now();
-        let gone = std::time::Instant::now() + ttl;
+        info.seen_at = now;
+        let gone = clock::add(now, ttl);
         let mut st = self.lock();
-        st.workers
-            .retain(|_, (_, until)| *until > std::time::Instant::now());
+        st.workers.retain(|_, (_, until)| *until >= now);
         st.workers.insert(info.id.clone(), (info, gone));
         Ok(())
     }
@@ -1305,12 +1320,12 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
-        let now = std::time::Instant::now();
+        let now = self.inner.clock.now();
         Ok(self
             .lock()
             .workers
             .values()
-            .filter(|(_, until)| *until > now)
+            .filter(|(_, until)| *until >= now)
             .take(super::MAX_WORKERS_LISTED)
             .map(|(info, _)| info.clone())
             .collect())

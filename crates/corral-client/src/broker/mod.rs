@@ -832,13 +832,11 @@ pub trait Broker: Send + Sync + 'static {
 }
 
 /// What a broker answers for an operation it does not have.
-fn unsupported<T>(op: &'static str) -> impl Future<Output = Result<T, BrokerError>> + Send {
-    async move {
-        Err(BrokerError::Unavailable {
-            op,
-            reason: "this broker does not support it".into(),
-        })
-    }
+async fn unsupported<T>(op: &'static str) -> Result<T, BrokerError> {
+    Err(BrokerError::Unavailable {
+        op,
+        reason: "this broker does not support it".into(),
+    })
 }
 
 /// Refuses a usage range that is empty or longer than the counters are

@@ -277,8 +277,18 @@ mod tests {
         assert_eq!(packed.len(), META_LEN + 6);
         assert_eq!(Meta::parse(&packed).unwrap(), m);
         let mut bad_state = packed.clone();
-        bad_state[0] = b'x';
+        bad_state[0] = b'z';
         assert!(Meta::parse(&bad_state).is_err());
+        // An active lease with a cancel asked for reads as active, and
+        // packs back to the same byte.
+        let mut asked = packed.clone();
+        asked[0] = b'k';
+        let read = Meta::parse(&asked).unwrap();
+        assert_eq!(
+            (read.state, read.cancel_requested),
+            (TaskState::Active, true)
+        );
+        assert_eq!(read.encode(), asked);
         assert!(Meta::parse(&packed[..META_LEN - 1]).is_err());
         let mut bad_token = packed.clone();
         bad_token[9..17].copy_from_slice(&f64::NAN.to_be_bytes());

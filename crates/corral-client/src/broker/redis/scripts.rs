@@ -601,8 +601,15 @@ pub async fn dead(
         .key(&keys.progress)
         .key(&keys.error)
         .arg(limit);
-    // Five values per record.
     let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    records(&mut reply)
+}
+
+/// Task records in a reply, five values each: id, task JSON or false,
+/// metadata or false, checkpoint JSON or false, error JSON or false. An id
+/// without metadata is a record damaged by hand; there is nothing to show
+/// for it, so it is left out.
+fn records(reply: &mut Reply) -> Result<Vec<(String, RawRecord)>, BrokerError> {
     if reply.remaining() % 5 != 0 {
         return Err(reply.corrupt("reply of the wrong length"));
     }
@@ -613,8 +620,6 @@ pub async fn dead(
         let meta = reply.opt_bytes()?;
         let progress = reply.opt_bytes()?;
         let error = reply.opt_bytes()?;
-        // A dead id without metadata is a record damaged by hand; there is
-        // nothing to show for it.
         if let Some(meta) = meta {
             out.push((
                 id,
@@ -853,25 +858,5 @@ pub async fn list(
         .arg(scan);
     let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
     let next = usize::try_from(reply.int()?).ok();
-    if reply.remaining() % 5 != 0 {
-        return Err(reply.corrupt("reply of the wrong length"));
-    }
-    let mut out = Vec::with_capacity(reply.remaining() / 5);
-    while reply.remaining() > 0 {
-        let id = reply.string()?;
-        let task = reply.opt_bytes()?;
-        let meta = reply.bytes()?;
-        let progress = reply.opt_bytes()?;
-        let error = reply.opt_bytes()?;
-        out.push((
-            id,
-            RawRecord {
-                task,
-                meta,
-                progress,
-                error,
-            },
-        ));
-    }
-    Ok((out, next))
+    Ok((records(&mut reply)?, next))
 }
