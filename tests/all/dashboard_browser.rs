@@ -372,6 +372,14 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
             .await,
         json!(["acme", "zed"])
     );
+    // The admin sees the fleet's one worker.
+    browser
+        .wait_for(
+            "the worker in the admin's list",
+            "document.querySelectorAll('#workers tr').length === 1",
+            SHOWN,
+        )
+        .await;
     // Zed picked from the keyboard: its task, none of acme's.
     browser
         .eval("document.getElementById('tenant').focus()")
