@@ -322,7 +322,17 @@ function handlerStatus(t, i) {
 }
 
 async function renderDetail(id) {
-  const t = await api("GET", taskPath(id));
+  let t;
+  try {
+    t = await api("GET", taskPath(id));
+  } catch (e) {
+    // Gone (deleted, or never this tenant's): close the panel, say so once.
+    if (e.status !== 404) throw e;
+    history.replaceState(null, "", location.pathname);
+    clearDetail();
+    status(e.message, true);
+    return;
+  }
   // What the API leaves out when empty.
   const metering = t.metering || { handlers: [], total: { calls: 0, fuel: 0, wall_us: 0 } };
   const history = t.error_history || [];
