@@ -610,7 +610,7 @@ pub async fn dead(
 /// without metadata is a record damaged by hand; there is nothing to show
 /// for it, so it is left out.
 fn records(reply: &mut Reply) -> Result<Vec<(String, RawRecord)>, BrokerError> {
-    if reply.remaining() % 5 != 0 {
+    if !reply.remaining().is_multiple_of(5) {
         return Err(reply.corrupt("reply of the wrong length"));
     }
     let mut out = Vec::with_capacity(reply.remaining() / 5);
