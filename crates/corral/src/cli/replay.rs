@@ -301,9 +301,10 @@ fn log_prefix(index: u32, name: &str) -> String {
     format!("[{index}:{}]", Inert(name))
 }
 
-/// Kinds of failure that depend on the machine, not on the guest.
+/// Kinds of failure that depend on the machine or on when someone acted,
+/// not on the guest: a cancel stops a call wherever it happens to be.
 fn timing_dependent(kind: &str) -> bool {
-    matches!(kind, "deadline" | "instantiate")
+    matches!(kind, "deadline" | "instantiate" | "cancelled")
 }
 
 /// `text`, cut to [`SHOWN_BYTES`] with a note of what was left out, inert.
