@@ -335,8 +335,8 @@ impl State {
             })
     }
 
-    /// Takes a waiting task out of the line it waits in (pending or
-    /// scheduled) and out of its tenant's count of queued tasks.
+    /// Takes a waiting task out of its tenant's count of queued tasks and
+    /// out of the scheduled set (a pending id is left in its line, stale).
     fn unwait(&mut self, id: TaskId) {
         let Some(entry) = self.tasks.get(&id) else {
             return;
@@ -344,21 +344,16 @@ impl State {
         let task = &entry.task;
         let tenant = task.tenant.clone();
         match task.state {
-            TaskState::Pending => {
-                if let Some(q) = self
-                    .pending
-                    .get_mut(&(task.tenant.clone(), task.queue_name.clone()))
-                {
-                    q.retain(|x| *x != id);
-                }
-            }
+            // Its id stays in the pending line, stale: `acquire` drops ids
+            // of tasks no longer pending (or gone), so nothing walks the
+            // line here.
+            TaskState::Pending => {}
+            // A waiting task's due time is its run_at (enqueue and retry
+            // both file it so).
             TaskState::Scheduled | TaskState::Retrying => {
                 if let Some(at) = task.run_at {
                     self.scheduled.remove(&(at, id));
                 }
-                // A delayed task's due time is its run_at; fall back to a
-                // search should it have been changed.
-                self.scheduled.retain(|(_, x)| *x != id);
             }
             _ => return,
         }

@@ -30,8 +30,9 @@ use corral_core::text::Inert;
 /// Tasks per batch of the verbs that work on many.
 const BATCH: usize = 500;
 
-/// Most entries one listing step looks at.
-const SCAN: usize = 2000;
+/// Most entries one listing step looks at (with the paging's bound on
+/// steps, at most 16,000 entries read per page).
+const SCAN: usize = 1000;
 
 /// How many undelivered cancels a worker's list keeps, and for how long.
 const CANCELS_KEPT: isize = 1000;
@@ -89,7 +90,7 @@ impl RedisBroker {
             match assemble(task_id, tenant, queue, &raw) {
                 Ok(a) => out.push(a.task),
                 Err(record::AssembleError::Corrupt(reason)) => {
-                    tracing::warn!(tenant, queue, task = %task_id, reason = %Inert(&reason), "unreadable task record");
+                    tracing::warn!(tenant = %Inert(tenant), queue = %Inert(queue), task = %task_id, reason = %Inert(&reason), "unreadable task record");
                 }
             }
         }
@@ -170,7 +171,7 @@ impl RedisBroker {
                 match assemble(task_id, tenant, queue, &raw) {
                     Ok(a) => items.push(requeue_item(a.task, a.meta.updated_us)?),
                     Err(record::AssembleError::Corrupt(reason)) => {
-                        tracing::warn!(tenant, queue, task = %task_id, reason = %Inert(&reason), "unreadable dead record; not retried");
+                        tracing::warn!(tenant = %Inert(tenant), queue = %Inert(queue), task = %task_id, reason = %Inert(&reason), "unreadable dead record; not retried");
                     }
                 }
             }
