@@ -130,7 +130,7 @@ pub(super) async fn list_page<B: Broker + ?Sized>(
 }
 
 /// Most reads one page makes before it returns what it has.
-const MAX_STEPS: usize = 16;
+const MAX_STEPS: usize = 64;
 
 #[cfg(test)]
 mod tests {

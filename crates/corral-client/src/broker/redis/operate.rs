@@ -31,7 +31,7 @@ use corral_core::text::Inert;
 const BATCH: usize = 500;
 
 /// Most entries one listing step looks at (with the paging's bound on
-/// steps, at most 16,000 entries read per page).
+/// steps, at most 64,000 entries read per page).
 const SCAN: usize = 1000;
 
 /// How many undelivered cancels a worker's list keeps, and for how long.
