@@ -5,4 +5,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 jobs/build.sh --install
-cargo run --release --quiet --bin corral -- demo "$@"
+cargo build --release --quiet --bin corral
+corral="${CARGO_TARGET_DIR:-target}/release/corral"
+# The Python and JavaScript handlers of the polyglot chain (componentize-py
+# and componentize-js are installed into Corral's toolchain folder when
+# missing).
+"$corral" build jobs/python/*/ jobs/js/*/ --out-dir jobs/dist
+"$corral" demo "$@"

@@ -46,6 +46,13 @@ cargo fmt --all -- --check
 # included, about 15 minutes here) gets at most CORRAL_TEST_TIMEOUT (default
 # 60 minutes), then SIGTERM and, 30 s later, SIGKILL. Every other step has a
 # limit of its own.
+# Build everything first: the Python and JavaScript guests (jobs/python,
+# jobs/js) are built by the `corral build` under test, which installs
+# componentize-py and componentize-js into Corral's toolchain folder when
+# missing and keeps unchanged builds. Then the tests run.
+timeout --kill-after=30s "${CORRAL_TEST_TIMEOUT:-60m}" cargo test --release --workspace --features corral/otlp --no-run
+corral="${CARGO_TARGET_DIR:-target}/release/corral"
+timeout --kill-after=30s 20m "$corral" build jobs/python/*/ jobs/js/*/ --out-dir jobs/dist
 timeout --kill-after=30s "${CORRAL_TEST_TIMEOUT:-60m}" cargo test --release --workspace --features corral/otlp
 # The examples are documentation that must keep working: run those that
 # need no server (the producer's needs Redis and a worker; the test command

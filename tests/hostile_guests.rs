@@ -45,6 +45,10 @@ mod text_and_deadlines;
 #[path = "hostile_guests/cancel.rs"]
 mod cancel;
 
+// Python and JavaScript guests held by the same limits.
+#[path = "hostile_guests/polyglot.rs"]
+mod polyglot;
+
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
@@ -70,7 +74,7 @@ fn job_path(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"));
     assert!(
         path.exists(),
-        "{} is missing: run jobs/build.sh before the tests",
+        "{} is missing: run scripts/test.sh (it builds jobs/ with jobs/build.sh and `corral build`)",
         path.display()
     );
     path

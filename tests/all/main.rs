@@ -26,10 +26,12 @@ mod logs;
 mod metrics;
 mod operate;
 mod operate_cli;
+mod polyglot;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod quotas;
 mod readme;
 mod redis_broker;
 mod replay;
+mod scaffold;
 mod tenants;

@@ -204,25 +204,25 @@ impl Registry {
 
     /// Validates and stores a module for `tenant`; returns its hash. Adding
     /// the same bytes twice is harmless.
+    ///
+    /// This is the path of bytes a tenant sent: the answer takes as long as
+    /// compiling them took, even when they were compiled before (for
+    /// another tenant, or cached on disk), so its timing tells the tenant
+    /// nothing about other tenants' modules.
     pub async fn add_module(
         &self,
         tenant: &str,
         bytes: &[u8],
     ) -> Result<ModuleHash, RegistryError> {
-        let limits = self.tenant_limits(tenant).await?;
-        if bytes.len() as u64 > limits.max_module_bytes {
-            return Err(RegistryError::ModuleTooLarge {
-                size: bytes.len() as u64,
-                limit: limits.max_module_bytes,
-            });
-        }
-        // Compiling can take seconds: bounded, off the runtime's threads.
-        let hash = self.sandbox.validate_async(tenant, bytes.to_vec()).await?;
-        self.catalog.put_module(tenant, &hash, bytes).await?;
-        Ok(hash)
+        self.store_module(tenant, bytes, true).await
     }
 
-    /// Reads, validates and stores a module file.
+    /// Reads, validates and stores a module file. Files are the operator's
+    /// (a worker's `--job`, `corral run`, `corral jobs register`), not a
+    /// tenant's upload: a module compiled before (on disk, from an earlier
+    /// start) loads at once instead of waiting out its compile time as an
+    /// upload would, so a worker restarts in milliseconds even for a 20 MB
+    /// interpreter.
     pub async fn add_module_file(
         &self,
         tenant: &str,
@@ -232,7 +232,31 @@ impl Registry {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        self.add_module(tenant, &bytes).await
+        self.store_module(tenant, &bytes, false).await
+    }
+
+    async fn store_module(
+        &self,
+        tenant: &str,
+        bytes: &[u8],
+        as_upload: bool,
+    ) -> Result<ModuleHash, RegistryError> {
+        let limits = self.tenant_limits(tenant).await?;
+        if bytes.len() as u64 > limits.max_module_bytes {
+            return Err(RegistryError::ModuleTooLarge {
+                size: bytes.len() as u64,
+                limit: limits.max_module_bytes,
+            });
+        }
+        // Compiling can take seconds: bounded, off the runtime's threads.
+        let hash = if as_upload {
+            self.sandbox.validate_async(tenant, bytes.to_vec()).await?
+        } else {
+            let (handler, _) = self.sandbox.load_async(tenant, bytes.to_vec()).await?;
+            handler.hash().clone()
+        };
+        self.catalog.put_module(tenant, &hash, bytes).await?;
+        Ok(hash)
     }
 
     /// Registers a new job; an existing name is an error.

@@ -28,7 +28,7 @@ pub fn job(name: &str) -> PathBuf {
     let path = jobs_dir().join(format!("{name}.wasm"));
     assert!(
         path.exists(),
-        "{} is missing: run jobs/build.sh before the tests",
+        "{} is missing: run scripts/test.sh (it builds jobs/ with jobs/build.sh and `corral build`)",
         path.display()
     );
     path

@@ -4,8 +4,9 @@
 //!
 //! 1. enqueues `--single` no-op tasks one call each: the single enqueue rate;
 //! 2. enqueues `--tasks` no-op tasks in one bulk call: the bulk enqueue rate;
-//! 3. starts ONE `corral worker` process (`--job noop=<noop.wasm>`) and
-//!    times it draining them: the end-to-end rate, from the first task
+//! 3. starts ONE `corral worker` process (`--job bench=<component>`, the
+//!    Rust no-op by default, any job's component with `--job FILE` and its
+//!    args with `--arg`) and times it draining them: the end-to-end rate, from the first task
 //!    leased to the queue empty (and, separately, including the worker's
 //!    start-up);
 //! 4. with that worker idle, enqueues at a steady `--rate` per second for
@@ -16,8 +17,8 @@
 //! `--metrics` runs the worker with its Prometheus metrics recording, to
 //! compare against a run without.
 //!
-//! It prints one figure per line. Every task runs the no-op component in a
-//! fresh wasm instance, so the figures include the sandbox's per-task cost.
+//! It prints one figure per line. Every task runs the component in a fresh
+//! wasm instance, so the figures include the sandbox's per-task cost.
 //! This module only measures; it changes nothing in how Corral runs.
 
 use std::path::PathBuf;
@@ -55,9 +56,16 @@ pub(super) struct E2eArgs {
     /// How long the latency phase lasts.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     latency_for: Duration,
-    /// The no-op component every task runs.
-    #[arg(long, default_value = "jobs/dist/noop.wasm")]
-    noop: PathBuf,
+    /// The component every task runs (a one-handler job): the Rust no-op
+    /// by default; `jobs/dist/noop_py.wasm` measures a Python guest.
+    #[arg(long = "job", alias = "noop", value_name = "FILE", default_value = "jobs/dist/noop.wasm")]
+    job: PathBuf,
+    /// An arg of every task as `key=value` (a string).
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    args: Vec<String>,
+    /// An arg of every task as `key=JSON`.
+    #[arg(long = "json-arg", value_name = "KEY=JSON")]
+    json_args: Vec<String>,
     /// The `corral` binary to start the worker from (default: this one).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
@@ -124,8 +132,8 @@ impl Drop for WorkerProcess {
     }
 }
 
-fn noop_task(queue: &str) -> Task {
-    let mut task = Task::new("noop", ArgsMap::new());
+fn bench_task(queue: &str, args: &ArgsMap) -> Task {
+    let mut task = Task::new("bench", args.clone());
     task.queue_name = queue.to_owned();
     task.max_attempts = 1;
     task
@@ -182,10 +190,10 @@ async fn drain(
 }
 
 pub(super) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
-    if !args.noop.exists() {
+    if !args.job.exists() {
         bail!(
-            "{} is missing: build the example jobs first with `jobs/build.sh`",
-            args.noop.display()
+            "{} is missing: build the example jobs first with `scripts/demo.sh` (or `jobs/build.sh`)",
+            args.job.display()
         );
     }
     let broker = args.redis.connect("bench e2e").await?;
@@ -208,7 +216,13 @@ async fn measure(
     single_queue: &str,
 ) -> anyhow::Result<ExitCode> {
     // 1. Single enqueues, one broker call each.
-    let singles: Vec<Task> = (0..args.single).map(|_| noop_task(single_queue)).collect();
+    let task_args = crate::task::parse_arg_pairs(
+        args.args.iter().map(String::as_str),
+        args.json_args.iter().map(String::as_str),
+    )?;
+    let singles: Vec<Task> = (0..args.single)
+        .map(|_| bench_task(single_queue, &task_args))
+        .collect();
     let started = Instant::now();
     for task in singles {
         broker.enqueue(vec![task]).await?;
@@ -216,7 +230,9 @@ async fn measure(
     let single_rate = args.single as f64 / started.elapsed().as_secs_f64();
 
     // 2. One bulk enqueue.
-    let bulk: Vec<Task> = (0..args.tasks).map(|_| noop_task(queue)).collect();
+    let bulk: Vec<Task> = (0..args.tasks)
+        .map(|_| bench_task(queue, &task_args))
+        .collect();
     let started = Instant::now();
     broker.enqueue(bulk).await?;
     let bulk_rate = args.tasks as f64 / started.elapsed().as_secs_f64();
@@ -238,7 +254,7 @@ async fn measure(
         .arg("--concurrency")
         .arg(args.concurrency.to_string())
         .arg("--job")
-        .arg(format!("noop={}", args.noop.display()))
+        .arg(format!("bench={}", args.job.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     if args.redis.cluster {
@@ -267,6 +283,14 @@ async fn measure(
     let first = drain(broker, queue, args.tasks, limit).await?;
     let done = Instant::now();
     let after = cpu_mark(&worker, broker).await;
+    // A rate of tasks that died is not a rate of work done: say so.
+    let died = broker.stats(DEFAULT_TENANT, queue).await?.dead;
+    if died == args.tasks {
+        bail!(
+            "every task died: is {} a job that succeeds on these args? (`corral run` it)",
+            args.job.display()
+        );
+    }
     let per_task_us = |a: Option<f64>, b: Option<f64>| {
         a.zip(b)
             .map(|(a, b)| format!("{:.1} µs/task", (b - a) * 1e6 / args.tasks as f64))
@@ -284,7 +308,7 @@ async fn measure(
     let t0 = tokio::time::Instant::now();
     for i in 0..count {
         tokio::time::sleep_until(t0 + period * i as u32).await;
-        let task = noop_task(queue);
+        let task = bench_task(queue, &task_args);
         let id = task.task_id;
         let at = Utc::now();
         broker.enqueue(vec![task]).await?;
@@ -309,10 +333,14 @@ async fn measure(
     worker.stop();
 
     say!(
-        "end-to-end: {e2e_rate:.0} tasks/s ({} tasks, one worker process, concurrency {})",
+        "end-to-end: {e2e_rate:.0} tasks/s ({} tasks of {}, one worker process, concurrency {})",
         args.tasks,
+        args.job.file_name().map_or_else(|| args.job.display().to_string(), |n| n.to_string_lossy().into_owned()),
         args.concurrency
     );
+    if died > 0 {
+        say!("tasks that died while draining: {died} (counted in the rates above)");
+    }
     say!("end-to-end including worker start-up: {e2e_with_start:.0} tasks/s");
     say!("worker CPU while draining: {worker_cpu}");
     say!("Redis CPU while draining: {redis_cpu}");

@@ -22,6 +22,7 @@ mod admin;
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
+mod build;
 mod bulk;
 mod completions;
 mod config;
@@ -29,6 +30,7 @@ mod confirm;
 mod fleet;
 mod jobs;
 mod metrics_port;
+mod new;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod progress;
@@ -40,6 +42,7 @@ mod serve;
 mod stats;
 mod tasks;
 mod tenants;
+mod toolchain;
 mod units;
 mod usage;
 mod workers;
@@ -107,6 +110,12 @@ enum Command {
     /// Run one job, given as its handler files in chain order, on the given
     /// args, and print the result.
     Run(RunArgs),
+    /// Create a guest project (a handler in Rust, Python or JavaScript, its
+    /// build file and a test input) in a new folder.
+    New(new::NewArgs),
+    /// Build guest projects (Rust, Python or JavaScript) into handler
+    /// components, installing the language's componentizer when missing.
+    Build(build::BuildArgs),
     /// Measure Corral and print the figures, one per line.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -213,6 +222,10 @@ struct RunArgs {
     /// number 5).
     #[arg(long = "json-arg", value_name = "KEY=JSON")]
     json_args: Vec<String>,
+    /// Args from a file holding one JSON object (`--arg` and `--json-arg`
+    /// add to it and override it).
+    #[arg(long, value_name = "FILE")]
+    args_file: Option<PathBuf>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -309,6 +322,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo(args).await,
         Command::Run(args) => run_job(args).await,
+        Command::New(args) => new::run(args),
+        Command::Build(args) => build::run(args),
         Command::Bench(BenchCommand::Sandbox(args)) => bench_sandbox::run(args).await,
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args).await,
         Command::Worker(args) => broker_cmds::worker(args).await,
@@ -333,7 +348,7 @@ fn job_file(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{name}.wasm"));
     if !path.exists() {
         bail!(
-            "{} is missing: build the example jobs first with `jobs/build.sh`",
+            "{} is missing: build the example jobs first with `scripts/demo.sh` (or `jobs/build.sh`, then `corral build jobs/python/*/ jobs/js/*/ --out-dir jobs/dist`)",
             path.display()
         );
     }
@@ -348,10 +363,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         timeout_ms: 2_000,
         ..Limits::default()
     };
-    let chains: [(&str, &[&str], Limits); 3] = [
+    let chains: [(&str, &[&str], Limits); 4] = [
         (
             "text-stats",
             &["normalize", "count_words", "top_k"],
+            Limits::default(),
+        ),
+        // The same pipeline in three languages: Rust, then Python, then
+        // JavaScript (jobs/python, jobs/js).
+        (
+            "text-stats-polyglot",
+            &["normalize", "count_words_py", "top_k_js"],
             Limits::default(),
         ),
         ("always-fails", &["fail"], Limits::default()),
@@ -400,6 +422,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     tasks.push(
         client
+            .task("text-stats-polyglot")
+            .arg("text", texts[0])?
+            .arg("k", &3)?
+            .build(),
+    );
+    tasks.push(
+        client
             .task("always-fails")
             .arg("kind", "retryable")?
             .arg("message", "upstream unavailable")?
@@ -429,14 +458,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for id in &ids {
         let task = client.wait(tenant, *id, Duration::from_secs(60)).await?;
         print_task(&task);
-        if task.state != TaskState::Completed && task.job_name == "text-stats" {
+        if task.state != TaskState::Completed && task.job_name.starts_with("text-stats") {
             failures += 1;
         }
     }
     let _ = stop_tx.send(());
     running.await??;
     if failures > 0 {
-        bail!("{failures} text-stats task(s) did not complete");
+        bail!("{failures} text-stats or text-stats-polyglot task(s) did not complete");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -492,6 +521,14 @@ fn print_task(task: &Task) {
     say!();
 }
 
+/// A task's args from a file holding one JSON object.
+fn read_args_file(path: &Path) -> anyhow::Result<crate::task::ArgsMap> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON object of args", path.display()))
+}
+
 async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::new(Sandbox::new(sandbox_args::sandbox_config())?);
     let limits = args.sandbox.limits();
@@ -500,12 +537,17 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let broker = EmbeddedBroker::new();
     let client = Client::new(broker.clone());
+    let mut task_args = match &args.args_file {
+        Some(path) => read_args_file(path)?,
+        None => Default::default(),
+    };
+    task_args.extend(parse_arg_pairs(
+        args.args.iter().map(String::as_str),
+        args.json_args.iter().map(String::as_str),
+    )?);
     let task = client
         .task("local")
-        .args(parse_arg_pairs(
-            args.args.iter().map(String::as_str),
-            args.json_args.iter().map(String::as_str),
-        )?)
+        .args(task_args)
         .max_attempts(1)
         .build();
     let id = client.enqueue(task).await?;
