@@ -26,9 +26,9 @@ mod logs;
 mod metrics;
 mod operate;
 mod operate_cli;
-mod polyglot;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod polyglot;
 mod quotas;
 mod readme;
 mod redis_broker;

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use corral::Client;
 use corral::api::ApiConfig;
 use corral::broker::{EmbeddedBroker, RedisBroker, RedisConfig};
 use corral::catalog::{Catalog, RedisCatalog};
@@ -14,7 +15,6 @@ use corral::registry::Registry;
 use corral::sandbox::{Limits, Sandbox, SandboxConfig};
 use corral::task::TaskState;
 use corral::tenant::TenantLimits;
-use corral::Client;
 use serde_json::{Value, json};
 
 use crate::api_support::{self, RedisServer};
@@ -76,7 +76,7 @@ async fn a_rust_python_javascript_chain_runs_on_the_embedded_broker() {
     assert_eq!(rust.state, TaskState::Completed, "{:?}", rust.error);
     assert_eq!(polyglot.state, TaskState::Completed, "{:?}", polyglot.error);
     // Each language's handler did its part, and the others' args came through.
-    assert_eq!(polyglot.args_map["total"], 14, "{:?}", polyglot.args_map);
+    assert_eq!(polyglot.args_map["total"], 15, "{:?}", polyglot.args_map);
     assert_eq!(polyglot.args_map["counts"]["the"], 4);
     assert_eq!(
         polyglot.args_map["top"],
@@ -89,7 +89,12 @@ async fn a_rust_python_javascript_chain_runs_on_the_embedded_broker() {
     // The same result as the all-Rust pipeline, args and log alike.
     assert_eq!(polyglot.args_map, rust.args_map);
     assert_eq!(polyglot.result_log, rust.result_log);
-    assert_eq!(polyglot.metering.handlers.len(), 3, "{:?}", polyglot.metering);
+    assert_eq!(
+        polyglot.metering.handlers.len(),
+        3,
+        "{:?}",
+        polyglot.metering
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,12 +124,15 @@ async fn a_rust_python_javascript_chain_uploaded_through_the_api_runs_on_redis()
     let task: Value = api.wait(&token, &id).await;
     worker.stop().await;
     assert_eq!(task["state"], "completed", "{task}");
-    assert_eq!(task["args_map"]["top"], json!([["the", 4], ["dog", 2]]), "{task}");
     assert_eq!(
-        task["args_map"]["summary"],
-        "top 2 of 10 distinct: the (4), dog (2)",
+        task["args_map"]["top"],
+        json!([["the", 4], ["dog", 2]]),
+        "{task}"
+    );
+    assert_eq!(
+        task["args_map"]["summary"], "top 2 of 10 distinct: the (4), dog (2)",
         "{task}"
     );
     let log = task["result_log"].as_str().unwrap_or_default();
-    assert!(log.contains("counted 14 words, 10 distinct"), "{log}");
+    assert!(log.contains("counted 15 words, 10 distinct"), "{log}");
 }

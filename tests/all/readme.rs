@@ -129,12 +129,23 @@ fn the_demo_runs_its_jobs() {
     let _limit = crate::limit::minutes(5);
     let script = std::fs::read_to_string(repo_root().join("scripts/demo.sh")).expect("demo.sh");
     assert!(
-        script.contains("cargo run --release --quiet --bin corral -- demo \"$@\""),
-        "scripts/demo.sh no longer runs `corral demo`: update this test"
+        script.contains("\"$corral\" demo \"$@\"")
+            && script.contains("build jobs/python/*/ jobs/js/*/ --out-dir jobs/dist"),
+        "scripts/demo.sh no longer builds the polyglot jobs and runs `corral demo`: update this test"
     );
-    let cache = tempfile::tempdir().expect("cache dir");
-    let out = sh("corral demo", cache.path());
+    // The target folder's cache: the Python and JavaScript handlers take
+    // seconds to compile, once per content.
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("components");
+    let out = sh("corral demo", &cache);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("state=completed"), "{stdout}");
+    assert!(
+        stdout.contains("job=text-stats state=completed"),
+        "{stdout}"
+    );
+    // Rust, Python and JavaScript handlers in one chain.
+    assert!(
+        stdout.contains("job=text-stats-polyglot state=completed"),
+        "{stdout}"
+    );
 }

@@ -50,20 +50,34 @@ fn new_build_run(lang: &str) {
     // A second `new` over the same folder refuses rather than overwrite.
     let again = corral(root.path(), &["new", &name, "--lang", lang]);
     assert!(!again.status.success(), "{}", text(&again.stdout));
-    assert!(text(&again.stderr).contains("not empty"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("not empty"),
+        "{}",
+        text(&again.stderr)
+    );
 
     // `--force`: this very template may have been built before, and the
     // test is of the componentizer, not of the build cache.
     let built = succeeded("corral build", &corral(&project, &["build", "--force"]));
     assert!(built.contains(&format!("{stem}.wasm")), "{built}");
     let component = std::fs::read(project.join(format!("{stem}.wasm"))).expect("component");
-    assert!(component.starts_with(b"\0asm\x0d\x00\x01\x00"), "not a component");
+    assert!(
+        component.starts_with(b"\0asm\x0d\x00\x01\x00"),
+        "not a component"
+    );
 
     let ran = succeeded(
         "corral run",
         &corral(
             &project,
-            &["run", &format!("{stem}.wasm"), "--args-file", "input.json", "--arg", "extra=kept"],
+            &[
+                "run",
+                &format!("{stem}.wasm"),
+                "--args-file",
+                "input.json",
+                "--arg",
+                "extra=kept",
+            ],
         ),
     );
     assert!(ran.contains("state=completed"), "{ran}");

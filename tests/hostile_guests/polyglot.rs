@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use serde_json::json;
 
-use super::{Guest, Limits, Sandbox, SandboxConfig, failed, registry_on, run_hostile};
+use super::{Guest, Limits, Sandbox, SandboxConfig, registry_on, run_hostile};
 
 /// One sandbox for these guests, its compiled components kept on disk in the
 /// target folder: each 10-20 MB interpreter compiles once per content, not
@@ -43,15 +43,30 @@ fn limits() -> Limits {
 const GUESTS: [&str; 2] = ["hostile_py", "hostile_js"];
 
 async fn fails(guest: &'static str, mode: &str, limits: Limits) -> corral::task::TaskError {
+    dies(guest, mode, limits).await.0
+}
+
+/// The error a `mode` run dies with, and the task's log.
+async fn dies(
+    guest: &'static str,
+    mode: &str,
+    limits: Limits,
+) -> (corral::task::TaskError, String) {
     let registry = registry_on(sandbox(), Guest::Job(guest), limits).await;
     let done = run_hostile(registry, &[("mode", json!(mode))]).await;
-    assert_eq!(done.state, corral::task::TaskState::Dead, "{guest} {mode}: {done:?}");
+    assert_eq!(
+        done.state,
+        corral::task::TaskState::Dead,
+        "{guest} {mode}: {done:?}"
+    );
     let error = done.error.expect("a dead task carries its error");
     assert!(
-        error.message.contains("handler 0 (`hostile`) of job `hostile`"),
+        error
+            .message
+            .contains("handler 0 (`hostile`) of job `hostile`"),
         "{guest} {mode}: {error}"
     );
-    error
+    (error, done.log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +84,7 @@ async fn an_infinite_loop_in_python_or_javascript_is_stopped_at_its_deadline() {
     let _limit = crate::limit::minutes(10);
     for guest in GUESTS {
         let limits = Limits {
-            fuel: 1_000_000_000_000,
+            fuel: 10_000_000_000,
             timeout_ms: 500,
             ..limits()
         };
@@ -84,7 +99,10 @@ async fn unbounded_allocation_in_python_or_javascript_hits_the_memory_limit() {
     for guest in GUESTS {
         let error = fails(guest, "alloc", limits()).await;
         assert_eq!(error.kind, "memory_limit", "{guest}: {error}");
-        assert!(error.message.contains("over its limit of 100663296"), "{guest}: {error}");
+        assert!(
+            error.message.contains("over its limit of 100663296"),
+            "{guest}: {error}"
+        );
     }
 }
 
@@ -106,14 +124,22 @@ async fn unbounded_recursion_in_python_or_javascript_ends_as_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncaught_exception_is_fatal_with_its_traceback_in_the_log() {
     let _limit = crate::limit::minutes(10);
-    for (guest, mode, name) in [
-        ("hostile_py", "raise", "KeyError"),
-        ("hostile_js", "throw", "TypeError"),
+    // (guest, mode, the exception's name, what only its traceback or stack
+    // says: the line that raised)
+    for (guest, mode, name, trace) in [
+        (
+            "hostile_py",
+            "raise",
+            "KeyError",
+            "Traceback (most recent call last)",
+        ),
+        ("hostile_js", "throw", "TypeError", "handler.js"),
     ] {
-        let error = fails(guest, mode, limits()).await;
+        let (error, log) = dies(guest, mode, limits()).await;
         assert_eq!(error.kind, "guest_error", "{guest}: {error}");
         assert!(!error.retryable, "{guest}: {error}");
         assert!(error.message.contains(name), "{guest}: {error}");
+        assert!(log.contains(name) && log.contains(trace), "{guest}: {log}");
     }
 }
 
@@ -123,9 +149,15 @@ async fn retryable_and_fatal_map_to_the_wit_error_kinds() {
     for guest in GUESTS {
         let error = fails(guest, "retry", limits()).await;
         assert!(error.retryable, "{guest}: {error}");
-        assert!(error.message.contains("try again later"), "{guest}: {error}");
+        assert!(
+            error.message.contains("try again later"),
+            "{guest}: {error}"
+        );
         let error = fails(guest, "fatal", limits()).await;
         assert!(!error.retryable, "{guest}: {error}");
-        assert!(error.message.contains("cannot ever work"), "{guest}: {error}");
+        assert!(
+            error.message.contains("cannot ever work"),
+            "{guest}: {error}"
+        );
     }
 }

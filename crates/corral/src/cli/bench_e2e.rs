@@ -58,7 +58,12 @@ pub(super) struct E2eArgs {
     latency_for: Duration,
     /// The component every task runs (a one-handler job): the Rust no-op
     /// by default; `jobs/dist/noop_py.wasm` measures a Python guest.
-    #[arg(long = "job", alias = "noop", value_name = "FILE", default_value = "jobs/dist/noop.wasm")]
+    #[arg(
+        long = "job",
+        alias = "noop",
+        value_name = "FILE",
+        default_value = "jobs/dist/noop.wasm"
+    )]
     job: PathBuf,
     /// An arg of every task as `key=value` (a string).
     #[arg(long = "arg", value_name = "KEY=VALUE")]
@@ -335,7 +340,10 @@ async fn measure(
     say!(
         "end-to-end: {e2e_rate:.0} tasks/s ({} tasks of {}, one worker process, concurrency {})",
         args.tasks,
-        args.job.file_name().map_or_else(|| args.job.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        args.job.file_name().map_or_else(
+            || args.job.display().to_string(),
+            |n| n.to_string_lossy().into_owned()
+        ),
         args.concurrency
     );
     if died > 0 {

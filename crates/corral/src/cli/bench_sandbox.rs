@@ -124,7 +124,10 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
     let mut one_arg = ArgsMap::new();
     one_arg.insert("x".into(), 1.into());
 
-    let mut handlers = vec![("minimal WAT handler", minimal.clone()), ("noop.wasm", noop.clone())];
+    let mut handlers = vec![
+        ("minimal WAT handler", minimal.clone()),
+        ("noop.wasm", noop.clone()),
+    ];
     // The Python and JavaScript no-ops (`corral build jobs/python/*/
     // jobs/js/*/ --out-dir jobs/dist`): an interpreter's fresh instance per
     // task. Compiling one takes seconds; a restarted bench loads it from
@@ -132,7 +135,10 @@ pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
     for (name, file) in [("noop_py.wasm", "noop_py"), ("noop_js.wasm", "noop_js")] {
         let path = dir.join(format!("{file}.wasm"));
         if !path.exists() {
-            say!("{name}: missing, skipped (build it with `corral build jobs/python/*/ jobs/js/*/ --out-dir {}`)", dir.display());
+            say!(
+                "{name}: missing, skipped (build it with `corral build jobs/python/*/ jobs/js/*/ --out-dir {}`)",
+                dir.display()
+            );
             continue;
         }
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -204,9 +204,15 @@ fn crate_name(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Builds `project` into `out`; says how ("built", "unchanged").
-pub fn build(project: &Project, out: &Path, install: bool, force: bool) -> anyhow::Result<&'static str> {
+pub fn build(
+    project: &Project,
+    out: &Path,
+    install: bool,
+    force: bool,
+) -> anyhow::Result<&'static str> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     match project.lang {
         Lang::Rust => build_rust(project, out, install).map(|()| "built"),
@@ -216,7 +222,11 @@ pub fn build(project: &Project, out: &Path, install: bool, force: bool) -> anyho
 
 fn build_rust(project: &Project, out: &Path, install: bool) -> anyhow::Result<()> {
     let toolchain = RustToolchain::find(install)?;
-    eprintln!("corral build: {} with {}", project.name, toolchain.describe());
+    eprintln!(
+        "corral build: {} with {}",
+        project.name,
+        toolchain.describe()
+    );
     let mut cargo = toolchain.cargo_build(&project.dir);
     // The target folder is cargo's to choose (a workspace's, or the
     // crate's own): ask it where that is.
@@ -240,7 +250,11 @@ fn target_directory(dir: &Path) -> anyhow::Result<PathBuf> {
         .output()
         .context("running cargo metadata")?;
     if !out.status.success() {
-        bail!("cargo metadata failed in {} ({})", dir.display(), out.status);
+        bail!(
+            "cargo metadata failed in {} ({})",
+            dir.display(),
+            out.status
+        );
     }
     let metadata: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading cargo metadata's output")?;
@@ -467,7 +481,11 @@ pub fn tempdir(prefix: &str) -> anyhow::Result<TempDir> {
     use std::os::unix::fs::DirBuilderExt as _;
     let base = std::env::temp_dir();
     for _ in 0..16 {
-        let path = base.join(format!("{prefix}-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let path = base.join(format!(
+            "{prefix}-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         match std::fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => return Ok(TempDir(path)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -545,11 +545,7 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.args.iter().map(String::as_str),
         args.json_args.iter().map(String::as_str),
     )?);
-    let task = client
-        .task("local")
-        .args(task_args)
-        .max_attempts(1)
-        .build();
+    let task = client.task("local").args(task_args).max_attempts(1).build();
     let id = client.enqueue(task).await?;
     let worker = Worker::new(
         broker,

@@ -84,15 +84,26 @@ pub struct NewArgs {
 pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     check_name(&args.name)?;
     let dir = args.path.join(&args.name);
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         bail!("{} already exists and is not empty", dir.display());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let stem = args.name.replace('-', "_");
-    let fill = |template: &str| template.replace("{{name}}", &args.name).replace("{{stem}}", &stem);
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{stem}}", &stem)
+    };
     let mut files: Vec<(&str, String)> = vec![
         ("input.json", INPUT_JSON.to_owned()),
-        (".gitignore", "target/\n*.wasm\n__pycache__/\nnode_modules/\n".to_owned()),
+        (
+            ".gitignore",
+            "target/\n*.wasm\n__pycache__/\nnode_modules/\n".to_owned(),
+        ),
     ];
     match args.lang {
         Lang::Rust => {
@@ -130,7 +141,12 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    say!("created {} project {} in {}", args.lang, args.name, dir.display());
+    say!(
+        "created {} project {} in {}",
+        args.lang,
+        args.name,
+        dir.display()
+    );
     say!("next:");
     say!("  cd {}", dir.display());
     say!("  corral build");
@@ -250,6 +266,9 @@ mod tests {
             relative(Path::new("/a/b/jobs/x"), Path::new("/a/b/guest-sdk")),
             PathBuf::from("../../guest-sdk")
         );
-        assert_eq!(relative(Path::new("/a"), Path::new("/a/s")), PathBuf::from("s"));
+        assert_eq!(
+            relative(Path::new("/a"), Path::new("/a/s")),
+            PathBuf::from("s")
+        );
     }
 }

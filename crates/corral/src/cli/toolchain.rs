@@ -70,10 +70,17 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         let keep = name == "CARGO_HOME"
-            || ["CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_", "CARGO_REGISTRY_", "CARGO_TERM_"]
-                .iter()
-                .any(|p| name.starts_with(p));
-        if !keep && (name == "CARGO" || name.starts_with("CARGO_") || name.starts_with("__CARGO_")) {
+            || [
+                "CARGO_NET_",
+                "CARGO_HTTP_",
+                "CARGO_REGISTRIES_",
+                "CARGO_REGISTRY_",
+                "CARGO_TERM_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if !keep && (name == "CARGO" || name.starts_with("CARGO_") || name.starts_with("__CARGO_"))
+        {
             cmd.env_remove(name);
         }
     }
@@ -124,15 +131,21 @@ fn is_executable(path: &Path) -> bool {
 }
 
 fn output_text(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether this process runs as root: `/proc/self` belongs to the
+/// process's effective user.
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// How Rust guests are built here.
@@ -156,15 +169,21 @@ impl RustToolchain {
             if on_path("rustup").is_some() {
                 eprintln!("corral build: adding rustup's {RUST_TARGET} target");
                 let mut add = clean_command("timeout");
-                add.arg(RUSTUP_ADD_TIMEOUT.as_secs().to_string())
-                    .args(["rustup", "target", "add", RUST_TARGET]);
+                add.arg(RUSTUP_ADD_TIMEOUT.as_secs().to_string()).args([
+                    "rustup",
+                    "target",
+                    "add",
+                    RUST_TARGET,
+                ]);
                 if run_tool(&mut add, "rustup target add").is_ok()
                     && let Some(found) = Self::present()
                 {
                     return Ok(found);
                 }
             }
-            if is_root() && Path::new("/etc/debian_version").exists() && on_path("apt-get").is_some()
+            if is_root()
+                && Path::new("/etc/debian_version").exists()
+                && on_path("apt-get").is_some()
             {
                 eprintln!(
                     "corral build: installing Debian's Rust toolchain for {RUST_TARGET}: {}",
@@ -213,7 +232,8 @@ impl RustToolchain {
         {
             return false;
         }
-        let Some(sysroot) = output_text(Command::new("/usr/bin/rustc").args(["--print", "sysroot"]))
+        let Some(sysroot) =
+            output_text(Command::new("/usr/bin/rustc").args(["--print", "sysroot"]))
         else {
             return false;
         };
@@ -232,7 +252,15 @@ impl RustToolchain {
         match self {
             Self::Rustup(toolchain) => {
                 let mut cmd = clean_command("rustup");
-                cmd.args(["run", toolchain, "cargo", "build", "--release", "--target", RUST_TARGET]);
+                cmd.args([
+                    "run",
+                    toolchain,
+                    "cargo",
+                    "build",
+                    "--release",
+                    "--target",
+                    RUST_TARGET,
+                ]);
                 cmd.current_dir(dir);
                 cmd
             }
@@ -317,7 +345,9 @@ impl ComponentizePy {
         );
         // Into a folder of its own, a new one each time, renamed into place
         // only once complete: an interrupted install leaves no half folder.
-        let staging = found.site.with_extension(format!("partial-{}", std::process::id()));
+        let staging = found
+            .site
+            .with_extension(format!("partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("creating {}", staging.display()))?;
@@ -325,7 +355,15 @@ impl ComponentizePy {
         // as externally managed) and needs no virtual environment.
         let installed = run_tool(
             Command::new(&found.python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location", "--target"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-warn-script-location",
+                    "--target",
+                ])
                 .arg(&staging)
                 .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}")),
             "pip install componentize-py",
@@ -340,7 +378,10 @@ impl ComponentizePy {
         std::fs::rename(&staging, &found.site)
             .with_context(|| format!("moving {} into place", staging.display()))?;
         if !found.works() {
-            bail!("componentize-py was installed into {} but does not run", found.site.display());
+            bail!(
+                "componentize-py was installed into {} but does not run",
+                found.site.display()
+            );
         }
         Ok(found)
     }
@@ -418,9 +459,17 @@ impl ComponentizeJs {
         std::fs::write(staging.join("package.json"), "{\"private\":true}\n")?;
         let installed = run_tool(
             Command::new(npm)
-                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
                 .arg(&staging)
-                .arg(format!("@bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}")),
+                .arg(format!(
+                    "@bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}"
+                )),
             "npm install componentize-js",
         );
         if let Err(e) = installed {
@@ -431,7 +480,10 @@ impl ComponentizeJs {
         std::fs::rename(&staging, &prefix)
             .with_context(|| format!("moving {} into place", staging.display()))?;
         if !found.cli.is_file() {
-            bail!("componentize-js was installed into {} but its CLI is missing", prefix.display());
+            bail!(
+                "componentize-js was installed into {} but its CLI is missing",
+                prefix.display()
+            );
         }
         Ok(found)
     }
