@@ -79,11 +79,14 @@ fn real_components() -> &'static [(String, Vec<u8>)] {
             .unwrap_or_else(|e| panic!("{dir}: {e}; run jobs/build.sh before the tests"))
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|x| x == "wasm"))
+            // Sized before reading: the first case reads them, inside its
+            // allocation bound, so a 19 MB Python component must not be
+            // read only to be dropped.
+            .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.len() <= MAX_MODULE_BYTES))
             .map(|path| {
                 let bytes = std::fs::read(&path).expect("read a job component");
                 (path.display().to_string(), bytes)
             })
-            .filter(|(_, bytes)| bytes.len() as u64 <= MAX_MODULE_BYTES)
             .collect();
         found.sort();
         assert!(!found.is_empty(), "no component under {dir} fits the cap");

@@ -436,7 +436,7 @@ fn prune(builds: &Path) {
         .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    kept.sort_by(|a, b| b.0.cmp(&a.0));
+    kept.sort_by_key(|b| std::cmp::Reverse(b.0));
     for (_, path) in kept.into_iter().skip(KEPT_BUILDS) {
         let _ = std::fs::remove_file(path);
     }
