@@ -537,3 +537,46 @@ async fn every_call_is_metered_on_the_task_retries_included() {
         "peak {peak} of a {limit} limit"
     );
 }
+
+/// A worker told to run more tasks at once than its sandbox has instances
+/// runs only as many as it has: a task leased beyond the pool would find no
+/// slot and die though its guest never ran (seen with slow Python handlers
+/// and `--concurrency 512` over the default 256 instances).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_never_runs_more_tasks_than_its_instance_pool_holds() {
+    let _limit = crate::limit::minutes(5);
+    let sandbox = corral::sandbox::Sandbox::new(corral::sandbox::SandboxConfig {
+        max_instances: 2,
+        ..corral::sandbox::SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let registry = corral::registry::Registry::new(sandbox);
+    registry
+        .register_files(
+            "default",
+            "sleep",
+            &[support::job("sleep")],
+            Limits::default(),
+        )
+        .await
+        .expect("register");
+    let broker = EmbeddedBroker::new();
+    let client = Client::new(broker.clone());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            client
+                .task("sleep")
+                .arg("ms", &200)
+                .expect("arg")
+                .max_attempts(1)
+                .build()
+        })
+        .collect();
+    client.enqueue_many(tasks.clone()).await.expect("enqueue");
+    let worker = RunningWorker::start(broker, registry, support::worker_config(8));
+    for task in &tasks {
+        let done = support::wait(&client, task, 60).await;
+        assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+    }
+    worker.stop().await;
+}

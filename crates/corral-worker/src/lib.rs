@@ -78,7 +78,8 @@ pub struct WorkerConfig {
     pub id: WorkerId,
     /// Queues to take tasks from.
     pub queues: Vec<String>,
-    /// Tasks run at once.
+    /// Tasks run at once. At most the sandbox's `max_instances` (a task
+    /// holds one instance at a time): [`Worker::new`] lowers it to that.
     pub concurrency: usize,
     /// How long a lease lasts without a heartbeat.
     pub lease: Duration,
@@ -201,7 +202,27 @@ pub struct Worker<B> {
 
 impl<B: Broker + Clone> Worker<B> {
     /// A worker taking tasks from `broker` and running them with `registry`.
-    pub fn new(broker: B, registry: Registry, config: WorkerConfig) -> Self {
+    pub fn new(broker: B, registry: Registry, mut config: WorkerConfig) -> Self {
+        // Each running task holds one instance from the sandbox's pool. A
+        // task leased beyond the pool would find no slot and fail for no
+        // fault of its own (its guest never ran): never take more than
+        // the pool holds.
+        let sandbox = registry.sandbox().config();
+        let slots = if sandbox.pooling {
+            usize::try_from(sandbox.max_instances)
+                .unwrap_or(usize::MAX)
+                .max(1)
+        } else {
+            usize::MAX
+        };
+        if config.concurrency > slots {
+            tracing::warn!(
+                concurrency = config.concurrency,
+                max_instances = slots,
+                "concurrency is over the sandbox's instance pool; running at most {slots} tasks at once"
+            );
+            config.concurrency = slots;
+        }
         let runner = Arc::new(Runner {
             broker: broker.clone(),
             registry,
