@@ -45,10 +45,11 @@ pub(super) struct E2eArgs {
     #[arg(long, default_value_t = 5_000)]
     single: usize,
     /// The worker's concurrency: the most tasks leased at once, which also
-    /// bounds how many one acquire can take. The bench's tenant is not in the
-    /// catalog (unless someone registered `default` there), so no tenant cap
-    /// applies.
-    #[arg(long, default_value_t = 512)]
+    /// bounds how many one acquire can take (and at most the worker's
+    /// instance pool, 256 by default: the worker lowers it to that). The
+    /// bench's tenant is not in the catalog (unless someone registered
+    /// `default` there), so no tenant cap applies.
+    #[arg(long, default_value_t = 256)]
     concurrency: usize,
     /// Tasks per second in the latency phase.
     #[arg(long, default_value_t = 200)]
