@@ -34,6 +34,8 @@ const TENANT: &str = "default";
 /// The contract, for building WAT fixtures into components.
 const JOB_WIT: &str = include_str!("../wit/job.wit");
 
+#[path = "common/interpreters.rs"]
+mod interpreters;
 #[path = "common/limit.rs"]
 mod limit;
 

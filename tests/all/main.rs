@@ -2,6 +2,8 @@
 //! components built by `jobs/build.sh` and, where a test needs Redis, a
 //! `redis-server` of their own on a free loopback port.
 
+#[path = "../common/interpreters.rs"]
+mod interpreters;
 #[path = "../common/limit.rs"]
 mod limit;
 mod support;

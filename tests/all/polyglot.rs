@@ -5,46 +5,30 @@
 //! tenant would, and the result is the all-Rust pipeline's to the byte.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use corral::Client;
 use corral::api::ApiConfig;
 use corral::broker::{EmbeddedBroker, RedisBroker, RedisConfig};
 use corral::catalog::{Catalog, RedisCatalog};
 use corral::registry::Registry;
-use corral::sandbox::{Limits, Sandbox, SandboxConfig};
+use corral::sandbox::Limits;
 use corral::task::TaskState;
 use corral::tenant::TenantLimits;
 use serde_json::{Value, json};
 
 use crate::api_support::{self, RedisServer};
+use crate::interpreters::cached_sandbox;
 use crate::support::{self, RunningWorker};
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs!";
 const RUST_CHAIN: [&str; 3] = ["normalize", "count_words", "top_k"];
 const POLYGLOT_CHAIN: [&str; 3] = ["normalize", "count_words_py", "top_k_js"];
 
-/// A sandbox whose compiled components are kept on disk in the target
-/// folder: the Python and JavaScript interpreters (10-20 MB each) compile
-/// once per content, not once per test.
-fn sandbox() -> Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            Sandbox::new(SandboxConfig {
-                max_instances: 32,
-                cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("components")),
-                ..SandboxConfig::default()
-            })
-            .expect("sandbox")
-        })
-        .clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_python_javascript_chain_runs_on_the_embedded_broker() {
     let _limit = crate::limit::minutes(10);
-    let registry = Registry::new(sandbox());
+    let registry = Registry::new(cached_sandbox());
     for (job, chain) in [("text-stats", RUST_CHAIN), ("polyglot", POLYGLOT_CHAIN)] {
         let files: Vec<PathBuf> = chain.iter().map(|h| support::job(h)).collect();
         registry
@@ -112,7 +96,7 @@ async fn a_rust_python_javascript_chain_uploaded_through_the_api_runs_on_redis()
     let broker = RedisBroker::connect(RedisConfig::new(redis.url()))
         .await
         .expect("connect the Redis broker");
-    let registry = Registry::with_catalog(sandbox(), catalog.clone());
+    let registry = Registry::with_catalog(cached_sandbox(), catalog.clone());
     let api = api_support::serve(broker.clone(), registry.clone(), ApiConfig::default()).await;
     api.register(&token, "polyglot", &POLYGLOT_CHAIN, json!({}))
         .await

@@ -135,7 +135,7 @@ fn the_demo_runs_its_jobs() {
     );
     // The target folder's cache: the Python and JavaScript handlers take
     // seconds to compile, once per content.
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("components");
+    let cache = crate::interpreters::component_cache();
     let out = sh("corral demo", &cache);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");

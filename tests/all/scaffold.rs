@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 fn corral(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_corral"))
         .arg("--cache-dir")
-        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("components"))
+        .arg(crate::interpreters::component_cache())
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")

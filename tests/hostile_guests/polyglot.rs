@@ -5,29 +5,10 @@
 //! `jobs/js/hostile-js` (built by `corral build` in the test command), one
 //! component each with a `mode` arg.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use serde_json::json;
 
-use super::{Guest, Limits, Sandbox, SandboxConfig, registry_on, run_hostile};
-
-/// One sandbox for these guests, its compiled components kept on disk in the
-/// target folder: each 10-20 MB interpreter compiles once per content, not
-/// once per test run.
-fn sandbox() -> Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            Sandbox::new(SandboxConfig {
-                max_instances: 16,
-                cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("components")),
-                ..SandboxConfig::default()
-            })
-            .expect("sandbox")
-        })
-        .clone()
-}
+use super::interpreters::cached_sandbox;
+use super::{Guest, Limits, registry_on, run_hostile};
 
 /// Limits an interpreter fits in, small enough that each misbehaviour hits
 /// its limit quickly.
@@ -52,7 +33,7 @@ async fn dies(
     mode: &str,
     limits: Limits,
 ) -> (corral::task::TaskError, String) {
-    let registry = registry_on(sandbox(), Guest::Job(guest), limits).await;
+    let registry = registry_on(cached_sandbox(), Guest::Job(guest), limits).await;
     let done = run_hostile(registry, &[("mode", json!(mode))]).await;
     assert_eq!(
         done.state,

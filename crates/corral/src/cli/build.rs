@@ -445,8 +445,13 @@ fn prune(builds: &Path) {
 /// Fails unless `path` is a component (header `\0asm`, then the component
 /// layer's version bytes `0d 00 01 00`; a core module has `01 00 00 00`).
 fn check_component(path: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("{} was not built", path.display()))?;
-    if !bytes.starts_with(b"\0asm\x0d\x00\x01\x00") {
+    use std::io::Read as _;
+    // The header only: a component is 10-20 MB, and it is copied next.
+    let mut header = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .with_context(|| format!("{} was not built", path.display()))?;
+    if header != *b"\0asm\x0d\x00\x01\x00" {
         bail!("{} is not a WebAssembly component", path.display());
     }
     Ok(())
