@@ -580,3 +580,88 @@ async fn a_worker_never_runs_more_tasks_than_its_instance_pool_holds() {
     }
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_fails_for_good_once_its_whole_task_deadline_passes() {
+    let _limit = crate::limit::minutes(5);
+    let broker = EmbeddedBroker::new();
+    let registry = support::registry(&[
+        ("nap", &["sleep"], Limits::default()),
+        ("fail", &["fail"], Limits::default()),
+    ])
+    .await;
+    let client = Client::new(broker.clone());
+    // Its deadline passes while its handler sleeps: the handler is cut
+    // short at the deadline, well before its own 10 s limit.
+    let cut = client
+        .task("nap")
+        .arg("ms", &5_000)
+        .unwrap()
+        .deadline(Duration::from_millis(300))
+        .build();
+    // Retryable failures with attempts to spare, but the backoff (at least
+    // 1 s here) would start the retry after the deadline.
+    let retried = client
+        .task("fail")
+        .arg("kind", "retryable")
+        .unwrap()
+        .max_attempts(5)
+        .deadline(Duration::from_millis(500))
+        .build();
+    // Past its deadline before any worker takes it: no handler runs.
+    let mut late = client.task("nap").arg("ms", &1).unwrap().build();
+    late.deadline = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    // A deadline that is not reached changes nothing.
+    let fine = client
+        .task("nap")
+        .arg("ms", &1)
+        .unwrap()
+        .deadline(Duration::from_secs(60))
+        .build();
+    client
+        .enqueue_many(vec![
+            cut.clone(),
+            retried.clone(),
+            late.clone(),
+            fine.clone(),
+        ])
+        .await
+        .unwrap();
+    let mut config = support::worker_config(4);
+    config.retry.base = Duration::from_secs(1);
+    config.retry.max = Duration::from_secs(2);
+    config.retry.jitter = 0.0;
+    let worker = RunningWorker::start(broker, registry, config);
+    let cut_done = support::wait(&client, &cut, 30).await;
+    let retried_done = support::wait(&client, &retried, 30).await;
+    let late_done = support::wait(&client, &late, 30).await;
+    let fine_done = support::wait(&client, &fine, 30).await;
+    worker.stop().await;
+
+    assert_eq!(
+        fine_done.state,
+        TaskState::Completed,
+        "{:?}",
+        fine_done.error
+    );
+    for (done, attempts) in [(&cut_done, 1), (&retried_done, 1), (&late_done, 1)] {
+        assert_eq!(done.state, TaskState::Dead, "{:?}", done.error);
+        let err = done.error.as_ref().unwrap();
+        assert_eq!(err.kind, "deadline_exceeded", "{}", err.message);
+        assert!(!err.retryable);
+        assert_eq!(done.attempt, attempts, "{}", err.message);
+    }
+    // Completed had the handler slept its 5 s: it was cut at the deadline.
+    assert_eq!(cut_done.error.as_ref().unwrap().handler_index, Some(0));
+    let err = retried_done.error.unwrap();
+    assert!(
+        err.message.contains("fail job asked to fail"),
+        "{}",
+        err.message
+    );
+    assert!(
+        late_done.log.is_empty() && late_done.metering.is_empty(),
+        "a handler ran after the deadline: {:?}",
+        late_done.log
+    );
+}

@@ -175,6 +175,7 @@ fn req(worker: &str, queues: &[&str], max: usize) -> AcquireRequest {
         lease_for: LEASE,
         block_for: Duration::ZERO,
         tenant_room: Default::default(),
+        tenant_caps: Default::default(),
     }
 }
 
@@ -1109,6 +1110,7 @@ pub async fn max_queued_holds_under_concurrency_and_stays_exact<K: Backend>() {
     let quota = TenantQuota {
         max_queued: LIMIT,
         max_queues: 8,
+        max_concurrency: u32::MAX,
     };
     let (tenant, queues) = ("acme", ["q0", "q1", "q2"]);
     // 128 enqueues at once against an empty tenant: exactly the limit.
@@ -1132,6 +1134,7 @@ pub async fn max_queued_holds_under_concurrency_and_stays_exact<K: Backend>() {
             .broker
             .acquire(&AcquireRequest {
                 tenant_room: [("other".to_owned(), 0)].into_iter().collect(),
+                tenant_caps: Default::default(),
                 ..req("w", &queues, want)
             })
             .await
@@ -1199,6 +1202,7 @@ pub async fn queue_names_are_bounded_per_tenant<K: Backend>() {
     let quota = TenantQuota {
         max_queued: 1_000_000,
         max_queues: MAX,
+        max_concurrency: u32::MAX,
     };
     let tenant = "acme";
     // MAX + k new names at once, some of them odd: exactly MAX are created.
@@ -1430,6 +1434,7 @@ pub async fn idle_queues_cost_no_maintenance_and_due_work_is_still_done<K: Backe
     let quota = TenantQuota {
         max_queued: 10,
         max_queues: 1,
+        max_concurrency: u32::MAX,
     };
     fx.broker
         .enqueue_within(vec![task_in("idle", "fresh", 4)], &quota)
@@ -1812,6 +1817,7 @@ pub async fn retry_runs_a_dead_task_again_and_keeps_its_error<K: Backend>() {
     let tight = TenantQuota {
         max_queued: 3,
         max_queues: 10,
+        max_concurrency: u32::MAX,
     };
     assert!(matches!(
         b.retry_dead(T, Q, &tight).await,
@@ -1892,6 +1898,7 @@ pub async fn delete_and_purge_take_tasks_out_of_every_count<K: Backend>() {
     let quota = TenantQuota {
         max_queued: 6,
         max_queues: 10,
+        max_concurrency: u32::MAX,
     };
     b.enqueue_within((0..6).map(task).collect(), &quota)
         .await
@@ -2101,6 +2108,171 @@ pub async fn workers_register_and_drop_out_after_their_ttl<K: Backend>() {
     assert!(b.workers().await.expect("workers").is_empty());
 }
 
+/// The tenant quota of a tenant capped at `cap` tasks at once.
+fn capped(cap: u32) -> TenantQuota {
+    TenantQuota {
+        max_concurrency: cap,
+        ..TenantQuota::UNLIMITED
+    }
+}
+
+fn held(got: &[Leased], tenant: &str) -> usize {
+    got.iter().filter(|l| l.task.tenant == tenant).count()
+}
+
+pub async fn a_tenants_cap_holds_over_every_worker_and_queue<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let other = "other";
+    // The cap comes with the tasks (what the API's enqueue stores), so
+    // workers that never read the tenant's limits hold it too.
+    b.enqueue_within((0..10).map(|n| task_in("acme", Q, n)).collect(), &capped(3))
+        .await
+        .expect("enqueue");
+    b.enqueue_within(
+        (0..10).map(|n| task_in("acme", other, n)).collect(),
+        &capped(3),
+    )
+    .await
+    .expect("enqueue");
+    b.enqueue((0..5).map(|n| task_in("beta", Q, n)).collect())
+        .await
+        .expect("enqueue");
+    let both = |worker: &str, max| req(worker, &[Q, other], max);
+    let w1 = b.acquire(&both("w1", 20)).await.expect("acquire");
+    assert_eq!((held(&w1, "acme"), held(&w1, "beta")), (3, 5));
+    // Another worker, another queue: the tenant is at its cap everywhere.
+    let w2 = b.acquire(&both("w2", 20)).await.expect("acquire");
+    assert_eq!(w2.len(), 0, "the cap is the fleet's, not one worker's");
+    // A finished task frees one slot (any outcome ends a lease).
+    let acme: Vec<&Leased> = w1.iter().filter(|l| l.task.tenant == "acme").collect();
+    ack_one(b, &acme[0].lease, Outcome::Completed(checkpoint(1, "done")))
+        .await
+        .expect("ack");
+    ack_one(b, &acme[1].lease, Outcome::Release)
+        .await
+        .expect("release");
+    let w2 = b.acquire(&both("w2", 20)).await.expect("acquire");
+    assert_eq!(held(&w2, "acme"), 2);
+    assert_eq!(b.acquire(&both("w3", 20)).await.expect("acquire").len(), 0);
+    // A worker's fresher reading of the cap (from the catalog) wins, and is
+    // what every worker sees from then on.
+    let mut raised = both("w3", 20);
+    raised.tenant_caps = [("acme".to_owned(), 5)].into_iter().collect();
+    assert_eq!(held(&b.acquire(&raised).await.expect("acquire"), "acme"), 2);
+    assert_eq!(b.acquire(&both("w4", 20)).await.expect("acquire").len(), 0);
+    // Leases that ran out no longer count (their tasks come back with
+    // maintenance): five more may start.
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    let w5 = b.acquire(&both("w5", 20)).await.expect("acquire");
+    assert_eq!(held(&w5, "acme"), 5);
+    // Heartbeats keep leases, and so the count, alive.
+    let leases: Vec<Lease> = w5.iter().map(|l| l.lease.clone()).collect();
+    fx.clock.advance(LEASE / 2);
+    assert!(
+        b.heartbeat(&leases, LEASE)
+            .await
+            .expect("heartbeat")
+            .is_empty()
+    );
+    fx.clock.advance(LEASE / 2 + Duration::from_secs(1));
+    b.maintain().await.expect("maintain");
+    let w6 = b.acquire(&both("w6", 20)).await.expect("acquire");
+    assert_eq!(held(&w6, "acme"), 0);
+    // The expired leases went back to pending; only w5's are active.
+    let stats = b.tenant_stats("acme").await.expect("tenant stats");
+    assert_eq!(stats.active, 5, "{stats:?}");
+}
+
+pub async fn a_slot_freed_under_a_cap_wakes_a_waiting_acquire<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    b.enqueue_within((0..4).map(|n| task_in(T, Q, n)).collect(), &capped(1))
+        .await
+        .expect("enqueue");
+    let first = take(b, "w1", 4).await;
+    assert_eq!(first.len(), 1);
+    let before = K::waiting(&fx).await;
+    let waiting = spawn_waiting_acquire(b, "w2");
+    until_an_acquire_waits::<K>(&fx, before).await;
+    ack_one(
+        b,
+        &first[0].lease,
+        Outcome::Completed(checkpoint(1, "done")),
+    )
+    .await
+    .expect("ack");
+    let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the freed slot woke the waiting acquire long before its block_for")
+        .expect("join")
+        .expect("acquire");
+    assert_eq!(got.len(), 1, "one slot, one task");
+}
+
+pub async fn a_unique_key_holds_for_its_ttl_within_its_tenant<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let unique = |mut t: Task, key: &str, secs: u64| {
+        t.unique = Some(corral::task::Unique {
+            key: key.into(),
+            ttl_ms: secs * 1000,
+        });
+        t
+    };
+    let first = unique(task_in("acme", Q, 1), "invoice:7", 10);
+    b.enqueue(vec![first.clone()]).await.expect("enqueue");
+    // The same key in another queue of the tenant: refused, naming the
+    // task that holds it; nothing is stored.
+    let again = unique(task_in("acme", "other", 2), "invoice:7", 10);
+    match b.enqueue(vec![again.clone()]).await {
+        Err(BrokerError::Deduplicated { existing, .. }) => assert_eq!(existing, first.task_id),
+        other => panic!("expected a deduplicated enqueue, got {other:?}"),
+    }
+    assert!(b.task("acme", again.task_id).await.expect("task").is_none());
+    // Another tenant's key of the same name is its own.
+    b.enqueue(vec![unique(task_in("beta", Q, 3), "invoice:7", 10)])
+        .await
+        .expect("another tenant's key");
+    // Two tasks sharing a key in one call are refused whole.
+    let pair = vec![
+        unique(task_in("acme", Q, 4), "pair", 10),
+        unique(task_in("acme", Q, 5), "pair", 10),
+    ];
+    assert!(matches!(
+        b.enqueue(pair).await,
+        Err(BrokerError::Invalid { .. })
+    ));
+    // Past its ttl the key is free again.
+    fx.clock.advance(Duration::from_secs(11));
+    let later = unique(task_in("acme", Q, 6), "invoice:7", 10);
+    b.enqueue(vec![later.clone()])
+        .await
+        .expect("the key expired");
+    // Concurrent enqueues of one key: exactly one is stored, every other
+    // answer names it.
+    fx.clock.advance(Duration::from_secs(11));
+    let racers: Vec<Task> = (0..16)
+        .map(|n| unique(task_in("acme", Q, 100 + n), "race", 60))
+        .collect();
+    let answers = join_all(racers.iter().map(|t| b.enqueue(vec![t.clone()]))).await;
+    let stored: Vec<TaskId> = racers
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.is_ok())
+        .map(|(t, _)| t.task_id)
+        .collect();
+    assert_eq!(stored.len(), 1, "{answers:?}");
+    for answer in answers.iter().filter(|a| a.is_err()) {
+        match answer {
+            Err(BrokerError::Deduplicated { existing, .. }) => assert_eq!(*existing, stored[0]),
+            other => panic!("expected a deduplicated enqueue, got {other:?}"),
+        }
+    }
+    // Only the stored ones count as queued: acme has first, later, the winner.
+    assert_eq!(queued(b, "acme").await, 3);
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -2138,7 +2310,10 @@ macro_rules! conformance {
                 a_paused_queue_is_skipped_and_takes_enqueues,
                 cancel_ends_waiting_tasks_at_once_and_tells_the_holder,
                 stats_count_retrying_and_the_last_minute,
-                workers_register_and_drop_out_after_their_ttl
+                workers_register_and_drop_out_after_their_ttl,
+                a_tenants_cap_holds_over_every_worker_and_queue,
+                a_slot_freed_under_a_cap_wakes_a_waiting_acquire,
+                a_unique_key_holds_for_its_ttl_within_its_tenant
             );
         }
     };

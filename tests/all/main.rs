@@ -23,6 +23,7 @@ mod dashboard_browser;
 mod deep_args;
 mod enqueue_cli;
 mod fleet_cli;
+mod fleet_limits;
 mod leases;
 mod logs;
 mod metrics;

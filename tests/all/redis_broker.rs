@@ -281,6 +281,7 @@ async fn every_key_of_a_tenant_carries_its_hash_tag() {
             lease_for: Duration::from_secs(30),
             block_for: Duration::ZERO,
             tenant_room: Default::default(),
+            tenant_caps: Default::default(),
         };
         let got = broker.acquire(&req).await.expect("acquire");
         assert_eq!(got.len(), 1);
@@ -337,6 +338,7 @@ async fn purging_a_queue_gives_back_its_quota() {
     let quota = TenantQuota {
         max_queued: 12,
         max_queues: 2,
+        max_concurrency: u32::MAX,
     };
     let in_queue = |queue: &str, delayed: bool| {
         let mut t = text_task(0);
@@ -365,6 +367,7 @@ async fn purging_a_queue_gives_back_its_quota() {
         lease_for: Duration::from_secs(30),
         block_for: Duration::ZERO,
         tenant_room: Default::default(),
+        tenant_caps: Default::default(),
     };
     let got = broker.acquire(&req).await.expect("acquire");
     assert_eq!(got.len(), 2);
@@ -417,6 +420,7 @@ async fn idle_queues(broker: &RedisBroker, names: &[String]) {
         lease_for: Duration::from_secs(30),
         block_for: Duration::ZERO,
         tenant_room: Default::default(),
+        tenant_caps: Default::default(),
     };
     for chunk in names.chunks(250) {
         let tasks = chunk.iter().map(|q| {
@@ -463,6 +467,7 @@ async fn thousands_of_idle_queues_add_no_command_to_maintenance_or_acquire() {
             lease_for: Duration::from_secs(30),
             block_for: Duration::ZERO,
             tenant_room: Default::default(),
+            tenant_caps: Default::default(),
         };
         assert!(broker.acquire(&req).await.expect("acquire").is_empty());
         (commands_run(&server) - before, m.queues_visited)
@@ -522,6 +527,7 @@ async fn script_costs() {
             lease_for: Duration::from_secs(60),
             block_for: Duration::ZERO,
             tenant_room: Default::default(),
+            tenant_caps: Default::default(),
         };
         leased.extend(broker.acquire(&req).await.expect("acquire"));
     }

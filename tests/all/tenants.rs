@@ -972,6 +972,7 @@ async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
         lease_for: Duration::from_secs(30),
         block_for: Duration::ZERO,
         tenant_room: [("a".to_owned(), 0)].into_iter().collect(),
+        tenant_caps: Default::default(),
     };
     let got = broker.acquire(&req).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -990,6 +991,7 @@ async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
     let got = broker
         .acquire(&AcquireRequest {
             tenant_room: Default::default(),
+            tenant_caps: Default::default(),
             ..req
         })
         .await

@@ -250,6 +250,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::Duplicate { .. } => {
                 Self::new(StatusCode::CONFLICT, "duplicate_task", message)
             }
+            BrokerError::Deduplicated { .. } => {
+                Self::new(StatusCode::CONFLICT, "deduplicated", message)
+            }
             BrokerError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             BrokerError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "wrong_state", message),
             BrokerError::LeaseLost { .. } | BrokerError::Corrupt { .. } => {

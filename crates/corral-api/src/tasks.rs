@@ -60,7 +60,13 @@ pub async fn enqueue<B: Broker + Clone>(
     let req: EnqueueTask = read_json(&state.config, scope.name(), &headers, body).await?;
     let catalog = state.registry.catalog();
     let answer = submit(&state.broker, catalog.as_ref(), &scope.tenant, req).await?;
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    // A deduplicated request stored nothing: the task it names exists.
+    let status = if answer.deduplicated {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(answer)))
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<TaskId, ApiError> {

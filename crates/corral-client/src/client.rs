@@ -72,11 +72,15 @@ impl<B: Broker> Client<B> {
         }
     }
 
-    /// Stores one task; returns its id.
+    /// Stores one task; returns its id. A task whose unique key is held
+    /// by an earlier task is not stored: the earlier task's id is returned.
     pub async fn enqueue(&self, task: Task) -> Result<TaskId, BrokerError> {
         let id = task.task_id;
-        self.broker.enqueue(vec![task]).await?;
-        Ok(id)
+        match self.broker.enqueue(vec![task]).await {
+            Ok(()) => Ok(id),
+            Err(BrokerError::Deduplicated { existing, .. }) => Ok(existing),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores many tasks in one broker call; returns their ids in order.
@@ -194,6 +198,25 @@ impl TaskBuilder {
     /// Wall-clock budget per attempt, narrowing the job's own.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.task.timeout_ms = Some(timeout.as_millis().max(1) as u64);
+        self
+    }
+
+    /// The whole task's deadline, `within` from now: over every attempt
+    /// and retry, the task fails for good (`deadline_exceeded`) once it
+    /// passes, and no handler runs past it.
+    pub fn deadline(mut self, within: Duration) -> Self {
+        self.task.deadline = Some(clock::add(chrono::Utc::now(), within));
+        self
+    }
+
+    /// Enqueues the task only if no task of the same tenant with the same
+    /// `key` was enqueued in the last `ttl`; otherwise
+    /// [`Client::enqueue`] answers that task's id and stores nothing.
+    pub fn unique(mut self, key: impl Into<String>, ttl: Duration) -> Self {
+        self.task.unique = Some(corral_core::task::Unique {
+            key: key.into(),
+            ttl_ms: ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
+        });
         self
     }
 

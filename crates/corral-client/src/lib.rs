@@ -6,6 +6,7 @@
 //! | [`task`] | the task model and its JSON (from `corral-core`) |
 //! | [`broker`] | the broker trait, leases, the embedded broker and the Redis broker |
 //! | [`client`] | the producer API: enqueue, bulk enqueue, status, wait |
+//! | [`schedule`] | schedules: cron and interval timetables, and how due ticks fire |
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -27,6 +28,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod schedule;
 
 pub use corral_core::{clock, task};
 

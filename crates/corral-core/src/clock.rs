@@ -59,3 +59,11 @@ pub fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .and_then(|d| t.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+/// `t - d`, saturating instead of overflowing.
+pub fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}

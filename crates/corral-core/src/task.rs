@@ -200,6 +200,24 @@ fn default_max_attempts() -> u32 {
     DEFAULT_MAX_ATTEMPTS
 }
 
+/// Most bytes of a [`Unique`] key.
+pub const MAX_UNIQUE_KEY: usize = 256;
+/// Longest a [`Unique`] key may hold (30 days).
+pub const MAX_UNIQUE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Enqueue at most one task per key (within its tenant) for a while: a
+/// task enqueued while an earlier one's key still holds is not stored, and
+/// the enqueue answers the earlier task's id instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unique {
+    /// The key (1 to [`MAX_UNIQUE_KEY`] bytes), chosen by the producer.
+    pub key: String,
+    /// How long the key holds after the enqueue, ms (1 to
+    /// [`MAX_UNIQUE_TTL_MS`]).
+    pub ttl_ms: u64,
+}
+
 /// A unit of work: run job `job_name`'s handler chain on `original_args_map`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,6 +264,9 @@ pub struct Task {
     /// narrows the job's own limit, never widens it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Enqueued at most once per key within a time window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<Unique>,
     /// The version of the job definition the task was enqueued against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_version: Option<u32>,
@@ -307,6 +328,7 @@ impl Task {
             run_at: None,
             deadline: None,
             timeout_ms: None,
+            unique: None,
             job_version: None,
             error: None,
             error_history: Vec::new(),
@@ -362,6 +384,18 @@ impl Task {
         }
         if self.max_attempts == 0 {
             return fail("`max_attempts` must be at least 1");
+        }
+        if let Some(unique) = &self.unique {
+            if unique.key.is_empty() || unique.key.len() > MAX_UNIQUE_KEY {
+                return Err(TaskParseError {
+                    reason: format!("`unique.key` must be 1 to {MAX_UNIQUE_KEY} bytes"),
+                });
+            }
+            if !(1..=MAX_UNIQUE_TTL_MS).contains(&unique.ttl_ms) {
+                return Err(TaskParseError {
+                    reason: format!("`unique.ttl_ms` must be 1 to {MAX_UNIQUE_TTL_MS} (30 days)"),
+                });
+            }
         }
         for (field, args) in [
             ("args_map", &self.args_map),

@@ -29,8 +29,12 @@ use crate::tenant::{Tenant, TenantLimits};
 use corral_client::broker::{Broker, BrokerError, TenantQuota};
 use corral_core::clock;
 use corral_core::task::{
-    ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, Task, TaskId, TaskState,
+    ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, MAX_UNIQUE_KEY,
+    MAX_UNIQUE_TTL_MS, Task, TaskId, TaskState, Unique,
 };
+
+/// How long a `unique_key` holds when the request names no `unique_ttl_ms`.
+pub const DEFAULT_UNIQUE_TTL_MS: u64 = 3600 * 1000;
 
 /// Most attempts a task may ask for.
 pub const MAX_ATTEMPTS: u32 = 100;
@@ -55,6 +59,16 @@ pub struct NewTask {
     pub max_attempts: Option<u32>,
     /// Wall-clock budget per handler call, narrowing the job's own.
     pub timeout_ms: Option<u64>,
+    /// The whole task's deadline, this many ms from now: over every
+    /// attempt and retry, the task fails for good (`deadline_exceeded`)
+    /// once it passes. At most [`MAX_DELAY_MS`].
+    pub deadline_ms: Option<u64>,
+    /// Enqueue at most one task with this key (within the tenant) per
+    /// `unique_ttl_ms`: while the key holds, the answer is the task that
+    /// holds it, and nothing is stored.
+    pub unique_key: Option<String>,
+    /// How long `unique_key` holds, ms (default 1 hour, at most 30 days).
+    pub unique_ttl_ms: Option<u64>,
     /// Run this version of the job instead of the current one.
     pub version: Option<u32>,
 }
@@ -70,8 +84,13 @@ pub struct Enqueued {
     pub job_version: u32,
     /// The queue it waits in.
     pub queue: String,
-    /// `pending`, or `scheduled` when delayed.
+    /// `pending`, or `scheduled` when delayed; for a deduplicated
+    /// request, the state of the task that holds the key.
     pub state: TaskState,
+    /// True when nothing was stored because `unique_key` is held by the
+    /// task this names.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deduplicated: bool,
 }
 
 impl Enqueued {
@@ -87,6 +106,7 @@ impl Enqueued {
             } else {
                 TaskState::Pending
             },
+            deduplicated: false,
         }
     }
 }
@@ -146,6 +166,36 @@ impl NewTask {
                 "`timeout_ms` must be at least 1".into(),
             ));
         }
+        if self.unique_ttl_ms.is_some() && self.unique_key.is_none() {
+            return Err(SubmitError::Invalid(
+                "`unique_ttl_ms` needs a `unique_key`".into(),
+            ));
+        }
+        if let Some(key) = &self.unique_key
+            && (key.is_empty() || key.len() > MAX_UNIQUE_KEY)
+        {
+            return Err(SubmitError::Invalid(format!(
+                "`unique_key` must be 1 to {MAX_UNIQUE_KEY} bytes"
+            )));
+        }
+        if self
+            .unique_ttl_ms
+            .is_some_and(|t| !(1..=MAX_UNIQUE_TTL_MS).contains(&t))
+        {
+            return Err(SubmitError::Invalid(format!(
+                "`unique_ttl_ms` must be 1 to {MAX_UNIQUE_TTL_MS} (30 days)"
+            )));
+        }
+        if self.deadline_ms == Some(0) {
+            return Err(SubmitError::Invalid(
+                "`deadline_ms` must be at least 1".into(),
+            ));
+        }
+        if self.deadline_ms.is_some_and(|d| d > MAX_DELAY_MS) {
+            return Err(SubmitError::Invalid(format!(
+                "`deadline_ms` must be at most {MAX_DELAY_MS} (30 days)"
+            )));
+        }
         if self.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
             return Err(SubmitError::Invalid(format!(
                 "`delay_ms` must be at most {MAX_DELAY_MS} (30 days)"
@@ -164,8 +214,18 @@ impl NewTask {
         task.max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         task.timeout_ms = self.timeout_ms;
         task.job_version = Some(job.version);
+        let now = chrono::Utc::now();
         if let Some(delay) = self.delay_ms.filter(|d| *d > 0) {
-            task.run_at = Some(clock::add(chrono::Utc::now(), Duration::from_millis(delay)));
+            task.run_at = Some(clock::add(now, Duration::from_millis(delay)));
+        }
+        if let Some(deadline) = self.deadline_ms {
+            task.deadline = Some(clock::add(now, Duration::from_millis(deadline)));
+        }
+        if let Some(key) = self.unique_key {
+            task.unique = Some(Unique {
+                key,
+                ttl_ms: self.unique_ttl_ms.unwrap_or(DEFAULT_UNIQUE_TTL_MS),
+            });
         }
         task
     }
@@ -177,6 +237,7 @@ impl TenantLimits {
         TenantQuota {
             max_queued: self.max_queued,
             max_queues: self.max_queues,
+            max_concurrency: self.max_concurrency.max(1),
         }
     }
 }
@@ -226,10 +287,28 @@ pub async fn submit<B: Broker>(
     let job = find_job(catalog, &tenant.name, &request.job, request.version).await?;
     let task = request.into_task(&tenant.name, &job);
     let receipt = Enqueued::of(&task);
-    broker
+    match broker
         .enqueue_within(vec![task], &tenant.limits.queue_quota())
-        .await?;
-    Ok(receipt)
+        .await
+    {
+        Ok(()) => Ok(receipt),
+        Err(BrokerError::Deduplicated { op, existing }) => {
+            // The answer is the task holding the key, as it is now; one
+            // that is gone already (deleted) leaves the refusal as it is.
+            match broker.task(&tenant.name, existing).await? {
+                Some(held) => Ok(Enqueued {
+                    task_id: existing,
+                    job: held.job_name,
+                    job_version: held.job_version.unwrap_or_default(),
+                    queue: held.queue_name,
+                    state: held.state,
+                    deduplicated: true,
+                }),
+                None => Err(BrokerError::Deduplicated { op, existing }.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

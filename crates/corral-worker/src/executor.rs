@@ -4,7 +4,11 @@
 //! the last, progress is checkpointed through [`Broker::update`], so a task
 //! recovered from a dead worker resumes at the handler that was running. A
 //! failure names the handler and its cause; retryable failures go back with
-//! backoff until the task runs out of attempts. The executor never acks: it
+//! backoff until the task runs out of attempts. A task with a `deadline`
+//! (the whole task's, over every attempt) fails for good with kind
+//! [`DEADLINE_EXCEEDED`] once it passes: before a handler starts, when a
+//! handler's wall-clock limit (narrowed to the time left) ends it, and
+//! instead of a retry that could only start after it. The executor never acks: it
 //! returns the [`Outcome`] for the worker's acker to send. Names the tenant
 //! chose and text the guest wrote reach the task and the worker's log only
 //! inert and bounded ([`corral_core::text`]).
@@ -74,13 +78,21 @@ pub(crate) async fn run_task<B: Broker>(
         }
     };
     let count = job.handlers.len() as u32;
-    let limits = task_limits(&job.definition.limits, &task);
+    let job_limits = task_limits(&job.definition.limits, &task);
     let sandbox = registry.sandbox();
 
     while task.current_handler_index < count {
         let index = task.current_handler_index;
         let handler = &job.handlers[index as usize];
         let spec = &job.definition.handlers[index as usize];
+        let mut limits = job_limits;
+        if let Some(deadline) = task.deadline {
+            let left = (deadline - chrono::Utc::now()).num_milliseconds();
+            if left <= 0 {
+                return Ok(Outcome::Dead(deadline_exceeded(&task, None)));
+            }
+            limits.timeout_ms = limits.timeout_ms.min(left as u64);
+        }
         let ctx = call_context(&task, count);
         let result = sandbox.call(handler, ctx, &task.args_map, &limits).await;
         if let Some(calls) = calls.as_deref_mut() {
@@ -181,10 +193,45 @@ pub fn record_call(
 /// and guest text, and is stored with the task and shown in every listing.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
 
+/// The error kind of a task whose whole-task `deadline` passed.
+pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+
+/// The error of `task` whose deadline passed; `last` is what ended its
+/// last handler call, if that was a failure.
+fn deadline_exceeded(task: &Task, last: Option<&TaskError>) -> TaskError {
+    let deadline = task.deadline.map(|d| d.to_rfc3339()).unwrap_or_default();
+    let message = match last {
+        Some(last) => format!(
+            "the task's deadline {deadline} passed (attempt {} of {}); last error: {}",
+            task.attempt, task.max_attempts, last.message
+        ),
+        None => format!(
+            "the task's deadline {deadline} passed before handler {} could start (attempt {} of {})",
+            task.current_handler_index, task.attempt, task.max_attempts
+        ),
+    };
+    TaskError {
+        kind: DEADLINE_EXCEEDED.into(),
+        message: inert_capped(&message, MAX_ERROR_MESSAGE_BYTES),
+        retryable: false,
+        handler_index: Some(task.current_handler_index),
+    }
+}
+
 fn fail(task: &Task, retry: &RetryPolicy, mut error: TaskError) -> Outcome {
     error.message = inert_capped(&error.message, MAX_ERROR_MESSAGE_BYTES);
+    let now = chrono::Utc::now();
+    // Past the deadline (a handler cut short by the time left), or a retry
+    // that could only start after it: the task fails for good.
+    let past = |at| task.deadline.is_some_and(|d| at >= d);
+    if past(now) {
+        return Outcome::Dead(deadline_exceeded(task, Some(&error)));
+    }
     if error.retryable && task.attempt < task.max_attempts {
-        let at = clock::add(chrono::Utc::now(), retry.delay(task.attempt));
+        let at = clock::add(now, retry.delay(task.attempt));
+        if past(at) {
+            return Outcome::Dead(deadline_exceeded(task, Some(&error)));
+        }
         Outcome::Retry { error, at }
     } else {
         Outcome::Dead(error)

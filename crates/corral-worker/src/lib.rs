@@ -35,6 +35,7 @@ mod executor;
 mod heartbeat;
 mod maintenance;
 pub mod metrics;
+pub mod queues;
 mod retry;
 mod tenants;
 
@@ -76,8 +77,13 @@ pub(crate) type InFlight = Arc<Mutex<HashMap<TaskId, (Lease, AbortHandle)>>>;
 pub struct WorkerConfig {
     /// This worker's identity on its leases.
     pub id: WorkerId,
-    /// Queues to take tasks from.
+    /// Queues to take tasks from, earlier ones first (strict priority)
+    /// unless `queue_weights` is set.
     pub queues: Vec<String>,
+    /// Weights of the queues (a queue not listed weighs 1): when not empty,
+    /// each acquire asks the queues in a weighted random order
+    /// ([`queues::QueueOrder`]), as asynq's queue priorities do.
+    pub queue_weights: HashMap<String, u32>,
     /// Tasks run at once. At most the sandbox's `max_instances` (a task
     /// holds one instance at a time): [`Worker::new`] lowers it to that.
     pub concurrency: usize,
@@ -106,6 +112,7 @@ impl Default for WorkerConfig {
         Self {
             id: default_worker_id(),
             queues: vec![DEFAULT_QUEUE.to_owned()],
+            queue_weights: HashMap::new(),
             concurrency: 16,
             lease: Duration::from_secs(30),
             heartbeat_every: Duration::from_secs(10),
@@ -329,8 +336,11 @@ impl<B: Broker + Clone> Worker<B> {
             lease_for: cfg.lease,
             block_for: cfg.block_for,
             tenant_room: HashMap::new(),
+            tenant_caps: HashMap::new(),
         };
         let tenant_slots = TenantSlots::default();
+        let order = (!cfg.queue_weights.is_empty())
+            .then(|| queues::QueueOrder::new(&cfg.queues, &cfg.queue_weights));
         tracing::info!(worker = %cfg.id, queues = ?cfg.queues, concurrency, "worker started");
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(50);
@@ -370,9 +380,15 @@ impl<B: Broker + Clone> Worker<B> {
             }
             let tenant_room = tenant_slots.room(&self.runner.registry).await;
             let capped = tenant_room.values().any(|&room| room == 0);
+            let queues = match &order {
+                Some(order) => order.draw(&mut rand::rng()),
+                None => request.queues.clone(),
+            };
             let req = AcquireRequest {
+                queues,
                 max: permits.num_permits(),
                 tenant_room,
+                tenant_caps: tenant_slots.caps(),
                 ..request.clone()
             };
             // An acquire is never cancelled halfway (a backend may already

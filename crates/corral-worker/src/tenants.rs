@@ -1,7 +1,12 @@
 //! Per-tenant concurrency on one worker: no tenant runs more than its
-//! `max_concurrency` tasks here at once.
+//! `max_concurrency` tasks here at once; and the caps the worker passes on
+//! so the broker holds each tenant to it over the whole fleet.
 //!
-//! Enforcement has two layers, so the limit holds whatever the broker does:
+//! The fleet-wide limit is the broker's: each acquire carries the caps this
+//! worker knows ([`AcquireRequest::tenant_caps`]) and the broker leases a
+//! tenant's task only while fewer than its cap are active on all workers
+//! together. On this worker, enforcement has two more layers, so the limit
+//! holds here whatever the broker does:
 //!
 //! 1. each acquire tells the broker how many more tasks of each known tenant
 //!    the worker has room for ([`AcquireRequest::tenant_room`]); a tenant at
@@ -24,6 +29,7 @@
 //! This module owns the counting only; it never talks to the broker.
 //!
 //! [`AcquireRequest::tenant_room`]: corral_client::broker::AcquireRequest::tenant_room
+//! [`AcquireRequest::tenant_caps`]: corral_client::broker::AcquireRequest::tenant_caps
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -143,6 +149,17 @@ impl TenantSlots {
             room.insert(tenant, cap.saturating_sub(running) as usize);
         }
         room
+    }
+
+    /// The caps read so far, of the tenants the catalog limits: what each
+    /// acquire passes on for the fleet-wide limit.
+    pub(crate) fn caps(&self) -> HashMap<String, u32> {
+        self.lock()
+            .caps
+            .iter()
+            .filter(|(_, (cap, _))| *cap != u32::MAX)
+            .map(|(tenant, (cap, _))| (tenant.clone(), *cap))
+            .collect()
     }
 
     /// [`room`](Self::room) from the cached caps, with the tenants that have

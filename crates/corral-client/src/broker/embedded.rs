@@ -9,6 +9,10 @@
 //! Queues are keyed by tenant and queue name; `acquire` starts each call at
 //! the next tenant in turn, so one tenant's flood cannot starve another.
 //!
+//! A tenant's concurrency cap ([`AcquireRequest::tenant_caps`], or the one
+//! its last limited enqueue stored) is checked against its count of active
+//! tasks, kept by every step that leases a task or ends a lease.
+//!
 //! Tenant quotas ([`TenantQuota`]) are checked and counted under the same
 //! lock that stores the tasks: each tenant's count of queued tasks (pending,
 //! scheduled, retrying) is kept exact by every step that moves a task in or
@@ -26,10 +30,12 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::Notify;
 
+use crate::schedule::Schedule;
+
 use super::{
     AcquireRequest, Broker, BrokerError, Cancelled, Checkpoint, Lease, Leased, Maintenance,
-    Outcome, QueueInfo, QueueStats, Retention, TaskQuery, TenantQuota, WorkerId, WorkerInfo,
-    check_usage_days, malformed_task, parse_raw_task,
+    Outcome, QueueInfo, QueueStats, Retention, StoredSchedule, TaskQuery, TenantQuota, WorkerId,
+    WorkerInfo, check_usage_days, malformed_task, parse_raw_task,
 };
 use corral_core::clock::{self, Clock, SystemClock};
 use corral_core::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage};
@@ -92,6 +98,21 @@ struct State {
     queues: HashMap<String, HashMap<String, usize>>,
     /// Per tenant, how many of its tasks are pending, scheduled or retrying.
     queued: HashMap<String, u64>,
+    /// Per tenant, its active tasks by lease expiry: those whose lease has
+    /// not run out count against its cap.
+    running: HashMap<String, BTreeSet<(DateTime<Utc>, TaskId)>>,
+    /// Per tenant and name, each schedule with the quota its tasks are
+    /// enqueued within and its next tick.
+    schedules: BTreeMap<(String, String), (Schedule, TenantQuota, Option<DateTime<Utc>>)>,
+    /// The schedules' next ticks, earliest first.
+    ticks: BTreeSet<(DateTime<Utc>, String, String)>,
+    /// Per tenant and unique key, the task holding it and until when.
+    unique: HashMap<(String, String), (TaskId, DateTime<Utc>)>,
+    /// The same keys by expiry, so expired ones are dropped in order.
+    unique_expiry: BTreeSet<(DateTime<Utc>, String, String)>,
+    /// Per tenant, its concurrency cap as last given (by a limited enqueue,
+    /// or a worker's acquire).
+    caps: HashMap<String, u32>,
     /// Tenants in the order `acquire` serves them.
     tenants: Vec<String>,
     next_tenant: usize,
@@ -216,7 +237,20 @@ impl EmbeddedBroker {
             let tenant = st.tenants[turn].clone();
             turn = (turn + 1) % tenants;
             let had = taken.get(&tenant).copied().unwrap_or(0);
-            if had >= req.room_for(&tenant) {
+            if let Some(&cap) = req.tenant_caps.get(&tenant) {
+                st.caps.insert(tenant.clone(), cap);
+            }
+            let fleet_room = match st.caps.get(&tenant) {
+                Some(&cap) => {
+                    let live = st
+                        .running
+                        .get(&tenant)
+                        .map_or(0, |r| r.iter().filter(|(at, _)| *at >= now).count());
+                    (cap as usize).saturating_sub(live)
+                }
+                None => usize::MAX,
+            };
+            if fleet_room == 0 || had >= req.room_for(&tenant) {
                 idle_turns += 1;
                 continue;
             }
@@ -255,6 +289,10 @@ impl EmbeddedBroker {
                     task: entry.task.clone(),
                 };
                 st.active.insert((expires, id));
+                st.running
+                    .entry(tenant.clone())
+                    .or_default()
+                    .insert((expires, id));
                 st.unqueue(&leased.lease.tenant);
                 out.push(leased);
                 took = true;
@@ -450,6 +488,166 @@ impl State {
         }
     }
 
+    /// Stores new tasks (what [`Broker::enqueue_within`] does under the
+    /// lock): all or none, within `quota`. Returns whether one is ready.
+    fn store(
+        &mut self,
+        tasks: Vec<Task>,
+        quota: &TenantQuota,
+        now: DateTime<Utc>,
+        max_pending: usize,
+    ) -> Result<bool, BrokerError> {
+        if self.tasks.len() + tasks.len() > max_pending {
+            return Err(BrokerError::Full {
+                op: "enqueue",
+                reason: format!("the broker holds {} tasks already", self.tasks.len()),
+            });
+        }
+        for task in &tasks {
+            task.validate_new().map_err(|e| BrokerError::Invalid {
+                op: "enqueue",
+                reason: e.reason,
+            })?;
+            if self.tasks.contains_key(&task.task_id) {
+                return Err(BrokerError::Duplicate {
+                    op: "enqueue",
+                    task_id: task.task_id,
+                });
+            }
+        }
+        let mut ids = HashSet::with_capacity(tasks.len());
+        if let Some(twice) = tasks.iter().find(|t| !ids.insert(t.task_id)) {
+            return Err(BrokerError::Duplicate {
+                op: "enqueue",
+                task_id: twice.task_id,
+            });
+        }
+        self.check_quota(&tasks, quota)?;
+        self.check_unique(&tasks, now)?;
+        if quota.max_concurrency != u32::MAX {
+            for task in &tasks {
+                self.caps.insert(task.tenant.clone(), quota.max_concurrency);
+            }
+        }
+        let mut any_ready = false;
+        for mut task in tasks {
+            task.updated_at = now;
+            let id = task.task_id;
+            match task.run_at.filter(|at| *at > now) {
+                Some(at) => {
+                    task.state = TaskState::Scheduled;
+                    self.scheduled.insert((at, id));
+                }
+                None => {
+                    task.state = TaskState::Pending;
+                    self.push_pending(&task);
+                    any_ready = true;
+                }
+            }
+            self.enqueued(&task.tenant);
+            self.hold_unique(&task, now);
+            self.insert(Entry::new(task));
+        }
+        Ok(any_ready)
+    }
+
+    /// Fires the schedule ticks due at `now` (see [`crate::schedule`]);
+    /// returns whether a task became ready.
+    fn fire_due(
+        &mut self,
+        now: DateTime<Utc>,
+        max_pending: usize,
+        report: &mut Maintenance,
+    ) -> bool {
+        let mut any_ready = false;
+        while let Some((tick, tenant, name)) = self.ticks.first().cloned() {
+            if tick > now {
+                break;
+            }
+            self.ticks.pop_first();
+            let key = (tenant, name);
+            let Some((schedule, quota, _)) = self.schedules.get(&key).cloned() else {
+                continue;
+            };
+            let mut next = Some(tick);
+            for fire in schedule.plan(tick, now) {
+                next = fire.next;
+                if !fire.enqueue {
+                    report.ticks_skipped += 1;
+                    continue;
+                }
+                match self.store(vec![schedule.task_at(fire.stamp)], &quota, now, max_pending) {
+                    Ok(ready) => {
+                        any_ready |= ready;
+                        report.ticks_enqueued += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %key.0, schedule = %key.1, error = %e, "a schedule tick's task was refused");
+                        report.ticks_skipped += 1;
+                    }
+                }
+            }
+            if let Some(entry) = self.schedules.get_mut(&key) {
+                entry.2 = next;
+            }
+            if let Some(next) = next {
+                self.ticks.insert((next, key.0, key.1));
+            }
+        }
+        any_ready
+    }
+
+    /// Refuses `tasks` if one's unique key is held (by a task enqueued
+    /// within the key's ttl), or if two of them share a key; drops expired
+    /// keys first.
+    fn check_unique(&mut self, tasks: &[Task], now: DateTime<Utc>) -> Result<(), BrokerError> {
+        while let Some((at, tenant, key)) = self.unique_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.unique_expiry.pop_first();
+            let slot = (tenant, key);
+            if self
+                .unique
+                .get(&slot)
+                .is_some_and(|(_, until)| *until == at)
+            {
+                self.unique.remove(&slot);
+            }
+        }
+        let mut asked = HashSet::new();
+        for task in tasks {
+            let Some(unique) = &task.unique else {
+                continue;
+            };
+            let slot = (task.tenant.clone(), unique.key.clone());
+            if let Some((existing, _)) = self.unique.get(&slot) {
+                return Err(BrokerError::Deduplicated {
+                    op: "enqueue",
+                    existing: *existing,
+                });
+            }
+            if !asked.insert(slot) {
+                return Err(BrokerError::Invalid {
+                    op: "enqueue",
+                    reason: "two tasks of one enqueue share a unique key".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the unique key of `task`, if it has one.
+    fn hold_unique(&mut self, task: &Task, now: DateTime<Utc>) {
+        if let Some(unique) = &task.unique {
+            let until = clock::add(now, Duration::from_millis(unique.ttl_ms));
+            let slot = (task.tenant.clone(), unique.key.clone());
+            self.unique_expiry
+                .insert((until, slot.0.clone(), slot.1.clone()));
+            self.unique.insert(slot, (task.task_id, until));
+        }
+    }
+
     /// Refuses `tasks` (already validated) if storing them would take a
     /// tenant past `quota`.
     fn check_quota(&self, tasks: &[Task], quota: &TenantQuota) -> Result<(), BrokerError> {
@@ -598,9 +796,25 @@ impl State {
             .or_default());
     }
 
+    /// Ends the lease of active task `id` (its entry stays as it is).
     fn release_active(&mut self, id: TaskId) {
-        if let Some(at) = self.tasks.get(&id).and_then(|e| e.lease_expires) {
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        if let Some(at) = entry.lease_expires {
+            let tenant = entry.task.tenant.clone();
             self.active.remove(&(at, id));
+            self.unrun(&tenant, at, id);
+        }
+    }
+
+    /// `tenant`'s task `id`, leased until `at`, is no longer active.
+    fn unrun(&mut self, tenant: &str, at: DateTime<Utc>, id: TaskId) {
+        if let Some(r) = self.running.get_mut(tenant) {
+            r.remove(&(at, id));
+            if r.is_empty() {
+                self.running.remove(tenant);
+            }
         }
     }
 }
@@ -612,53 +826,9 @@ impl Broker for EmbeddedBroker {
         quota: &TenantQuota,
     ) -> Result<(), BrokerError> {
         let now = self.inner.clock.now();
-        let mut any_ready = false;
-        {
-            let mut st = self.lock();
-            if st.tasks.len() + tasks.len() > self.inner.max_pending {
-                return Err(BrokerError::Full {
-                    op: "enqueue",
-                    reason: format!("the broker holds {} tasks already", st.tasks.len()),
-                });
-            }
-            for task in &tasks {
-                task.validate_new().map_err(|e| BrokerError::Invalid {
-                    op: "enqueue",
-                    reason: e.reason,
-                })?;
-                if st.tasks.contains_key(&task.task_id) {
-                    return Err(BrokerError::Duplicate {
-                        op: "enqueue",
-                        task_id: task.task_id,
-                    });
-                }
-            }
-            let mut ids = HashSet::with_capacity(tasks.len());
-            if let Some(twice) = tasks.iter().find(|t| !ids.insert(t.task_id)) {
-                return Err(BrokerError::Duplicate {
-                    op: "enqueue",
-                    task_id: twice.task_id,
-                });
-            }
-            st.check_quota(&tasks, quota)?;
-            for mut task in tasks {
-                task.updated_at = now;
-                let id = task.task_id;
-                match task.run_at.filter(|at| *at > now) {
-                    Some(at) => {
-                        task.state = TaskState::Scheduled;
-                        st.scheduled.insert((at, id));
-                    }
-                    None => {
-                        task.state = TaskState::Pending;
-                        st.push_pending(&task);
-                        any_ready = true;
-                    }
-                }
-                st.enqueued(&task.tenant);
-                st.insert(Entry::new(task));
-            }
-        }
+        let any_ready = self
+            .lock()
+            .store(tasks, quota, now, self.inner.max_pending)?;
         if any_ready {
             self.inner.ready.notify_waiters();
             self.inner.ready.notify_one();
@@ -745,6 +915,9 @@ impl Broker for EmbeddedBroker {
                     continue;
                 }
                 st.release_active(lease.task_id);
+                // A slot under the tenant's cap is free: waiting acquires
+                // held back by it look again.
+                released |= st.caps.contains_key(&lease.tenant);
                 let Some(entry) = st.tasks.get_mut(&lease.task_id) else {
                     continue;
                 };
@@ -844,8 +1017,13 @@ impl Broker for EmbeddedBroker {
             };
             if let Some(old) = old {
                 st.active.remove(&(old, lease.task_id));
+                st.unrun(&lease.tenant, old, lease.task_id);
             }
             st.active.insert((expires, lease.task_id));
+            st.running
+                .entry(lease.tenant.clone())
+                .or_default()
+                .insert((expires, lease.task_id));
         }
         Ok(lost)
     }
@@ -856,6 +1034,7 @@ impl Broker for EmbeddedBroker {
         let mut report = Maintenance::default();
         // The queues this pass had work in: it walks only what is due.
         let mut touched = HashSet::new();
+        let fired_ready;
         {
             let mut st = self.lock();
             report.promoted = st.promote_due(now, &mut touched);
@@ -869,7 +1048,12 @@ impl Broker for EmbeddedBroker {
                 };
                 entry.lease_expires = None;
                 entry.task.updated_at = now;
-                touched.insert((entry.task.tenant.clone(), entry.task.queue_name.clone()));
+                let tenant = entry.task.tenant.clone();
+                touched.insert((tenant.clone(), entry.task.queue_name.clone()));
+                st.unrun(&tenant, at, id);
+                let Some(entry) = st.tasks.get_mut(&id) else {
+                    continue;
+                };
                 if entry.cancel_requested {
                     entry.cancel_requested = false;
                     entry.task.state = TaskState::Cancelled;
@@ -901,6 +1085,7 @@ impl Broker for EmbeddedBroker {
                 }
             }
             report.trimmed = st.trim(now, &retention, &mut touched);
+            fired_ready = st.fire_due(now, self.inner.max_pending, &mut report);
             let today = now.date_naive();
             if st.usage_cut != Some(today) {
                 st.usage_cut = Some(today);
@@ -909,7 +1094,7 @@ impl Broker for EmbeddedBroker {
             }
         }
         report.queues_visited = touched.len();
-        if report.promoted + report.recovered > 0 {
+        if report.promoted + report.recovered > 0 || fired_ready {
             self.inner.ready.notify_waiters();
         }
         Ok(report)
@@ -1312,6 +1497,75 @@ impl Broker for EmbeddedBroker {
     async fn deregister_worker(&self, worker: &WorkerId) -> Result<(), BrokerError> {
         self.lock().workers.remove(worker);
         Ok(())
+    }
+
+    async fn put_schedule(
+        &self,
+        schedule: &Schedule,
+        quota: &TenantQuota,
+        max_schedules: u32,
+    ) -> Result<StoredSchedule, BrokerError> {
+        schedule.check().map_err(|reason| BrokerError::Invalid {
+            op: "put_schedule",
+            reason,
+        })?;
+        let now = self.inner.clock.now();
+        let next = schedule.timing.next_after(now);
+        let key = (schedule.tenant.clone(), schedule.name.clone());
+        let mut st = self.lock();
+        let old = st.schedules.get(&key).map(|(_, _, next)| *next);
+        if old.is_none() {
+            let have = st
+                .schedules
+                .range((schedule.tenant.clone(), String::new())..)
+                .take_while(|((t, _), _)| *t == schedule.tenant)
+                .count();
+            if have >= max_schedules as usize {
+                return Err(BrokerError::Full {
+                    op: "put_schedule",
+                    reason: super::too_many_schedules(&schedule.tenant, have, max_schedules),
+                });
+            }
+        }
+        if let Some(Some(at)) = old {
+            st.ticks.remove(&(at, key.0.clone(), key.1.clone()));
+        }
+        if let Some(at) = next {
+            st.ticks.insert((at, key.0.clone(), key.1.clone()));
+        }
+        st.schedules.insert(key, (schedule.clone(), *quota, next));
+        Ok(StoredSchedule {
+            schedule: schedule.clone(),
+            next_tick: next,
+        })
+    }
+
+    async fn remove_schedule(&self, tenant: &str, name: &str) -> Result<bool, BrokerError> {
+        let mut st = self.lock();
+        let key = (tenant.to_owned(), name.to_owned());
+        match st.schedules.remove(&key) {
+            Some((_, _, next)) => {
+                if let Some(at) = next {
+                    st.ticks.remove(&(at, key.0, key.1));
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn schedules(&self, tenant: &str) -> Result<Vec<StoredSchedule>, BrokerError> {
+        let st = self.lock();
+        Ok(st
+            .schedules
+            .range((tenant.to_owned(), String::new())..)
+            .take_while(|((t, _), _)| t == tenant)
+            .take(super::MAX_SCHEDULES_LISTED)
+            .map(|(_, (schedule, _, next))| StoredSchedule {
+                schedule: schedule.clone(),
+                next_tick: *next,
+            })
+            .collect())
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {

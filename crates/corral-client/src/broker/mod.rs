@@ -36,6 +36,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::Schedule;
 use corral_core::metering::{DailyUsage, TaskMetering, USAGE_KEPT_DAYS};
 use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
 
@@ -88,6 +89,13 @@ pub struct AcquireRequest {
     /// at 0 is skipped; its tasks stay queued for other workers or a later
     /// call. Tenants not listed are limited by `max` alone.
     pub tenant_room: HashMap<String, usize>,
+    /// Each listed tenant's fleet-wide `max_concurrency` as the worker read
+    /// it from the catalog: the broker leases a task of the tenant only
+    /// while fewer than that many of its tasks are active over all workers
+    /// together, checked and counted in the same atomic step as the lease.
+    /// For a tenant not listed, the cap its last limited enqueue stored
+    /// ([`TenantQuota::max_concurrency`]) applies, or none.
+    pub tenant_caps: HashMap<String, u32>,
 }
 
 impl AcquireRequest {
@@ -206,6 +214,11 @@ pub struct TenantQuota {
     /// counts while it holds any task of the tenant, finished ones
     /// included, until retention drops its last record.
     pub max_queues: u32,
+    /// Most of the tenant's tasks active at once over all workers:
+    /// stored with the tasks, so workers that have not read the tenant's
+    /// limits yet still hold it to this (`u32::MAX`: leave the stored cap
+    /// as it is).
+    pub max_concurrency: u32,
 }
 
 impl TenantQuota {
@@ -214,6 +227,7 @@ impl TenantQuota {
     pub const UNLIMITED: Self = Self {
         max_queued: u64::MAX,
         max_queues: u32::MAX,
+        max_concurrency: u32::MAX,
     };
 }
 
@@ -232,7 +246,25 @@ pub struct Maintenance {
     /// task to promote, a lease to recover, a record to drop) or might
     /// have; idle queues cost nothing, however many there are.
     pub queues_visited: usize,
+    /// Tasks enqueued by due schedule ticks.
+    pub ticks_enqueued: usize,
+    /// Schedule ticks passed without a task: missed ones skipped, and
+    /// ticks whose task the tenant's quota refused.
+    pub ticks_skipped: usize,
 }
+
+/// A stored schedule with its next tick: what [`Broker::schedules`] lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSchedule {
+    /// The schedule.
+    #[serde(flatten)]
+    pub schedule: Schedule,
+    /// When it fires next (`None`: its timetable has no more ticks).
+    pub next_tick: Option<DateTime<Utc>>,
+}
+
+/// Most schedules [`Broker::schedules`] lists for one tenant.
+pub const MAX_SCHEDULES_LISTED: usize = 10_000;
 
 /// Counts of tasks by state, for status pages and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,6 +447,16 @@ pub enum BrokerError {
         /// The id that exists.
         task_id: TaskId,
     },
+    /// A task with the same [`Unique`](corral_core::task::Unique) key was
+    /// enqueued while the key holds: nothing was stored; `existing` is
+    /// that task (a producer treats it as the answer to its enqueue).
+    #[error("{op}: a task with the same unique key was enqueued within its ttl: task {existing}")]
+    Deduplicated {
+        /// The operation refused.
+        op: &'static str,
+        /// The task that holds the key.
+        existing: TaskId,
+    },
     /// The task was refused as it stands (empty names, zero attempts, ...).
     #[error("{op}: invalid task: {reason}")]
     Invalid {
@@ -495,7 +537,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Tasks that would pass `max_queued` are refused whole with
     /// [`BrokerError::Full`], tasks that would add a queue name past
     /// `max_queues` with [`BrokerError::TooManyQueues`]; nothing of a
-    /// refused group is stored.
+    /// refused group is stored. A task whose unique key is held by an
+    /// earlier task (within that key's ttl, in the same tenant) refuses its
+    /// group with [`BrokerError::Deduplicated`] naming the earlier task;
+    /// the key is checked and taken in the same atomic step as the store.
     fn enqueue_within(
         &self,
         tasks: Vec<Task>,
@@ -545,7 +590,7 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<TaskId>, BrokerError>> + Send;
 
     /// One maintenance pass: promote due tasks, recover expired leases, trim
-    /// finished records.
+    /// finished records, fire due schedule ticks.
     fn maintain(&self) -> impl Future<Output = Result<Maintenance, BrokerError>> + Send;
 
     /// The stored task, if it is still known.
@@ -829,6 +874,43 @@ pub trait Broker: Send + Sync + 'static {
     fn workers(&self) -> impl Future<Output = Result<Vec<WorkerInfo>, BrokerError>> + Send {
         unsupported("workers")
     }
+
+    /// Stores `schedule` (replacing one of the same tenant and name), its
+    /// next tick the first after now. Its tasks are enqueued within
+    /// `quota`, as the tenant's own enqueues are. A tenant that has
+    /// `max_schedules` already gets [`BrokerError::Full`] for a new name,
+    /// checked in the same atomic step as the store; a timing that does
+    /// not parse is [`BrokerError::Invalid`]. Ticks are fired by
+    /// [`Broker::maintain`], each exactly once (see [`crate::schedule`]).
+    fn put_schedule(
+        &self,
+        schedule: &Schedule,
+        quota: &TenantQuota,
+        max_schedules: u32,
+    ) -> impl Future<Output = Result<StoredSchedule, BrokerError>> + Send {
+        let _ = (schedule, quota, max_schedules);
+        unsupported("put_schedule")
+    }
+
+    /// Removes `tenant`'s schedule `name`; false when there was none.
+    /// Tasks it already enqueued stay.
+    fn remove_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send {
+        let _ = (tenant, name);
+        unsupported("remove_schedule")
+    }
+
+    /// `tenant`'s schedules in name order, each with its next tick.
+    fn schedules(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<StoredSchedule>, BrokerError>> + Send {
+        let _ = tenant;
+        unsupported("schedules")
+    }
 }
 
 /// What a broker answers for an operation it does not have.
@@ -871,6 +953,11 @@ fn quota_full(tenant: &str, queued: u64, asked: u64, max: u64) -> String {
     format!(
         "tenant `{tenant}` has {queued} tasks queued; {asked} more would pass its limit of {max}; retry when some have run"
     )
+}
+
+/// Why `max_schedules` refused a new schedule.
+fn too_many_schedules(tenant: &str, have: usize, max: u32) -> String {
+    format!("tenant `{tenant}` has {have} schedules, its limit being {max}")
 }
 
 /// Why [`TenantQuota::max_queues`] refused an enqueue.

@@ -156,7 +156,10 @@ pub(super) struct WorkerArgs {
     #[command(flatten)]
     redis: RedisArgs,
     /// A queue to take tasks from; repeat for several (earlier ones first).
-    #[arg(long = "queue", default_value = DEFAULT_QUEUE)]
+    /// `NAME=WEIGHT` (e.g. `--queue critical=6 --queue default=3 --queue
+    /// low=1`) weighs them instead: each acquire asks them in a random order
+    /// drawn by weight, so no queue starves.
+    #[arg(long = "queue", default_value = DEFAULT_QUEUE, value_name = "NAME[=WEIGHT]")]
     queues: Vec<String>,
     /// Tasks run at once.
     #[arg(long, default_value_t = 16)]
@@ -212,6 +215,19 @@ pub(super) struct EnqueueArgs {
     /// Attempts before the task goes to the dead set.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// The whole task's deadline, this long from now (e.g. `30s`, `2h`):
+    /// over every attempt and retry, the task fails for good
+    /// (`deadline_exceeded`) once it passes.
+    #[arg(long, value_parser = parse_duration)]
+    deadline: Option<Duration>,
+    /// Enqueue only if no task of the tenant with this key was enqueued
+    /// within `--unique-ttl`; otherwise print that task's id (and say so
+    /// on stderr) and store nothing.
+    #[arg(long, value_name = "KEY")]
+    unique: Option<String>,
+    /// How long `--unique` holds.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, requires = "unique")]
+    unique_ttl: Duration,
     /// The queue to put it in.
     #[arg(long, default_value = DEFAULT_QUEUE)]
     queue: String,
@@ -220,7 +236,7 @@ pub(super) struct EnqueueArgs {
     tenant: String,
     /// Enqueue one task per line of this JSON Lines file (`-`: standard
     /// input): `{"job": …, "args": {…}, "queue": …, "delay_ms": …,
-    /// "max_attempts": …}`, the flags filling in what a line leaves out.
+    /// "deadline_ms": …, "max_attempts": …}`, the flags filling in what a line leaves out.
     /// Prints the ids, one per line.
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
@@ -367,8 +383,11 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(job = %name, handlers = files.len(), "registered job");
     }
     let lease = args.lease.max(Duration::from_millis(300));
+    let order = crate::worker::queues::QueueOrder::parse(&args.queues)
+        .map_err(|e| anyhow::anyhow!("--queue {e}"))?;
     let mut config = WorkerConfig {
-        queues: args.queues.clone(),
+        queues: order.names(),
+        queue_weights: order.weights(),
         concurrency: args.concurrency.max(1),
         lease,
         heartbeat_every: lease / 3,
@@ -413,6 +432,10 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         Some(d) => Some(u64::try_from(d.as_millis()).context("--delay is too long")?),
         None => None,
     };
+    let deadline_ms = match args.deadline {
+        Some(d) => Some(u64::try_from(d.as_millis()).context("--deadline is too long")?),
+        None => None,
+    };
     let defaults = super::bulk::Defaults {
         job: args.job.clone(),
         args: parse_arg_pairs(
@@ -421,11 +444,22 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         )?,
         queue: args.queue.clone(),
         delay_ms,
+        deadline_ms,
         max_attempts: args.max_attempts,
     };
+    if args.unique.is_some() && args.from.is_some() {
+        bail!("--unique applies to one task; give each line of --from its own `unique_key`");
+    }
     let single = match (&args.from, &args.job) {
         (None, Some(job)) => {
-            let task = defaults.task(job.clone());
+            let mut task = defaults.task(job.clone());
+            if let Some(key) = &args.unique {
+                task.unique_key = Some(key.clone());
+                task.unique_ttl_ms = Some(
+                    u64::try_from(args.unique_ttl.as_millis())
+                        .context("--unique-ttl is too long")?,
+                );
+            }
             task.check()?;
             Some(task)
         }
@@ -440,7 +474,15 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let tenant = find_tenant(&catalog, &args.tenant).await?;
     match (single, source) {
         (Some(task), _) => match submit(&broker, &catalog, &tenant, task).await {
-            Ok(done) => say!("{}", done.task_id),
+            Ok(done) => {
+                if done.deduplicated {
+                    eprintln!(
+                        "not enqueued: task {} holds the unique key (state {})",
+                        done.task_id, done.state
+                    );
+                }
+                say!("{}", done.task_id)
+            }
             Err(e @ (SubmitError::JobNotFound(_) | SubmitError::JobVersionNotFound { .. })) => {
                 bail!(
                     "{e} for tenant `{}`: register it first (`corral jobs register`, or a \

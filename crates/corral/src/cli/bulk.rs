@@ -2,9 +2,10 @@
 //!
 //! Each non-blank line is one JSON object with the fields of the HTTP API's
 //! `POST /v1/tasks` body ([`NewTask`]): `job`, `args`, `queue`, `delay_ms`,
-//! `max_attempts`, `timeout_ms`, `version`; unknown fields are refused.
-//! What a line leaves out comes from the command line: the job given as
-//! `corral enqueue JOB --from FILE`, `--queue`, `--delay`, `--max-attempts`;
+//! `max_attempts`, `timeout_ms`, `deadline_ms`, `unique_key`,
+//! `unique_ttl_ms`, `version`; unknown fields are refused. What a line
+//! leaves out comes from the command line: the job given as `corral enqueue
+//! JOB --from FILE`, `--queue`, `--delay`, `--deadline`, `--max-attempts`;
 //! the `--arg`/`--json-arg` args are added to the line's `args`, the line
 //! winning where both name a key. Every task goes to `--tenant`.
 //!
@@ -61,6 +62,8 @@ pub(super) struct Defaults {
     pub queue: String,
     /// `--delay`, in ms.
     pub delay_ms: Option<u64>,
+    /// `--deadline`, in ms.
+    pub deadline_ms: Option<u64>,
     /// `--max-attempts`.
     pub max_attempts: Option<u32>,
 }
@@ -73,6 +76,7 @@ impl Defaults {
             args: self.args.clone(),
             queue: Some(self.queue.clone()),
             delay_ms: self.delay_ms,
+            deadline_ms: self.deadline_ms,
             max_attempts: self.max_attempts,
             ..NewTask::default()
         }
@@ -94,6 +98,9 @@ impl Defaults {
             .or_insert_with(|| Value::from(self.queue.as_str()));
         if let Some(d) = self.delay_ms {
             map.entry("delay_ms").or_insert(Value::from(d));
+        }
+        if let Some(d) = self.deadline_ms {
+            map.entry("deadline_ms").or_insert(Value::from(d));
         }
         if let Some(n) = self.max_attempts {
             map.entry("max_attempts").or_insert(Value::from(n));

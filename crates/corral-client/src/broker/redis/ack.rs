@@ -144,8 +144,13 @@ impl RedisBroker {
         for (keys, usage, positions, items) in &batches {
             for (at, chunk) in positions.chunks(ACK_CHUNK).zip(items.chunks(ACK_CHUNK)) {
                 calls.push(async move {
-                    let held =
+                    let (held, wake) =
                         scripts::ack(&mut self.conn(), keys, now_us, keep, usage, chunk).await?;
+                    // A slot under the tenant's cap is free: wake the
+                    // workers of the queues that were held back by it.
+                    for queue in wake {
+                        self.wake(&keys.tenant.name, &queue).await;
+                    }
                     let answers: Vec<(usize, Result<(), BrokerError>)> = at
                         .iter()
                         .zip(chunk)

@@ -191,6 +191,7 @@ impl RedisBroker {
                 max: want,
                 promote_max: PROMOTE_ON_ACQUIRE,
                 default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+                cap: req.tenant_caps.get(tenant).copied(),
                 fresh: &fresh,
             };
             let reply = scripts::acquire(&mut self.conn(), &keys, &args).await?;
@@ -329,7 +330,7 @@ impl RedisBroker {
             })
             .collect();
         let now = self.now();
-        scripts::ack(
+        let (_, wake) = scripts::ack(
             &mut self.conn(),
             keys,
             micros(now),
@@ -338,6 +339,9 @@ impl RedisBroker {
             &items,
         )
         .await?;
+        for queue in wake {
+            self.wake(tenant, &queue).await;
+        }
         Ok(())
     }
 }

@@ -165,7 +165,7 @@ impl RedisBroker {
 
     /// Makes sure `tenant` is in the tenant set before its tasks are
     /// stored, so workers and maintenance find them.
-    async fn register(&self, tenant: &str) -> Result<(), BrokerError> {
+    pub(super) async fn register(&self, tenant: &str) -> Result<(), BrokerError> {
         let fresh = lock(&self.inner.registered)
             .get(tenant)
             .is_some_and(|at| at.elapsed() < REGISTERED_TTL);
@@ -185,7 +185,10 @@ impl RedisBroker {
 
 /// The records of new tasks as the enqueue script stores them: the task
 /// JSON (state pending, or scheduled when due later) and first metadata.
-fn stored_items(tasks: Vec<Task>, now: DateTime<Utc>) -> Result<Vec<EnqueueItem>, BrokerError> {
+pub(super) fn stored_items(
+    tasks: Vec<Task>,
+    now: DateTime<Utc>,
+) -> Result<Vec<EnqueueItem>, BrokerError> {
     let now_us = micros(now);
     tasks
         .into_iter()
@@ -215,11 +218,17 @@ fn stored_items(tasks: Vec<Task>, now: DateTime<Utc>) -> Result<Vec<EnqueueItem>
                 op: "enqueue",
                 reason: format!("task {} does not serialize: {e}", task.task_id),
             })?;
+            let unique = task.unique.as_ref().map(|u| {
+                let until =
+                    corral_core::clock::add(now, std::time::Duration::from_millis(u.ttl_ms));
+                (u.key.clone(), micros(until))
+            });
             Ok(EnqueueItem {
                 id: task.task_id.to_string(),
                 json,
                 meta: meta.encode(),
                 due_us: due.map(micros),
+                unique,
             })
         })
         .collect()

@@ -29,7 +29,8 @@ const INDEX_TTL: Duration = Duration::from_secs(2);
 /// `acquire` serves, refreshed every [`INDEX_TTL`].
 #[derive(Default)]
 pub(super) struct ServedCache {
-    /// The queue names the entry answers for.
+    /// The queue names the entry answers for, sorted (a weighted worker
+    /// asks for the same names in a new order every time).
     pub asked: Vec<String>,
     /// Each tenant with those of the names it has.
     pub by_tenant: BTreeMap<String, BTreeSet<String>>,
@@ -182,9 +183,11 @@ impl RedisBroker {
         &self,
         queues: &[String],
     ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
+        let mut asked = queues.to_vec();
+        asked.sort_unstable();
         let cached = {
             let served = lock(&self.inner.served);
-            (served.asked == queues && served.fetched.is_some_and(|at| at.elapsed() < INDEX_TTL))
+            (served.asked == asked && served.fetched.is_some_and(|at| at.elapsed() < INDEX_TTL))
                 .then(|| served.by_tenant.clone())
         };
         let by_tenant = match cached {
@@ -223,7 +226,7 @@ impl RedisBroker {
                     }
                 }
                 let mut served = lock(&self.inner.served);
-                served.asked = queues.to_vec();
+                served.asked = asked;
                 served.by_tenant = by_tenant.clone();
                 served.fetched = Some(Instant::now());
                 by_tenant

@@ -20,6 +20,13 @@
 //! | `P:{q:T}:queues` | set | the tenant's queue names (plain, not encoded) that hold any task record; bounded by the tenant's `max_queues` |
 //! | `P:{q:T}:queued` | string | how many of the tenant's tasks are pending, scheduled or retrying; checked against its `max_queued` |
 //! | `P:{q:T}:paused` | set | the tenant's queue names (plain) that workers skip |
+//! | `P:{q:T}:running` | zset | the ids of the tenant's active tasks across all its queues and all workers, scored by lease expiry (µs): what its fleet-wide `max_concurrency` is checked against |
+//! | `P:{q:T}:capped` | set | the tenant's queue names (plain) that had tasks waiting when an acquire found the tenant at its cap: the next ack that frees a slot wakes workers for them |
+//! | `P:{q:T}:unique` | hash | unique key (plain) → the id of the task that holds it |
+//! | `P:{q:T}:unique-ttl` | zset | unique keys (plain) by when they stop holding (µs); expired ones are dropped by the next enqueue of a unique task (a bounded number each), and both keys expire with their last entry |
+//! | `P:{q:T}:schedules` | hash | schedule name (plain) → the schedule and the quota its tasks are enqueued within (JSON); at most the tenant's `max_schedules` |
+//! | `P:{q:T}:sched-next` | zset | schedule names (plain) by their next tick (µs): what maintenance fires |
+//! | `P:{q:T}:cap` | string | the tenant's fleet-wide `max_concurrency`, written by enqueues that carry the tenant's limits (the API's); a worker's fresher reading from the catalog takes precedence |
 //! | `P:{q:T}:due` | zset | the tenant's queue names, each scored by the earliest time (µs) it may need maintenance: a delayed or retrying task falling due, a lease running out, a finished record reaching its retention time; never later than that, possibly earlier |
 //! | `P:{q:T}:usage-D` | hash | what the tenant's tasks cost on day `D` (`YYYY-MM-DD`, UTC): calls, fuel, wall_us, instantiate_us, peak_memory_bytes, completed, retried, dead; expires after the days usage is kept |
 //! | `P:tenants` | set | every tenant (plain name) that has had a task |
@@ -106,6 +113,8 @@ fn tenant_base(prefix: &str, tenant: &str) -> String {
 /// A tenant's own keys (not a queue's), in the tenant's slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantKeys {
+    /// The tenant's name (plain).
+    pub name: String,
     /// The tenant's queue names that hold any task record (set).
     pub queues: String,
     /// How many of its tasks are pending, scheduled or retrying (string).
@@ -114,6 +123,21 @@ pub struct TenantKeys {
     pub paused: String,
     /// Queue name → when it next needs maintenance, µs (zset).
     pub due: String,
+    /// Its active task ids, across queues and workers, by lease expiry (zset).
+    pub running: String,
+    /// Its fleet-wide concurrency cap as the last limited enqueue gave it
+    /// (string).
+    pub cap: String,
+    /// Its queue names with tasks held back by the cap (set).
+    pub capped: String,
+    /// Schedule name → its record (hash).
+    pub schedules: String,
+    /// Schedule names by next tick, µs (zset).
+    pub sched_next: String,
+    /// Unique key → the task holding it (hash).
+    pub unique: String,
+    /// Unique keys by expiry, µs (zset).
+    pub unique_ttl: String,
     /// `P:{q:T}:usage-`: the day's date completes a usage key.
     usage_base: String,
 }
@@ -123,10 +147,18 @@ impl TenantKeys {
     pub fn new(prefix: &str, tenant: &str) -> Self {
         let base = tenant_base(prefix, tenant);
         Self {
+            name: tenant.to_owned(),
             queues: format!("{base}:queues"),
             queued: format!("{base}:queued"),
             paused: format!("{base}:paused"),
             due: format!("{base}:due"),
+            running: format!("{base}:running"),
+            cap: format!("{base}:cap"),
+            capped: format!("{base}:capped"),
+            schedules: format!("{base}:schedules"),
+            sched_next: format!("{base}:sched-next"),
+            unique: format!("{base}:unique"),
+            unique_ttl: format!("{base}:unique-ttl"),
             usage_base: format!("{base}:usage-"),
         }
     }
@@ -285,12 +317,36 @@ mod tests {
         let wake_tenant = QueueKeys::new("p", "wake", "queues");
         assert_ne!(tag(&wake_tenant.tenant.queues), tag(&wake("p", "queues")));
         // No queue name makes a queue key equal one of the tenant's keys.
-        for name in ["queues", "queued", "due", "paused", "queues:x", "a:queues"] {
+        for name in [
+            "queues",
+            "queued",
+            "due",
+            "paused",
+            "running",
+            "cap",
+            "capped",
+            "unique",
+            "unique-ttl",
+            "schedules",
+            "sched-next",
+            "queues:x",
+            "a:queues",
+        ] {
             let q = QueueKeys::new("p", "t", name);
             for key in q.all() {
                 let t = &q.tenant;
                 assert!(
-                    key != t.queues && key != t.queued && key != t.due && key != t.paused,
+                    key != t.queues
+                        && key != t.queued
+                        && key != t.due
+                        && key != t.paused
+                        && key != t.running
+                        && key != t.cap
+                        && key != t.capped
+                        && key != t.unique
+                        && key != t.unique_ttl
+                        && key != t.schedules
+                        && key != t.sched_next,
                     "{key}"
                 );
             }

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 
 use super::conn::unavailable;
 use super::keys::{self, QueueKeys};
-use super::record::micros;
+use super::record::{from_micros, micros};
 use super::scripts::{self, MaintainArgs};
 use super::{RedisBroker, lock};
 use crate::broker::{BrokerError, Maintenance};
@@ -59,6 +59,8 @@ impl RedisBroker {
                     report.expired_dead += m.expired_dead;
                     report.trimmed += m.trimmed;
                     report.queues_visited += m.queues_visited;
+                    report.ticks_enqueued += m.ticks_enqueued;
+                    report.ticks_skipped += m.ticks_skipped;
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -84,17 +86,35 @@ impl RedisBroker {
         const OP: &str = "maintain";
         let tenant_keys = keys::TenantKeys::new(&self.inner.config.prefix, tenant);
         let mut total = Maintenance::default();
-        for _ in 0..MAINTAIN_ROUNDS {
-            let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(&tenant_keys.due)
+        let due_queues = |keys: &keys::TenantKeys| {
+            let mut cmd = redis::cmd("ZRANGEBYSCORE");
+            cmd.arg(&keys.due)
                 .arg("-inf")
                 .arg(args.now_us)
                 .arg("LIMIT")
                 .arg(0)
-                .arg(QUEUES_PER_MAINTAIN)
-                .query_async(&mut self.conn())
-                .await
-                .map_err(|e| unavailable(OP, e))?;
+                .arg(QUEUES_PER_MAINTAIN);
+            cmd
+        };
+        // The first read also takes the due schedule ticks: one round trip
+        // for a tenant with nothing due.
+        let (first_due, ticks): (Vec<String>, Vec<(String, i64)>) = redis::pipe()
+            .add_command(due_queues(&tenant_keys))
+            .add_command(Self::due_schedules_cmd(&tenant_keys, args.now_us))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        self.fire_schedules(tenant, ticks, from_micros(args.now_us), &mut total)
+            .await?;
+        let mut first_due = Some(first_due);
+        for _ in 0..MAINTAIN_ROUNDS {
+            let due: Vec<String> = match first_due.take() {
+                Some(due) => due,
+                None => due_queues(&tenant_keys)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(|e| unavailable(OP, e))?,
+            };
             if due.is_empty() {
                 break;
             }

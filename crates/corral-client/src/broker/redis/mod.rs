@@ -149,6 +149,7 @@ mod maintain;
 mod operate;
 pub(crate) mod record;
 mod reply;
+mod schedules;
 mod scripts;
 mod usage;
 
@@ -647,5 +648,25 @@ impl Broker for RedisBroker {
 
     async fn workers(&self) -> Result<Vec<crate::broker::WorkerInfo>, BrokerError> {
         self.live_workers().await
+    }
+
+    async fn put_schedule(
+        &self,
+        schedule: &crate::schedule::Schedule,
+        quota: &TenantQuota,
+        max_schedules: u32,
+    ) -> Result<crate::broker::StoredSchedule, BrokerError> {
+        self.store_schedule(schedule, quota, max_schedules).await
+    }
+
+    async fn remove_schedule(&self, tenant: &str, name: &str) -> Result<bool, BrokerError> {
+        self.drop_schedule(tenant, name).await
+    }
+
+    async fn schedules(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<crate::broker::StoredSchedule>, BrokerError> {
+        self.list_schedules(tenant).await
     }
 }

@@ -51,6 +51,8 @@ struct Scripts {
     requeue: Script,
     pause: Script,
     list: Script,
+    put_schedule: Script,
+    fire: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -70,7 +72,123 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     requeue: lua!("requeue.lua"),
     pause: lua!("pause.lua"),
     list: lua!("list.lua"),
+    put_schedule: lua!("put_schedule.lua"),
+    fire: lua!("fire.lua"),
 });
+
+/// Stores one schedule's record and next tick within `max_schedules`;
+/// `Err(have)` when a new name would pass it.
+pub async fn put_schedule(
+    conn: &mut Conn,
+    tenant: &TenantKeys,
+    name: &str,
+    record: &[u8],
+    next_us: Option<i64>,
+    max_schedules: u32,
+) -> Result<Result<(), usize>, BrokerError> {
+    const OP: &str = "put_schedule";
+    let mut inv = SCRIPTS.put_schedule.prepare_invoke();
+    inv.key(&tenant.schedules)
+        .key(&tenant.sched_next)
+        .arg(name)
+        .arg(record);
+    match next_us {
+        Some(at) => inv.arg(at),
+        None => inv.arg(""),
+    };
+    inv.arg(max_schedules);
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    match reply.int()? {
+        0 => Ok(Ok(())),
+        1 => Ok(Err(reply.count()?)),
+        other => Err(reply.corrupt(format!("unknown code {other}"))),
+    }
+}
+
+/// A task a schedule's tick stores (see [`fire`]).
+pub struct TickTask<'a> {
+    /// Its id.
+    pub id: String,
+    /// Its JSON.
+    pub json: Vec<u8>,
+    /// Its first metadata, packed (state pending).
+    pub meta: Vec<u8>,
+    /// The quota it is stored within.
+    pub quota: &'a TenantQuota,
+}
+
+/// How [`fire`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    /// The tick had moved on already (another worker fired it).
+    NotOurs,
+    /// Moved on, and the task stored.
+    Stored,
+    /// Moved on, no task asked for.
+    Passed,
+    /// Moved on; the task refused by the tenant's max_queued.
+    QueueFull,
+    /// Moved on; the task refused by the tenant's max_queues.
+    TooManyQueues,
+}
+
+/// Moves schedule `name`'s tick from `tick_us` to `next_us` if it is still
+/// `tick_us`, storing `task` (into `queue`) in the same step.
+pub async fn fire(
+    conn: &mut Conn,
+    queue: &QueueKeys,
+    name: &str,
+    tick_us: i64,
+    next_us: Option<i64>,
+    task: Option<&TickTask<'_>>,
+) -> Result<Fired, BrokerError> {
+    const OP: &str = "maintain";
+    let mut inv = SCRIPTS.fire.prepare_invoke();
+    inv.key(&queue.tenant.sched_next)
+        .key(&queue.pending)
+        .key(&queue.task)
+        .key(&queue.meta)
+        .key(&queue.tenant.queues)
+        .key(&queue.tenant.queued)
+        .key(&queue.tenant.cap)
+        .arg(name)
+        .arg(tick_us);
+    match next_us {
+        Some(at) => inv.arg(at),
+        None => inv.arg(""),
+    };
+    match task {
+        Some(t) => {
+            inv.arg(&t.id)
+                .arg(&t.json[..])
+                .arg(&t.meta[..])
+                .arg(t.quota.max_queued.min(LUA_MAX))
+                .arg(t.quota.max_queues)
+                .arg(&queue.name);
+            match t.quota.max_concurrency {
+                u32::MAX => inv.arg(""),
+                cap => inv.arg(cap),
+            };
+        }
+        None => {
+            inv.arg("")
+                .arg("")
+                .arg("")
+                .arg("")
+                .arg("")
+                .arg(&queue.name)
+                .arg("");
+        }
+    }
+    match reply::int(OP, &run(OP, conn, &inv).await?)? {
+        0 => Ok(Fired::NotOurs),
+        1 => Ok(Fired::Stored),
+        2 => Ok(Fired::Passed),
+        3 => Ok(Fired::QueueFull),
+        4 => Ok(Fired::TooManyQueues),
+        other => Err(reply::corrupt(OP, format!("unknown code {other}"))),
+    }
+}
 
 async fn run(
     op: &'static str,
@@ -96,6 +214,8 @@ pub struct EnqueueItem {
     pub meta: Vec<u8>,
     /// When it is due (µs), if later than now.
     pub due_us: Option<i64>,
+    /// Its unique key and until when the key holds (µs).
+    pub unique: Option<(String, i64)>,
 }
 
 /// A wake-up the enqueue script pushes itself once it stored ready tasks:
@@ -143,17 +263,28 @@ pub async fn enqueue(
         .key(&keys.tenant.queues)
         .key(&keys.tenant.queued)
         .key(&keys.tenant.due)
+        .key(&keys.tenant.cap)
+        .key(&keys.tenant.unique)
+        .key(&keys.tenant.unique_ttl)
         .arg(now_us)
         .arg(max_queued_in_queue)
         .arg(quota.max_queued.min(LUA_MAX))
         .arg(quota.max_queues)
-        .arg(&keys.name)
-        .arg(items.len());
+        .arg(&keys.name);
+    match quota.max_concurrency {
+        u32::MAX => inv.arg(""),
+        cap => inv.arg(cap),
+    };
+    inv.arg(items.len());
     for item in items {
         inv.arg(&item.id).arg(&item.json[..]).arg(&item.meta[..]);
         match item.due_us {
             Some(due) => inv.arg(due),
             None => inv.arg(""),
+        };
+        match &item.unique {
+            Some((key, until)) => inv.arg(key).arg(until),
+            None => inv.arg("").arg(""),
         };
     }
     if let Some(wake) = wake {
@@ -194,6 +325,14 @@ pub async fn enqueue(
                 quota.max_queues,
             ),
         }),
+        5 => Err(BrokerError::Deduplicated {
+            op: OP,
+            existing: reply.task_id()?,
+        }),
+        6 => Err(BrokerError::Invalid {
+            op: OP,
+            reason: "two tasks of one enqueue share a unique key".into(),
+        }),
         other => Err(reply.corrupt(format!("unknown code {other}"))),
     }
 }
@@ -212,6 +351,8 @@ pub struct AcquireArgs<'a> {
     pub promote_max: usize,
     /// max_attempts for raw entries that name none.
     pub default_max_attempts: u32,
+    /// The tenant's fleet-wide concurrency cap as the worker knows it.
+    pub cap: Option<u32>,
     /// Fresh ids for raw entries.
     pub fresh: &'a [String],
 }
@@ -258,6 +399,9 @@ pub async fn acquire(
         .key(&keys.tenant.due)
         .key(&keys.tenant.paused)
         .key(&keys.retrying)
+        .key(&keys.tenant.running)
+        .key(&keys.tenant.cap)
+        .key(&keys.tenant.capped)
         .arg(args.now_us)
         .arg(args.expires_us)
         .arg(args.worker)
@@ -265,6 +409,10 @@ pub async fn acquire(
         .arg(args.promote_max)
         .arg(args.default_max_attempts)
         .arg(&keys.name);
+    match args.cap {
+        Some(cap) => inv.arg(cap),
+        None => inv.arg(""),
+    };
     for id in args.fresh {
         inv.arg(id);
     }
@@ -387,7 +535,8 @@ pub struct Keep {
 }
 
 /// Finishes tasks of one queue; one flag per item, `false` where the lease
-/// was lost.
+/// was lost, and the tenant's queues a slot under its cap was freed for
+/// (their workers are to be woken).
 pub async fn ack(
     conn: &mut Conn,
     keys: &QueueKeys,
@@ -395,7 +544,7 @@ pub async fn ack(
     keep: &Keep,
     usage: &Billing,
     items: &[AckItem],
-) -> Result<Vec<bool>, BrokerError> {
+) -> Result<(Vec<bool>, Vec<String>), BrokerError> {
     const OP: &str = "ack";
     let mut inv = SCRIPTS.ack.prepare_invoke();
     inv.key(&keys.pending)
@@ -413,6 +562,8 @@ pub async fn ack(
         .key(&usage.key)
         .key(&keys.cancelled)
         .key(&keys.retrying)
+        .key(&keys.tenant.running)
+        .key(&keys.tenant.capped)
         .arg(now_us)
         .arg(keep.max_completed)
         .arg(keep.max_dead)
@@ -436,9 +587,24 @@ pub async fn ack(
         };
         calls_args(&mut inv, item.calls.as_ref());
     }
-    // One code per outcome.
-    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, items.len())?;
-    items.iter().map(|_| reply.held()).collect()
+    // One code per outcome, then the queue names to wake.
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    if reply.remaining() < items.len() {
+        return Err(reply.corrupt(format!(
+            "{} codes for {} outcomes",
+            reply.remaining(),
+            items.len()
+        )));
+    }
+    let held = items
+        .iter()
+        .map(|_| reply.held())
+        .collect::<Result<Vec<bool>, _>>()?;
+    let mut wake = Vec::with_capacity(reply.remaining());
+    while reply.remaining() > 0 {
+        wake.push(reply.string()?);
+    }
+    Ok((held, wake))
 }
 
 /// Extends leases of one queue's tasks; returns the ids no longer held.
@@ -452,6 +618,7 @@ pub async fn heartbeat(
     let mut inv = SCRIPTS.heartbeat.prepare_invoke();
     inv.key(&keys.active)
         .key(&keys.meta)
+        .key(&keys.tenant.running)
         .arg(expires_us)
         .arg(leases.len());
     for (id, token) in leases {
@@ -496,7 +663,10 @@ pub async fn maintain(
     const OP: &str = "maintain";
     let keep = &args.keep;
     let mut inv = SCRIPTS.maintain.prepare_invoke();
-    inv.key(&tenant.queues).key(&tenant.queued).key(&tenant.due);
+    inv.key(&tenant.queues)
+        .key(&tenant.queued)
+        .key(&tenant.due)
+        .key(&tenant.running);
     for keys in queues {
         for key in keys.all() {
             inv.key(key);

@@ -32,6 +32,10 @@
 --                             tasks completed, retried and died
 -- KEYS[14] cancelled (zset)
 -- KEYS[15] retrying  (string) the queue's count of retrying tasks
+-- KEYS[16] running   (zset)   the tenant's active ids over all queues
+-- KEYS[17] capped    (set)    the tenant's queue names held back by its
+--                             cap: a call that frees a slot returns them
+--                             (and clears the set) so their workers wake
 --
 -- A task whose cancel was asked for (state k) that comes back as a retry
 -- or a release is cancelled instead: it never runs again.
@@ -56,6 +60,7 @@
 -- Returns one code per outcome, in order:
 --         0 applied (or already applied under this token)
 --         1 lease lost
+--         then the queue names to wake (KEYS[17]), if any
 
 local k_pending, k_active, k_scheduled, k_completed, k_dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local k_task, k_meta, k_progress, k_error = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -172,9 +177,16 @@ for i = 0, n - 1 do
     codes[i + 1] = code
 end
 
+local wake = nil
 if n_active > 0 then
     redis.call('ZREM', k_active, unpack(active_rem))
     redis.call('HSET', k_meta, unpack(meta_args))
+    if redis.call('ZREM', KEYS[16], unpack(active_rem)) > 0 then
+        wake = redis.call('SMEMBERS', KEYS[17])
+        if #wake > 0 then
+            redis.call('DEL', KEYS[17])
+        end
+    end
 end
 if n_progress > 0 then
     redis.call('HSET', k_progress, unpack(progress_set))
@@ -228,6 +240,11 @@ elseif n_active > 0 then
     end
     if at then
         due_by(KEYS[11], queue, at)
+    end
+end
+if wake then
+    for i, name in ipairs(wake) do
+        codes[n + i] = name
     end
 end
 return codes

@@ -36,6 +36,11 @@
 -- KEYS[11] paused    (set)    the tenant's paused queue names: a paused
 --                             queue gives nothing (and promotes nothing)
 -- KEYS[12] retrying  (string) the queue's count of retrying tasks
+-- KEYS[13] running   (zset)   the tenant's active ids over all queues and
+--                             workers, by lease expiry
+-- KEYS[14] cap       (string) the tenant's fleet-wide concurrency cap
+-- KEYS[15] capped    (set)    the tenant's queue names held back by the cap,
+--                             woken by the ack that frees a slot
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] lease expiry (µs)
@@ -44,7 +49,10 @@
 -- ARGV[5] max due tasks to promote
 -- ARGV[6] default max_attempts for raw entries that name none
 -- ARGV[7] the queue's name, as the tenant's queue set holds it
--- ARGV[8..] fresh ids for raw entries; at most one raw entry per fresh id
+-- ARGV[8] the tenant's concurrency cap as the worker read it from the
+--         catalog, or empty when it has none: stored in KEYS[14] when it
+--         differs, so every worker (and ack.lua) sees the newest
+-- ARGV[9..] fresh ids for raw entries; at most one raw entry per fresh id
 --           is taken, the rest wait for the next call
 --
 -- Returns {promoted, pending_left, next_due, n, then 6 values per leased task:
@@ -64,10 +72,30 @@ local now, expires, worker = ARGV[1], ARGV[2], ARGV[3]
 local max, promote_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 local default_max_attempts = tonumber(ARGV[6])
 local k_queues, k_queued, queue = KEYS[8], KEYS[9], ARGV[7]
-local next_fresh = 8
+local next_fresh = 9
 
 if redis.call('SISMEMBER', KEYS[11], queue) == 1 then
     return {0, 0, false, 0}
+end
+
+-- 0. The tenant's fleet-wide cap: no more of its tasks leased at once,
+-- over all workers, than the cap. Leases that ran out no longer count
+-- (maintain.lua returns their tasks).
+local cap = redis.call('GET', KEYS[14])
+if ARGV[8] ~= '' and ARGV[8] ~= cap then
+    redis.call('SET', KEYS[14], ARGV[8])
+    cap = ARGV[8]
+end
+cap = tonumber(cap)
+if cap then
+    redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', '(' .. now)
+    local room = cap - redis.call('ZCARD', KEYS[13])
+    if room < max then
+        max = math.max(room, 0)
+        if redis.call('LLEN', k_pending) > max then
+            redis.call('SADD', KEYS[15], queue)
+        end
+    end
 end
 
 -- 1. Due delayed and retrying tasks join the back of pending.
@@ -203,6 +231,7 @@ if #leases > 0 then
     end
     redis.call('HSET', k_meta, unpack(meta_args))
     redis.call('ZADD', k_active, unpack(zadd_args))
+    redis.call('ZADD', KEYS[13], unpack(zadd_args))
     unqueue(k_queued, stored)
     due_by(KEYS[10], queue, expires)
     if raw > 0 then

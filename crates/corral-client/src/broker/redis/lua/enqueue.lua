@@ -16,7 +16,13 @@
 -- KEYS[6] queues     (set)   the tenant's queue names
 -- KEYS[7] queued     (string) the tenant's count of queued tasks
 -- KEYS[8] due        (zset)  the tenant's due index (delayed tasks)
--- KEYS[9] wake       (list)  optional: the queue name's wake-up list, given
+-- KEYS[9] cap        (string) the tenant's fleet-wide concurrency cap:
+--                            written when ARGV[6] carries one, so a worker
+--                            that has never seen the tenant still holds it
+--                            to its cap from the first acquire
+-- KEYS[10] unique    (hash)  the tenant's unique keys -> the task holding each
+-- KEYS[11] unique-ttl (zset) the tenant's unique keys by expiry (µs)
+-- KEYS[12] wake      (list)  optional: the queue name's wake-up list, given
 --                            only where it shares a server with the queue
 --                            (standalone Redis), so the wake-up is part of
 --                            the same call
@@ -26,10 +32,13 @@
 -- ARGV[3] the tenant's max_queued
 -- ARGV[4] the tenant's max_queues
 -- ARGV[5] the queue's name, as the tenant's queue set holds it
--- ARGV[6] n, the number of tasks; then 4 values per task:
+-- ARGV[6] the tenant's max_concurrency, or empty (an unlimited enqueue
+--         leaves the stored cap alone)
+-- ARGV[7] n, the number of tasks; then 6 values per task:
 --         id, task JSON, metadata (packed by Rust, see common.lua; state
---         p or s), due (µs; empty = ready now)
---         then, with KEYS[9]: the wake-up token and how many tokens to keep
+--         p or s), due (µs; empty = ready now), unique key and until when
+--         it holds (µs) (both empty: none)
+--         then, with KEYS[12]: the wake-up token and how many tokens to keep
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
 --         {1, id}      nothing stored: task `id` already exists (or is
@@ -40,20 +49,24 @@
 --                      queued and these would pass its max_queued
 --         {4, queues}  nothing stored: the queue is new and the tenant
 --                      already has `queues` queue names, its max_queues
+--         {5, id}      nothing stored: task `id` holds a task's unique key
+--         {6, key}     nothing stored: two tasks share unique key `key`
 
 local k_queues, k_queued = KEYS[6], KEYS[7]
+local now = ARGV[1]
 local bound_max = tonumber(ARGV[2])
 local max_queued, max_queues = tonumber(ARGV[3]), tonumber(ARGV[4])
 local queue = ARGV[5]
-local n = tonumber(ARGV[6])
-local first = 7
+local n = tonumber(ARGV[7])
+local first = 8
 
 if n == 0 then
     return {0, 0}
 end
+local stride = 6
 local ids = {}
 for i = 0, n - 1 do
-    ids[i + 1] = ARGV[first + i * 4]
+    ids[i + 1] = ARGV[first + i * stride]
 end
 local existing = redis.call('HMGET', KEYS[5], unpack(ids))
 local seen = {}
@@ -62,6 +75,30 @@ for i = 1, n do
         return {1, ids[i]}
     end
     seen[ids[i]] = true
+end
+-- Unique keys: a few expired ones are dropped, then a key still held
+-- refuses the group, naming the task that holds it.
+local unique_until = nil
+for i = 0, n - 1 do
+    local key = ARGV[first + i * stride + 4]
+    if key ~= '' then
+        if not unique_until then
+            unique_until = {}
+            local old = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now, 'LIMIT', 0, 64)
+            if #old > 0 then
+                redis.call('ZREM', KEYS[11], unpack(old))
+                redis.call('HDEL', KEYS[10], unpack(old))
+            end
+        end
+        if unique_until[key] then
+            return {6, key}
+        end
+        local held = redis.call('ZSCORE', KEYS[11], key)
+        if held and tonumber(held) > tonumber(now) then
+            return {5, redis.call('HGET', KEYS[10], key)}
+        end
+        unique_until[key] = ARGV[first + i * stride + 5]
+    end
 end
 local here = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
     + redis.call('ZCARD', KEYS[3])
@@ -80,12 +117,15 @@ if redis.call('SISMEMBER', k_queues, queue) == 0 then
     redis.call('SADD', k_queues, queue)
 end
 redis.call('INCRBY', k_queued, n)
+if ARGV[6] ~= '' then
+    redis.call('SET', KEYS[9], ARGV[6])
+end
 
 local tasks, metas, ready, delayed = {}, {}, {}, {}
 local nt, nm, nr, nd = 0, 0, 0, 0
 local first_due = nil
 for i = 0, n - 1 do
-    local base = first + i * 4
+    local base = first + i * stride
     local id, due = ARGV[base], ARGV[base + 3]
     tasks[nt + 1] = id
     tasks[nt + 2] = ARGV[base + 1]
@@ -107,6 +147,27 @@ for i = 0, n - 1 do
     end
 end
 redis.call('HSET', KEYS[4], unpack(tasks))
+if unique_until then
+    local last = 0
+    for i = 0, n - 1 do
+        local key = ARGV[first + i * stride + 4]
+        if key ~= '' then
+            local at = ARGV[first + i * stride + 5]
+            redis.call('HSET', KEYS[10], key, ids[i + 1])
+            redis.call('ZADD', KEYS[11], at, key)
+            last = math.max(last, tonumber(at))
+        end
+    end
+    -- Both keys go with their last entry, whoever stops sending.
+    local ms = math.max(math.ceil((last - tonumber(now)) / 1000), 1)
+    for _, k in ipairs({KEYS[10], KEYS[11]}) do
+        if redis.call('PTTL', k) == -1 then
+            redis.call('PEXPIRE', k, ms)
+        else
+            redis.call('PEXPIRE', k, ms, 'GT')
+        end
+    end
+end
 if nd > 0 then
     redis.call('ZADD', KEYS[2], unpack(delayed))
     due_by(KEYS[8], queue, first_due)
@@ -114,10 +175,10 @@ end
 redis.call('HSET', KEYS[5], unpack(metas))
 if nr > 0 then
     redis.call('LPUSH', KEYS[1], unpack(ready))
-    if KEYS[9] then
-        local wake_at = first + n * 4
-        redis.call('LPUSH', KEYS[9], ARGV[wake_at])
-        redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[wake_at + 1]) - 1)
+    if KEYS[12] then
+        local wake_at = first + n * stride
+        redis.call('LPUSH', KEYS[12], ARGV[wake_at])
+        redis.call('LTRIM', KEYS[12], 0, tonumber(ARGV[wake_at + 1]) - 1)
     end
 end
 return {0, nr}

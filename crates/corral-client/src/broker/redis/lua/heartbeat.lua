@@ -2,6 +2,7 @@
 --
 -- KEYS[1] active  (zset)
 -- KEYS[2] meta    (hash)
+-- KEYS[3] running (zset)   the tenant's active ids: extended alongside
 --
 -- ARGV[1] new lease expiry (µs)
 -- ARGV[2] n; then 2 values per lease: id, token
@@ -32,5 +33,6 @@ for i = 0, n - 1 do
 end
 if #zadd_args > 0 then
     redis.call('ZADD', KEYS[1], unpack(zadd_args))
+    redis.call('ZADD', KEYS[3], unpack(zadd_args))
 end
 return lost

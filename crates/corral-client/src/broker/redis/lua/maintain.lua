@@ -22,6 +22,7 @@
 -- KEYS[1] queues     (set)    the tenant's queue names
 -- KEYS[2] queued     (string) the tenant's count of queued tasks
 -- KEYS[3] due        (zset)   the tenant's due index
+-- KEYS[4] running    (zset)   the tenant's active ids: expired ones leave
 -- then 11 keys per queue, in the order of the names in ARGV:
 --   pending (list), active, scheduled, completed, dead (zsets),
 --   task, meta, progress, error (hashes), cancelled (zset),
@@ -81,6 +82,7 @@ local function maintain(queue, base)
     end
     for _, id in ipairs(expired) do
         redis.call('ZREM', k_active, id)
+        redis.call('ZREM', KEYS[4], id)
         local m = meta_get(k_meta, id)
         if m and m.state == 'k' then
             m.updated = now
@@ -141,7 +143,7 @@ end
 local out = {0}
 local n = 1
 for i = 9, #ARGV do
-    local p, r, d, t = maintain(ARGV[i], 4 + (i - 9) * 11)
+    local p, r, d, t = maintain(ARGV[i], 5 + (i - 9) * 11)
     out[n + 1], out[n + 2], out[n + 3], out[n + 4] = p, r, d, t
     n = n + 4
 end

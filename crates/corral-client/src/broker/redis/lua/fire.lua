@@ -1,0 +1,69 @@
+-- fire.lua: fires one tick of a schedule: moves its stored tick on and,
+-- when asked, stores the tick's task, in one atomic step that first checks
+-- the stored tick is still the one the caller planned from. Every worker's
+-- maintenance may try the same tick; exactly one moves it, and so exactly
+-- one task is stored per tick, whatever crashes or restarts happen.
+--
+-- The task is stored as enqueue.lua stores a ready task, within the
+-- tenant's max_queued and max_queues; a task they refuse is not stored but
+-- the tick still moves on (a schedule does not pile up refused ticks).
+--
+-- KEYS[1] sched-next (zset)   the tenant's schedules' next ticks
+-- KEYS[2] pending    (list)   the task's queue
+-- KEYS[3] task       (hash)
+-- KEYS[4] meta       (hash)
+-- KEYS[5] queues     (set)    the tenant's queue names
+-- KEYS[6] queued     (string) the tenant's count of queued tasks
+-- KEYS[7] cap        (string) the tenant's concurrency cap
+--
+-- ARGV[1] the schedule's name
+-- ARGV[2] the tick planned from (µs)
+-- ARGV[3] the next tick (µs), or empty when there is none
+-- ARGV[4] the task's id, or empty: no task for this tick
+-- ARGV[5] the task JSON
+-- ARGV[6] the task's metadata (packed by Rust; state p)
+-- ARGV[7] the tenant's max_queued
+-- ARGV[8] the tenant's max_queues
+-- ARGV[9] the queue's name, as the tenant's queue set holds it
+-- ARGV[10] the tenant's max_concurrency, or empty
+--
+-- Returns 0 the stored tick is not ARGV[2] (another worker fired it, or
+--           the schedule was replaced or removed): nothing changed
+--         1 fired, the task stored
+--         2 fired, no task asked for
+--         3 fired, the task refused: the tenant's max_queued
+--         4 fired, the task refused: the tenant's max_queues
+
+local name = ARGV[1]
+local stored = redis.call('ZSCORE', KEYS[1], name)
+if not stored or tonumber(stored) ~= tonumber(ARGV[2]) then
+    return 0
+end
+if ARGV[3] ~= '' then
+    redis.call('ZADD', KEYS[1], ARGV[3], name)
+else
+    redis.call('ZREM', KEYS[1], name)
+end
+local id = ARGV[4]
+if id == '' then
+    return 2
+end
+local queued = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
+if queued + 1 > tonumber(ARGV[7]) then
+    return 3
+end
+local queue = ARGV[9]
+if redis.call('SISMEMBER', KEYS[5], queue) == 0 then
+    if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[8]) then
+        return 4
+    end
+    redis.call('SADD', KEYS[5], queue)
+end
+redis.call('INCRBY', KEYS[6], 1)
+if ARGV[10] ~= '' then
+    redis.call('SET', KEYS[7], ARGV[10])
+end
+redis.call('HSET', KEYS[3], id, ARGV[5])
+redis.call('HSET', KEYS[4], id, ARGV[6])
+redis.call('LPUSH', KEYS[2], id)
+return 1
