@@ -18,6 +18,7 @@ use corral::broker::{
     Outcome, PageQuery, RedisBroker, RedisConfig, Retention, TenantQuota, WorkerInfo,
 };
 use corral::clock::{self, Clock, ManualClock};
+use corral::schedule::{Missed, Schedule, Timing};
 use corral::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
 use futures_util::future::join_all;
 use rand::rngs::StdRng;
@@ -2273,6 +2274,153 @@ pub async fn a_unique_key_holds_for_its_ttl_within_its_tenant<K: Backend>() {
     assert_eq!(queued(b, "acme").await, 3);
 }
 
+fn every(name: &str, secs: u64, queue: &str, missed: Missed) -> Schedule {
+    Schedule {
+        name: name.into(),
+        tenant: "acme".into(),
+        timing: Timing::Every { secs },
+        missed,
+        job: "job".into(),
+        args: ArgsMap::new(),
+        queue: queue.into(),
+        max_attempts: None,
+        timeout_ms: None,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// Maintenance passes of three workers at once.
+async fn maintain_as_three<B: Broker>(b: &B) -> (usize, usize) {
+    let passes = join_all([b.maintain(), b.maintain(), b.maintain()]).await;
+    passes.into_iter().fold((0, 0), |(e, s), m| {
+        let m = m.expect("maintain");
+        (e + m.ticks_enqueued, s + m.ticks_skipped)
+    })
+}
+
+pub async fn each_schedule_tick_is_enqueued_once_whoever_maintains<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let start = fx.clock.now();
+    let stored = b
+        .put_schedule(
+            &every("tick", 10, Q, Missed::Skip),
+            &TenantQuota::UNLIMITED,
+            2,
+        )
+        .await
+        .expect("put");
+    assert_eq!(
+        stored.next_tick,
+        Some(start + chrono::Duration::seconds(10))
+    );
+    // Nothing is due yet.
+    assert_eq!(maintain_as_three(b).await, (0, 0));
+    fx.clock.advance(Duration::from_secs(35));
+    assert_eq!(maintain_as_three(b).await, (3, 0));
+    fx.clock.advance(Duration::from_secs(10));
+    assert_eq!(maintain_as_three(b).await, (1, 0));
+    assert_eq!(maintain_as_three(b).await, (0, 0));
+    // One task per tick, stamped with it.
+    let got = b.acquire(&req("w", &[Q], 10)).await.expect("acquire");
+    let mut stamps: Vec<i64> = got
+        .iter()
+        .map(|l| (l.task.created_at - start).num_seconds())
+        .collect();
+    stamps.sort_unstable();
+    assert_eq!(stamps, [10, 20, 30, 40]);
+    assert!(
+        got.iter()
+            .all(|l| l.task.tenant == "acme" && l.task.job_name == "job")
+    );
+    let listed = b.schedules("acme").await.expect("schedules");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].next_tick,
+        Some(start + chrono::Duration::seconds(50))
+    );
+    // The tenant's max_schedules holds for new names; a replace is fine.
+    b.put_schedule(
+        &every("other", 60, Q, Missed::Skip),
+        &TenantQuota::UNLIMITED,
+        2,
+    )
+    .await
+    .expect("second schedule");
+    assert!(matches!(
+        b.put_schedule(
+            &every("third", 60, Q, Missed::Skip),
+            &TenantQuota::UNLIMITED,
+            2
+        )
+        .await,
+        Err(BrokerError::Full { .. })
+    ));
+    b.put_schedule(
+        &every("tick", 20, Q, Missed::Skip),
+        &TenantQuota::UNLIMITED,
+        2,
+    )
+    .await
+    .expect("replace");
+    let mut bad = every("bad", 10, Q, Missed::Skip);
+    bad.timing = Timing::Cron {
+        expr: "not cron".into(),
+        tz: None,
+    };
+    assert!(matches!(
+        b.put_schedule(&bad, &TenantQuota::UNLIMITED, 10).await,
+        Err(BrokerError::Invalid { .. })
+    ));
+    // Removed: no more ticks.
+    assert!(b.remove_schedule("acme", "tick").await.expect("remove"));
+    assert!(b.remove_schedule("acme", "other").await.expect("remove"));
+    assert!(
+        !b.remove_schedule("acme", "tick")
+            .await
+            .expect("remove again")
+    );
+    fx.clock.advance(Duration::from_secs(600));
+    assert_eq!(maintain_as_three(b).await, (0, 0));
+    assert!(b.schedules("acme").await.expect("schedules").is_empty());
+}
+
+pub async fn missed_ticks_are_skipped_or_run_once_and_quotas_hold<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    for (name, missed) in [("skip", Missed::Skip), ("once", Missed::Once)] {
+        b.put_schedule(&every(name, 10, name, missed), &TenantQuota::UNLIMITED, 10)
+            .await
+            .expect("put");
+    }
+    // A ten-minute outage: ticks more than a minute late, with later ones
+    // due too, are missed; the last minute's run.
+    fx.clock.advance(Duration::from_secs(605));
+    let (enqueued, skipped) = maintain_as_three(b).await;
+    let pending = |q: &'static str| async move { b.stats("acme", q).await.expect("stats").pending };
+    assert_eq!(pending("skip").await, 6);
+    assert_eq!(pending("once").await, 7);
+    assert_eq!((enqueued, skipped), (13, 1));
+    // A tick whose task the tenant's quota refuses still passes.
+    let tight = TenantQuota {
+        max_queued: 13,
+        ..TenantQuota::UNLIMITED
+    };
+    b.put_schedule(&every("full", 10, "full", Missed::Skip), &tight, 10)
+        .await
+        .expect("put");
+    fx.clock.advance(Duration::from_secs(10));
+    let (_, skipped) = maintain_as_three(b).await;
+    assert!(skipped >= 1, "the refused tick passed");
+    assert_eq!(pending("full").await, 0);
+    let listed = b.schedules("acme").await.expect("schedules");
+    let full = listed
+        .iter()
+        .find(|s| s.schedule.name == "full")
+        .expect("listed");
+    assert!(full.next_tick > Some(fx.clock.now()));
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -2313,7 +2461,9 @@ macro_rules! conformance {
                 workers_register_and_drop_out_after_their_ttl,
                 a_tenants_cap_holds_over_every_worker_and_queue,
                 a_slot_freed_under_a_cap_wakes_a_waiting_acquire,
-                a_unique_key_holds_for_its_ttl_within_its_tenant
+                a_unique_key_holds_for_its_ttl_within_its_tenant,
+                each_schedule_tick_is_enqueued_once_whoever_maintains,
+                missed_ticks_are_skipped_or_run_once_and_quotas_hold
             );
         }
     };
