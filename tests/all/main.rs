@@ -37,4 +37,5 @@ mod readme;
 mod redis_broker;
 mod replay;
 mod scaffold;
+mod schedules;
 mod tenants;

@@ -9,7 +9,7 @@
 //! | `GET /v1/jobs` | the newest version of each job, by name (`?after=&limit=`) | 200 `{jobs: [...], truncated, next}` |
 //! | `GET /v1/jobs/{name}` | one job (`?version=N` for an older one) | 200 the definition |
 //! | `DELETE /v1/jobs/{name}` | remove a job, every version (its queued tasks then fail `unknown_job`) | 204 |
-//! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}` |
+//! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}`; 200 with `deduplicated: true` when its `unique_key` is held |
 //! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=&cursor=`) by queue, state, newest first | 200 `{tasks: [...], truncated, next}` |
 //! | `GET /v1/tasks/{id}` | one task | 200 the task |
 //! | `POST /v1/tasks/{id}/retry` | run a dead or cancelled task again | 200 `{task_id, state}` |
@@ -21,6 +21,9 @@
 //! | `POST /v1/queues/{queue}/retry-dead` | run every dead task of the queue again | 200 `{queue, retried}` |
 //! | `DELETE /v1/queues/{queue}/tasks?state=S` | delete the queue's tasks in state `S` (not `active`) | 200 `{queue, state, purged}` |
 //! | `GET /v1/workers` | the live workers serving the tenant's queue names, without task ids | 200 `{workers: [...], truncated}` |
+//! | `POST /v1/schedules` | store a schedule (`cron` or `every_secs`) of a job | 201 the schedule with `next_tick` |
+//! | `GET /v1/schedules` | the tenant's schedules by name | 200 `{schedules: [...]}` |
+//! | `DELETE /v1/schedules/{name}` | remove a schedule | 204 |
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
 //! | `GET /v1/usage` | what the tenant's tasks cost per UTC day (`?since=&until=`, `YYYY-MM-DD`, default the last 30 days) | 200 `{tenant, since, until, days: [...], total}` |
@@ -70,6 +73,7 @@ pub mod metrics;
 mod modules;
 mod operate;
 pub mod page;
+mod schedules;
 pub mod server;
 mod tasks;
 mod tenants;
@@ -201,6 +205,11 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
         )
         .route("/v1/queues/{queue}/tasks", delete(operate::purge::<B>))
         .route("/v1/workers", get(operate::workers::<B>))
+        .route(
+            "/v1/schedules",
+            get(schedules::list::<B>).post(schedules::put::<B>),
+        )
+        .route("/v1/schedules/{name}", delete(schedules::remove::<B>))
         .route("/v1/stats", get(tasks::stats::<B>))
         .route("/v1/usage", get(usage::show::<B>))
         .route("/v1/tenants", get(tenants::list::<B>))

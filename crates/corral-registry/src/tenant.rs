@@ -34,8 +34,9 @@ pub struct TenantLimits {
     pub max_memory_bytes: u64,
     /// Longest wall-clock time a job may set per handler call, in ms.
     pub max_timeout_ms: u64,
-    /// Tasks of this tenant running at once on one worker. (A tenant not
-    /// in the catalog has no such cap: see `Registry::concurrency_cap`.)
+    /// Tasks of this tenant running at once over all workers together.
+    /// (A tenant not in the catalog has no such cap: see
+    /// `Registry::concurrency_cap`.)
     pub max_concurrency: u32,
     /// Tasks of this tenant waiting (pending, delayed or retrying) at once.
     pub max_queued: u64,
@@ -57,6 +58,8 @@ pub struct TenantLimits {
     pub max_output_bytes: u64,
     /// Highest `max_log_bytes` a job of this tenant may set.
     pub max_log_bytes: u64,
+    /// Schedules this tenant may have.
+    pub max_schedules: u32,
 }
 
 impl Default for TenantLimits {
@@ -76,6 +79,7 @@ impl Default for TenantLimits {
             max_handlers_per_job: 32,
             max_output_bytes: 4 << 20,
             max_log_bytes: 1 << 20,
+            max_schedules: 100,
         }
     }
 }

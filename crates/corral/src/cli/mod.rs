@@ -37,6 +37,7 @@ mod progress;
 mod queues;
 mod replay;
 pub mod sandbox_args;
+mod schedules;
 mod secret;
 mod serve;
 mod stats;
@@ -153,6 +154,9 @@ enum Command {
     Stats(stats::StatsArgs),
     /// The live workers on the shared (Redis) broker.
     Workers(workers::WorkersArgs),
+    /// Add, list and remove schedules (tasks enqueued on a cron timetable
+    /// or every so often) on the shared (Redis) broker.
+    Schedules(schedules::SchedulesArgs),
     /// Run a finished task again, locally and outside the broker, and
     /// compare the run with the stored one; exits 0 if they match, 1 if
     /// they differ, 2 if the task cannot be replayed.
@@ -339,6 +343,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queues(args) => queues::run(args).await,
         Command::Stats(args) => stats::run(args).await,
         Command::Workers(args) => workers::run(args).await,
+        Command::Schedules(args) => schedules::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Completions(args) => completions::run(args),
     }

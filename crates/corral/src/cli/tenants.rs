@@ -134,9 +134,12 @@ struct LimitFlags {
     /// Longest wall-clock time a job may set per handler call (`30s`, `5m`).
     #[arg(long = "max-timeout", value_name = "DURATION", value_parser = parse_millis)]
     max_timeout_ms: Option<u64>,
-    /// Tasks of the tenant running at once on one worker.
+    /// Tasks of the tenant running at once, over all workers together.
     #[arg(long)]
     max_concurrency: Option<u32>,
+    /// Schedules the tenant may have.
+    #[arg(long)]
+    max_schedules: Option<u32>,
     /// Tasks of the tenant waiting at once.
     #[arg(long)]
     max_queued: Option<u64>,
@@ -199,6 +202,7 @@ impl LimitFlags {
         set(&mut limits.max_jobs, self.max_jobs);
         set(&mut limits.max_job_versions, self.max_job_versions);
         set(&mut limits.max_handlers_per_job, self.max_handlers_per_job);
+        set(&mut limits.max_schedules, self.max_schedules);
         if let Some(v) = self.max_concurrency {
             limits.max_concurrency = v.max(1);
         }
