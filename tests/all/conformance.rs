@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::DateTime;
 use corral::broker::{
     AcquireRequest, Broker, BrokerError, Cancelled, Checkpoint, EmbeddedBroker, Lease, Leased,
-    Outcome, PageQuery, RedisBroker, RedisConfig, Retention, TenantQuota, WorkerInfo,
+    Outcome, PageQuery, RateLimit, RedisBroker, RedisConfig, Retention, TenantQuota, WorkerInfo,
 };
 use corral::clock::{self, Clock, ManualClock};
 use corral::schedule::{Missed, Schedule, Timing};
@@ -177,6 +177,7 @@ fn req(worker: &str, queues: &[&str], max: usize) -> AcquireRequest {
         block_for: Duration::ZERO,
         tenant_room: Default::default(),
         tenant_caps: Default::default(),
+        tenant_rates: Default::default(),
     }
 }
 
@@ -1112,6 +1113,7 @@ pub async fn max_queued_holds_under_concurrency_and_stays_exact<K: Backend>() {
         max_queued: LIMIT,
         max_queues: 8,
         max_concurrency: u32::MAX,
+        rate: None,
     };
     let (tenant, queues) = ("acme", ["q0", "q1", "q2"]);
     // 128 enqueues at once against an empty tenant: exactly the limit.
@@ -1136,6 +1138,7 @@ pub async fn max_queued_holds_under_concurrency_and_stays_exact<K: Backend>() {
             .acquire(&AcquireRequest {
                 tenant_room: [("other".to_owned(), 0)].into_iter().collect(),
                 tenant_caps: Default::default(),
+                tenant_rates: Default::default(),
                 ..req("w", &queues, want)
             })
             .await
@@ -1204,6 +1207,7 @@ pub async fn queue_names_are_bounded_per_tenant<K: Backend>() {
         max_queued: 1_000_000,
         max_queues: MAX,
         max_concurrency: u32::MAX,
+        rate: None,
     };
     let tenant = "acme";
     // MAX + k new names at once, some of them odd: exactly MAX are created.
@@ -1436,6 +1440,7 @@ pub async fn idle_queues_cost_no_maintenance_and_due_work_is_still_done<K: Backe
         max_queued: 10,
         max_queues: 1,
         max_concurrency: u32::MAX,
+        rate: None,
     };
     fx.broker
         .enqueue_within(vec![task_in("idle", "fresh", 4)], &quota)
@@ -1819,6 +1824,7 @@ pub async fn retry_runs_a_dead_task_again_and_keeps_its_error<K: Backend>() {
         max_queued: 3,
         max_queues: 10,
         max_concurrency: u32::MAX,
+        rate: None,
     };
     assert!(matches!(
         b.retry_dead(T, Q, &tight).await,
@@ -1900,6 +1906,7 @@ pub async fn delete_and_purge_take_tasks_out_of_every_count<K: Backend>() {
         max_queued: 6,
         max_queues: 10,
         max_concurrency: u32::MAX,
+        rate: None,
     };
     b.enqueue_within((0..6).map(task).collect(), &quota)
         .await
@@ -2421,6 +2428,48 @@ pub async fn missed_ticks_are_skipped_or_run_once_and_quotas_hold<K: Backend>() 
     assert!(full.next_tick > Some(fx.clock.now()));
 }
 
+pub async fn a_tenants_rate_limit_holds_per_window_over_every_worker<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let quota = TenantQuota {
+        max_concurrency: 1000,
+        rate: Some(RateLimit {
+            tasks: 3,
+            per_ms: 1000,
+        }),
+        ..TenantQuota::UNLIMITED
+    };
+    b.enqueue_within((0..12).map(|n| task_in("acme", Q, n)).collect(), &quota)
+        .await
+        .expect("enqueue");
+    b.enqueue((0..4).map(|n| task_in("beta", Q, n)).collect())
+        .await
+        .expect("enqueue");
+    let w1 = take(b, "w1", 20).await;
+    assert_eq!((held(&w1, "acme"), held(&w1, "beta")), (3, 4));
+    // Another worker in the same window: nothing more of acme.
+    assert_eq!(held(&take(b, "w2", 20).await, "acme"), 0);
+    fx.clock.advance(Duration::from_secs(1));
+    assert_eq!(held(&take(b, "w2", 20).await, "acme"), 3);
+    assert_eq!(held(&take(b, "w3", 20).await, "acme"), 0);
+    // A worker's fresher reading wins: a raised limit, then none at all.
+    fx.clock.advance(Duration::from_secs(1));
+    let mut r = req("w4", &[Q], 20);
+    r.tenant_rates = [(
+        "acme".to_owned(),
+        Some(RateLimit {
+            tasks: 4,
+            per_ms: 1000,
+        }),
+    )]
+    .into_iter()
+    .collect();
+    assert_eq!(held(&b.acquire(&r).await.expect("acquire"), "acme"), 4);
+    assert_eq!(held(&take(b, "w5", 20).await, "acme"), 0);
+    r.tenant_rates = [("acme".to_owned(), None)].into_iter().collect();
+    assert_eq!(held(&b.acquire(&r).await.expect("acquire"), "acme"), 2);
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -2463,7 +2512,8 @@ macro_rules! conformance {
                 a_slot_freed_under_a_cap_wakes_a_waiting_acquire,
                 a_unique_key_holds_for_its_ttl_within_its_tenant,
                 each_schedule_tick_is_enqueued_once_whoever_maintains,
-                missed_ticks_are_skipped_or_run_once_and_quotas_hold
+                missed_ticks_are_skipped_or_run_once_and_quotas_hold,
+                a_tenants_rate_limit_holds_per_window_over_every_worker
             );
         }
     };

@@ -282,6 +282,7 @@ async fn every_key_of_a_tenant_carries_its_hash_tag() {
             block_for: Duration::ZERO,
             tenant_room: Default::default(),
             tenant_caps: Default::default(),
+            tenant_rates: Default::default(),
         };
         let got = broker.acquire(&req).await.expect("acquire");
         assert_eq!(got.len(), 1);
@@ -339,6 +340,7 @@ async fn purging_a_queue_gives_back_its_quota() {
         max_queued: 12,
         max_queues: 2,
         max_concurrency: u32::MAX,
+        rate: None,
     };
     let in_queue = |queue: &str, delayed: bool| {
         let mut t = text_task(0);
@@ -368,6 +370,7 @@ async fn purging_a_queue_gives_back_its_quota() {
         block_for: Duration::ZERO,
         tenant_room: Default::default(),
         tenant_caps: Default::default(),
+        tenant_rates: Default::default(),
     };
     let got = broker.acquire(&req).await.expect("acquire");
     assert_eq!(got.len(), 2);
@@ -421,6 +424,7 @@ async fn idle_queues(broker: &RedisBroker, names: &[String]) {
         block_for: Duration::ZERO,
         tenant_room: Default::default(),
         tenant_caps: Default::default(),
+        tenant_rates: Default::default(),
     };
     for chunk in names.chunks(250) {
         let tasks = chunk.iter().map(|q| {
@@ -468,6 +472,7 @@ async fn thousands_of_idle_queues_add_no_command_to_maintenance_or_acquire() {
             block_for: Duration::ZERO,
             tenant_room: Default::default(),
             tenant_caps: Default::default(),
+            tenant_rates: Default::default(),
         };
         assert!(broker.acquire(&req).await.expect("acquire").is_empty());
         (commands_run(&server) - before, m.queues_visited)
@@ -528,6 +533,7 @@ async fn script_costs() {
             block_for: Duration::ZERO,
             tenant_room: Default::default(),
             tenant_caps: Default::default(),
+            tenant_rates: Default::default(),
         };
         leased.extend(broker.acquire(&req).await.expect("acquire"));
     }

@@ -973,6 +973,7 @@ async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
         block_for: Duration::ZERO,
         tenant_room: [("a".to_owned(), 0)].into_iter().collect(),
         tenant_caps: Default::default(),
+        tenant_rates: Default::default(),
     };
     let got = broker.acquire(&req).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -992,6 +993,7 @@ async fn broker_tenant_calls<B: Broker + Clone>(broker: B) {
         .acquire(&AcquireRequest {
             tenant_room: Default::default(),
             tenant_caps: Default::default(),
+            tenant_rates: Default::default(),
             ..req
         })
         .await

@@ -238,6 +238,7 @@ impl TenantLimits {
             max_queued: self.max_queued,
             max_queues: self.max_queues,
             max_concurrency: self.max_concurrency.max(1),
+            rate: self.rate_limit,
         }
     }
 }

@@ -21,6 +21,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use corral_client::broker::RateLimit;
 use corral_core::task::DEFAULT_TENANT;
 use corral_sandbox::Limits;
 
@@ -60,6 +61,9 @@ pub struct TenantLimits {
     pub max_log_bytes: u64,
     /// Schedules this tenant may have.
     pub max_schedules: u32,
+    /// At most this many of the tenant's tasks start per window, over
+    /// all workers together (`None`: no rate limit).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for TenantLimits {
@@ -80,6 +84,7 @@ impl Default for TenantLimits {
             max_output_bytes: 4 << 20,
             max_log_bytes: 1 << 20,
             max_schedules: 100,
+            rate_limit: None,
         }
     }
 }

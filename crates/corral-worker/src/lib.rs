@@ -337,6 +337,7 @@ impl<B: Broker + Clone> Worker<B> {
             block_for: cfg.block_for,
             tenant_room: HashMap::new(),
             tenant_caps: HashMap::new(),
+            tenant_rates: HashMap::new(),
         };
         let tenant_slots = TenantSlots::default();
         let order = (!cfg.queue_weights.is_empty())
@@ -389,6 +390,7 @@ impl<B: Broker + Clone> Worker<B> {
                 max: permits.num_permits(),
                 tenant_room,
                 tenant_caps: tenant_slots.caps(),
+                tenant_rates: tenant_slots.rates(),
                 ..request.clone()
             };
             // An acquire is never cancelled halfway (a backend may already

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use corral_client::broker::RateLimit;
 use corral_registry::registry::Registry;
 use corral_registry::tenant::TenantLimits;
 
@@ -49,6 +50,9 @@ struct State {
     running: HashMap<String, u32>,
     /// Each tenant's cap, and when it was read.
     caps: HashMap<String, (u32, Instant)>,
+    /// Each catalog tenant's rate limit (`None`: it has none), read with
+    /// its cap.
+    rates: HashMap<String, Option<RateLimit>>,
 }
 
 /// Counts the tasks each tenant runs on this worker.
@@ -104,8 +108,15 @@ impl TenantSlots {
         {
             return cap;
         }
-        let cap = match registry.concurrency_cap(tenant).await {
-            Ok(cap) => cap.unwrap_or(u32::MAX),
+        let cap = match registry.catalog().tenant(tenant).await {
+            Ok(found) => {
+                let mut st = self.lock();
+                match &found {
+                    Some(t) => st.rates.insert(tenant.to_owned(), t.limits.rate_limit),
+                    None => st.rates.remove(tenant),
+                };
+                found.map_or(u32::MAX, |t| t.limits.max_concurrency)
+            }
             Err(e) => {
                 let fallback = cached
                     .map(|(cap, _)| cap)
@@ -160,6 +171,12 @@ impl TenantSlots {
             .filter(|(_, (cap, _))| *cap != u32::MAX)
             .map(|(tenant, (cap, _))| (tenant.clone(), *cap))
             .collect()
+    }
+
+    /// The rate limits read so far, of the tenants in the catalog (`None`:
+    /// the tenant has none): what each acquire passes on.
+    pub(crate) fn rates(&self) -> HashMap<String, Option<RateLimit>> {
+        self.lock().rates.clone()
     }
 
     /// [`room`](Self::room) from the cached caps, with the tenants that have

@@ -34,8 +34,8 @@ use crate::schedule::Schedule;
 
 use super::{
     AcquireRequest, Broker, BrokerError, Cancelled, Checkpoint, Lease, Leased, Maintenance,
-    Outcome, QueueInfo, QueueStats, Retention, StoredSchedule, TaskQuery, TenantQuota, WorkerId,
-    WorkerInfo, check_usage_days, malformed_task, parse_raw_task,
+    Outcome, QueueInfo, QueueStats, RateLimit, Retention, StoredSchedule, TaskQuery, TenantQuota,
+    WorkerId, WorkerInfo, check_usage_days, malformed_task, parse_raw_task,
 };
 use corral_core::clock::{self, Clock, SystemClock};
 use corral_core::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage};
@@ -110,6 +110,15 @@ struct State {
     unique: HashMap<(String, String), (TaskId, DateTime<Utc>)>,
     /// The same keys by expiry, so expired ones are dropped in order.
     unique_expiry: BTreeSet<(DateTime<Utc>, String, String)>,
+    /// Per tenant, its rate limit as last given (by a limited enqueue, or
+    /// a worker's acquire).
+    rates: HashMap<String, RateLimit>,
+    /// Per tenant, its current rate window (index since the epoch) and
+    /// the tasks leased in it.
+    rate_windows: HashMap<String, (i64, u32)>,
+    /// When a rate window that held tasks back ends: a waiting acquire
+    /// looks again then.
+    rate_wake: Option<DateTime<Utc>>,
     /// Per tenant, its concurrency cap as last given (by a limited enqueue,
     /// or a worker's acquire).
     caps: HashMap<String, u32>,
@@ -250,6 +259,37 @@ impl EmbeddedBroker {
                 }
                 None => usize::MAX,
             };
+            match req.tenant_rates.get(&tenant) {
+                Some(Some(rate)) => {
+                    st.rates.insert(tenant.clone(), *rate);
+                }
+                Some(None) => {
+                    st.rates.remove(&tenant);
+                }
+                None => {}
+            }
+            let rate_window = st.rates.get(&tenant).map(|rate| {
+                let per = i64::try_from(rate.per_ms.max(1))
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000);
+                let window = now.timestamp_micros().div_euclid(per);
+                let used = match st.rate_windows.get(&tenant) {
+                    Some((w, n)) if *w == window => *n,
+                    _ => 0,
+                };
+                (window, per, used, rate.tasks.max(1))
+            });
+            if let Some((window, per, used, tasks)) = rate_window
+                && used >= tasks
+            {
+                let next = DateTime::from_timestamp_micros((window + 1).saturating_mul(per));
+                st.rate_wake = match (st.rate_wake, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                idle_turns += 1;
+                continue;
+            }
             if fleet_room == 0 || had >= req.room_for(&tenant) {
                 idle_turns += 1;
                 continue;
@@ -293,6 +333,9 @@ impl EmbeddedBroker {
                     .entry(tenant.clone())
                     .or_default()
                     .insert((expires, id));
+                if let Some((window, _, used, _)) = rate_window {
+                    st.rate_windows.insert(tenant.clone(), (window, used + 1));
+                }
                 st.unqueue(&leased.lease.tenant);
                 out.push(leased);
                 took = true;
@@ -309,8 +352,20 @@ impl EmbeddedBroker {
         out
     }
 
+    /// When a waiting acquire should look again by itself: the first
+    /// delayed task's time, or the end of a rate window that held tasks
+    /// back.
     fn earliest_due(&self) -> Option<DateTime<Utc>> {
-        self.lock().scheduled.first().map(|(t, _)| *t)
+        let mut st = self.lock();
+        let now = self.inner.clock.now();
+        if st.rate_wake.is_some_and(|at| at <= now) {
+            st.rate_wake = None;
+        }
+        let due = st.scheduled.first().map(|(t, _)| *t);
+        match (due, st.rate_wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Counts by state of one tenant's queue, walking only that queue.
@@ -527,6 +582,10 @@ impl State {
         if quota.max_concurrency != u32::MAX {
             for task in &tasks {
                 self.caps.insert(task.tenant.clone(), quota.max_concurrency);
+                match quota.rate {
+                    Some(rate) => self.rates.insert(task.tenant.clone(), rate),
+                    None => self.rates.remove(&task.tenant),
+                };
             }
         }
         let mut any_ready = false;

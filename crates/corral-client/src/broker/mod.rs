@@ -96,6 +96,31 @@ pub struct AcquireRequest {
     /// For a tenant not listed, the cap its last limited enqueue stored
     /// ([`TenantQuota::max_concurrency`]) applies, or none.
     pub tenant_caps: HashMap<String, u32>,
+    /// Each listed tenant's fleet-wide rate limit as the worker read it
+    /// (`None`: the tenant has none): the broker leases at most `tasks` of
+    /// the tenant's tasks per window of `per_ms`, over all workers, counted
+    /// in the same atomic step as the lease; tasks over it wait in their
+    /// queue for the next window. For a tenant not listed, the limit its
+    /// last limited enqueue stored ([`TenantQuota::rate`]) applies, or none.
+    pub tenant_rates: HashMap<String, Option<RateLimit>>,
+}
+
+/// At most `tasks` tasks started per window of `per_ms` milliseconds
+/// (windows aligned to the Unix epoch), over the whole fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tasks per window (at least 1).
+    pub tasks: u32,
+    /// The window, ms (at least 1).
+    pub per_ms: u64,
+}
+
+impl RateLimit {
+    /// How the Redis scripts carry it: `"tasks per_ms"`.
+    pub(crate) fn encode(&self) -> String {
+        format!("{} {}", self.tasks.max(1), self.per_ms.max(1))
+    }
 }
 
 impl AcquireRequest {
@@ -219,6 +244,9 @@ pub struct TenantQuota {
     /// limits yet still hold it to this (`u32::MAX`: leave the stored cap
     /// as it is).
     pub max_concurrency: u32,
+    /// The tenant's fleet-wide rate limit, stored with the tasks as
+    /// `max_concurrency` is (`None`: leave the stored one as it is).
+    pub rate: Option<RateLimit>,
 }
 
 impl TenantQuota {
@@ -228,6 +256,7 @@ impl TenantQuota {
         max_queued: u64::MAX,
         max_queues: u32::MAX,
         max_concurrency: u32::MAX,
+        rate: None,
     };
 }
 

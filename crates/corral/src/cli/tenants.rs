@@ -35,6 +35,7 @@ use clap::{Args, Subcommand};
 use super::broker_cmds::{RedisArgs, within_patience};
 use super::secret::{TOKEN_ENV, TokenInput, refuse_on_command_line};
 use super::units::{parse_kib, parse_mib, parse_millis};
+use crate::broker::RateLimit;
 use crate::broker::redis::redact;
 use crate::catalog::{Catalog, RedisCatalog};
 use crate::tenant::{Tenant, TenantInfo, TenantLimits, Token, TokenId, check_new_tenant_name};
@@ -140,6 +141,10 @@ struct LimitFlags {
     /// Schedules the tenant may have.
     #[arg(long)]
     max_schedules: Option<u32>,
+    /// At most this many of the tenant's tasks start per window, over all
+    /// workers: `N/DURATION` (`100/1s`, `5000/1m`); `none` removes it.
+    #[arg(long, value_name = "N/DURATION", value_parser = parse_rate)]
+    rate: Option<RateArg>,
     /// Tasks of the tenant waiting at once.
     #[arg(long)]
     max_queued: Option<u64>,
@@ -203,6 +208,9 @@ impl LimitFlags {
         set(&mut limits.max_job_versions, self.max_job_versions);
         set(&mut limits.max_handlers_per_job, self.max_handlers_per_job);
         set(&mut limits.max_schedules, self.max_schedules);
+        if let Some(RateArg(rate)) = self.rate {
+            limits.rate_limit = rate;
+        }
         if let Some(v) = self.max_concurrency {
             limits.max_concurrency = v.max(1);
         }
@@ -472,6 +480,31 @@ fn table(tenants: &[TenantInfo]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `--rate`: a limit, or `none`.
+#[derive(Debug, Clone, Copy)]
+struct RateArg(Option<RateLimit>);
+
+/// Parses `--rate`: `N/DURATION`, or `none`.
+fn parse_rate(s: &str) -> Result<RateArg, String> {
+    if s == "none" {
+        return Ok(RateArg(None));
+    }
+    let (n, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}`: expected N/DURATION, e.g. 100/1s"))?;
+    let tasks: u32 = n
+        .parse()
+        .map_err(|_| format!("`{n}`: the count must be a whole number"))?;
+    let per = super::units::parse_duration(per)?;
+    let per_ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX);
+    if tasks == 0 || per_ms == 0 {
+        return Err(format!(
+            "`{s}`: both the count and the window must be above zero"
+        ));
+    }
+    Ok(RateArg(Some(RateLimit { tasks, per_ms })))
 }
 
 /// The limits an operator looks at first, on one line (`tenants limits

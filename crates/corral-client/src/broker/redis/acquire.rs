@@ -192,6 +192,7 @@ impl RedisBroker {
                 promote_max: PROMOTE_ON_ACQUIRE,
                 default_max_attempts: DEFAULT_MAX_ATTEMPTS,
                 cap: req.tenant_caps.get(tenant).copied(),
+                rate: req.tenant_rates.get(tenant).copied(),
                 fresh: &fresh,
             };
             let reply = scripts::acquire(&mut self.conn(), &keys, &args).await?;

@@ -26,6 +26,8 @@
 //! | `P:{q:T}:unique-ttl` | zset | unique keys (plain) by when they stop holding (µs); expired ones are dropped by the next enqueue of a unique task (a bounded number each), and both keys expire with their last entry |
 //! | `P:{q:T}:schedules` | hash | schedule name (plain) → the schedule and the quota its tasks are enqueued within (JSON); at most the tenant's `max_schedules` |
 //! | `P:{q:T}:sched-next` | zset | schedule names (plain) by their next tick (µs): what maintenance fires |
+//! | `P:{q:T}:rate-limit` | string | the tenant's fleet-wide rate limit, `tasks per_ms`, stored as the cap is |
+//! | `P:{q:T}:rate` | hash | the tenant's current rate window: `w` its index since the epoch, `n` the tasks leased in it |
 //! | `P:{q:T}:cap` | string | the tenant's fleet-wide `max_concurrency`, written by enqueues that carry the tenant's limits (the API's); a worker's fresher reading from the catalog takes precedence |
 //! | `P:{q:T}:due` | zset | the tenant's queue names, each scored by the earliest time (µs) it may need maintenance: a delayed or retrying task falling due, a lease running out, a finished record reaching its retention time; never later than that, possibly earlier |
 //! | `P:{q:T}:usage-D` | hash | what the tenant's tasks cost on day `D` (`YYYY-MM-DD`, UTC): calls, fuel, wall_us, instantiate_us, peak_memory_bytes, completed, retried, dead; expires after the days usage is kept |
@@ -130,6 +132,10 @@ pub struct TenantKeys {
     pub cap: String,
     /// Its queue names with tasks held back by the cap (set).
     pub capped: String,
+    /// Its rate limit, `tasks per_ms` (string).
+    pub rate_limit: String,
+    /// Its current rate window and count (hash).
+    pub rate: String,
     /// Schedule name → its record (hash).
     pub schedules: String,
     /// Schedule names by next tick, µs (zset).
@@ -155,6 +161,8 @@ impl TenantKeys {
             running: format!("{base}:running"),
             cap: format!("{base}:cap"),
             capped: format!("{base}:capped"),
+            rate_limit: format!("{base}:rate-limit"),
+            rate: format!("{base}:rate"),
             schedules: format!("{base}:schedules"),
             sched_next: format!("{base}:sched-next"),
             unique: format!("{base}:unique"),
@@ -329,6 +337,8 @@ mod tests {
             "unique-ttl",
             "schedules",
             "sched-next",
+            "rate",
+            "rate-limit",
             "queues:x",
             "a:queues",
         ] {
@@ -346,7 +356,9 @@ mod tests {
                         && key != t.unique
                         && key != t.unique_ttl
                         && key != t.schedules
-                        && key != t.sched_next,
+                        && key != t.sched_next
+                        && key != t.rate
+                        && key != t.rate_limit,
                     "{key}"
                 );
             }

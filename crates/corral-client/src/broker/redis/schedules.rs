@@ -22,7 +22,9 @@ use super::enqueue::stored_items;
 use super::keys::TenantKeys;
 use super::record::{from_micros, micros};
 use super::scripts::{self, Fired, TickTask};
-use crate::broker::{BrokerError, MAX_SCHEDULES_LISTED, Maintenance, StoredSchedule, TenantQuota};
+use crate::broker::{
+    BrokerError, MAX_SCHEDULES_LISTED, Maintenance, RateLimit, StoredSchedule, TenantQuota,
+};
 use crate::schedule::Schedule;
 use corral_core::text::Inert;
 
@@ -36,6 +38,8 @@ struct Record {
     max_queued: u64,
     max_queues: u32,
     max_concurrency: u32,
+    #[serde(default)]
+    rate: Option<RateLimit>,
 }
 
 impl Record {
@@ -44,6 +48,7 @@ impl Record {
             max_queued: self.max_queued,
             max_queues: self.max_queues,
             max_concurrency: self.max_concurrency,
+            rate: self.rate,
         }
     }
 }
@@ -68,6 +73,7 @@ impl RedisBroker {
             max_queued: quota.max_queued,
             max_queues: quota.max_queues,
             max_concurrency: quota.max_concurrency,
+            rate: quota.rate,
         })
         .map_err(|e| BrokerError::Invalid {
             op: OP,

@@ -21,7 +21,7 @@ use super::conn::{Conn, reachable, unavailable};
 use super::keys::{QueueKeys, TenantKeys};
 use super::record::RawRecord;
 use super::reply::{self, Reply};
-use crate::broker::{BrokerError, QueueStats, TenantQuota};
+use crate::broker::{BrokerError, QueueStats, RateLimit, TenantQuota};
 use corral_core::metering::MeteringTotal;
 use corral_core::task::TaskId;
 
@@ -266,6 +266,7 @@ pub async fn enqueue(
         .key(&keys.tenant.cap)
         .key(&keys.tenant.unique)
         .key(&keys.tenant.unique_ttl)
+        .key(&keys.tenant.rate_limit)
         .arg(now_us)
         .arg(max_queued_in_queue)
         .arg(quota.max_queued.min(LUA_MAX))
@@ -274,6 +275,13 @@ pub async fn enqueue(
     match quota.max_concurrency {
         u32::MAX => inv.arg(""),
         cap => inv.arg(cap),
+    };
+    // A limited enqueue (one with a cap) says the tenant's rate limit,
+    // none included; an unlimited one leaves it alone.
+    match (quota.max_concurrency, quota.rate) {
+        (u32::MAX, _) => inv.arg(""),
+        (_, Some(rate)) => inv.arg(rate.encode()),
+        (_, None) => inv.arg("0"),
     };
     inv.arg(items.len());
     for item in items {
@@ -353,6 +361,9 @@ pub struct AcquireArgs<'a> {
     pub default_max_attempts: u32,
     /// The tenant's fleet-wide concurrency cap as the worker knows it.
     pub cap: Option<u32>,
+    /// The tenant's rate limit as the worker knows it (`Some(None)`: it
+    /// has none; `None`: not known).
+    pub rate: Option<Option<RateLimit>>,
     /// Fresh ids for raw entries.
     pub fresh: &'a [String],
 }
@@ -402,6 +413,8 @@ pub async fn acquire(
         .key(&keys.tenant.running)
         .key(&keys.tenant.cap)
         .key(&keys.tenant.capped)
+        .key(&keys.tenant.rate_limit)
+        .key(&keys.tenant.rate)
         .arg(args.now_us)
         .arg(args.expires_us)
         .arg(args.worker)
@@ -411,6 +424,11 @@ pub async fn acquire(
         .arg(&keys.name);
     match args.cap {
         Some(cap) => inv.arg(cap),
+        None => inv.arg(""),
+    };
+    match args.rate {
+        Some(Some(rate)) => inv.arg(rate.encode()),
+        Some(None) => inv.arg("0"),
         None => inv.arg(""),
     };
     for id in args.fresh {

@@ -41,6 +41,8 @@
 -- KEYS[14] cap       (string) the tenant's fleet-wide concurrency cap
 -- KEYS[15] capped    (set)    the tenant's queue names held back by the cap,
 --                             woken by the ack that frees a slot
+-- KEYS[16] rate-limit (string) the tenant's rate limit, `tasks per_ms`
+-- KEYS[17] rate      (hash)   the tenant's rate window: `w` index, `n` count
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] lease expiry (µs)
@@ -52,14 +54,17 @@
 -- ARGV[8] the tenant's concurrency cap as the worker read it from the
 --         catalog, or empty when it has none: stored in KEYS[14] when it
 --         differs, so every worker (and ack.lua) sees the newest
--- ARGV[9..] fresh ids for raw entries; at most one raw entry per fresh id
+-- ARGV[9] the tenant's rate limit as the worker read it, `tasks per_ms`;
+--         `0`: it has none; empty: not known (KEYS[16] applies)
+-- ARGV[10..] fresh ids for raw entries; at most one raw entry per fresh id
 --           is taken, the rest wait for the next call
 --
 -- Returns {promoted, pending_left, next_due, n, then 6 values per leased task:
 --          id, metadata, task JSON, checkpoint JSON or false,
 --          error JSON or false, code}
---   next_due: the earliest due time (µs) in scheduled when nothing was
---             leased, else false
+--   next_due: when nothing was leased, the earliest time (µs) something
+--             may be: the first due time in scheduled, or the next rate
+--             window when the limit held tasks back; else false
 --   code: 0  a stored task
 --         10 a raw entry stored under the task_id it names
 --         11 a raw entry with no usable task_id (not JSON, no task_id, or
@@ -72,7 +77,7 @@ local now, expires, worker = ARGV[1], ARGV[2], ARGV[3]
 local max, promote_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 local default_max_attempts = tonumber(ARGV[6])
 local k_queues, k_queued, queue = KEYS[8], KEYS[9], ARGV[7]
-local next_fresh = 9
+local next_fresh = 10
 
 if redis.call('SISMEMBER', KEYS[11], queue) == 1 then
     return {0, 0, false, 0}
@@ -94,6 +99,37 @@ if cap then
         max = math.max(room, 0)
         if redis.call('LLEN', k_pending) > max then
             redis.call('SADD', KEYS[15], queue)
+        end
+    end
+end
+
+-- 0b. The tenant's rate limit: at most `tasks` leased per window of
+-- `per_ms`, windows aligned to the epoch, counted over all workers.
+local limit = redis.call('GET', KEYS[16])
+if ARGV[9] ~= '' and ARGV[9] ~= limit then
+    if ARGV[9] == '0' then
+        redis.call('DEL', KEYS[16])
+        limit = false
+    else
+        redis.call('SET', KEYS[16], ARGV[9])
+        limit = ARGV[9]
+    end
+end
+local rate_window, rate_used, rate_next = nil, 0, nil
+if limit then
+    local n, per = string.match(limit, '^(%d+) (%d+)$')
+    n, per = tonumber(n), tonumber(per)
+    if n and per and per > 0 then
+        per = per * 1000
+        rate_window = math.floor(tonumber(now) / per)
+        local w = redis.call('HMGET', KEYS[17], 'w', 'n')
+        if tonumber(w[1]) == rate_window then
+            rate_used = tonumber(w[2]) or 0
+        end
+        local room = n - rate_used
+        if room < max then
+            max = math.max(room, 0)
+            rate_next = (rate_window + 1) * per
         end
     end
 end
@@ -232,6 +268,9 @@ if #leases > 0 then
     redis.call('HSET', k_meta, unpack(meta_args))
     redis.call('ZADD', k_active, unpack(zadd_args))
     redis.call('ZADD', KEYS[13], unpack(zadd_args))
+    if rate_window then
+        redis.call('HSET', KEYS[17], 'w', rate_window, 'n', rate_used + #leases)
+    end
     unqueue(k_queued, stored)
     due_by(KEYS[10], queue, expires)
     if raw > 0 then
@@ -262,6 +301,9 @@ else
     local first = redis.call('ZRANGE', k_scheduled, 0, 0, 'WITHSCORES')
     if first[2] then
         result[3] = first[2]
+    end
+    if rate_next and (not first[2] or rate_next < tonumber(first[2])) then
+        result[3] = string.format('%.0f', rate_next)
     end
 end
 result[2] = redis.call('LLEN', k_pending)

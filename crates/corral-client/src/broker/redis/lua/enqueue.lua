@@ -22,7 +22,9 @@
 --                            to its cap from the first acquire
 -- KEYS[10] unique    (hash)  the tenant's unique keys -> the task holding each
 -- KEYS[11] unique-ttl (zset) the tenant's unique keys by expiry (µs)
--- KEYS[12] wake      (list)  optional: the queue name's wake-up list, given
+-- KEYS[12] rate-limit (string) the tenant's rate limit, written (or
+--                            cleared) as ARGV[7] says
+-- KEYS[13] wake      (list)  optional: the queue name's wake-up list, given
 --                            only where it shares a server with the queue
 --                            (standalone Redis), so the wake-up is part of
 --                            the same call
@@ -34,11 +36,13 @@
 -- ARGV[5] the queue's name, as the tenant's queue set holds it
 -- ARGV[6] the tenant's max_concurrency, or empty (an unlimited enqueue
 --         leaves the stored cap alone)
--- ARGV[7] n, the number of tasks; then 6 values per task:
+-- ARGV[7] the tenant's rate limit, `tasks per_ms`; `0`: it has none;
+--         empty: leave the stored one alone (an unlimited enqueue)
+-- ARGV[8] n, the number of tasks; then 6 values per task:
 --         id, task JSON, metadata (packed by Rust, see common.lua; state
 --         p or s), due (µs; empty = ready now), unique key and until when
 --         it holds (µs) (both empty: none)
---         then, with KEYS[12]: the wake-up token and how many tokens to keep
+--         then, with KEYS[13]: the wake-up token and how many tokens to keep
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
 --         {1, id}      nothing stored: task `id` already exists (or is
@@ -57,8 +61,8 @@ local now = ARGV[1]
 local bound_max = tonumber(ARGV[2])
 local max_queued, max_queues = tonumber(ARGV[3]), tonumber(ARGV[4])
 local queue = ARGV[5]
-local n = tonumber(ARGV[7])
-local first = 8
+local n = tonumber(ARGV[8])
+local first = 9
 
 if n == 0 then
     return {0, 0}
@@ -120,6 +124,11 @@ redis.call('INCRBY', k_queued, n)
 if ARGV[6] ~= '' then
     redis.call('SET', KEYS[9], ARGV[6])
 end
+if ARGV[7] == '0' then
+    redis.call('DEL', KEYS[12])
+elseif ARGV[7] ~= '' then
+    redis.call('SET', KEYS[12], ARGV[7])
+end
 
 local tasks, metas, ready, delayed = {}, {}, {}, {}
 local nt, nm, nr, nd = 0, 0, 0, 0
@@ -175,10 +184,10 @@ end
 redis.call('HSET', KEYS[5], unpack(metas))
 if nr > 0 then
     redis.call('LPUSH', KEYS[1], unpack(ready))
-    if KEYS[12] then
+    if KEYS[13] then
         local wake_at = first + n * stride
-        redis.call('LPUSH', KEYS[12], ARGV[wake_at])
-        redis.call('LTRIM', KEYS[12], 0, tonumber(ARGV[wake_at + 1]) - 1)
+        redis.call('LPUSH', KEYS[13], ARGV[wake_at])
+        redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[wake_at + 1]) - 1)
     end
 end
 return {0, nr}
