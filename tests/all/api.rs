@@ -118,7 +118,153 @@ fn routes(hash: &str, job: &str, task: &str) -> Vec<Request> {
             None,
         ),
         (Method::GET, "/v1/workers".into(), None),
+        (
+            Method::POST,
+            "/v1/schedules".into(),
+            j(json!({"name": "s", "every_secs": 60, "job": job})),
+        ),
+        (Method::GET, "/v1/schedules".into(), None),
+        (Method::DELETE, "/v1/schedules/s".into(), None),
     ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_unique_keys_and_deadlines_through_the_api() {
+    let _limit = crate::limit::minutes(5);
+    let w = world_with(
+        TenantLimits {
+            max_schedules: 2,
+            ..TenantLimits::default()
+        },
+        ApiConfig::default(),
+    )
+    .await;
+    let (api, a, b) = (&w.api, w.a.as_str(), w.b.as_str());
+    api.register(a, "nap", &["noop"], quick())
+        .await
+        .expect(201, "");
+    api.register(b, "nap", &["noop"], quick())
+        .await
+        .expect(201, "");
+
+    // Unique keys: the second enqueue names the first task, stores nothing.
+    let unique = json!({"job": "nap", "unique_key": "invoice:7", "unique_ttl_ms": 60_000});
+    let first = api.post("/v1/tasks", a, &unique).await;
+    first.expect(202, "");
+    let again = api.post("/v1/tasks", a, &unique).await;
+    again.expect(200, "");
+    assert_eq!(again.body["deduplicated"], true, "{again:?}");
+    assert_eq!(again.body["task_id"], first.body["task_id"]);
+    assert_eq!(again.body["state"], "pending");
+    // Another tenant's key of the same name is its own.
+    let theirs = api.post("/v1/tasks", b, &unique).await;
+    theirs.expect(202, "");
+    assert!(theirs.body.get("deduplicated").is_none(), "{theirs:?}");
+    for bad in [
+        json!({"job": "nap", "unique_ttl_ms": 10}),
+        json!({"job": "nap", "unique_key": ""}),
+        json!({"job": "nap", "unique_key": "k", "unique_ttl_ms": 0}),
+        json!({"job": "nap", "deadline_ms": 0}),
+    ] {
+        api.post("/v1/tasks", a, &bad)
+            .await
+            .expect(400, "bad_request");
+    }
+
+    // A deadline is stored with the task.
+    let timed = api
+        .post(
+            "/v1/tasks",
+            a,
+            &json!({"job": "nap", "deadline_ms": 60_000}),
+        )
+        .await;
+    timed.expect(202, "");
+    let id = timed.body["task_id"].as_str().expect("id");
+    let task = api.get(&format!("/v1/tasks/{id}"), a).await;
+    assert!(task.body["deadline"].is_string(), "{task:?}");
+
+    // Schedules: stored with their next tick, the tenant's own, bounded.
+    let made = api
+        .post(
+            "/v1/schedules",
+            a,
+            &json!({"name": "hourly", "every_secs": 3600, "job": "nap"}),
+        )
+        .await;
+    made.expect(201, "");
+    assert!(made.body["next_tick"].is_string(), "{made:?}");
+    api.post(
+        "/v1/schedules",
+        a,
+        &json!({"name": "nightly", "cron": "0 3 * * *", "tz": "Europe/Paris", "job": "nap", "missed": "once"}),
+    )
+    .await
+    .expect(201, "");
+    api.post(
+        "/v1/schedules",
+        a,
+        &json!({"name": "third", "every_secs": 60, "job": "nap"}),
+    )
+    .await
+    .expect(429, "too_many_schedules");
+    // Replacing one is not a new one.
+    api.post(
+        "/v1/schedules",
+        a,
+        &json!({"name": "hourly", "every_secs": 1800, "job": "nap"}),
+    )
+    .await
+    .expect(201, "");
+    for (bad, kind) in [
+        (
+            json!({"name": "x", "cron": "not cron", "job": "nap"}),
+            "bad_request",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "tz": "Mars/Base", "job": "nap"}),
+            "bad_request",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "every_secs": 5, "job": "nap"}),
+            "bad_request",
+        ),
+        (json!({"name": "x", "job": "nap"}), "bad_request"),
+        (
+            json!({"name": "bad name", "every_secs": 5, "job": "nap"}),
+            "bad_request",
+        ),
+        (
+            json!({"name": "x", "every_secs": 5, "job": "nope"}),
+            "job_not_found",
+        ),
+    ] {
+        let status = if kind == "job_not_found" { 404 } else { 400 };
+        api.post("/v1/schedules", b, &bad)
+            .await
+            .expect(status, kind);
+    }
+    let mine = api.get("/v1/schedules", a).await;
+    mine.expect(200, "");
+    let names: Vec<&str> = mine.body["schedules"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["hourly", "nightly"]);
+    assert_eq!(mine.body["schedules"][0]["timing"]["every"]["secs"], 1800);
+    let theirs = api.get("/v1/schedules", b).await;
+    assert_eq!(theirs.body["schedules"], json!([]));
+    api.send(Method::DELETE, "/v1/schedules/hourly", Some(b), None)
+        .await
+        .expect(404, "schedule_not_found");
+    let gone = api
+        .send(Method::DELETE, "/v1/schedules/hourly", Some(a), None)
+        .await;
+    assert_eq!(gone.status.as_u16(), 204, "{gone:?}");
+    let left = api.get("/v1/schedules", a).await;
+    assert_eq!(left.body["schedules"].as_array().map(Vec::len), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
