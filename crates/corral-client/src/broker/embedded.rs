@@ -43,6 +43,10 @@ use corral_core::task::{Task, TaskError, TaskId, TaskState};
 
 type QueueKey = (String, String);
 
+/// A stored schedule: the quota its tasks are enqueued within, and its
+/// next tick.
+type StoredTimetable = (Schedule, TenantQuota, Option<DateTime<Utc>>);
+
 /// How long an interrupt waits for its worker's next wait (as on Redis).
 const INTERRUPT_TTL: Duration = Duration::from_secs(60);
 
@@ -103,7 +107,7 @@ struct State {
     running: HashMap<String, BTreeSet<(DateTime<Utc>, TaskId)>>,
     /// Per tenant and name, each schedule with the quota its tasks are
     /// enqueued within and its next tick.
-    schedules: BTreeMap<(String, String), (Schedule, TenantQuota, Option<DateTime<Utc>>)>,
+    schedules: BTreeMap<(String, String), StoredTimetable>,
     /// The schedules' next ticks, earliest first.
     ticks: BTreeSet<(DateTime<Utc>, String, String)>,
     /// Per tenant and unique key, the task holding it and until when.

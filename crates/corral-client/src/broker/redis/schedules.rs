@@ -125,7 +125,9 @@ impl RedisBroker {
     ) -> Result<Vec<StoredSchedule>, BrokerError> {
         const OP: &str = "schedules";
         let keys = TenantKeys::new(&self.inner.config.prefix, tenant);
-        let (records, ticks): (Vec<(String, Vec<u8>)>, Vec<(String, i64)>) = redis::pipe()
+        type Records = Vec<(String, Vec<u8>)>;
+        type Ticks = Vec<(String, i64)>;
+        let (records, ticks): (Records, Ticks) = redis::pipe()
             .atomic()
             .hgetall(&keys.schedules)
             .zrange_withscores(&keys.sched_next, 0, -1)
