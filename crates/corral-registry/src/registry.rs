@@ -178,17 +178,17 @@ impl Registry {
         &self.catalog
     }
 
-    /// The tenant's concurrency cap on one worker, or `None` for a tenant
-    /// not in the catalog: such tasks come only from trusted producers (the
+    /// The tenant's limits as the catalog holds them (what workers read
+    /// its concurrency cap and rate limit from), or `None` for a tenant not
+    /// in the catalog: such tasks come only from trusted producers (the
     /// client library, the CLI, raw pushes; the HTTP API serves registered
-    /// tenants only), as in a single-tenant setup, where the worker's own
+    /// tenants only), as in a single-tenant setup, where the workers' own
     /// concurrency is the only bound.
-    pub async fn concurrency_cap(&self, tenant: &str) -> Result<Option<u32>, RegistryError> {
-        Ok(self
-            .catalog
-            .tenant(tenant)
-            .await?
-            .map(|t| t.limits.max_concurrency))
+    pub async fn catalog_limits(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<TenantLimits>, RegistryError> {
+        Ok(self.catalog.tenant(tenant).await?.map(|t| t.limits))
     }
 
     /// The tenant's limits; a tenant not in the catalog (the embedded

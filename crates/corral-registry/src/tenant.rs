@@ -37,7 +37,7 @@ pub struct TenantLimits {
     pub max_timeout_ms: u64,
     /// Tasks of this tenant running at once over all workers together.
     /// (A tenant not in the catalog has no such cap: see
-    /// `Registry::concurrency_cap`.)
+    /// `Registry::catalog_limits`.)
     pub max_concurrency: u32,
     /// Tasks of this tenant waiting (pending, delayed or retrying) at once.
     pub max_queued: u64,

@@ -108,14 +108,14 @@ impl TenantSlots {
         {
             return cap;
         }
-        let cap = match registry.catalog().tenant(tenant).await {
+        let cap = match registry.catalog_limits(tenant).await {
             Ok(found) => {
                 let mut st = self.lock();
                 match &found {
-                    Some(t) => st.rates.insert(tenant.to_owned(), t.limits.rate_limit),
+                    Some(limits) => st.rates.insert(tenant.to_owned(), limits.rate_limit),
                     None => st.rates.remove(tenant),
                 };
-                found.map_or(u32::MAX, |t| t.limits.max_concurrency)
+                found.map_or(u32::MAX, |limits| limits.max_concurrency)
             }
             Err(e) => {
                 let fallback = cached
