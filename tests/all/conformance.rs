@@ -1114,6 +1114,7 @@ pub async fn max_queued_holds_under_concurrency_and_stays_exact<K: Backend>() {
         max_queues: 8,
         max_concurrency: u32::MAX,
         rate: None,
+        max_unique_keys: u64::MAX,
     };
     let (tenant, queues) = ("acme", ["q0", "q1", "q2"]);
     // 128 enqueues at once against an empty tenant: exactly the limit.
@@ -1208,6 +1209,7 @@ pub async fn queue_names_are_bounded_per_tenant<K: Backend>() {
         max_queues: MAX,
         max_concurrency: u32::MAX,
         rate: None,
+        max_unique_keys: u64::MAX,
     };
     let tenant = "acme";
     // MAX + k new names at once, some of them odd: exactly MAX are created.
@@ -1441,6 +1443,7 @@ pub async fn idle_queues_cost_no_maintenance_and_due_work_is_still_done<K: Backe
         max_queues: 1,
         max_concurrency: u32::MAX,
         rate: None,
+        max_unique_keys: u64::MAX,
     };
     fx.broker
         .enqueue_within(vec![task_in("idle", "fresh", 4)], &quota)
@@ -1825,6 +1828,7 @@ pub async fn retry_runs_a_dead_task_again_and_keeps_its_error<K: Backend>() {
         max_queues: 10,
         max_concurrency: u32::MAX,
         rate: None,
+        max_unique_keys: u64::MAX,
     };
     assert!(matches!(
         b.retry_dead(T, Q, &tight).await,
@@ -1907,6 +1911,7 @@ pub async fn delete_and_purge_take_tasks_out_of_every_count<K: Backend>() {
         max_queues: 10,
         max_concurrency: u32::MAX,
         rate: None,
+        max_unique_keys: u64::MAX,
     };
     b.enqueue_within((0..6).map(task).collect(), &quota)
         .await
@@ -2279,6 +2284,29 @@ pub async fn a_unique_key_holds_for_its_ttl_within_its_tenant<K: Backend>() {
     }
     // Only the stored ones count as queued: acme has first, later, the winner.
     assert_eq!(queued(b, "acme").await, 3);
+    // A tenant holds at most its max_unique_keys at once; expired keys
+    // make room.
+    let bounded = TenantQuota {
+        max_unique_keys: 2,
+        ..TenantQuota::UNLIMITED
+    };
+    for (n, key) in ["a", "b"].into_iter().enumerate() {
+        b.enqueue_within(
+            vec![unique(task_in("gamma", Q, n as i64), key, 5)],
+            &bounded,
+        )
+        .await
+        .expect("within the bound");
+    }
+    assert!(matches!(
+        b.enqueue_within(vec![unique(task_in("gamma", Q, 3), "c", 5)], &bounded)
+            .await,
+        Err(BrokerError::Full { .. })
+    ));
+    fx.clock.advance(Duration::from_secs(6));
+    b.enqueue_within(vec![unique(task_in("gamma", Q, 4), "c", 5)], &bounded)
+        .await
+        .expect("the expired keys made room");
 }
 
 fn every(name: &str, secs: u64, queue: &str, missed: Missed) -> Schedule {

@@ -341,6 +341,7 @@ async fn purging_a_queue_gives_back_its_quota() {
         max_queues: 2,
         max_concurrency: u32::MAX,
         rate: None,
+        max_unique_keys: u64::MAX,
     };
     let in_queue = |queue: &str, delayed: bool| {
         let mut t = text_task(0);

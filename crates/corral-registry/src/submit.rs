@@ -239,6 +239,7 @@ impl TenantLimits {
             max_queues: self.max_queues,
             max_concurrency: self.max_concurrency.max(1),
             rate: self.rate_limit,
+            max_unique_keys: self.max_unique_keys,
         }
     }
 }

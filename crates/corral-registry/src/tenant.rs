@@ -64,6 +64,8 @@ pub struct TenantLimits {
     /// At most this many of the tenant's tasks start per window, over
     /// all workers together (`None`: no rate limit).
     pub rate_limit: Option<RateLimit>,
+    /// Unique keys the tenant may hold at once.
+    pub max_unique_keys: u64,
 }
 
 impl Default for TenantLimits {
@@ -85,6 +87,7 @@ impl Default for TenantLimits {
             max_log_bytes: 1 << 20,
             max_schedules: 100,
             rate_limit: None,
+            max_unique_keys: 100_000,
         }
     }
 }

@@ -112,6 +112,8 @@ struct State {
     ticks: BTreeSet<(DateTime<Utc>, String, String)>,
     /// Per tenant and unique key, the task holding it and until when.
     unique: HashMap<(String, String), (TaskId, DateTime<Utc>)>,
+    /// Per tenant, how many unique keys it holds.
+    unique_held: HashMap<String, u64>,
     /// The same keys by expiry, so expired ones are dropped in order.
     unique_expiry: BTreeSet<(DateTime<Utc>, String, String)>,
     /// Per tenant, its rate limit as last given (by a limited enqueue, or
@@ -582,7 +584,7 @@ impl State {
             });
         }
         self.check_quota(&tasks, quota)?;
-        self.check_unique(&tasks, now)?;
+        self.check_unique(&tasks, now, quota.max_unique_keys)?;
         if quota.max_concurrency != u32::MAX {
             for task in &tasks {
                 self.caps.insert(task.tenant.clone(), quota.max_concurrency);
@@ -663,7 +665,12 @@ impl State {
     /// Refuses `tasks` if one's unique key is held (by a task enqueued
     /// within the key's ttl), or if two of them share a key; drops expired
     /// keys first.
-    fn check_unique(&mut self, tasks: &[Task], now: DateTime<Utc>) -> Result<(), BrokerError> {
+    fn check_unique(
+        &mut self,
+        tasks: &[Task],
+        now: DateTime<Utc>,
+        max_unique_keys: u64,
+    ) -> Result<(), BrokerError> {
         while let Some((at, tenant, key)) = self.unique_expiry.first().cloned() {
             if at > now {
                 break;
@@ -676,13 +683,21 @@ impl State {
                 .is_some_and(|(_, until)| *until == at)
             {
                 self.unique.remove(&slot);
+                if let Some(n) = self.unique_held.get_mut(&slot.0) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.unique_held.remove(&slot.0);
+                    }
+                }
             }
         }
         let mut asked = HashSet::new();
+        let mut new_keys: HashMap<&str, u64> = HashMap::new();
         for task in tasks {
             let Some(unique) = &task.unique else {
                 continue;
             };
+            *new_keys.entry(task.tenant.as_str()).or_default() += 1;
             let slot = (task.tenant.clone(), unique.key.clone());
             if let Some((existing, _)) = self.unique.get(&slot) {
                 return Err(BrokerError::Deduplicated {
@@ -697,6 +712,15 @@ impl State {
                 });
             }
         }
+        for (tenant, asked) in new_keys {
+            let held = self.unique_held.get(tenant).copied().unwrap_or(0);
+            if held.saturating_add(asked) > max_unique_keys {
+                return Err(BrokerError::Full {
+                    op: "enqueue",
+                    reason: super::too_many_unique_keys(tenant, held as usize, max_unique_keys),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -707,7 +731,9 @@ impl State {
             let slot = (task.tenant.clone(), unique.key.clone());
             self.unique_expiry
                 .insert((until, slot.0.clone(), slot.1.clone()));
-            self.unique.insert(slot, (task.task_id, until));
+            if self.unique.insert(slot, (task.task_id, until)).is_none() {
+                *self.unique_held.entry(task.tenant.clone()).or_default() += 1;
+            }
         }
     }
 

@@ -247,6 +247,11 @@ pub struct TenantQuota {
     /// The tenant's fleet-wide rate limit, stored with the tasks as
     /// `max_concurrency` is (`None`: leave the stored one as it is).
     pub rate: Option<RateLimit>,
+    /// Most unique keys ([`Unique`](corral_core::task::Unique)) the
+    /// tenant holds at once: each holds for up to 30 days after its task
+    /// is gone, so without a bound a tenant's keys would grow with every
+    /// enqueue.
+    pub max_unique_keys: u64,
 }
 
 impl TenantQuota {
@@ -257,6 +262,7 @@ impl TenantQuota {
         max_queues: u32::MAX,
         max_concurrency: u32::MAX,
         rate: None,
+        max_unique_keys: u64::MAX,
     };
 }
 
@@ -981,6 +987,13 @@ fn check_usage_days(days: &RangeInclusive<NaiveDate>) -> Result<(), BrokerError>
 fn quota_full(tenant: &str, queued: u64, asked: u64, max: u64) -> String {
     format!(
         "tenant `{tenant}` has {queued} tasks queued; {asked} more would pass its limit of {max}; retry when some have run"
+    )
+}
+
+/// Why [`TenantQuota::max_unique_keys`] refused an enqueue.
+fn too_many_unique_keys(tenant: &str, held: usize, max: u64) -> String {
+    format!(
+        "tenant `{tenant}` holds {held} unique keys, its limit being {max}; retry when some expire"
     )
 }
 

@@ -49,6 +49,7 @@ impl Record {
             max_queues: self.max_queues,
             max_concurrency: self.max_concurrency,
             rate: self.rate,
+            max_unique_keys: u64::MAX,
         }
     }
 }

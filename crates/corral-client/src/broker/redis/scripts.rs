@@ -283,6 +283,7 @@ pub async fn enqueue(
         (_, Some(rate)) => inv.arg(rate.encode()),
         (_, None) => inv.arg("0"),
     };
+    inv.arg(quota.max_unique_keys.min(LUA_MAX));
     inv.arg(items.len());
     for item in items {
         inv.arg(&item.id).arg(&item.json[..]).arg(&item.meta[..]);
@@ -340,6 +341,14 @@ pub async fn enqueue(
         6 => Err(BrokerError::Invalid {
             op: OP,
             reason: "two tasks of one enqueue share a unique key".into(),
+        }),
+        7 => Err(BrokerError::Full {
+            op: OP,
+            reason: crate::broker::too_many_unique_keys(
+                bounds.tenant,
+                reply.count()?,
+                quota.max_unique_keys,
+            ),
         }),
         other => Err(reply.corrupt(format!("unknown code {other}"))),
     }

@@ -38,7 +38,8 @@
 --         leaves the stored cap alone)
 -- ARGV[7] the tenant's rate limit, `tasks per_ms`; `0`: it has none;
 --         empty: leave the stored one alone (an unlimited enqueue)
--- ARGV[8] n, the number of tasks; then 6 values per task:
+-- ARGV[8] the tenant's max_unique_keys: unique keys held at once
+-- ARGV[9] n, the number of tasks; then 6 values per task:
 --         id, task JSON, metadata (packed by Rust, see common.lua; state
 --         p or s), due (µs; empty = ready now), unique key and until when
 --         it holds (µs) (both empty: none)
@@ -55,14 +56,16 @@
 --                      already has `queues` queue names, its max_queues
 --         {5, id}      nothing stored: task `id` holds a task's unique key
 --         {6, key}     nothing stored: two tasks share unique key `key`
+--         {7, held}    nothing stored: the tenant holds `held` unique keys,
+--                      and these would pass its max_unique_keys
 
 local k_queues, k_queued = KEYS[6], KEYS[7]
 local now = ARGV[1]
 local bound_max = tonumber(ARGV[2])
 local max_queued, max_queues = tonumber(ARGV[3]), tonumber(ARGV[4])
 local queue = ARGV[5]
-local n = tonumber(ARGV[8])
-local first = 9
+local n = tonumber(ARGV[9])
+local first = 10
 
 if n == 0 then
     return {0, 0}
@@ -83,6 +86,7 @@ end
 -- Unique keys: a few expired ones are dropped, then a key still held
 -- refuses the group, naming the task that holds it.
 local unique_until = nil
+local new_keys = 0
 for i = 0, n - 1 do
     local key = ARGV[first + i * stride + 4]
     if key ~= '' then
@@ -102,6 +106,23 @@ for i = 0, n - 1 do
             return {5, redis.call('HGET', KEYS[10], key)}
         end
         unique_until[key] = ARGV[first + i * stride + 5]
+        new_keys = new_keys + 1
+    end
+end
+if new_keys > 0 then
+    local max_unique = tonumber(ARGV[8])
+    local held = redis.call('ZCARD', KEYS[11])
+    if held + new_keys > max_unique then
+        -- Expired keys may still be counted: drop more of them first.
+        local old = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now, 'LIMIT', 0, 1000)
+        if #old > 0 then
+            redis.call('ZREM', KEYS[11], unpack(old))
+            redis.call('HDEL', KEYS[10], unpack(old))
+            held = held - #old
+        end
+        if held + new_keys > max_unique then
+            return {7, held}
+        end
     end
 end
 local here = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
