@@ -141,6 +141,9 @@ struct LimitFlags {
     /// Schedules the tenant may have.
     #[arg(long)]
     max_schedules: Option<u32>,
+    /// Unique keys the tenant may hold at once.
+    #[arg(long)]
+    max_unique_keys: Option<u64>,
     /// At most this many of the tenant's tasks start per window, over all
     /// workers: `N/DURATION` (`100/1s`, `5000/1m`); `none` removes it.
     #[arg(long, value_name = "N/DURATION", value_parser = parse_rate)]
@@ -197,6 +200,7 @@ impl LimitFlags {
         );
         set(&mut limits.max_output_bytes, self.max_output_bytes);
         set(&mut limits.max_log_bytes, self.max_log_bytes);
+        set(&mut limits.max_unique_keys, self.max_unique_keys);
         let set = |field: &mut u32, value: Option<u32>| {
             if let Some(v) = value {
                 *field = v;
