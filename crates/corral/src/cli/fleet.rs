@@ -15,6 +15,7 @@ use clap::Args;
 
 use super::broker_cmds::{CONNECT_PATIENCE, RedisArgs};
 use crate::broker::{Broker, BrokerError, RedisBroker, TenantQuota};
+use crate::catalog::RedisCatalog;
 use crate::submit::{find_tenant, valid_queue};
 use crate::task::TaskId;
 use crate::text::Inert;
@@ -105,12 +106,18 @@ impl Target {
         }
     }
 
+    /// The catalog on the same Redis, for `command`; gives up after
+    /// [`CONNECT_PATIENCE`].
+    pub async fn catalog(&self, command: &str) -> anyhow::Result<RedisCatalog> {
+        tokio::time::timeout(CONNECT_PATIENCE, self.redis.catalog(command))
+            .await
+            .map_err(|_| anyhow::anyhow!("the catalog did not answer within 2 s"))?
+    }
+
     /// `tenant`'s queue quota from the catalog on the same Redis, as an
     /// enqueue through the API or `corral enqueue` applies it.
     pub async fn quota(&self, tenant: &str) -> anyhow::Result<TenantQuota> {
-        let catalog = tokio::time::timeout(CONNECT_PATIENCE, self.redis.catalog("tasks"))
-            .await
-            .map_err(|_| anyhow::anyhow!("the catalog did not answer within 2 s"))??;
+        let catalog = self.catalog("tasks").await?;
         let found = find_tenant(&catalog, tenant)
             .await
             .with_context(|| format!("reading the limits of tenant `{}`", Inert(tenant)))?;

@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use super::broker_cmds::CONNECT_PATIENCE;
 use super::fleet::{Table, Target, refused};
 use super::units::parse_duration;
 use crate::broker::Broker;
@@ -156,9 +155,7 @@ async fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
     };
     schedule.check().map_err(|e| anyhow::anyhow!(e))?;
     let broker = args.target.broker("schedules add").await?;
-    let catalog = tokio::time::timeout(CONNECT_PATIENCE, args.target.redis.catalog("schedules"))
-        .await
-        .map_err(|_| anyhow::anyhow!("the catalog did not answer within 2 s"))??;
+    let catalog = args.target.catalog("schedules").await?;
     let found = find_tenant(&catalog, &tenant).await?;
     find_job(&catalog, &tenant, &schedule.job, None)
         .await
