@@ -15,8 +15,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral::broker::{RedisBroker, RedisConfig};
+use corral::broker::{Broker, RedisBroker, RedisConfig, TenantQuota};
 use corral::catalog::{Catalog, RedisCatalog};
+use corral::schedule::{Missed, Schedule, Timing};
 use corral::tenant::{TenantLimits, Token};
 use corral::{ArgsMap, Client, Task};
 use serde_json::{Value, json};
@@ -190,6 +191,40 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
             &format!(
                 "{}.includes('default')",
                 text_of("#workers tr td:nth-child(5)")
+            ),
+            SHOWN,
+        )
+        .await;
+
+    // The tenant's schedules, with their next tick.
+    let schedules = RedisBroker::connect(RedisConfig::new(url.clone()))
+        .await
+        .expect("connect the Redis broker");
+    let nightly = Schedule {
+        name: "nightly".into(),
+        tenant: "acme".into(),
+        timing: Timing::Cron {
+            expr: "0 3 * * *".into(),
+            tz: Some("Europe/Paris".into()),
+        },
+        missed: Missed::Once,
+        job: "later".into(),
+        args: ArgsMap::new(),
+        queue: "default".into(),
+        max_attempts: None,
+        timeout_ms: None,
+        created_at: chrono::Utc::now(),
+    };
+    schedules
+        .put_schedule(&nightly, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("put a schedule");
+    browser
+        .wait_for(
+            "the schedule in the list",
+            &format!(
+                "{} === 'cron 0 3 * * * (Europe/Paris)'",
+                text_of("tr[data-schedule=\"nightly\"] td:nth-child(2)")
             ),
             SHOWN,
         )

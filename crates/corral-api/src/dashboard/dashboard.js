@@ -276,6 +276,16 @@ function renderJobs(jobs) {
     j.limits.fuel, j.limits.memory_bytes, j.limits.timeout_ms]));
 }
 
+function renderSchedules(schedules) {
+  const when = (t) => t.cron ? "cron " + t.cron.expr + (t.cron.tz ? " (" + t.cron.tz + ")" : "")
+    : "every " + t.every.secs + "s";
+  sync($("schedules"), schedules, (s) => s.name, (s) => {
+    const tr = row([s.name, when(s.timing), s.missed, s.job, s.queue, s.next_tick || "\u2014"]);
+    tr.dataset.schedule = s.name;
+    return tr;
+  });
+}
+
 function renderUsage(usage) {
   const use = (day, u) => row([day, u.calls, u.fuel, (u.wall_us / 1e6).toFixed(3), (u.instantiate_us / 1e6).toFixed(3),
     mib(u.peak_memory_bytes), u.completed, u.retried, u.dead]);
@@ -421,7 +431,7 @@ async function probeAdmin() {
 }
 
 function clearAll() {
-  for (const id of ["queues", "tasks", "workers", "jobs", "usage"]) $(id).replaceChildren();
+  for (const id of ["queues", "tasks", "workers", "jobs", "schedules", "usage"]) $(id).replaceChildren();
   $("updated").textContent = "";
   clearDetail();
 }
@@ -450,6 +460,7 @@ async function refresh(force) {
       // a tenant, those serving its queues.
       api("GET", "/v1/workers", null, !view.admin).then((a) => renderWorkers(a.workers)),
       api("GET", "/v1/jobs").then((a) => renderJobs(a.jobs)),
+      api("GET", "/v1/schedules").then((a) => renderSchedules(a.schedules)),
       api("GET", "/v1/usage").then(renderUsage),
       id ? renderDetail(id) : Promise.resolve(clearDetail()),
     ]);
