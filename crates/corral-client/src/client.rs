@@ -4,13 +4,16 @@
 //! [`TaskBuilder`] (args, queue, tenant, delay, attempts, timeout);
 //! [`Client::enqueue`] and [`Client::enqueue_many`] store tasks (the latter
 //! in one broker call); [`Client::status`] and [`Client::wait`] read them
-//! back. The client never runs handlers.
+//! back. [`Client::schedule`] starts a [`ScheduleBuilder`] (cron or
+//! interval, args, queue, tenant) and [`Client::put_schedule`] stores it;
+//! the workers fire it. The client never runs handlers.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, StoredSchedule, TenantQuota};
+use crate::schedule::{Missed, Schedule, Timing};
 use corral_core::clock;
 use corral_core::task::{ArgsMap, Task, TaskId, TaskParseError};
 
@@ -70,6 +73,58 @@ impl<B: Broker> Client<B> {
         TaskBuilder {
             task: Task::new(job, ArgsMap::new()),
         }
+    }
+
+    /// Starts building schedule `name` of `job`: every minute until
+    /// [`ScheduleBuilder::cron`] or [`ScheduleBuilder::every`] says
+    /// otherwise.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral_client::{Broker, Client, EmbeddedBroker};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let client = Client::new(EmbeddedBroker::new());
+    /// let nightly = client
+    ///     .schedule("nightly-report", "report")
+    ///     .cron("0 3 * * *", Some("Europe/Paris"))
+    ///     .arg("format", "pdf")?
+    ///     .build();
+    /// let stored = client.put_schedule(&nightly).await?;
+    /// assert!(stored.next_tick.is_some());
+    /// let every = client.schedule("heartbeat", "noop").every(Duration::from_secs(30)).build();
+    /// client.put_schedule(&every).await?;
+    /// assert_eq!(client.broker().schedules("default").await?.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn schedule(&self, name: impl Into<String>, job: impl Into<String>) -> ScheduleBuilder {
+        ScheduleBuilder {
+            schedule: Schedule {
+                name: name.into(),
+                tenant: corral_core::task::DEFAULT_TENANT.to_owned(),
+                timing: Timing::Cron {
+                    expr: "* * * * *".into(),
+                    tz: None,
+                },
+                missed: Missed::Skip,
+                job: job.into(),
+                args: ArgsMap::new(),
+                queue: corral_core::task::DEFAULT_QUEUE.to_owned(),
+                max_attempts: None,
+                timeout_ms: None,
+                created_at: chrono::Utc::now(),
+            },
+        }
+    }
+
+    /// Stores `schedule` (replacing one of the same tenant and name), with
+    /// no tenant bound: the library's producers are the operator's (the
+    /// API applies the tenant's `max_schedules` and quotas).
+    pub async fn put_schedule(&self, schedule: &Schedule) -> Result<StoredSchedule, BrokerError> {
+        self.broker
+            .put_schedule(schedule, &TenantQuota::UNLIMITED, u32::MAX)
+            .await
     }
 
     /// Stores one task; returns its id. A task whose unique key is held
@@ -143,6 +198,74 @@ pub enum EnqueueJsonError {
     /// The broker refused or failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+/// Builds a [`Schedule`]; see [`Client::schedule`].
+#[derive(Debug, Clone)]
+pub struct ScheduleBuilder {
+    schedule: Schedule,
+}
+
+impl ScheduleBuilder {
+    /// Fires on cron expression `expr` (five fields, or six with seconds
+    /// first), read in time zone `tz` (an IANA name; UTC when `None`).
+    pub fn cron(mut self, expr: impl Into<String>, tz: Option<&str>) -> Self {
+        self.schedule.timing = Timing::Cron {
+            expr: expr.into(),
+            tz: tz.map(str::to_owned),
+        };
+        self
+    }
+
+    /// Fires every `every` (whole seconds, at least one), on multiples of
+    /// it since the Unix epoch.
+    pub fn every(mut self, every: Duration) -> Self {
+        self.schedule.timing = Timing::Every {
+            secs: every.as_secs().max(1),
+        };
+        self
+    }
+
+    /// Sets arg `name` of every task to `value`.
+    pub fn arg<T: Serialize + ?Sized>(
+        mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<Self, serde_json::Error> {
+        self.schedule
+            .args
+            .insert(name.to_owned(), serde_json::to_value(value)?);
+        Ok(self)
+    }
+
+    /// The queue its tasks wait in.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.schedule.queue = queue.into();
+        self
+    }
+
+    /// The owning tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.schedule.tenant = tenant.into();
+        self
+    }
+
+    /// What a run of missed ticks becomes (skipped by default).
+    pub fn missed(mut self, missed: Missed) -> Self {
+        self.schedule.missed = missed;
+        self
+    }
+
+    /// Attempts per task.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.schedule.max_attempts = Some(n.max(1));
+        self
+    }
+
+    /// The schedule.
+    pub fn build(self) -> Schedule {
+        self.schedule
+    }
 }
 
 /// Builds a [`Task`]; see [`Client::task`].

@@ -33,7 +33,7 @@ pub mod schedule;
 pub use corral_core::{clock, task};
 
 pub use broker::{Broker, BrokerError, EmbeddedBroker, RedisBroker, RedisConfig};
-pub use client::{Client, WaitError};
+pub use client::{Client, ScheduleBuilder, WaitError};
 pub use task::{ArgsMap, Task, TaskId, TaskState};
 
 /// Entry points for the fuzz targets (`tests/fuzz/`): how the Redis broker
