@@ -1,10 +1,11 @@
-//! Schedules run by the fleet: `corral schedules add` stores an
-//! every-second schedule, three real `corral worker` processes fire it
-//! (one of them SIGKILLed and restarted half way), and every tick between
-//! the first and the last is enqueued exactly once: no tick lost, none
-//! doubled. (The conformance suite checks the same with a controlled clock,
-//! over the embedded broker, Redis and a Cluster, and the missed-tick
-//! policies after an outage.)
+//! Schedules run by the fleet: `corral schedules add` stores ten
+//! every-second schedules, three real `corral worker` processes fire them
+//! (one of them SIGKILLed and restarted half way), and every tick of each,
+//! between its first and its last, is enqueued exactly once: no tick lost,
+//! none doubled. The workers run their maintenance passes every 5 ms, so
+//! they race for nearly every tick. (The conformance suite checks the same
+//! with a controlled clock, over the embedded broker, Redis and a Cluster,
+//! and the missed-tick policies after an outage.)
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -14,6 +15,9 @@ use corral::broker::{Broker, PageQuery, RedisBroker, RedisConfig};
 use corral::task::TaskState;
 
 use crate::support::redis::{RedisServer, WorkerProcess, unique_prefix};
+
+/// Schedules the test stores.
+const SCHEDULES: i64 = 10;
 
 fn corral(url: &str, prefix: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_corral"))
@@ -43,7 +47,7 @@ async fn three_workers_enqueue_every_tick_once_through_a_sigkill() {
         let mut w = WorkerProcess::start(
             &url,
             &prefix,
-            &["--concurrency", "4"],
+            &["--concurrency", "4", "--maintain-every", "5ms"],
             logs.path().join(format!("worker-{i}.log")),
         );
         w.wait_started();
@@ -51,27 +55,30 @@ async fn three_workers_enqueue_every_tick_once_through_a_sigkill() {
     };
     let mut workers: Vec<WorkerProcess> = (0..3).map(start).collect();
 
-    let (ok, out, err) = corral(
-        &url,
-        &prefix,
-        &[
+    for i in 0..SCHEDULES {
+        let name = format!("every-second-{i}");
+        let arg = format!("n={i}");
+        let add = [
             "schedules",
             "add",
-            "every-second",
+            &name,
             "--every",
             "1s",
             "--job",
             "noop",
-        ],
-    );
-    assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("schedule every-second stored; next tick"),
-        "{out}"
-    );
+            "--json-arg",
+            &arg,
+        ];
+        let (ok, out, err) = corral(&url, &prefix, &add);
+        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains(&format!("schedule {name} stored; next tick")),
+            "{out}"
+        );
+    }
     let (ok, out, err) = corral(&url, &prefix, &["schedules", "ls"]);
     assert!(
-        ok && out.contains("every-second") && out.contains("every 1s"),
+        ok && out.contains("every-second-9") && out.contains("every 1s"),
         "{out}{err}"
     );
 
@@ -79,8 +86,11 @@ async fn three_workers_enqueue_every_tick_once_through_a_sigkill() {
     workers[0].kill();
     workers[0] = start(3);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (ok, out, err) = corral(&url, &prefix, &["schedules", "rm", "every-second"]);
-    assert!(ok, "{out}{err}");
+    for i in 0..SCHEDULES {
+        let name = format!("every-second-{i}");
+        let (ok, out, err) = corral(&url, &prefix, &["schedules", "rm", &name]);
+        assert!(ok, "{out}{err}");
+    }
 
     // Only to turn a hang into a failure, never a measure of speed.
     let give_up = Instant::now() + Duration::from_secs(60);
@@ -96,7 +106,8 @@ async fn three_workers_enqueue_every_tick_once_through_a_sigkill() {
         w.stop();
     }
 
-    // Every task is a tick's: count them by the second they were stamped.
+    // Every task is a tick's: count them by schedule and by the second
+    // they were stamped with.
     let page = broker
         .list_page(
             "default",
@@ -107,7 +118,7 @@ async fn three_workers_enqueue_every_tick_once_through_a_sigkill() {
         )
         .await
         .expect("list");
-    let mut per_tick: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut per_tick: BTreeMap<(i64, i64), usize> = BTreeMap::new();
     for t in &page.tasks {
         assert_eq!(t.state, TaskState::Completed, "{:?}", t.error);
         assert_eq!(
@@ -115,19 +126,28 @@ async fn three_workers_enqueue_every_tick_once_through_a_sigkill() {
             0,
             "a tick is on a second"
         );
-        *per_tick.entry(t.created_at.timestamp()).or_default() += 1;
+        let n = t.original_args_map["n"]
+            .as_i64()
+            .expect("the schedule's arg");
+        *per_tick.entry((n, t.created_at.timestamp())).or_default() += 1;
     }
-    let doubled: Vec<_> = per_tick.iter().filter(|(_, n)| **n > 1).collect();
+    let doubled: Vec<_> = per_tick.iter().filter(|(_, c)| **c > 1).collect();
     assert!(doubled.is_empty(), "ticks enqueued twice: {doubled:?}");
-    let (first, last) = (
-        *per_tick.keys().next().expect("some ticks"),
-        *per_tick.keys().last().expect("some ticks"),
-    );
-    let missing: Vec<i64> = (first..=last)
-        .filter(|s| !per_tick.contains_key(s))
-        .collect();
-    assert!(missing.is_empty(), "ticks lost: {missing:?}");
-    assert!(per_tick.len() >= 6, "only {} ticks in 8 s", per_tick.len());
+    for i in 0..SCHEDULES {
+        let seconds: Vec<i64> = per_tick
+            .keys()
+            .filter(|(n, _)| *n == i)
+            .map(|(_, s)| *s)
+            .collect();
+        assert!(
+            seconds.len() >= 6,
+            "schedule {i}: only {} ticks in 8 s",
+            seconds.len()
+        );
+        let (first, last) = (seconds[0], seconds[seconds.len() - 1]);
+        let missing: Vec<i64> = (first..=last).filter(|s| !seconds.contains(s)).collect();
+        assert!(missing.is_empty(), "schedule {i}: ticks lost: {missing:?}");
+    }
     let (ok, out, _) = corral(&url, &prefix, &["schedules", "ls"]);
     assert!(ok && !out.contains("every-second"), "{out}");
 }

@@ -184,6 +184,10 @@ pub(super) struct WorkerArgs {
     /// are handed back.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// How often the maintenance pass runs: due delayed tasks and expired
+    /// leases, finished records past retention, and due schedule ticks.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    maintain_every: Duration,
     /// This worker's id on its leases (default: host-pid-random).
     #[arg(long)]
     id: Option<String>,
@@ -392,6 +396,7 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         lease,
         heartbeat_every: lease / 3,
         shutdown_grace: args.shutdown_grace,
+        maintain_every: args.maintain_every.max(Duration::from_millis(10)),
         ..WorkerConfig::default()
     };
     if let Some(id) = &args.id {
