@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use corral_core::clock;
 use corral_core::task::{ArgsMap, DEFAULT_QUEUE, Task};
+use corral_core::text::valid_name;
 
 /// How late a tick may run and still count as on time.
 pub const GRACE: Duration = Duration::from_secs(60);
@@ -184,15 +185,6 @@ fn cron(expr: &str) -> Result<croner::Cron, String> {
 
 fn zone(tz: &str) -> Result<chrono_tz::Tz, String> {
     chrono_tz::Tz::from_str(tz).map_err(|_| format!("unknown time zone `{tz}`"))
-}
-
-/// Whether `name` may name a schedule or a queue: 1 to 128 of letters,
-/// digits, `-`, `_`, `.`, `:`.
-fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 impl Schedule {

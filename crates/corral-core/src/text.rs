@@ -132,6 +132,16 @@ pub fn inert_capped(s: &str, max: usize) -> String {
     out
 }
 
+/// Whether `name` may name a job, a queue or a schedule: 1 to 128 of
+/// letters, digits, `-`, `_`, `.`, `:` (so it needs no escaping anywhere).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

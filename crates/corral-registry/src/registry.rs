@@ -131,15 +131,7 @@ pub struct Registry {
     latest: Arc<Lru<JobKey, (u32, Instant)>>,
 }
 
-/// Whether `name` may name a job (or a queue): 1 to 128 of letters,
-/// digits, `-`, `_`, `.`, `:`.
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-}
+pub(crate) use corral_core::text::valid_name;
 
 impl From<CatalogError> for RegistryError {
     fn from(e: CatalogError) -> Self {

@@ -40,6 +40,7 @@ use super::{
 use corral_core::clock::{self, Clock, SystemClock};
 use corral_core::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage};
 use corral_core::task::{Task, TaskError, TaskId, TaskState};
+use corral_core::text::Inert;
 
 type QueueKey = (String, String);
 
@@ -647,7 +648,7 @@ impl State {
                         report.ticks_enqueued += 1;
                     }
                     Err(e) => {
-                        tracing::warn!(tenant = %key.0, schedule = %key.1, error = %e, "a schedule tick's task was refused");
+                        tracing::warn!(tenant = %Inert(&key.0), schedule = %Inert(&key.1), error = %e, "a schedule tick's task was refused");
                         report.ticks_skipped += 1;
                     }
                 }
@@ -1494,7 +1495,7 @@ impl Broker for EmbeddedBroker {
                 if !st.queues.get(tenant).is_some_and(|q| q.contains_key(queue)) {
                     return Err(BrokerError::NotFound {
                         op: "pause",
-                        what: format!("queue `{}`", corral_core::text::Inert(queue)),
+                        what: format!("queue `{}`", Inert(queue)),
                     });
                 }
                 // Pauses of queues gone since go with it, as on Redis.
