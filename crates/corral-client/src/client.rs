@@ -6,7 +6,10 @@
 //! in one broker call); [`Client::status`] and [`Client::wait`] read them
 //! back. [`Client::schedule`] starts a [`ScheduleBuilder`] (cron or
 //! interval, args, queue, tenant) and [`Client::put_schedule`] stores it;
-//! the workers fire it. The client never runs handlers.
+//! the workers fire it. [`Client::submit_workflow`] stores a
+//! [`Workflow`] of chained, grouped and chorded tasks, and
+//! [`Client::wait_workflow`] waits for its result. The client never runs
+//! handlers.
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use serde::Serialize;
 
 use crate::broker::{Broker, BrokerError, StoredSchedule, TenantQuota};
 use crate::schedule::{Missed, Schedule, Timing};
+use crate::workflow::{Flow, OnFailure, Plan, Workflow, WorkflowId, WorkflowStatus};
 use corral_core::clock;
 use corral_core::task::{ArgsMap, Task, TaskId, TaskParseError};
 
@@ -125,6 +129,85 @@ impl<B: Broker> Client<B> {
         self.broker
             .put_schedule(schedule, &TenantQuota::UNLIMITED, u32::MAX)
             .await
+    }
+
+    /// A workflow running `flow` in the default tenant, failing fast
+    /// (set the fields to change either); store it with
+    /// [`submit_workflow`](Self::submit_workflow).
+    ///
+    /// ```
+    /// use corral_client::{Client, EmbeddedBroker};
+    /// use corral_client::workflow::{Flow, StepState, WorkflowState};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let client = Client::new(EmbeddedBroker::new());
+    /// // Three squares in parallel, then a sum of their results.
+    /// let flow = Flow::chord((1..=3).map(|n| Flow::task("square").arg("n", n)), Flow::task("sum"));
+    /// let id = client.submit_workflow(client.workflow(flow)).await?;
+    /// let status = client.workflow_status("default", id).await?.expect("just stored");
+    /// assert_eq!(status.state, WorkflowState::Running);
+    /// // The squares are queued; the sum waits for them.
+    /// assert_eq!(status.count(StepState::Enqueued), 3);
+    /// assert_eq!(status.count(StepState::Waiting), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn workflow(&self, flow: impl Into<Flow>) -> Workflow {
+        Workflow {
+            id: WorkflowId::new(),
+            tenant: corral_core::task::DEFAULT_TENANT.to_owned(),
+            flow: flow.into(),
+            on_failure: OnFailure::FailFast,
+        }
+    }
+
+    /// Compiles and stores `workflow`, enqueueing its first steps; returns
+    /// its id. No tenant bound applies (the API applies the tenant's
+    /// `max_workflows` and quotas); a flow that does not compile (an empty
+    /// group, a bad name, too many steps) is [`BrokerError::Invalid`].
+    pub async fn submit_workflow(&self, workflow: Workflow) -> Result<WorkflowId, BrokerError> {
+        let plan = Plan::compile(&workflow, chrono::Utc::now()).map_err(|reason| {
+            BrokerError::Invalid {
+                op: "submit_workflow",
+                reason,
+            }
+        })?;
+        self.broker
+            .submit_workflow(&plan, &TenantQuota::UNLIMITED, u32::MAX)
+            .await?;
+        Ok(workflow.id)
+    }
+
+    /// `tenant`'s workflow `id`, if stored.
+    pub async fn workflow_status(
+        &self,
+        tenant: &str,
+        id: WorkflowId,
+    ) -> Result<Option<WorkflowStatus>, BrokerError> {
+        self.broker.workflow(tenant, id).await
+    }
+
+    /// Waits until `tenant`'s workflow `id` completes or fails, up to
+    /// `timeout`; the last status seen either way (`None`: not stored).
+    pub async fn wait_workflow(
+        &self,
+        tenant: &str,
+        id: WorkflowId,
+        timeout: Duration,
+    ) -> Result<Option<WorkflowStatus>, BrokerError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let status = self.broker.workflow(tenant, id).await?;
+            let waited = started.elapsed();
+            match &status {
+                Some(s)
+                    if s.state == crate::workflow::WorkflowState::Running && waited < timeout => {}
+                _ => return Ok(status),
+            }
+            tokio::time::sleep(pause.min(timeout - waited)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
     }
 
     /// Stores one task; returns its id. A task whose unique key is held

@@ -7,6 +7,7 @@
 //! | [`broker`] | the broker trait, leases, the embedded broker and the Redis broker |
 //! | [`client`] | the producer API: enqueue, bulk enqueue, status, wait |
 //! | [`schedule`] | schedules: cron and interval timetables, and how due ticks fire |
+//! | [`workflow`] | workflows: chains, groups and chords of tasks, compiled to steps the broker advances |
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -29,6 +30,7 @@
 pub mod broker;
 pub mod client;
 pub mod schedule;
+pub mod workflow;
 
 pub use corral_core::{clock, task};
 

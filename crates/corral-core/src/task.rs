@@ -218,6 +218,17 @@ pub struct Unique {
     pub ttl_ms: u64,
 }
 
+/// Which step of which workflow a task is: the workflow's id and the
+/// step's index in its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStep {
+    /// The workflow's id.
+    pub id: Uuid,
+    /// The step's index in the workflow's plan.
+    pub step: u32,
+}
+
 /// A unit of work: run job `job_name`'s handler chain on `original_args_map`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,6 +278,10 @@ pub struct Task {
     /// Enqueued at most once per key within a time window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique: Option<Unique>,
+    /// The workflow this task is a step of, when it is one (written by the
+    /// broker that enqueues the step, never by a producer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowStep>,
     /// The version of the job definition the task was enqueued against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_version: Option<u32>,
@@ -329,6 +344,7 @@ impl Task {
             deadline: None,
             timeout_ms: None,
             unique: None,
+            workflow: None,
             job_version: None,
             error: None,
             error_history: Vec::new(),

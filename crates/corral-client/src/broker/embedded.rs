@@ -31,6 +31,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::Notify;
 
 use crate::schedule::Schedule;
+use crate::workflow::{Plan, Progress, WorkflowId, WorkflowState, WorkflowStatus, WorkflowSummary};
 
 use super::{
     AcquireRequest, Broker, BrokerError, Cancelled, Checkpoint, Lease, Leased, Maintenance,
@@ -113,6 +114,15 @@ struct State {
     ticks: BTreeSet<(DateTime<Utc>, String, String)>,
     /// Per tenant and unique key, the task holding it and until when.
     unique: HashMap<(String, String), (TaskId, DateTime<Utc>)>,
+    /// Per tenant and id, each workflow's progress and the quota its
+    /// steps are enqueued within.
+    workflows: HashMap<(String, WorkflowId), (Progress, TenantQuota)>,
+    /// Per tenant, its stored workflows' ids (what its limit counts).
+    workflow_ids: HashMap<String, BTreeSet<WorkflowId>>,
+    /// Ended workflows by when they ended: what retention drops.
+    workflows_ended: BTreeSet<(DateTime<Utc>, String, WorkflowId)>,
+    /// Workflows with steps ready to enqueue.
+    workflows_ready: BTreeSet<(String, WorkflowId)>,
     /// Per tenant, how many unique keys it holds.
     unique_held: HashMap<String, u64>,
     /// The same keys by expiry, so expired ones are dropped in order.
@@ -332,6 +342,7 @@ impl EmbeddedBroker {
                         queue: entry.task.queue_name.clone(),
                         token: entry.token,
                         worker: req.worker.clone(),
+                        workflow: entry.task.workflow,
                     },
                     task: entry.task.clone(),
                 };
@@ -824,6 +835,23 @@ impl State {
         entry.finished_at = Some(now);
         entry.lease_expires = None;
         entry.task.updated_at = now;
+        if let Some(step) = entry.task.workflow {
+            let result = match (&entry.task.state, &entry.task.error) {
+                (TaskState::Completed, _) => Ok(entry.task.args_map.clone()),
+                (_, Some(error)) => Err(error.clone()),
+                (state, None) => Err(TaskError {
+                    kind: state.to_string(),
+                    message: format!("the task is {state}"),
+                    retryable: false,
+                    handler_index: None,
+                }),
+            };
+            let key = (entry.task.tenant.clone(), WorkflowId(step.id));
+            self.step_ended(key, step.step, id, result, now);
+        }
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
         let (list, max) = match entry.task.state {
             TaskState::Dead => (&mut self.dead, retention.max_dead),
             TaskState::Cancelled => (&mut self.cancelled, retention.max_dead),
@@ -838,6 +866,100 @@ impl State {
         }
         for old in over {
             self.remove(&old);
+        }
+    }
+
+    /// Workflow `key`'s step `step` (task `id`) ended with `result`.
+    fn step_ended(
+        &mut self,
+        key: (String, WorkflowId),
+        step: u32,
+        id: TaskId,
+        result: Result<corral_core::task::ArgsMap, TaskError>,
+        now: DateTime<Utc>,
+    ) {
+        let Some((progress, _)) = self.workflows.get_mut(&key) else {
+            return;
+        };
+        let was = progress.state;
+        progress.finish(step, id, result, now);
+        if was == WorkflowState::Running && progress.state != WorkflowState::Running {
+            self.workflows_ended.insert((now, key.0.clone(), key.1));
+        }
+        if !progress.ready.is_empty() {
+            self.workflows_ready.insert(key);
+        }
+    }
+
+    /// Enqueues the ready steps of every workflow that has some, each
+    /// within its workflow's quota (a refused step stays ready for the next
+    /// call). Returns whether a task became ready.
+    fn advance_workflows(&mut self, now: DateTime<Utc>, max_pending: usize) -> bool {
+        let mut any = false;
+        let keys: Vec<(String, WorkflowId)> = self.workflows_ready.iter().cloned().collect();
+        for key in keys {
+            let Some((progress, quota)) = self.workflows.get(&key) else {
+                self.workflows_ready.remove(&key);
+                continue;
+            };
+            let quota = *quota;
+            let ready: Vec<(u32, Option<Task>)> = progress
+                .ready
+                .iter()
+                .map(|&i| (i, progress.task(i)))
+                .collect();
+            let mut blocked = false;
+            for (i, task) in ready {
+                let Some(task) = task else {
+                    tracing::error!(tenant = %Inert(&key.0), workflow = %key.1, step = i, "a ready workflow step lacks an input; it is not enqueued");
+                    continue;
+                };
+                match self.store(vec![task], &quota, now, max_pending) {
+                    Ok(ready) => {
+                        any |= ready;
+                        if let Some((progress, _)) = self.workflows.get_mut(&key) {
+                            progress.enqueued(i);
+                        }
+                    }
+                    Err(BrokerError::Duplicate { .. }) => {
+                        if let Some((progress, _)) = self.workflows.get_mut(&key) {
+                            progress.enqueued(i);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(tenant = %Inert(&key.0), workflow = %key.1, error = %e, "a workflow step waits for room under its tenant's quota");
+                        blocked = true;
+                        break;
+                    }
+                }
+            }
+            let done = self
+                .workflows
+                .get(&key)
+                .is_none_or(|(p, _)| p.ready.is_empty());
+            if done && !blocked {
+                self.workflows_ready.remove(&key);
+            }
+        }
+        any
+    }
+
+    /// Drops ended workflows past `ttl`.
+    fn trim_workflows(&mut self, now: DateTime<Utc>, ttl: Duration) {
+        while let Some((at, tenant, id)) = self.workflows_ended.first().cloned() {
+            if clock::add(at, ttl) > now {
+                break;
+            }
+            self.workflows_ended.pop_first();
+            let key = (tenant, id);
+            self.workflows.remove(&key);
+            self.workflows_ready.remove(&key);
+            if let Some(ids) = self.workflow_ids.get_mut(&key.0) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.workflow_ids.remove(&key.0);
+                }
+            }
         }
     }
 
@@ -990,6 +1112,7 @@ impl Broker for EmbeddedBroker {
         let now = self.inner.clock.now();
         let retention = self.inner.retention;
         let mut released = false;
+        let stepped;
         let mut out = Vec::with_capacity(results.len());
         {
             let mut st = self.lock();
@@ -1081,8 +1204,11 @@ impl Broker for EmbeddedBroker {
                 }
                 out.push(Ok(()));
             }
+            stepped = st.advance_workflows(now, self.inner.max_pending);
         }
-        if released {
+        if stepped {
+            self.inner.ready.notify_waiters();
+        } else if released {
             self.inner.ready.notify_one();
         }
         Ok(out)
@@ -1175,7 +1301,9 @@ impl Broker for EmbeddedBroker {
                 }
             }
             report.trimmed = st.trim(now, &retention, &mut touched);
-            fired_ready = st.fire_due(now, self.inner.max_pending, &mut report);
+            fired_ready = st.fire_due(now, self.inner.max_pending, &mut report)
+                | st.advance_workflows(now, self.inner.max_pending);
+            st.trim_workflows(now, retention.completed_ttl);
             let today = now.date_naive();
             if st.usage_cut != Some(today) {
                 st.usage_cut = Some(today);
@@ -1546,6 +1674,10 @@ impl Broker for EmbeddedBroker {
                         Some(cancel_error("the task was cancelled before it ran", None));
                 }
                 st.finish(id, now, &retention);
+                if st.advance_workflows(now, self.inner.max_pending) {
+                    drop(st);
+                    self.inner.ready.notify_waiters();
+                }
                 return Ok(Cancelled::Now);
             }
         };
@@ -1655,6 +1787,72 @@ impl Broker for EmbeddedBroker {
                 schedule: schedule.clone(),
                 next_tick: *next,
             })
+            .collect())
+    }
+
+    async fn submit_workflow(
+        &self,
+        plan: &Plan,
+        quota: &TenantQuota,
+        max_workflows: u32,
+    ) -> Result<(), BrokerError> {
+        const OP: &str = "submit_workflow";
+        let now = self.inner.clock.now();
+        let tenant = plan.head.tenant.clone();
+        let key = (tenant.clone(), plan.head.id);
+        let ready = {
+            let mut st = self.lock();
+            if st.workflows.contains_key(&key) {
+                return Err(BrokerError::Conflict {
+                    op: OP,
+                    reason: format!("workflow {} exists already", plan.head.id),
+                });
+            }
+            let have = st.workflow_ids.get(&tenant).map_or(0, BTreeSet::len);
+            if have >= max_workflows as usize {
+                return Err(BrokerError::Full {
+                    op: OP,
+                    reason: super::too_many_workflows(&tenant, have, max_workflows),
+                });
+            }
+            st.workflow_ids
+                .entry(tenant)
+                .or_default()
+                .insert(plan.head.id);
+            st.workflows
+                .insert(key.clone(), (Progress::new(plan.clone()), *quota));
+            st.workflows_ready.insert(key);
+            st.advance_workflows(now, self.inner.max_pending)
+        };
+        if ready {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn workflow(
+        &self,
+        tenant: &str,
+        id: WorkflowId,
+    ) -> Result<Option<WorkflowStatus>, BrokerError> {
+        let st = self.lock();
+        Ok(st
+            .workflows
+            .get(&(tenant.to_owned(), id))
+            .map(|(p, _)| p.status()))
+    }
+
+    async fn workflows(&self, tenant: &str) -> Result<Vec<WorkflowSummary>, BrokerError> {
+        let st = self.lock();
+        let Some(ids) = st.workflow_ids.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids
+            .iter()
+            .rev()
+            .take(super::MAX_WORKFLOWS_LISTED)
+            .filter_map(|id| st.workflows.get(&(tenant.to_owned(), *id)))
+            .map(|(p, _)| p.summary())
             .collect())
     }
 

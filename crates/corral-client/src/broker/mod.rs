@@ -37,8 +37,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
+use crate::workflow::{Plan, WorkflowId, WorkflowStatus, WorkflowSummary};
 use corral_core::metering::{DailyUsage, TaskMetering, USAGE_KEPT_DAYS};
-use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState};
+use corral_core::task::{ArgsMap, Task, TaskError, TaskId, TaskState, WorkflowStep};
 
 pub use embedded::EmbeddedBroker;
 pub use redis::{RedisBroker, RedisConfig, RedisTls};
@@ -60,6 +61,10 @@ pub struct Lease {
     pub token: u64,
     /// The worker holding the lease.
     pub worker: WorkerId,
+    /// The workflow step the task is, if it is one: its ack advances the
+    /// workflow in the same atomic step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowStep>,
 }
 
 /// A task handed to a worker, with its lease.
@@ -946,6 +951,43 @@ pub trait Broker: Send + Sync + 'static {
         let _ = tenant;
         unsupported("schedules")
     }
+
+    /// Stores workflow `plan` and enqueues its first steps; later steps are
+    /// enqueued as the steps they wait for complete, each exactly once
+    /// (see [`crate::workflow`]), within `quota` (a step the quota refuses
+    /// waits, ready, until there is room). A tenant that has
+    /// `max_workflows` stored already (running, or ended and not yet past
+    /// retention) gets [`BrokerError::Full`], checked in the same atomic
+    /// step as the store.
+    fn submit_workflow(
+        &self,
+        plan: &Plan,
+        quota: &TenantQuota,
+        max_workflows: u32,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (plan, quota, max_workflows);
+        unsupported("submit_workflow")
+    }
+
+    /// `tenant`'s workflow `id`: its state, steps, error and result.
+    fn workflow(
+        &self,
+        tenant: &str,
+        id: WorkflowId,
+    ) -> impl Future<Output = Result<Option<WorkflowStatus>, BrokerError>> + Send {
+        let _ = (tenant, id);
+        unsupported("workflow")
+    }
+
+    /// `tenant`'s stored workflows, newest first (at most
+    /// [`MAX_WORKFLOWS_LISTED`]).
+    fn workflows(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<WorkflowSummary>, BrokerError>> + Send {
+        let _ = tenant;
+        unsupported("workflows")
+    }
 }
 
 /// What a broker answers for an operation it does not have.
@@ -996,6 +1038,16 @@ fn too_many_unique_keys(tenant: &str, held: usize, max: u64) -> String {
         "tenant `{tenant}` holds {held} unique keys, its limit being {max}; retry when some expire"
     )
 }
+
+/// Why `max_workflows` refused a new workflow.
+fn too_many_workflows(tenant: &str, have: usize, max: u32) -> String {
+    format!(
+        "tenant `{tenant}` has {have} workflows stored, its limit being {max}; ended ones are dropped after the retention of completed tasks"
+    )
+}
+
+/// Most workflows [`Broker::workflows`] lists.
+pub const MAX_WORKFLOWS_LISTED: usize = 100;
 
 /// Why `max_schedules` refused a new schedule.
 fn too_many_schedules(tenant: &str, have: usize, max: u32) -> String {

@@ -119,7 +119,16 @@ impl RedisBroker {
             if matches!(outcome, Outcome::Release) {
                 released.insert((lease.tenant.clone(), lease.queue.clone()));
             }
+            // A workflow step's output is its final args.
+            let flow = lease.workflow.map(|step| {
+                let output = match outcome {
+                    Outcome::Completed(cp) => serde_json::to_vec(&cp.args_map).unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                (step, output)
+            });
             let item = AckItem {
+                flow,
                 id: lease.task_id,
                 token: lease.token,
                 kind,
@@ -144,12 +153,20 @@ impl RedisBroker {
         for (keys, usage, positions, items) in &batches {
             for (at, chunk) in positions.chunks(ACK_CHUNK).zip(items.chunks(ACK_CHUNK)) {
                 calls.push(async move {
-                    let (held, wake) =
+                    let acked =
                         scripts::ack(&mut self.conn(), keys, now_us, keep, usage, chunk).await?;
+                    let held = acked.held;
                     // A slot under the tenant's cap is free: wake the
                     // workers of the queues that were held back by it.
-                    for queue in wake {
+                    for queue in acked.wake {
                         self.wake(&keys.tenant.name, &queue).await;
+                    }
+                    // The ack made a workflow step ready: enqueue it now
+                    // (maintenance does, should this process die first).
+                    if acked.flow_ready
+                        && let Err(e) = self.advance_flows(&keys.tenant.name, false).await
+                    {
+                        tracing::warn!(tenant = %keys.tenant.name, error = %e, "could not enqueue ready workflow steps; maintenance will");
                     }
                     let answers: Vec<(usize, Result<(), BrokerError>)> = at
                         .iter()

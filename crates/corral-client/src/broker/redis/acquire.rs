@@ -225,6 +225,7 @@ impl RedisBroker {
                             queue: queue.to_owned(),
                             token,
                             worker: req.worker.clone(),
+                            workflow: task.workflow,
                         },
                         task: *task,
                     }),
@@ -327,11 +328,12 @@ impl RedisBroker {
                     due_us: None,
                     handler: None,
                     calls: None,
+                    flow: None,
                 }
             })
             .collect();
         let now = self.now();
-        let (_, wake) = scripts::ack(
+        let wake = scripts::ack(
             &mut self.conn(),
             keys,
             micros(now),
@@ -339,7 +341,8 @@ impl RedisBroker {
             &billing(keys, now),
             &items,
         )
-        .await?;
+        .await?
+        .wake;
         for queue in wake {
             self.wake(tenant, &queue).await;
         }

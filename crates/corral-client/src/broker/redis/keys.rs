@@ -26,6 +26,9 @@
 //! | `P:{q:T}:unique-ttl` | zset | unique keys (plain) by when they stop holding (µs); expired ones are dropped by the next enqueue of a unique task (a bounded number each), and both keys expire with their last entry |
 //! | `P:{q:T}:schedules` | hash | schedule name (plain) → the schedule and the quota its tasks are enqueued within (JSON); at most the tenant's `max_schedules` |
 //! | `P:{q:T}:sched-next` | zset | schedule names (plain) by their next tick (µs): what maintenance fires |
+//! | `P:{q:T}:flow-W` | hash | workflow `W` (see [`crate::workflow`]): `head` (id, tenant, policy, output), `quota` (what its steps are enqueued within), `st` (`r` running, `c` completed, `f` failed), `left` (steps not final), `fin` (when it ended, µs), `err` (the first failure and its task); per step `i`: `n:i` (the step's JSON), `s:i` (the steps that wait for it, `a,b,...`), `w:i` (how many it still waits for), `x:i` (`q` ready, `e<task id>` enqueued, `c`, `d`, `k` skipped; none while waiting), `r:i` (its output) |
+//! | `P:{q:T}:flows` | zset | the tenant's workflow ids, by when each ended (µs; `+inf` while running): what `max_workflows` counts and retention drops |
+//! | `P:{q:T}:flow-ready` | zset | `W:i` for each workflow step ready to enqueue, by when it became ready (µs): enqueued at once by whoever made it ready, by maintenance when that one crashed first |
 //! | `P:{q:T}:rate-limit` | string | the tenant's fleet-wide rate limit, `tasks per_ms`, stored as the cap is |
 //! | `P:{q:T}:rate` | hash | the tenant's current rate window: `w` its index since the epoch, `n` the tasks leased in it |
 //! | `P:{q:T}:cap` | string | the tenant's fleet-wide `max_concurrency`, written by enqueues that carry the tenant's limits (the API's); a worker's fresher reading from the catalog takes precedence |
@@ -144,6 +147,13 @@ pub struct TenantKeys {
     pub unique: String,
     /// Unique keys by expiry, µs (zset).
     pub unique_ttl: String,
+    /// Workflow ids by when they ended, µs (`+inf` while running) (zset).
+    pub flows: String,
+    /// `id:step` of workflow steps ready to enqueue, by when they became
+    /// ready, µs (zset).
+    pub flow_ready: String,
+    /// `P:{q:T}:flow-`: a workflow's id completes its key.
+    flow_base: String,
     /// `P:{q:T}:usage-`: the day's date completes a usage key.
     usage_base: String,
 }
@@ -167,8 +177,16 @@ impl TenantKeys {
             sched_next: format!("{base}:sched-next"),
             unique: format!("{base}:unique"),
             unique_ttl: format!("{base}:unique-ttl"),
+            flows: format!("{base}:flows"),
+            flow_ready: format!("{base}:flow-ready"),
+            flow_base: format!("{base}:flow-"),
             usage_base: format!("{base}:usage-"),
         }
+    }
+
+    /// Workflow `id`'s record (hash).
+    pub fn flow(&self, id: &impl std::fmt::Display) -> String {
+        format!("{}{id}", self.flow_base)
     }
 
     /// The tenant's usage counters of `day` (hash).

@@ -16,6 +16,7 @@ use super::conn::unavailable;
 use super::keys::{self, QueueKeys};
 use super::record::{from_micros, micros};
 use super::scripts::{self, MaintainArgs};
+use super::workflows::{ENDED_PER_PASS, READY_GRACE_US};
 use super::{RedisBroker, lock};
 use crate::broker::{BrokerError, Maintenance};
 
@@ -96,15 +97,33 @@ impl RedisBroker {
                 .arg(QUEUES_PER_MAINTAIN);
             cmd
         };
-        // The first read also takes the due schedule ticks: one round trip
-        // for a tenant with nothing due.
-        let (first_due, ticks): (Vec<String>, Vec<(String, i64)>) = redis::pipe()
+        // The first read also takes the due schedule ticks, whether a ready
+        // workflow step was left behind, and the ended workflows past
+        // retention: one round trip for a tenant with nothing due.
+        type First = (Vec<String>, Vec<(String, i64)>, Vec<String>, Vec<String>);
+        let (first_due, ticks, overdue, ended): First = redis::pipe()
             .add_command(due_queues(&tenant_keys))
             .add_command(Self::due_schedules_cmd(&tenant_keys, args.now_us))
+            .cmd("ZRANGEBYSCORE")
+            .arg(&tenant_keys.flow_ready)
+            .arg("-inf")
+            .arg(args.now_us - READY_GRACE_US)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .cmd("ZRANGEBYSCORE")
+            .arg(&tenant_keys.flows)
+            .arg("-inf")
+            .arg(args.now_us.saturating_sub(args.keep.completed_ttl_us))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(ENDED_PER_PASS)
             .query_async(&mut self.conn())
             .await
             .map_err(|e| unavailable(OP, e))?;
         self.fire_schedules(tenant, ticks, from_micros(args.now_us), &mut total)
+            .await?;
+        self.maintain_flows(tenant, !overdue.is_empty(), ended)
             .await?;
         let mut first_due = Some(first_due);
         for _ in 0..MAINTAIN_ROUNDS {

@@ -23,7 +23,10 @@
 //!   acquire between tenants), `ack` (`update.lua`, `ack.lua`,
 //!   `heartbeat.lua`: what a lease's holder reports), `maintain`
 //!   (`maintain.lua`, and `purge.lua` for the operator) and `listing`
-//!   (`read.lua`, `stats.lua`, `dead.lua`: reading tasks back). This module
+//!   (`read.lua`, `stats.lua`, `dead.lua`: reading tasks back); then
+//!   `schedules` (`put_schedule.lua`, `fire.lua`) and `workflows`
+//!   (`flow_submit.lua`, `flow_advance.lua`, and the workflow step of
+//!   `ack.lua`). This module
 //!   keeps what they share: the configuration, connections, keys, wake-ups,
 //!   and the [`Broker`] impl that hands each call to its module.
 //! - `record`: how a task is stored (JSON as enqueued, plus metadata,
@@ -152,6 +155,7 @@ mod reply;
 mod schedules;
 mod scripts;
 mod usage;
+mod workflows;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::RangeInclusive;
@@ -668,5 +672,29 @@ impl Broker for RedisBroker {
         tenant: &str,
     ) -> Result<Vec<crate::broker::StoredSchedule>, BrokerError> {
         self.list_schedules(tenant).await
+    }
+
+    async fn submit_workflow(
+        &self,
+        plan: &crate::workflow::Plan,
+        quota: &TenantQuota,
+        max_workflows: u32,
+    ) -> Result<(), BrokerError> {
+        self.store_workflow(plan, quota, max_workflows).await
+    }
+
+    async fn workflow(
+        &self,
+        tenant: &str,
+        id: crate::workflow::WorkflowId,
+    ) -> Result<Option<crate::workflow::WorkflowStatus>, BrokerError> {
+        self.read_workflow(tenant, id).await
+    }
+
+    async fn workflows(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<crate::workflow::WorkflowSummary>, BrokerError> {
+        self.list_workflows(tenant).await
     }
 }

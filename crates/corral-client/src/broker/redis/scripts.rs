@@ -23,7 +23,7 @@ use super::record::RawRecord;
 use super::reply::{self, Reply};
 use crate::broker::{BrokerError, QueueStats, RateLimit, TenantQuota};
 use corral_core::metering::MeteringTotal;
-use corral_core::task::TaskId;
+use corral_core::task::{TaskId, WorkflowStep};
 
 macro_rules! lua {
     ($file:literal) => {
@@ -53,6 +53,8 @@ struct Scripts {
     list: Script,
     put_schedule: Script,
     fire: Script,
+    flow_submit: Script,
+    flow_advance: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -74,7 +76,123 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     list: lua!("list.lua"),
     put_schedule: lua!("put_schedule.lua"),
     fire: lua!("fire.lua"),
+    flow_submit: lua!("flow_submit.lua"),
+    flow_advance: lua!("flow_advance.lua"),
 });
+
+/// How [`flow_submit`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowSubmitted {
+    /// Stored, first steps ready.
+    Stored,
+    /// Refused: the tenant has this many workflows already.
+    Full(usize),
+    /// A workflow of this id exists.
+    Exists,
+}
+
+/// Stores a workflow's record (`pairs`: field, value) and makes `first`
+/// ready, within `max_workflows`.
+pub async fn flow_submit(
+    conn: &mut Conn,
+    tenant: &TenantKeys,
+    id: &str,
+    max_workflows: u32,
+    now_us: i64,
+    pairs: &[(String, Vec<u8>)],
+    first: &[u32],
+) -> Result<FlowSubmitted, BrokerError> {
+    const OP: &str = "submit_workflow";
+    let mut inv = SCRIPTS.flow_submit.prepare_invoke();
+    inv.key(&tenant.flows)
+        .key(tenant.flow(&id))
+        .key(&tenant.flow_ready)
+        .arg(id)
+        .arg(max_workflows)
+        .arg(now_us)
+        .arg(pairs.len());
+    for (field, value) in pairs {
+        inv.arg(field).arg(&value[..]);
+    }
+    for i in first {
+        inv.arg(*i);
+    }
+    let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
+    match reply.int()? {
+        0 => Ok(FlowSubmitted::Stored),
+        1 => Ok(FlowSubmitted::Full(reply.count()?)),
+        2 => Ok(FlowSubmitted::Exists),
+        other => Err(reply.corrupt(format!("unknown code {other}"))),
+    }
+}
+
+/// A ready workflow step's task, as [`flow_advance`] stores it.
+pub struct StepTask {
+    /// The step's index.
+    pub step: u32,
+    /// The task's id.
+    pub id: String,
+    /// Its JSON.
+    pub json: Vec<u8>,
+    /// Its first metadata, packed (state pending).
+    pub meta: Vec<u8>,
+}
+
+/// How [`flow_advance`] went for one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advanced {
+    /// Not ready any more: another caller enqueued it, or the workflow ended.
+    NotOurs,
+    /// Enqueued.
+    Stored,
+    /// Refused by the tenant's max_queued or max_queues: still ready.
+    Refused,
+}
+
+/// Enqueues ready `steps` of workflow `flow_id` into `queue`, each only
+/// while its ready entry is there.
+pub async fn flow_advance(
+    conn: &mut Conn,
+    queue: &QueueKeys,
+    flow_id: &str,
+    quota: &TenantQuota,
+    steps: &[StepTask],
+) -> Result<Vec<Advanced>, BrokerError> {
+    const OP: &str = "advance_workflow";
+    let mut inv = SCRIPTS.flow_advance.prepare_invoke();
+    inv.key(&queue.tenant.flow_ready)
+        .key(queue.tenant.flow(&flow_id))
+        .key(&queue.pending)
+        .key(&queue.task)
+        .key(&queue.meta)
+        .key(&queue.tenant.queues)
+        .key(&queue.tenant.queued)
+        .key(&queue.tenant.cap)
+        .arg(flow_id)
+        .arg(quota.max_queued.min(LUA_MAX))
+        .arg(quota.max_queues)
+        .arg(&queue.name);
+    match quota.max_concurrency {
+        u32::MAX => inv.arg(""),
+        cap => inv.arg(cap),
+    };
+    inv.arg(steps.len());
+    for step in steps {
+        inv.arg(step.step)
+            .arg(&step.id)
+            .arg(&step.json[..])
+            .arg(&step.meta[..]);
+    }
+    let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, steps.len())?;
+    (0..steps.len())
+        .map(|_| match reply.int()? {
+            0 => Ok(Advanced::NotOurs),
+            1 => Ok(Advanced::Stored),
+            3 | 4 => Ok(Advanced::Refused),
+            other => Err(reply.corrupt(format!("unknown code {other}"))),
+        })
+        .collect()
+}
 
 /// Stores one schedule's record and next tick within `max_schedules`;
 /// `Err(have)` when a new name would pass it.
@@ -546,6 +664,19 @@ pub struct AckItem {
     pub handler: Option<u32>,
     /// The calls the final checkpoint adds (`c`), billed with it.
     pub calls: Option<MeteringTotal>,
+    /// The workflow step the task is, with its output (`c`).
+    pub flow: Option<(WorkflowStep, Vec<u8>)>,
+}
+
+/// What [`ack`] answers: per outcome whether the lease held, the queues to
+/// wake, and whether a workflow step became ready.
+pub struct Acked {
+    /// Per outcome, whether its lease held.
+    pub held: Vec<bool>,
+    /// The tenant's queues a freed slot wakes.
+    pub wake: Vec<String>,
+    /// Whether a workflow step became ready.
+    pub flow_ready: bool,
 }
 
 /// How long finished tasks are kept, as the scripts are told.
@@ -571,8 +702,18 @@ pub async fn ack(
     keep: &Keep,
     usage: &Billing,
     items: &[AckItem],
-) -> Result<(Vec<bool>, Vec<String>), BrokerError> {
+) -> Result<Acked, BrokerError> {
     const OP: &str = "ack";
+    // The records of the workflows the tasks are steps of: KEYS[20...].
+    let mut flows: Vec<String> = Vec::new();
+    for item in items {
+        if let Some((step, _)) = &item.flow {
+            let id = step.id.hyphenated().to_string();
+            if !flows.contains(&id) {
+                flows.push(id);
+            }
+        }
+    }
     let mut inv = SCRIPTS.ack.prepare_invoke();
     inv.key(&keys.pending)
         .key(&keys.active)
@@ -591,7 +732,12 @@ pub async fn ack(
         .key(&keys.retrying)
         .key(&keys.tenant.running)
         .key(&keys.tenant.capped)
-        .arg(now_us)
+        .key(&keys.tenant.flow_ready)
+        .key(&keys.tenant.flows);
+    for id in &flows {
+        inv.key(keys.tenant.flow(id));
+    }
+    inv.arg(now_us)
         .arg(keep.max_completed)
         .arg(keep.max_dead)
         .arg(keep.completed_ttl_us)
@@ -614,6 +760,19 @@ pub async fn ack(
         };
         calls_args(&mut inv, item.calls.as_ref());
     }
+    let steps = items.iter().filter(|i| i.flow.is_some()).count();
+    inv.arg(steps);
+    for (at, item) in items.iter().enumerate() {
+        if let Some((step, output)) = &item.flow {
+            let id = step.id.hyphenated().to_string();
+            let key = flows.iter().position(|f| *f == id).unwrap_or_default() + 20;
+            inv.arg(at + 1)
+                .arg(step.step)
+                .arg(key)
+                .arg(id)
+                .arg(&output[..]);
+        }
+    }
     // One code per outcome, then the queue names to wake.
     let mut reply = Reply::new(OP, run(OP, conn, &inv).await?)?;
     if reply.remaining() < items.len() {
@@ -628,10 +787,20 @@ pub async fn ack(
         .map(|_| reply.held())
         .collect::<Result<Vec<bool>, _>>()?;
     let mut wake = Vec::with_capacity(reply.remaining());
+    let mut flow_ready = false;
     while reply.remaining() > 0 {
-        wake.push(reply.string()?);
+        let name = reply.string()?;
+        if name == "/" {
+            flow_ready = true;
+        } else {
+            wake.push(name);
+        }
     }
-    Ok((held, wake))
+    Ok(Acked {
+        held,
+        wake,
+        flow_ready,
+    })
 }
 
 /// Extends leases of one queue's tasks; returns the ids no longer held.

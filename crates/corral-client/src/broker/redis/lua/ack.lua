@@ -36,6 +36,10 @@
 -- KEYS[17] capped    (set)    the tenant's queue names held back by its
 --                             cap: a call that frees a slot returns them
 --                             (and clears the set) so their workers wake
+-- KEYS[18] flow-ready (zset)  the tenant's ready workflow steps
+-- KEYS[19] flows     (zset)   the tenant's workflows by when they ended
+-- KEYS[20...]        (hash)   the records of the workflows the outcomes'
+--                             tasks are steps of
 --
 -- A task whose cancel was asked for (state k) that comes back as a retry
 -- or a release is cancelled instead: it never runs again.
@@ -56,11 +60,18 @@
 --        l release:   back to the front of pending, attempt not counted
 --        x cancelled: the worker stopped the task; the error is written
 --                     here, naming the handler of the last checkpoint
+-- then m, the number of outcomes whose task is a workflow step; then 5
+--         values per such outcome: its position (1-based), the step's
+--         index, the KEYS index of its workflow's record, the workflow's
+--         id, and the task's output (its final args map; c only). A step
+--         that this call completed, killed or cancelled advances its
+--         workflow in this same step (flow_step_ended in common.lua).
 --
 -- Returns one code per outcome, in order:
 --         0 applied (or already applied under this token)
 --         1 lease lost
 --         then the queue names to wake (KEYS[17]), if any
+--         then `/` if a workflow step became ready (queue names hold no /)
 
 local k_pending, k_active, k_scheduled, k_completed, k_dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local k_task, k_meta, k_progress, k_error = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -84,6 +95,7 @@ end
 local metas = redis.call('HMGET', k_meta, unpack(ids))
 
 local applied = {} -- id -> {token, state} applied by this call
+local failed = {} -- id -> the error JSON of a task this call killed or cancelled
 -- Argument lists for one batched command per key, with their lengths
 -- (counters instead of `#t + 1`: the length operator is not free in Lua).
 local meta_args, active_rem, progress_set, error_del, error_set = {}, {}, {}, {}, {}
@@ -145,6 +157,7 @@ for i = 0, n - 1 do
                 scheduled_add[n_scheduled + 2] = id
                 n_scheduled = n_scheduled + 2
             elseif kind == 'd' then
+                failed[id] = ARGV[base + 3]
                 error_set[n_error_set + 1] = id
                 error_set[n_error_set + 2] = ARGV[base + 3]
                 n_error_set = n_error_set + 2
@@ -152,6 +165,7 @@ for i = 0, n - 1 do
                 dead_add[n_dead + 2] = id
                 n_dead = n_dead + 2
             elseif kind == 'x' then
+                failed[id] = json
                 error_set[n_error_set + 1] = id
                 error_set[n_error_set + 2] = json
                 n_error_set = n_error_set + 2
@@ -242,9 +256,33 @@ elseif n_active > 0 then
         due_by(KEYS[11], queue, at)
     end
 end
+local n_codes = n
 if wake then
     for i, name in ipairs(wake) do
         codes[n + i] = name
     end
+    n_codes = n + #wake
+end
+local flow_at = first + n * stride
+local n_flow = tonumber(ARGV[flow_at] or '0') or 0
+local readied = false
+for f = 0, n_flow - 1 do
+    local b = flow_at + 1 + f * 5
+    local id = ARGV[first + (tonumber(ARGV[b]) - 1) * stride]
+    local done = applied[id]
+    if done and (done[2] == 'c' or failed[id]) then
+        local ok = done[2] == 'c'
+        local payload = failed[id]
+        if ok then
+            payload = ARGV[b + 4]
+        end
+        if flow_step_ended(KEYS[tonumber(ARGV[b + 2])], KEYS[18], KEYS[19], ARGV[b + 3],
+            ARGV[b + 1], id, ok, payload, now) then
+            readied = true
+        end
+    end
+end
+if readied then
+    codes[n_codes + 1] = '/'
 end
 return codes

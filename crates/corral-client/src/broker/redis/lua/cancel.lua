@@ -6,7 +6,9 @@
 -- (state k): its lease holds on, every later outcome but success ends it
 -- cancelled (ack.lua), and an expired lease cancels it (maintain.lua); the
 -- caller tells the worker named in the answer. Removing a pending id walks
--- the pending list (LREM): bounded by the tenant's own queued tasks.
+-- the pending list (LREM): bounded by the tenant's own queued tasks. A
+-- workflow step cancelled here fails its workflow (flow_step_failed; the
+-- task hash and the tenant's keys are named after KEYS[4] and KEYS[6]).
 --
 -- KEYS[1] pending    (list)
 -- KEYS[2] scheduled  (zset)
@@ -54,7 +56,10 @@ unqueue(KEYS[6], 1)
 m.state = 'x'
 m.updated = now
 meta_put(KEYS[4], id, m)
-redis.call('HSET', KEYS[5], id, cancel_error('the task was cancelled before it ran', nil))
+local error = cancel_error('the task was cancelled before it ran', nil)
+redis.call('HSET', KEYS[5], id, error)
+flow_step_failed(string.sub(KEYS[6], 1, -(#':queued' + 1)),
+    string.sub(KEYS[4], 1, -(#':meta' + 1)) .. ':task', id, error, now)
 redis.call('ZADD', KEYS[3], now, id)
 due_by(KEYS[8], ARGV[4], tonumber(now) + tonumber(ARGV[3]))
 return {0}

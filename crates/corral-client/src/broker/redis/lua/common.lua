@@ -227,3 +227,97 @@ local function cancel_error(message, handler)
         handler_index = handler,
     })
 end
+
+-- Workflows (see workflow.rs; the record's fields are listed in keys.rs).
+-- These mirror workflow::Progress, step for step.
+
+-- Ends workflow `flow_id` (record k_flow) in `state` (c or f) at `now`.
+local function flow_end(k_flow, k_flows, flow_id, state, now)
+    redis.call('HSET', k_flow, 'st', state, 'fin', now)
+    redis.call('ZADD', k_flows, now, flow_id)
+end
+
+-- Step `i` of workflow `flow_id` ran as task `id` and ended: completed
+-- (ok) with its output JSON in `payload`, or failed with its error JSON.
+-- Only a step enqueued under that same id counts (a repeat or a stray
+-- report changes nothing). A completed step's successors that wait for
+-- nothing more become ready (x:s = q, an entry in k_ready); a failed one
+-- fails the workflow at once, or (policy w) skips everything after it.
+-- Returns true when a step became ready.
+local function flow_step_ended(k_flow, k_ready, k_flows, flow_id, i, id, ok, payload, now)
+    if redis.call('HGET', k_flow, 'x:' .. i) ~= 'e' .. id then
+        return false
+    end
+    if ok then
+        redis.call('HSET', k_flow, 'x:' .. i, 'c', 'r:' .. i, payload)
+    else
+        redis.call('HSET', k_flow, 'x:' .. i, 'd')
+        redis.call('HSETNX', k_flow, 'err', '{"task_id":"' .. id .. '","error":' .. payload .. '}')
+    end
+    if redis.call('HGET', k_flow, 'st') ~= 'r' then
+        return false
+    end
+    local left = redis.call('HINCRBY', k_flow, 'left', -1)
+    local readied = false
+    if ok then
+        local next_steps = redis.call('HGET', k_flow, 's:' .. i)
+        if next_steps then
+            for s in string.gmatch(next_steps, '%d+') do
+                if redis.call('HINCRBY', k_flow, 'w:' .. s, -1) <= 0
+                    and redis.call('HEXISTS', k_flow, 'x:' .. s) == 0 then
+                    redis.call('HSET', k_flow, 'x:' .. s, 'q')
+                    redis.call('ZADD', k_ready, now, flow_id .. ':' .. s)
+                    readied = true
+                end
+            end
+        end
+    elseif redis.call('HGET', k_flow, 'mode') == 'f' then
+        flow_end(k_flow, k_flows, flow_id, 'f', now)
+        return false
+    else
+        local stack, depth = {i}, 1
+        while depth > 0 do
+            local j = stack[depth]
+            stack[depth] = nil
+            depth = depth - 1
+            local next_steps = redis.call('HGET', k_flow, 's:' .. j)
+            if next_steps then
+                for s in string.gmatch(next_steps, '%d+') do
+                    if redis.call('HEXISTS', k_flow, 'x:' .. s) == 0 then
+                        redis.call('HSET', k_flow, 'x:' .. s, 'k')
+                        left = redis.call('HINCRBY', k_flow, 'left', -1)
+                        depth = depth + 1
+                        stack[depth] = s
+                    end
+                end
+            end
+        end
+    end
+    if left <= 0 then
+        local state = 'c'
+        if redis.call('HEXISTS', k_flow, 'err') == 1 then
+            state = 'f'
+        end
+        flow_end(k_flow, k_flows, flow_id, state, now)
+    end
+    return readied
+end
+
+-- Task `id` (its JSON in k_task) of the tenant whose keys start with
+-- `tenant_base` died or was cancelled with `error` outside an ack: if it is
+-- a workflow step, its workflow hears of it as from an ack. Only the task's
+-- JSON says which workflow, so the workflow's keys are built here (they
+-- are the tenant's, in the same slot).
+local function flow_step_failed(tenant_base, k_task, id, error, now)
+    local raw = redis.call('HGET', k_task, id)
+    if not raw or not string.find(raw, '"workflow"', 1, true) then
+        return
+    end
+    local ok, task = pcall(cjson.decode, raw)
+    if ok and type(task) == 'table' and type(task.workflow) == 'table' then
+        local flow = tostring(task.workflow.id)
+        flow_step_ended(tenant_base .. ':flow-' .. flow, tenant_base .. ':flow-ready',
+            tenant_base .. ':flows', flow, string.format('%d', task.workflow.step), id, false,
+            error, now)
+    end
+end

@@ -15,7 +15,11 @@
 --    finished record's retention time), or removed when it needs nothing;
 --    a queue left without any record or entry leaves the tenant's queue
 --    set, so it no longer counts against max_queues.
--- Recovered tasks rejoin the tenant's count of queued tasks.
+-- Recovered tasks rejoin the tenant's count of queued tasks. A workflow
+-- step that dies or is cancelled here fails its workflow as an ack would
+-- (flow_step_ended): its record, the tenant's ready set and workflow set
+-- are the tenant's keys named after KEYS[4] (same slot; which workflow
+-- only the task's JSON says).
 -- Each step handles at most ARGV[6] tasks per queue per call; a queue with
 -- more left keeps a due time of now or earlier, and the answer says so.
 --
@@ -47,6 +51,11 @@ local now, completed_before, dead_before = ARGV[1], ARGV[2], ARGV[3]
 local max_completed, max_dead, limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local completed_ttl, dead_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
 local more = 0
+local tenant_base = string.sub(KEYS[4], 1, -(#':running' + 1))
+
+local function step_failed(k_task, id, error)
+    flow_step_failed(tenant_base, k_task, id, error, now)
+end
 
 local function maintain(queue, base)
     local k_pending, k_active, k_scheduled = KEYS[base], KEYS[base + 1], KEYS[base + 2]
@@ -87,9 +96,11 @@ local function maintain(queue, base)
         if m and m.state == 'k' then
             m.updated = now
             m.state = 'x'
-            redis.call('HSET', k_error, id, cancel_error(
+            local error = cancel_error(
                 'the task was cancelled while it ran; its worker\'s lease expired before it reported back',
-                tonumber(m.handler)))
+                tonumber(m.handler))
+            redis.call('HSET', k_error, id, error)
+            step_failed(k_task, id, error)
             redis.call('ZADD', k_cancelled, now, id)
             expired_dead = expired_dead + 1
             meta_put(k_meta, id, m)
@@ -97,13 +108,15 @@ local function maintain(queue, base)
             m.updated = now
             if m.attempt >= m.max then
                 m.state = 'd'
-                redis.call('HSET', k_error, id, cjson.encode({
+                local error = cjson.encode({
                     kind = 'lease_expired',
                     message = string.format('the worker\'s lease expired on attempt %d of %d',
                         m.attempt, m.max),
                     retryable = false,
                     handler_index = tonumber(m.handler),
-                }))
+                })
+                redis.call('HSET', k_error, id, error)
+                step_failed(k_task, id, error)
                 redis.call('ZADD', k_dead, now, id)
                 expired_dead = expired_dead + 1
             else

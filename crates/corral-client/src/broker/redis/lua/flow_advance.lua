@@ -1,0 +1,86 @@
+-- flow_advance.lua: enqueues ready steps of one workflow into one queue,
+-- each only while its ready entry is there: whoever removes the entry
+-- stores the task, so a step is enqueued exactly once however many
+-- workers race for it (the one that made it ready, maintenance after a
+-- crash). Tasks are stored as fire.lua stores a ready task, within the
+-- tenant's max_queued and max_queues; a step they refuse stays ready, as
+-- do the steps after it in this call, for a later call.
+--
+-- KEYS[1] flow-ready (zset)   the tenant's ready workflow steps
+-- KEYS[2] flow       (hash)   the workflow's record
+-- KEYS[3] pending    (list)   the queue's
+-- KEYS[4] task       (hash)
+-- KEYS[5] meta       (hash)
+-- KEYS[6] queues     (set)    the tenant's queue names
+-- KEYS[7] queued     (string) the tenant's count of queued tasks
+-- KEYS[8] cap        (string) the tenant's concurrency cap
+--
+-- ARGV[1] the workflow's id
+-- ARGV[2] the tenant's max_queued
+-- ARGV[3] the tenant's max_queues
+-- ARGV[4] the queue's name, as the tenant's queue set holds it
+-- ARGV[5] the tenant's max_concurrency, or empty
+-- ARGV[6] n; then 4 values per step: its index, its task id, the task
+--         JSON, its metadata (packed by Rust; state p)
+--
+-- Returns one code per step:
+--         0 not ready any more (enqueued already, or the workflow ended:
+--           its entry is dropped)
+--         1 stored
+--         3 refused: the tenant's max_queued (stays ready)
+--         4 refused: the tenant's max_queues (stays ready)
+
+local flow_id = ARGV[1]
+local n = tonumber(ARGV[6])
+local running = redis.call('HGET', KEYS[2], 'st') == 'r'
+local queued = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
+local max_queued = tonumber(ARGV[2])
+local queue = ARGV[4]
+local codes = {}
+local refused = nil
+local tasks, metas, ids, marks, members = {}, {}, {}, {}, {}
+local stored = 0
+for s = 0, n - 1 do
+    local base = 7 + s * 4
+    local i, id = ARGV[base], ARGV[base + 1]
+    local member = flow_id .. ':' .. i
+    if refused then
+        codes[s + 1] = refused
+    elseif not redis.call('ZSCORE', KEYS[1], member) then
+        codes[s + 1] = 0
+    elseif not running or redis.call('HGET', KEYS[2], 'x:' .. i) ~= 'q' then
+        redis.call('ZREM', KEYS[1], member)
+        codes[s + 1] = 0
+    elseif queued + stored + 1 > max_queued then
+        refused = 3
+        codes[s + 1] = 3
+    elseif stored == 0 and redis.call('SISMEMBER', KEYS[6], queue) == 0
+        and redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[3]) then
+        refused = 4
+        codes[s + 1] = 4
+    else
+        stored = stored + 1
+        tasks[2 * stored - 1] = id
+        tasks[2 * stored] = ARGV[base + 2]
+        metas[2 * stored - 1] = id
+        metas[2 * stored] = ARGV[base + 3]
+        ids[stored] = id
+        marks[2 * stored - 1] = 'x:' .. i
+        marks[2 * stored] = 'e' .. id
+        members[stored] = member
+        codes[s + 1] = 1
+    end
+end
+if stored > 0 then
+    redis.call('SADD', KEYS[6], queue)
+    redis.call('INCRBY', KEYS[7], stored)
+    if ARGV[5] ~= '' then
+        redis.call('SET', KEYS[8], ARGV[5])
+    end
+    redis.call('HSET', KEYS[4], unpack(tasks, 1, 2 * stored))
+    redis.call('HSET', KEYS[5], unpack(metas, 1, 2 * stored))
+    redis.call('LPUSH', KEYS[3], unpack(ids, 1, stored))
+    redis.call('HSET', KEYS[2], unpack(marks, 1, 2 * stored))
+    redis.call('ZREM', KEYS[1], unpack(members, 1, stored))
+end
+return codes
