@@ -2498,6 +2498,342 @@ pub async fn a_tenants_rate_limit_holds_per_window_over_every_worker<K: Backend>
     assert_eq!(held(&b.acquire(&r).await.expect("acquire"), "acme"), 2);
 }
 
+/// What the workflow tests' steps compute from their args: `{"n": n + 1}`
+/// for a step given `n` (0 when none), and for one given `results`, the sum
+/// of their `n`s, with the order they came in (`order`).
+fn step_output(args: &ArgsMap) -> ArgsMap {
+    let mut out = ArgsMap::new();
+    match args.get("results").and_then(|r| r.as_array()) {
+        Some(results) => {
+            let ns: Vec<i64> = results
+                .iter()
+                .map(|r| r["n"].as_i64().expect("each result has n"))
+                .collect();
+            out.insert("n".into(), ns.iter().sum::<i64>().into());
+            out.insert("order".into(), serde_json::json!(ns));
+        }
+        None => {
+            let n = args.get("n").and_then(|n| n.as_i64()).unwrap_or(0);
+            out.insert("n".into(), (n + 1).into());
+        }
+    }
+    if let Some(tag) = args.get("tag") {
+        out.insert("tag".into(), tag.clone());
+    }
+    out
+}
+
+fn done(output: ArgsMap) -> Outcome {
+    Outcome::Completed(Checkpoint {
+        current_handler_index: 1,
+        args_map: output,
+        result_log: String::new(),
+        log: String::new(),
+        metering: Default::default(),
+    })
+}
+
+/// Leases every ready task of queue `Q` and acks each (in one concurrent
+/// ack per task, as separate workers would) with `outcome`; returns the
+/// tasks it ran.
+async fn run_ready<B: Broker>(b: &B, outcome: impl Fn(&Task) -> Outcome) -> Vec<Task> {
+    let got = b.acquire(&req("w", &[Q], 1000)).await.expect("acquire");
+    let acks = got.iter().map(|l| {
+        let outcome = outcome(&l.task);
+        async move { ack_one(b, &l.lease, outcome).await.expect("ack") }
+    });
+    join_all(acks).await;
+    got.into_iter().map(|l| l.task).collect()
+}
+
+fn flow_task(n: Option<i64>) -> corral::workflow::FlowTask {
+    let t = corral::workflow::Flow::task("job").queue(Q);
+    match n {
+        Some(n) => t.arg("n", n),
+        None => t,
+    }
+}
+
+fn submitted(
+    flow: corral::workflow::Flow,
+    policy: corral::workflow::OnFailure,
+) -> corral::workflow::Plan {
+    let wf = corral::workflow::Workflow {
+        id: corral::workflow::WorkflowId::new(),
+        tenant: "acme".into(),
+        flow,
+        on_failure: policy,
+    };
+    corral::workflow::Plan::compile(&wf, chrono::Utc::now()).expect("compiles")
+}
+
+pub async fn a_chord_callback_is_enqueued_once_with_every_result_in_order<K: Backend>() {
+    use corral::workflow::{Flow, OnFailure, StepState, WorkflowState};
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    // first -> chord(five members) -> chain(callback, last): nesting both ways.
+    let members: Vec<Flow> = (0..5).map(|n| flow_task(Some(10 * n)).into()).collect();
+    let callback = Flow::chain([
+        Flow::from(flow_task(None).arg("tag", "sum")),
+        flow_task(None).into(),
+    ]);
+    let plan = submitted(
+        Flow::chain([flow_task(Some(1)).into(), Flow::chord(members, callback)]),
+        OnFailure::FailFast,
+    );
+    let id = plan.head.id;
+    b.submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit");
+    // The same plan twice is one workflow.
+    assert!(matches!(
+        b.submit_workflow(&plan, &TenantQuota::UNLIMITED, 10).await,
+        Err(BrokerError::Conflict { .. })
+    ));
+    let ran = run_ready(b, |t| done(step_output(&t.args_map))).await;
+    assert_eq!(ran.len(), 1, "only the first step is ready");
+    assert_eq!(ran[0].task_id, plan.steps[0].id);
+    // The members get the first step's output (n = 2), merged under their own n.
+    let ran = run_ready(b, |t| done(step_output(&t.args_map))).await;
+    assert_eq!(ran.len(), 5);
+    // Acks racing from several workers, a repeated ack, and maintenance
+    // passes long after: the callback is enqueued exactly once.
+    fx.clock.advance(Duration::from_secs(5));
+    join_all([b.maintain(), b.maintain()]).await;
+    let got = b.acquire(&req("w", &[Q], 100)).await.expect("acquire");
+    assert_eq!(got.len(), 1, "one callback");
+    let cb = &got[0];
+    assert_eq!(cb.lease.workflow.map(|s| s.step), Some(6));
+    assert_eq!(
+        serde_json::Value::Object(cb.task.args_map.clone()),
+        serde_json::json!({"results": [{"n": 1}, {"n": 11}, {"n": 21}, {"n": 31}, {"n": 41}], "tag": "sum"}),
+        "the members' outputs in the group's order, with the callback's own args"
+    );
+    let output = step_output(&cb.task.args_map);
+    ack_one(b, &cb.lease, done(output.clone()))
+        .await
+        .expect("ack");
+    ack_one(b, &cb.lease, done(output))
+        .await
+        .expect("repeated ack");
+    fx.clock.advance(Duration::from_secs(5));
+    b.maintain().await.expect("maintain");
+    let last = run_ready(b, |t| done(step_output(&t.args_map))).await;
+    assert_eq!(last.len(), 1, "the chain after the callback runs once");
+    assert_eq!(last[0].args_map["n"], 105);
+    fx.clock.advance(Duration::from_secs(5));
+    b.maintain().await.expect("maintain");
+    assert!(take(b, "w", 10).await.is_empty(), "nothing runs twice");
+    let status = b
+        .workflow("acme", id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Completed);
+    assert_eq!(status.count(StepState::Completed), 8);
+    assert_eq!(status.result.expect("result")["n"], 106);
+    let ids: Vec<TaskId> = status.steps.iter().map(|s| s.task_id).collect();
+    assert_eq!(ids, plan.steps.iter().map(|s| s.id).collect::<Vec<_>>());
+    // Another tenant does not see it.
+    assert!(b.workflow("other", id).await.expect("status").is_none());
+    let listed = b.workflows("acme").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, listed[0].steps), (id, 8));
+}
+
+pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backend>() {
+    use corral::workflow::{Flow, OnFailure, StepState, WorkflowState};
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let fail = |t: &Task| {
+        if t.args_map.get("n").and_then(|n| n.as_i64()) == Some(666) {
+            Outcome::Dead(error("guest_error", false))
+        } else {
+            done(step_output(&t.args_map))
+        }
+    };
+    // group(chain(doomed, after), other)
+    let shape = || {
+        Flow::group([
+            Flow::chain([Flow::from(flow_task(Some(666))), flow_task(None).into()]),
+            Flow::from(flow_task(Some(1))),
+        ])
+    };
+    // Fail fast: the workflow fails with the first failure, and nothing
+    // after it is enqueued.
+    let plan = submitted(shape(), OnFailure::FailFast);
+    b.submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit");
+    let ran = run_ready(b, fail).await;
+    assert_eq!(ran.len(), 2);
+    fx.clock.advance(Duration::from_secs(5));
+    b.maintain().await.expect("maintain");
+    assert!(take(b, "w", 10).await.is_empty());
+    let status = b
+        .workflow("acme", plan.head.id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Failed);
+    let failure = status.error.expect("error");
+    assert_eq!(
+        (failure.task_id, failure.error.kind.as_str()),
+        (plan.steps[0].id, "guest_error")
+    );
+    assert_eq!(status.steps[1].state, StepState::Waiting);
+    // Wait: the independent step still runs; the dependent one is skipped;
+    // the workflow fails once the rest is done.
+    let plan = submitted(shape(), OnFailure::Wait);
+    b.submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit");
+    let got = take(b, "w", 10).await;
+    assert_eq!(got.len(), 2);
+    let (doomed, other): (Vec<_>, Vec<_>) =
+        got.into_iter().partition(|l| l.task.args_map["n"] == 666);
+    ack_one(
+        b,
+        &doomed[0].lease,
+        Outcome::Dead(error("guest_error", false)),
+    )
+    .await
+    .expect("ack");
+    let status = b
+        .workflow("acme", plan.head.id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Running);
+    assert_eq!(status.steps[1].state, StepState::Skipped);
+    ack_one(
+        b,
+        &other[0].lease,
+        done(step_output(&other[0].task.args_map)),
+    )
+    .await
+    .expect("ack");
+    let status = b
+        .workflow("acme", plan.head.id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert_eq!(status.count(StepState::Completed), 1);
+    // A step dies out of an ack too: its lease ran out on its last attempt,
+    // or it was cancelled while it waited.
+    let mut doomed_task = flow_task(Some(1));
+    doomed_task.max_attempts = Some(1);
+    let plan = submitted(
+        Flow::chain([Flow::from(doomed_task), flow_task(None).into()]),
+        OnFailure::FailFast,
+    );
+    b.submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit");
+    assert_eq!(take(b, "w", 10).await.len(), 1);
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    b.maintain().await.expect("maintain");
+    let status = b
+        .workflow("acme", plan.head.id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert_eq!(status.error.expect("error").error.kind, "lease_expired");
+    let plan = submitted(
+        Flow::chain([Flow::from(flow_task(Some(1))), flow_task(None).into()]),
+        OnFailure::FailFast,
+    );
+    b.submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit");
+    assert_eq!(
+        b.cancel("acme", plan.steps[0].id).await.expect("cancel"),
+        Cancelled::Now
+    );
+    let status = b
+        .workflow("acme", plan.head.id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert_eq!(status.error.expect("error").error.kind, "cancelled");
+    assert!(take(b, "w", 10).await.is_empty());
+}
+
+pub async fn workflows_are_bounded_wait_for_quota_room_and_go_after_retention<K: Backend>() {
+    use corral::workflow::{Flow, OnFailure, WorkflowState};
+    let retention = Retention {
+        completed_ttl: Duration::from_secs(60),
+        ..Retention::default()
+    };
+    let fx = K::make(retention).await;
+    let b = &fx.broker;
+    // Eight concurrent submissions against a limit of five: five stored.
+    let plans: Vec<_> = (0..8)
+        .map(|n| submitted(flow_task(Some(n)).into(), OnFailure::FailFast))
+        .collect();
+    let results = join_all(
+        plans
+            .iter()
+            .map(|p| b.submit_workflow(p, &TenantQuota::UNLIMITED, 5)),
+    )
+    .await;
+    let stored = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(stored, 5);
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, BrokerError::Full { .. }))
+    );
+    assert_eq!(
+        run_ready(b, |t| done(step_output(&t.args_map))).await.len(),
+        5
+    );
+    // Ended workflows count until retention drops them.
+    assert!(matches!(
+        b.submit_workflow(&plans[7], &TenantQuota::UNLIMITED, 5)
+            .await,
+        Err(BrokerError::Full { .. })
+    ));
+    fx.clock.advance(Duration::from_secs(61));
+    b.maintain().await.expect("maintain");
+    let kept: Vec<_> = join_all(plans.iter().map(|p| b.workflow("acme", p.head.id))).await;
+    assert!(kept.iter().all(|s| s.as_ref().expect("status").is_none()));
+    assert!(b.workflows("acme").await.expect("list").is_empty());
+    // A group wider than the tenant's max_queued: the rest waits, ready,
+    // and is enqueued as room frees.
+    let quota = TenantQuota {
+        max_queued: 3,
+        ..TenantQuota::UNLIMITED
+    };
+    let plan = submitted(
+        Flow::chord(
+            (0..5).map(|n| Flow::from(flow_task(Some(n)))),
+            flow_task(None),
+        ),
+        OnFailure::FailFast,
+    );
+    b.submit_workflow(&plan, &quota, 5).await.expect("submit");
+    let mut ran = run_ready(b, |t| done(step_output(&t.args_map))).await.len();
+    assert_eq!(ran, 3);
+    for _ in 0..3 {
+        fx.clock.advance(Duration::from_secs(2));
+        b.maintain().await.expect("maintain");
+        ran += run_ready(b, |t| done(step_output(&t.args_map))).await.len();
+    }
+    assert_eq!(ran, 6, "five members and the callback, each once");
+    let status = b
+        .workflow("acme", plan.head.id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Completed);
+    assert_eq!(status.result.expect("result")["n"], 15);
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -2541,7 +2877,10 @@ macro_rules! conformance {
                 a_unique_key_holds_for_its_ttl_within_its_tenant,
                 each_schedule_tick_is_enqueued_once_whoever_maintains,
                 missed_ticks_are_skipped_or_run_once_and_quotas_hold,
-                a_tenants_rate_limit_holds_per_window_over_every_worker
+                a_tenants_rate_limit_holds_per_window_over_every_worker,
+                a_chord_callback_is_enqueued_once_with_every_result_in_order,
+                a_failed_step_fails_its_workflow_at_once_or_after_the_rest,
+                workflows_are_bounded_wait_for_quota_room_and_go_after_retention
             );
         }
     };

@@ -29,7 +29,7 @@
 //! logic another crate needs.
 
 pub use corral_api as api;
-pub use corral_client::{broker, client, schedule};
+pub use corral_client::{broker, client, schedule, workflow};
 pub use corral_core::{clock, metering, task, text};
 pub use corral_registry::{catalog, job, registry, submit, tenant};
 pub use corral_sandbox as sandbox;

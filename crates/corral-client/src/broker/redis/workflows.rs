@@ -467,6 +467,9 @@ impl RedisBroker {
             .query_async(&mut self.conn())
             .await
             .map_err(|e| unavailable(OP, e))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.cmd("HMGET")
