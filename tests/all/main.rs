@@ -39,3 +39,4 @@ mod replay;
 mod scaffold;
 mod schedules;
 mod tenants;
+mod workflows;

@@ -24,6 +24,9 @@
 //! | `POST /v1/schedules` | store a schedule (`cron` or `every_secs`) of a job | 201 the schedule with `next_tick` |
 //! | `GET /v1/schedules` | the tenant's schedules by name | 200 `{schedules: [...]}` |
 //! | `DELETE /v1/schedules/{name}` | remove a schedule | 204 |
+//! | `POST /v1/workflows` | store a workflow (`{flow, on_failure?}`: chains, groups, chords of the tenant's jobs) | 202 `{workflow_id, state}` |
+//! | `GET /v1/workflows` | the tenant's workflows, running first | 200 `{workflows: [...]}` |
+//! | `GET /v1/workflows/{id}` | one workflow: state, steps, error, result | 200 the status |
 //! | `GET /v1/tasks/{id}/wait` | long-poll until final or `?timeout_ms=` | 200 the task (check `state`) |
 //! | `GET /v1/stats` | the tenant's task counts by state | 200 counts |
 //! | `GET /v1/usage` | what the tenant's tasks cost per UTC day (`?since=&until=`, `YYYY-MM-DD`, default the last 30 days) | 200 `{tenant, since, until, days: [...], total}` |
@@ -78,6 +81,7 @@ pub mod server;
 mod tasks;
 mod tenants;
 mod usage;
+mod workflows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -210,6 +214,11 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
             get(schedules::list::<B>).post(schedules::put::<B>),
         )
         .route("/v1/schedules/{name}", delete(schedules::remove::<B>))
+        .route(
+            "/v1/workflows",
+            get(workflows::list::<B>).post(workflows::submit::<B>),
+        )
+        .route("/v1/workflows/{id}", get(workflows::show::<B>))
         .route("/v1/stats", get(tasks::stats::<B>))
         .route("/v1/usage", get(usage::show::<B>))
         .route("/v1/tenants", get(tenants::list::<B>))

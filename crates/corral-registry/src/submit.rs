@@ -19,6 +19,7 @@
 //!
 //! This module never compiles or runs anything, and never reads a task back.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::job::JobDefinition;
 use crate::tenant::{Tenant, TenantLimits};
 use corral_client::broker::{Broker, BrokerError, TenantQuota};
+use corral_client::workflow::{Plan, Workflow, WorkflowId};
 use corral_core::clock;
 use corral_core::task::{
     ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, MAX_UNIQUE_KEY,
@@ -242,6 +244,59 @@ impl TenantLimits {
             max_unique_keys: self.max_unique_keys,
         }
     }
+}
+
+/// Most distinct jobs (with versions) one workflow may name: each is
+/// looked up in the catalog once per submission.
+pub const MAX_WORKFLOW_JOBS: usize = 64;
+
+/// Stores `workflow` for `tenant`: each task's job must be the tenant's
+/// ([`SubmitError::JobNotFound`] otherwise) and is pinned to its current
+/// version unless the task names one, attempts are bounded as for tasks,
+/// and the tree must compile ([`Plan::compile`]: names, sizes, nesting).
+/// The broker stores it within the tenant's `max_workflows` and enqueues
+/// its steps within its queue quota. Returns the workflow's id.
+pub async fn submit_workflow<B: Broker>(
+    catalog: &dyn Catalog,
+    broker: &B,
+    tenant: &Tenant,
+    mut workflow: Workflow,
+) -> Result<WorkflowId, SubmitError> {
+    workflow.tenant = tenant.name.clone();
+    // The shape first: a tree past the bounds costs no catalog lookup.
+    Plan::compile(&workflow, chrono::Utc::now()).map_err(SubmitError::Invalid)?;
+    let mut versions: HashMap<(String, Option<u32>), u32> = HashMap::new();
+    for task in workflow.flow.tasks_mut() {
+        if task
+            .max_attempts
+            .is_some_and(|n| !(1..=MAX_ATTEMPTS).contains(&n))
+        {
+            return Err(SubmitError::Invalid(format!(
+                "`max_attempts` must be 1 to {MAX_ATTEMPTS}"
+            )));
+        }
+        let key = (task.job.clone(), task.version);
+        let version = match versions.get(&key) {
+            Some(v) => *v,
+            None => {
+                if versions.len() >= MAX_WORKFLOW_JOBS {
+                    return Err(SubmitError::Invalid(format!(
+                        "a workflow may name at most {MAX_WORKFLOW_JOBS} distinct jobs"
+                    )));
+                }
+                let def = find_job(catalog, &tenant.name, &task.job, task.version).await?;
+                versions.insert(key, def.version);
+                def.version
+            }
+        };
+        task.version = Some(version);
+    }
+    let plan = Plan::compile(&workflow, chrono::Utc::now()).map_err(SubmitError::Invalid)?;
+    let limits = &tenant.limits;
+    broker
+        .submit_workflow(&plan, &limits.queue_quota(), limits.max_workflows)
+        .await?;
+    Ok(workflow.id)
 }
 
 /// The tenant `name` as stored; [`DEFAULT_TENANT`], never stored, with

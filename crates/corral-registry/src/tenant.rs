@@ -66,6 +66,9 @@ pub struct TenantLimits {
     pub rate_limit: Option<RateLimit>,
     /// Unique keys the tenant may hold at once.
     pub max_unique_keys: u64,
+    /// Workflows the tenant may have stored at once: running ones, and
+    /// ended ones until the retention of completed tasks drops them.
+    pub max_workflows: u32,
 }
 
 impl Default for TenantLimits {
@@ -88,6 +91,7 @@ impl Default for TenantLimits {
             max_schedules: 100,
             rate_limit: None,
             max_unique_keys: 100_000,
+            max_workflows: 1_000,
         }
     }
 }

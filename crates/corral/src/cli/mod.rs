@@ -47,6 +47,7 @@ mod toolchain;
 mod units;
 mod usage;
 mod workers;
+mod workflows;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -157,6 +158,10 @@ enum Command {
     /// Add, list and remove schedules (tasks enqueued on a cron timetable
     /// or every so often) on the shared (Redis) broker.
     Schedules(schedules::SchedulesArgs),
+    /// Submit workflows (chains, groups and chords of tasks) and follow
+    /// them on the shared (Redis) broker.
+    #[command(alias = "workflows")]
+    Workflow(workflows::WorkflowArgs),
     /// Run a finished task again, locally and outside the broker, and
     /// compare the run with the stored one; exits 0 if they match, 1 if
     /// they differ, 2 if the task cannot be replayed.
@@ -344,6 +349,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(args) => stats::run(args).await,
         Command::Workers(args) => workers::run(args).await,
         Command::Schedules(args) => schedules::run(args).await,
+        Command::Workflow(args) => workflows::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Completions(args) => completions::run(args),
     }

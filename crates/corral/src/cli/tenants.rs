@@ -144,6 +144,10 @@ struct LimitFlags {
     /// Unique keys the tenant may hold at once.
     #[arg(long)]
     max_unique_keys: Option<u64>,
+    /// Workflows the tenant may have stored at once (running, or ended
+    /// within retention).
+    #[arg(long)]
+    max_workflows: Option<u32>,
     /// At most this many of the tenant's tasks start per window, over all
     /// workers: `N/DURATION` (`100/1s`, `5000/1m`); `none` removes it.
     #[arg(long, value_name = "N/DURATION", value_parser = parse_rate)]
@@ -212,6 +216,7 @@ impl LimitFlags {
         set(&mut limits.max_job_versions, self.max_job_versions);
         set(&mut limits.max_handlers_per_job, self.max_handlers_per_job);
         set(&mut limits.max_schedules, self.max_schedules);
+        set(&mut limits.max_workflows, self.max_workflows);
         if let Some(RateArg(rate)) = self.rate {
             limits.rate_limit = rate;
         }
