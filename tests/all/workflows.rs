@@ -66,10 +66,13 @@ fn submit(url: &str, prefix: &str, json: &serde_json::Value) -> WorkflowId {
 }
 
 fn start_worker(url: &str, prefix: &str, logs: &std::path::Path, i: usize) -> WorkerProcess {
+    let sleep = format!("sleep={}", crate::support::job("sleep").display());
     let mut w = WorkerProcess::start(
         url,
         prefix,
         &[
+            "--job",
+            &sleep,
             "--concurrency",
             "4",
             "--maintain-every",

@@ -16,8 +16,8 @@
 //! A worker may also bring jobs at start, from `--job NAME=a.wasm,b.wasm`
 //! (the chain in order; repeat the option for more jobs) and from
 //! `--jobs-dir DIR`, which registers the example jobs `jobs/build.sh` builds:
-//! `text-stats` (normalize → count_words → top_k), `noop` and
-//! `always-fails`; these are synced into the catalog under `--tenant`
+//! `text-stats` (normalize → count_words → top_k), `noop`,
+//! `always-fails` and `tally` (the workflow examples' step); these are synced into the catalog under `--tenant`
 //! (registered, or replaced by a new version when they differ).
 //!
 //! `corral enqueue` takes the API's path ([`crate::submit`]): the tenant and
@@ -291,10 +291,11 @@ fn parse_job(spec: &str) -> anyhow::Result<(String, Vec<PathBuf>)> {
 
 /// The example jobs of `jobs/build.sh` found in `dir`.
 fn example_jobs(dir: &Path) -> anyhow::Result<Vec<(String, Vec<PathBuf>)>> {
-    let chains: [(&str, &[&str]); 3] = [
+    let chains: [(&str, &[&str]); 4] = [
         ("text-stats", &["normalize", "count_words", "top_k"]),
         ("noop", &["noop"]),
         ("always-fails", &["fail"]),
+        ("tally", &["tally"]),
     ];
     let mut found = Vec::new();
     for (name, handlers) in chains {
