@@ -12,7 +12,12 @@
 //! 4. with that worker idle, enqueues at a steady `--rate` per second for
 //!    `--latency-for`, and reads when each task started (the lease time the
 //!    broker records): p50 and p99 enqueue-to-start latency;
-//! 5. reads the worker's peak resident memory (`VmHWM`) before stopping it.
+//! 5. submits a workflow: a chord of `--chord` no-op members and one
+//!    callback (which receives their 10,000 results), in a queue of its own
+//!    the same worker serves, and times it: members per second, the
+//!    callback's delay after the last member, and the worker's and Redis's
+//!    CPU per member;
+//! 6. reads the worker's peak resident memory (`VmHWM`) before stopping it.
 //!
 //! `--metrics` runs the worker with its Prometheus metrics recording, to
 //! compare against a run without.
@@ -79,6 +84,9 @@ pub(super) struct E2eArgs {
     /// on a free loopback port), to measure what recording them costs.
     #[arg(long)]
     metrics: bool,
+    /// Members of the workflow row's chord (0: no workflow row).
+    #[arg(long, default_value_t = 10_000)]
+    chord: usize,
 }
 
 /// Stops (SIGTERM, then SIGKILL) the worker process when dropped, so a
@@ -145,6 +153,82 @@ fn bench_task(queue: &str, args: &ArgsMap) -> Task {
     task
 }
 
+/// What the chord row measured.
+struct ChordFigures {
+    members: usize,
+    submitted: Duration,
+    members_done: Duration,
+    all_done: Duration,
+    worker_cpu: String,
+    redis_cpu: String,
+}
+
+/// Submits a chord of `members` bench tasks and one bench callback into
+/// `queue` and waits for it to complete.
+async fn measure_chord(
+    members: usize,
+    broker: &RedisBroker,
+    queue: &str,
+    worker: &WorkerProcess,
+    limit: Duration,
+) -> anyhow::Result<ChordFigures> {
+    use crate::broker::TenantQuota;
+    use crate::workflow::{Flow, OnFailure, Plan, Workflow, WorkflowId, WorkflowState};
+    let step = || Flow::task("bench").queue(queue).max_attempts(1);
+    let workflow = Workflow {
+        id: WorkflowId::new(),
+        tenant: DEFAULT_TENANT.to_owned(),
+        flow: Flow::chord((0..members).map(|_| step()), step()),
+        on_failure: OnFailure::FailFast,
+    };
+    let plan = Plan::compile(&workflow, Utc::now()).map_err(|e| anyhow::anyhow!(e))?;
+    let before = cpu_mark(worker, broker).await;
+    let t0 = Instant::now();
+    broker
+        .submit_workflow(&plan, &TenantQuota::UNLIMITED, u32::MAX)
+        .await?;
+    let submitted = t0.elapsed();
+    let give_up = t0 + limit;
+    let mut members_done = None;
+    let all_done = loop {
+        let s = broker.stats(DEFAULT_TENANT, queue).await?;
+        if s.dead > 0 {
+            bail!("{} of the chord's steps died; see the worker's log", s.dead);
+        }
+        if members_done.is_none() && s.completed >= members {
+            members_done = Some(t0.elapsed());
+        }
+        if s.completed > members {
+            break t0.elapsed();
+        }
+        if Instant::now() > give_up {
+            bail!("the chord did not complete within {limit:?}: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let after = cpu_mark(worker, broker).await;
+    let status = broker
+        .workflow(DEFAULT_TENANT, workflow.id)
+        .await?
+        .context("the chord's workflow vanished")?;
+    if status.state != WorkflowState::Completed {
+        bail!("the chord ended {}: {:?}", status.state, status.error);
+    }
+    let per_member = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map(|(a, b)| format!("{:.1} µs/member", (b - a) * 1e6 / members as f64))
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
+    Ok(ChordFigures {
+        members,
+        submitted,
+        members_done: members_done.unwrap_or(all_done),
+        all_done,
+        worker_cpu: per_member(before.worker, after.worker),
+        redis_cpu: per_member(before.redis, after.redis),
+    })
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -205,9 +289,10 @@ pub(super) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     let broker = args.redis.connect("bench e2e").await?;
     let queue = format!("bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let single_queue = format!("{queue}-single");
-    let result = measure(&args, &broker, &queue, &single_queue).await;
+    let chord_queue = format!("{queue}-chord");
+    let result = measure(&args, &broker, &queue, &single_queue, &chord_queue).await;
     // Leave nothing behind, whatever happened.
-    for q in [&queue, &single_queue] {
+    for q in [&queue, &single_queue, &chord_queue] {
         if let Err(e) = broker.purge_queue(DEFAULT_TENANT, q).await {
             eprintln!("warning: could not delete the bench queue {q}: {e}");
         }
@@ -220,6 +305,7 @@ async fn measure(
     broker: &RedisBroker,
     queue: &str,
     single_queue: &str,
+    chord_queue: &str,
 ) -> anyhow::Result<ExitCode> {
     // 1. Single enqueues, one broker call each.
     let task_args = crate::task::parse_arg_pairs(
@@ -257,6 +343,8 @@ async fn measure(
         .arg(&args.redis.prefix)
         .arg("--queue")
         .arg(queue)
+        .arg("--queue")
+        .arg(chord_queue)
         .arg("--concurrency")
         .arg(args.concurrency.to_string())
         .arg("--job")
@@ -334,7 +422,13 @@ async fn measure(
     }
     latencies_ms.sort_by(f64::total_cmp);
 
-    // 5. The worker's peak memory, then stop it.
+    // 5. A chord.
+    let chord = match args.chord {
+        0 => None,
+        n => Some(measure_chord(n, broker, chord_queue, &worker, limit).await?),
+    };
+
+    // 6. The worker's peak memory, then stop it.
     let peak_kib = worker.peak_rss_kib();
     worker.stop();
 
@@ -371,6 +465,24 @@ async fn measure(
         "enqueue-to-start latency p99: {:.3} ms",
         percentile(&latencies_ms, 99.0)
     );
+    if let Some(c) = chord {
+        say!(
+            "workflow chord: {:.0} members/s ({} members and 1 callback, done in {:.2} s; submitted in {:.0} ms)",
+            c.members as f64 / c.members_done.as_secs_f64(),
+            c.members,
+            c.all_done.as_secs_f64(),
+            c.submitted.as_secs_f64() * 1000.0,
+        );
+        say!(
+            "workflow chord callback: done {:.1} ms after the last member",
+            (c.all_done.saturating_sub(c.members_done)).as_secs_f64() * 1000.0
+        );
+        say!(
+            "workflow chord CPU: worker {}, Redis {}",
+            c.worker_cpu,
+            c.redis_cpu
+        );
+    }
     match peak_kib {
         Some(kib) => say!(
             "worker peak resident memory: {:.1} MiB",
