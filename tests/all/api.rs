@@ -268,6 +268,97 @@ async fn schedules_unique_keys_and_deadlines_through_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_through_the_api_are_the_tenants_own_and_bounded() {
+    let _limit = crate::limit::minutes(5);
+    let w = world_with(
+        TenantLimits {
+            max_workflows: 2,
+            ..TenantLimits::default()
+        },
+        ApiConfig::default(),
+    )
+    .await;
+    let (api, a, b) = (&w.api, w.a.as_str(), w.b.as_str());
+    api.register(a, "nap", &["noop"], quick())
+        .await
+        .expect(201, "");
+    let chord = json!({"flow": {"chord": {
+        "group": [{"task": {"job": "nap", "args": {"n": 1}}}, {"task": {"job": "nap", "args": {"n": 2}}}],
+        "callback": {"task": {"job": "nap"}}
+    }}, "on_failure": "wait"});
+    let made = api.post("/v1/workflows", a, &chord).await;
+    made.expect(202, "");
+    assert_eq!(made.body["state"], "running");
+    let id = made.body["workflow_id"].as_str().expect("an id").to_owned();
+    let shown = api.get(&format!("/v1/workflows/{id}"), a).await;
+    shown.expect(200, "");
+    assert_eq!(shown.body["on_failure"], "wait");
+    let steps = shown.body["steps"].as_array().expect("steps");
+    let states: Vec<&str> = steps
+        .iter()
+        .map(|s| s["state"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(states, ["enqueued", "enqueued", "waiting"]);
+    // The members are tasks of the tenant, pinned to the job's version.
+    let member = steps[0]["task_id"].as_str().expect("task id");
+    let task = api.get(&format!("/v1/tasks/{member}"), a).await;
+    task.expect(200, "");
+    assert_eq!(task.body["job_version"], 1);
+    assert_eq!(task.body["workflow"]["step"], 0);
+    // Another tenant sees neither the workflow nor its tasks.
+    api.get(&format!("/v1/workflows/{id}"), b)
+        .await
+        .expect(404, "workflow_not_found");
+    api.get(&format!("/v1/tasks/{member}"), b)
+        .await
+        .expect(404, "task_not_found");
+    let theirs = api.get("/v1/workflows", b).await;
+    assert_eq!(theirs.body["workflows"], json!([]));
+    let mine = api.get("/v1/workflows", a).await;
+    assert_eq!(mine.body["workflows"][0]["id"], json!(id));
+    // Bounded: max_workflows is 2.
+    api.post("/v1/workflows", a, &chord).await.expect(202, "");
+    api.post("/v1/workflows", a, &chord)
+        .await
+        .expect(429, "too_many_workflows");
+    for (bad, status, kind) in [
+        (json!({"flow": {"group": []}}), 400, "bad_request"),
+        (
+            json!({"flow": {"task": {"job": "nope"}}}),
+            404,
+            "job_not_found",
+        ),
+        (
+            json!({"flow": {"task": {"job": "nap", "max_attempts": 0}}}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"flow": {"task": {"job": "nap", "queue": "a b"}}}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"flow": {"task": {"job": "nap"}}, "extra": 1}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"flow": {"task": {"job": "nap", "version": 9}}}),
+            404,
+            "job_version_not_found",
+        ),
+    ] {
+        api.post("/v1/workflows", b, &bad)
+            .await
+            .expect(status, kind);
+    }
+    api.get("/v1/workflows/not-a-uuid", a)
+        .await
+        .expect(404, "workflow_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_at_once() {
     let _limit = crate::limit::minutes(5);
     let w = world().await;

@@ -230,6 +230,40 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
         )
         .await;
 
+    // The tenant's workflows, with their state (its job `later` is never
+    // run here: the workflow stays running, its first step queued).
+    let flow = corral::workflow::Workflow {
+        id: corral::workflow::WorkflowId::new(),
+        tenant: "acme".into(),
+        flow: corral::workflow::Flow::chain([
+            corral::workflow::Flow::task("later"),
+            corral::workflow::Flow::task("later"),
+        ]),
+        on_failure: corral::workflow::OnFailure::FailFast,
+    };
+    let plan = corral::workflow::Plan::compile(&flow, chrono::Utc::now()).expect("compiles");
+    schedules
+        .submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit a workflow");
+    browser
+        .wait_for(
+            "the workflow in the list",
+            &format!(
+                "{} === 'running' && {} === '2'",
+                text_of(&format!(
+                    "tr[data-workflow=\"{}\"] td:nth-child(2)",
+                    flow.id
+                )),
+                text_of(&format!(
+                    "tr[data-workflow=\"{}\"] td:nth-child(3)",
+                    flow.id
+                )),
+            ),
+            SHOWN,
+        )
+        .await;
+
     // The task's detail: its error, its args in.
     browser
         .click(&format!("tr[data-task=\"{dead_id}\"] a"))

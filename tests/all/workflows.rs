@@ -263,3 +263,54 @@ async fn a_failed_step_fails_its_chain_and_the_cli_says_so() {
     assert!(!ok && err.contains("no workflow"), "{err}");
     worker.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_member_chord_ends_in_one_callback_with_every_result() {
+    use corral::workflow::{Flow, OnFailure, Plan, Workflow};
+    let _limit = crate::limit::minutes(4);
+    let server = RedisServer::start();
+    let url = server.url();
+    let prefix = unique_prefix("chord");
+    let broker = RedisBroker::connect(RedisConfig::new(url.clone()).prefix(prefix.clone()))
+        .await
+        .expect("connect");
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut worker = start_worker(&url, &prefix, logs.path(), 0);
+    let workflow = Workflow {
+        id: WorkflowId::new(),
+        tenant: "default".into(),
+        flow: Flow::chord(
+            (0..10_000).map(|n| Flow::task("noop").arg("n", n)),
+            Flow::task("noop"),
+        ),
+        on_failure: OnFailure::FailFast,
+    };
+    let plan = Plan::compile(&workflow, chrono::Utc::now()).expect("compiles");
+    let callback = plan.steps[10_000].id;
+    broker
+        .submit_workflow(&plan, &corral::broker::TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit");
+    let client = corral::Client::new(broker.clone());
+    let status = client
+        .wait_workflow("default", workflow.id, Duration::from_secs(120))
+        .await
+        .expect("status")
+        .expect("stored");
+    worker.stop();
+    assert_eq!(status.state, WorkflowState::Completed, "{:?}", status.error);
+    let results = status.result.expect("result")["results"]
+        .as_array()
+        .expect("the callback's results")
+        .clone();
+    assert_eq!(results.len(), 10_000);
+    assert!(results.iter().enumerate().all(|(i, r)| r["n"] == i as i64));
+    let task = broker
+        .task("default", callback)
+        .await
+        .expect("read")
+        .expect("the callback's task");
+    assert_eq!(task.attempt, 1, "the callback ran once");
+    let stats = broker.stats("default", "default").await.expect("stats");
+    assert_eq!(stats.completed, 10_001, "{stats:?}");
+}

@@ -286,6 +286,14 @@ function renderSchedules(schedules) {
   });
 }
 
+function renderWorkflows(workflows) {
+  sync($("workflows"), workflows, (w) => w.id, (w) => {
+    const tr = row([w.id, w.state, w.steps, w.created_at, w.finished_at || "\u2014"]);
+    tr.dataset.workflow = w.id;
+    return tr;
+  });
+}
+
 function renderUsage(usage) {
   const use = (day, u) => row([day, u.calls, u.fuel, (u.wall_us / 1e6).toFixed(3), (u.instantiate_us / 1e6).toFixed(3),
     mib(u.peak_memory_bytes), u.completed, u.retried, u.dead]);
@@ -431,7 +439,7 @@ async function probeAdmin() {
 }
 
 function clearAll() {
-  for (const id of ["queues", "tasks", "workers", "jobs", "schedules", "usage"]) $(id).replaceChildren();
+  for (const id of ["queues", "tasks", "workers", "jobs", "schedules", "workflows", "usage"]) $(id).replaceChildren();
   $("updated").textContent = "";
   clearDetail();
 }
@@ -461,6 +469,7 @@ async function refresh(force) {
       api("GET", "/v1/workers", null, !view.admin).then((a) => renderWorkers(a.workers)),
       api("GET", "/v1/jobs").then((a) => renderJobs(a.jobs)),
       api("GET", "/v1/schedules").then((a) => renderSchedules(a.schedules)),
+      api("GET", "/v1/workflows").then((a) => renderWorkflows(a.workflows)),
       api("GET", "/v1/usage").then(renderUsage),
       id ? renderDetail(id) : Promise.resolve(clearDetail()),
     ]);
