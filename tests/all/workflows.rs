@@ -2,9 +2,10 @@
 //! Redis, real components (`sleep` members that hand their args on,
 //! `tally` callbacks that sum them).
 //!
-//! - Six chords, each of 60 members followed by a chain of two callbacks,
-//!   submitted with `corral workflow submit` while a killer SIGKILLs one of
-//!   three workers every 150 ms and starts a new one. Every workflow
+//! - Six chords, each of 60 members (40 ms each) followed by a chain of two
+//!   callbacks, submitted with `corral workflow submit` while a killer
+//!   SIGKILLs one of three workers every 150 ms or so (twelve times at
+//!   most) and starts a new one. Every workflow
 //!   completes with the sum of its members, every step ran, and the
 //!   tenant's queued count ends at exactly 0: a step stored twice would
 //!   leave it above (the second copy's id is skipped as stale when taken,
@@ -102,7 +103,7 @@ async fn chords_complete_once_each_while_workers_are_sigkilled() {
 
     let chord = |c: usize| {
         let members: Vec<serde_json::Value> = (0..MEMBERS)
-            .map(|n| serde_json::json!({"task": {"job": "sleep", "args": {"n": n, "ms": 15, "chord": c}}}))
+            .map(|n| serde_json::json!({"task": {"job": "sleep", "args": {"n": n, "ms": 40, "chord": c}}}))
             .collect();
         serde_json::json!({"flow": {"chord": {
             "group": members,
@@ -122,6 +123,13 @@ async fn chords_complete_once_each_while_workers_are_sigkilled() {
     let mut kills = 0;
     let mut next = 3;
     let statuses = loop {
+        if kills < 12 {
+            let victim = kills % workers.len();
+            workers[victim].kill();
+            workers[victim] = start_worker(&url, &prefix, logs.path(), next);
+            next += 1;
+            kills += 1;
+        }
         let statuses: Vec<_> =
             futures_util::future::join_all(ids.iter().map(|id| broker.workflow("default", *id)))
                 .await
@@ -140,13 +148,6 @@ async fn chords_complete_once_each_while_workers_are_sigkilled() {
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
-        if kills < 12 {
-            let victim = kills % workers.len();
-            workers[victim].kill();
-            workers[victim] = start_worker(&url, &prefix, logs.path(), next);
-            next += 1;
-            kills += 1;
-        }
     };
     assert!(kills >= 3, "only {kills} kills happened before the end");
     for w in &mut workers {
