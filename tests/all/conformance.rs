@@ -2760,6 +2760,42 @@ pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backe
     assert_eq!(status.state, WorkflowState::Failed);
     assert_eq!(status.error.expect("error").error.kind, "cancelled");
     assert!(take(b, "w", 10).await.is_empty());
+    // A callback whose input would gather more than MAX_INPUT_BYTES of
+    // outputs fails instead of being assembled.
+    let plan = submitted(
+        Flow::chord(
+            (0..3).map(|n| Flow::from(flow_task(Some(n)))),
+            flow_task(None),
+        ),
+        OnFailure::FailFast,
+    );
+    b.submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit");
+    let big = "x".repeat(corral::workflow::MAX_INPUT_BYTES / 3 + 1);
+    let ran = run_ready(b, |t| {
+        let mut out = step_output(&t.args_map);
+        out.insert("blob".into(), big.clone().into());
+        done(out)
+    })
+    .await;
+    assert_eq!(ran.len(), 3);
+    fx.clock.advance(Duration::from_secs(5));
+    b.maintain().await.expect("maintain");
+    assert!(
+        take(b, "w", 10).await.is_empty(),
+        "the callback is not enqueued"
+    );
+    let status = b
+        .workflow("acme", plan.head.id)
+        .await
+        .expect("status")
+        .expect("stored");
+    assert_eq!(status.state, WorkflowState::Failed);
+    let failure = status.error.expect("error");
+    assert_eq!(failure.error.kind, corral::workflow::INPUT_TOO_LARGE);
+    assert_eq!(failure.task_id, plan.steps[3].id);
+    assert_eq!(status.steps[3].state, StepState::Failed);
 }
 
 pub async fn workflows_are_bounded_wait_for_quota_room_and_go_after_retention<K: Backend>() {

@@ -50,6 +50,26 @@ pub const MAX_STEPS: usize = 20_000;
 pub const MAX_LINKS: usize = 200_000;
 /// Deepest nesting of chains, groups and chords.
 pub const MAX_DEPTH: usize = 32;
+/// Most bytes of outputs one step's input may gather (a chord's callback
+/// reads every member's): past it, the step fails with kind
+/// [`INPUT_TOO_LARGE`] instead of making whoever enqueues it assemble an
+/// unbounded task.
+pub const MAX_INPUT_BYTES: usize = 16 << 20;
+/// The error kind of a step whose input would pass [`MAX_INPUT_BYTES`].
+pub const INPUT_TOO_LARGE: &str = "input_too_large";
+
+/// The error of a step whose predecessors' outputs add up to `bytes`.
+pub fn input_too_large(bytes: usize) -> TaskError {
+    TaskError {
+        kind: INPUT_TOO_LARGE.to_owned(),
+        message: format!(
+            "the step's input would gather {bytes} bytes of outputs, more than the {MAX_INPUT_BYTES} a step may take"
+        ),
+        retryable: false,
+        handler_index: None,
+    }
+}
+
 /// The args key a list input arrives under.
 pub const RESULTS_KEY: &str = "results";
 
@@ -757,6 +777,28 @@ impl Progress {
             .steps
             .get(i as usize)?
             .task(head.id, &head.tenant, i, &output)
+    }
+
+    /// How many bytes of outputs ready step `i`'s input gathers (as JSON).
+    pub fn input_bytes(&self, i: u32) -> usize {
+        let Some(step) = self.plan.steps.get(i as usize) else {
+            return 0;
+        };
+        step.waits_for()
+            .iter()
+            .filter_map(|&j| self.outputs.get(j as usize).and_then(Option::as_ref))
+            .map(|o| serde_json::to_vec(o).map_or(0, |v| v.len()))
+            .sum()
+    }
+
+    /// Ready step `i` fails before it is enqueued (its input is too large).
+    pub fn fail_ready(&mut self, i: u32, error: TaskError, now: DateTime<Utc>) {
+        if !self.ready.contains(&i) {
+            return;
+        }
+        self.enqueued(i);
+        let id = self.plan.steps[i as usize].id;
+        self.finish(i, id, Err(error), now);
     }
 
     /// Ready step `i`'s task was stored.

@@ -903,13 +903,25 @@ impl State {
                 continue;
             };
             let quota = *quota;
-            let ready: Vec<(u32, Option<Task>)> = progress
-                .ready
-                .iter()
-                .map(|&i| (i, progress.task(i)))
-                .collect();
+            let ready: Vec<u32> = progress.ready.iter().copied().collect();
             let mut blocked = false;
-            for (i, task) in ready {
+            for i in ready {
+                let bytes = self
+                    .workflows
+                    .get(&key)
+                    .map_or(0, |(p, _)| p.input_bytes(i));
+                if bytes > crate::workflow::MAX_INPUT_BYTES {
+                    if let Some((progress, _)) = self.workflows.get_mut(&key) {
+                        let was = progress.state;
+                        progress.fail_ready(i, crate::workflow::input_too_large(bytes), now);
+                        if was == WorkflowState::Running && progress.state != WorkflowState::Running
+                        {
+                            self.workflows_ended.insert((now, key.0.clone(), key.1));
+                        }
+                    }
+                    continue;
+                }
+                let task = self.workflows.get(&key).and_then(|(p, _)| p.task(i));
                 let Some(task) = task else {
                     tracing::error!(tenant = %Inert(&key.0), workflow = %key.1, step = i, "a ready workflow step lacks an input; it is not enqueued");
                     continue;

@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 use super::keys::QueueKeys;
 use super::record::micros;
 use super::scripts::{self, AckItem, Billing};
+use super::workflows::Ready;
 use super::{RedisBroker, group_by_queue};
 use crate::broker::{BrokerError, Checkpoint, Lease, Outcome};
 use chrono::{DateTime, Utc};
@@ -164,7 +165,9 @@ impl RedisBroker {
                     // The ack made a workflow step ready: enqueue it now
                     // (maintenance does, should this process die first).
                     if acked.flow_ready
-                        && let Err(e) = self.advance_flows(&keys.tenant.name, false).await
+                        && let Err(e) = self
+                            .advance_flows(&keys.tenant.name, Ready::Since(now_us))
+                            .await
                     {
                         tracing::warn!(tenant = %keys.tenant.name, error = %e, "could not enqueue ready workflow steps; maintenance will");
                     }

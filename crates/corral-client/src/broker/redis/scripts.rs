@@ -55,6 +55,7 @@ struct Scripts {
     fire: Script,
     flow_submit: Script,
     flow_advance: Script,
+    flow_fail: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -78,7 +79,32 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     fire: lua!("fire.lua"),
     flow_submit: lua!("flow_submit.lua"),
     flow_advance: lua!("flow_advance.lua"),
+    flow_fail: lua!("flow_fail.lua"),
 });
+
+/// Fails ready step `step` (task `id`) of workflow `flow_id` with `error`
+/// (JSON) before it is enqueued; false when it was not ready any more.
+pub async fn flow_fail(
+    conn: &mut Conn,
+    tenant: &TenantKeys,
+    flow_id: &str,
+    step: u32,
+    id: &str,
+    error: &[u8],
+    now_us: i64,
+) -> Result<bool, BrokerError> {
+    const OP: &str = "advance_workflow";
+    let mut inv = SCRIPTS.flow_fail.prepare_invoke();
+    inv.key(&tenant.flow_ready)
+        .key(tenant.flow(&flow_id))
+        .key(&tenant.flows)
+        .arg(flow_id)
+        .arg(step)
+        .arg(id)
+        .arg(error)
+        .arg(now_us);
+    Ok(reply::int(OP, &run(OP, conn, &inv).await?)? == 1)
+}
 
 /// How [`flow_submit`] went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,8 +29,8 @@ use super::record::{from_micros, micros};
 use super::scripts::{self, Advanced, FlowSubmitted, StepTask};
 use crate::broker::{BrokerError, MAX_WORKFLOWS_LISTED, RateLimit, TenantQuota};
 use crate::workflow::{
-    Plan, PlanHead, Step, StepError, StepState, StepStatus, WorkflowId, WorkflowState,
-    WorkflowStatus, WorkflowSummary,
+    MAX_INPUT_BYTES, Plan, PlanHead, Step, StepError, StepState, StepStatus, WorkflowId,
+    WorkflowState, WorkflowStatus, WorkflowSummary, input_too_large,
 };
 use corral_core::task::ArgsMap;
 use corral_core::text::Inert;
@@ -48,6 +48,18 @@ const FIELDS_PER_READ: usize = 10_000;
 pub(super) const READY_GRACE_US: i64 = 1_000_000;
 /// Ended workflows past retention one maintenance pass drops per tenant.
 pub(super) const ENDED_PER_PASS: isize = 100;
+
+/// Which ready steps [`RedisBroker::advance_flows`] enqueues.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Ready {
+    /// Those made ready at or after this time (µs): what the ack or the
+    /// submission that made them ready enqueues at once. Older ones (a
+    /// crashed worker's, or steps the tenant's quota held back) are
+    /// maintenance's, so an ack never pays for a backlog it did not make.
+    Since(i64),
+    /// Those ready for longer than [`READY_GRACE_US`]: maintenance's.
+    Overdue,
+}
 
 /// The quota a workflow's steps are enqueued within, as stored.
 #[derive(Serialize, Deserialize)]
@@ -124,12 +136,13 @@ impl RedisBroker {
         }
         let keys = TenantKeys::new(&self.inner.config.prefix, tenant);
         let id = plan.head.id.to_string();
+        let now_us = micros(self.now());
         let submitted = scripts::flow_submit(
             &mut self.conn(),
             &keys,
             &id,
             max_workflows,
-            micros(self.now()),
+            now_us,
             &pairs,
             &plan.first_steps(),
         )
@@ -151,32 +164,33 @@ impl RedisBroker {
         }
         // Stored: its first steps are ready, and maintenance enqueues them
         // if this fails.
-        if let Err(e) = self.advance_flows(tenant, false).await {
+        if let Err(e) = self.advance_flows(tenant, Ready::Since(now_us)).await {
             tracing::warn!(tenant = %Inert(tenant), workflow = %id, error = %e, "could not enqueue a new workflow's first steps; maintenance will");
         }
         Ok(())
     }
 
-    /// Enqueues `tenant`'s ready workflow steps (only those ready for
-    /// longer than [`READY_GRACE_US`] when `overdue_only`: what maintenance
-    /// does); returns how many this call stored.
+    /// Enqueues `tenant`'s ready workflow steps, those `which` names;
+    /// returns how many this call stored.
     pub(super) async fn advance_flows(
         &self,
         tenant: &str,
-        overdue_only: bool,
+        which: Ready,
     ) -> Result<usize, BrokerError> {
         const OP: &str = "advance_workflow";
         let keys = TenantKeys::new(&self.inner.config.prefix, tenant);
         let mut stored = 0;
         for _ in 0..ADVANCE_ROUNDS {
-            let max = if overdue_only {
-                (micros(self.now()) - READY_GRACE_US).to_string()
-            } else {
-                "+inf".to_owned()
+            let (min, max) = match which {
+                Ready::Overdue => (
+                    "-inf".to_owned(),
+                    (micros(self.now()) - READY_GRACE_US).to_string(),
+                ),
+                Ready::Since(at) => (at.to_string(), "+inf".to_owned()),
             };
             let entries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(&keys.flow_ready)
-                .arg("-inf")
+                .arg(min)
                 .arg(max)
                 .arg("LIMIT")
                 .arg(0)
@@ -269,6 +283,34 @@ impl RedisBroker {
                 }
             }
         }
+        // A step whose input would pass MAX_INPUT_BYTES fails instead of
+        // being assembled: sizes first (HSTRLEN), outputs after.
+        let mut all_reads: Vec<u32> = defs
+            .iter()
+            .flat_map(|(_, s)| s.waits_for())
+            .collect::<HashSet<u32>>()
+            .into_iter()
+            .collect();
+        all_reads.sort_unstable();
+        let sizes = self.output_sizes(&record, &all_reads, OP).await?;
+        let mut kept = Vec::with_capacity(defs.len());
+        for (i, step) in defs {
+            let bytes: usize = step
+                .waits_for()
+                .iter()
+                .map(|j| sizes.get(j).copied().unwrap_or(0))
+                .sum();
+            if bytes > MAX_INPUT_BYTES {
+                let error = json(OP, &input_too_large(bytes))?;
+                let now_us = micros(self.now());
+                let id = step.id.to_string();
+                scripts::flow_fail(&mut self.conn(), keys, flow, i, &id, &error, now_us).await?;
+                tracing::warn!(tenant = %Inert(&keys.name), workflow = flow, step = i, bytes, "a workflow step's input is too large; the step fails");
+            } else {
+                kept.push((i, step));
+            }
+        }
+        let defs = kept;
         // The outputs the ready steps read.
         let mut reads: Vec<u32> = defs
             .iter()
@@ -327,6 +369,29 @@ impl RedisBroker {
             }
         }
         Ok((stored, all))
+    }
+
+    /// The sizes of the outputs (`r:i`) of `steps` in workflow record
+    /// `record`, as stored (JSON bytes).
+    async fn output_sizes(
+        &self,
+        record: &str,
+        steps: &[u32],
+        op: &'static str,
+    ) -> Result<HashMap<u32, usize>, BrokerError> {
+        let mut out = HashMap::with_capacity(steps.len());
+        for chunk in steps.chunks(FIELDS_PER_READ) {
+            let mut pipe = redis::pipe();
+            for j in chunk {
+                pipe.cmd("HSTRLEN").arg(record).arg(format!("r:{j}"));
+            }
+            let sizes: Vec<usize> = pipe
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| unavailable(op, e))?;
+            out.extend(chunk.iter().copied().zip(sizes));
+        }
+        Ok(out)
     }
 
     /// The outputs (`r:i`) of `steps` in workflow record `record`; steps
@@ -510,7 +575,7 @@ impl RedisBroker {
     ) -> Result<(), BrokerError> {
         const OP: &str = "maintain";
         if overdue {
-            self.advance_flows(tenant, true).await?;
+            self.advance_flows(tenant, Ready::Overdue).await?;
         }
         if ended.is_empty() {
             return Ok(());
