@@ -2498,6 +2498,65 @@ pub async fn a_tenants_rate_limit_holds_per_window_over_every_worker<K: Backend>
     assert_eq!(held(&b.acquire(&r).await.expect("acquire"), "acme"), 2);
 }
 
+pub async fn a_jobs_rate_limit_holds_per_window_while_other_jobs_go_on<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let limit = RateLimit {
+        tasks: 2,
+        per_ms: 10_000,
+    };
+    b.set_job_rate("acme", "slow", Some(limit))
+        .await
+        .expect("set the job's rate");
+    assert_eq!(
+        b.job_rates("acme").await.expect("rates"),
+        [("slow".to_owned(), limit)]
+    );
+    assert!(b.job_rates("other").await.expect("rates").is_empty());
+    let job = |name: &str, n: i64| {
+        let mut t = task_in("acme", Q, n);
+        t.job_name = name.into();
+        t
+    };
+    let mut tasks: Vec<Task> = (0..5).map(|n| job("slow", n)).collect();
+    tasks.extend((0..3).map(|n| job("fast", n)));
+    // Another tenant's job of the same name is not limited.
+    tasks.push({
+        let mut t = task_in("other", Q, 9);
+        t.job_name = "slow".into();
+        t
+    });
+    b.enqueue(tasks).await.expect("enqueue");
+    let jobs = |got: &[Leased], name: &str, tenant: &str| {
+        got.iter()
+            .filter(|l| l.task.job_name == name && l.task.tenant == tenant)
+            .count()
+    };
+    // Two workers in the same window: two `slow` in all; the `fast` tasks
+    // behind the held ones run.
+    let first = take(b, "w1", 20).await;
+    let second = take(b, "w2", 20).await;
+    let both: Vec<Leased> = first.into_iter().chain(second).collect();
+    assert_eq!(jobs(&both, "slow", "acme"), 2);
+    assert_eq!(jobs(&both, "fast", "acme"), 3);
+    assert_eq!(jobs(&both, "slow", "other"), 1);
+    // The held ones wait, scheduled, not failed.
+    let stats = b.stats("acme", Q).await.expect("stats");
+    assert_eq!((stats.scheduled, stats.dead, stats.pending), (3, 0, 0));
+    // The next window lets two more through.
+    fx.clock.advance(Duration::from_secs(10));
+    b.maintain().await.expect("maintain");
+    assert_eq!(jobs(&take(b, "w1", 20).await, "slow", "acme"), 2);
+    assert!(take(b, "w2", 20).await.is_empty());
+    // Without a limit the last one goes at the next window (it waits
+    // scheduled until then), and nothing is held again.
+    b.set_job_rate("acme", "slow", None).await.expect("unset");
+    assert!(b.job_rates("acme").await.expect("rates").is_empty());
+    fx.clock.advance(Duration::from_secs(10));
+    b.maintain().await.expect("maintain");
+    assert_eq!(jobs(&take(b, "w1", 20).await, "slow", "acme"), 1);
+}
+
 /// What the workflow tests' steps compute from their args: `{"n": n + 1}`
 /// for a step given `n` (0 when none), and for one given `results`, the sum
 /// of their `n`s, with the order they came in (`order`).
@@ -2916,7 +2975,8 @@ macro_rules! conformance {
                 a_tenants_rate_limit_holds_per_window_over_every_worker,
                 a_chord_callback_is_enqueued_once_with_every_result_in_order,
                 a_failed_step_fails_its_workflow_at_once_or_after_the_rest,
-                workflows_are_bounded_wait_for_quota_room_and_go_after_retention
+                workflows_are_bounded_wait_for_quota_room_and_go_after_retention,
+                a_jobs_rate_limit_holds_per_window_while_other_jobs_go_on
             );
         }
     };

@@ -136,6 +136,10 @@ struct State {
     /// When a rate window that held tasks back ends: a waiting acquire
     /// looks again then.
     rate_wake: Option<DateTime<Utc>>,
+    /// Per tenant and job, the job's fleet-wide rate limit.
+    job_rates: HashMap<(String, String), RateLimit>,
+    /// Per tenant and job, its current rate window and the tasks leased in it.
+    job_windows: HashMap<(String, String), (i64, u32)>,
     /// Per tenant, its concurrency cap as last given (by a limited enqueue,
     /// or a worker's acquire).
     caps: HashMap<String, u32>,
@@ -317,7 +321,7 @@ impl EmbeddedBroker {
                 if st.paused.contains(&key) {
                     continue;
                 }
-                let Some(id) = st.pending.get_mut(&key).and_then(VecDeque::pop_front) else {
+                let Some(id) = st.take_within_job_rates(&key, now) else {
                     continue;
                 };
                 let expires = clock::add(now, req.lease_for);
@@ -866,6 +870,48 @@ impl State {
         }
         for old in over {
             self.remove(&old);
+        }
+    }
+
+    /// The next task of queue `key` whose job is within its rate limit;
+    /// tasks over theirs wait, scheduled for their job's next window (and
+    /// the next rate wake-up is noted). Stale entries are passed over.
+    fn take_within_job_rates(&mut self, key: &QueueKey, now: DateTime<Utc>) -> Option<TaskId> {
+        loop {
+            let id = self.pending.get_mut(key).and_then(VecDeque::pop_front)?;
+            let Some(entry) = self.tasks.get(&id) else {
+                continue;
+            };
+            if entry.task.state != TaskState::Pending {
+                // A stale entry: the task is accounted for elsewhere.
+                continue;
+            }
+            let job = (entry.task.tenant.clone(), entry.task.job_name.clone());
+            let Some(rate) = self.job_rates.get(&job).copied() else {
+                return Some(id);
+            };
+            let per = i64::try_from(rate.per_ms.max(1))
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000);
+            let window = now.timestamp_micros().div_euclid(per);
+            let used = match self.job_windows.get(&job) {
+                Some((w, n)) if *w == window => *n,
+                _ => 0,
+            };
+            if used < rate.tasks.max(1) {
+                self.job_windows.insert(job, (window, used + 1));
+                return Some(id);
+            }
+            let Some(at) = DateTime::from_timestamp_micros((window + 1).saturating_mul(per)) else {
+                return Some(id);
+            };
+            if let Some(entry) = self.tasks.get_mut(&id) {
+                entry.task.state = TaskState::Scheduled;
+                entry.task.run_at = Some(at);
+                entry.task.updated_at = now;
+            }
+            self.scheduled.insert((at, id));
+            self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
         }
     }
 
@@ -1800,6 +1846,38 @@ impl Broker for EmbeddedBroker {
                 next_tick: *next,
             })
             .collect())
+    }
+
+    async fn set_job_rate(
+        &self,
+        tenant: &str,
+        job: &str,
+        rate: Option<RateLimit>,
+    ) -> Result<(), BrokerError> {
+        let key = (tenant.to_owned(), job.to_owned());
+        let mut st = self.lock();
+        match rate {
+            Some(rate) => {
+                st.job_rates.insert(key, rate);
+            }
+            None => {
+                st.job_rates.remove(&key);
+                st.job_windows.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn job_rates(&self, tenant: &str) -> Result<Vec<(String, RateLimit)>, BrokerError> {
+        let st = self.lock();
+        let mut out: Vec<(String, RateLimit)> = st
+            .job_rates
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, job), rate)| (job.clone(), *rate))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     async fn submit_workflow(

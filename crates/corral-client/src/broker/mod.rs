@@ -952,6 +952,31 @@ pub trait Broker: Send + Sync + 'static {
         unsupported("schedules")
     }
 
+    /// Sets (or, with `None`, removes) the fleet-wide rate limit of
+    /// `tenant`'s job `job`: at most `tasks` of its tasks start per window
+    /// of `per_ms` (aligned to the epoch), over all workers, counted in the
+    /// same atomic step as the leases. A task over it is not failed: it
+    /// waits, scheduled for the job's next window, while tasks of other
+    /// jobs behind it go on.
+    fn set_job_rate(
+        &self,
+        tenant: &str,
+        job: &str,
+        rate: Option<RateLimit>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (tenant, job, rate);
+        unsupported("set_job_rate")
+    }
+
+    /// `tenant`'s per-job rate limits, by job name.
+    fn job_rates(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<(String, RateLimit)>, BrokerError>> + Send {
+        let _ = tenant;
+        unsupported("job_rates")
+    }
+
     /// Stores workflow `plan` and enqueues its first steps; later steps are
     /// enqueued as the steps they wait for complete, each exactly once
     /// (see [`crate::workflow`]), within `quota` (a step the quota refuses

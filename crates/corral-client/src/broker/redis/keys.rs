@@ -26,6 +26,8 @@
 //! | `P:{q:T}:unique-ttl` | zset | unique keys (plain) by when they stop holding (µs); expired ones are dropped by the next enqueue of a unique task (a bounded number each), and both keys expire with their last entry |
 //! | `P:{q:T}:schedules` | hash | schedule name (plain) → the schedule and the quota its tasks are enqueued within (JSON); at most the tenant's `max_schedules` |
 //! | `P:{q:T}:sched-next` | zset | schedule names (plain) by their next tick (µs): what maintenance fires |
+//! | `P:{q:T}:job-rates` | hash | job name (plain) → the job's fleet-wide rate limit, `tasks per_ms` ([`Broker::set_job_rate`](crate::broker::Broker::set_job_rate)); at most one per job of the tenant |
+//! | `P:{q:T}:job-rate` | hash | job name (plain) → its current rate window's index and count, `w n` |
 //! | `P:{q:T}:flow-W` | hash | workflow `W` (see [`crate::workflow`]): `head` (id, tenant, policy, output), `quota` (what its steps are enqueued within), `st` (`r` running, `c` completed, `f` failed), `left` (steps not final), `fin` (when it ended, µs), `err` (the first failure and its task); per step `i`: `n:i` (the step's JSON), `s:i` (the steps that wait for it, `a,b,...`), `w:i` (how many it still waits for), `x:i` (`q` ready, `e<task id>` enqueued, `c`, `d`, `k` skipped; none while waiting), `r:i` (its output) |
 //! | `P:{q:T}:flows` | zset | the tenant's workflow ids, by when each ended (µs; `+inf` while running): what `max_workflows` counts and retention drops |
 //! | `P:{q:T}:flow-ready` | zset | `W:i` for each workflow step ready to enqueue, by when it became ready (µs): enqueued at once by whoever made it ready, by maintenance when that one crashed first |
@@ -147,6 +149,10 @@ pub struct TenantKeys {
     pub unique: String,
     /// Unique keys by expiry, µs (zset).
     pub unique_ttl: String,
+    /// Job name → its fleet-wide rate limit, `tasks per_ms` (hash).
+    pub job_rates: String,
+    /// Job name → its current rate window and count, `w n` (hash).
+    pub job_rate: String,
     /// Workflow ids by when they ended, µs (`+inf` while running) (zset).
     pub flows: String,
     /// `id:step` of workflow steps ready to enqueue, by when they became
@@ -177,6 +183,8 @@ impl TenantKeys {
             sched_next: format!("{base}:sched-next"),
             unique: format!("{base}:unique"),
             unique_ttl: format!("{base}:unique-ttl"),
+            job_rates: format!("{base}:job-rates"),
+            job_rate: format!("{base}:job-rate"),
             flows: format!("{base}:flows"),
             flow_ready: format!("{base}:flow-ready"),
             flow_base: format!("{base}:flow-"),

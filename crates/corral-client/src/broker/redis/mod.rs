@@ -674,6 +674,55 @@ impl Broker for RedisBroker {
         self.list_schedules(tenant).await
     }
 
+    async fn set_job_rate(
+        &self,
+        tenant: &str,
+        job: &str,
+        rate: Option<crate::broker::RateLimit>,
+    ) -> Result<(), BrokerError> {
+        let keys = keys::TenantKeys::new(&self.inner.config.prefix, tenant);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match rate {
+            Some(rate) => pipe.hset(&keys.job_rates, job, rate.encode()).ignore(),
+            None => pipe
+                .hdel(&keys.job_rates, job)
+                .ignore()
+                .hdel(&keys.job_rate, job)
+                .ignore(),
+        };
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("set_job_rate", e))
+    }
+
+    async fn job_rates(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, crate::broker::RateLimit)>, BrokerError> {
+        let keys = keys::TenantKeys::new(&self.inner.config.prefix, tenant);
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&keys.job_rates)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("job_rates", e))?;
+        let mut out: Vec<(String, crate::broker::RateLimit)> = all
+            .into_iter()
+            .filter_map(|(job, rate)| {
+                let (tasks, per) = rate.split_once(' ')?;
+                Some((
+                    job,
+                    crate::broker::RateLimit {
+                        tasks: tasks.parse().ok()?,
+                        per_ms: per.parse().ok()?,
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     async fn submit_workflow(
         &self,
         plan: &crate::workflow::Plan,

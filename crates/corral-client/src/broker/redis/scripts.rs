@@ -568,6 +568,8 @@ pub async fn acquire(
         .key(&keys.tenant.capped)
         .key(&keys.tenant.rate_limit)
         .key(&keys.tenant.rate)
+        .key(&keys.tenant.job_rates)
+        .key(&keys.tenant.job_rate)
         .arg(args.now_us)
         .arg(args.expires_us)
         .arg(args.worker)

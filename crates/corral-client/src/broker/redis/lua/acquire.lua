@@ -43,6 +43,14 @@
 --                             woken by the ack that frees a slot
 -- KEYS[16] rate-limit (string) the tenant's rate limit, `tasks per_ms`
 -- KEYS[17] rate      (hash)   the tenant's rate window: `w` index, `n` count
+-- KEYS[18] job-rates (hash)   the tenant's per-job rate limits: job name →
+--                             `tasks per_ms`
+-- KEYS[19] job-rate  (hash)   their current windows: job name → `w n`
+--
+-- A stored task whose job is over its rate limit in the current window is
+-- not leased: it waits, scheduled for the next window (state s, attempt
+-- not counted), and rejoins the back of pending then (step 1 of a later
+-- call, or maintenance), so tasks of other jobs behind it go on.
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] lease expiry (µs)
@@ -232,6 +240,85 @@ if popped then
     end
 end
 
+-- 2b. Per-job rate limits, only for tenants that set one: a task over its
+-- job's limit waits, scheduled for the job's next window.
+local jsons = nil
+if #leases > 0 and redis.call('EXISTS', KEYS[18]) == 1 then
+    local ids = {}
+    for i, l in ipairs(leases) do
+        ids[i] = l[1]
+    end
+    jsons = redis.call('HMGET', k_task, unpack(ids))
+    local jobs, limits, windows = {}, {}, {}
+    for i, l in ipairs(leases) do
+        if l[3] == 0 and jsons[i] then
+            jobs[i] = string.match(jsons[i], '"job_name":"([^"\\]*)"')
+        end
+    end
+    local kept, kept_jsons, deferred = {}, {}, 0
+    local dirty = {}
+    for i, l in ipairs(leases) do
+        local job = jobs[i]
+        local hold = nil
+        if job then
+            if limits[job] == nil then
+                limits[job] = redis.call('HGET', KEYS[18], job) or false
+                if limits[job] then
+                    local n, per = string.match(limits[job], '^(%d+) (%d+)$')
+                    n, per = tonumber(n), tonumber(per)
+                    if n and per and per > 0 then
+                        per = per * 1000
+                        local w = math.floor(tonumber(now) / per)
+                        local used = 0
+                        local got = redis.call('HGET', KEYS[19], job)
+                        if got then
+                            local gw, gn = string.match(got, '^(%d+) (%d+)$')
+                            if tonumber(gw) == w then
+                                used = tonumber(gn)
+                            end
+                        end
+                        windows[job] = {w = w, used = used, n = n, per = per}
+                    else
+                        limits[job] = false
+                    end
+                end
+            end
+            local win = windows[job]
+            if win then
+                if win.used < win.n then
+                    win.used = win.used + 1
+                    dirty[job] = true
+                else
+                    hold = (win.w + 1) * win.per
+                end
+            end
+        end
+        if hold then
+            local m = l[2]
+            m.state = 's'
+            m.run_at = string.format('%.0f', hold)
+            m.updated = now
+            meta_put(k_meta, l[1], m)
+            redis.call('ZADD', k_scheduled, m.run_at, l[1])
+            due_by(KEYS[10], queue, m.run_at)
+            deferred = deferred + 1
+            if not rate_next or hold < rate_next then
+                rate_next = hold
+            end
+        else
+            kept[#kept + 1] = l
+            kept_jsons[#kept_jsons + 1] = jsons[i]
+        end
+    end
+    for job, _ in pairs(dirty) do
+        local win = windows[job]
+        redis.call('HSET', KEYS[19], job, string.format('%.0f %d', win.w, win.used))
+    end
+    if deferred > 0 then
+        leases, jsons = kept, kept_jsons
+    end
+end
+
 -- 3. Record the leases, all at once, and read what the worker needs.
 -- (Counters instead of `#t + 1`: the length operator is not free in Lua.)
 local result = {promoted, 0, false, #leases}
@@ -276,7 +363,9 @@ if #leases > 0 then
     if raw > 0 then
         redis.call('SADD', k_queues, queue)
     end
-    local jsons = redis.call('HMGET', k_task, unpack(ids))
+    if not jsons then
+        jsons = redis.call('HMGET', k_task, unpack(ids))
+    end
     local progress, errors = {}, {}
     if na > 0 then
         local p = redis.call('HMGET', k_progress, unpack(again))
