@@ -36,9 +36,10 @@ use super::errors::ApiError;
 use super::extract::{Path, Query};
 use super::page::BoundedList;
 use super::{ApiState, Scope};
-use corral_client::broker::Broker;
+use corral_client::broker::{Broker, RateLimit};
 use corral_core::text::{Inert, needs_escape};
 use corral_registry::registry::{HandlerSpec, JobDefinition};
+use corral_registry::submit::find_job;
 use corral_sandbox::{Limits, ModuleHash};
 
 /// One link of the chain: a module hash, or a hash with a display name.
@@ -237,6 +238,59 @@ pub async fn remove<B: Broker + Clone>(
             format!("unknown job `{name}`"),
         ));
     }
+    // Its rate limit goes with it (a job registered again under the name
+    // starts without one).
+    state.broker.set_job_rate(scope.name(), &name, None).await?;
     tracing::info!(tenant = scope.name(), by = %scope.caller.actor(), job = %Inert(&name), "job removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The answer of `PUT /v1/jobs/{name}/rate-limit`.
+#[derive(Debug, serde::Serialize)]
+pub struct JobRate {
+    /// The job.
+    pub job: String,
+    /// Its fleet-wide rate limit.
+    pub rate_limit: RateLimit,
+}
+
+/// `PUT /v1/jobs/{name}/rate-limit`: `{tasks, per_ms}`, at most `tasks`
+/// of the job's tasks start per window of `per_ms` over every worker;
+/// tasks over it wait for the next window.
+pub async fn set_rate<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    scope: Scope,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<JobRate>, ApiError> {
+    let rate: RateLimit = read_json(&state.config, scope.name(), &headers, body).await?;
+    if rate.tasks == 0 || rate.per_ms == 0 {
+        return Err(ApiError::bad_request(
+            "`tasks` and `per_ms` must be at least 1",
+        ));
+    }
+    let catalog = state.registry.catalog();
+    find_job(catalog.as_ref(), scope.name(), &name, None).await?;
+    state
+        .broker
+        .set_job_rate(scope.name(), &name, Some(rate))
+        .await?;
+    tracing::info!(tenant = scope.name(), by = %scope.caller.actor(), job = %Inert(&name), tasks = rate.tasks, per_ms = rate.per_ms, "job rate limit set");
+    Ok(Json(JobRate {
+        job: name,
+        rate_limit: rate,
+    }))
+}
+
+/// `DELETE /v1/jobs/{name}/rate-limit`: the job has no rate limit any more.
+pub async fn remove_rate<B: Broker + Clone>(
+    State(state): State<Arc<ApiState<B>>>,
+    scope: Scope,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let catalog = state.registry.catalog();
+    find_job(catalog.as_ref(), scope.name(), &name, None).await?;
+    state.broker.set_job_rate(scope.name(), &name, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

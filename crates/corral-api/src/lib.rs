@@ -9,6 +9,8 @@
 //! | `GET /v1/jobs` | the newest version of each job, by name (`?after=&limit=`) | 200 `{jobs: [...], truncated, next}` |
 //! | `GET /v1/jobs/{name}` | one job (`?version=N` for an older one) | 200 the definition |
 //! | `DELETE /v1/jobs/{name}` | remove a job, every version (its queued tasks then fail `unknown_job`) | 204 |
+//! | `PUT /v1/jobs/{name}/rate-limit` | `{tasks, per_ms}`: at most that many of the job's tasks start per window, over every worker (the rest wait) | 200 `{job, rate_limit}` |
+//! | `DELETE /v1/jobs/{name}/rate-limit` | the job has no rate limit any more | 204 |
 //! | `POST /v1/tasks` | enqueue a task of a job | 202 `{task_id, job, job_version, queue, state}`; 200 with `deduplicated: true` when its `unique_key` is held |
 //! | `GET /v1/tasks` | task summaries (`?state=&queue=&limit=&cursor=`) by queue, state, newest first | 200 `{tasks: [...], truncated, next}` |
 //! | `GET /v1/tasks/{id}` | one task | 200 the task |
@@ -91,7 +93,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn_with_state, map_response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 
 use corral_client::broker::Broker;
@@ -191,6 +193,10 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
         .route(
             "/v1/jobs/{name}",
             get(jobs::show::<B>).delete(jobs::remove::<B>),
+        )
+        .route(
+            "/v1/jobs/{name}/rate-limit",
+            put(jobs::set_rate::<B>).delete(jobs::remove_rate::<B>),
         )
         .route("/v1/tasks", get(tasks::list::<B>).post(tasks::enqueue::<B>))
         .route(

@@ -53,6 +53,21 @@ enum JobsCommand {
     /// Remove a job, every version; tasks queued for it then fail.
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
+    /// Limit how many of a job's tasks start per window, over every worker
+    /// (`N/DURATION`, e.g. `100/1s`; `none` removes the limit). Tasks over
+    /// it wait for the next window; other jobs' tasks go on.
+    RateLimit(RateLimitArgs),
+}
+
+#[derive(Debug, Args)]
+struct RateLimitArgs {
+    /// The job's name.
+    name: String,
+    /// `N/DURATION` (`100/1s`, `5000/1m`), or `none`.
+    #[arg(value_parser = super::tenants::parse_rate)]
+    rate: super::tenants::RateArg,
+    #[command(flatten)]
+    who: Who,
 }
 
 /// Which tenant, and where its catalog is.
@@ -147,7 +162,38 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
         JobsCommand::Register(args) => register(args).await,
         JobsCommand::List(args) => list(args).await,
         JobsCommand::Rm(args) => remove(args).await,
+        JobsCommand::RateLimit(args) => rate_limit(args).await,
     }
+}
+
+async fn rate_limit(args: RateLimitArgs) -> anyhow::Result<ExitCode> {
+    use crate::broker::Broker as _;
+    let (catalog, tenant) = args.who.resolve().await?;
+    let name = &args.name;
+    if catalog
+        .job(&tenant.name, name, None)
+        .await
+        .with_context(|| format!("reading job `{name}`"))?
+        .is_none()
+    {
+        bail!("tenant {} has no job `{name}`", tenant.name);
+    }
+    let broker = args.who.redis.connect("jobs rate-limit").await?;
+    let rate = args.rate.0;
+    broker
+        .set_job_rate(&tenant.name, name, rate)
+        .await
+        .with_context(|| format!("setting the rate limit of job `{name}`"))?;
+    match rate {
+        Some(r) => say!(
+            "job {name} of tenant {}: at most {} tasks per {} ms, over every worker",
+            tenant.name,
+            r.tasks,
+            r.per_ms
+        ),
+        None => say!("job {name} of tenant {}: no rate limit", tenant.name),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {

@@ -493,10 +493,10 @@ fn table(tenants: &[TenantInfo]) -> Vec<String> {
 
 /// `--rate`: a limit, or `none`.
 #[derive(Debug, Clone, Copy)]
-struct RateArg(Option<RateLimit>);
+pub(super) struct RateArg(pub(super) Option<RateLimit>);
 
 /// Parses `--rate`: `N/DURATION`, or `none`.
-fn parse_rate(s: &str) -> Result<RateArg, String> {
+pub(super) fn parse_rate(s: &str) -> Result<RateArg, String> {
     if s == "none" {
         return Ok(RateArg(None));
     }
