@@ -356,6 +356,57 @@ async fn workflows_through_the_api_are_the_tenants_own_and_bounded() {
     api.get("/v1/workflows/not-a-uuid", a)
         .await
         .expect(404, "workflow_not_found");
+
+    // A job's rate limit: the tenant's own job only, stored in the broker.
+    let set = api
+        .send(
+            Method::PUT,
+            "/v1/jobs/nap/rate-limit",
+            Some(a),
+            Some((
+                "application/json",
+                br#"{"tasks": 5, "per_ms": 1000}"#.to_vec(),
+            )),
+        )
+        .await;
+    set.expect(200, "");
+    assert_eq!(set.body["rate_limit"]["tasks"], 5);
+    let limit = corral::broker::RateLimit {
+        tasks: 5,
+        per_ms: 1000,
+    };
+    use corral::broker::Broker as _;
+    assert_eq!(
+        w.broker.job_rates("alpha").await.expect("rates"),
+        [("nap".to_owned(), limit)]
+    );
+    api.send(
+        Method::PUT,
+        "/v1/jobs/nap/rate-limit",
+        Some(b),
+        Some((
+            "application/json",
+            br#"{"tasks": 5, "per_ms": 1000}"#.to_vec(),
+        )),
+    )
+    .await
+    .expect(404, "job_not_found");
+    api.send(
+        Method::PUT,
+        "/v1/jobs/nap/rate-limit",
+        Some(a),
+        Some((
+            "application/json",
+            br#"{"tasks": 0, "per_ms": 1000}"#.to_vec(),
+        )),
+    )
+    .await
+    .expect(400, "bad_request");
+    let gone = api
+        .send(Method::DELETE, "/v1/jobs/nap/rate-limit", Some(a), None)
+        .await;
+    assert_eq!(gone.status.as_u16(), 204, "{gone:?}");
+    assert!(w.broker.job_rates("alpha").await.expect("rates").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

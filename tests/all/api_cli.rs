@@ -264,6 +264,58 @@ async fn tenants_and_jobs_commands_write_the_redis_catalog() {
         "{out}"
     );
 
+    // A job's rate limit, set and removed; an unknown job is refused.
+    let (ok, out, err) = plain(&[
+        "jobs",
+        "rate-limit",
+        "stats",
+        "20/1s",
+        "--redis",
+        url,
+        "--tenant",
+        "acme",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("job stats of tenant acme: at most 20 tasks per 1000 ms"),
+        "{out}"
+    );
+    let broker = corral::broker::RedisBroker::connect(corral::broker::RedisConfig::new(url))
+        .await
+        .unwrap();
+    {
+        use corral::broker::Broker as _;
+        let rates = broker.job_rates("acme").await.unwrap();
+        assert_eq!(rates.len(), 1);
+        assert_eq!((rates[0].1.tasks, rates[0].1.per_ms), (20, 1000));
+        let (ok, _, err) = plain(&[
+            "jobs",
+            "rate-limit",
+            "stats",
+            "none",
+            "--redis",
+            url,
+            "--tenant",
+            "acme",
+        ])
+        .await;
+        assert!(ok, "{err}");
+        assert!(broker.job_rates("acme").await.unwrap().is_empty());
+    }
+    let (ok, _, err) = plain(&[
+        "jobs",
+        "rate-limit",
+        "nope",
+        "5/1s",
+        "--redis",
+        url,
+        "--tenant",
+        "acme",
+    ])
+    .await;
+    assert!(!ok && err.contains("has no job `nope`"), "{err}");
+
     // What the commands wrote is what the library reads.
     let catalog = RedisCatalog::connect(url).await.unwrap();
     let job = catalog.job("acme", "stats", None).await.unwrap().unwrap();
