@@ -356,6 +356,15 @@ async fn workflows_through_the_api_are_the_tenants_own_and_bounded() {
     api.get("/v1/workflows/not-a-uuid", a)
         .await
         .expect(404, "workflow_not_found");
+    // Steps in more queues than the tenant may have: refused up front.
+    let wide: Vec<Value> = (0..101)
+        .map(|q| json!({"task": {"job": "nap", "queue": format!("q{q}")}}))
+        .collect();
+    let refused = api
+        .post("/v1/workflows", a, &json!({"flow": {"group": wide}}))
+        .await;
+    refused.expect(400, "bad_request");
+    assert!(refused.body.to_string().contains("queues"), "{refused:?}");
 
     // A job's rate limit: the tenant's own job only, stored in the broker.
     let set = api

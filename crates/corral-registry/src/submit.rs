@@ -253,7 +253,8 @@ pub const MAX_WORKFLOW_JOBS: usize = 64;
 /// Stores `workflow` for `tenant`: each task's job must be the tenant's
 /// ([`SubmitError::JobNotFound`] otherwise) and is pinned to its current
 /// version unless the task names one, attempts are bounded as for tasks,
-/// and the tree must compile ([`Plan::compile`]: names, sizes, nesting).
+/// the tree must compile ([`Plan::compile`]: names, sizes, nesting), and
+/// its steps may use no more queues than the tenant's `max_queues`.
 /// The broker stores it within the tenant's `max_workflows` and enqueues
 /// its steps within its queue quota. Returns the workflow's id.
 pub async fn submit_workflow<B: Broker>(
@@ -266,7 +267,21 @@ pub async fn submit_workflow<B: Broker>(
     // The shape first: a tree past the bounds costs no catalog lookup.
     Plan::compile(&workflow, chrono::Utc::now()).map_err(SubmitError::Invalid)?;
     let mut versions: HashMap<(String, Option<u32>), u32> = HashMap::new();
+    let mut queues = std::collections::HashSet::new();
     for task in workflow.flow.tasks_mut() {
+        queues.insert(
+            task.queue
+                .clone()
+                .unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
+        );
+        if queues.len() > tenant.limits.max_queues as usize {
+            // Steps in more queues than the tenant may have could never
+            // all be enqueued: refused here rather than left waiting.
+            return Err(SubmitError::Invalid(format!(
+                "the workflow's steps use more than the tenant's {} queues",
+                tenant.limits.max_queues
+            )));
+        }
         if task
             .max_attempts
             .is_some_and(|n| !(1..=MAX_ATTEMPTS).contains(&n))

@@ -246,18 +246,20 @@ impl RedisBroker {
         let Ok(workflow) = flow.parse::<WorkflowId>() else {
             return Err(corrupt(OP, format!("workflow id `{}`", Inert(flow))));
         };
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&record).arg("st").arg("quota");
-        for i in steps {
-            cmd.arg(format!("n:{i}"));
-        }
-        let values: Vec<Option<Vec<u8>>> = cmd
-            .query_async(&mut self.conn())
+        // The workflow's state and quota, and the tenant's queued count:
+        // steps the quota has no room for are not even read.
+        type Head = (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>);
+        let (state, quota, queued): Head = redis::pipe()
+            .cmd("HMGET")
+            .arg(&record)
+            .arg("st")
+            .arg("quota")
+            .cmd("GET")
+            .arg(&keys.queued)
+            .query_async::<((Option<Vec<u8>>, Option<Vec<u8>>), Option<u64>)>(&mut self.conn())
             .await
+            .map(|((st, q), n)| (st, q, n))
             .map_err(|e| unavailable(OP, e))?;
-        let mut values = values.into_iter();
-        let state = values.next().flatten();
-        let quota = values.next().flatten();
         if state.as_deref() != Some(b"r") {
             // Ended (or dropped): its ready entries go, nothing is enqueued.
             let members: Vec<String> = steps.iter().map(|i| format!("{flow}:{i}")).collect();
@@ -274,6 +276,22 @@ impl RedisBroker {
             .and_then(|q| serde_json::from_slice(q).ok())
             .ok_or_else(|| corrupt(OP, format!("workflow {flow}: its quota does not parse")))?;
         let quota = quota.quota();
+        let room = quota.max_queued.saturating_sub(queued.unwrap_or(0));
+        let fits = usize::try_from(room).unwrap_or(usize::MAX).min(steps.len());
+        if fits == 0 {
+            return Ok((0, false));
+        }
+        let cut = fits < steps.len();
+        let steps = &steps[..fits];
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&record);
+        for i in steps {
+            cmd.arg(format!("n:{i}"));
+        }
+        let values: Vec<Option<Vec<u8>>> = cmd
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable(OP, e))?;
         let mut defs: Vec<(u32, Step)> = Vec::with_capacity(steps.len());
         for (&i, def) in steps.iter().zip(values) {
             match def.as_deref().map(serde_json::from_slice::<Step>) {
@@ -335,7 +353,7 @@ impl RedisBroker {
         }
         let now = self.now();
         let mut stored = 0;
-        let mut all = true;
+        let mut all = !cut;
         for (queue, tasks) in by_queue {
             let queue_keys = self.keys(&keys.name, &queue);
             let mut woke = false;
