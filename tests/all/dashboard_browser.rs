@@ -230,14 +230,14 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
         )
         .await;
 
-    // The tenant's workflows, with their state (its job `later` is never
-    // run here: the workflow stays running, its first step queued).
+    // The tenant's workflows, with their state (in a queue no worker
+    // serves: the workflow stays running, its first step queued).
     let flow = corral::workflow::Workflow {
         id: corral::workflow::WorkflowId::new(),
         tenant: "acme".into(),
         flow: corral::workflow::Flow::chain([
-            corral::workflow::Flow::task("later"),
-            corral::workflow::Flow::task("later"),
+            corral::workflow::Flow::task("later").queue("flows"),
+            corral::workflow::Flow::task("later").queue("flows"),
         ]),
         on_failure: corral::workflow::OnFailure::FailFast,
     };
