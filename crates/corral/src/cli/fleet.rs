@@ -180,6 +180,16 @@ impl Table {
         self.rows.is_empty()
     }
 
+    /// Prints the table, or when it has no row, `empty` on stderr (so a
+    /// script reading stdout sees nothing).
+    pub fn print_or(&self, empty: &str) {
+        if self.is_empty() {
+            eprintln!("{empty}");
+        } else {
+            self.print();
+        }
+    }
+
     /// Prints the header and the rows.
     pub fn print(&self) {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();

@@ -235,11 +235,7 @@ async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !args.json {
-        if table.is_empty() {
-            eprintln!("no schedules");
-        } else {
-            table.print();
-        }
+        table.print_or("no schedules");
     }
     Ok(ExitCode::SUCCESS)
 }

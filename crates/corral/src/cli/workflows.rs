@@ -262,11 +262,7 @@ async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !args.json {
-        if table.is_empty() {
-            eprintln!("no workflows");
-        } else {
-            table.print();
-        }
+        table.print_or("no workflows");
     }
     Ok(ExitCode::SUCCESS)
 }

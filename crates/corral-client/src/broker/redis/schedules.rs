@@ -35,6 +35,14 @@ const DUE_PER_PASS: isize = 64;
 #[derive(Serialize, Deserialize)]
 struct Record {
     schedule: Schedule,
+    #[serde(flatten)]
+    quota: StoredQuota,
+}
+
+/// The quota tasks enqueued later (a schedule's ticks, a workflow's steps)
+/// are stored within, as the record that holds them keeps it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredQuota {
     max_queued: u64,
     max_queues: u32,
     max_concurrency: u32,
@@ -42,8 +50,20 @@ struct Record {
     rate: Option<RateLimit>,
 }
 
-impl Record {
-    fn quota(&self) -> TenantQuota {
+impl StoredQuota {
+    /// What `quota` keeps (unique keys are checked when a producer
+    /// enqueues, not here).
+    pub(super) fn of(quota: &TenantQuota) -> Self {
+        Self {
+            max_queued: quota.max_queued,
+            max_queues: quota.max_queues,
+            max_concurrency: quota.max_concurrency,
+            rate: quota.rate,
+        }
+    }
+
+    /// The quota kept.
+    pub(super) fn quota(&self) -> TenantQuota {
         TenantQuota {
             max_queued: self.max_queued,
             max_queues: self.max_queues,
@@ -71,10 +91,7 @@ impl RedisBroker {
         let next = schedule.timing.next_after(self.now());
         let record = serde_json::to_vec(&Record {
             schedule: schedule.clone(),
-            max_queued: quota.max_queued,
-            max_queues: quota.max_queues,
-            max_concurrency: quota.max_concurrency,
-            rate: quota.rate,
+            quota: StoredQuota::of(quota),
         })
         .map_err(|e| BrokerError::Invalid {
             op: OP,
@@ -198,7 +215,7 @@ impl RedisBroker {
                     continue;
                 }
             };
-            let quota = record.quota();
+            let quota = record.quota.quota();
             let queue = self.keys(tenant, &record.schedule.queue);
             let mut woke = false;
             for step in record.schedule.plan(from_micros(*tick_us), now) {

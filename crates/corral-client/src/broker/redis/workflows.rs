@@ -19,15 +19,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::RedisBroker;
 use super::conn::unavailable;
 use super::enqueue::stored_items;
 use super::keys::TenantKeys;
 use super::record::{from_micros, micros};
+use super::schedules::StoredQuota;
 use super::scripts::{self, Advanced, FlowSubmitted, StepTask};
-use crate::broker::{BrokerError, MAX_WORKFLOWS_LISTED, RateLimit, TenantQuota};
+use crate::broker::{BrokerError, MAX_WORKFLOWS_LISTED, TenantQuota};
 use crate::workflow::{
     MAX_INPUT_BYTES, Plan, PlanHead, Step, StepError, StepState, StepStatus, WorkflowId,
     WorkflowState, WorkflowStatus, WorkflowSummary, input_too_large,
@@ -61,28 +62,6 @@ pub(super) enum Ready {
     Overdue,
 }
 
-/// The quota a workflow's steps are enqueued within, as stored.
-#[derive(Serialize, Deserialize)]
-struct StoredQuota {
-    max_queued: u64,
-    max_queues: u32,
-    max_concurrency: u32,
-    #[serde(default)]
-    rate: Option<RateLimit>,
-}
-
-impl StoredQuota {
-    fn quota(&self) -> TenantQuota {
-        TenantQuota {
-            max_queued: self.max_queued,
-            max_queues: self.max_queues,
-            max_concurrency: self.max_concurrency,
-            rate: self.rate,
-            max_unique_keys: u64::MAX,
-        }
-    }
-}
-
 fn corrupt(op: &'static str, what: impl std::fmt::Display) -> BrokerError {
     BrokerError::Corrupt {
         op,
@@ -109,12 +88,7 @@ impl RedisBroker {
         let tenant = &plan.head.tenant;
         // Maintenance visits the tenants in the tenant set.
         self.register(tenant).await?;
-        let stored_quota = StoredQuota {
-            max_queued: quota.max_queued,
-            max_queues: quota.max_queues,
-            max_concurrency: quota.max_concurrency,
-            rate: quota.rate,
-        };
+        let stored_quota = StoredQuota::of(quota);
         let n = plan.steps.len();
         let mut pairs: Vec<(String, Vec<u8>)> = Vec::with_capacity(5 + 3 * n);
         pairs.push(("head".into(), json(OP, &plan.head)?));
