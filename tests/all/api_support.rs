@@ -166,6 +166,9 @@ pub async fn serve<B: Broker + Clone>(broker: B, registry: Registry, config: Api
         base,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            // Below the shortest idle timeout a test gives the server (1 s):
+            // a pooled connection the server is closing is never reused.
+            .pool_idle_timeout(Duration::from_millis(500))
             .build()
             .expect("http client"),
         stop: Some(stop),
@@ -209,6 +212,7 @@ impl Api {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .pool_idle_timeout(Duration::from_millis(500))
                 .build()
                 .expect("http client"),
             stop: None,

@@ -230,40 +230,6 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
         )
         .await;
 
-    // The tenant's workflows, with their state (in a queue no worker
-    // serves: the workflow stays running, its first step queued).
-    let flow = corral::workflow::Workflow {
-        id: corral::workflow::WorkflowId::new(),
-        tenant: "acme".into(),
-        flow: corral::workflow::Flow::chain([
-            corral::workflow::Flow::task("later").queue("flows"),
-            corral::workflow::Flow::task("later").queue("flows"),
-        ]),
-        on_failure: corral::workflow::OnFailure::FailFast,
-    };
-    let plan = corral::workflow::Plan::compile(&flow, chrono::Utc::now()).expect("compiles");
-    schedules
-        .submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
-        .await
-        .expect("submit a workflow");
-    browser
-        .wait_for(
-            "the workflow in the list",
-            &format!(
-                "{} === 'running' && {} === '2'",
-                text_of(&format!(
-                    "tr[data-workflow=\"{}\"] td:nth-child(2)",
-                    flow.id
-                )),
-                text_of(&format!(
-                    "tr[data-workflow=\"{}\"] td:nth-child(3)",
-                    flow.id
-                )),
-            ),
-            SHOWN,
-        )
-        .await;
-
     // The task's detail: its error, its args in.
     browser
         .click(&format!("tr[data-task=\"{dead_id}\"] a"))
@@ -391,6 +357,42 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
             &format!(
                 "{} === 'no'",
                 text_of("tr[data-queue=\"default\"] td:nth-child(9)")
+            ),
+            SHOWN,
+        )
+        .await;
+
+    // The tenant's workflows, with their state (in a queue no worker
+    // serves: the workflow stays running, its first step queued). Last of
+    // the tenant's part: its new task row would shift the rows clicked
+    // above.
+    let flow = corral::workflow::Workflow {
+        id: corral::workflow::WorkflowId::new(),
+        tenant: "acme".into(),
+        flow: corral::workflow::Flow::chain([
+            corral::workflow::Flow::task("later").queue("flows"),
+            corral::workflow::Flow::task("later").queue("flows"),
+        ]),
+        on_failure: corral::workflow::OnFailure::FailFast,
+    };
+    let plan = corral::workflow::Plan::compile(&flow, chrono::Utc::now()).expect("compiles");
+    schedules
+        .submit_workflow(&plan, &TenantQuota::UNLIMITED, 10)
+        .await
+        .expect("submit a workflow");
+    browser
+        .wait_for(
+            "the workflow in the list",
+            &format!(
+                "{} === 'running' && {} === '2'",
+                text_of(&format!(
+                    "tr[data-workflow=\"{}\"] td:nth-child(2)",
+                    flow.id
+                )),
+                text_of(&format!(
+                    "tr[data-workflow=\"{}\"] td:nth-child(3)",
+                    flow.id
+                )),
             ),
             SHOWN,
         )

@@ -2,7 +2,7 @@
 //! Redis, real components (`sleep` members that hand their args on,
 //! `tally` callbacks that sum them).
 //!
-//! - Six chords, each of 60 members (40 ms each) followed by a chain of two
+//! - Six chords, each of 60 members (100 ms each) followed by a chain of two
 //!   callbacks, submitted with `corral workflow submit` while a killer
 //!   SIGKILLs one of three workers every 150 ms or so (twelve times at
 //!   most) and starts a new one. Every workflow
@@ -103,7 +103,7 @@ async fn chords_complete_once_each_while_workers_are_sigkilled() {
 
     let chord = |c: usize| {
         let members: Vec<serde_json::Value> = (0..MEMBERS)
-            .map(|n| serde_json::json!({"task": {"job": "sleep", "args": {"n": n, "ms": 40, "chord": c}}}))
+            .map(|n| serde_json::json!({"task": {"job": "sleep", "args": {"n": n, "ms": 100, "chord": c}}}))
             .collect();
         serde_json::json!({"flow": {"chord": {
             "group": members,
