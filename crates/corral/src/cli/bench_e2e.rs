@@ -3,7 +3,9 @@
 //! In a queue of its own (deleted afterwards), the bench
 //!
 //! 1. enqueues `--single` no-op tasks one call each: the single enqueue rate;
-//! 2. enqueues `--tasks` no-op tasks in one bulk call: the bulk enqueue rate;
+//! 2. enqueues `--tasks` no-op tasks in one bulk call: the bulk enqueue rate,
+//!    and Redis's memory per queued task (`used_memory` before and after;
+//!    `--tasks 1000000` measures the cost at a deep backlog);
 //! 3. starts ONE `corral worker` process (`--job bench=<component>`, the
 //!    Rust no-op by default, any job's component with `--job FILE` and its
 //!    args with `--arg`) and times it draining them: the end-to-end rate, from the first task
@@ -366,13 +368,24 @@ async fn measure(
     }
     let single_rate = args.single as f64 / started.elapsed().as_secs_f64();
 
-    // 2. One bulk enqueue.
+    // 2. One bulk enqueue, and what the queued tasks hold of Redis's memory.
     let bulk: Vec<Task> = (0..args.tasks)
         .map(|_| bench_task(queue, &task_args))
         .collect();
+    let memory_before = broker.server_memory_bytes().await.ok().flatten();
     let started = Instant::now();
     broker.enqueue(bulk).await?;
     let bulk_rate = args.tasks as f64 / started.elapsed().as_secs_f64();
+    let memory_after = broker.server_memory_bytes().await.ok().flatten();
+    let per_queued = memory_before
+        .zip(memory_after)
+        .map(|(a, b)| {
+            format!(
+                "{:.0} bytes",
+                b.saturating_sub(a) as f64 / args.tasks.max(1) as f64
+            )
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
 
     // 3. One worker process drains them.
     let bin = match &args.worker_bin {
@@ -471,6 +484,10 @@ async fn measure(
     );
     say!(
         "bulk enqueue: {bulk_rate:.0} tasks/s ({} tasks in one call)",
+        args.tasks
+    );
+    say!(
+        "Redis memory per queued task: {per_queued} ({} tasks queued)",
         args.tasks
     );
     say!(

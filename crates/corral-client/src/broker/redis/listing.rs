@@ -225,6 +225,23 @@ impl RedisBroker {
             .map(|(u, s)| u + s))
     }
 
+    /// The server's `used_memory` in bytes (`INFO memory`), for benchmarks;
+    /// `None` on a Cluster (one node's figure would mislead).
+    pub async fn server_memory_bytes(&self) -> Result<Option<u64>, BrokerError> {
+        if matches!(self.inner.conn, Conn::Cluster(_)) {
+            return Ok(None);
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| unavailable("server_memory_bytes", e))?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok()))
+    }
+
     /// [`Broker::task`](crate::broker::Broker::task) on Redis.
     pub(super) async fn read_task(
         &self,
