@@ -627,17 +627,6 @@ pub enum StepState {
 }
 
 impl StepState {
-    /// The one-letter code the stores keep (`Waiting` has none).
-    pub fn code(self) -> &'static str {
-        match self {
-            StepState::Waiting => "",
-            StepState::Enqueued => "e",
-            StepState::Completed => "c",
-            StepState::Failed => "d",
-            StepState::Skipped => "k",
-        }
-    }
-
     /// Reads a stored code (a ready step, `q`, is still waiting).
     pub fn from_code(code: &str) -> StepState {
         match code.as_bytes().first() {

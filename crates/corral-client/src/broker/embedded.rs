@@ -123,6 +123,10 @@ struct State {
     workflows_ended: BTreeSet<(DateTime<Utc>, String, WorkflowId)>,
     /// Workflows with steps ready to enqueue.
     workflows_ready: BTreeSet<(String, WorkflowId)>,
+    /// Of those, the ones a step ending (or a submission) made ready since
+    /// the last advance: all an ack enqueues. Steps held back by a quota
+    /// are maintenance's, so an ack never pays for another's backlog.
+    workflows_fresh: BTreeSet<(String, WorkflowId)>,
     /// Per tenant, how many unique keys it holds.
     unique_held: HashMap<String, u64>,
     /// The same keys by expiry, so expired ones are dropped in order.
@@ -879,6 +883,10 @@ impl State {
     fn take_within_job_rates(&mut self, key: &QueueKey, now: DateTime<Utc>) -> Option<TaskId> {
         loop {
             let id = self.pending.get_mut(key).and_then(VecDeque::pop_front)?;
+            if self.job_rates.is_empty() {
+                // The common case costs no lookup.
+                return Some(id);
+            }
             let Some(entry) = self.tasks.get(&id) else {
                 continue;
             };
@@ -928,21 +936,39 @@ impl State {
             return;
         };
         let was = progress.state;
+        let readied = progress.ready.len();
         progress.finish(step, id, result, now);
-        if was == WorkflowState::Running && progress.state != WorkflowState::Running {
-            self.workflows_ended.insert((now, key.0.clone(), key.1));
-        }
-        if !progress.ready.is_empty() {
-            self.workflows_ready.insert(key);
+        let grew = progress.ready.len() > readied;
+        self.note_ended(&key, was, now);
+        if grew {
+            self.workflows_ready.insert(key.clone());
+            self.workflows_fresh.insert(key);
         }
     }
 
-    /// Enqueues the ready steps of every workflow that has some, each
-    /// within its workflow's quota (a refused step stays ready for the next
-    /// call). Returns whether a task became ready.
-    fn advance_workflows(&mut self, now: DateTime<Utc>, max_pending: usize) -> bool {
+    /// Records workflow `key`'s end, if it was `was` (running) and is not
+    /// any more.
+    fn note_ended(&mut self, key: &(String, WorkflowId), was: WorkflowState, now: DateTime<Utc>) {
+        let ended = self
+            .workflows
+            .get(key)
+            .is_some_and(|(p, _)| p.state != WorkflowState::Running);
+        if was == WorkflowState::Running && ended {
+            self.workflows_ended.insert((now, key.0.clone(), key.1));
+        }
+    }
+
+    /// Enqueues the ready steps of the workflows `all` or only the fresh
+    /// ones name, each within its workflow's quota (a refused step stays
+    /// ready for maintenance). Returns whether a task became ready.
+    fn advance_workflows(&mut self, now: DateTime<Utc>, max_pending: usize, all: bool) -> bool {
         let mut any = false;
-        let keys: Vec<(String, WorkflowId)> = self.workflows_ready.iter().cloned().collect();
+        let fresh = std::mem::take(&mut self.workflows_fresh);
+        let keys: Vec<(String, WorkflowId)> = if all {
+            self.workflows_ready.iter().cloned().collect()
+        } else {
+            fresh.into_iter().collect()
+        };
         for key in keys {
             let Some((progress, quota)) = self.workflows.get(&key) else {
                 self.workflows_ready.remove(&key);
@@ -952,6 +978,12 @@ impl State {
             let ready: Vec<u32> = progress.ready.iter().copied().collect();
             let mut blocked = false;
             for i in ready {
+                // No room under the quota: nothing is built for it.
+                let queued = self.queued.get(&key.0).copied().unwrap_or(0);
+                if queued >= quota.max_queued {
+                    blocked = true;
+                    break;
+                }
                 let bytes = self
                     .workflows
                     .get(&key)
@@ -960,10 +992,7 @@ impl State {
                     if let Some((progress, _)) = self.workflows.get_mut(&key) {
                         let was = progress.state;
                         progress.fail_ready(i, crate::workflow::input_too_large(bytes), now);
-                        if was == WorkflowState::Running && progress.state != WorkflowState::Running
-                        {
-                            self.workflows_ended.insert((now, key.0.clone(), key.1));
-                        }
+                        self.note_ended(&key, was, now);
                     }
                     continue;
                 }
@@ -1012,6 +1041,7 @@ impl State {
             let key = (tenant, id);
             self.workflows.remove(&key);
             self.workflows_ready.remove(&key);
+            self.workflows_fresh.remove(&key);
             if let Some(ids) = self.workflow_ids.get_mut(&key.0) {
                 ids.remove(&id);
                 if ids.is_empty() {
@@ -1262,7 +1292,7 @@ impl Broker for EmbeddedBroker {
                 }
                 out.push(Ok(()));
             }
-            stepped = st.advance_workflows(now, self.inner.max_pending);
+            stepped = st.advance_workflows(now, self.inner.max_pending, false);
         }
         if stepped {
             self.inner.ready.notify_waiters();
@@ -1360,7 +1390,7 @@ impl Broker for EmbeddedBroker {
             }
             report.trimmed = st.trim(now, &retention, &mut touched);
             fired_ready = st.fire_due(now, self.inner.max_pending, &mut report)
-                | st.advance_workflows(now, self.inner.max_pending);
+                | st.advance_workflows(now, self.inner.max_pending, true);
             st.trim_workflows(now, retention.completed_ttl);
             let today = now.date_naive();
             if st.usage_cut != Some(today) {
@@ -1732,7 +1762,7 @@ impl Broker for EmbeddedBroker {
                         Some(cancel_error("the task was cancelled before it ran", None));
                 }
                 st.finish(id, now, &retention);
-                if st.advance_workflows(now, self.inner.max_pending) {
+                if st.advance_workflows(now, self.inner.max_pending, false) {
                     drop(st);
                     self.inner.ready.notify_waiters();
                 }
@@ -1911,8 +1941,9 @@ impl Broker for EmbeddedBroker {
                 .insert(plan.head.id);
             st.workflows
                 .insert(key.clone(), (Progress::new(plan.clone()), *quota));
-            st.workflows_ready.insert(key);
-            st.advance_workflows(now, self.inner.max_pending)
+            st.workflows_ready.insert(key.clone());
+            st.workflows_fresh.insert(key);
+            st.advance_workflows(now, self.inner.max_pending, false)
         };
         if ready {
             self.inner.ready.notify_waiters();
