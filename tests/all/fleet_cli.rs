@@ -182,6 +182,29 @@ async fn jobs_rm_asks_first_and_the_queued_tasks_then_fail() {
     let (mut api_process, _, api) = serve(&["--redis", url, "--workers", "0"]).await;
     let queued = api.enqueue(&token, "doomed", json!({"text": "X"})).await;
 
+    // A rate limit on it, which goes with the job.
+    let (ok, _, err) = plain(&[
+        "jobs",
+        "rate-limit",
+        "doomed",
+        "5/1s",
+        "--tenant",
+        "acme",
+        "--redis",
+        url,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let broker = corral::broker::RedisBroker::connect(corral::broker::RedisConfig::new(url))
+        .await
+        .unwrap();
+    let rates = || async {
+        corral::broker::Broker::job_rates(&broker, "acme")
+            .await
+            .unwrap()
+    };
+    assert_eq!(rates().await.len(), 1);
+
     // Without a terminal and without --yes it refuses, and removes nothing.
     let rm = ["jobs", "rm", "doomed", "--tenant", "acme", "--redis", url];
     let (ok, _, err) = plain(&rm).await;
@@ -196,6 +219,10 @@ async fn jobs_rm_asks_first_and_the_queued_tasks_then_fail() {
     .await;
     assert!(ok && err.contains("removed job `doomed`"), "{err}");
     assert_eq!(catalog.job("acme", "doomed", None).await.unwrap(), None);
+    assert!(
+        rates().await.is_empty(),
+        "the job's rate limit went with it"
+    );
     let (ok, out, err) = plain(&["jobs", "list", "--tenant", "acme", "--redis", url]).await;
     assert!(
         ok && !out.contains("doomed") && out.contains("kept v1"),

@@ -38,6 +38,13 @@ impl Target {
         self.redis.connect(command).await
     }
 
+    /// The tenant a verb acts on: `--tenant`, or the default tenant.
+    pub fn tenant_or_default(&self) -> String {
+        self.tenant
+            .clone()
+            .unwrap_or_else(|| crate::task::DEFAULT_TENANT.to_owned())
+    }
+
     /// The tenants a listing covers: `--tenant`, or every tenant that has
     /// had a task.
     pub async fn tenants(&self, broker: &RedisBroker) -> anyhow::Result<Vec<String>> {

@@ -303,6 +303,12 @@ async fn remove(args: RmArgs) -> anyhow::Result<ExitCode> {
             tenant.name
         );
     }
+    // Its rate limit goes with it, as through the API: a job registered
+    // again under the name starts without one.
+    let broker = args.who.redis.connect("jobs rm").await?;
+    crate::broker::Broker::set_job_rate(&broker, &tenant.name, name, None)
+        .await
+        .with_context(|| format!("removing the rate limit of job `{name}`"))?;
     eprintln!("removed job `{name}` of tenant {}", tenant.name);
     Ok(ExitCode::SUCCESS)
 }

@@ -23,7 +23,7 @@ use super::units::parse_duration;
 use crate::broker::Broker;
 use crate::schedule::{Missed, Schedule, Timing};
 use crate::submit::{find_job, find_tenant};
-use crate::task::{DEFAULT_QUEUE, DEFAULT_TENANT, parse_arg_pairs};
+use crate::task::{DEFAULT_QUEUE, parse_arg_pairs};
 use crate::text::Inert;
 
 /// `corral schedules …`.
@@ -133,11 +133,7 @@ async fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
         }
         _ => bail!("give --cron or --every"),
     };
-    let tenant = args
-        .target
-        .tenant
-        .clone()
-        .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    let tenant = args.target.tenant_or_default();
     let schedule = Schedule {
         name: args.name.clone(),
         tenant: tenant.clone(),
@@ -242,11 +238,7 @@ async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
 
 async fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
     let broker = args.target.broker("schedules rm").await?;
-    let tenant = args
-        .target
-        .tenant
-        .clone()
-        .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    let tenant = args.target.tenant_or_default();
     if broker
         .remove_schedule(&tenant, &args.name)
         .await

@@ -21,7 +21,6 @@ use super::fleet::{Table, Target, refused};
 use super::units::parse_duration;
 use crate::broker::Broker;
 use crate::submit::{find_tenant, submit_workflow};
-use crate::task::DEFAULT_TENANT;
 use crate::text::Inert;
 use crate::workflow::{
     Flow, OnFailure, StepState, Workflow, WorkflowId, WorkflowState, WorkflowStatus,
@@ -96,13 +95,6 @@ pub(super) async fn run(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn tenant_of(target: &Target) -> String {
-    target
-        .tenant
-        .clone()
-        .unwrap_or_else(|| DEFAULT_TENANT.to_owned())
-}
-
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let text = if args.file == "-" {
         let mut s = String::new();
@@ -115,7 +107,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let file: WorkflowFile =
         serde_json::from_str(&text).context("the workflow's JSON is not {flow, on_failure?}")?;
-    let tenant = tenant_of(&args.target);
+    let tenant = args.target.tenant_or_default();
     let broker = args.target.broker("workflow submit").await?;
     let catalog = args.target.catalog("workflow").await?;
     let found = find_tenant(&catalog, &tenant).await?;
@@ -138,7 +130,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .id
         .parse()
         .map_err(|_| anyhow::anyhow!("`{}` is not a workflow id (a UUID)", Inert(&args.id)))?;
-    let tenant = tenant_of(&args.target);
+    let tenant = args.target.tenant_or_default();
     let broker = args.target.broker("workflow status").await?;
     show(&broker, &tenant, id, args.wait, args.json).await
 }
