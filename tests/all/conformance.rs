@@ -2319,6 +2319,7 @@ fn every(name: &str, secs: u64, queue: &str, missed: Missed) -> Schedule {
         args: ArgsMap::new(),
         queue: queue.into(),
         max_attempts: None,
+        priority: None,
         timeout_ms: None,
         created_at: chrono::Utc::now(),
     }
@@ -2929,6 +2930,163 @@ pub async fn workflows_are_bounded_wait_for_quota_room_and_go_after_retention<K:
     assert_eq!(status.result.expect("result")["n"], 15);
 }
 
+fn at_priority(n: i64, priority: u8) -> Task {
+    let mut t = task(n);
+    t.priority = priority;
+    t
+}
+
+/// The `n` arg of each leased task, in the order taken.
+fn ns(got: &[Leased]) -> Vec<i64> {
+    got.iter()
+        .map(|l| l.task.args_map["n"].as_i64().expect("n"))
+        .collect()
+}
+
+pub async fn priorities_are_strict_within_a_queue_through_every_path<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    // Highest first, each priority in the order enqueued, one batch or
+    // one at a time; a batch may cross from one priority to the next.
+    b.enqueue(
+        [(0, 0), (1, 5), (2, 9), (3, 5), (4, 0), (5, 1)]
+            .into_iter()
+            .map(|(n, p)| at_priority(n, p))
+            .collect(),
+    )
+    .await
+    .expect("enqueue");
+    b.enqueue(vec![at_priority(6, 9)]).await.expect("enqueue");
+    assert_eq!(b.stats(T, Q).await.expect("stats").pending, 7);
+    let first = take(b, "w", 3).await;
+    assert_eq!(ns(&first), [2, 6, 1]);
+    assert_eq!(first[0].task.priority, 9);
+    let rest = take(b, "w", 10).await;
+    assert_eq!(ns(&rest), [3, 5, 0, 4]);
+    assert_eq!(queued(b, T).await, 0);
+
+    // A release goes to the front of its priority, a retry and a recovered
+    // lease to its back, each at the priority it was enqueued with.
+    let lease = |n: i64| {
+        first
+            .iter()
+            .chain(&rest)
+            .find(|l| l.task.args_map["n"] == n)
+            .map(|l| l.lease.clone())
+            .expect("leased")
+    };
+    b.enqueue(vec![at_priority(10, 5), at_priority(11, 1)])
+        .await
+        .expect("enqueue");
+    ack_one(b, &lease(3), Outcome::Release)
+        .await
+        .expect("release");
+    let soon = clock::add(fx.clock.now(), Duration::from_secs(1));
+    ack_one(
+        b,
+        &lease(5),
+        Outcome::Retry {
+            error: error("flaky", true),
+            at: soon,
+        },
+    )
+    .await
+    .expect("retry");
+    fx.clock.advance(Duration::from_secs(2));
+    assert_eq!(ns(&take(b, "w", 10).await), [3, 10, 11, 5]);
+    // Leases 2, 6, 1, 0, 4 (and the four just taken) run out; maintenance
+    // puts each back at its priority.
+    fx.clock.advance(LEASE + Duration::from_secs(1));
+    assert_eq!(b.maintain().await.expect("maintain").recovered, 9);
+    b.enqueue(vec![at_priority(12, 0)]).await.expect("enqueue");
+    let again = take(b, "w", 20).await;
+    let priorities: Vec<u8> = again.iter().map(|l| l.task.priority).collect();
+    assert!(
+        priorities.windows(2).all(|w| w[0] >= w[1]),
+        "{priorities:?}"
+    );
+    assert_eq!(again.len(), 10);
+    assert_eq!(
+        again.last().map(|l| l.task.args_map["n"].clone()),
+        Some(12.into())
+    );
+
+    // A dead task retried by hand keeps its priority.
+    let top = again[0].clone();
+    assert_eq!(top.task.priority, 9);
+    ack_one(b, &top.lease, Outcome::Dead(error("boom", false)))
+        .await
+        .expect("dead");
+    b.enqueue(vec![at_priority(13, 8)]).await.expect("enqueue");
+    b.retry(T, top.task.task_id, &TenantQuota::UNLIMITED)
+        .await
+        .expect("retry by hand");
+    assert_eq!(
+        ns(&take(b, "w", 10).await),
+        [top.task.args_map["n"].as_i64().expect("n"), 13]
+    );
+
+    // Cancel, delete, stats, pages and purge see tasks of every priority.
+    let waiting: Vec<Task> = (20..26)
+        .map(|n| at_priority(n, (n % 3) as u8 * 4))
+        .collect();
+    let ids: Vec<TaskId> = waiting.iter().map(|t| t.task_id).collect();
+    b.enqueue(waiting).await.expect("enqueue");
+    assert_eq!(b.cancel(T, ids[1]).await.expect("cancel"), Cancelled::Now);
+    b.delete(T, ids[2]).await.expect("delete");
+    assert_eq!(b.stats(T, Q).await.expect("stats").pending, 4);
+    assert_eq!(queued(b, T).await, 4);
+    let (listed, _) = all_pages(
+        b,
+        T,
+        PageQuery {
+            state: Some(TaskState::Pending),
+            limit: 2,
+            ..PageQuery::default()
+        },
+    )
+    .await;
+    let mut listed: Vec<TaskId> = listed.iter().map(|t| t.task_id).collect();
+    listed.sort();
+    let mut want = vec![ids[0], ids[3], ids[4], ids[5]];
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(b.purge(T, Q, TaskState::Pending).await.expect("purge"), 4);
+    assert_eq!(b.stats(T, Q).await.expect("stats").pending, 0);
+    assert_eq!(queued(b, T).await, 0);
+    assert!(take(b, "w", 10).await.is_empty());
+}
+
+pub async fn a_tenants_priorities_do_not_starve_other_tenants<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    b.enqueue(
+        (0..20)
+            .map(|n| {
+                let mut t = task_in("acme", Q, n);
+                t.priority = 9;
+                t
+            })
+            .collect(),
+    )
+    .await
+    .expect("enqueue");
+    b.enqueue((0..5).map(|n| task_in("beta", Q, n)).collect())
+        .await
+        .expect("enqueue");
+    let got = take(b, "w", 6).await;
+    let beta = got.iter().filter(|l| l.task.tenant == "beta").count();
+    assert_eq!(beta, 3, "priority 9 of one tenant takes no turn of another");
+    let mut singles = Vec::new();
+    for _ in 0..4 {
+        singles.extend(take(b, "w", 1).await);
+    }
+    assert_eq!(
+        singles.iter().filter(|l| l.task.tenant == "beta").count(),
+        2
+    );
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -2976,7 +3134,9 @@ macro_rules! conformance {
                 a_chord_callback_is_enqueued_once_with_every_result_in_order,
                 a_failed_step_fails_its_workflow_at_once_or_after_the_rest,
                 workflows_are_bounded_wait_for_quota_room_and_go_after_retention,
-                a_jobs_rate_limit_holds_per_window_while_other_jobs_go_on
+                a_jobs_rate_limit_holds_per_window_while_other_jobs_go_on,
+                priorities_are_strict_within_a_queue_through_every_path,
+                a_tenants_priorities_do_not_starve_other_tenants
             );
         }
     };

@@ -212,6 +212,7 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
         args: ArgsMap::new(),
         queue: "default".into(),
         max_attempts: None,
+        priority: None,
         timeout_ms: None,
         created_at: chrono::Utc::now(),
     };

@@ -15,7 +15,7 @@
 
 use arbitrary::{Result, Unstructured};
 use corral::fuzzing::{AssembleError, META_LEN, Meta, RawRecord, assemble, from_micros};
-use corral::task::{ArgsMap, Task, TaskId, TaskState};
+use corral::task::{ArgsMap, MAX_PRIORITY, Task, TaskId, TaskState};
 use uuid::Uuid;
 
 use crate::driver::{self, Target};
@@ -57,7 +57,8 @@ fn meta(u: &mut Unstructured<'_>) -> Result<Meta> {
         token: u.int_in_range(0..=MAX as u64)?,
         updated_us: u.int_in_range(0..=MAX)?,
         run_at_us: optional(u)?,
-        handler: u.arbitrary()?,
+        priority: u.int_in_range(0..=MAX_PRIORITY)?,
+        handler: u.int_in_range(0..=0x00FF_FFFF)?,
         started_us: optional(u)?,
         worker: inputs::text(u, 128)?,
         cancel_requested: false,

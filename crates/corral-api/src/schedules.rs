@@ -64,6 +64,8 @@ pub struct NewSchedule {
     pub queue: Option<String>,
     /// Attempts per task (default 3, at most 100).
     pub max_attempts: Option<u32>,
+    /// Priority of its tasks in their queue, 0 (the default) to 9.
+    pub priority: Option<u8>,
     /// Wall-clock budget per handler call, narrowing the job's own.
     pub timeout_ms: Option<u64>,
 }
@@ -116,6 +118,7 @@ impl NewSchedule {
             args: self.args,
             queue,
             max_attempts: self.max_attempts,
+            priority: self.priority,
             timeout_ms: self.timeout_ms,
             created_at: chrono::Utc::now(),
         };

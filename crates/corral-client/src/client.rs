@@ -116,6 +116,7 @@ impl<B: Broker> Client<B> {
                 args: ArgsMap::new(),
                 queue: corral_core::task::DEFAULT_QUEUE.to_owned(),
                 max_attempts: None,
+                priority: None,
                 timeout_ms: None,
                 created_at: chrono::Utc::now(),
             },
@@ -345,6 +346,12 @@ impl ScheduleBuilder {
         self
     }
 
+    /// Priority of its tasks in their queue (0 to 9, clamped).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.schedule.priority = Some(priority.min(corral_core::task::MAX_PRIORITY));
+        self
+    }
+
     /// The schedule.
     pub fn build(self) -> Schedule {
         self.schedule
@@ -398,6 +405,14 @@ impl TaskBuilder {
     /// Attempts before the dead set (at least 1).
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.task.max_attempts = n.max(1);
+        self
+    }
+
+    /// Where it waits in its queue: 0 (the default) to 9, clamped. A
+    /// queue gives its higher priorities to workers first, each priority
+    /// in the order enqueued.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.task.priority = priority.min(corral_core::task::MAX_PRIORITY);
         self
     }
 

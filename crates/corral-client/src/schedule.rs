@@ -93,6 +93,9 @@ pub struct Schedule {
     /// Attempts per task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Priority of its tasks in their queue, 0 (the default) to 9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
     /// Wall-clock budget per handler call, narrowing the job's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -224,6 +227,7 @@ impl Schedule {
         if let Some(n) = self.max_attempts {
             task.max_attempts = n.max(1);
         }
+        task.priority = self.priority.unwrap_or_default();
         task.timeout_ms = self.timeout_ms;
         task.created_at = at;
         task
@@ -318,6 +322,7 @@ mod tests {
             args: ArgsMap::new(),
             queue: "default".into(),
             max_attempts: None,
+            priority: None,
             timeout_ms: None,
             created_at: at("2030-01-01T00:00:00Z"),
         }

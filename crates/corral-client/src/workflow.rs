@@ -38,10 +38,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use corral_core::task::{
-    ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_ARG_DEPTH, Task, TaskError, TaskId,
-    WorkflowStep, nested_deeper_than,
+    ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_ARG_DEPTH, MAX_PRIORITY, Task, TaskError,
+    TaskId, WorkflowStep, nested_deeper_than,
 };
 use corral_core::text::valid_name;
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
 
 /// Most steps (tasks) in one workflow.
 pub const MAX_STEPS: usize = 20_000;
@@ -119,6 +123,9 @@ pub struct FlowTask {
     /// Attempts before the step dies (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Priority in its queue, 0 (the default) to 9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
     /// Wall-clock budget per handler call, narrowing the job's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -144,6 +151,12 @@ impl FlowTask {
     /// Sets the attempts.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
+        self
+    }
+
+    /// Sets the priority in its queue (0 to 9).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
         self
     }
 
@@ -193,6 +206,7 @@ impl Flow {
             args: ArgsMap::new(),
             queue: None,
             max_attempts: None,
+            priority: None,
             timeout_ms: None,
             version: None,
         }
@@ -361,6 +375,9 @@ pub struct Step {
     pub args: ArgsMap,
     /// Attempts.
     pub max_attempts: u32,
+    /// Priority in its queue.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
     /// Per-call budget, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -400,6 +417,7 @@ impl Step {
         task.tenant = tenant.to_owned();
         task.queue_name = self.queue.clone();
         task.max_attempts = self.max_attempts;
+        task.priority = self.priority;
         task.timeout_ms = self.timeout_ms;
         task.job_version = self.version;
         task.workflow = Some(WorkflowStep {
@@ -512,6 +530,7 @@ fn compile(
                     .unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
                 args: task.args.clone(),
                 max_attempts: task.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                priority: task.priority.unwrap_or_default(),
                 timeout_ms: task.timeout_ms,
                 version: task.version,
                 input,
@@ -571,6 +590,9 @@ fn check_task(task: &FlowTask) -> Result<(), String> {
     }
     if task.max_attempts == Some(0) {
         return Err("`max_attempts` must be at least 1".into());
+    }
+    if task.priority.is_some_and(|p| p > MAX_PRIORITY) {
+        return Err(format!("`priority` must be 0 to {MAX_PRIORITY}"));
     }
     if task.timeout_ms == Some(0) {
         return Err("`timeout_ms` must be at least 1".into());

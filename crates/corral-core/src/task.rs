@@ -196,12 +196,20 @@ fn default_tenant() -> String {
     DEFAULT_TENANT.to_owned()
 }
 
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
 fn default_max_attempts() -> u32 {
     DEFAULT_MAX_ATTEMPTS
 }
 
 /// Most bytes of a [`Unique`] key.
 pub const MAX_UNIQUE_KEY: usize = 256;
+/// The highest task priority: a queue gives its pending tasks to workers
+/// highest priority first (0, the default, last), first in first out
+/// within a priority.
+pub const MAX_PRIORITY: u8 = 9;
 /// Longest a [`Unique`] key may hold (30 days).
 pub const MAX_UNIQUE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -268,6 +276,11 @@ pub struct Task {
     /// Do not run before this time (delayed tasks and retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
+    /// Where it waits in its queue: 0 (the default) to [`MAX_PRIORITY`];
+    /// a higher priority is taken first, one priority in the order
+    /// enqueued. Kept through retries, releases and requeues.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
     /// Fail the task if it has not completed by this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
@@ -340,6 +353,7 @@ impl Task {
             state: TaskState::Pending,
             attempt: 0,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            priority: 0,
             run_at: None,
             deadline: None,
             timeout_ms: None,
@@ -400,6 +414,11 @@ impl Task {
         }
         if self.max_attempts == 0 {
             return fail("`max_attempts` must be at least 1");
+        }
+        if self.priority > MAX_PRIORITY {
+            return Err(TaskParseError {
+                reason: format!("`priority` must be 0 to {MAX_PRIORITY}"),
+            });
         }
         if let Some(unique) = &self.unique {
             if unique.key.is_empty() || unique.key.len() > MAX_UNIQUE_KEY {

@@ -31,7 +31,7 @@ use corral_client::broker::{Broker, BrokerError, TenantQuota};
 use corral_client::workflow::{Plan, Workflow, WorkflowId};
 use corral_core::clock;
 use corral_core::task::{
-    ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, MAX_UNIQUE_KEY,
+    ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_TENANT, MAX_PRIORITY, MAX_UNIQUE_KEY,
     MAX_UNIQUE_TTL_MS, Task, TaskId, TaskState, Unique,
 };
 
@@ -59,6 +59,9 @@ pub struct NewTask {
     pub delay_ms: Option<u64>,
     /// Attempts before the dead set (default 3, at most [`MAX_ATTEMPTS`]).
     pub max_attempts: Option<u32>,
+    /// Where it waits in its queue: 0 (the default) to 9, the highest
+    /// taken first.
+    pub priority: Option<u8>,
     /// Wall-clock budget per handler call, narrowing the job's own.
     pub timeout_ms: Option<u64>,
     /// The whole task's deadline, this many ms from now: over every
@@ -168,6 +171,11 @@ impl NewTask {
                 "`timeout_ms` must be at least 1".into(),
             ));
         }
+        if self.priority.is_some_and(|p| p > MAX_PRIORITY) {
+            return Err(SubmitError::Invalid(format!(
+                "`priority` must be 0 to {MAX_PRIORITY}"
+            )));
+        }
         if self.unique_ttl_ms.is_some() && self.unique_key.is_none() {
             return Err(SubmitError::Invalid(
                 "`unique_ttl_ms` needs a `unique_key`".into(),
@@ -214,6 +222,7 @@ impl NewTask {
         task.tenant = tenant.to_owned();
         task.queue_name = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         task.max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        task.priority = self.priority.unwrap_or_default();
         task.timeout_ms = self.timeout_ms;
         task.job_version = Some(job.version);
         let now = chrono::Utc::now();

@@ -40,7 +40,7 @@ use super::{
 };
 use corral_core::clock::{self, Clock, SystemClock};
 use corral_core::metering::{DailyUsage, USAGE_KEPT_DAYS, Usage};
-use corral_core::task::{Task, TaskError, TaskId, TaskState};
+use corral_core::task::{MAX_PRIORITY, Task, TaskError, TaskId, TaskState};
 use corral_core::text::Inert;
 
 type QueueKey = (String, String);
@@ -78,10 +78,28 @@ impl Entry {
     }
 }
 
+/// One queue's pending ids: a first-in, first-out line per priority, taken
+/// highest priority first. May hold stale ids (of tasks no longer pending),
+/// which whoever takes them passes over.
+#[derive(Default)]
+struct Line {
+    levels: [VecDeque<TaskId>; MAX_PRIORITY as usize + 1],
+}
+
+impl Line {
+    fn level(&mut self, priority: u8) -> &mut VecDeque<TaskId> {
+        &mut self.levels[usize::from(priority.min(MAX_PRIORITY))]
+    }
+
+    fn pop_front(&mut self) -> Option<TaskId> {
+        self.levels.iter_mut().rev().find_map(VecDeque::pop_front)
+    }
+}
+
 #[derive(Default)]
 struct State {
     tasks: HashMap<TaskId, Entry>,
-    pending: HashMap<QueueKey, VecDeque<TaskId>>,
+    pending: HashMap<QueueKey, Line>,
     /// Delayed and retrying tasks by due time.
     scheduled: BTreeSet<(DateTime<Utc>, TaskId)>,
     /// Active tasks by lease expiry.
@@ -790,14 +808,24 @@ impl State {
         Ok(())
     }
 
+    /// Puts `task` at the back of its priority's line.
     fn push_pending(&mut self, task: &Task) {
+        self.line(task).push_back(task.task_id);
+    }
+
+    /// Puts `task` at the front of its priority's line.
+    fn push_pending_front(&mut self, task: &Task) {
+        self.line(task).push_front(task.task_id);
+    }
+
+    fn line(&mut self, task: &Task) -> &mut VecDeque<TaskId> {
         if !self.tenants.iter().any(|t| t == &task.tenant) {
             self.tenants.push(task.tenant.clone());
         }
         self.pending
             .entry((task.tenant.clone(), task.queue_name.clone()))
             .or_default()
-            .push_back(task.task_id);
+            .level(task.priority)
     }
 
     /// Makes due delayed and retrying tasks pending; notes their queues in
@@ -882,7 +910,7 @@ impl State {
     /// the next rate wake-up is noted). Stale entries are passed over.
     fn take_within_job_rates(&mut self, key: &QueueKey, now: DateTime<Utc>) -> Option<TaskId> {
         loop {
-            let id = self.pending.get_mut(key).and_then(VecDeque::pop_front)?;
+            let id = self.pending.get_mut(key).and_then(Line::pop_front)?;
             if self.job_rates.is_empty() {
                 // The common case costs no lookup.
                 return Some(id);
@@ -1279,14 +1307,7 @@ impl Broker for EmbeddedBroker {
                         let task = entry.task.clone();
                         // Back to the head: it was next in line already.
                         st.enqueued(&task.tenant);
-                        st.push_pending(&task);
-                        if let Some(q) = st
-                            .pending
-                            .get_mut(&(task.tenant.clone(), task.queue_name.clone()))
-                            && let Some(id) = q.pop_back()
-                        {
-                            q.push_front(id);
-                        }
+                        st.push_pending_front(&task);
                         released = true;
                     }
                 }

@@ -219,6 +219,10 @@ pub(super) struct EnqueueArgs {
     /// Attempts before the task goes to the dead set.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Where it waits in its queue, 0 (the default) to 9: workers take a
+    /// queue's higher priorities first, each priority in order.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
     /// The whole task's deadline, this long from now (e.g. `30s`, `2h`):
     /// over every attempt and retry, the task fails for good
     /// (`deadline_exceeded`) once it passes.
@@ -240,7 +244,8 @@ pub(super) struct EnqueueArgs {
     tenant: String,
     /// Enqueue one task per line of this JSON Lines file (`-`: standard
     /// input): `{"job": …, "args": {…}, "queue": …, "delay_ms": …,
-    /// "deadline_ms": …, "max_attempts": …}`, the flags filling in what a line leaves out.
+    /// "deadline_ms": …, "max_attempts": …, "priority": …}`, the flags filling in what a
+    /// line leaves out.
     /// Prints the ids, one per line.
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
@@ -452,6 +457,7 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         delay_ms,
         deadline_ms,
         max_attempts: args.max_attempts,
+        priority: args.priority,
     };
     if args.unique.is_some() && args.from.is_some() {
         bail!("--unique applies to one task; give each line of --from its own `unique_key`");

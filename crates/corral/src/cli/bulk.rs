@@ -2,10 +2,11 @@
 //!
 //! Each non-blank line is one JSON object with the fields of the HTTP API's
 //! `POST /v1/tasks` body ([`NewTask`]): `job`, `args`, `queue`, `delay_ms`,
-//! `max_attempts`, `timeout_ms`, `deadline_ms`, `unique_key`,
+//! `max_attempts`, `priority`, `timeout_ms`, `deadline_ms`, `unique_key`,
 //! `unique_ttl_ms`, `version`; unknown fields are refused. What a line
 //! leaves out comes from the command line: the job given as `corral enqueue
-//! JOB --from FILE`, `--queue`, `--delay`, `--deadline`, `--max-attempts`;
+//! JOB --from FILE`, `--queue`, `--delay`, `--deadline`, `--max-attempts`,
+//! `--priority`;
 //! the `--arg`/`--json-arg` args are added to the line's `args`, the line
 //! winning where both name a key. Every task goes to `--tenant`.
 //!
@@ -66,6 +67,8 @@ pub(super) struct Defaults {
     pub deadline_ms: Option<u64>,
     /// `--max-attempts`.
     pub max_attempts: Option<u32>,
+    /// `--priority`.
+    pub priority: Option<u8>,
 }
 
 impl Defaults {
@@ -78,6 +81,7 @@ impl Defaults {
             delay_ms: self.delay_ms,
             deadline_ms: self.deadline_ms,
             max_attempts: self.max_attempts,
+            priority: self.priority,
             ..NewTask::default()
         }
     }
@@ -104,6 +108,9 @@ impl Defaults {
         }
         if let Some(n) = self.max_attempts {
             map.entry("max_attempts").or_insert(Value::from(n));
+        }
+        if let Some(p) = self.priority {
+            map.entry("priority").or_insert(Value::from(p));
         }
         match map.get_mut("args") {
             None => {

@@ -81,6 +81,9 @@ struct AddArgs {
     /// Attempts per task.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Priority of its tasks in their queue, 0 (the default) to 9.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +149,7 @@ async fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
         )?,
         queue: args.queue.clone(),
         max_attempts: args.max_attempts,
+        priority: args.priority,
         timeout_ms: None,
         created_at: chrono::Utc::now(),
     };

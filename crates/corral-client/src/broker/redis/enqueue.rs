@@ -207,6 +207,7 @@ pub(super) fn stored_items(
                 token: 0,
                 updated_us: now_us,
                 run_at_us: None,
+                priority: task.priority,
                 handler: task.current_handler_index,
                 started_us: None,
                 worker: String::new(),

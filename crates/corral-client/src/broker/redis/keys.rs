@@ -7,6 +7,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `P:{q:T}:Q:pending` | list | ids waiting for a worker (`LPUSH` at the back, taken from the right); raw task JSON pushed by hand is accepted here too |
+//! | `P:{q:T}:Q:prio` | zset | pending ids of priority 1-9, scored so the highest priority comes first and each priority is first in, first out (see `pend` in `lua/common.lua`); taken before `pending`. Scripts name it after `pending` rather than take it as a key of its own: same queue, same slot |
 //! | `P:{q:T}:Q:active` | zset | leased ids, scored by lease expiry (µs since the epoch) |
 //! | `P:{q:T}:Q:scheduled` | zset | delayed and retrying ids, scored by due time (µs) |
 //! | `P:{q:T}:Q:completed` | zset | completed ids, scored by finish time (µs) |
@@ -211,6 +212,8 @@ pub struct QueueKeys {
     pub name: String,
     /// Ids waiting for a worker (list).
     pub pending: String,
+    /// Pending ids of priority 1-9 (zset), taken before `pending`.
+    pub prio: String,
     /// Leased ids by lease expiry (zset).
     pub active: String,
     /// Delayed and retrying ids by due time (zset).
@@ -243,6 +246,7 @@ impl QueueKeys {
         Self {
             name: queue.to_owned(),
             pending: key("pending"),
+            prio: key("prio"),
             active: key("active"),
             scheduled: key("scheduled"),
             completed: key("completed"),
@@ -257,8 +261,8 @@ impl QueueKeys {
         }
     }
 
-    /// Every key of the queue itself (not the tenant's), for clean-up
-    /// tools and tests.
+    /// The queue's own keys (not the tenant's) as scripts take them, in
+    /// this order; all but `prio`, which scripts name after `pending`.
     pub fn all(&self) -> [&str; 11] {
         [
             &self.pending,
@@ -332,9 +336,17 @@ mod tests {
     #[test]
     fn a_tenants_keys_share_its_hash_tag() {
         let keys = QueueKeys::new("corral", "acme", "emails");
-        for key in keys.all() {
+        for key in keys.all().into_iter().chain([keys.prio.as_str()]) {
             assert!(key.starts_with("corral:{q:acme}:emails:"), "{key}");
         }
+        // What common.lua's prio_key builds from the pending list's name.
+        assert_eq!(
+            keys.prio,
+            format!(
+                "{}prio",
+                &keys.pending[..keys.pending.len() - "pending".len()]
+            )
+        );
         assert_eq!(keys.tenant.queues, "corral:{q:acme}:queues");
         assert_eq!(keys.tenant.queued, "corral:{q:acme}:queued");
         let odd = QueueKeys::new("p", "t{1}", "q}");

@@ -131,6 +131,7 @@ impl RedisBroker {
         let mut pipe = redis::pipe();
         if wants(&[TaskState::Pending]) {
             pipe.cmd("LRANGE").arg(&keys.pending).arg(0).arg(last);
+            pipe.cmd("ZREVRANGE").arg(&keys.prio).arg(0).arg(last);
         }
         for (set, states) in [
             (

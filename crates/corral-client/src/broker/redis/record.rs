@@ -17,7 +17,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::broker::{Checkpoint, malformed_task};
-use corral_core::task::{Task, TaskError, TaskId, TaskState};
+use corral_core::task::{MAX_PRIORITY, Task, TaskError, TaskId, TaskState};
 
 /// Microseconds since the epoch: the unit of every time the scripts see.
 pub fn micros(t: DateTime<Utc>) -> i64 {
@@ -48,7 +48,10 @@ pub struct Meta {
     pub updated_us: i64,
     /// When a retry is due (µs), if one is.
     pub run_at_us: Option<i64>,
-    /// The next handler to run.
+    /// The task's priority (0-9): which line it waits in while pending.
+    pub priority: u8,
+    /// The next handler to run (below 2^24: it shares four bytes with the
+    /// priority).
     pub handler: u32,
     /// When the current or last attempt started (µs).
     pub started_us: Option<i64>,
@@ -60,7 +63,9 @@ pub struct Meta {
 
 /// The fixed part of the packed metadata, in bytes (see `lua/common.lua`):
 /// state (1), attempt (4), max_attempts (4), token (8), updated (8),
-/// run_at (8), handler (4), started (8); the worker id follows.
+/// run_at (8), priority (1), handler (3), started (8); the worker id
+/// follows. Priority and handler were once one 4-byte handler field, so a
+/// record written before priorities existed reads as priority 0.
 pub const META_LEN: usize = 45;
 
 impl Meta {
@@ -97,6 +102,9 @@ impl Meta {
             b'k' => TaskState::Active,
             other => return Err(format!("metadata has unknown state byte {other:#04x}")),
         };
+        if raw[33] > MAX_PRIORITY {
+            return Err(format!("metadata has a bad priority ({})", raw[33]));
+        }
         let optional = |t: i64| (t != 0).then_some(t);
         let worker = std::str::from_utf8(&raw[META_LEN..])
             .map_err(|_| "metadata's worker id is not UTF-8".to_owned())?
@@ -109,7 +117,8 @@ impl Meta {
             token: int_at(9, "token")? as u64,
             updated_us: int_at(17, "updated time")?,
             run_at_us: optional(int_at(25, "run_at time")?),
-            handler: u32_at(33),
+            priority: raw[33],
+            handler: u32_at(33) & 0x00FF_FFFF,
             started_us: optional(int_at(37, "start time")?),
             worker,
         })
@@ -134,7 +143,8 @@ impl Meta {
         out.extend_from_slice(&(self.token as f64).to_be_bytes());
         out.extend_from_slice(&(self.updated_us as f64).to_be_bytes());
         out.extend_from_slice(&(self.run_at_us.unwrap_or(0) as f64).to_be_bytes());
-        out.extend_from_slice(&self.handler.to_be_bytes());
+        let handler = u32::from(self.priority) << 24 | self.handler.min(0x00FF_FFFF);
+        out.extend_from_slice(&handler.to_be_bytes());
         out.extend_from_slice(&(self.started_us.unwrap_or(0) as f64).to_be_bytes());
         out.extend_from_slice(self.worker.as_bytes());
         out
@@ -263,6 +273,7 @@ mod tests {
             token: 7,
             updated_us: 1_700_000_000_000_000,
             run_at_us: None,
+            priority: 7,
             handler: 1,
             started_us: Some(1_700_000_000_000_001),
             worker: "host|1".into(),
@@ -290,6 +301,11 @@ mod tests {
         );
         assert_eq!(read.encode(), asked);
         assert!(Meta::parse(&packed[..META_LEN - 1]).is_err());
+        // The layout before priorities: a 4-byte handler, priority 0.
+        let mut old = packed.clone();
+        old[33..37].copy_from_slice(&1u32.to_be_bytes());
+        let read = Meta::parse(&old).unwrap();
+        assert_eq!((read.priority, read.handler), (0, 1));
         let mut bad_token = packed.clone();
         bad_token[9..17].copy_from_slice(&f64::NAN.to_be_bytes());
         assert!(Meta::parse(&bad_token).is_err());

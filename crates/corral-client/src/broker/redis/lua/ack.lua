@@ -100,6 +100,7 @@ local failed = {} -- id -> the error JSON of a task this call killed or cancelle
 -- (counters instead of `#t + 1`: the length operator is not free in Lua).
 local meta_args, active_rem, progress_set, error_del, error_set = {}, {}, {}, {}, {}
 local completed_add, scheduled_add, dead_add, released, cancelled_add = {}, {}, {}, {}, {}
+local released_prios = {}
 local n_cancelled = 0
 local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
 local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
@@ -178,6 +179,7 @@ for i = 0, n - 1 do
                 end
                 n_released = n_released + 1
                 released[n_released] = id
+                released_prios[n_released] = m.priority
             end
             meta_args[n_meta + 1] = id
             meta_args[n_meta + 2] = meta_encode(m)
@@ -230,8 +232,8 @@ if n_scheduled > 0 then
     redis.call('INCRBY', KEYS[15], n_scheduled / 2)
 end
 if n_released > 0 then
-    -- Back to the front of the line: they were next already.
-    redis.call('RPUSH', k_pending, unpack(released))
+    -- Back to the front of their line: they were next already.
+    pend(k_pending, released, released_prios, true)
 end
 requeue(KEYS[10], n_scheduled / 2 + n_released)
 usage.completed, usage.retried, usage.dead = n_completed / 2, n_scheduled / 2, n_dead / 2

@@ -2,7 +2,8 @@
 --
 -- First makes due delayed and retrying tasks pending (so a worker needs no
 -- maintenance pass to see them), then pops ids from the front of pending
--- and moves each, in this one atomic step, to active: attempt + 1, token + 1,
+-- (the queue's priorities' set first, highest priority first, then the
+-- list of priority-0 tasks; see `pend` in common.lua) and moves each, in this one atomic step, to active: attempt + 1, token + 1,
 -- lease until ARGV[2]. Nothing is ever popped without being leased, so a
 -- worker that dies right after this script loses nothing: its leases expire
 -- and maintain.lua returns the tasks.
@@ -105,7 +106,7 @@ if cap then
     local room = cap - redis.call('ZCARD', KEYS[13])
     if room < max then
         max = math.max(room, 0)
-        if redis.call('LLEN', k_pending) > max then
+        if pending_count(k_pending) > max then
             redis.call('SADD', KEYS[15], queue)
         end
     end
@@ -148,7 +149,7 @@ local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', now, 'LIMIT', 0, pr
 if #due > 0 then
     redis.call('ZREM', k_scheduled, unpack(due))
     local metas = redis.call('HMGET', k_meta, unpack(due))
-    local meta_args, ready, retried = {}, {}, 0
+    local meta_args, ready, prios, retried = {}, {}, {}, 0
     for i, id in ipairs(due) do
         local m = meta_decode(metas[i])
         if m and m.state == 'r' then
@@ -160,11 +161,12 @@ if #due > 0 then
             meta_args[#meta_args + 1] = id
             meta_args[#meta_args + 1] = meta_encode(m)
             ready[#ready + 1] = id
+            prios[#ready] = m.priority
         end
     end
     if #ready > 0 then
         redis.call('HSET', k_meta, unpack(meta_args))
-        redis.call('LPUSH', k_pending, unpack(ready))
+        pend(k_pending, ready, prios, false)
         promoted = #ready
     end
     unretry(KEYS[12], retried)
@@ -176,7 +178,26 @@ local leases = {} -- {id, meta, code}, in the order taken
 local taken = {} -- ids leased by this call
 local popped = false
 if max > 0 then
-    popped = redis.call('RPOP', k_pending, max)
+    -- ZPOPMIN answers id, score, id, score, ...; only ids are kept. The
+    -- set holds ids only, so raw entries (below) all come from the list
+    -- and are the ones put back there.
+    local first = redis.call('ZPOPMIN', prio_key(k_pending), max)
+    if #first > 0 then
+        popped = {}
+        for i = 1, #first, 2 do
+            popped[#popped + 1] = first[i]
+        end
+    end
+    if not popped or #popped < max then
+        local rest = redis.call('RPOP', k_pending, max - (popped and #popped or 0))
+        if rest and popped then
+            for _, item in ipairs(rest) do
+                popped[#popped + 1] = item
+            end
+        elseif rest then
+            popped = rest
+        end
+    end
 end
 if popped then
     local lookup = {}
@@ -234,7 +255,7 @@ if popped then
             taken[id] = true
             leases[#leases + 1] = {id, {
                 state = 'p', attempt = 0, max = max_attempts, token = 0, updated = now,
-                run_at = 0, handler = 0, started = 0, worker = '',
+                run_at = 0, priority = 0, handler = 0, started = 0, worker = '',
             }, code}
         end
     end
@@ -395,5 +416,5 @@ else
         result[3] = string.format('%.0f', rate_next)
     end
 end
-result[2] = redis.call('LLEN', k_pending)
+result[2] = pending_count(k_pending)
 return result

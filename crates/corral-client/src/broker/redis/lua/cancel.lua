@@ -6,7 +6,8 @@
 -- (state k): its lease holds on, every later outcome but success ends it
 -- cancelled (ack.lua), and an expired lease cancels it (maintain.lua); the
 -- caller tells the worker named in the answer. Removing a pending id walks
--- the pending list (LREM): bounded by the tenant's own queued tasks. A
+-- the pending list (LREM; bounded by the tenant's own queued tasks), or
+-- takes it out of its priority's set (see `pend` in common.lua). A
 -- workflow step cancelled here fails its workflow (flow_step_failed; the
 -- task hash and the tenant's keys are named after KEYS[4] and KEYS[6]).
 --
@@ -45,7 +46,7 @@ if m.state == 'a' or m.state == 'k' then
     return {3, m.worker}
 end
 if m.state == 'p' then
-    redis.call('LREM', KEYS[1], 0, id)
+    unpend(KEYS[1], id, m.priority)
 else
     redis.call('ZREM', KEYS[2], id)
     if m.state == 'r' then

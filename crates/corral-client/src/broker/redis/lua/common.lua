@@ -14,7 +14,8 @@
 --   d  token         the fencing token; grows by one on every acquire
 --   d  updated       when the task last changed, µs since the epoch
 --   d  run_at        when a retry is due (µs), 0 if none
---   I4 handler       the next handler to run (the checkpoint's index)
+--   B  priority      the task's priority, 0-9 (see `pend` below)
+--   I3 handler       the next handler to run (the checkpoint's index)
 --   d  started       when the current or last attempt started (µs), 0 if
 --                    none yet
 --   then the bytes of the worker holding or last holding the lease
@@ -22,16 +23,18 @@
 -- Times and tokens are doubles: exact for integers below 2^53 (µs since
 -- the epoch stay below that until the year 2255). They come from Rust as
 -- ARGV; scripts never read the clock. record.rs reads and writes the same
--- layout.
+-- layout. (Priority and handler share what was once one 4-byte handler
+-- field, big-endian: a record written before priorities existed reads as
+-- priority 0 with the same handler.)
 
-local META = '>c1I4I4dddI4d'
+local META = '>c1I4I4dddBI3d'
 local META_LEN = 45
 
 local function meta_decode(v)
     if not v or string.len(v) < META_LEN then
         return nil
     end
-    local s, a, m, t, u, r, h, st = struct.unpack(META, v)
+    local s, a, m, t, u, r, p, h, st = struct.unpack(META, v)
     return {
         state = s,
         attempt = a,
@@ -39,6 +42,7 @@ local function meta_decode(v)
         token = t,
         updated = u,
         run_at = r,
+        priority = p,
         handler = h,
         started = st,
         worker = string.sub(v, META_LEN + 1),
@@ -47,7 +51,12 @@ end
 
 local function meta_encode(m)
     return struct.pack(META, m.state, m.attempt, m.max, m.token, m.updated, m.run_at,
-        m.handler, m.started) .. m.worker
+        m.priority, m.handler, m.started) .. m.worker
+end
+
+-- The priority byte of packed metadata `v`, without unpacking the rest.
+local function meta_priority(v)
+    return v and string.byte(v, 34) or 0
 end
 
 local function meta_get(meta_key, id)
@@ -56,6 +65,108 @@ end
 
 local function meta_put(meta_key, id, m)
     redis.call('HSET', meta_key, id, meta_encode(m))
+end
+
+-- Priorities. A pending task of priority 0 (the default) waits in the
+-- queue's `pending` list; one of priority 1-9 waits in the queue's `prio`
+-- sorted set, which acquire.lua takes from first (lowest score first). Its
+-- score puts each level in a band of its own, highest priority first, and
+-- orders a level first in, first out: the back of a level is its highest
+-- score + 1, its front its lowest - 1, starting from the middle of an
+-- empty band, so either end has 2^40 places before it meets a neighbour.
+-- Scores stay below 2^45: exact as doubles, and written with %.0f because
+-- Redis would get Lua's 14-digit %g otherwise.
+--
+-- The set's key is the pending list's with `prio` for `pending`: the same
+-- queue, so the same hash tag and Cluster slot; scripts build it here
+-- instead of every caller passing one more key.
+
+local PRIO_BAND = 2199023255552 -- 2^41
+local PRIO_MID = 1099511627776 -- 2^40
+
+local function prio_key(k_pending)
+    return string.sub(k_pending, 1, -8) .. 'prio'
+end
+
+-- Adds `ids` of priority `p` (1-9) to set `k_prio`, at the back of their
+-- level in order, or (front) at its front, the last of `ids` first, as
+-- RPUSH puts them in front of a list.
+local function prio_push(k_prio, p, ids, front)
+    local low = (9 - p) * PRIO_BAND
+    local lo = string.format('%.0f', low)
+    local hi = '(' .. string.format('%.0f', low + PRIO_BAND)
+    local at, step
+    if front then
+        local edge = redis.call('ZRANGEBYSCORE', k_prio, lo, hi, 'WITHSCORES', 'LIMIT', 0, 1)
+        at, step = tonumber(edge[2]) or (low + PRIO_MID + 1), -1
+    else
+        local edge = redis.call('ZREVRANGEBYSCORE', k_prio, hi, lo, 'WITHSCORES', 'LIMIT', 0, 1)
+        at, step = tonumber(edge[2]) or (low + PRIO_MID - 1), 1
+    end
+    local args, n = {}, 0
+    for _, id in ipairs(ids) do
+        at = at + step
+        args[n + 1] = string.format('%.0f', at)
+        args[n + 2] = id
+        n = n + 2
+    end
+    redis.call('ZADD', k_prio, unpack(args))
+end
+
+-- Makes `ids` pending in the queue whose list is `k_pending`, each at its
+-- priority (`prios[i]`, or 0 for all when `prios` is nil): at the back of
+-- its level, or (front) at its front. Priority-0 ids take one LPUSH (or
+-- RPUSH), the others one ZADD per level they hold.
+local function pend(k_pending, ids, prios, front)
+    local plain, levels, np = ids, nil, #ids
+    if prios then
+        plain, np = {}, 0
+        for i, id in ipairs(ids) do
+            local p = prios[i] or 0
+            if p > 0 then
+                levels = levels or {}
+                local level = levels[p]
+                if not level then
+                    level = {}
+                    levels[p] = level
+                end
+                level[#level + 1] = id
+            else
+                np = np + 1
+                plain[np] = id
+            end
+        end
+    end
+    if np > 0 then
+        if front then
+            redis.call('RPUSH', k_pending, unpack(plain, 1, np))
+        else
+            redis.call('LPUSH', k_pending, unpack(plain, 1, np))
+        end
+    end
+    if levels then
+        local k_prio = prio_key(k_pending)
+        for p = 9, 1, -1 do
+            if levels[p] then
+                prio_push(k_prio, p, levels[p], front)
+            end
+        end
+    end
+end
+
+-- How many entries wait in the queue whose list is `k_pending`, both kinds.
+local function pending_count(k_pending)
+    return redis.call('LLEN', k_pending) + redis.call('ZCARD', prio_key(k_pending))
+end
+
+-- Takes pending task `id` of priority `p` out of the line it waits in
+-- (LREM walks the list; a priority's set finds it by name).
+local function unpend(k_pending, id, p)
+    if p > 0 then
+        redis.call('ZREM', prio_key(k_pending), id)
+    else
+        redis.call('LREM', k_pending, 0, id)
+    end
 end
 
 -- Drops every trace of finished tasks `ids` (a list of at most a few
@@ -199,7 +310,7 @@ local function settle(k_due, k_queues, q, completed_ttl, dead_ttl)
         return
     end
     redis.call('ZREM', k_due, q.name)
-    if redis.call('HLEN', q.meta) == 0 and redis.call('LLEN', q.pending) == 0 then
+    if redis.call('HLEN', q.meta) == 0 and pending_count(q.pending) == 0 then
         redis.call('SREM', k_queues, q.name)
     end
 end

@@ -1,9 +1,9 @@
 -- delete.lua: deletes one task of a queue, with its record, in any state
 -- but active.
 --
--- The id leaves whichever line or set its state puts it in (a pending id is
--- removed from the list with LREM: bounded by the tenant's own queued
--- tasks), a waiting task leaves its tenant's count of queued tasks, and
+-- The id leaves whichever line or set its state puts it in (a pending id of
+-- priority 0 is removed from the list with LREM: bounded by the tenant's
+-- own queued tasks), a waiting task leaves its tenant's count of queued tasks, and
 -- the queue's due entry is set exactly (settle), which takes the queue out
 -- of the tenant's queue set when this was its last record.
 --
@@ -39,7 +39,7 @@ if s == 'a' or s == 'k' then
     return 2
 end
 if s == 'p' then
-    redis.call('LREM', KEYS[1], 0, id)
+    unpend(KEYS[1], id, m.priority)
 elseif s == 's' or s == 'r' then
     redis.call('ZREM', KEYS[3], id)
 elseif s == 'c' then

@@ -125,7 +125,7 @@ if new_keys > 0 then
         end
     end
 end
-local here = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local here = pending_count(KEYS[1]) + redis.call('ZCARD', KEYS[2])
     + redis.call('ZCARD', KEYS[3])
 if here + n > bound_max then
     return {2, here}
@@ -151,7 +151,7 @@ elseif ARGV[7] ~= '' then
     redis.call('SET', KEYS[12], ARGV[7])
 end
 
-local tasks, metas, ready, delayed = {}, {}, {}, {}
+local tasks, metas, ready, delayed, prios = {}, {}, {}, {}, nil
 local nt, nm, nr, nd = 0, 0, 0, 0
 local first_due = nil
 for i = 0, n - 1 do
@@ -174,6 +174,11 @@ for i = 0, n - 1 do
     else
         nr = nr + 1
         ready[nr] = id
+        local p = meta_priority(ARGV[base + 2])
+        if p > 0 then
+            prios = prios or {}
+            prios[nr] = p
+        end
     end
 end
 redis.call('HSET', KEYS[4], unpack(tasks))
@@ -204,7 +209,7 @@ if nd > 0 then
 end
 redis.call('HSET', KEYS[5], unpack(metas))
 if nr > 0 then
-    redis.call('LPUSH', KEYS[1], unpack(ready))
+    pend(KEYS[1], ready, prios, false)
     if KEYS[13] then
         local wake_at = first + n * stride
         redis.call('LPUSH', KEYS[13], ARGV[wake_at])

@@ -65,5 +65,5 @@ if ARGV[10] ~= '' then
 end
 redis.call('HSET', KEYS[3], id, ARGV[5])
 redis.call('HSET', KEYS[4], id, ARGV[6])
-redis.call('LPUSH', KEYS[2], id)
+pend(KEYS[2], {id}, {meta_priority(ARGV[6])}, false)
 return 1

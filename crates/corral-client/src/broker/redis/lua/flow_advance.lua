@@ -38,7 +38,7 @@ local max_queued = tonumber(ARGV[2])
 local queue = ARGV[4]
 local codes = {}
 local refused = nil
-local tasks, metas, ids, marks, members = {}, {}, {}, {}, {}
+local tasks, metas, ids, prios, marks, members = {}, {}, {}, {}, {}, {}
 local stored = 0
 for s = 0, n - 1 do
     local base = 7 + s * 4
@@ -65,6 +65,7 @@ for s = 0, n - 1 do
         metas[2 * stored - 1] = id
         metas[2 * stored] = ARGV[base + 3]
         ids[stored] = id
+        prios[stored] = meta_priority(ARGV[base + 3])
         marks[2 * stored - 1] = 'x:' .. i
         marks[2 * stored] = 'e' .. id
         members[stored] = member
@@ -79,7 +80,7 @@ if stored > 0 then
     end
     redis.call('HSET', KEYS[4], unpack(tasks, 1, 2 * stored))
     redis.call('HSET', KEYS[5], unpack(metas, 1, 2 * stored))
-    redis.call('LPUSH', KEYS[3], unpack(ids, 1, stored))
+    pend(KEYS[3], ids, prios, false)
     redis.call('HSET', KEYS[2], unpack(marks, 1, 2 * stored))
     redis.call('ZREM', KEYS[1], unpack(members, 1, stored))
 end

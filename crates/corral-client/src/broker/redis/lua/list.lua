@@ -1,8 +1,10 @@
 -- list.lua: one page of a queue's tasks in one state, newest first, with
 -- their records.
 --
--- Reads the line or set that holds the state (pending: the list, from its
--- newest end; the others: their sorted set, highest score first) from
+-- Reads the line or set that holds the state (pending: the list from its
+-- newest end, then the priorities' set from its last-taken end, so the
+-- whole line read backwards; the others: their sorted set, highest score
+-- first) from
 -- `offset`, keeps the entries whose record is in the state asked (the
 -- scheduled set holds scheduled and retrying tasks, the active set active
 -- ones with and without a cancel asked for, the pending list may hold
@@ -30,6 +32,14 @@ local out = {-1}
 local entries
 if state == 'p' then
     entries = redis.call('LRANGE', KEYS[1], offset, offset + scan - 1)
+    if #entries < scan then
+        local skip = math.max(offset - redis.call('LLEN', KEYS[1]), 0)
+        local more = redis.call('ZREVRANGE', prio_key(KEYS[1]), skip,
+            skip + scan - #entries - 1)
+        for _, id in ipairs(more) do
+            entries[#entries + 1] = id
+        end
+    end
 else
     entries = redis.call('ZREVRANGE', KEYS[1], offset, offset + scan - 1)
 end

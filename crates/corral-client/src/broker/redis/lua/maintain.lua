@@ -78,7 +78,7 @@ local function maintain(queue, base)
             m.state = 'p'
             m.updated = now
             meta_put(k_meta, id, m)
-            redis.call('LPUSH', k_pending, id)
+            pend(k_pending, {id}, {m.priority}, false)
             promoted = promoted + 1
         end
     end
@@ -121,7 +121,7 @@ local function maintain(queue, base)
                 expired_dead = expired_dead + 1
             else
                 m.state = 'p'
-                redis.call('LPUSH', k_pending, id)
+                pend(k_pending, {id}, {m.priority}, false)
                 recovered = recovered + 1
             end
             meta_put(k_meta, id, m)

@@ -35,6 +35,7 @@ until cursor == '0'
 for i = 1, 11 do
     redis.call('DEL', KEYS[i])
 end
+redis.call('DEL', prio_key(KEYS[1]))
 unqueue(KEYS[13], queued)
 redis.call('SREM', KEYS[12], ARGV[1])
 redis.call('ZREM', KEYS[14], ARGV[1])

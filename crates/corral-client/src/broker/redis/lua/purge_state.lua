@@ -2,7 +2,7 @@
 -- their records.
 --
 -- Pending tasks are taken from the front of the pending list (its oldest
--- end); entries that are not pending tasks (raw entries, stale ids) go
+-- end), then from the priorities' set beside it; entries that are not pending tasks (raw entries, stale ids) go
 -- with them, but only records of pending tasks are deleted. Scheduled and
 -- retrying tasks share the scheduled set: the batch walks it from
 -- `offset` and deletes those in the state asked. Finished tasks are taken
@@ -38,6 +38,12 @@ if state == 'p' then
     entries = redis.call('LRANGE', k_pending, -batch, -1)
     if #entries > 0 then
         redis.call('LTRIM', k_pending, 0, -(#entries + 1))
+    end
+    if #entries < batch then
+        local popped = redis.call('ZPOPMIN', prio_key(k_pending), batch - #entries)
+        for i = 1, #popped, 2 do
+            entries[#entries + 1] = popped[i]
+        end
     end
     if #entries < batch then
         next_at = -1

@@ -39,7 +39,7 @@ local queued = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
 if queued + #ready > max_queued then
     return {1, queued}
 end
-local pushed = {}
+local pushed, prios = {}, {}
 for i, r in ipairs(ready) do
     local id, m = r[1], r[2]
     if m.state == 'd' then
@@ -55,9 +55,10 @@ for i, r in ipairs(ready) do
     redis.call('HSET', KEYS[4], id, r[3])
     redis.call('HDEL', KEYS[6], id)
     pushed[i] = id
+    prios[i] = m.priority
 end
 if #pushed > 0 then
-    redis.call('LPUSH', KEYS[1], unpack(pushed))
+    pend(KEYS[1], pushed, prios, false)
     requeue(KEYS[7], #pushed)
 end
 return {0, #pushed}

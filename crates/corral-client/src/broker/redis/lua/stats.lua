@@ -1,6 +1,7 @@
 -- stats.lua: counts of one queue's tasks by state, read at one instant.
 --
--- KEYS[1] pending    (list; raw entries waiting to be parsed count too)
+-- KEYS[1] pending    (list; raw entries waiting to be parsed count too,
+--                    and so does the priorities' set beside it)
 -- KEYS[2] scheduled  (zset)
 -- KEYS[3] active     (zset)
 -- KEYS[4] completed  (zset)
@@ -18,7 +19,7 @@
 
 local minute_ago = '(' .. ARGV[1]
 return {
-    redis.call('LLEN', KEYS[1]),
+    pending_count(KEYS[1]),
     redis.call('ZCARD', KEYS[2]),
     redis.call('ZCARD', KEYS[3]),
     redis.call('ZCARD', KEYS[4]),
