@@ -176,13 +176,14 @@ async fn schedules_unique_keys_and_deadlines_through_the_api() {
         .post(
             "/v1/tasks",
             a,
-            &json!({"job": "nap", "deadline_ms": 60_000}),
+            &json!({"job": "nap", "deadline_ms": 60_000, "priority": 7}),
         )
         .await;
     timed.expect(202, "");
     let id = timed.body["task_id"].as_str().expect("id");
     let task = api.get(&format!("/v1/tasks/{id}"), a).await;
     assert!(task.body["deadline"].is_string(), "{task:?}");
+    assert_eq!(task.body["priority"], 7, "{task:?}");
 
     // Schedules: stored with their next tick, the tenant's own, bounded.
     let made = api
@@ -918,6 +919,7 @@ async fn malformed_requests_are_400_with_a_reason() {
         ),
         (json!({"job": "ok", "max_attempts": 0}), "max_attempts"),
         (json!({"job": "ok", "timeout_ms": 0}), "timeout_ms"),
+        (json!({"job": "ok", "priority": 10}), "priority"),
         (json!({"job": "ok", "delay_ms": 1u64 << 50}), "delay_ms"),
     ] {
         let r = w.api.post("/v1/tasks", &w.a, &body).await;

@@ -393,12 +393,12 @@ fn from_a_file_every_line_is_enqueued_and_a_bad_line_is_named() {
         &[
             "enqueue", "--redis", &url, "--tenant", "acme", "--from", "-",
         ],
-        b"{\"job\": \"noop\", \"queue\": \"default\"}\n\n{\"job\": \"noop\", \"priority\": 1}\n",
+        b"{\"job\": \"noop\", \"queue\": \"default\"}\n\n{\"job\": \"noop\", \"urgency\": 1}\n",
     );
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
     assert!(
-        e.contains("line 3: not a task: unknown field `priority`"),
+        e.contains("line 3: not a task: unknown field `urgency`"),
         "{e}"
     );
     assert_eq!(text(&out.stdout).lines().count(), 1);
@@ -427,6 +427,107 @@ fn wait_prints_no_spinner_off_a_terminal() {
     let e = text(&out.stderr);
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.contains("still pending"), "{e}");
+}
+
+#[test]
+fn a_worker_takes_higher_priorities_first() {
+    let _limit = crate::limit::minutes(5);
+    let server = RedisServer::start();
+    let url = server.url();
+    let store = Store::new(&url);
+    ok(&["tenants", "create", "acme", "--redis", &url]);
+    let sleep = crate::support::job("sleep");
+    let sleep = sleep.to_str().expect("a UTF-8 path");
+    ok(&[
+        "jobs", "register", "nap", sleep, "--redis", &url, "--tenant", "acme",
+    ]);
+    let enqueue = |extra: &[&str]| {
+        let mut args = vec![
+            "enqueue",
+            "nap",
+            "--json-arg",
+            "ms=40",
+            "--redis",
+            &url,
+            "--tenant",
+            "acme",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args).trim().to_owned()
+    };
+    // No worker yet: all of them wait.
+    let mut order = vec![(0, enqueue(&[])), (0, enqueue(&[]))];
+    order.push((9, enqueue(&["--priority", "9"])));
+    order.push((4, enqueue(&["--priority", "4"])));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lines = dir.path().join("tasks.jsonl");
+    std::fs::write(&lines, "{\"priority\": 7}\n{}\n").expect("write lines");
+    let ids = ok(&[
+        "enqueue",
+        "nap",
+        "--json-arg",
+        "ms=40",
+        "--from",
+        lines.to_str().expect("a UTF-8 path"),
+        "--redis",
+        &url,
+        "--tenant",
+        "acme",
+    ]);
+    let ids: Vec<&str> = ids.lines().collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    order.push((7, ids[0].to_owned()));
+    order.push((0, ids[1].to_owned()));
+    let out = run(&[
+        "enqueue",
+        "nap",
+        "--priority",
+        "10",
+        "--redis",
+        &url,
+        "--tenant",
+        "acme",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--priority"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(store.stats("acme").pending, 6);
+
+    let mut worker = corral(&["worker", "--redis", &url, "--concurrency", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn corral worker");
+    let start = Instant::now();
+    while store.stats("acme").completed < 6 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the worker did not finish: {:?}",
+            store.stats("acme")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    // One at a time, 40 ms each: finishing order is taking order.
+    let mut finished: Vec<(chrono::DateTime<chrono::Utc>, u8, String)> = order
+        .iter()
+        .map(|(priority, id)| {
+            let task = store.task("acme", id);
+            assert_eq!(task.priority, *priority, "{id}");
+            (task.updated_at, task.priority, id.clone())
+        })
+        .collect();
+    finished.sort();
+    let taken: Vec<&str> = finished.iter().map(|(_, _, id)| id.as_str()).collect();
+    let want: Vec<&str> = [2, 4, 3, 0, 1, 5]
+        .iter()
+        .map(|&i| order[i].1.as_str())
+        .collect();
+    assert_eq!(taken, want, "{finished:?}");
 }
 
 /// Runs `args` on a pseudo-terminal (util-linux's `script`, which Debian

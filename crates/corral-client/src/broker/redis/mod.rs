@@ -36,7 +36,8 @@
 //!
 //! # Leases and fencing
 //!
-//! `acquire.lua` pops ids from the queue's `pending` list and, in the same
+//! `acquire.lua` pops ids from the queue's `prio` set (tasks of priority
+//! 1-9, highest first) and then its `pending` list and, in the same
 //! atomic step, records the lease: state `active`, attempt + 1, the task's
 //! fencing token + 1, and a score in the `active` zset equal to the lease
 //! expiry. Nothing is ever popped without being leased, so a worker killed at
