@@ -177,11 +177,17 @@ local uuid = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%
 local leases = {} -- {id, meta, code}, in the order taken
 local taken = {} -- ids leased by this call
 local popped = false
+-- How many ids the priorities' set still holds, once known for free (a
+-- pop that got fewer than it asked for emptied it).
+local prio_left = nil
 if max > 0 then
     -- ZPOPMIN answers id, score, id, score, ...; only ids are kept. The
     -- set holds ids only, so raw entries (below) all come from the list
     -- and are the ones put back there.
     local first = redis.call('ZPOPMIN', prio_key(k_pending), max)
+    if #first < 2 * max then
+        prio_left = 0
+    end
     if #first > 0 then
         popped = {}
         for i = 1, #first, 2 do
@@ -416,5 +422,9 @@ else
         result[3] = string.format('%.0f', rate_next)
     end
 end
-result[2] = pending_count(k_pending)
+if prio_left then
+    result[2] = redis.call('LLEN', k_pending)
+else
+    result[2] = pending_count(k_pending)
+end
 return result
