@@ -14,8 +14,14 @@
 //! 4. with that worker idle, enqueues at a steady `--rate` per second for
 //!    `--latency-for`, and reads when each task started (the lease time the
 //!    broker records): p50 and p99 enqueue-to-start latency;
-//! 5. reads the worker's peak resident memory (`VmHWM`) before stopping it;
-//! 6. submits a workflow, a chord of `--chord` no-op members and one
+//! 5. under load: for `--load-for`, enqueues a steady stream at half the
+//!    rate step 3 measured (a small batch every millisecond) while the
+//!    same worker drains it, and reads the same latency;
+//! 6. reads the worker's peak resident memory (`VmHWM`) before stopping it;
+//! 7. with `--workers N` (2 by default; 0: no row), enqueues `--tasks` again
+//!    and times N worker processes draining them together, with their CPU
+//!    and Redis's per task;
+//! 8. submits a workflow, a chord of `--chord` no-op members and one
 //!    callback (which receives their 10,000 results), into a queue of its
 //!    own, then starts a worker for that queue and times it as in 3: from
 //!    the first member leased, members per second, the callback's delay
@@ -45,8 +51,9 @@ use crate::task::{ArgsMap, DEFAULT_TENANT, Task, TaskId};
 pub(super) struct E2eArgs {
     #[command(flatten)]
     redis: RedisArgs,
-    /// Tasks enqueued in bulk and drained by the worker.
-    #[arg(long, default_value_t = 100_000)]
+    /// Tasks enqueued in bulk and drained by the worker: the backlog the
+    /// drain starts from (`--backlog 1000000` measures the cost at depth).
+    #[arg(long, alias = "backlog", default_value_t = 100_000)]
     tasks: usize,
     /// Tasks enqueued one call each, for the single enqueue rate.
     #[arg(long, default_value_t = 5_000)]
@@ -89,6 +96,13 @@ pub(super) struct E2eArgs {
     /// Members of the workflow row's chord (0: no workflow row).
     #[arg(long, default_value_t = 10_000)]
     chord: usize,
+    /// How long the latency-under-load phase lasts (0: no such row).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    load_for: Duration,
+    /// Worker processes of the scale-out row, draining `--tasks` together
+    /// (0: no such row).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 /// Stops (SIGTERM, then SIGKILL) the worker process when dropped, so a
@@ -276,6 +290,122 @@ async fn measure_chord(
     })
 }
 
+/// Enqueue-to-start latencies (ms, sorted) of a steady stream of `rate`
+/// tasks per second into `queue` for `length`, sent as a batch every
+/// millisecond while a worker drains the queue; at most `MAX_SAMPLED` of
+/// them, evenly spread, are read back.
+async fn latency_under_load(
+    broker: &RedisBroker,
+    queue: &str,
+    task_args: &ArgsMap,
+    rate: f64,
+    length: Duration,
+    limit: Duration,
+) -> anyhow::Result<(Vec<f64>, usize)> {
+    const MAX_SAMPLED: usize = 20_000;
+    let mut sent: Vec<(TaskId, chrono::DateTime<Utc>)> = Vec::new();
+    let t0 = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let elapsed = t0.elapsed();
+        if elapsed >= length {
+            break;
+        }
+        let due = (rate * elapsed.as_secs_f64()) as usize;
+        if due <= sent.len() {
+            continue;
+        }
+        let batch: Vec<Task> = (sent.len()..due)
+            .map(|_| bench_task(queue, task_args))
+            .collect();
+        let at = Utc::now();
+        sent.extend(batch.iter().map(|t| (t.task_id, at)));
+        broker.enqueue(batch).await?;
+    }
+    drain(broker, queue, sent.len(), limit).await?;
+    let step = sent.len().div_ceil(MAX_SAMPLED).max(1);
+    let mut latencies_ms = Vec::with_capacity(sent.len() / step + 1);
+    for (id, at) in sent.iter().step_by(step) {
+        let started = broker
+            .attempt_info(DEFAULT_TENANT, *id)
+            .await?
+            .and_then(|i| i.started_at)
+            .with_context(|| format!("task {id} never started"))?;
+        latencies_ms.push((started - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    latencies_ms.sort_by(f64::total_cmp);
+    Ok((latencies_ms, sent.len()))
+}
+
+/// What the scale-out row measured.
+struct ScaleFigures {
+    workers: usize,
+    rate: f64,
+    worker_cpu: String,
+    redis_cpu: String,
+}
+
+/// Enqueues `args.tasks` into `queue`, then times `args.workers` worker
+/// processes draining them together.
+async fn measure_scale_out(
+    args: &E2eArgs,
+    bin: &std::path::Path,
+    broker: &RedisBroker,
+    queue: &str,
+    task_args: &ArgsMap,
+    limit: Duration,
+) -> anyhow::Result<ScaleFigures> {
+    let bulk: Vec<Task> = (0..args.tasks)
+        .map(|_| bench_task(queue, task_args))
+        .collect();
+    for chunk in bulk.chunks(100_000) {
+        broker.enqueue(chunk.to_vec()).await?;
+    }
+    let mut workers = Vec::with_capacity(args.workers);
+    for _ in 0..args.workers {
+        workers.push(spawn_worker(args, bin, queue)?);
+    }
+    let give_up = Instant::now() + limit;
+    while broker.stats(DEFAULT_TENANT, queue).await?.pending >= args.tasks {
+        if Instant::now() > give_up {
+            bail!("the scale-out workers never started taking tasks");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let cpu = |workers: &[WorkerProcess]| {
+        workers
+            .iter()
+            .map(WorkerProcess::cpu_seconds)
+            .sum::<Option<f64>>()
+    };
+    let (workers_before, redis_before) = (
+        cpu(&workers),
+        broker.server_cpu_seconds().await.ok().flatten(),
+    );
+    let first = drain(broker, queue, args.tasks, limit).await?;
+    let done = Instant::now();
+    let (workers_after, redis_after) = (
+        cpu(&workers),
+        broker.server_cpu_seconds().await.ok().flatten(),
+    );
+    for w in &mut workers {
+        w.stop();
+    }
+    let per_task = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map(|(a, b)| format!("{:.1} µs/task", (b - a) * 1e6 / args.tasks as f64))
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
+    Ok(ScaleFigures {
+        workers: args.workers,
+        rate: args.tasks as f64 / done.duration_since(first).as_secs_f64(),
+        worker_cpu: per_task(workers_before, workers_after),
+        redis_cpu: per_task(redis_before, redis_after),
+    })
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -337,9 +467,16 @@ pub(super) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     let queue = format!("bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let single_queue = format!("{queue}-single");
     let chord_queue = format!("{queue}-chord");
-    let result = measure(&args, &broker, &queue, &single_queue, &chord_queue).await;
+    let scale_queue = format!("{queue}-scale");
+    let queues = Queues {
+        main: &queue,
+        single: &single_queue,
+        chord: &chord_queue,
+        scale: &scale_queue,
+    };
+    let result = measure(&args, &broker, &queues).await;
     // Leave nothing behind, whatever happened.
-    for q in [&queue, &single_queue, &chord_queue] {
+    for q in [&queue, &single_queue, &chord_queue, &scale_queue] {
         if let Err(e) = broker.purge_queue(DEFAULT_TENANT, q).await {
             eprintln!("warning: could not delete the bench queue {q}: {e}");
         }
@@ -347,13 +484,20 @@ pub(super) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
+/// The bench's queues, one per row that needs its own.
+struct Queues<'a> {
+    main: &'a str,
+    single: &'a str,
+    chord: &'a str,
+    scale: &'a str,
+}
+
 async fn measure(
     args: &E2eArgs,
     broker: &RedisBroker,
-    queue: &str,
-    single_queue: &str,
-    chord_queue: &str,
+    queues: &Queues<'_>,
 ) -> anyhow::Result<ExitCode> {
+    let (queue, single_queue, chord_queue) = (queues.main, queues.single, queues.chord);
     // 1. Single enqueues, one broker call each.
     let task_args = crate::task::parse_arg_pairs(
         args.args.iter().map(String::as_str),
@@ -374,7 +518,11 @@ async fn measure(
         .collect();
     let memory_before = broker.server_memory_bytes().await.ok().flatten();
     let started = Instant::now();
-    broker.enqueue(bulk).await?;
+    // In calls of at most 100,000 (one call is one script holding Redis),
+    // so a deep backlog is enqueued as a producer would.
+    for chunk in bulk.chunks(100_000) {
+        broker.enqueue(chunk.to_vec()).await?;
+    }
     let bulk_rate = args.tasks as f64 / started.elapsed().as_secs_f64();
     let memory_after = broker.server_memory_bytes().await.ok().flatten();
     let per_queued = memory_before
@@ -453,11 +601,25 @@ async fn measure(
     }
     latencies_ms.sort_by(f64::total_cmp);
 
-    // 5. The worker's peak memory, then stop it.
+    // 5. Under load: half the drain rate, while the worker drains.
+    let load_rate = (e2e_rate / 2.0).max(1.0);
+    let under_load = if args.load_for.is_zero() {
+        None
+    } else {
+        Some(latency_under_load(broker, queue, &task_args, load_rate, args.load_for, limit).await?)
+    };
+
+    // 6. The worker's peak memory, then stop it.
     let peak_kib = worker.peak_rss_kib();
     worker.stop();
 
-    // 6. A chord, drained by a worker of its own.
+    // 7. Several workers together.
+    let scale = match args.workers {
+        0 => None,
+        _ => Some(measure_scale_out(args, &bin, broker, queues.scale, &task_args, limit).await?),
+    };
+
+    // 8. A chord, drained by a worker of its own.
     let chord = match args.chord {
         0 => None,
         n => Some(measure_chord(n, args, &bin, broker, chord_queue, limit).await?),
@@ -478,10 +640,12 @@ async fn measure(
     say!("end-to-end including worker start-up: {e2e_with_start:.0} tasks/s");
     say!("worker CPU while draining: {worker_cpu}");
     say!("Redis CPU while draining: {redis_cpu}");
-    say!(
-        "single enqueue: {single_rate:.0} tasks/s ({} calls of one task)",
-        args.single
-    );
+    if args.single > 0 {
+        say!(
+            "single enqueue: {single_rate:.0} tasks/s ({} calls of one task)",
+            args.single
+        );
+    }
     say!(
         "bulk enqueue: {bulk_rate:.0} tasks/s ({} tasks in one call)",
         args.tasks
@@ -490,16 +654,42 @@ async fn measure(
         "Redis memory per queued task: {per_queued} ({} tasks queued)",
         args.tasks
     );
-    say!(
-        "enqueue-to-start latency p50: {:.3} ms ({} tasks at {}/s)",
-        percentile(&latencies_ms, 50.0),
-        count,
-        args.rate
-    );
-    say!(
-        "enqueue-to-start latency p99: {:.3} ms",
-        percentile(&latencies_ms, 99.0)
-    );
+    if count > 0 {
+        say!(
+            "enqueue-to-start latency p50: {:.3} ms ({} tasks at {}/s)",
+            percentile(&latencies_ms, 50.0),
+            count,
+            args.rate
+        );
+        say!(
+            "enqueue-to-start latency p99: {:.3} ms",
+            percentile(&latencies_ms, 99.0)
+        );
+    }
+    if let Some((latencies, sent)) = &under_load {
+        say!(
+            "enqueue-to-start latency under load p50: {:.3} ms ({sent} tasks at {load_rate:.0}/s, half the drain rate, a batch every ms)",
+            percentile(latencies, 50.0),
+        );
+        say!(
+            "enqueue-to-start latency under load p99: {:.3} ms",
+            percentile(latencies, 99.0)
+        );
+    }
+    if let Some(s) = &scale {
+        say!(
+            "end-to-end with {} worker processes: {:.0} tasks/s ({} tasks)",
+            s.workers,
+            s.rate,
+            args.tasks
+        );
+        say!(
+            "CPU with {} worker processes: workers {} together, Redis {}",
+            s.workers,
+            s.worker_cpu,
+            s.redis_cpu
+        );
+    }
     if let Some(c) = chord {
         say!(
             "workflow chord: {:.0} members/s ({} members and 1 callback, done in {:.2} s from the first member leased; submitted in {:.0} ms)",

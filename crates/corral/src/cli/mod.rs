@@ -19,6 +19,7 @@ macro_rules! say {
 }
 
 mod admin;
+mod bench_all;
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
@@ -178,6 +179,9 @@ enum BenchCommand {
     /// End to end through Redis with one worker process: throughput, single
     /// and bulk enqueue rates, enqueue-to-start latency, worker memory.
     E2e(bench_e2e::E2eArgs),
+    /// Every figure in one place: the sandbox, end to end, and the drain
+    /// at a shallow and a deep backlog, one figure per line.
+    All(bench_all::AllArgs),
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +339,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build::run(args),
         Command::Bench(BenchCommand::Sandbox(args)) => bench_sandbox::run(args).await,
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args).await,
+        Command::Bench(BenchCommand::All(args)) => bench_all::run(args),
         Command::Worker(args) => broker_cmds::worker(args).await,
         Command::Enqueue(args) => broker_cmds::enqueue(args).await,
         Command::Status(args) => broker_cmds::status(args).await,
