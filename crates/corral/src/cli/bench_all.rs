@@ -11,7 +11,10 @@
 //!   chord);
 //! - `backlog 20000` and `backlog 1000000`: `corral bench e2e --backlog N`
 //!   with every other row off, then one line comparing the two drain
-//!   rates (the cost of depth) and Redis's memory per queued task.
+//!   rates (the cost of depth) and Redis's memory per queued task;
+//! - `cluster`: `corral bench cluster` (a three-master Redis Cluster the
+//!   bench starts, tasks over twelve tenants, one and two workers), when
+//!   `redis-server` is on the PATH.
 //!
 //! This module only runs and relays; the figures are the other benches'.
 
@@ -152,6 +155,10 @@ pub(super) fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
             b / a * 100.0,
             eb / ea * 100.0
         );
+    }
+    let cluster = with(&["bench", "cluster", "--job", &noop], &[]);
+    if let Err(e) = relay("cluster", &cluster) {
+        say!("cluster: not measured: {e:#}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -103,6 +103,22 @@ pub(super) struct E2eArgs {
     /// (0: no such row).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Spread the drained tasks over this many tenants (`bench-0`, ...):
+    /// a tenant's keys live in one Cluster slot, so a Cluster's masters
+    /// share the work only when several tenants have some. The other rows
+    /// use the default tenant.
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+}
+
+impl E2eArgs {
+    /// The tenants the drained tasks belong to.
+    fn tenant_names(&self) -> Vec<String> {
+        match self.tenants {
+            0 | 1 => vec![DEFAULT_TENANT.to_owned()],
+            n => (0..n).map(|i| format!("bench-{i}")).collect(),
+        }
+    }
 }
 
 /// Stops (SIGTERM, then SIGKILL) the worker process when dropped, so a
@@ -167,6 +183,45 @@ fn bench_task(queue: &str, args: &ArgsMap) -> Task {
     task.queue_name = queue.to_owned();
     task.max_attempts = 1;
     task
+}
+
+/// `n` bench tasks in `queue`, shared out over `tenants`, as enqueue
+/// calls of at most 100,000 (one call is one script holding Redis) and one
+/// tenant each, as producers would send them.
+fn backlog(tenants: &[String], queue: &str, task_args: &ArgsMap, n: usize) -> Vec<Vec<Task>> {
+    let mut calls = Vec::new();
+    for (i, tenant) in tenants.iter().enumerate() {
+        let mine = n / tenants.len() + usize::from(i < n % tenants.len());
+        let tasks: Vec<Task> = (0..mine)
+            .map(|_| {
+                let mut task = bench_task(queue, task_args);
+                task.tenant.clone_from(tenant);
+                task
+            })
+            .collect();
+        calls.extend(tasks.chunks(100_000).map(<[Task]>::to_vec));
+    }
+    calls
+}
+
+async fn enqueue_calls(broker: &RedisBroker, calls: Vec<Vec<Task>>) -> anyhow::Result<()> {
+    for call in calls {
+        broker.enqueue(call).await?;
+    }
+    Ok(())
+}
+
+/// `queue`'s counts summed over `tenants`.
+async fn stats_of(
+    broker: &RedisBroker,
+    tenants: &[String],
+    queue: &str,
+) -> anyhow::Result<crate::broker::QueueStats> {
+    let mut sum = crate::broker::QueueStats::default();
+    for tenant in tenants {
+        sum.add(&broker.stats(tenant, queue).await?);
+    }
+    Ok(sum)
 }
 
 /// What the chord row measured.
@@ -324,7 +379,7 @@ async fn latency_under_load(
         sent.extend(batch.iter().map(|t| (t.task_id, at)));
         broker.enqueue(batch).await?;
     }
-    drain(broker, queue, sent.len(), limit).await?;
+    drain(broker, &default_tenant(), queue, sent.len(), limit).await?;
     let step = sent.len().div_ceil(MAX_SAMPLED).max(1);
     let mut latencies_ms = Vec::with_capacity(sent.len() / step + 1);
     for (id, at) in sent.iter().step_by(step) {
@@ -357,18 +412,14 @@ async fn measure_scale_out(
     task_args: &ArgsMap,
     limit: Duration,
 ) -> anyhow::Result<ScaleFigures> {
-    let bulk: Vec<Task> = (0..args.tasks)
-        .map(|_| bench_task(queue, task_args))
-        .collect();
-    for chunk in bulk.chunks(100_000) {
-        broker.enqueue(chunk.to_vec()).await?;
-    }
+    let tenants = args.tenant_names();
+    enqueue_calls(broker, backlog(&tenants, queue, task_args, args.tasks)).await?;
     let mut workers = Vec::with_capacity(args.workers);
     for _ in 0..args.workers {
         workers.push(spawn_worker(args, bin, queue)?);
     }
     let give_up = Instant::now() + limit;
-    while broker.stats(DEFAULT_TENANT, queue).await?.pending >= args.tasks {
+    while stats_of(broker, &tenants, queue).await?.pending >= args.tasks {
         if Instant::now() > give_up {
             bail!("the scale-out workers never started taking tasks");
         }
@@ -384,7 +435,7 @@ async fn measure_scale_out(
         cpu(&workers),
         broker.server_cpu_seconds().await.ok().flatten(),
     );
-    let first = drain(broker, queue, args.tasks, limit).await?;
+    let first = drain(broker, &tenants, queue, args.tasks, limit).await?;
     let done = Instant::now();
     let (workers_after, redis_after) = (
         cpu(&workers),
@@ -404,6 +455,10 @@ async fn measure_scale_out(
         worker_cpu: per_task(workers_before, workers_after),
         redis_cpu: per_task(redis_before, redis_after),
     })
+}
+
+fn default_tenant() -> [String; 1] {
+    [DEFAULT_TENANT.to_owned()]
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -431,6 +486,7 @@ async fn cpu_mark(worker: &WorkerProcess, broker: &RedisBroker) -> CpuMark {
 /// when the first task was seen leased or done.
 async fn drain(
     broker: &RedisBroker,
+    tenants: &[String],
     queue: &str,
     total: usize,
     limit: Duration,
@@ -438,7 +494,7 @@ async fn drain(
     let give_up = Instant::now() + limit;
     let mut first = None;
     loop {
-        let s = broker.stats(DEFAULT_TENANT, queue).await?;
+        let s = stats_of(broker, tenants, queue).await?;
         let now = Instant::now();
         if first.is_none() && (s.active > 0 || s.completed > 0 || s.dead > 0) {
             first = Some(now);
@@ -476,9 +532,14 @@ pub(super) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     };
     let result = measure(&args, &broker, &queues).await;
     // Leave nothing behind, whatever happened.
-    for q in [&queue, &single_queue, &chord_queue, &scale_queue] {
-        if let Err(e) = broker.purge_queue(DEFAULT_TENANT, q).await {
-            eprintln!("warning: could not delete the bench queue {q}: {e}");
+    let mut tenants = args.tenant_names();
+    tenants.push(DEFAULT_TENANT.to_owned());
+    tenants.dedup();
+    for tenant in &tenants {
+        for q in [&queue, &single_queue, &chord_queue, &scale_queue] {
+            if let Err(e) = broker.purge_queue(tenant, q).await {
+                eprintln!("warning: could not delete the bench queue {q} of {tenant}: {e}");
+            }
         }
     }
     result
@@ -513,16 +574,11 @@ async fn measure(
     let single_rate = args.single as f64 / started.elapsed().as_secs_f64();
 
     // 2. One bulk enqueue, and what the queued tasks hold of Redis's memory.
-    let bulk: Vec<Task> = (0..args.tasks)
-        .map(|_| bench_task(queue, &task_args))
-        .collect();
+    let tenants = args.tenant_names();
+    let calls = backlog(&tenants, queue, &task_args, args.tasks);
     let memory_before = broker.server_memory_bytes().await.ok().flatten();
     let started = Instant::now();
-    // In calls of at most 100,000 (one call is one script holding Redis),
-    // so a deep backlog is enqueued as a producer would.
-    for chunk in bulk.chunks(100_000) {
-        broker.enqueue(chunk.to_vec()).await?;
-    }
+    enqueue_calls(broker, calls).await?;
     let bulk_rate = args.tasks as f64 / started.elapsed().as_secs_f64();
     let memory_after = broker.server_memory_bytes().await.ok().flatten();
     let per_queued = memory_before
@@ -546,18 +602,18 @@ async fn measure(
     // Wait for the worker to take its first task, then note CPU use, so
     // the per-task CPU figures leave out its start-up.
     let give_up = Instant::now() + limit;
-    while broker.stats(DEFAULT_TENANT, queue).await?.pending >= args.tasks {
+    while stats_of(broker, &tenants, queue).await?.pending >= args.tasks {
         if Instant::now() > give_up {
             bail!("the worker never started taking tasks");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let before = cpu_mark(&worker, broker).await;
-    let first = drain(broker, queue, args.tasks, limit).await?;
+    let first = drain(broker, &tenants, queue, args.tasks, limit).await?;
     let done = Instant::now();
     let after = cpu_mark(&worker, broker).await;
     // A rate of tasks that died is not a rate of work done: say so.
-    let died = broker.stats(DEFAULT_TENANT, queue).await?.dead;
+    let died = stats_of(broker, &tenants, queue).await?.dead;
     if died == args.tasks {
         bail!(
             "every task died: is {} a job that succeeds on these args? (`corral run` it)",
@@ -587,7 +643,7 @@ async fn measure(
         broker.enqueue(vec![task]).await?;
         sent.push((id, at));
     }
-    drain(broker, queue, count, limit).await?;
+    drain(broker, &default_tenant(), queue, count, limit).await?;
     let mut latencies_ms = Vec::with_capacity(count);
     for (id, at) in &sent {
         let info = broker
@@ -626,13 +682,14 @@ async fn measure(
     };
 
     say!(
-        "end-to-end: {e2e_rate:.0} tasks/s ({} tasks of {}, one worker process, concurrency {})",
+        "end-to-end: {e2e_rate:.0} tasks/s ({} tasks of {}, one worker process, concurrency {}, {} tenant(s))",
         args.tasks,
         args.job.file_name().map_or_else(
             || args.job.display().to_string(),
             |n| n.to_string_lossy().into_owned()
         ),
-        args.concurrency
+        args.concurrency,
+        tenants.len()
     );
     if died > 0 {
         say!("tasks that died while draining: {died} (counted in the rates above)");

@@ -20,6 +20,7 @@ macro_rules! say {
 
 mod admin;
 mod bench_all;
+mod bench_cluster;
 mod bench_e2e;
 pub mod bench_sandbox;
 mod broker_cmds;
@@ -182,6 +183,10 @@ enum BenchCommand {
     /// Every figure in one place: the sandbox, end to end, and the drain
     /// at a shallow and a deep backlog, one figure per line.
     All(bench_all::AllArgs),
+    /// End to end on a Redis Cluster the bench starts (3 masters by
+    /// default, `redis-server` and `redis-cli` from the PATH), the tasks
+    /// spread over several tenants, with one and with two workers.
+    Cluster(bench_cluster::ClusterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +345,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Sandbox(args)) => bench_sandbox::run(args).await,
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args).await,
         Command::Bench(BenchCommand::All(args)) => bench_all::run(args),
+        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args).await,
         Command::Worker(args) => broker_cmds::worker(args).await,
         Command::Enqueue(args) => broker_cmds::enqueue(args).await,
         Command::Status(args) => broker_cmds::status(args).await,
