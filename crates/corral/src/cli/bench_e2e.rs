@@ -258,6 +258,14 @@ fn spawn_worker(
     if args.redis.cluster {
         cmd.arg("--cluster");
     }
+    // The default tenant's too: the latency and chord rows use it.
+    let mut tenants = args.tenant_names();
+    if !tenants.iter().any(|t| t == DEFAULT_TENANT) {
+        tenants.push(DEFAULT_TENANT.to_owned());
+    }
+    for tenant in tenants {
+        cmd.arg("--tenant").arg(tenant);
+    }
     if args.metrics {
         cmd.args(["--metrics-listen", "127.0.0.1:0"]);
     }

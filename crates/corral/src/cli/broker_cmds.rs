@@ -173,9 +173,10 @@ pub(super) struct WorkerArgs {
     /// `always-fails`.
     #[arg(long)]
     jobs_dir: Option<PathBuf>,
-    /// The tenant the `--job` and `--jobs-dir` jobs belong to.
-    #[arg(long, default_value = DEFAULT_TENANT)]
-    tenant: String,
+    /// The tenant the `--job` and `--jobs-dir` jobs belong to; repeat to
+    /// register them for several tenants.
+    #[arg(long = "tenant", default_value = DEFAULT_TENANT)]
+    tenants: Vec<String>,
     /// How long a lease lasts without a heartbeat; heartbeats go every third
     /// of it. A killed worker's tasks are taken again after about this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -382,15 +383,17 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let limits = args.sandbox.limits();
     let unreachable =
         |e: &RegistryError| matches!(e, RegistryError::Catalog(CatalogError::Unavailable(_)));
-    for (name, files) in &jobs {
-        let sync = || registry.sync_files(&args.tenant, name, files, limits);
-        let synced = patiently("registering a job", &mut shutdown, unreachable, sync)
-            .await
-            .with_context(|| format!("registering job `{name}`"))?;
-        if synced.is_none() {
-            return Ok(ExitCode::SUCCESS);
+    for tenant in &args.tenants {
+        for (name, files) in &jobs {
+            let sync = || registry.sync_files(tenant, name, files, limits);
+            let synced = patiently("registering a job", &mut shutdown, unreachable, sync)
+                .await
+                .with_context(|| format!("registering job `{name}` for tenant `{tenant}`"))?;
+            if synced.is_none() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tracing::info!(job = %name, %tenant, handlers = files.len(), "registered job");
         }
-        tracing::info!(job = %name, handlers = files.len(), "registered job");
     }
     let lease = args.lease.max(Duration::from_millis(300));
     let order = crate::worker::queues::QueueOrder::parse(&args.queues)
