@@ -712,7 +712,7 @@ async fn measure(
         );
     }
     say!(
-        "bulk enqueue: {bulk_rate:.0} tasks/s ({} tasks in one call)",
+        "bulk enqueue: {bulk_rate:.0} tasks/s ({} tasks in calls of at most 100,000)",
         args.tasks
     );
     say!(
