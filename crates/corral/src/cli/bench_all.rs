@@ -119,30 +119,10 @@ pub(super) fn run(args: AllArgs) -> anyhow::Result<ExitCode> {
     let mut drains = Vec::new();
     for n in [args.shallow, args.backlog] {
         let n_text = n.to_string();
-        let lines = relay(
-            &format!("backlog {n}"),
-            &with(
-                &[
-                    "bench",
-                    "e2e",
-                    "--job",
-                    &noop,
-                    "--backlog",
-                    &n_text,
-                    "--single",
-                    "0",
-                    "--latency-for",
-                    "0s",
-                    "--load-for",
-                    "0s",
-                    "--workers",
-                    "0",
-                    "--chord",
-                    "0",
-                ],
-                &redis,
-            ),
-        )?;
+        let mut run = vec!["bench", "e2e", "--job", &noop, "--backlog", &n_text];
+        run.extend(super::bench_e2e::DRAIN_ONLY);
+        run.extend(["--workers", "0"]);
+        let lines = relay(&format!("backlog {n}"), &with(&run, &redis))?;
         drains.push((
             n,
             figure(&lines, "end-to-end: "),

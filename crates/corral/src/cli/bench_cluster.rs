@@ -202,16 +202,7 @@ pub(super) async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             "--workers",
             &workers,
         ])
-        .args([
-            "--single",
-            "0",
-            "--latency-for",
-            "0s",
-            "--load-for",
-            "0s",
-            "--chord",
-            "0",
-        ])
+        .args(super::bench_e2e::DRAIN_ONLY)
         .stdin(Stdio::null())
         .status()
         .context("running corral bench e2e")?;

@@ -47,6 +47,20 @@ use super::parse_duration;
 use crate::broker::{Broker, RedisBroker};
 use crate::task::{ArgsMap, DEFAULT_TENANT, Task, TaskId};
 
+/// The flags that leave only the drain rows (and the bulk enqueue before
+/// them) in a `corral bench e2e` run, for benches that run it to measure
+/// just that.
+pub(super) const DRAIN_ONLY: [&str; 8] = [
+    "--single",
+    "0",
+    "--latency-for",
+    "0s",
+    "--load-for",
+    "0s",
+    "--chord",
+    "0",
+];
+
 #[derive(Debug, Args)]
 pub(super) struct E2eArgs {
     #[command(flatten)]
