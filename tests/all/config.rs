@@ -206,7 +206,7 @@ listen = "127.0.0.1:0"
     expect("worker.memory-mib", "32", "file");
     expect("worker.prefix", "\"env-prefix\"", "env CORRAL_REDIS_PREFIX");
     expect("worker.redis", "\"redis://:***@127.0.0.1:1/0\"", "file");
-    expect("worker.tenant", "\"default\"", "default");
+    expect("worker.tenant", "[\"default\"]", "default");
     expect("log-format", "\"json\"", "file");
     expect("verbose", "3", "flag");
     assert!(

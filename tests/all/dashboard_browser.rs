@@ -233,7 +233,12 @@ async fn the_dashboard_retries_a_dead_task_and_cancels_a_running_one_in_chromium
 
     // The task's detail: its error, its args in.
     browser
-        .click(&format!("tr[data-task=\"{dead_id}\"] a"))
+        .click_until(
+            &format!("tr[data-task=\"{dead_id}\"] a"),
+            "the task's detail",
+            "!document.getElementById('detail').hidden",
+            SHOWN,
+        )
         .await;
     browser
         .wait_for(

@@ -361,6 +361,28 @@ impl Browser {
         }
     }
 
+    /// Clicks `selector` until `expression` holds (within `bound`): the
+    /// page refreshes its tables on a timer, and a refresh that moves the
+    /// element between finding it and the mouse press makes a click land
+    /// beside it.
+    pub async fn click_until(&self, selector: &str, what: &str, expression: &str, bound: Duration) {
+        let give_up = Instant::now() + bound;
+        loop {
+            self.click(selector).await;
+            let settle = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < settle {
+                if self.try_eval(expression).await == Ok(Value::Bool(true)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "clicking `{selector}` never gave {what} within {bound:?}"
+            );
+        }
+    }
+
     /// Clicks the element `selector` names as a user would: scrolled into
     /// view, the mouse pressed and released over its centre. Fails the
     /// test if there is no such element, or it is hidden or disabled.
