@@ -3,14 +3,15 @@
 -- First makes due delayed and retrying tasks pending (so a worker needs no
 -- maintenance pass to see them), then pops ids from the front of pending
 -- (the queue's priorities' set first, highest priority first, then the
--- list of priority-0 tasks; see `pend` in common.lua) and moves each, in this one atomic step, to active: attempt + 1, token + 1,
--- lease until ARGV[2]. Nothing is ever popped without being leased, so a
+-- list of priority-0 tasks; see `pend` in common.lua) and moves each, in
+-- this one atomic step, to active: attempt + 1, token + 1, lease until
+-- ARGV[2]. Nothing is ever popped without being leased, so a
 -- worker that dies right after this script loses nothing: its leases expire
 -- and maintain.lua returns the tasks.
 --
--- Work is done in batches (one RPOP, HMGET, HSET, ZADD for all tasks of
--- the call), because each redis.call from Lua has a fixed cost that would
--- otherwise dominate.
+-- Work is done in batches (one ZPOPMIN, RPOP, HMGET, HSET, ZADD for all
+-- tasks of the call), because each redis.call from Lua has a fixed cost
+-- that would otherwise dominate.
 --
 -- An entry of pending that is not the id of a pending task is a raw push:
 -- task JSON written onto the list by hand. It is stored as a task record
