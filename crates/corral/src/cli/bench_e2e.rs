@@ -3,6 +3,8 @@
 //! In a queue of its own (deleted afterwards), the bench
 //!
 //! 1. enqueues `--single` no-op tasks one call each: the single enqueue rate;
+//!    then as many again from `--producers` concurrent producers sharing
+//!    the one connection;
 //! 2. enqueues `--tasks` no-op tasks in one bulk call: the bulk enqueue rate,
 //!    and Redis's memory per queued task (`used_memory` before and after;
 //!    `--tasks 1000000` measures the cost at a deep backlog);
@@ -72,6 +74,11 @@ pub(super) struct E2eArgs {
     /// Tasks enqueued one call each, for the single enqueue rate.
     #[arg(long, default_value_t = 5_000)]
     single: usize,
+    /// Producers sharing the bench's one connection for a second single
+    /// enqueue figure: `--single` tasks again, one call each, split
+    /// between them and sent concurrently (0: no such row).
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
     /// The worker's concurrency: the most tasks leased at once, which also
     /// bounds how many one acquire can take (and at most the worker's
     /// instance pool, 256 by default: the worker lowers it to that). The
@@ -594,6 +601,36 @@ async fn measure(
         broker.enqueue(vec![task]).await?;
     }
     let single_rate = args.single as f64 / started.elapsed().as_secs_f64();
+    // The same number again from several producers at once, sharing the
+    // one (multiplexed) connection.
+    let shared_rate = if args.single > 0 && args.producers > 0 {
+        let each = args.single.div_ceil(args.producers);
+        let mut batches: Vec<Vec<Task>> = (0..args.producers)
+            .map(|p| {
+                (0..each.min(args.single.saturating_sub(p * each)))
+                    .map(|_| bench_task(single_queue, &task_args))
+                    .collect()
+            })
+            .collect();
+        batches.retain(|b| !b.is_empty());
+        let started = Instant::now();
+        let mut producers = tokio::task::JoinSet::new();
+        for batch in batches {
+            let broker = broker.clone();
+            producers.spawn(async move {
+                for task in batch {
+                    broker.enqueue(vec![task]).await?;
+                }
+                Ok::<_, crate::broker::BrokerError>(())
+            });
+        }
+        while let Some(done) = producers.join_next().await {
+            done??;
+        }
+        Some(args.single as f64 / started.elapsed().as_secs_f64())
+    } else {
+        None
+    };
 
     // 2. One bulk enqueue, and what the queued tasks hold of Redis's memory.
     let tenants = args.tenant_names();
@@ -722,6 +759,13 @@ async fn measure(
     if args.single > 0 {
         say!(
             "single enqueue: {single_rate:.0} tasks/s ({} calls of one task)",
+            args.single
+        );
+    }
+    if let Some(rate) = shared_rate {
+        say!(
+            "single enqueue, {} producers sharing one connection: {rate:.0} tasks/s ({} calls of one task in all)",
+            args.producers,
             args.single
         );
     }
