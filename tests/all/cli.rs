@@ -128,3 +128,66 @@ fn a_reader_that_stops_reading_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `corral bench e2e`, small: every row runs against a private Redis and
+/// prints its figure (their values are the bench's business, not a test's),
+/// and the bench leaves no queue behind.
+#[test]
+fn the_e2e_bench_runs_every_row_and_cleans_up() {
+    let _limit = crate::limit::minutes(5);
+    let server = RedisServer::start();
+    let url = server.url();
+    let noop = crate::support::job("noop");
+    let noop = noop.to_str().expect("a UTF-8 path");
+    let out = run(&[
+        "bench",
+        "e2e",
+        "--redis",
+        &url,
+        "--job",
+        noop,
+        "--tasks",
+        "300",
+        "--single",
+        "30",
+        "--producers",
+        "3",
+        "--rate",
+        "50",
+        "--latency-for",
+        "200ms",
+        "--load-for",
+        "200ms",
+        "--workers",
+        "2",
+        "--chord",
+        "20",
+        "--tenants",
+        "2",
+    ]);
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", text(&out.stderr));
+    for figure in [
+        "end-to-end: ",
+        "worker CPU while draining: ",
+        "Redis CPU while draining: ",
+        "single enqueue: ",
+        "single enqueue, 3 producers sharing one connection: ",
+        "bulk enqueue: ",
+        "Redis memory per queued task: ",
+        "enqueue-to-start latency p99: ",
+        "enqueue-to-start latency under load p99: ",
+        "end-to-end with 2 worker processes: ",
+        "workflow chord: ",
+        "worker peak resident memory: ",
+    ] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(figure)),
+            "no `{figure}` line in\n{printed}"
+        );
+    }
+    assert!(printed.contains("2 tenant(s)"), "{printed}");
+    // Every bench queue was deleted: no task record is left.
+    let left = crate::support::redis::redis_cli(server.port(), &["--scan", "--pattern", "*:task"]);
+    assert!(left.trim().is_empty(), "left behind: {left}");
+}
