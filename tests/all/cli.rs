@@ -191,3 +191,50 @@ fn the_e2e_bench_runs_every_row_and_cleans_up() {
     let left = crate::support::redis::redis_cli(server.port(), &["--scan", "--pattern", "*:task"]);
     assert!(left.trim().is_empty(), "left behind: {left}");
 }
+
+/// `corral bench cluster`, small: it starts a three-master Redis Cluster of
+/// its own, runs the drain over several tenants on it, prints the masters'
+/// CPU, and stops the servers afterwards.
+#[test]
+fn the_cluster_bench_starts_a_cluster_and_stops_it() {
+    let _limit = crate::limit::minutes(5);
+    let noop = crate::support::job("noop");
+    let noop = noop.to_str().expect("a UTF-8 path");
+    let out = run(&[
+        "bench",
+        "cluster",
+        "--job",
+        noop,
+        "--tasks",
+        "300",
+        "--tenants",
+        "6",
+    ]);
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", text(&out.stderr));
+    // "cluster: 3 masters on 127.0.0.1 ports A, B, C, 6 tenants"
+    let ports: Vec<u16> = printed
+        .lines()
+        .find_map(|l| l.split_once(" ports ")?.1.strip_suffix(", 6 tenants"))
+        .map(|list| list.split(", ").filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
+    assert_eq!(ports.len(), 3, "{printed}");
+    for figure in [
+        "end-to-end: ",
+        "end-to-end with 2 worker processes: ",
+        "Redis CPU over the 3 masters: ",
+    ] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(figure)),
+            "no `{figure}` line in\n{printed}"
+        );
+    }
+    assert!(!printed.contains("µs/task (unknown"), "{printed}");
+    // The servers are gone.
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "a server still listens on {port}"
+        );
+    }
+}
