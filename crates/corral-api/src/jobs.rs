@@ -39,7 +39,7 @@ use super::{ApiState, Scope};
 use corral_client::broker::{Broker, RateLimit};
 use corral_core::text::{Inert, needs_escape};
 use corral_registry::registry::{HandlerSpec, JobDefinition};
-use corral_registry::submit::find_job;
+use corral_registry::submit::set_job_rate;
 use corral_sandbox::{Limits, ModuleHash};
 
 /// One link of the chain: a module hash, or a hash with a display name.
@@ -271,11 +271,14 @@ pub async fn set_rate<B: Broker + Clone>(
         ));
     }
     let catalog = state.registry.catalog();
-    find_job(catalog.as_ref(), scope.name(), &name, None).await?;
-    state
-        .broker
-        .set_job_rate(scope.name(), &name, Some(rate))
-        .await?;
+    set_job_rate(
+        catalog.as_ref(),
+        &state.broker,
+        scope.name(),
+        &name,
+        Some(rate),
+    )
+    .await?;
     tracing::info!(tenant = scope.name(), by = %scope.caller.actor(), job = %Inert(&name), tasks = rate.tasks, per_ms = rate.per_ms, "job rate limit set");
     Ok(Json(JobRate {
         job: name,
@@ -290,7 +293,6 @@ pub async fn remove_rate<B: Broker + Clone>(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let catalog = state.registry.catalog();
-    find_job(catalog.as_ref(), scope.name(), &name, None).await?;
-    state.broker.set_job_rate(scope.name(), &name, None).await?;
+    set_job_rate(catalog.as_ref(), &state.broker, scope.name(), &name, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

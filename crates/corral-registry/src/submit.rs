@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, CatalogError};
 use crate::job::JobDefinition;
 use crate::tenant::{Tenant, TenantLimits};
-use corral_client::broker::{Broker, BrokerError, TenantQuota};
+use corral_client::broker::{Broker, BrokerError, RateLimit, TenantQuota};
 use corral_client::workflow::{Plan, Workflow, WorkflowId};
 use corral_core::clock;
 use corral_core::task::{
@@ -354,6 +354,29 @@ pub async fn find_job(
             },
             None => SubmitError::JobNotFound(name.to_owned()),
         })
+}
+
+/// Sets (or, with `None`, removes) the fleet-wide rate limit of `tenant`'s
+/// job `name`, which must exist. The job is looked up again after the
+/// limit is stored, and the limit removed if the job went meanwhile: a
+/// removal racing with this call either comes before that second look, or
+/// clears the limit itself afterwards (removals clear it after deleting
+/// the job), so no limit outlives its job and a tenant cannot pile up
+/// limits for names it no longer has.
+pub async fn set_job_rate<B: Broker>(
+    catalog: &dyn Catalog,
+    broker: &B,
+    tenant: &str,
+    name: &str,
+    rate: Option<RateLimit>,
+) -> Result<(), SubmitError> {
+    find_job(catalog, tenant, name, None).await?;
+    broker.set_job_rate(tenant, name, rate).await?;
+    if rate.is_some() && catalog.job(tenant, name, None).await?.is_none() {
+        broker.set_job_rate(tenant, name, None).await?;
+        return Err(SubmitError::JobNotFound(name.to_owned()));
+    }
+    Ok(())
 }
 
 /// Checks `request`, pins it to its job's version and stores it for

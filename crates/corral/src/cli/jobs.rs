@@ -167,23 +167,16 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn rate_limit(args: RateLimitArgs) -> anyhow::Result<ExitCode> {
-    use crate::broker::Broker as _;
     let (catalog, tenant) = args.who.resolve().await?;
     let name = &args.name;
-    if catalog
-        .job(&tenant.name, name, None)
-        .await
-        .with_context(|| format!("reading job `{name}`"))?
-        .is_none()
-    {
-        bail!("tenant {} has no job `{name}`", tenant.name);
-    }
     let broker = args.who.redis.connect("jobs rate-limit").await?;
     let rate = args.rate.0;
-    broker
-        .set_job_rate(&tenant.name, name, rate)
-        .await
-        .with_context(|| format!("setting the rate limit of job `{name}`"))?;
+    match crate::submit::set_job_rate(catalog.as_ref(), &broker, &tenant.name, name, rate).await {
+        Err(crate::submit::SubmitError::JobNotFound(_)) => {
+            bail!("tenant {} has no job `{name}`", tenant.name)
+        }
+        other => other.with_context(|| format!("setting the rate limit of job `{name}`"))?,
+    }
     match rate {
         Some(r) => say!(
             "job {name} of tenant {}: at most {} tasks per {} ms, over every worker",
