@@ -3087,6 +3087,35 @@ pub async fn a_tenants_priorities_do_not_starve_other_tenants<K: Backend>() {
     );
 }
 
+pub async fn a_limited_jobs_backlog_is_deferred_a_slice_per_acquire<K: Backend>() {
+    let fx = K::make(Retention::default()).await;
+    let b = &fx.broker;
+    let limit = RateLimit {
+        tasks: 1,
+        per_ms: 3_600_000,
+    };
+    b.set_job_rate(T, "slow", Some(limit))
+        .await
+        .expect("set the job's rate");
+    let backlog: Vec<Task> = (0..3000)
+        .map(|n| {
+            let mut t = task(n);
+            t.job_name = "slow".into();
+            t
+        })
+        .collect();
+    b.enqueue(backlog).await.expect("enqueue");
+    // The window's one task, then an acquire that finds the job over its
+    // limit: it leases nothing and moves only a bounded slice of the
+    // backlog aside for the next window, not all of it at once.
+    assert_eq!(take(b, "w", 1).await.len(), 1);
+    assert!(take(b, "w", 1).await.is_empty());
+    let stats = b.stats(T, Q).await.expect("stats");
+    assert!(stats.scheduled >= 1, "{stats:?}");
+    assert!(stats.pending >= 1900, "{stats:?}");
+    assert_eq!(stats.pending + stats.scheduled, 2999, "{stats:?}");
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -3136,7 +3165,8 @@ macro_rules! conformance {
                 workflows_are_bounded_wait_for_quota_room_and_go_after_retention,
                 a_jobs_rate_limit_holds_per_window_while_other_jobs_go_on,
                 priorities_are_strict_within_a_queue_through_every_path,
-                a_tenants_priorities_do_not_starve_other_tenants
+                a_tenants_priorities_do_not_starve_other_tenants,
+                a_limited_jobs_backlog_is_deferred_a_slice_per_acquire
             );
         }
     };

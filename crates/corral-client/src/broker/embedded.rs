@@ -96,6 +96,21 @@ impl Line {
     }
 }
 
+/// One tenant's per-job rate limits.
+#[derive(Default)]
+struct JobRates {
+    /// Job → its fleet-wide rate limit.
+    limits: HashMap<String, RateLimit>,
+    /// Job → its current window's index and the tasks leased in it.
+    windows: HashMap<String, (i64, u32)>,
+}
+
+/// Most tasks one take defers for their job's rate limit before it gives
+/// up on the queue for this call, so a backlog of one limited job is moved
+/// a bounded slice at a time (as the Redis script does, `max` per call),
+/// never all at once under the lock.
+const MAX_DEFERRED_PER_TAKE: usize = 1000;
+
 #[derive(Default)]
 struct State {
     tasks: HashMap<TaskId, Entry>,
@@ -158,10 +173,8 @@ struct State {
     /// When a rate window that held tasks back ends: a waiting acquire
     /// looks again then.
     rate_wake: Option<DateTime<Utc>>,
-    /// Per tenant and job, the job's fleet-wide rate limit.
-    job_rates: HashMap<(String, String), RateLimit>,
-    /// Per tenant and job, its current rate window and the tasks leased in it.
-    job_windows: HashMap<(String, String), (i64, u32)>,
+    /// Per tenant that set any, its jobs' rate limits and windows.
+    job_rates: HashMap<String, JobRates>,
     /// Per tenant, its concurrency cap as last given (by a limited enqueue,
     /// or a worker's acquire).
     caps: HashMap<String, u32>,
@@ -907,14 +920,15 @@ impl State {
 
     /// The next task of queue `key` whose job is within its rate limit;
     /// tasks over theirs wait, scheduled for their job's next window (and
-    /// the next rate wake-up is noted). Stale entries are passed over.
+    /// the next rate wake-up is noted), at most [`MAX_DEFERRED_PER_TAKE`]
+    /// of them per call. Stale entries are passed over.
     fn take_within_job_rates(&mut self, key: &QueueKey, now: DateTime<Utc>) -> Option<TaskId> {
-        loop {
+        for _ in 0..=MAX_DEFERRED_PER_TAKE {
             let id = self.pending.get_mut(key).and_then(Line::pop_front)?;
-            if self.job_rates.is_empty() {
-                // The common case costs no lookup.
+            let Some(rates) = self.job_rates.get_mut(&key.0) else {
+                // A tenant with no job limits costs no lookup.
                 return Some(id);
-            }
+            };
             let Some(entry) = self.tasks.get(&id) else {
                 continue;
             };
@@ -922,20 +936,25 @@ impl State {
                 // A stale entry: the task is accounted for elsewhere.
                 continue;
             }
-            let job = (entry.task.tenant.clone(), entry.task.job_name.clone());
-            let Some(rate) = self.job_rates.get(&job).copied() else {
+            let job = entry.task.job_name.as_str();
+            let Some(rate) = rates.limits.get(job).copied() else {
                 return Some(id);
             };
             let per = i64::try_from(rate.per_ms.max(1))
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1000);
             let window = now.timestamp_micros().div_euclid(per);
-            let used = match self.job_windows.get(&job) {
+            let used = match rates.windows.get(job) {
                 Some((w, n)) if *w == window => *n,
                 _ => 0,
             };
             if used < rate.tasks.max(1) {
-                self.job_windows.insert(job, (window, used + 1));
+                match rates.windows.get_mut(job) {
+                    Some(w) => *w = (window, used + 1),
+                    None => {
+                        rates.windows.insert(job.to_owned(), (window, used + 1));
+                    }
+                }
                 return Some(id);
             }
             let Some(at) = DateTime::from_timestamp_micros((window + 1).saturating_mul(per)) else {
@@ -949,6 +968,8 @@ impl State {
             self.scheduled.insert((at, id));
             self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
         }
+        // Enough deferred for one call; the rest waits for the next take.
+        None
     }
 
     /// Workflow `key`'s step `step` (task `id`) ended with `result`.
@@ -1905,15 +1926,23 @@ impl Broker for EmbeddedBroker {
         job: &str,
         rate: Option<RateLimit>,
     ) -> Result<(), BrokerError> {
-        let key = (tenant.to_owned(), job.to_owned());
         let mut st = self.lock();
         match rate {
             Some(rate) => {
-                st.job_rates.insert(key, rate);
+                st.job_rates
+                    .entry(tenant.to_owned())
+                    .or_default()
+                    .limits
+                    .insert(job.to_owned(), rate);
             }
             None => {
-                st.job_rates.remove(&key);
-                st.job_windows.remove(&key);
+                if let Some(rates) = st.job_rates.get_mut(tenant) {
+                    rates.limits.remove(job);
+                    rates.windows.remove(job);
+                    if rates.limits.is_empty() {
+                        st.job_rates.remove(tenant);
+                    }
+                }
             }
         }
         Ok(())
@@ -1923,10 +1952,14 @@ impl Broker for EmbeddedBroker {
         let st = self.lock();
         let mut out: Vec<(String, RateLimit)> = st
             .job_rates
-            .iter()
-            .filter(|((t, _), _)| t == tenant)
-            .map(|((_, job), rate)| (job.clone(), *rate))
-            .collect();
+            .get(tenant)
+            .map(|r| {
+                r.limits
+                    .iter()
+                    .map(|(job, rate)| (job.clone(), *rate))
+                    .collect()
+            })
+            .unwrap_or_default();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
