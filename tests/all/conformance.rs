@@ -2627,6 +2627,17 @@ fn submitted(
     corral::workflow::Plan::compile(&wf, chrono::Utc::now()).expect("compiles")
 }
 
+/// Workflow `id` of tenant `acme`, which must be stored.
+async fn flow<B: Broker>(
+    b: &B,
+    id: corral::workflow::WorkflowId,
+) -> corral::workflow::WorkflowStatus {
+    b.workflow("acme", id)
+        .await
+        .expect("status")
+        .expect("stored")
+}
+
 pub async fn a_chord_callback_is_enqueued_once_with_every_result_in_order<K: Backend>() {
     use corral::workflow::{Flow, OnFailure, StepState, WorkflowState};
     let fx = K::make(Retention::default()).await;
@@ -2684,11 +2695,7 @@ pub async fn a_chord_callback_is_enqueued_once_with_every_result_in_order<K: Bac
     fx.clock.advance(Duration::from_secs(5));
     b.maintain().await.expect("maintain");
     assert!(take(b, "w", 10).await.is_empty(), "nothing runs twice");
-    let status = b
-        .workflow("acme", id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, id).await;
     assert_eq!(status.state, WorkflowState::Completed);
     assert_eq!(status.count(StepState::Completed), 8);
     assert_eq!(status.result.expect("result")["n"], 106);
@@ -2730,11 +2737,7 @@ pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backe
     fx.clock.advance(Duration::from_secs(5));
     b.maintain().await.expect("maintain");
     assert!(take(b, "w", 10).await.is_empty());
-    let status = b
-        .workflow("acme", plan.head.id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, plan.head.id).await;
     assert_eq!(status.state, WorkflowState::Failed);
     let failure = status.error.expect("error");
     assert_eq!(
@@ -2759,11 +2762,7 @@ pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backe
     )
     .await
     .expect("ack");
-    let status = b
-        .workflow("acme", plan.head.id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, plan.head.id).await;
     assert_eq!(status.state, WorkflowState::Running);
     assert_eq!(status.steps[1].state, StepState::Skipped);
     ack_one(
@@ -2773,11 +2772,7 @@ pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backe
     )
     .await
     .expect("ack");
-    let status = b
-        .workflow("acme", plan.head.id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, plan.head.id).await;
     assert_eq!(status.state, WorkflowState::Failed);
     assert_eq!(status.count(StepState::Completed), 1);
     // A step dies out of an ack too: its lease ran out on its last attempt,
@@ -2794,11 +2789,7 @@ pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backe
     assert_eq!(take(b, "w", 10).await.len(), 1);
     fx.clock.advance(LEASE + Duration::from_secs(1));
     b.maintain().await.expect("maintain");
-    let status = b
-        .workflow("acme", plan.head.id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, plan.head.id).await;
     assert_eq!(status.state, WorkflowState::Failed);
     assert_eq!(status.error.expect("error").error.kind, "lease_expired");
     let plan = submitted(
@@ -2812,11 +2803,7 @@ pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backe
         b.cancel("acme", plan.steps[0].id).await.expect("cancel"),
         Cancelled::Now
     );
-    let status = b
-        .workflow("acme", plan.head.id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, plan.head.id).await;
     assert_eq!(status.state, WorkflowState::Failed);
     assert_eq!(status.error.expect("error").error.kind, "cancelled");
     assert!(take(b, "w", 10).await.is_empty());
@@ -2846,11 +2833,7 @@ pub async fn a_failed_step_fails_its_workflow_at_once_or_after_the_rest<K: Backe
         take(b, "w", 10).await.is_empty(),
         "the callback is not enqueued"
     );
-    let status = b
-        .workflow("acme", plan.head.id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, plan.head.id).await;
     assert_eq!(status.state, WorkflowState::Failed);
     let failure = status.error.expect("error");
     assert_eq!(failure.error.kind, corral::workflow::INPUT_TOO_LARGE);
@@ -2921,11 +2904,7 @@ pub async fn workflows_are_bounded_wait_for_quota_room_and_go_after_retention<K:
         ran += run_ready(b, |t| done(step_output(&t.args_map))).await.len();
     }
     assert_eq!(ran, 6, "five members and the callback, each once");
-    let status = b
-        .workflow("acme", plan.head.id)
-        .await
-        .expect("status")
-        .expect("stored");
+    let status = flow(b, plan.head.id).await;
     assert_eq!(status.state, WorkflowState::Completed);
     assert_eq!(status.result.expect("result")["n"], 15);
 }
