@@ -245,7 +245,8 @@ pub struct Task {
     pub task_id: TaskId,
     /// When the producer created the task.
     pub created_at: DateTime<Utc>,
-    /// When the task last changed.
+    /// When the task last changed (when left out: `created_at`).
+    #[serde(default)]
     pub updated_at: DateTime<Utc>,
     /// The queue the task waits in.
     pub queue_name: String,
@@ -254,11 +255,19 @@ pub struct Task {
     /// The args for the handler at `current_handler_index`: the original args
     /// before the first handler, then each handler's output.
     pub args_map: ArgsMap,
-    /// The handler to run next; equals the chain length once all have run.
+    /// The handler to run next; equals the chain length once all have run
+    /// (when left out: 0).
+    #[serde(default)]
     pub current_handler_index: u32,
-    /// The args the producer gave; what handler 0 receives.
+    /// The args the producer gave; what handler 0 receives. Before the
+    /// first handler has run it is `args_map` by definition, so a task
+    /// whose `current_handler_index` is 0 may leave it out (or give `{}`):
+    /// it is then `args_map`.
+    #[serde(default)]
     pub original_args_map: ArgsMap,
-    /// What the handlers appended to the result log, in order.
+    /// What the handlers appended to the result log, in order (when left
+    /// out: empty).
+    #[serde(default)]
     pub result_log: String,
 
     /// The tenant that owns the task.
@@ -367,12 +376,20 @@ impl Task {
         }
     }
 
-    /// Parses and validates a task's JSON. Unknown fields, missing seed
-    /// fields, wrong types and empty names are errors.
+    /// Parses and validates a task's JSON. Unknown fields, a missing
+    /// `task_id`, `created_at`, `queue_name`, `job_name` or `args_map`,
+    /// wrong types and empty names are errors; the other fields have
+    /// defaults (see each field), so a stored task need not repeat them.
     pub fn from_json(json: &[u8]) -> Result<Self, TaskParseError> {
-        let task: Task = serde_json::from_slice(json).map_err(|e| TaskParseError {
+        let mut task: Task = serde_json::from_slice(json).map_err(|e| TaskParseError {
             reason: e.to_string(),
         })?;
+        if task.updated_at == DateTime::<Utc>::UNIX_EPOCH {
+            task.updated_at = task.created_at;
+        }
+        if task.current_handler_index == 0 && task.original_args_map.is_empty() {
+            task.original_args_map.clone_from(&task.args_map);
+        }
         task.validate()?;
         Ok(task)
     }
@@ -543,6 +560,26 @@ mod tests {
         });
         let back = Task::from_json(&task.to_json()).unwrap();
         assert_eq!(back, task);
+    }
+
+    #[test]
+    fn fields_a_stored_task_leaves_out_take_their_defaults() {
+        let json = r#"{"task_id": "0190a5c2-7a1e-7cc2-9a41-3f1d7e2b9c10",
+            "created_at": "2024-07-01T12:00:00Z", "queue_name": "q", "job_name": "j",
+            "args_map": {"a": 1}}"#;
+        let task = Task::from_json(json.as_bytes()).unwrap();
+        assert_eq!(task.updated_at, task.created_at);
+        assert_eq!(task.current_handler_index, 0);
+        assert_eq!(task.original_args_map, task.args_map);
+        assert_eq!(task.result_log, "");
+        // Past the first handler the two maps differ, and an original left
+        // out stays empty rather than taking the current args.
+        let json = json.replace(
+            r#""job_name": "j","#,
+            r#""job_name": "j", "current_handler_index": 1,"#,
+        );
+        let task = Task::from_json(json.as_bytes()).unwrap();
+        assert!(task.original_args_map.is_empty());
     }
 
     #[test]

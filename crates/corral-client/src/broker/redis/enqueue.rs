@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::conn::{Conn, unavailable};
-use super::record::{self, micros};
+use super::record::{self, StoredTask, micros};
 use super::scripts::{self, EnqueueBounds, EnqueueItem};
 use super::{RedisBroker, WAKE_KEEP, group_by_queue, keys, lock};
 use crate::broker::{BrokerError, TenantQuota};
@@ -214,10 +214,12 @@ pub(super) fn stored_items(
                 cancel_requested: false,
             };
             // Sized up front: growing the buffer was a good part of the cost.
-            let mut json = Vec::with_capacity(512);
-            serde_json::to_writer(&mut json, &task).map_err(|e| BrokerError::Invalid {
-                op: "enqueue",
-                reason: format!("task {} does not serialize: {e}", task.task_id),
+            let mut json = Vec::with_capacity(256);
+            serde_json::to_writer(&mut json, &StoredTask::of(&task)).map_err(|e| {
+                BrokerError::Invalid {
+                    op: "enqueue",
+                    reason: format!("task {} does not serialize: {e}", task.task_id),
+                }
             })?;
             let unique = task.unique.as_ref().map(|u| {
                 let until =

@@ -457,10 +457,11 @@ fn requeue_item(mut task: Task, read_updated_us: i64) -> Result<Requeue, BrokerE
     task.state = TaskState::Pending;
     task.attempt = 0;
     task.run_at = None;
-    let json = serde_json::to_vec(&task).map_err(|e| BrokerError::Invalid {
-        op: "retry",
-        reason: e.to_string(),
-    })?;
+    let json =
+        serde_json::to_vec(&record::StoredTask::of(&task)).map_err(|e| BrokerError::Invalid {
+            op: "retry",
+            reason: e.to_string(),
+        })?;
     Ok(Requeue {
         id,
         read_updated_us,

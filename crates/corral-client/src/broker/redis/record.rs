@@ -2,7 +2,8 @@
 //! a [`Task`].
 //!
 //! A record is four fields under one id, each in its queue's hash (see
-//! [`keys`](super::keys)): the task JSON as enqueued (or as pushed raw), the
+//! [`keys`](super::keys)): the task JSON as enqueued ([`StoredTask`]: what
+//! the metadata or a default already says is left out), or as pushed raw; the
 //! metadata the scripts keep (state, attempt, fencing token, times, worker;
 //! format in `lua/common.lua`), the last checkpoint's JSON and the last
 //! error's JSON. Scripts only ever store JSON that Rust wrote and edit the
@@ -15,9 +16,14 @@
 //! malformed-task stand-in.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::broker::{Checkpoint, malformed_task};
-use corral_core::task::{MAX_PRIORITY, Task, TaskError, TaskId, TaskState};
+use corral_core::metering::TaskMetering;
+use corral_core::task::{
+    ArgsMap, DEFAULT_MAX_ATTEMPTS, DEFAULT_TENANT, MAX_PRIORITY, Task, TaskError, TaskId,
+    TaskState, Unique, WorkflowStep,
+};
 
 /// Microseconds since the epoch: the unit of every time the scripts see.
 pub fn micros(t: DateTime<Utc>) -> i64 {
@@ -31,6 +37,107 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
     } else {
         DateTime::<Utc>::MAX_UTC
     })
+}
+
+/// A task's JSON as a record stores it: the task's own JSON without what is
+/// kept elsewhere or implied. `updated_at`, `state` and `attempt` live in
+/// the metadata (and [`assemble`] lays them over the task); an empty
+/// `result_log`, a `current_handler_index` of 0, the default tenant and
+/// `max_attempts`, and an `original_args_map` that is `args_map` before the
+/// first handler are what [`Task::from_json`] assumes when they are
+/// missing. A task with small args is stored in about 40% fewer bytes, and
+/// a task's args are no longer stored twice: in Redis memory, bytes per
+/// queued task is most of what a million queued tasks cost.
+///
+/// Every other field of [`Task`] is here, by reference and in the same
+/// order (scripts match `"job_name"` before the args); the unit test below
+/// fails when a field of [`Task`] is missing.
+#[derive(Serialize)]
+pub struct StoredTask<'a> {
+    task_id: &'a TaskId,
+    created_at: &'a DateTime<Utc>,
+    queue_name: &'a str,
+    job_name: &'a str,
+    args_map: &'a ArgsMap,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    current_handler_index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_args_map: Option<&'a ArgsMap>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    result_log: &'a str,
+    #[serde(skip_serializing_if = "is_default_tenant")]
+    tenant: &'a str,
+    #[serde(skip_serializing_if = "is_default_max_attempts")]
+    max_attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<&'a DateTime<Utc>>,
+    #[serde(skip_serializing_if = "is_zero_u8")]
+    priority: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline: Option<&'a DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unique: Option<&'a Unique>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow: Option<&'a WorkflowStep>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a TaskError>,
+    #[serde(skip_serializing_if = "<[TaskError]>::is_empty")]
+    error_history: &'a [TaskError],
+    #[serde(skip_serializing_if = "str::is_empty")]
+    log: &'a str,
+    #[serde(skip_serializing_if = "TaskMetering::is_empty")]
+    metering: &'a TaskMetering,
+}
+
+impl<'a> StoredTask<'a> {
+    /// The stored form of `task`.
+    pub fn of(task: &'a Task) -> Self {
+        let implied_original =
+            task.current_handler_index == 0 && task.original_args_map == task.args_map;
+        Self {
+            task_id: &task.task_id,
+            created_at: &task.created_at,
+            queue_name: &task.queue_name,
+            job_name: &task.job_name,
+            args_map: &task.args_map,
+            current_handler_index: task.current_handler_index,
+            original_args_map: (!implied_original).then_some(&task.original_args_map),
+            result_log: &task.result_log,
+            tenant: &task.tenant,
+            max_attempts: task.max_attempts,
+            run_at: task.run_at.as_ref(),
+            priority: task.priority,
+            deadline: task.deadline.as_ref(),
+            timeout_ms: task.timeout_ms,
+            unique: task.unique.as_ref(),
+            workflow: task.workflow.as_ref(),
+            job_version: task.job_version,
+            error: task.error.as_ref(),
+            error_history: &task.error_history,
+            log: &task.log,
+            metering: &task.metering,
+        }
+    }
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u8(n: &u8) -> bool {
+    *n == 0
+}
+
+fn is_default_tenant(t: &&str) -> bool {
+    *t == DEFAULT_TENANT
+}
+
+fn is_default_max_attempts(n: &u32) -> bool {
+    *n == DEFAULT_MAX_ATTEMPTS
 }
 
 /// The metadata field of a record, as the scripts keep it.
@@ -315,6 +422,126 @@ mod tests {
         let mut bad_worker = packed;
         bad_worker.push(0xff);
         assert!(Meta::parse(&bad_worker).is_err());
+    }
+
+    /// A task with every field away from its default.
+    fn full_task() -> Task {
+        let mut args = ArgsMap::new();
+        args.insert("now".into(), serde_json::json!({"n": [1, 2.5, "x"]}));
+        let mut original = ArgsMap::new();
+        original.insert("first".into(), 1.into());
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let error = TaskError {
+            kind: "guest_error".into(),
+            message: "m".into(),
+            retryable: true,
+            handler_index: Some(1),
+        };
+        let mut metering = TaskMetering::default();
+        metering.record(
+            0,
+            1,
+            corral_core::metering::CallMetering {
+                fuel: 1,
+                ..Default::default()
+            },
+        );
+        let mut task = Task::new("job", args);
+        task.updated_at = at;
+        task.queue_name = "q".into();
+        task.current_handler_index = 2;
+        task.original_args_map = original;
+        task.result_log = "log".into();
+        task.tenant = "t".into();
+        task.state = TaskState::Retrying;
+        task.attempt = 2;
+        task.max_attempts = 9;
+        task.run_at = Some(at);
+        task.priority = 4;
+        task.deadline = Some(at);
+        task.timeout_ms = Some(5);
+        task.unique = Some(Unique {
+            key: "k".into(),
+            ttl_ms: 10,
+        });
+        task.workflow = Some(WorkflowStep {
+            id: uuid::Uuid::now_v7(),
+            step: 3,
+        });
+        task.job_version = Some(2);
+        task.error = Some(error.clone());
+        task.error_history = vec![error];
+        task.log = "l".into();
+        task.metering = metering;
+        task
+    }
+
+    #[test]
+    fn a_stored_task_holds_every_field_but_those_kept_elsewhere() {
+        let task = full_task();
+        let full = serde_json::to_value(&task).unwrap();
+        let stored = serde_json::to_value(StoredTask::of(&task)).unwrap();
+        let mut expected = full.as_object().unwrap().clone();
+        for kept_in_meta in ["updated_at", "state", "attempt"] {
+            expected.remove(kept_in_meta);
+        }
+        // A field added to Task but not to StoredTask fails here.
+        assert_eq!(stored.as_object().unwrap(), &expected);
+        let json = serde_json::to_vec(&StoredTask::of(&task)).unwrap();
+        let mut back = Task::from_json(&json).unwrap();
+        (back.state, back.attempt, back.updated_at) = (task.state, task.attempt, task.updated_at);
+        // Compared as JSON: what metering has not yet billed is never
+        // serialized, in either form.
+        assert_eq!(serde_json::to_value(&back).unwrap(), full);
+    }
+
+    #[test]
+    fn a_new_task_is_stored_without_its_defaults_and_reads_back_whole() {
+        let mut args = ArgsMap::new();
+        args.insert("x".into(), 1.into());
+        let task = Task::new("noop", args);
+        let full = task.to_json();
+        let stored = serde_json::to_vec(&StoredTask::of(&task)).unwrap();
+        assert!(
+            stored.len() * 10 < full.len() * 7,
+            "{} vs {}",
+            stored.len(),
+            full.len()
+        );
+        let text = String::from_utf8(stored.clone()).unwrap();
+        for left_out in [
+            "original_args_map",
+            "result_log",
+            "tenant",
+            "state",
+            "max_attempts",
+        ] {
+            assert!(!text.contains(left_out), "{text}");
+        }
+        let meta = Meta {
+            state: TaskState::Pending,
+            attempt: 0,
+            max_attempts: task.max_attempts,
+            token: 0,
+            updated_us: micros(task.updated_at),
+            run_at_us: None,
+            priority: 0,
+            handler: 0,
+            started_us: None,
+            worker: String::new(),
+            cancel_requested: false,
+        };
+        let record = RawRecord {
+            task: Some(stored),
+            meta: meta.encode(),
+            progress: None,
+            error: None,
+        };
+        let got = assemble(task.task_id, DEFAULT_TENANT, &task.queue_name, &record).unwrap();
+        assert!(got.malformed.is_none());
+        let mut want = task.clone();
+        want.updated_at = from_micros(micros(task.updated_at));
+        assert_eq!(got.task, want);
     }
 
     #[test]
