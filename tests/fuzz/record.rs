@@ -11,10 +11,13 @@
 //! `assemble` returns is a valid task of the record's id, tenant, queue,
 //! state and attempt, that survives its own JSON, or a `Corrupt` error that
 //! says why; metadata that parses encodes to bytes that parse the same; a
-//! valid record assembles to exactly the task it stands for.
+//! valid record, its task JSON in the stored form or whole, assembles to
+//! exactly the task it stands for.
 
 use arbitrary::{Result, Unstructured};
-use corral::fuzzing::{AssembleError, META_LEN, Meta, RawRecord, assemble, from_micros};
+use corral::fuzzing::{
+    AssembleError, META_LEN, Meta, RawRecord, StoredTask, assemble, from_micros,
+};
 use corral::task::{ArgsMap, MAX_PRIORITY, Task, TaskId, TaskState};
 use uuid::Uuid;
 
@@ -195,8 +198,15 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
             } else {
                 None
             };
+            // The stored form the broker writes, or a task's whole JSON (a
+            // raw push, or a record written before the stored form).
+            let json = if u.arbitrary()? {
+                serde_json::to_vec(&StoredTask::of(&task)).expect("serializes")
+            } else {
+                task.to_json()
+            };
             let record = RawRecord {
-                task: Some(task.to_json()),
+                task: Some(json),
                 meta: m.encode(),
                 progress: checkpoint
                     .as_ref()

@@ -44,6 +44,7 @@ pub use task::{ArgsMap, Task, TaskId, TaskState};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::broker::redis::record::{
-        AssembleError, Assembled, META_LEN, Meta, RawRecord, assemble, from_micros, micros,
+        AssembleError, Assembled, META_LEN, Meta, RawRecord, StoredTask, assemble, from_micros,
+        micros,
     };
 }

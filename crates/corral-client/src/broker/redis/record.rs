@@ -124,6 +124,17 @@ impl<'a> StoredTask<'a> {
     }
 }
 
+/// Whether a task's JSON names `original_args_map` at its top level (a
+/// skim: values are skipped, not built). Only asked when the answer is not
+/// already clear from the parsed task.
+fn names_original(json: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        original_args_map: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(json).map_or(true, |p| p.original_args_map.is_some())
+}
+
 fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
@@ -321,7 +332,18 @@ pub fn assemble(
         Err(e) => Err(e.reason),
     };
     let mut task = match parsed {
-        Ok(task) => task,
+        Ok(mut task) => {
+            if task.current_handler_index == 0
+                && task.original_args_map.is_empty()
+                && !task.args_map.is_empty()
+                && !names_original(raw)
+            {
+                // Left out by `StoredTask`: before the first handler it is
+                // the args themselves.
+                task.original_args_map.clone_from(&task.args_map);
+            }
+            task
+        }
         Err(reason) => {
             let mut task = malformed_task(
                 id,
@@ -542,6 +564,17 @@ mod tests {
         let mut want = task.clone();
         want.updated_at = from_micros(micros(task.updated_at));
         assert_eq!(got.task, want);
+        // An original that is not the args before the first handler (empty
+        // here) is stored, and read back as it was.
+        let mut odd = task.clone();
+        odd.original_args_map.clear();
+        let record = RawRecord {
+            task: Some(serde_json::to_vec(&StoredTask::of(&odd)).unwrap()),
+            ..record
+        };
+        let got = assemble(odd.task_id, DEFAULT_TENANT, &odd.queue_name, &record).unwrap();
+        assert!(got.task.original_args_map.is_empty());
+        assert_eq!(got.task.args_map, task.args_map);
     }
 
     #[test]
