@@ -45,8 +45,8 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
 /// `result_log`, a `current_handler_index` of 0, the default tenant and
 /// `max_attempts`, and an `original_args_map` that is `args_map` before the
 /// first handler are what [`Task::from_json`] assumes when they are
-/// missing. A task with small args is stored in about 40% fewer bytes, and
-/// a task's args are no longer stored twice: in Redis memory, bytes per
+/// missing. A no-op task's JSON takes 156 bytes instead of 338, and a
+/// task's args are no longer stored twice: in Redis memory, bytes per
 /// queued task is most of what a million queued tasks cost.
 ///
 /// Every other field of [`Task`] is here, by reference and in the same
