@@ -59,7 +59,7 @@ pub struct StoredTask<'a> {
     queue_name: &'a str,
     job_name: &'a str,
     args_map: &'a ArgsMap,
-    #[serde(skip_serializing_if = "is_zero_u32")]
+    #[serde(skip_serializing_if = "is_zero")]
     current_handler_index: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     original_args_map: Option<&'a ArgsMap>,
@@ -71,7 +71,7 @@ pub struct StoredTask<'a> {
     max_attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     run_at: Option<&'a DateTime<Utc>>,
-    #[serde(skip_serializing_if = "is_zero_u8")]
+    #[serde(skip_serializing_if = "is_zero")]
     priority: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     deadline: Option<&'a DateTime<Utc>>,
@@ -124,23 +124,27 @@ impl<'a> StoredTask<'a> {
     }
 }
 
-/// Whether a task's JSON names `original_args_map` at its top level (a
-/// skim: values are skipped, not built). Only asked when the answer is not
-/// already clear from the parsed task.
+/// Whether a task's JSON names `original_args_map` at its top level. Only
+/// asked when the parsed task leaves it open, which is every stored record
+/// of a task with args before its first handler: so on the lease path. A
+/// record that holds the name nowhere (the stored form) is answered by one
+/// substring search; only one that holds it somewhere (a whole task's
+/// JSON, or args that use the name as a key) is skimmed as JSON, values
+/// skipped rather than built.
 fn names_original(json: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Probe {
         original_args_map: Option<serde::de::IgnoredAny>,
     }
-    serde_json::from_slice::<Probe>(json).map_or(true, |p| p.original_args_map.is_some())
+    // Built once: building a searcher costs more than one search.
+    static NAME: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"original_args_map\""));
+    NAME.find(json).is_some()
+        && serde_json::from_slice::<Probe>(json).map_or(true, |p| p.original_args_map.is_some())
 }
 
-fn is_zero_u32(n: &u32) -> bool {
-    *n == 0
-}
-
-fn is_zero_u8(n: &u8) -> bool {
-    *n == 0
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 fn is_default_tenant(t: &&str) -> bool {
@@ -575,6 +579,19 @@ mod tests {
         let got = assemble(odd.task_id, DEFAULT_TENANT, &odd.queue_name, &record).unwrap();
         assert!(got.task.original_args_map.is_empty());
         assert_eq!(got.task.args_map, task.args_map);
+        // Args that use the field's name as a key do not make the stored
+        // form look as if it named its original.
+        let mut named = task.clone();
+        named
+            .args_map
+            .insert("original_args_map".into(), serde_json::json!({"x": 1}));
+        named.original_args_map = named.args_map.clone();
+        let record = RawRecord {
+            task: Some(serde_json::to_vec(&StoredTask::of(&named)).unwrap()),
+            ..record
+        };
+        let got = assemble(named.task_id, DEFAULT_TENANT, &named.queue_name, &record).unwrap();
+        assert_eq!(got.task.original_args_map, named.args_map);
     }
 
     #[test]
