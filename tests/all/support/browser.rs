@@ -330,9 +330,27 @@ impl Browser {
     /// value. Fails the test naming `what`, with the page's status line and
     /// what it reported.
     pub async fn wait_for(&self, what: &str, expression: &str, bound: Duration) -> Value {
-        let give_up = Instant::now() + bound;
+        if let Some(value) = self.poll(expression, Instant::now() + bound).await {
+            return value;
+        }
+        let page = self
+            .eval(
+                "JSON.stringify({hash: location.hash, \
+                 status: (document.getElementById('status') || {}).textContent, \
+                 updated: (document.getElementById('updated') || {}).textContent})",
+            )
+            .await;
+        panic!(
+            "waited {bound:?} for {what}; the page: {page}; reports: {:?}",
+            self.reports()
+        );
+    }
+
+    /// `expression`'s value once it is truthy, or `None` if it is not by
+    /// `deadline` (evaluated at least once). A failed evaluation (the page
+    /// reloading) counts as not yet.
+    async fn poll(&self, expression: &str, deadline: Instant) -> Option<Value> {
         loop {
-            // A failed evaluation (the page reloading) counts as not yet.
             let value = self.try_eval(expression).await.unwrap_or(Value::Null);
             let truthy = match &value {
                 Value::Null => false,
@@ -342,22 +360,12 @@ impl Browser {
                 _ => true,
             };
             if truthy {
-                return value;
+                return Some(value);
             }
-            if Instant::now() >= give_up {
-                let page = self
-                    .eval(
-                        "JSON.stringify({hash: location.hash, \
-                         status: (document.getElementById('status') || {}).textContent, \
-                         updated: (document.getElementById('updated') || {}).textContent})",
-                    )
-                    .await;
-                panic!(
-                    "waited {bound:?} for {what}; the page: {page}; reports: {:?}",
-                    self.reports()
-                );
+            if Instant::now() >= deadline {
+                return None;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -369,12 +377,9 @@ impl Browser {
         let give_up = Instant::now() + bound;
         loop {
             self.click(selector).await;
-            let settle = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < settle {
-                if self.try_eval(expression).await == Ok(Value::Bool(true)) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let settle = (Instant::now() + Duration::from_secs(2)).min(give_up);
+            if self.poll(expression, settle).await.is_some() {
+                return;
             }
             assert!(
                 Instant::now() < give_up,
