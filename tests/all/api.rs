@@ -474,6 +474,24 @@ async fn every_route_needs_a_valid_token() {
     }
 }
 
+/// A refusal reaches a client that writes its whole body before it reads:
+/// the server reads what a refused request still sends (up to a bound)
+/// rather than close on unread bytes, which resets the connection and can
+/// take the 401 with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_still_gets_its_answer() {
+    let _limit = crate::limit::minutes(2);
+    let w = world().await;
+    let upload = vec![0u8; 900 << 10];
+    for token in [None, Some("crl_0000")] {
+        for _ in 0..10 {
+            let body = Some(("application/wasm", upload.clone()));
+            let reply = w.api.send(Method::POST, "/v1/modules", token, body).await;
+            reply.expect(401, "unauthorized");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_reach_another_tenants_modules_jobs_or_tasks() {
     let _limit = crate::limit::minutes(5);

@@ -39,6 +39,12 @@ use super::errors::ApiError;
 /// The most bytes of an over-limit body read (and dropped) before the 413.
 pub const DRAIN_MAX: u64 = 16 << 20;
 
+/// The most bytes of a request refused before its handler ran (no valid
+/// token, a malformed query) read and dropped before the answer: enough
+/// for a module upload or a JSON body, and all anyone without a token can
+/// make the server read.
+pub const REFUSED_DRAIN_MAX: u64 = 1 << 20;
+
 /// What a body without a declared length reserves first; it doubles from
 /// there as chunks arrive.
 const FIRST_STEP: u64 = 64 << 10;
@@ -173,6 +179,34 @@ pub async fn read_limited(
         bytes: Bytes::from(buf),
         reservation: Arc::new(reservation),
     })
+}
+
+/// Reads what is left of a refused request's `body` and drops it, up to
+/// `max` bytes and at `config`'s pace, so that a client that writes its
+/// whole body before reading the answer gets the answer: a server that
+/// closes with unread bytes makes the kernel reset the connection, and the
+/// reset can discard the answer the client had not read yet. A body
+/// declared longer than `max` is not read at all (its connection closes
+/// unread), and a longer undeclared one only up to `max`. Keeps nothing.
+pub async fn drain(config: &ApiConfig, headers: &HeaderMap, body: Body, max: u64) {
+    if declared_length(headers).is_some_and(|n| n > max) {
+        return;
+    }
+    let mut stream = body.into_data_stream();
+    let mut seen: u64 = 0;
+    let start = Instant::now();
+    let mut last = start;
+    while seen <= max {
+        let deadline = next_deadline(config, start, last, seen);
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                last = Instant::now();
+                seen += chunk.len() as u64;
+            }
+            // Ended, broken, stalled or dripping: nothing more to wait for.
+            Ok(Some(Err(_)) | None) | Err(_) => return,
+        }
+    }
 }
 
 /// The 408 for a body that stalled or dripped.
