@@ -922,9 +922,19 @@ pub async fn malformed_entries_go_dead_and_acquire_carries_on<K: Backend>() {
     let wrong_tenant = task_in("mallory", Q, 1);
     let mut missing = serde_json::to_value(task(8)).expect("json");
     missing.as_object_mut().expect("object").remove("job_name");
+    // The nil id names no task (a stored record that leaves its id out reads
+    // as naming it).
+    let named_nil = task(10);
+    let nil_id = String::from_utf8(named_nil.to_json())
+        .expect("utf-8")
+        .replace(
+            &named_nil.task_id.to_string(),
+            &uuid::Uuid::nil().to_string(),
+        );
     let entries: Vec<Vec<u8>> = vec![
         b"{not json at all".to_vec(),
         serde_json::to_vec(&missing).expect("json"),
+        nil_id.into_bytes(),
         good_raw.to_json(),
         wrong_tenant.to_json(),
         good_raw.to_json(),
@@ -949,7 +959,7 @@ pub async fn malformed_entries_go_dead_and_acquire_carries_on<K: Backend>() {
     assert!(take(&fx.broker, "w", 10).await.is_empty());
 
     let dead = fx.broker.dead(T, Q, 10).await.expect("dead");
-    assert_eq!(dead.len(), 4, "{dead:#?}");
+    assert_eq!(dead.len(), 5, "{dead:#?}");
     let reasons: Vec<String> = dead
         .iter()
         .map(|t| {
@@ -966,6 +976,7 @@ pub async fn malformed_entries_go_dead_and_acquire_carries_on<K: Backend>() {
         "{reasons:?}"
     );
     assert!(has("missing field `job_name`"), "{reasons:?}");
+    assert!(has("nil UUID"), "{reasons:?}");
     assert!(has("`mallory`"), "{reasons:?}");
     assert!(
         has(&format!("task_id {} already exists", good_raw.task_id)),
@@ -979,7 +990,7 @@ pub async fn malformed_entries_go_dead_and_acquire_carries_on<K: Backend>() {
     let any = &dead[0];
     assert_eq!(get(&fx.broker, any.task_id).await.state, TaskState::Dead);
     let stats = fx.broker.stats(T, Q).await.expect("stats");
-    assert_eq!((stats.pending, stats.active, stats.dead), (0, 2, 4));
+    assert_eq!((stats.pending, stats.active, stats.dead), (0, 2, 5));
 }
 
 pub async fn tenants_see_only_their_own_tasks<K: Backend>() {

@@ -297,7 +297,8 @@ pub fn state(u: &mut Unstructured<'_>) -> Result<TaskState> {
 pub fn task(u: &mut Unstructured<'_>, shape: ArgsShape) -> Result<Task> {
     let original = args(u, shape)?;
     let mut task = Task::new(name(u)?, original.clone());
-    task.task_id = TaskId(Uuid::from_u128(u.arbitrary()?));
+    // Never the nil id: a task JSON naming it reads as naming none.
+    task.task_id = TaskId(Uuid::from_u128(u.arbitrary::<u128>()?.max(1)));
     task.created_at = time(u)?;
     task.updated_at = time(u)?;
     task.queue_name = name(u)?;

@@ -124,7 +124,9 @@ fn checkpointed_args(u: &mut Unstructured<'_>) -> Result<Option<ArgsMap>> {
 }
 
 fn case(u: &mut Unstructured<'_>) -> Result<()> {
-    let id = TaskId(Uuid::from_u128(u.arbitrary()?));
+    // Never the nil id: no record is kept under it (acquire.lua gives a raw
+    // push naming it a fresh one).
+    let id = TaskId(Uuid::from_u128(u.arbitrary::<u128>()?.max(1)));
     let tenant = inputs::name(u)?;
     let queue = inputs::name(u)?;
     match u.int_in_range(0u8..=3)? {

@@ -34,6 +34,38 @@ impl TaskId {
     }
 }
 
+impl TaskId {
+    /// The nil id: what a task's JSON that leaves its id out reads as, never
+    /// the id of a task (see [`Task::from_json`]).
+    fn unnamed() -> Self {
+        Self(Uuid::nil())
+    }
+
+    fn is_unnamed(&self) -> bool {
+        self.0.is_nil()
+    }
+}
+
+/// A `task_id` a task's JSON names: never the nil UUID, which is what a
+/// JSON that leaves it out reads as.
+fn named_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TaskId, D::Error> {
+    let id = TaskId::deserialize(d)?;
+    if id.is_unnamed() {
+        return Err(serde::de::Error::custom("the nil UUID names no task"));
+    }
+    Ok(id)
+}
+
+/// A `queue_name` a task's JSON names: never empty, which is what a JSON
+/// that leaves it out reads as.
+fn named_queue<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let queue = String::deserialize(d)?;
+    if queue.is_empty() {
+        return Err(serde::de::Error::custom("`queue_name` is empty"));
+    }
+    Ok(queue)
+}
+
 impl Default for TaskId {
     fn default() -> Self {
         Self::new()
@@ -241,7 +273,9 @@ pub struct WorkflowStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
-    /// Unique id (UUID v7).
+    /// Unique id (UUID v7). Required by [`Task::from_json`]; a record that
+    /// is stored under its id may leave it out ([`Task::from_stored_json`]).
+    #[serde(default = "TaskId::unnamed", deserialize_with = "named_id")]
     pub task_id: TaskId,
     /// When the producer created the task.
     pub created_at: DateTime<Utc>,
@@ -249,7 +283,10 @@ pub struct Task {
     /// sets it when it stores the task).
     #[serde(default)]
     pub updated_at: DateTime<Utc>,
-    /// The queue the task waits in.
+    /// The queue the task waits in. Required by [`Task::from_json`]; a
+    /// record that is stored in its queue may leave it out
+    /// ([`Task::from_stored_json`]).
+    #[serde(default, deserialize_with = "named_queue")]
     pub queue_name: String,
     /// The job whose handler chain runs the task.
     pub job_name: String,
@@ -377,15 +414,51 @@ impl Task {
     }
 
     /// Parses and validates a task's JSON. Unknown fields, a missing
-    /// `task_id`, `created_at`, `queue_name`, `job_name` or `args_map`,
+    /// `task_id`, `created_at`, `queue_name`, `job_name` or `args_map`, the
+    /// nil UUID as an id,
     /// wrong types and empty names are errors; the other fields have
     /// defaults (see each field), so a stored task need not repeat them.
     pub fn from_json(json: &[u8]) -> Result<Self, TaskParseError> {
-        let task: Task = serde_json::from_slice(json).map_err(|e| TaskParseError {
-            reason: e.to_string(),
-        })?;
+        let task = Self::parse(json)?;
+        let missing = if task.task_id.is_unnamed() {
+            Some("missing field `task_id`")
+        } else if task.queue_name.is_empty() {
+            Some("missing field `queue_name`")
+        } else {
+            None
+        };
+        if let Some(reason) = missing {
+            return Err(TaskParseError {
+                reason: reason.to_owned(),
+            });
+        }
         task.validate()?;
         Ok(task)
+    }
+
+    /// Parses and validates the JSON of a task stored under `id` in queue
+    /// `queue`: as [`from_json`](Self::from_json), but `task_id` and
+    /// `queue_name` may be left out (they are then `id` and `queue`), since
+    /// where the record is kept already says them. One that names them
+    /// keeps what it names, for the caller to check against where it was
+    /// found; one that names the nil UUID or an empty queue is as wrong as
+    /// it is for `from_json`.
+    pub fn from_stored_json(json: &[u8], id: TaskId, queue: &str) -> Result<Self, TaskParseError> {
+        let mut task = Self::parse(json)?;
+        if task.task_id.is_unnamed() {
+            task.task_id = id;
+        }
+        if task.queue_name.is_empty() {
+            queue.clone_into(&mut task.queue_name);
+        }
+        task.validate()?;
+        Ok(task)
+    }
+
+    fn parse(json: &[u8]) -> Result<Self, TaskParseError> {
+        serde_json::from_slice(json).map_err(|e| TaskParseError {
+            reason: e.to_string(),
+        })
     }
 
     /// The task as JSON.
@@ -582,6 +655,31 @@ mod tests {
         let json = SEED_TASK.replace("\"job_name\": \"text-stats\",", "");
         let err = Task::from_json(json.as_bytes()).unwrap_err();
         assert!(err.reason.contains("missing field `job_name`"), "{err}");
+    }
+
+    #[test]
+    fn a_stored_task_may_leave_out_its_id_and_queue() {
+        let id = TaskId::new();
+        let stored = r#"{"created_at":"2024-07-01T12:00:00Z","job_name":"j","args_map":{}}"#;
+        let err = Task::from_json(stored.as_bytes()).unwrap_err();
+        assert!(err.reason.contains("missing field `task_id`"), "{err}");
+        let task = Task::from_stored_json(stored.as_bytes(), id, "q").unwrap();
+        assert_eq!((task.task_id, task.queue_name.as_str()), (id, "q"));
+        // What a record names is kept, for the caller to check.
+        let named = task.to_json();
+        let other = Task::from_stored_json(&named, TaskId::new(), "elsewhere").unwrap();
+        assert_eq!(other, task);
+        // The nil id names no task: never a task's id from JSON.
+        let nil = String::from_utf8(named)
+            .unwrap()
+            .replace(&id.to_string(), "00000000-0000-0000-0000-000000000000");
+        let err = Task::from_json(nil.as_bytes()).unwrap_err();
+        assert!(err.reason.contains("nil UUID"), "{err}");
+        assert!(Task::from_stored_json(nil.as_bytes(), id, "q").is_err());
+        let mut no_queue = serde_json::to_value(&task).unwrap();
+        no_queue.as_object_mut().unwrap().remove("queue_name");
+        let err = Task::from_json(no_queue.to_string().as_bytes()).unwrap_err();
+        assert!(err.reason.contains("missing field `queue_name`"), "{err}");
     }
 
     #[test]

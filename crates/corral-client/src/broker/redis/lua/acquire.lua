@@ -15,8 +15,9 @@
 --
 -- An entry of pending that is not the id of a pending task is a raw push:
 -- task JSON written onto the list by hand. It is stored as a task record
--- under its own `task_id` when that is a free, lowercase, hyphenated UUID,
--- else under a fresh id from ARGV, and leased like any other task with a
+-- under its own `task_id` when that is a free, lowercase, hyphenated UUID
+-- other than the nil one (what a stored record that leaves its id out reads
+-- as), else under a fresh id from ARGV, and leased like any other task with a
 -- code saying so; the caller parses it and sends what does not parse to the
 -- dead set. An id of a task that is no longer pending (a stale entry) is
 -- dropped: that task is accounted for elsewhere.
@@ -78,7 +79,8 @@
 --   code: 0  a stored task
 --         10 a raw entry stored under the task_id it names
 --         11 a raw entry with no usable task_id (not JSON, no task_id, or
---            not a lowercase hyphenated UUID), stored under a fresh id
+--            not a lowercase hyphenated UUID, or the nil UUID), stored
+--            under a fresh id
 --         12 a raw entry whose task_id exists already, under a fresh id
 
 local k_pending, k_active, k_scheduled = KEYS[1], KEYS[2], KEYS[3]
@@ -175,6 +177,7 @@ end
 
 -- 2. Take up to `max` entries from the front of pending.
 local uuid = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+local nil_uuid = '00000000-0000-0000-0000-000000000000'
 local leases = {} -- {id, meta, code}, in the order taken
 local taken = {} -- ids leased by this call
 local popped = false
@@ -246,7 +249,7 @@ if popped then
             if ok and type(doc) == 'table' then
                 local named = doc['task_id']
                 if type(named) == 'string' and string.match(named, uuid)
-                    and string.lower(named) == named then
+                    and string.lower(named) == named and named ~= nil_uuid then
                     if taken[named] or redis.call('HEXISTS', k_meta, named) == 1 then
                         code = 12
                     else
