@@ -231,8 +231,11 @@ pub async fn authenticate<B: Broker + Clone>(
         Ok(checked) => checked,
         Err(e) => {
             // Read what the client is still sending, within bounds, so the
-            // refusal reaches a client that writes before it reads.
-            drain(&state.config, &parts.headers, body, REFUSED_DRAIN_MAX).await;
+            // refusal reaches a client that writes before it reads; for at
+            // most one `body_timeout`, so a caller without a token cannot
+            // hold a connection for as long as a slow upload may take.
+            let drained = drain(&state.config, &parts.headers, body, REFUSED_DRAIN_MAX);
+            let _ = tokio::time::timeout(state.config.body_timeout, drained).await;
             return e.into_response();
         }
     };
