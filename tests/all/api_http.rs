@@ -233,6 +233,42 @@ async fn slowloris_heads_are_dropped_while_normal_clients_are_served() {
     w.api.get("/v1/stats", &w.b).await.expect(200, "");
 }
 
+/// A caller without a token gets its 401 after at most one `body_timeout`
+/// of reading what it still sends, however slowly it drips: the refusal's
+/// drain never holds a connection as long as a paced body could.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dripping_body_gets_its_401_within_one_body_timeout() {
+    let _limit = crate::limit::minutes(2);
+    let w = world(ApiConfig {
+        body_timeout: Duration::from_millis(500),
+        min_body_rate: 0,
+        ..ApiConfig::default()
+    })
+    .await;
+    let framing = "Content-Type: application/wasm\r\nContent-Length: 1000";
+    let head = head("POST", "/v1/modules", "crl_0000", Some(framing));
+    let stream = TcpStream::connect(&w.addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    // A byte every 100 ms: each well inside the stall bound, the whole body
+    // 100 s.
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        for _ in 0..1000 {
+            write.write_all(b" ").await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_reply(&mut read, &mut Vec::new()),
+    )
+    .await
+    .expect("no answer within 10 s: the drain outlasted its bound");
+    writer.abort();
+    reply.expect("an answer").expect_error(401, "unauthorized");
+}
+
 /// How a hostile body misbehaves.
 #[derive(Debug, Clone, Copy)]
 enum Misbehaviour {
