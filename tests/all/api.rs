@@ -477,17 +477,28 @@ async fn every_route_needs_a_valid_token() {
 /// A refusal reaches a client that writes its whole body before it reads:
 /// the server reads what a refused request still sends (up to a bound)
 /// rather than close on unread bytes, which resets the connection and can
-/// take the 401 with it.
+/// take the answer with it. Refused by authentication, or by the handler
+/// before it reads the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upload_still_gets_its_answer() {
     let _limit = crate::limit::minutes(2);
     let w = world().await;
     let upload = vec![0u8; 900 << 10];
-    for token in [None, Some("crl_0000")] {
+    let refusals = [
+        (None, "application/wasm", 401, "unauthorized"),
+        (Some("crl_0000"), "application/wasm", 401, "unauthorized"),
+        (
+            Some(w.a.as_str()),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (token, content_type, status, kind) in refusals {
         for _ in 0..10 {
-            let body = Some(("application/wasm", upload.clone()));
+            let body = Some((content_type, upload.clone()));
             let reply = w.api.send(Method::POST, "/v1/modules", token, body).await;
-            reply.expect(401, "unauthorized");
+            reply.expect(status, kind);
         }
     }
 }

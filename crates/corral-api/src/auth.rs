@@ -40,7 +40,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
-use super::body::{REFUSED_DRAIN_MAX, drain};
 use super::errors::ApiError;
 use corral_client::broker::Broker;
 use corral_registry::catalog::Catalog;
@@ -224,20 +223,13 @@ pub async fn authenticate<B: Broker + Clone>(
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let checked = identify(&state, &parts)
-        .await
-        .and_then(|caller| Ok((caller, take_tenant(&parts.uri)?)));
-    let (caller, (tenant, stripped)) = match checked {
-        Ok(checked) => checked,
-        Err(e) => {
-            // Read what the client is still sending, within bounds, so the
-            // refusal reaches a client that writes before it reads; for at
-            // most one `body_timeout`, so a caller without a token cannot
-            // hold a connection for as long as a slow upload may take.
-            let drained = drain(&state.config, &parts.headers, body, REFUSED_DRAIN_MAX);
-            let _ = tokio::time::timeout(state.config.body_timeout, drained).await;
-            return e.into_response();
-        }
+    let caller = match identify(&state, &parts).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let (tenant, stripped) = match take_tenant(&parts.uri) {
+        Ok(taken) => taken,
+        Err(e) => return e.into_response(),
     };
     if let Some(uri) = stripped {
         parts.uri = uri;

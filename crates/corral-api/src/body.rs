@@ -6,10 +6,8 @@
 //! shape, and so the cap can depend on the caller (a module upload is capped
 //! by the tenant's `max_module_bytes`). Three bounds hold for every body:
 //!
-//! - **size**: a body over its cap is refused with 413; up to [`DRAIN_MAX`]
-//!   bytes of it are still read and dropped (never kept), so a client that
-//!   writes the whole body before reading the answer sees the 413 instead of
-//!   a reset connection;
+//! - **size**: a body over its cap is refused with 413, and nothing more of
+//!   it is kept or reserved;
 //! - **memory**: the bytes kept are reserved in the API's [`BodyBudget`](crate::BodyBudget)
 //!   before they are read (the declared `Content-Length` at once, or growing
 //!   with the chunks), so bodies in flight never hold more than the budget;
@@ -20,30 +18,40 @@
 //!   drips is cut with 408 `body_timeout` (and the connection closed), so a
 //!   client sending a byte a second holds nothing for long.
 //!
+//! And whatever a handler leaves unread (a refusal before the body, a 413
+//! part way) is read and dropped after the answer is made and before it is
+//! sent ([`drain_unread`], a layer over every route): up to [`DRAIN_MAX`]
+//! bytes, at the same pace, for at most one [`ApiConfig::body_timeout`].
+//! A server that closes with unread bytes makes the kernel reset the
+//! connection, and the reset can discard the answer a client that writes
+//! its whole body before reading has not read yet.
+//!
 //! This module never interprets content beyond JSON syntax.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::header::CONTENT_LENGTH;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_LENGTH, EXPECT};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
 use futures_util::StreamExt;
+use http_body::{Frame, SizeHint};
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::ApiConfig;
 use super::budget::{Refusal, Reservation};
 use super::errors::ApiError;
 
-/// The most bytes of an over-limit body read (and dropped) before the 413.
+/// The most bytes of a request's body read and dropped after its handler
+/// left them unread (see [`drain_unread`]).
 pub const DRAIN_MAX: u64 = 16 << 20;
-
-/// The most bytes of a request refused before its handler ran (no valid
-/// token, a malformed query) read and dropped before the answer: enough
-/// for a module upload or a JSON body, and all anyone without a token can
-/// make the server read.
-pub const REFUSED_DRAIN_MAX: u64 = 1 << 20;
 
 /// What a body without a declared length reserves first; it doubles from
 /// there as chunks arrive.
@@ -120,17 +128,10 @@ pub async fn read_limited(
 ) -> Result<Held, ApiError> {
     let too_large = || ApiError::too_large(kind, what, limit);
     let declared = declared_length(headers);
-    let declared_over = declared.is_some_and(|n| n > limit);
-    if declared.is_some_and(|n| n > limit && n > DRAIN_MAX) {
-        // Too much to drain: answer now; the connection closes unread.
+    if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    // A body declared over its cap is only drained: it reserves nothing.
-    let first = match declared {
-        _ if declared_over => 0,
-        Some(n) => n,
-        None => FIRST_STEP.min(limit),
-    };
+    let first = declared.unwrap_or(FIRST_STEP.min(limit));
     let mut reservation = config
         .body_budget
         .reserve(tenant, first)
@@ -152,11 +153,10 @@ pub async fn read_limited(
             chunk.map_err(|e| ApiError::bad_request(format!("cannot read the {what}: {e}")))?;
         last = Instant::now();
         seen += chunk.len() as u64;
-        if declared_over || seen > limit {
-            if seen > DRAIN_MAX {
-                break;
-            }
-            continue;
+        if seen > limit {
+            // What is kept and reserved goes at once; the rest is drained
+            // after the answer.
+            return Err(too_large());
         }
         if seen > reservation.bytes() {
             // No declared length: double the reservation, or take just
@@ -172,39 +172,102 @@ pub async fn read_limited(
         make_room(&mut buf, need, reserved);
         buf.extend_from_slice(&chunk);
     }
-    if declared_over || seen > limit {
-        return Err(too_large());
-    }
     Ok(Held {
         bytes: Bytes::from(buf),
         reservation: Arc::new(reservation),
     })
 }
 
-/// Reads what is left of a refused request's `body` and drops it, up to
-/// `max` bytes and at `config`'s pace, so that a client that writes its
-/// whole body before reading the answer gets the answer: a server that
-/// closes with unread bytes makes the kernel reset the connection, and the
-/// reset can discard the answer the client had not read yet. A body
-/// declared longer than `max` is not read at all (its connection closes
-/// unread), and a longer undeclared one only up to `max`. Keeps nothing.
-pub async fn drain(config: &ApiConfig, headers: &HeaderMap, body: Body, max: u64) {
-    if declared_length(headers).is_some_and(|n| n > max) {
-        return;
+/// Layer over every route: runs the handler with a body that hands back
+/// whatever it leaves unread, then reads that and drops it (see the module
+/// docs) before the answer goes out. A body declared longer than
+/// [`DRAIN_MAX`] is not read at all: its connection closes unread. Nor is
+/// the body of a client that waits for `100 Continue` and was never told
+/// to send it: reading would ask for the body the refusal is about.
+pub async fn drain_unread(
+    State(config): State<Arc<ApiConfig>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let too_long = declared_length(&parts.headers).is_some_and(|n| n > DRAIN_MAX);
+    let (back, mut unread) = oneshot::channel();
+    let body = Body::new(HandsBack {
+        inner: Some(body),
+        back: (!too_long).then_some(back),
+        waits_to_send: parts.headers.contains_key(EXPECT),
+    });
+    let response = next.run(Request::from_parts(parts, body)).await;
+    // The handler has returned, so the body it was given is dropped: what
+    // it left unread is in the channel or nowhere.
+    if let Ok(rest) = unread.try_recv() {
+        let _ = tokio::time::timeout(config.body_timeout, drop_all(&config, rest)).await;
     }
+    response
+}
+
+/// Reads `body` and drops it, up to [`DRAIN_MAX`] bytes, at `config`'s
+/// pace; stops early when it breaks, stalls or drips.
+async fn drop_all(config: &ApiConfig, body: Body) {
     let mut stream = body.into_data_stream();
     let mut seen: u64 = 0;
     let start = Instant::now();
     let mut last = start;
-    while seen <= max {
+    while seen <= DRAIN_MAX {
         let deadline = next_deadline(config, start, last, seen);
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok(chunk))) => {
                 last = Instant::now();
                 seen += chunk.len() as u64;
             }
-            // Ended, broken, stalled or dripping: nothing more to wait for.
             Ok(Some(Err(_)) | None) | Err(_) => return,
+        }
+    }
+}
+
+/// A request body that, dropped before its end, sends itself back to
+/// [`drain_unread`].
+struct HandsBack {
+    inner: Option<Body>,
+    back: Option<oneshot::Sender<Body>>,
+    /// The client sends the body only once told to (`Expect: 100-continue`),
+    /// which the first read of it does.
+    waits_to_send: bool,
+}
+
+impl HttpBody for HandsBack {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.waits_to_send = false;
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl Drop for HandsBack {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take())
+            && !inner.is_end_stream()
+            && !self.waits_to_send
+        {
+            let _ = back.send(inner);
         }
     }
 }

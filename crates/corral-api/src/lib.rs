@@ -176,6 +176,7 @@ pub struct ApiState<B> {
 pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
     let request_timeout = state.config.request_timeout;
     let wait_timeout = request_timeout.saturating_add(state.config.max_wait);
+    let pace = Arc::new(state.config.clone());
     let state = Arc::new(state);
     // Every `/v1` route authenticates first (inside the time limit: the
     // lookup reads the catalog).
@@ -257,6 +258,9 @@ pub fn router<B: Broker + Clone>(state: ApiState<B>) -> Router {
             )
         })
         .layer(map_response(guard::json_errors))
+        // Outermost: whatever any route or refusal leaves of a body is read
+        // before the answer goes out.
+        .layer(from_fn_with_state(pace, body::drain_unread))
         .with_state(state)
 }
 
