@@ -32,9 +32,7 @@ impl TaskId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
-}
 
-impl TaskId {
     /// The nil id: what a task's JSON that leaves its id out reads as, never
     /// the id of a task (see [`Task::from_json`]).
     fn unnamed() -> Self {
