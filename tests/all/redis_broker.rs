@@ -315,9 +315,14 @@ async fn every_key_of_a_tenant_carries_its_hash_tag() {
         .collect();
     assert_eq!(tags, expected);
     let expected_keys = broker.queue_keys("acme:corp", "mail{1}");
+    // A task's metadata lives in its record's one field: no `meta` hash.
+    assert!(
+        !keys.lines().any(|k| k == expected_keys.meta),
+        "{} is written: {keys}",
+        expected_keys.meta
+    );
     for key in [
         &expected_keys.task,
-        &expected_keys.meta,
         &expected_keys.completed,
         &expected_keys.tenant.queues,
         &expected_keys.tenant.queued,
@@ -591,4 +596,99 @@ async fn bulk_enqueue_time() {
             redis * 10.0
         );
     }
+}
+
+/// A record's metadata as versions before one-field records packed it (a
+/// field of the queue's `meta` hash, the task JSON alone in `task`).
+fn legacy_meta(state: u8, attempt: u32, token: u64, updated_us: i64, worker: &str) -> Vec<u8> {
+    let mut out = vec![state];
+    out.extend_from_slice(&attempt.to_be_bytes());
+    out.extend_from_slice(&10u32.to_be_bytes());
+    out.extend_from_slice(&(token as f64).to_be_bytes());
+    out.extend_from_slice(&(updated_us as f64).to_be_bytes());
+    out.extend_from_slice(&0f64.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&(updated_us as f64).to_be_bytes());
+    out.extend_from_slice(worker.as_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_an_earlier_version_wrote_are_read_run_and_converted() {
+    let _limit = crate::limit::minutes(5);
+    let server = RedisServer::start();
+    let prefix = unique_prefix("legacy");
+    let broker = connect(&server, &prefix).await;
+    let keys = broker.queue_keys("default", "default");
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client.get_connection().expect("connect");
+    let now_us = chrono::Utc::now().timestamp_micros();
+
+    // One waiting, one completed and one dead task, as an earlier version
+    // left them.
+    let pending = text_task(1);
+    let mut completed = text_task(2);
+    completed.state = TaskState::Completed;
+    let mut dead = text_task(3);
+    dead.state = TaskState::Dead;
+    let error = r#"{"kind":"guest_error","message":"an earlier failure","retryable":false}"#;
+    let _: () = redis::pipe()
+        .hset(&keys.task, pending.task_id.to_string(), pending.to_json())
+        .hset(&keys.meta, pending.task_id.to_string(), legacy_meta(b'p', 0, 0, now_us, ""))
+        .lpush(&keys.pending, pending.task_id.to_string())
+        .hset(&keys.task, completed.task_id.to_string(), completed.to_json())
+        .hset(
+            &keys.meta,
+            completed.task_id.to_string(),
+            legacy_meta(b'c', 1, 1, now_us, "old-worker"),
+        )
+        .zadd(&keys.completed, completed.task_id.to_string(), now_us)
+        .hset(&keys.task, dead.task_id.to_string(), dead.to_json())
+        .hset(
+            &keys.meta,
+            dead.task_id.to_string(),
+            legacy_meta(b'd', 10, 10, now_us, "old-worker"),
+        )
+        .hset(&keys.error, dead.task_id.to_string(), error)
+        .zadd(&keys.dead, dead.task_id.to_string(), now_us)
+        .sadd(&keys.tenant.queues, "default")
+        .incr(&keys.tenant.queued, 1)
+        .query(&mut conn)
+        .expect("write the earlier layout");
+
+    let read = broker
+        .task("default", completed.task_id)
+        .await
+        .expect("read")
+        .expect("the completed task is there");
+    assert_eq!((read.state, read.attempt), (TaskState::Completed, 1));
+    let listed = broker.dead("default", "default", 10).await.expect("dead");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].task_id, dead.task_id);
+    assert_eq!(
+        listed[0].error.as_ref().map(|e| e.message.as_str()),
+        Some("an earlier failure")
+    );
+
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(2));
+    let ran = support::wait(&Client::new(broker.clone()), &pending, 30).await;
+    assert_eq!(ran.state, TaskState::Completed, "{:?}", ran.error);
+    assert_eq!(ran.result_log.lines().count(), 3);
+    worker.stop().await;
+
+    // Every record was touched: each is one field now, and the earlier
+    // layout's hash is gone.
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&keys.meta)
+        .query(&mut conn)
+        .expect("EXISTS");
+    assert!(!exists, "records of the earlier layout are left");
+    let stats = default_stats(&broker).await;
+    assert_eq!((stats.completed, stats.dead, stats.pending), (2, 1, 0));
+    let queued: i64 = redis::cmd("GET")
+        .arg(&keys.tenant.queued)
+        .query(&mut conn)
+        .expect("GET");
+    assert_eq!(queued, 0);
 }

@@ -1,9 +1,9 @@
-//! Target `record`: how the Redis broker stores a task (task JSON, packed
-//! metadata, checkpoint JSON, error JSON) and assembles it back
-//! (`broker/redis/record.rs`, reached through `corral::fuzzing`).
+//! Target `record`: how the Redis broker stores a task (packed metadata
+//! and task JSON in one field, checkpoint JSON, error JSON) and assembles
+//! it back (`broker/redis/record.rs`, reached through `corral::fuzzing`).
 //!
 //! Inputs: records whose fields are arbitrary bytes, damaged versions of
-//! valid fields, or missing; packed metadata as arbitrary bytes; and valid
+//! valid fields, or missing; a task field as arbitrary bytes; and valid
 //! records as the broker writes them, with checkpoints holding args the
 //! sandbox accepted from a guest (what a worker checkpoints).
 //!
@@ -43,7 +43,8 @@ const GUEST_ARGS: ArgsShape = ArgsShape {
 };
 
 /// Metadata the scripts could have written: whole numbers within what the
-/// packed doubles hold exactly.
+/// packed doubles hold exactly, tokens within their six bytes, worker ids
+/// within their 255.
 fn meta(u: &mut Unstructured<'_>) -> Result<Meta> {
     const MAX: i64 = 9_000_000_000_000_000;
     let optional = |u: &mut Unstructured<'_>| -> Result<Option<i64>> {
@@ -57,13 +58,13 @@ fn meta(u: &mut Unstructured<'_>) -> Result<Meta> {
         state: inputs::state(u)?,
         attempt: u.arbitrary()?,
         max_attempts: u.arbitrary()?,
-        token: u.int_in_range(0..=MAX as u64)?,
+        token: u.int_in_range(0..=(1 << 48) - 1)?,
         updated_us: u.int_in_range(0..=MAX)?,
         run_at_us: optional(u)?,
         priority: u.int_in_range(0..=MAX_PRIORITY)?,
         handler: u.int_in_range(0..=0x00FF_FFFF)?,
         started_us: optional(u)?,
-        worker: inputs::text(u, 128)?,
+        worker: inputs::text(u, 60)?,
         cancel_requested: false,
     })
 }
@@ -130,13 +131,15 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
     let tenant = inputs::name(u)?;
     let queue = inputs::name(u)?;
     match u.int_in_range(0u8..=3)? {
-        // Packed metadata as arbitrary bytes.
+        // A record's task field as arbitrary bytes.
         0 => {
             let n = u.int_in_range(0..=META_LEN + 64)?;
             let raw = u.bytes(n.min(u.len()))?;
-            if let Ok(m) = Meta::parse(raw) {
+            let record = RawRecord::from_fields(raw.to_vec(), None, None);
+            if let Ok(m) = Meta::parse(&record.meta) {
                 assert_eq!(Meta::parse(&m.encode()), Ok(m));
             }
+            check_assembled(id, &tenant, &queue, &record);
         }
         // Any record: fields arbitrary, damaged, missing or whole.
         1 | 2 => {
@@ -152,6 +155,9 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
             task.queue_name = queue.clone();
             let m = meta(u)?;
             let mut packed = m.encode();
+            if let Some(json) = field(u, task.to_json())? {
+                packed.extend_from_slice(&json);
+            }
             if u.ratio(1, 3)? {
                 inputs::mutate_bytes(u, &mut packed, &[])?;
             }
@@ -163,12 +169,11 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
                 },
             )?;
             let error = inputs::task_error(u)?;
-            let record = RawRecord {
-                task: field(u, task.to_json())?,
-                meta: packed,
-                progress: field(u, serde_json::to_vec(&checkpoint).expect("serializes"))?,
-                error: field(u, serde_json::to_vec(&error).expect("serializes"))?,
-            };
+            let record = RawRecord::from_fields(
+                packed,
+                field(u, serde_json::to_vec(&checkpoint).expect("serializes"))?,
+                field(u, serde_json::to_vec(&error).expect("serializes"))?,
+            );
             check_assembled(id, &tenant, &queue, &record);
         }
         // A valid record, as the broker writes one, with args a guest
@@ -207,16 +212,15 @@ fn case(u: &mut Unstructured<'_>) -> Result<()> {
             } else {
                 task.to_json()
             };
-            let record = RawRecord {
-                task: Some(json),
-                meta: m.encode(),
-                progress: checkpoint
+            let record = RawRecord::from_fields(
+                m.record(&json),
+                checkpoint
                     .as_ref()
                     .map(|cp| serde_json::to_vec(cp).expect("serializes")),
-                error: error
+                error
                     .as_ref()
                     .map(|e| serde_json::to_vec(e).expect("serializes")),
-            };
+            );
             let mut expected = task.clone();
             if let Some(cp) = checkpoint {
                 cp.apply(&mut expected);

@@ -183,8 +183,8 @@ impl RedisBroker {
     }
 }
 
-/// The records of new tasks as the enqueue script stores them: the task
-/// JSON (state pending, or scheduled when due later) and first metadata.
+/// The records of new tasks as the enqueue script stores them: first
+/// metadata (state pending, or scheduled when due later), then the task JSON.
 pub(super) fn stored_items(
     tasks: Vec<Task>,
     now: DateTime<Utc>,
@@ -213,9 +213,11 @@ pub(super) fn stored_items(
                 worker: String::new(),
                 cancel_requested: false,
             };
+            // The record is the metadata, then the JSON written after it.
             // Sized up front: growing the buffer was a good part of the cost.
-            let mut json = Vec::with_capacity(256);
-            serde_json::to_writer(&mut json, &StoredTask::of(&task)).map_err(|e| {
+            let mut record = meta.encode();
+            record.reserve(256);
+            serde_json::to_writer(&mut record, &StoredTask::of(&task)).map_err(|e| {
                 BrokerError::Invalid {
                     op: "enqueue",
                     reason: format!("task {} does not serialize: {e}", task.task_id),
@@ -228,8 +230,7 @@ pub(super) fn stored_items(
             });
             Ok(EnqueueItem {
                 id: task.task_id.to_string(),
-                json,
-                meta: meta.encode(),
+                record,
                 due_us: due.map(micros),
                 unique,
             })

@@ -1,14 +1,15 @@
 //! A task's record as the Redis broker stores it, and its assembly back into
 //! a [`Task`].
 //!
-//! A record is four fields under one id, each in its queue's hash (see
-//! [`keys`](super::keys)): the task JSON as enqueued ([`StoredTask`]: what
-//! the metadata or a default already says is left out), or as pushed raw; the
-//! metadata the scripts keep (state, attempt, fencing token, times, worker;
-//! format in `lua/common.lua`), the last checkpoint's JSON and the last
-//! error's JSON. Scripts only ever store JSON that Rust wrote and edit the
-//! small metadata string, so no script parses or re-encodes task JSON (Lua's
-//! cjson would turn `[]` into `{}` and round large numbers).
+//! A record is three fields under one id, each in its queue's hash (see
+//! [`keys`](super::keys)): the task itself, which is the metadata the
+//! scripts keep (state, attempt, fencing token, times, worker; format in
+//! `lua/common.lua`) followed by the task JSON as enqueued ([`StoredTask`]:
+//! what the metadata or a default already says is left out) or as pushed
+//! raw; the last checkpoint's JSON and the last error's JSON. Scripts only
+//! ever store JSON that Rust wrote and edit the small metadata in front of
+//! it, so no script parses or re-encodes task JSON (Lua's cjson would turn
+//! `[]` into `{}` and round large numbers).
 //!
 //! This module owns the metadata format on the Rust side and the overlay
 //! rules. It never talks to Redis and never panics on what Redis returns:
@@ -182,25 +183,32 @@ pub struct Meta {
 }
 
 /// The fixed part of the packed metadata, in bytes (see `lua/common.lua`):
-/// state (1), attempt (4), max_attempts (4), token (8), updated (8),
-/// run_at (8), priority (1), handler (3), started (8); the worker id
-/// follows. Priority and handler were once one 4-byte handler field, so a
-/// record written before priorities existed reads as priority 0.
-pub const META_LEN: usize = 45;
+/// state (1), attempt (4), max_attempts (4), token (6), updated (8),
+/// run_at (8), priority (1), handler (3), started (8), the worker id's
+/// length (1); the worker id follows, then the task JSON.
+pub const META_LEN: usize = 44;
+
+/// The longest worker id a record keeps; longer ones are cut (at a
+/// character boundary).
+pub const MAX_WORKER_LEN: usize = 255;
+
+/// The largest fencing token the six bytes of a record hold.
+const MAX_TOKEN: u64 = (1 << 48) - 1;
 
 impl Meta {
-    /// Parses the packed metadata `lua/common.lua` describes.
+    /// Parses the packed metadata `lua/common.lua` describes, followed by
+    /// nothing (the task JSON, if any, already cut off: see [`split`]).
     pub fn parse(raw: &[u8]) -> Result<Self, String> {
         if raw.len() < META_LEN {
             return Err(format!("metadata of {} bytes is too short", raw.len()));
         }
-        let u32_at = |at: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&raw[at..at + 4]);
-            u32::from_be_bytes(b)
+        let uint_at = |at: usize, len: usize| {
+            raw[at..at + len]
+                .iter()
+                .fold(0u64, |n, &b| n << 8 | u64::from(b))
         };
-        // Doubles holding integers (times in µs, the token): refuse anything
-        // that is not a whole number in range.
+        // Doubles holding integers (times in µs): refuse anything that is
+        // not a whole number in range.
         let int_at = |at: usize, name: &str| -> Result<i64, String> {
             let mut b = [0u8; 8];
             b.copy_from_slice(&raw[at..at + 8]);
@@ -222,8 +230,15 @@ impl Meta {
             b'k' => TaskState::Active,
             other => return Err(format!("metadata has unknown state byte {other:#04x}")),
         };
-        if raw[33] > MAX_PRIORITY {
-            return Err(format!("metadata has a bad priority ({})", raw[33]));
+        if raw[31] > MAX_PRIORITY {
+            return Err(format!("metadata has a bad priority ({})", raw[31]));
+        }
+        let worker_len = usize::from(raw[META_LEN - 1]);
+        if raw.len() != META_LEN + worker_len {
+            return Err(format!(
+                "metadata of {} bytes does not hold its {worker_len}-byte worker id",
+                raw.len()
+            ));
         }
         let optional = |t: i64| (t != 0).then_some(t);
         let worker = std::str::from_utf8(&raw[META_LEN..])
@@ -232,20 +247,21 @@ impl Meta {
         Ok(Self {
             state,
             cancel_requested: raw[0] == b'k',
-            attempt: u32_at(1),
-            max_attempts: u32_at(5),
-            token: int_at(9, "token")? as u64,
-            updated_us: int_at(17, "updated time")?,
-            run_at_us: optional(int_at(25, "run_at time")?),
-            priority: raw[33],
-            handler: u32_at(33) & 0x00FF_FFFF,
-            started_us: optional(int_at(37, "start time")?),
+            attempt: uint_at(1, 4) as u32,
+            max_attempts: uint_at(5, 4) as u32,
+            token: uint_at(9, 6),
+            updated_us: int_at(15, "updated time")?,
+            run_at_us: optional(int_at(23, "run_at time")?),
+            priority: raw[31],
+            handler: uint_at(32, 3) as u32,
+            started_us: optional(int_at(35, "start time")?),
             worker,
         })
     }
 
-    /// Packs the metadata as `lua/common.lua` reads it.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Packs the metadata as `lua/common.lua` reads it, followed by
+    /// `json`: a whole record.
+    pub fn record(&self, json: &[u8]) -> Vec<u8> {
         let state = match self.state {
             TaskState::Pending => b'p',
             TaskState::Scheduled => b's',
@@ -256,19 +272,45 @@ impl Meta {
             TaskState::Dead => b'd',
             TaskState::Cancelled => b'x',
         };
-        let mut out = Vec::with_capacity(META_LEN + self.worker.len());
+        let mut worker = self.worker.as_str();
+        if worker.len() > MAX_WORKER_LEN {
+            let mut end = MAX_WORKER_LEN;
+            while !worker.is_char_boundary(end) {
+                end -= 1;
+            }
+            worker = &worker[..end];
+        }
+        let mut out = Vec::with_capacity(META_LEN + worker.len() + json.len());
         out.push(state);
         out.extend_from_slice(&self.attempt.to_be_bytes());
         out.extend_from_slice(&self.max_attempts.to_be_bytes());
-        out.extend_from_slice(&(self.token as f64).to_be_bytes());
+        out.extend_from_slice(&self.token.min(MAX_TOKEN).to_be_bytes()[2..]);
         out.extend_from_slice(&(self.updated_us as f64).to_be_bytes());
         out.extend_from_slice(&(self.run_at_us.unwrap_or(0) as f64).to_be_bytes());
-        let handler = u32::from(self.priority) << 24 | self.handler.min(0x00FF_FFFF);
-        out.extend_from_slice(&handler.to_be_bytes());
+        out.push(self.priority);
+        out.extend_from_slice(&self.handler.min(0x00FF_FFFF).to_be_bytes()[1..]);
         out.extend_from_slice(&(self.started_us.unwrap_or(0) as f64).to_be_bytes());
-        out.extend_from_slice(self.worker.as_bytes());
+        out.push(worker.len() as u8);
+        out.extend_from_slice(worker.as_bytes());
+        out.extend_from_slice(json);
         out
     }
+
+    /// The packed metadata alone (a record without task JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        self.record(&[])
+    }
+}
+
+/// Where record `record`'s metadata ends and its task JSON starts: the
+/// metadata's fixed part, then the worker id its last byte counts. A record
+/// too short to say is all metadata (and fails to parse as such).
+pub fn split(record: &[u8]) -> (&[u8], &[u8]) {
+    let at = match record.get(META_LEN - 1) {
+        Some(&n) => (META_LEN + usize::from(n)).min(record.len()),
+        None => record.len(),
+    };
+    record.split_at(at)
 }
 
 /// What Redis holds for one task, fields as stored.
@@ -282,6 +324,22 @@ pub struct RawRecord {
     pub progress: Option<Vec<u8>>,
     /// The last error's JSON.
     pub error: Option<Vec<u8>>,
+}
+
+impl RawRecord {
+    /// A record as the scripts answer it: the task field (metadata, then
+    /// the task JSON), the checkpoint and the error.
+    pub fn from_fields(task: Vec<u8>, progress: Option<Vec<u8>>, error: Option<Vec<u8>>) -> Self {
+        let at = split(&task).0.len();
+        let mut meta = task;
+        let json = meta.split_off(at);
+        Self {
+            task: (!json.is_empty()).then_some(json),
+            meta,
+            progress,
+            error,
+        }
+    }
 }
 
 /// Why a record could not be assembled into a task.
@@ -432,20 +490,47 @@ mod tests {
         );
         assert_eq!(read.encode(), asked);
         assert!(Meta::parse(&packed[..META_LEN - 1]).is_err());
-        // The layout before priorities: a 4-byte handler, priority 0.
-        let mut old = packed.clone();
-        old[33..37].copy_from_slice(&1u32.to_be_bytes());
-        let read = Meta::parse(&old).unwrap();
-        assert_eq!((read.priority, read.handler), (0, 1));
-        let mut bad_token = packed.clone();
-        bad_token[9..17].copy_from_slice(&f64::NAN.to_be_bytes());
-        assert!(Meta::parse(&bad_token).is_err());
+        let mut bad_priority = packed.clone();
+        bad_priority[31] = MAX_PRIORITY + 1;
+        assert!(Meta::parse(&bad_priority).is_err());
+        let mut bad_time = packed.clone();
+        bad_time[15..23].copy_from_slice(&f64::NAN.to_be_bytes());
+        assert!(Meta::parse(&bad_time).is_err());
         let mut fractional = packed.clone();
-        fractional[17..25].copy_from_slice(&1.5f64.to_be_bytes());
+        fractional[15..23].copy_from_slice(&1.5f64.to_be_bytes());
         assert!(Meta::parse(&fractional).is_err());
+        // The worker id's length must be the bytes that follow.
+        let mut long = packed.clone();
+        long.push(b'x');
+        assert!(Meta::parse(&long).is_err());
         let mut bad_worker = packed;
-        bad_worker.push(0xff);
+        let last = bad_worker.len() - 1;
+        bad_worker[last] = 0xff;
         assert!(Meta::parse(&bad_worker).is_err());
+    }
+
+    #[test]
+    fn a_record_splits_into_metadata_and_json() {
+        let m = sample();
+        let record = RawRecord::from_fields(m.record(b"{\"a\":1}"), None, None);
+        assert_eq!(record.task.as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(Meta::parse(&record.meta).unwrap(), m);
+        // No JSON: the task field is missing, not empty.
+        let bare = RawRecord::from_fields(m.encode(), None, None);
+        assert_eq!((bare.task, Meta::parse(&bare.meta)), (None, Ok(m.clone())));
+        // A worker id longer than a record keeps is cut at a character
+        // boundary; a token past six bytes is held at their largest.
+        let mut long = m.clone();
+        long.worker = "é".repeat(200);
+        long.token = u64::MAX;
+        let read = Meta::parse(&long.encode()).unwrap();
+        assert_eq!(read.worker, "é".repeat(127));
+        assert_eq!(read.token, (1 << 48) - 1);
+        // Too short to say where the metadata ends: all of it is metadata,
+        // which does not parse.
+        let short = RawRecord::from_fields(b"p{}".to_vec(), None, None);
+        assert_eq!(short.task, None);
+        assert!(Meta::parse(&short.meta).is_err());
     }
 
     /// A task with every field away from its default.

@@ -229,8 +229,7 @@ impl RedisBroker {
                     })?;
                     Some(TickTask {
                         id,
-                        json: item.json,
-                        meta: item.meta,
+                        record: item.record,
                         quota: &quota,
                     })
                 } else {

@@ -158,10 +158,9 @@ pub struct StepTask {
     pub step: u32,
     /// The task's id.
     pub id: String,
-    /// Its JSON.
-    pub json: Vec<u8>,
-    /// Its first metadata, packed (state pending).
-    pub meta: Vec<u8>,
+    /// Its first record: metadata (state pending) and JSON, packed by
+    /// [`Meta::record`](super::record::Meta::record).
+    pub record: Vec<u8>,
 }
 
 /// How [`flow_advance`] went for one step.
@@ -190,7 +189,6 @@ pub async fn flow_advance(
         .key(queue.tenant.flow(&flow_id))
         .key(&queue.pending)
         .key(&queue.task)
-        .key(&queue.meta)
         .key(&queue.tenant.queues)
         .key(&queue.tenant.queued)
         .key(&queue.tenant.cap)
@@ -204,10 +202,7 @@ pub async fn flow_advance(
     };
     inv.arg(steps.len());
     for step in steps {
-        inv.arg(step.step)
-            .arg(&step.id)
-            .arg(&step.json[..])
-            .arg(&step.meta[..]);
+        inv.arg(step.step).arg(&step.id).arg(&step.record[..]);
     }
     let mut reply = Reply::of_len(OP, run(OP, conn, &inv).await?, steps.len())?;
     (0..steps.len())
@@ -253,10 +248,9 @@ pub async fn put_schedule(
 pub struct TickTask<'a> {
     /// Its id.
     pub id: String,
-    /// Its JSON.
-    pub json: Vec<u8>,
-    /// Its first metadata, packed (state pending).
-    pub meta: Vec<u8>,
+    /// Its first record: metadata (state pending) and JSON, packed by
+    /// [`Meta::record`](super::record::Meta::record).
+    pub record: Vec<u8>,
     /// The quota it is stored within.
     pub quota: &'a TenantQuota,
 }
@@ -291,7 +285,6 @@ pub async fn fire(
     inv.key(&queue.tenant.sched_next)
         .key(&queue.pending)
         .key(&queue.task)
-        .key(&queue.meta)
         .key(&queue.tenant.queues)
         .key(&queue.tenant.queued)
         .key(&queue.tenant.cap)
@@ -304,8 +297,7 @@ pub async fn fire(
     match task {
         Some(t) => {
             inv.arg(&t.id)
-                .arg(&t.json[..])
-                .arg(&t.meta[..])
+                .arg(&t.record[..])
                 .arg(t.quota.max_queued.min(LUA_MAX))
                 .arg(t.quota.max_queues)
                 .arg(&queue.name);
@@ -316,7 +308,6 @@ pub async fn fire(
         }
         None => {
             inv.arg("")
-                .arg("")
                 .arg("")
                 .arg("")
                 .arg("")
@@ -352,10 +343,9 @@ async fn run(
 pub struct EnqueueItem {
     /// The task id.
     pub id: String,
-    /// The task JSON.
-    pub json: Vec<u8>,
-    /// Its first metadata, packed (state pending or scheduled).
-    pub meta: Vec<u8>,
+    /// Its first record: metadata (state pending or scheduled) and JSON,
+    /// packed by [`Meta::record`](super::record::Meta::record).
+    pub record: Vec<u8>,
     /// When it is due (µs), if later than now.
     pub due_us: Option<i64>,
     /// Its unique key and until when the key holds (µs).
@@ -403,7 +393,6 @@ pub async fn enqueue(
         .key(&keys.scheduled)
         .key(&keys.active)
         .key(&keys.task)
-        .key(&keys.meta)
         .key(&keys.tenant.queues)
         .key(&keys.tenant.queued)
         .key(&keys.tenant.due)
@@ -430,7 +419,7 @@ pub async fn enqueue(
     inv.arg(quota.max_unique_keys.min(LUA_MAX));
     inv.arg(items.len());
     for item in items {
-        inv.arg(&item.id).arg(&item.json[..]).arg(&item.meta[..]);
+        inv.arg(&item.id).arg(&item.record[..]);
         match item.due_us {
             Some(due) => inv.arg(due),
             None => inv.arg(""),
@@ -594,23 +583,17 @@ pub async fn acquire(
     let pending_left = reply.count()?;
     let next_due_us = reply.opt_score()?;
     let n = reply.count()?;
-    // Six values per task: never reserve more than the reply holds.
-    let mut leased = Vec::with_capacity(n.min(reply.remaining() / 6));
+    // Five values per task: never reserve more than the reply holds.
+    let mut leased = Vec::with_capacity(n.min(reply.remaining() / 5));
     for _ in 0..n {
         let id = reply.string()?;
-        let meta = reply.bytes()?;
-        let task = reply.opt_bytes()?;
+        let task = reply.bytes()?;
         let progress = reply.opt_bytes()?;
         let error = reply.opt_bytes()?;
         let code = reply.int()?;
         leased.push(Acquired {
             id,
-            record: RawRecord {
-                task,
-                meta,
-                progress,
-                error,
-            },
+            record: RawRecord::from_fields(task, progress, error),
             code,
         });
     }
@@ -637,9 +620,10 @@ pub async fn update(
 ) -> Result<bool, BrokerError> {
     const OP: &str = "update";
     let mut inv = SCRIPTS.update.prepare_invoke();
-    inv.key(&keys.meta)
+    inv.key(&keys.task)
         .key(&keys.progress)
         .key(&usage.key)
+        .key(&keys.meta)
         .arg(id.to_string())
         .arg(token)
         .arg(now_us)
@@ -841,8 +825,9 @@ pub async fn heartbeat(
     const OP: &str = "heartbeat";
     let mut inv = SCRIPTS.heartbeat.prepare_invoke();
     inv.key(&keys.active)
-        .key(&keys.meta)
+        .key(&keys.task)
         .key(&keys.tenant.running)
+        .key(&keys.meta)
         .arg(expires_us)
         .arg(leases.len());
     for (id, token) in leases {
@@ -940,12 +925,12 @@ pub async fn read(
     let Some(mut reply) = Reply::optional(OP, run(OP, conn, &inv).await?)? else {
         return Ok(None);
     };
-    Ok(Some(RawRecord {
-        task: reply.opt_bytes()?,
-        meta: reply.bytes()?,
-        progress: reply.opt_bytes()?,
-        error: reply.opt_bytes()?,
-    }))
+    let task = reply.bytes()?;
+    Ok(Some(RawRecord::from_fields(
+        task,
+        reply.opt_bytes()?,
+        reply.opt_bytes()?,
+    )))
 }
 
 /// Counts of one queue's tasks by state, as of `now_us`.
@@ -999,31 +984,22 @@ pub async fn dead(
     records(&mut reply)
 }
 
-/// Task records in a reply, five values each: id, task JSON or false,
-/// metadata or false, checkpoint JSON or false, error JSON or false. An id
-/// without metadata is a record damaged by hand; there is nothing to show
-/// for it, so it is left out.
+/// Task records in a reply, four values each: id, record (metadata and
+/// task JSON) or false, checkpoint JSON or false, error JSON or false. An id
+/// without a record was deleted since it was listed, or damaged by hand;
+/// there is nothing to show for it, so it is left out.
 fn records(reply: &mut Reply) -> Result<Vec<(String, RawRecord)>, BrokerError> {
-    if !reply.remaining().is_multiple_of(5) {
+    if !reply.remaining().is_multiple_of(4) {
         return Err(reply.corrupt("reply of the wrong length"));
     }
-    let mut out = Vec::with_capacity(reply.remaining() / 5);
+    let mut out = Vec::with_capacity(reply.remaining() / 4);
     while reply.remaining() > 0 {
         let id = reply.string()?;
         let task = reply.opt_bytes()?;
-        let meta = reply.opt_bytes()?;
         let progress = reply.opt_bytes()?;
         let error = reply.opt_bytes()?;
-        if let Some(meta) = meta {
-            out.push((
-                id,
-                RawRecord {
-                    task,
-                    meta,
-                    progress,
-                    error,
-                },
-            ));
+        if let Some(task) = task {
+            out.push((id, RawRecord::from_fields(task, progress, error)));
         }
     }
     Ok(out)
@@ -1119,6 +1095,7 @@ pub async fn cancel(
         .key(&keys.tenant.queued)
         .key(&keys.retrying)
         .key(&keys.tenant.due)
+        .key(&keys.task)
         .arg(id.to_string())
         .arg(now_us)
         .arg(keep.dead_ttl_us)

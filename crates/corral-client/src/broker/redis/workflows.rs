@@ -340,8 +340,7 @@ impl RedisBroker {
                     .map(|(step, item)| StepTask {
                         step,
                         id: item.id,
-                        json: item.json,
-                        meta: item.meta,
+                        record: item.record,
                     })
                     .collect();
                 let codes =

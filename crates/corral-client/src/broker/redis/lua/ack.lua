@@ -19,8 +19,8 @@
 -- KEYS[3] scheduled  (zset)
 -- KEYS[4] completed  (zset)
 -- KEYS[5] dead       (zset)
--- KEYS[6] task       (hash)
--- KEYS[7] meta       (hash)
+-- KEYS[6] task       (hash)   id -> record (see common.lua)
+-- KEYS[7] meta       (hash)   records of an earlier version
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
 -- KEYS[10] queued    (string) the tenant's count of queued tasks
@@ -92,7 +92,7 @@ local ids = {}
 for i = 0, n - 1 do
     ids[i + 1] = ARGV[first + i * stride]
 end
-local metas = redis.call('HMGET', k_meta, unpack(ids))
+local metas = records(k_task, k_meta, ids)
 
 local applied = {} -- id -> {token, state} applied by this call
 local failed = {} -- id -> the error JSON of a task this call killed or cancelled
@@ -196,7 +196,7 @@ end
 local wake = nil
 if n_active > 0 then
     redis.call('ZREM', k_active, unpack(active_rem))
-    redis.call('HSET', k_meta, unpack(meta_args))
+    redis.call('HSET', k_task, unpack(meta_args))
     if redis.call('ZREM', KEYS[16], unpack(active_rem)) > 0 then
         wake = redis.call('SMEMBERS', KEYS[17])
         if #wake > 0 then
@@ -241,7 +241,8 @@ bill(KEYS[13], usage, usage_ttl)
 if n_active > 0 and redis.call('ZCARD', k_active) == 0 then
     settle(KEYS[11], KEYS[12], {
         name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,
-        completed = k_completed, dead = k_dead, cancelled = KEYS[14], meta = k_meta,
+        completed = k_completed, dead = k_dead, cancelled = KEYS[14], task = k_task,
+        meta = k_meta,
     }, completed_ttl, dead_ttl)
 elseif n_active > 0 then
     local at = first_retry

@@ -29,8 +29,8 @@
 -- KEYS[1] pending    (list)
 -- KEYS[2] active     (zset)
 -- KEYS[3] scheduled  (zset)
--- KEYS[4] task       (hash)
--- KEYS[5] meta       (hash)
+-- KEYS[4] task       (hash)   id -> record (see common.lua)
+-- KEYS[5] meta       (hash)   records of an earlier version
 -- KEYS[6] progress   (hash)
 -- KEYS[7] error      (hash)
 -- KEYS[8] queues     (set)    the tenant's queue names
@@ -70,9 +70,9 @@
 -- ARGV[10..] fresh ids for raw entries; at most one raw entry per fresh id
 --           is taken, the rest wait for the next call
 --
--- Returns {promoted, pending_left, next_due, n, then 6 values per leased task:
---          id, metadata, task JSON, checkpoint JSON or false,
---          error JSON or false, code}
+-- Returns {promoted, pending_left, next_due, n, then 5 values per leased task:
+--          id, record (metadata and task JSON, see common.lua),
+--          checkpoint JSON or false, error JSON or false, code}
 --   next_due: when nothing was leased, the earliest time (µs) something
 --             may be: the first due time in scheduled, or the next rate
 --             window when the limit held tasks back; else false
@@ -151,7 +151,7 @@ local promoted = 0
 local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', now, 'LIMIT', 0, promote_max)
 if #due > 0 then
     redis.call('ZREM', k_scheduled, unpack(due))
-    local metas = redis.call('HMGET', k_meta, unpack(due))
+    local metas = records(k_task, k_meta, due)
     local meta_args, ready, prios, retried = {}, {}, {}, 0
     for i, id in ipairs(due) do
         local m = meta_decode(metas[i])
@@ -168,7 +168,7 @@ if #due > 0 then
         end
     end
     if #ready > 0 then
-        redis.call('HSET', k_meta, unpack(meta_args))
+        redis.call('HSET', k_task, unpack(meta_args))
         pend(k_pending, ready, prios, false)
         promoted = #ready
     end
@@ -218,7 +218,7 @@ if popped then
     end
     local known = {}
     if #lookup > 0 then
-        local metas = redis.call('HMGET', k_meta, unpack(lookup))
+        local metas = records(k_task, k_meta, lookup)
         for i, id in ipairs(lookup) do
             known[id] = metas[i]
         end
@@ -250,7 +250,7 @@ if popped then
                 local named = doc['task_id']
                 if type(named) == 'string' and string.match(named, uuid)
                     and string.lower(named) == named and named ~= nil_uuid then
-                    if taken[named] or redis.call('HEXISTS', k_meta, named) == 1 then
+                    if taken[named] or redis.call('HEXISTS', k_task, named) == 1 then
                         code = 12
                     else
                         id, code = named, 10
@@ -261,11 +261,10 @@ if popped then
                     max_attempts = ma
                 end
             end
-            redis.call('HSET', k_task, id, item)
             taken[id] = true
             leases[#leases + 1] = {id, {
                 state = 'p', attempt = 0, max = max_attempts, token = 0, updated = now,
-                run_at = 0, priority = 0, handler = 0, started = 0, worker = '',
+                run_at = 0, priority = 0, handler = 0, started = 0, worker = '', json = item,
             }, code}
         end
     end
@@ -273,20 +272,14 @@ end
 
 -- 2b. Per-job rate limits, only for tenants that set one: a task over its
 -- job's limit waits, scheduled for the job's next window.
-local jsons = nil
 if #leases > 0 and redis.call('EXISTS', KEYS[18]) == 1 then
-    local ids = {}
-    for i, l in ipairs(leases) do
-        ids[i] = l[1]
-    end
-    jsons = redis.call('HMGET', k_task, unpack(ids))
     local jobs, limits, windows = {}, {}, {}
     for i, l in ipairs(leases) do
-        if l[3] == 0 and jsons[i] then
-            jobs[i] = string.match(jsons[i], '"job_name":"([^"\\]*)"')
+        if l[3] == 0 then
+            jobs[i] = string.match(record_json(l[2]), '"job_name":"([^"\\]*)"')
         end
     end
-    local kept, kept_jsons, deferred = {}, {}, 0
+    local kept, deferred = {}, 0
     local dirty = {}
     for i, l in ipairs(leases) do
         local job = jobs[i]
@@ -329,7 +322,7 @@ if #leases > 0 and redis.call('EXISTS', KEYS[18]) == 1 then
             m.state = 's'
             m.run_at = string.format('%.0f', hold)
             m.updated = now
-            meta_put(k_meta, l[1], m)
+            meta_put(k_task, l[1], m)
             redis.call('ZADD', k_scheduled, m.run_at, l[1])
             due_by(KEYS[10], queue, m.run_at)
             deferred = deferred + 1
@@ -338,7 +331,6 @@ if #leases > 0 and redis.call('EXISTS', KEYS[18]) == 1 then
             end
         else
             kept[#kept + 1] = l
-            kept_jsons[#kept_jsons + 1] = jsons[i]
         end
     end
     for job, _ in pairs(dirty) do
@@ -346,17 +338,17 @@ if #leases > 0 and redis.call('EXISTS', KEYS[18]) == 1 then
         redis.call('HSET', KEYS[19], job, string.format('%.0f %d', win.w, win.used))
     end
     if deferred > 0 then
-        leases, jsons = kept, kept_jsons
+        leases = kept
     end
 end
 
--- 3. Record the leases, all at once, and read what the worker needs.
+-- 3. Record the leases, all at once, and answer with what the worker needs.
 -- (Counters instead of `#t + 1`: the length operator is not free in Lua.)
 local result = {promoted, 0, false, #leases}
 if #leases > 0 then
-    local meta_args, zadd_args, ids, again = {}, {}, {}, {}
+    local meta_args, zadd_args, again = {}, {}, {}
     local nm, nz, na, stored, raw = 0, 0, 0, 0, 0
-    for i, l in ipairs(leases) do
+    for _, l in ipairs(leases) do
         local id, m = l[1], l[2]
         if l[3] == 0 then
             stored = stored + 1
@@ -381,9 +373,8 @@ if #leases > 0 then
         zadd_args[nz + 1] = expires
         zadd_args[nz + 2] = id
         nz = nz + 2
-        ids[i] = id
     end
-    redis.call('HSET', k_meta, unpack(meta_args))
+    redis.call('HSET', k_task, unpack(meta_args))
     redis.call('ZADD', k_active, unpack(zadd_args))
     redis.call('ZADD', KEYS[13], unpack(zadd_args))
     if rate_window then
@@ -393,9 +384,6 @@ if #leases > 0 then
     due_by(KEYS[10], queue, expires)
     if raw > 0 then
         redis.call('SADD', k_queues, queue)
-    end
-    if not jsons then
-        jsons = redis.call('HMGET', k_task, unpack(ids))
     end
     local progress, errors = {}, {}
     if na > 0 then
@@ -407,15 +395,14 @@ if #leases > 0 then
         end
     end
     local nr = 4
-    for i, l in ipairs(leases) do
+    for _, l in ipairs(leases) do
         local id = l[1]
         result[nr + 1] = id
         result[nr + 2] = l[4]
-        result[nr + 3] = jsons[i]
-        result[nr + 4] = progress[id] or false
-        result[nr + 5] = errors[id] or false
-        result[nr + 6] = l[3]
-        nr = nr + 6
+        result[nr + 3] = progress[id] or false
+        result[nr + 4] = errors[id] or false
+        result[nr + 5] = l[3]
+        nr = nr + 5
     end
 else
     local first = redis.call('ZRANGE', k_scheduled, 0, 0, 'WITHSCORES')

@@ -9,16 +9,17 @@
 -- the pending list (LREM; bounded by the tenant's own queued tasks), or
 -- takes it out of its priority's set (see `pend` in common.lua). A
 -- workflow step cancelled here fails its workflow (flow_step_failed; the
--- task hash and the tenant's keys are named after KEYS[4] and KEYS[6]).
+-- tenant's keys are named after KEYS[6]).
 --
 -- KEYS[1] pending    (list)
 -- KEYS[2] scheduled  (zset)
 -- KEYS[3] cancelled  (zset)
--- KEYS[4] meta       (hash)
+-- KEYS[4] meta       (hash)   records of an earlier version
 -- KEYS[5] error      (hash)
 -- KEYS[6] queued     (string) the tenant's count of queued tasks
 -- KEYS[7] retrying   (string) the queue's count of retrying tasks
 -- KEYS[8] due        (zset)   the tenant's due index
+-- KEYS[9] task       (hash)   id -> record (see common.lua)
 --
 -- ARGV[1] the task id
 -- ARGV[2] now (µs)
@@ -31,7 +32,7 @@
 --         {3, worker}    running: marked, the worker must be told
 
 local id, now = ARGV[1], ARGV[2]
-local m = meta_get(KEYS[4], id)
+local m = meta_get(KEYS[9], KEYS[4], id)
 if not m then
     return {1}
 end
@@ -41,7 +42,7 @@ end
 if m.state == 'a' or m.state == 'k' then
     if m.state == 'a' then
         m.state = 'k'
-        meta_put(KEYS[4], id, m)
+        meta_put(KEYS[9], id, m)
     end
     return {3, m.worker}
 end
@@ -56,11 +57,10 @@ end
 unqueue(KEYS[6], 1)
 m.state = 'x'
 m.updated = now
-meta_put(KEYS[4], id, m)
+meta_put(KEYS[9], id, m)
 local error = cancel_error('the task was cancelled before it ran', nil)
 redis.call('HSET', KEYS[5], id, error)
-flow_step_failed(string.sub(KEYS[6], 1, -(#':queued' + 1)),
-    string.sub(KEYS[4], 1, -(#':meta' + 1)) .. ':task', id, error, now)
+flow_step_failed(string.sub(KEYS[6], 1, -(#':queued' + 1)), KEYS[9], id, error, now)
 redis.call('ZADD', KEYS[3], now, id)
 due_by(KEYS[8], ARGV[4], tonumber(now) + tonumber(ARGV[3]))
 return {0}

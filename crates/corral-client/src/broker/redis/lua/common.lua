@@ -1,9 +1,12 @@
 -- common.lua: helpers that scripts.rs prepends to every Corral script.
 --
--- A task's metadata is one field of the queue's `meta` hash, packed with
--- Lua's struct library (big-endian) rather than written as text: Lua
--- inside Redis turns numbers into strings slowly, and this field is read
--- and rewritten on every acquire and ack.
+-- A task's record is one field of the queue's `task` hash: its metadata,
+-- packed with Lua's struct library (big-endian) rather than written as
+-- text, then the worker's id, then the task JSON as Rust wrote it. Lua
+-- inside Redis turns numbers into strings slowly, and the metadata is read
+-- and rewritten on every acquire and ack; one field per task instead of
+-- two (JSON and metadata apart) saves a hash entry and a copy of the id per
+-- task, most of what a queued task costs in Redis memory.
 --
 --   c1 state         p pending, s scheduled, a active, r retrying,
 --                    c completed, d dead, x cancelled; k active with a
@@ -11,30 +14,45 @@
 --                    cancelled whatever the worker reports but success)
 --   I4 attempt       attempts started (counted on acquire)
 --   I4 max_attempts  copied from the task, so scripts need not parse JSON
---   d  token         the fencing token; grows by one on every acquire
+--   I6 token         the fencing token; grows by one on every acquire
+--                    (2^48 acquires of one task never happen)
 --   d  updated       when the task last changed, µs since the epoch
 --   d  run_at        when a retry is due (µs), 0 if none
 --   B  priority      the task's priority, 0-9 (see `pend` below)
 --   I3 handler       the next handler to run (the checkpoint's index)
 --   d  started       when the current or last attempt started (µs), 0 if
 --                    none yet
---   then the bytes of the worker holding or last holding the lease
+--   B  worker length then the bytes of the worker holding or last holding
+--                    the lease (at most 255)
+--   then the task JSON
 --
--- Times and tokens are doubles: exact for integers below 2^53 (µs since
--- the epoch stay below that until the year 2255). They come from Rust as
--- ARGV; scripts never read the clock. record.rs reads and writes the same
--- layout. (Priority and handler share what was once one 4-byte handler
--- field, big-endian: a record written before priorities existed reads as
--- priority 0 with the same handler.)
+-- Times are doubles: exact for integers below 2^53 (µs since the epoch
+-- stay below that until the year 2255). They come from Rust as ARGV;
+-- scripts never read the clock. record.rs reads and writes the same
+-- layout.
+--
+-- Records written by earlier versions keep the JSON alone in the `task`
+-- hash and the metadata in the queue's `meta` hash (LEGACY below, without
+-- the worker's length). `records` converts each it meets, so every script
+-- reads and writes only the one-field form, and a queue's `meta` hash
+-- empties (and vanishes) as its records are touched.
 
-local META = '>c1I4I4dddBI3d'
-local META_LEN = 45
+local META = '>c1I4I4I6ddBI3dB'
+local META_LEN = 44
+local LEGACY = '>c1I4I4dddBI3d'
+local LEGACY_LEN = 45
 
+-- Decodes record `v` into a table of its metadata; `raw` keeps the record
+-- and `json_at` where its JSON starts (`record_json` cuts it out only when
+-- asked). Nil for a missing or damaged record.
 local function meta_decode(v)
     if not v or string.len(v) < META_LEN then
         return nil
     end
-    local s, a, m, t, u, r, p, h, st = struct.unpack(META, v)
+    local s, a, m, t, u, r, p, h, st, wl = struct.unpack(META, v)
+    if string.len(v) < META_LEN + wl then
+        return nil
+    end
     return {
         state = s,
         attempt = a,
@@ -45,26 +63,72 @@ local function meta_decode(v)
         priority = p,
         handler = h,
         started = st,
-        worker = string.sub(v, META_LEN + 1),
+        worker = string.sub(v, META_LEN + 1, META_LEN + wl),
+        raw = v,
+        json_at = META_LEN + wl + 1,
     }
 end
 
+-- The task JSON of decoded record `m`.
+local function record_json(m)
+    if not m.json then
+        m.json = string.sub(m.raw, m.json_at)
+    end
+    return m.json
+end
+
+-- Packs `m` back into a record, with its task JSON (`m.json`, else the
+-- JSON of the record it was decoded from).
 local function meta_encode(m)
+    local w = m.worker
+    if string.len(w) > 255 then
+        w = string.sub(w, 1, 255)
+    end
     return struct.pack(META, m.state, m.attempt, m.max, m.token, m.updated, m.run_at,
-        m.priority, m.handler, m.started) .. m.worker
+        m.priority, m.handler, m.started, string.len(w)) .. w .. record_json(m)
 end
 
--- The priority byte of packed metadata `v`, without unpacking the rest.
+-- The priority byte of record `v`, without unpacking the rest.
 local function meta_priority(v)
-    return v and string.byte(v, 34) or 0
+    return v and string.byte(v, 32) or 0
 end
 
-local function meta_get(meta_key, id)
-    return meta_decode(redis.call('HGET', meta_key, id))
+-- The records of `ids` in task hash `k_task`, as HMGET answers (false for
+-- none). Records of an earlier version (metadata in `k_meta`) are
+-- converted first; while no such record is left, this costs one EXISTS.
+local function records(k_task, k_meta, ids)
+    local vals = redis.call('HMGET', k_task, unpack(ids))
+    if redis.call('EXISTS', k_meta) == 0 then
+        return vals
+    end
+    local olds = redis.call('HMGET', k_meta, unpack(ids))
+    local args, dels, n = {}, {}, 0
+    for i = 1, #ids do
+        local old = olds[i]
+        if old and string.len(old) >= LEGACY_LEN then
+            local s, a, m, t, u, r, p, h, st = struct.unpack(LEGACY, old)
+            local w = string.sub(old, LEGACY_LEN + 1, LEGACY_LEN + 255)
+            vals[i] = struct.pack(META, s, a, m, t, u, r, p, h, st, string.len(w)) .. w
+                .. (vals[i] or '')
+            args[2 * n + 1] = ids[i]
+            args[2 * n + 2] = vals[i]
+            n = n + 1
+            dels[n] = ids[i]
+        end
+    end
+    if n > 0 then
+        redis.call('HSET', k_task, unpack(args, 1, 2 * n))
+        redis.call('HDEL', k_meta, unpack(dels, 1, n))
+    end
+    return vals
 end
 
-local function meta_put(meta_key, id, m)
-    redis.call('HSET', meta_key, id, meta_encode(m))
+local function meta_get(k_task, k_meta, id)
+    return meta_decode(records(k_task, k_meta, {id})[1])
+end
+
+local function meta_put(k_task, id, m)
+    redis.call('HSET', k_task, id, meta_encode(m))
 end
 
 -- Priorities. A pending task of priority 0 (the default) waits in the
@@ -291,8 +355,8 @@ end
 -- all, takes it out of the tenant's queue set (it no longer counts against
 -- max_queues). Exact: only for scripts that hold the whole queue at once.
 --
--- q: {name, pending, active, scheduled, completed, dead, cancelled, meta}
--- (keys)
+-- q: {name, pending, active, scheduled, completed, dead, cancelled, task,
+-- meta} (keys; `meta` holds only records of an earlier version)
 local function settle(k_due, k_queues, q, completed_ttl, dead_ttl)
     local at = nil
     for _, set in ipairs({{q.scheduled, 0}, {q.active, 0}, {q.completed, completed_ttl},
@@ -310,7 +374,8 @@ local function settle(k_due, k_queues, q, completed_ttl, dead_ttl)
         return
     end
     redis.call('ZREM', k_due, q.name)
-    if redis.call('HLEN', q.meta) == 0 and pending_count(q.pending) == 0 then
+    if redis.call('HLEN', q.task) == 0 and redis.call('HLEN', q.meta) == 0
+        and pending_count(q.pending) == 0 then
         redis.call('SREM', k_queues, q.name)
     end
 end
@@ -414,17 +479,17 @@ local function flow_step_ended(k_flow, k_ready, k_flows, flow_id, i, id, ok, pay
     return readied
 end
 
--- Task `id` (its JSON in k_task) of the tenant whose keys start with
+-- Task `id` (its record in k_task) of the tenant whose keys start with
 -- `tenant_base` died or was cancelled with `error` outside an ack: if it is
 -- a workflow step, its workflow hears of it as from an ack. Only the task's
 -- JSON says which workflow, so the workflow's keys are built here (they
 -- are the tenant's, in the same slot).
 local function flow_step_failed(tenant_base, k_task, id, error, now)
-    local raw = redis.call('HGET', k_task, id)
-    if not raw or not string.find(raw, '"workflow"', 1, true) then
+    local m = meta_decode(redis.call('HGET', k_task, id))
+    if not m or not string.find(record_json(m), '"workflow"', 1, true) then
         return
     end
-    local ok, task = pcall(cjson.decode, raw)
+    local ok, task = pcall(cjson.decode, record_json(m))
     if ok and type(task) == 'table' and type(task.workflow) == 'table' then
         local flow = tostring(task.workflow.id)
         flow_step_ended(tenant_base .. ':flow-' .. flow, tenant_base .. ':flow-ready',

@@ -12,8 +12,8 @@
 -- KEYS[3] scheduled  (zset)
 -- KEYS[4] completed  (zset)
 -- KEYS[5] dead       (zset)
--- KEYS[6] task       (hash)
--- KEYS[7] meta       (hash)
+-- KEYS[6] task       (hash)   id -> record (see common.lua)
+-- KEYS[7] meta       (hash)   records of an earlier version
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
 -- KEYS[10] cancelled (zset)
@@ -30,7 +30,7 @@
 -- Returns 0 deleted, 1 no such task in this queue, 2 active (not deleted)
 
 local id = ARGV[1]
-local m = meta_get(KEYS[7], id)
+local m = meta_get(KEYS[6], KEYS[7], id)
 if not m then
     return 1
 end
@@ -58,6 +58,7 @@ end
 forget_all(KEYS[6], KEYS[7], KEYS[8], KEYS[9], {id})
 settle(KEYS[13], KEYS[14], {
     name = ARGV[2], pending = KEYS[1], active = KEYS[2], scheduled = KEYS[3],
-    completed = KEYS[4], dead = KEYS[5], cancelled = KEYS[10], meta = KEYS[7],
+    completed = KEYS[4], dead = KEYS[5], cancelled = KEYS[10], task = KEYS[6],
+    meta = KEYS[7],
 }, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 0

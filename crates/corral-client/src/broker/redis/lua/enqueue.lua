@@ -3,28 +3,27 @@
 --
 -- The tenant's quota is checked and counted here, in the same atomic step
 -- that stores the tasks, so concurrent enqueues cannot pass it: the
--- tenant's count of queued tasks (KEYS[7], kept exact by every script that
+-- tenant's count of queued tasks (KEYS[6], kept exact by every script that
 -- moves a task into or out of pending/scheduled/retrying) may not pass
--- max_queued, and a queue name the tenant does not have yet (KEYS[6]) is
+-- max_queued, and a queue name the tenant does not have yet (KEYS[5]) is
 -- refused once it has max_queues of them.
 --
 -- KEYS[1] pending    (list)  ready ids, pushed at the back (LPUSH)
 -- KEYS[2] scheduled  (zset)  delayed ids by due time
 -- KEYS[3] active     (zset)  counted against the queue's bound only
--- KEYS[4] task       (hash)  id -> task JSON
--- KEYS[5] meta       (hash)  id -> metadata (see common.lua)
--- KEYS[6] queues     (set)   the tenant's queue names
--- KEYS[7] queued     (string) the tenant's count of queued tasks
--- KEYS[8] due        (zset)  the tenant's due index (delayed tasks)
--- KEYS[9] cap        (string) the tenant's fleet-wide concurrency cap:
+-- KEYS[4] task       (hash)  id -> record (see common.lua)
+-- KEYS[5] queues     (set)   the tenant's queue names
+-- KEYS[6] queued     (string) the tenant's count of queued tasks
+-- KEYS[7] due        (zset)  the tenant's due index (delayed tasks)
+-- KEYS[8] cap        (string) the tenant's fleet-wide concurrency cap:
 --                            written when ARGV[6] carries one, so a worker
 --                            that has never seen the tenant still holds it
 --                            to its cap from the first acquire
--- KEYS[10] unique    (hash)  the tenant's unique keys -> the task holding each
--- KEYS[11] unique-ttl (zset) the tenant's unique keys by expiry (µs)
--- KEYS[12] rate-limit (string) the tenant's rate limit, written (or
+-- KEYS[9] unique    (hash)  the tenant's unique keys -> the task holding each
+-- KEYS[10] unique-ttl (zset) the tenant's unique keys by expiry (µs)
+-- KEYS[11] rate-limit (string) the tenant's rate limit, written (or
 --                            cleared) as ARGV[7] says
--- KEYS[13] wake      (list)  optional: the queue name's wake-up list, given
+-- KEYS[12] wake      (list)  optional: the queue name's wake-up list, given
 --                            only where it shares a server with the queue
 --                            (standalone Redis), so the wake-up is part of
 --                            the same call
@@ -39,11 +38,11 @@
 -- ARGV[7] the tenant's rate limit, `tasks per_ms`; `0`: it has none;
 --         empty: leave the stored one alone (an unlimited enqueue)
 -- ARGV[8] the tenant's max_unique_keys: unique keys held at once
--- ARGV[9] n, the number of tasks; then 6 values per task:
---         id, task JSON, metadata (packed by Rust, see common.lua; state
---         p or s), due (µs; empty = ready now), unique key and until when
---         it holds (µs) (both empty: none)
---         then, with KEYS[13]: the wake-up token and how many tokens to keep
+-- ARGV[9] n, the number of tasks; then 5 values per task:
+--         id, record (packed by Rust, see common.lua; state p or s), due
+--         (µs; empty = ready now), unique key and until when it holds (µs)
+--         (both empty: none)
+--         then, with KEYS[12]: the wake-up token and how many tokens to keep
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
 --         {1, id}      nothing stored: task `id` already exists (or is
@@ -59,7 +58,7 @@
 --         {7, held}    nothing stored: the tenant holds `held` unique keys,
 --                      and these would pass its max_unique_keys
 
-local k_queues, k_queued = KEYS[6], KEYS[7]
+local k_queues, k_queued = KEYS[5], KEYS[6]
 local now = ARGV[1]
 local bound_max = tonumber(ARGV[2])
 local max_queued, max_queues = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -70,12 +69,12 @@ local first = 10
 if n == 0 then
     return {0, 0}
 end
-local stride = 6
+local stride = 5
 local ids = {}
 for i = 0, n - 1 do
     ids[i + 1] = ARGV[first + i * stride]
 end
-local existing = redis.call('HMGET', KEYS[5], unpack(ids))
+local existing = redis.call('HMGET', KEYS[4], unpack(ids))
 local seen = {}
 for i = 1, n do
     if existing[i] or seen[ids[i]] then
@@ -88,36 +87,36 @@ end
 local unique_until = nil
 local new_keys = 0
 for i = 0, n - 1 do
-    local key = ARGV[first + i * stride + 4]
+    local key = ARGV[first + i * stride + 3]
     if key ~= '' then
         if not unique_until then
             unique_until = {}
-            local old = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now, 'LIMIT', 0, 64)
+            local old = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now, 'LIMIT', 0, 64)
             if #old > 0 then
-                redis.call('ZREM', KEYS[11], unpack(old))
-                redis.call('HDEL', KEYS[10], unpack(old))
+                redis.call('ZREM', KEYS[10], unpack(old))
+                redis.call('HDEL', KEYS[9], unpack(old))
             end
         end
         if unique_until[key] then
             return {6, key}
         end
-        local held = redis.call('ZSCORE', KEYS[11], key)
+        local held = redis.call('ZSCORE', KEYS[10], key)
         if held and tonumber(held) > tonumber(now) then
-            return {5, redis.call('HGET', KEYS[10], key)}
+            return {5, redis.call('HGET', KEYS[9], key)}
         end
-        unique_until[key] = ARGV[first + i * stride + 5]
+        unique_until[key] = ARGV[first + i * stride + 4]
         new_keys = new_keys + 1
     end
 end
 if new_keys > 0 then
     local max_unique = tonumber(ARGV[8])
-    local held = redis.call('ZCARD', KEYS[11])
+    local held = redis.call('ZCARD', KEYS[10])
     if held + new_keys > max_unique then
         -- Expired keys may still be counted: drop more of them first.
-        local old = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now, 'LIMIT', 0, 1000)
+        local old = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now, 'LIMIT', 0, 1000)
         if #old > 0 then
-            redis.call('ZREM', KEYS[11], unpack(old))
-            redis.call('HDEL', KEYS[10], unpack(old))
+            redis.call('ZREM', KEYS[10], unpack(old))
+            redis.call('HDEL', KEYS[9], unpack(old))
             held = held - #old
         end
         if held + new_keys > max_unique then
@@ -143,26 +142,23 @@ if redis.call('SISMEMBER', k_queues, queue) == 0 then
 end
 redis.call('INCRBY', k_queued, n)
 if ARGV[6] ~= '' then
-    redis.call('SET', KEYS[9], ARGV[6])
+    redis.call('SET', KEYS[8], ARGV[6])
 end
 if ARGV[7] == '0' then
-    redis.call('DEL', KEYS[12])
+    redis.call('DEL', KEYS[11])
 elseif ARGV[7] ~= '' then
-    redis.call('SET', KEYS[12], ARGV[7])
+    redis.call('SET', KEYS[11], ARGV[7])
 end
 
-local tasks, metas, ready, delayed, prios = {}, {}, {}, {}, nil
-local nt, nm, nr, nd = 0, 0, 0, 0
+local records, ready, delayed, prios = {}, {}, {}, nil
+local nt, nr, nd = 0, 0, 0
 local first_due = nil
 for i = 0, n - 1 do
     local base = first + i * stride
-    local id, due = ARGV[base], ARGV[base + 3]
-    tasks[nt + 1] = id
-    tasks[nt + 2] = ARGV[base + 1]
+    local id, due = ARGV[base], ARGV[base + 2]
+    records[nt + 1] = id
+    records[nt + 2] = ARGV[base + 1]
     nt = nt + 2
-    metas[nm + 1] = id
-    metas[nm + 2] = ARGV[base + 2]
-    nm = nm + 2
     if due ~= '' then
         local at = tonumber(due)
         if not first_due or at < first_due then
@@ -174,28 +170,28 @@ for i = 0, n - 1 do
     else
         nr = nr + 1
         ready[nr] = id
-        local p = meta_priority(ARGV[base + 2])
+        local p = meta_priority(ARGV[base + 1])
         if p > 0 then
             prios = prios or {}
             prios[nr] = p
         end
     end
 end
-redis.call('HSET', KEYS[4], unpack(tasks))
+redis.call('HSET', KEYS[4], unpack(records))
 if unique_until then
     local last = 0
     for i = 0, n - 1 do
-        local key = ARGV[first + i * stride + 4]
+        local key = ARGV[first + i * stride + 3]
         if key ~= '' then
-            local at = ARGV[first + i * stride + 5]
-            redis.call('HSET', KEYS[10], key, ids[i + 1])
-            redis.call('ZADD', KEYS[11], at, key)
+            local at = ARGV[first + i * stride + 4]
+            redis.call('HSET', KEYS[9], key, ids[i + 1])
+            redis.call('ZADD', KEYS[10], at, key)
             last = math.max(last, tonumber(at))
         end
     end
     -- Both keys go with their last entry, whoever stops sending.
     local ms = math.max(math.ceil((last - tonumber(now)) / 1000), 1)
-    for _, k in ipairs({KEYS[10], KEYS[11]}) do
+    for _, k in ipairs({KEYS[9], KEYS[10]}) do
         if redis.call('PTTL', k) == -1 then
             redis.call('PEXPIRE', k, ms)
         else
@@ -205,15 +201,14 @@ if unique_until then
 end
 if nd > 0 then
     redis.call('ZADD', KEYS[2], unpack(delayed))
-    due_by(KEYS[8], queue, first_due)
+    due_by(KEYS[7], queue, first_due)
 end
-redis.call('HSET', KEYS[5], unpack(metas))
 if nr > 0 then
     pend(KEYS[1], ready, prios, false)
-    if KEYS[13] then
+    if KEYS[12] then
         local wake_at = first + n * stride
-        redis.call('LPUSH', KEYS[13], ARGV[wake_at])
-        redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[wake_at + 1]) - 1)
+        redis.call('LPUSH', KEYS[12], ARGV[wake_at])
+        redis.call('LTRIM', KEYS[12], 0, tonumber(ARGV[wake_at + 1]) - 1)
     end
 end
 return {0, nr}

@@ -10,22 +10,20 @@
 --
 -- KEYS[1] sched-next (zset)   the tenant's schedules' next ticks
 -- KEYS[2] pending    (list)   the task's queue
--- KEYS[3] task       (hash)
--- KEYS[4] meta       (hash)
--- KEYS[5] queues     (set)    the tenant's queue names
--- KEYS[6] queued     (string) the tenant's count of queued tasks
--- KEYS[7] cap        (string) the tenant's concurrency cap
+-- KEYS[3] task       (hash)   id -> record (see common.lua)
+-- KEYS[4] queues     (set)    the tenant's queue names
+-- KEYS[5] queued     (string) the tenant's count of queued tasks
+-- KEYS[6] cap        (string) the tenant's concurrency cap
 --
 -- ARGV[1] the schedule's name
 -- ARGV[2] the tick planned from (µs)
 -- ARGV[3] the next tick (µs), or empty when there is none
 -- ARGV[4] the task's id, or empty: no task for this tick
--- ARGV[5] the task JSON
--- ARGV[6] the task's metadata (packed by Rust; state p)
--- ARGV[7] the tenant's max_queued
--- ARGV[8] the tenant's max_queues
--- ARGV[9] the queue's name, as the tenant's queue set holds it
--- ARGV[10] the tenant's max_concurrency, or empty
+-- ARGV[5] the task's record (packed by Rust; state p)
+-- ARGV[6] the tenant's max_queued
+-- ARGV[7] the tenant's max_queues
+-- ARGV[8] the queue's name, as the tenant's queue set holds it
+-- ARGV[9] the tenant's max_concurrency, or empty
 --
 -- Returns 0 the stored tick is not ARGV[2] (another worker fired it, or
 --           the schedule was replaced or removed): nothing changed
@@ -48,22 +46,21 @@ local id = ARGV[4]
 if id == '' then
     return 2
 end
-local queued = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
-if queued + 1 > tonumber(ARGV[7]) then
+local queued = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+if queued + 1 > tonumber(ARGV[6]) then
     return 3
 end
-local queue = ARGV[9]
-if redis.call('SISMEMBER', KEYS[5], queue) == 0 then
-    if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[8]) then
+local queue = ARGV[8]
+if redis.call('SISMEMBER', KEYS[4], queue) == 0 then
+    if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[7]) then
         return 4
     end
-    redis.call('SADD', KEYS[5], queue)
+    redis.call('SADD', KEYS[4], queue)
 end
-redis.call('INCRBY', KEYS[6], 1)
-if ARGV[10] ~= '' then
-    redis.call('SET', KEYS[7], ARGV[10])
+redis.call('INCRBY', KEYS[5], 1)
+if ARGV[9] ~= '' then
+    redis.call('SET', KEYS[6], ARGV[9])
 end
 redis.call('HSET', KEYS[3], id, ARGV[5])
-redis.call('HSET', KEYS[4], id, ARGV[6])
-pend(KEYS[2], {id}, {meta_priority(ARGV[6])}, false)
+pend(KEYS[2], {id}, {meta_priority(ARGV[5])}, false)
 return 1

@@ -9,19 +9,18 @@
 -- KEYS[1] flow-ready (zset)   the tenant's ready workflow steps
 -- KEYS[2] flow       (hash)   the workflow's record
 -- KEYS[3] pending    (list)   the queue's
--- KEYS[4] task       (hash)
--- KEYS[5] meta       (hash)
--- KEYS[6] queues     (set)    the tenant's queue names
--- KEYS[7] queued     (string) the tenant's count of queued tasks
--- KEYS[8] cap        (string) the tenant's concurrency cap
+-- KEYS[4] task       (hash)   id -> record (see common.lua)
+-- KEYS[5] queues     (set)    the tenant's queue names
+-- KEYS[6] queued     (string) the tenant's count of queued tasks
+-- KEYS[7] cap        (string) the tenant's concurrency cap
 --
 -- ARGV[1] the workflow's id
 -- ARGV[2] the tenant's max_queued
 -- ARGV[3] the tenant's max_queues
 -- ARGV[4] the queue's name, as the tenant's queue set holds it
 -- ARGV[5] the tenant's max_concurrency, or empty
--- ARGV[6] n; then 4 values per step: its index, its task id, the task
---         JSON, its metadata (packed by Rust; state p)
+-- ARGV[6] n; then 3 values per step: its index, its task id, its record
+--         (packed by Rust; state p)
 --
 -- Returns one code per step:
 --         0 not ready any more (enqueued already, or the workflow ended:
@@ -33,15 +32,15 @@
 local flow_id = ARGV[1]
 local n = tonumber(ARGV[6])
 local running = redis.call('HGET', KEYS[2], 'st') == 'r'
-local queued = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
+local queued = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
 local max_queued = tonumber(ARGV[2])
 local queue = ARGV[4]
 local codes = {}
 local refused = nil
-local tasks, metas, ids, prios, marks, members = {}, {}, {}, {}, {}, {}
+local tasks, ids, prios, marks, members = {}, {}, {}, {}, {}, {}
 local stored = 0
 for s = 0, n - 1 do
-    local base = 7 + s * 4
+    local base = 7 + s * 3
     local i, id = ARGV[base], ARGV[base + 1]
     local member = flow_id .. ':' .. i
     if refused then
@@ -54,18 +53,16 @@ for s = 0, n - 1 do
     elseif queued + stored + 1 > max_queued then
         refused = 3
         codes[s + 1] = 3
-    elseif stored == 0 and redis.call('SISMEMBER', KEYS[6], queue) == 0
-        and redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[3]) then
+    elseif stored == 0 and redis.call('SISMEMBER', KEYS[5], queue) == 0
+        and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[3]) then
         refused = 4
         codes[s + 1] = 4
     else
         stored = stored + 1
         tasks[2 * stored - 1] = id
         tasks[2 * stored] = ARGV[base + 2]
-        metas[2 * stored - 1] = id
-        metas[2 * stored] = ARGV[base + 3]
         ids[stored] = id
-        prios[stored] = meta_priority(ARGV[base + 3])
+        prios[stored] = meta_priority(ARGV[base + 2])
         marks[2 * stored - 1] = 'x:' .. i
         marks[2 * stored] = 'e' .. id
         members[stored] = member
@@ -73,13 +70,12 @@ for s = 0, n - 1 do
     end
 end
 if stored > 0 then
-    redis.call('SADD', KEYS[6], queue)
-    redis.call('INCRBY', KEYS[7], stored)
+    redis.call('SADD', KEYS[5], queue)
+    redis.call('INCRBY', KEYS[6], stored)
     if ARGV[5] ~= '' then
-        redis.call('SET', KEYS[8], ARGV[5])
+        redis.call('SET', KEYS[7], ARGV[5])
     end
     redis.call('HSET', KEYS[4], unpack(tasks, 1, 2 * stored))
-    redis.call('HSET', KEYS[5], unpack(metas, 1, 2 * stored))
     pend(KEYS[3], ids, prios, false)
     redis.call('HSET', KEYS[2], unpack(marks, 1, 2 * stored))
     redis.call('ZREM', KEYS[1], unpack(members, 1, stored))

@@ -1,8 +1,9 @@
 -- heartbeat.lua: extends the leases a worker holds on one queue's tasks.
 --
 -- KEYS[1] active  (zset)
--- KEYS[2] meta    (hash)
+-- KEYS[2] task    (hash)   id -> record (see common.lua)
 -- KEYS[3] running (zset)   the tenant's active ids: extended alongside
+-- KEYS[4] meta    (hash)   records of an earlier version
 --
 -- ARGV[1] new lease expiry (µs)
 -- ARGV[2] n; then 2 values per lease: id, token
@@ -19,7 +20,7 @@ local ids = {}
 for i = 0, n - 1 do
     ids[i + 1] = ARGV[3 + i * 2]
 end
-local metas = redis.call('HMGET', KEYS[2], unpack(ids))
+local metas = records(KEYS[2], KEYS[4], ids)
 local zadd_args = {}
 for i = 0, n - 1 do
     local id, token = ids[i + 1], tonumber(ARGV[4 + i * 2])

@@ -9,11 +9,12 @@
 -- scheduled set holds scheduled and retrying tasks, the active set active
 -- ones with and without a cancel asked for, the pending list may hold
 -- stale ids and raw entries), and stops once it has `limit` or has looked
--- at `scan` entries. Read-only.
+-- at `scan` entries. Read-only, but for converting records of an earlier
+-- version (see `records` in common.lua).
 --
 -- KEYS[1] the line or set (list for p, zset otherwise)
--- KEYS[2] task      (hash)
--- KEYS[3] meta      (hash)
+-- KEYS[2] task      (hash) id -> record (see common.lua)
+-- KEYS[3] meta      (hash) records of an earlier version
 -- KEYS[4] progress  (hash)
 -- KEYS[5] error     (hash)
 --
@@ -22,8 +23,8 @@
 -- ARGV[3] most tasks to return
 -- ARGV[4] most entries to look at
 --
--- Returns {next, then 5 values per task: id, task JSON or false,
---          metadata, checkpoint JSON or false, error JSON or false}
+-- Returns {next, then 4 values per task: id, record, checkpoint JSON or
+--          false, error JSON or false}
 --   next: the offset to go on from, or -1 when the line or set is done
 
 local state, offset = ARGV[1], tonumber(ARGV[2])
@@ -43,19 +44,31 @@ if state == 'p' then
 else
     entries = redis.call('ZREVRANGE', KEYS[1], offset, offset + scan - 1)
 end
+-- Raw entries and other text are not ids: only ids are looked up.
+local ids = {}
+for _, id in ipairs(entries) do
+    if string.len(id) == 36 then
+        ids[#ids + 1] = id
+    end
+end
+local found_records = {}
+if #ids > 0 then
+    for i, record in ipairs(records(KEYS[2], KEYS[3], ids)) do
+        found_records[ids[i]] = record
+    end
+end
 local found = 0
 for i, id in ipairs(entries) do
     if found == limit then
         out[1] = offset + i - 1
         return out
     end
-    local meta = string.len(id) == 36 and redis.call('HGET', KEYS[3], id)
-    local s = meta and string.sub(meta, 1, 1)
+    local record = found_records[id]
+    local s = record and string.sub(record, 1, 1)
     if s == state or (state == 'a' and s == 'k') then
         found = found + 1
         out[#out + 1] = id
-        out[#out + 1] = redis.call('HGET', KEYS[2], id)
-        out[#out + 1] = meta
+        out[#out + 1] = record
         out[#out + 1] = redis.call('HGET', KEYS[4], id)
         out[#out + 1] = redis.call('HGET', KEYS[5], id)
     end

@@ -29,8 +29,8 @@
 -- KEYS[4] running    (zset)   the tenant's active ids: expired ones leave
 -- then 11 keys per queue, in the order of the names in ARGV:
 --   pending (list), active, scheduled, completed, dead (zsets),
---   task, meta, progress, error (hashes), cancelled (zset),
---   retrying (string)
+--   task, meta (records of an earlier version), progress, error
+--   (hashes), cancelled (zset), retrying (string)
 --
 -- ARGV[1] now (µs)
 -- ARGV[2] completed tasks that finished at or before this time go (µs)
@@ -70,14 +70,14 @@ local function maintain(queue, base)
     end
     for _, id in ipairs(due) do
         redis.call('ZREM', k_scheduled, id)
-        local m = meta_get(k_meta, id)
+        local m = meta_get(k_task, k_meta, id)
         if m and m.state == 'r' then
             retried = retried + 1
         end
         if m and (m.state == 's' or m.state == 'r') then
             m.state = 'p'
             m.updated = now
-            meta_put(k_meta, id, m)
+            meta_put(k_task, id, m)
             pend(k_pending, {id}, {m.priority}, false)
             promoted = promoted + 1
         end
@@ -92,7 +92,7 @@ local function maintain(queue, base)
     for _, id in ipairs(expired) do
         redis.call('ZREM', k_active, id)
         redis.call('ZREM', KEYS[4], id)
-        local m = meta_get(k_meta, id)
+        local m = meta_get(k_task, k_meta, id)
         if m and m.state == 'k' then
             m.updated = now
             m.state = 'x'
@@ -103,7 +103,7 @@ local function maintain(queue, base)
             step_failed(k_task, id, error)
             redis.call('ZADD', k_cancelled, now, id)
             expired_dead = expired_dead + 1
-            meta_put(k_meta, id, m)
+            meta_put(k_task, id, m)
         elseif m and m.state == 'a' then
             m.updated = now
             if m.attempt >= m.max then
@@ -124,7 +124,7 @@ local function maintain(queue, base)
                 pend(k_pending, {id}, {m.priority}, false)
                 recovered = recovered + 1
             end
-            meta_put(k_meta, id, m)
+            meta_put(k_task, id, m)
         end
     end
 
@@ -148,7 +148,8 @@ local function maintain(queue, base)
 
     settle(k_due, k_queues, {
         name = queue, pending = k_pending, active = k_active, scheduled = k_scheduled,
-        completed = k_completed, dead = k_dead, cancelled = k_cancelled, meta = k_meta,
+        completed = k_completed, dead = k_dead, cancelled = k_cancelled, task = k_task,
+        meta = k_meta,
     }, completed_ttl, dead_ttl)
     return promoted, recovered, expired_dead, trimmed
 end

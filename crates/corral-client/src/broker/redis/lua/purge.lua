@@ -2,9 +2,9 @@
 -- and takes it out of its tenant's accounts and due index.
 --
 -- The tenant's count of queued tasks loses the queue's pending, scheduled
--- and retrying tasks, counted from their metadata (so raw entries, never
+-- and retrying tasks, counted from their records (so raw entries, never
 -- counted, are not subtracted); the queue leaves the tenant's queue set.
--- Walks the queue's metadata, so it costs in proportion to the queue: an
+-- Walks the queue's records, so it costs in proportion to the queue: an
 -- operator's tool, not a hot path.
 --
 -- KEYS[1..11] the queue's pending, active, scheduled, completed, dead,
@@ -18,20 +18,24 @@
 --
 -- Returns the number of queued tasks taken off the tenant's count.
 
-local k_meta = KEYS[7]
+-- Both layouts (see common.lua) start with the state byte: records of an
+-- earlier version are counted from the `meta` hash, where the `task` hash
+-- holds their JSON, which starts with no state byte.
+local waiting = {p = true, s = true, r = true}
 local queued = 0
-local cursor = '0'
-repeat
-    local page = redis.call('HSCAN', k_meta, cursor, 'COUNT', 1000)
-    cursor = page[1]
-    local fields = page[2]
-    for i = 2, #fields, 2 do
-        local m = meta_decode(fields[i])
-        if m and (m.state == 'p' or m.state == 's' or m.state == 'r') then
-            queued = queued + 1
+for _, k in ipairs({KEYS[6], KEYS[7]}) do
+    local cursor = '0'
+    repeat
+        local page = redis.call('HSCAN', k, cursor, 'COUNT', 1000)
+        cursor = page[1]
+        local fields = page[2]
+        for i = 2, #fields, 2 do
+            if waiting[string.sub(fields[i], 1, 1)] then
+                queued = queued + 1
+            end
         end
-    end
-until cursor == '0'
+    until cursor == '0'
+end
 for i = 1, 11 do
     redis.call('DEL', KEYS[i])
 end

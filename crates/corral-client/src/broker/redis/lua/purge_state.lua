@@ -69,7 +69,7 @@ if #entries > 0 then
         end
     end
     if #lookup > 0 then
-        local metas = redis.call('HMGET', k_meta, unpack(lookup))
+        local metas = records(k_task, k_meta, lookup)
         for i, id in ipairs(lookup) do
             local m = meta_decode(metas[i])
             if m and m.state == state then
@@ -97,6 +97,7 @@ elseif (state == 's' or state == 'r') and next_at ~= -1 then
 end
 settle(KEYS[13], KEYS[14], {
     name = ARGV[4], pending = k_pending, active = KEYS[2], scheduled = k_scheduled,
-    completed = KEYS[4], dead = KEYS[5], cancelled = KEYS[10], meta = k_meta,
+    completed = KEYS[4], dead = KEYS[5], cancelled = KEYS[10], task = k_task,
+    meta = k_meta,
 }, tonumber(ARGV[5]), tonumber(ARGV[6]))
 return {#ids, next_at}

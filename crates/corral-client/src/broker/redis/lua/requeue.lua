@@ -12,8 +12,8 @@
 -- KEYS[1] pending    (list)
 -- KEYS[2] dead       (zset)
 -- KEYS[3] cancelled  (zset)
--- KEYS[4] task       (hash)
--- KEYS[5] meta       (hash)
+-- KEYS[4] task       (hash)   id -> record (see common.lua)
+-- KEYS[5] meta       (hash)   records of an earlier version
 -- KEYS[6] error      (hash)
 -- KEYS[7] queued     (string) the tenant's count of queued tasks
 --
@@ -30,7 +30,7 @@ local ready = {}
 for i = 0, n - 1 do
     local base = 4 + i * 3
     local id = ARGV[base]
-    local m = meta_get(KEYS[5], id)
+    local m = meta_get(KEYS[4], KEYS[5], id)
     if m and (m.state == 'd' or m.state == 'x') and m.updated == tonumber(ARGV[base + 1]) then
         ready[#ready + 1] = {id, m, ARGV[base + 2]}
     end
@@ -51,8 +51,8 @@ for i, r in ipairs(ready) do
     m.attempt = 0
     m.run_at = 0
     m.updated = now
-    meta_put(KEYS[5], id, m)
-    redis.call('HSET', KEYS[4], id, r[3])
+    m.json = r[3]
+    meta_put(KEYS[4], id, m)
     redis.call('HDEL', KEYS[6], id)
     pushed[i] = id
     prios[i] = m.priority

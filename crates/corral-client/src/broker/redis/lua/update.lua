@@ -1,9 +1,10 @@
 -- update.lua: saves a leased task's checkpoint, if the lease still holds,
 -- and bills the handler calls it adds to the tenant's usage of the day.
 --
--- KEYS[1] meta      (hash)
+-- KEYS[1] task      (hash) id -> record (see common.lua)
 -- KEYS[2] progress  (hash)
 -- KEYS[3] usage     (hash) the tenant's usage of the day
+-- KEYS[4] meta      (hash) records of an earlier version
 --
 -- ARGV[1] id
 -- ARGV[2] fencing token the caller holds
@@ -18,7 +19,7 @@
 --         1 lease lost: the task is not active under this token
 
 local id = ARGV[1]
-local m = meta_get(KEYS[1], id)
+local m = meta_get(KEYS[1], KEYS[4], id)
 if not leased(m, tonumber(ARGV[2])) then
     return 1
 end
