@@ -634,9 +634,17 @@ async fn records_an_earlier_version_wrote_are_read_run_and_converted() {
     let error = r#"{"kind":"guest_error","message":"an earlier failure","retryable":false}"#;
     let _: () = redis::pipe()
         .hset(&keys.task, pending.task_id.to_string(), pending.to_json())
-        .hset(&keys.meta, pending.task_id.to_string(), legacy_meta(b'p', 0, 0, now_us, ""))
+        .hset(
+            &keys.meta,
+            pending.task_id.to_string(),
+            legacy_meta(b'p', 0, 0, now_us, ""),
+        )
         .lpush(&keys.pending, pending.task_id.to_string())
-        .hset(&keys.task, completed.task_id.to_string(), completed.to_json())
+        .hset(
+            &keys.task,
+            completed.task_id.to_string(),
+            completed.to_json(),
+        )
         .hset(
             &keys.meta,
             completed.task_id.to_string(),

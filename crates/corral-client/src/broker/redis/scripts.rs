@@ -307,12 +307,7 @@ pub async fn fire(
             };
         }
         None => {
-            inv.arg("")
-                .arg("")
-                .arg("")
-                .arg("")
-                .arg(&queue.name)
-                .arg("");
+            inv.arg("").arg("").arg("").arg("").arg(&queue.name).arg("");
         }
     }
     match reply::int(OP, &run(OP, conn, &inv).await?)? {

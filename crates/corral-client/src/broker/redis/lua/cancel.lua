@@ -44,7 +44,7 @@ if m.state == 'a' or m.state == 'k' then
         m.state = 'k'
         meta_put(KEYS[9], id, m)
     end
-    return {3, m.worker}
+    return {3, record_worker(m)}
 end
 if m.state == 'p' then
     unpend(KEYS[1], id, m.priority)

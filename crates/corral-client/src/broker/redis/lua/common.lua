@@ -42,9 +42,11 @@ local META_LEN = 44
 local LEGACY = '>c1I4I4dddBI3d'
 local LEGACY_LEN = 45
 
--- Decodes record `v` into a table of its metadata; `raw` keeps the record
--- and `json_at` where its JSON starts (`record_json` cuts it out only when
--- asked). Nil for a missing or damaged record.
+-- Decodes record `v` into a table of its metadata; `raw` keeps the record,
+-- `wl` the length of its worker id (cut out by `record_worker` only when
+-- asked: most steps leave it as it is) and `json_at` where its JSON starts
+-- (cut out by `record_json` only when asked). Nil for a missing or damaged
+-- record.
 local function meta_decode(v)
     if not v or string.len(v) < META_LEN then
         return nil
@@ -63,10 +65,18 @@ local function meta_decode(v)
         priority = p,
         handler = h,
         started = st,
-        worker = string.sub(v, META_LEN + 1, META_LEN + wl),
         raw = v,
+        wl = wl,
         json_at = META_LEN + wl + 1,
     }
+end
+
+-- The worker id of decoded record `m`.
+local function record_worker(m)
+    if not m.worker then
+        m.worker = string.sub(m.raw, META_LEN + 1, META_LEN + m.wl)
+    end
+    return m.worker
 end
 
 -- The task JSON of decoded record `m`.
@@ -77,10 +87,16 @@ local function record_json(m)
     return m.json
 end
 
--- Packs `m` back into a record, with its task JSON (`m.json`, else the
--- JSON of the record it was decoded from).
+-- Packs `m` back into a record: its worker id (`m.worker`) and task JSON
+-- (`m.json`) where a step set them, else those of the record it was
+-- decoded from, copied in one piece when both are.
 local function meta_encode(m)
-    local w = m.worker
+    local w, tail = m.worker, nil
+    if not w and not m.json then
+        return struct.pack(META, m.state, m.attempt, m.max, m.token, m.updated, m.run_at,
+            m.priority, m.handler, m.started, m.wl) .. string.sub(m.raw, META_LEN + 1)
+    end
+    w = w or record_worker(m)
     if string.len(w) > 255 then
         w = string.sub(w, 1, 255)
     end
