@@ -614,7 +614,7 @@ fn legacy_meta(state: u8, attempt: u32, token: u64, updated_us: i64, worker: &st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_an_earlier_version_wrote_are_read_run_and_converted() {
+async fn records_an_earlier_version_wrote_are_read_and_run() {
     let _limit = crate::limit::minutes(5);
     let server = RedisServer::start();
     let prefix = unique_prefix("legacy");
@@ -685,13 +685,13 @@ async fn records_an_earlier_version_wrote_are_read_run_and_converted() {
     assert_eq!(ran.result_log.lines().count(), 3);
     worker.stop().await;
 
-    // Every record was touched: each is one field now, and the earlier
-    // layout's hash is gone.
-    let exists: bool = redis::cmd("EXISTS")
+    // The earlier layout is the split form (lua/common.lua): its records
+    // are read and written where they are.
+    let split: usize = redis::cmd("HLEN")
         .arg(&keys.meta)
         .query(&mut conn)
-        .expect("EXISTS");
-    assert!(!exists, "records of the earlier layout are left");
+        .expect("HLEN");
+    assert_eq!(split, 3);
     let stats = default_stats(&broker).await;
     assert_eq!((stats.completed, stats.dead, stats.pending), (2, 1, 0));
     let queued: i64 = redis::cmd("GET")
@@ -699,4 +699,54 @@ async fn records_an_earlier_version_wrote_are_read_run_and_converted() {
         .query(&mut conn)
         .expect("GET");
     assert_eq!(queued, 0);
+}
+
+/// A task with a large JSON keeps it apart from its metadata, so a change
+/// of state does not copy it; a small one keeps both in one field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_task_keeps_its_json_apart_and_runs() {
+    let _limit = crate::limit::minutes(5);
+    let server = RedisServer::start();
+    let prefix = unique_prefix("split");
+    let broker = connect(&server, &prefix).await;
+    let keys = broker.queue_keys("default", "default");
+    let client = Client::new(broker.clone());
+    let small = text_task(1);
+    let mut large = text_task(2);
+    large
+        .args_map
+        .insert("text".into(), "word ".repeat(400).into());
+    client
+        .enqueue_many(vec![small.clone(), large.clone()])
+        .await
+        .expect("enqueue");
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(2));
+    for task in [&small, &large] {
+        let done = support::wait(&client, task, 30).await;
+        assert_eq!(done.state, TaskState::Completed, "{:?}", done.error);
+        assert_eq!(done.result_log.lines().count(), 3);
+    }
+    worker.stop().await;
+    let redis = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = redis.get_connection().expect("connect");
+    let field = |hash: &str, id: TaskId, conn: &mut redis::Connection| -> Option<Vec<u8>> {
+        redis::cmd("HGET")
+            .arg(hash)
+            .arg(id.to_string())
+            .query(conn)
+            .expect("HGET")
+    };
+    let small_record = field(&keys.task, small.task_id, &mut conn).expect("small record");
+    assert_eq!(small_record.first(), Some(&b'c'), "inline, completed");
+    assert_eq!(field(&keys.meta, small.task_id, &mut conn), None);
+    let large_json = field(&keys.task, large.task_id, &mut conn).expect("large JSON");
+    assert_eq!(large_json.first(), Some(&b'{'), "the JSON alone");
+    let large_meta = field(&keys.meta, large.task_id, &mut conn).expect("large metadata");
+    assert_eq!(large_meta.first(), Some(&b'c'), "split, completed");
+    assert!(
+        large_meta.len() < 100,
+        "{} bytes of metadata",
+        large_meta.len()
+    );
 }

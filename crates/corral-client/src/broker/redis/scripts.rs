@@ -192,6 +192,7 @@ pub async fn flow_advance(
         .key(&queue.tenant.queues)
         .key(&queue.tenant.queued)
         .key(&queue.tenant.cap)
+        .key(&queue.meta)
         .arg(flow_id)
         .arg(quota.max_queued.min(LUA_MAX))
         .arg(quota.max_queues)
@@ -288,6 +289,7 @@ pub async fn fire(
         .key(&queue.tenant.queues)
         .key(&queue.tenant.queued)
         .key(&queue.tenant.cap)
+        .key(&queue.meta)
         .arg(name)
         .arg(tick_us);
     match next_us {
@@ -395,6 +397,7 @@ pub async fn enqueue(
         .key(&keys.tenant.unique)
         .key(&keys.tenant.unique_ttl)
         .key(&keys.tenant.rate_limit)
+        .key(&keys.meta)
         .arg(now_us)
         .arg(max_queued_in_queue)
         .arg(quota.max_queued.min(LUA_MAX))

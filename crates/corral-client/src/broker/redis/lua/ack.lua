@@ -20,7 +20,7 @@
 -- KEYS[4] completed  (zset)
 -- KEYS[5] dead       (zset)
 -- KEYS[6] task       (hash)   id -> record (see common.lua)
--- KEYS[7] meta       (hash)   records of an earlier version
+-- KEYS[7] meta       (hash)   split records' metadata (see common.lua)
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
 -- KEYS[10] queued    (string) the tenant's count of queued tasks
@@ -98,11 +98,11 @@ local applied = {} -- id -> {token, state} applied by this call
 local failed = {} -- id -> the error JSON of a task this call killed or cancelled
 -- Argument lists for one batched command per key, with their lengths
 -- (counters instead of `#t + 1`: the length operator is not free in Lua).
-local meta_args, active_rem, progress_set, error_del, error_set = {}, {}, {}, {}, {}
+local writes, active_rem, progress_set, error_del, error_set = record_writes(), {}, {}, {}, {}
 local completed_add, scheduled_add, dead_add, released, cancelled_add = {}, {}, {}, {}, {}
 local released_prios = {}
 local n_cancelled = 0
-local n_meta, n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0, 0
+local n_active, n_progress, n_error_del, n_error_set = 0, 0, 0, 0
 local n_completed, n_scheduled, n_dead, n_released = 0, 0, 0, 0
 local first_retry = nil
 local usage = {}
@@ -118,7 +118,7 @@ for i = 0, n - 1 do
             code = 0
         end
     else
-        local m = meta_decode(metas[i + 1])
+        local m = metas[i + 1]
         local json = ARGV[base + 3]
         if leased(m, token) and m.state == 'k' and (kind == 'r' or kind == 'l') then
             kind = 'x'
@@ -181,9 +181,7 @@ for i = 0, n - 1 do
                 released[n_released] = id
                 released_prios[n_released] = m.priority
             end
-            meta_args[n_meta + 1] = id
-            meta_args[n_meta + 2] = meta_encode(m)
-            n_meta = n_meta + 2
+            record_write(writes, id, m)
             applied[id] = {token, m.state}
         elseif m and m.token == token and (m.state == target[kind]
             or (m.state == 'x' and (kind == 'r' or kind == 'l'))) then
@@ -196,7 +194,7 @@ end
 local wake = nil
 if n_active > 0 then
     redis.call('ZREM', k_active, unpack(active_rem))
-    redis.call('HSET', k_task, unpack(meta_args))
+    record_flush(writes, k_task, k_meta)
     if redis.call('ZREM', KEYS[16], unpack(active_rem)) > 0 then
         wake = redis.call('SMEMBERS', KEYS[17])
         if #wake > 0 then

@@ -30,7 +30,7 @@
 -- KEYS[2] active     (zset)
 -- KEYS[3] scheduled  (zset)
 -- KEYS[4] task       (hash)   id -> record (see common.lua)
--- KEYS[5] meta       (hash)   records of an earlier version
+-- KEYS[5] meta       (hash)   split records' metadata (see common.lua)
 -- KEYS[6] progress   (hash)
 -- KEYS[7] error      (hash)
 -- KEYS[8] queues     (set)    the tenant's queue names
@@ -152,23 +152,22 @@ local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', now, 'LIMIT', 0, pr
 if #due > 0 then
     redis.call('ZREM', k_scheduled, unpack(due))
     local metas = records(k_task, k_meta, due)
-    local meta_args, ready, prios, retried = {}, {}, {}, 0
+    local writes, ready, prios, retried = record_writes(), {}, {}, 0
     for i, id in ipairs(due) do
-        local m = meta_decode(metas[i])
+        local m = metas[i]
         if m and m.state == 'r' then
             retried = retried + 1
         end
         if m and (m.state == 's' or m.state == 'r') then
             m.state = 'p'
             m.updated = now
-            meta_args[#meta_args + 1] = id
-            meta_args[#meta_args + 1] = meta_encode(m)
+            record_write(writes, id, m)
             ready[#ready + 1] = id
             prios[#ready] = m.priority
         end
     end
     if #ready > 0 then
-        redis.call('HSET', k_task, unpack(meta_args))
+        record_flush(writes, k_task, k_meta)
         pend(k_pending, ready, prios, false)
         promoted = #ready
     end
@@ -224,7 +223,7 @@ if popped then
         end
     end
     for i, item in ipairs(popped) do
-        local m = known[item] and meta_decode(known[item])
+        local m = known[item]
         if m then
             -- An id of a task that is not pending (or was already taken by
             -- this call) is a stale entry: the task is accounted for
@@ -322,7 +321,7 @@ if #leases > 0 and redis.call('EXISTS', KEYS[18]) == 1 then
             m.state = 's'
             m.run_at = string.format('%.0f', hold)
             m.updated = now
-            meta_put(k_task, l[1], m)
+            meta_put(k_task, k_meta, l[1], m)
             redis.call('ZADD', k_scheduled, m.run_at, l[1])
             due_by(KEYS[10], queue, m.run_at)
             deferred = deferred + 1
@@ -346,8 +345,8 @@ end
 -- (Counters instead of `#t + 1`: the length operator is not free in Lua.)
 local result = {promoted, 0, false, #leases}
 if #leases > 0 then
-    local meta_args, zadd_args, again = {}, {}, {}
-    local nm, nz, na, stored, raw = 0, 0, 0, 0, 0
+    local writes, zadd_args, again = record_writes(), {}, {}
+    local nz, na, stored, raw = 0, 0, 0, 0
     for _, l in ipairs(leases) do
         local id, m = l[1], l[2]
         if l[3] == 0 then
@@ -366,15 +365,18 @@ if #leases > 0 then
         m.updated = now
         m.started = now
         m.worker = worker
-        l[4] = meta_encode(m)
-        meta_args[nm + 1] = id
-        meta_args[nm + 2] = l[4]
-        nm = nm + 2
+        if l[3] == 0 then
+            l[4] = record_write(writes, id, m) or meta_encode(m)
+        else
+            -- A raw entry's first record: split if its JSON is large.
+            l[4] = meta_encode(m)
+            record_new(writes, id, l[4])
+        end
         zadd_args[nz + 1] = expires
         zadd_args[nz + 2] = id
         nz = nz + 2
     end
-    redis.call('HSET', k_task, unpack(meta_args))
+    record_flush(writes, k_task, k_meta)
     redis.call('ZADD', k_active, unpack(zadd_args))
     redis.call('ZADD', KEYS[13], unpack(zadd_args))
     if rate_window then

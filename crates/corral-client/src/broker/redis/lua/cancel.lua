@@ -14,7 +14,7 @@
 -- KEYS[1] pending    (list)
 -- KEYS[2] scheduled  (zset)
 -- KEYS[3] cancelled  (zset)
--- KEYS[4] meta       (hash)   records of an earlier version
+-- KEYS[4] meta       (hash)   split records' metadata (see common.lua)
 -- KEYS[5] error      (hash)
 -- KEYS[6] queued     (string) the tenant's count of queued tasks
 -- KEYS[7] retrying   (string) the queue's count of retrying tasks
@@ -42,7 +42,7 @@ end
 if m.state == 'a' or m.state == 'k' then
     if m.state == 'a' then
         m.state = 'k'
-        meta_put(KEYS[9], id, m)
+        meta_put(KEYS[9], KEYS[4], id, m)
     end
     return {3, record_worker(m)}
 end
@@ -57,10 +57,10 @@ end
 unqueue(KEYS[6], 1)
 m.state = 'x'
 m.updated = now
-meta_put(KEYS[9], id, m)
+meta_put(KEYS[9], KEYS[4], id, m)
 local error = cancel_error('the task was cancelled before it ran', nil)
 redis.call('HSET', KEYS[5], id, error)
-flow_step_failed(string.sub(KEYS[6], 1, -(#':queued' + 1)), KEYS[9], id, error, now)
+flow_step_failed(string.sub(KEYS[6], 1, -(#':queued' + 1)), m, id, error, now)
 redis.call('ZADD', KEYS[3], now, id)
 due_by(KEYS[8], ARGV[4], tonumber(now) + tonumber(ARGV[3]))
 return {0}

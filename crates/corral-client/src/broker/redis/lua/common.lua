@@ -1,12 +1,14 @@
 -- common.lua: helpers that scripts.rs prepends to every Corral script.
 --
--- A task's record is one field of the queue's `task` hash: its metadata,
--- packed with Lua's struct library (big-endian) rather than written as
--- text, then the worker's id, then the task JSON as Rust wrote it. Lua
--- inside Redis turns numbers into strings slowly, and the metadata is read
--- and rewritten on every acquire and ack; one field per task instead of
--- two (JSON and metadata apart) saves a hash entry and a copy of the id per
--- task, most of what a queued task costs in Redis memory.
+-- A task's record takes one of two forms, by the size of its JSON.
+--
+-- Inline (JSON of less than INLINE_MAX bytes: most tasks): one field of
+-- the queue's `task` hash holding the metadata, packed with Lua's struct
+-- library (big-endian) rather than written as text, then the worker's id,
+-- then the task JSON as Rust wrote it. One field per task instead of two
+-- saves a hash entry and a copy of the id, most of what a small queued
+-- task costs in Redis memory; every change of state rewrites the field, so
+-- its JSON is copied each time, which only a small JSON makes cheap.
 --
 --   c1 state         p pending, s scheduled, a active, r retrying,
 --                    c completed, d dead, x cancelled; k active with a
@@ -26,27 +28,30 @@
 --                    the lease (at most 255)
 --   then the task JSON
 --
--- Times are doubles: exact for integers below 2^53 (µs since the epoch
--- stay below that until the year 2255). They come from Rust as ARGV;
--- scripts never read the clock. record.rs reads and writes the same
--- layout.
+-- Split (a larger JSON, and every record of versions before the inline
+-- form): the JSON alone in the `task` hash, the metadata in the queue's
+-- `meta` hash (SPLIT below: the same fields, the token a double, no
+-- worker length: the worker's id is the rest of the field). A change of
+-- state rewrites the small metadata only; the JSON is read when a step
+-- needs it, and written once.
 --
--- Records written by earlier versions keep the JSON alone in the `task`
--- hash and the metadata in the queue's `meta` hash (LEGACY below, without
--- the worker's length). `records` converts each it meets, so every script
--- reads and writes only the one-field form, and a queue's `meta` hash
--- empties (and vanishes) as its records are touched.
+-- Scripts see one form: `records` decodes either, `record_write` writes
+-- each back in its own form, and what goes back to Rust is always the
+-- inline form (record.rs reads it). Times are doubles: exact for integers
+-- below 2^53 (µs since the epoch stay below that until the year 2255).
+-- They come from Rust as ARGV; scripts never read the clock.
 
 local META = '>c1I4I4I6ddBI3dB'
 local META_LEN = 44
-local LEGACY = '>c1I4I4dddBI3d'
-local LEGACY_LEN = 45
+local SPLIT = '>c1I4I4dddBI3d'
+local SPLIT_LEN = 45
+local INLINE_MAX = 512
 
--- Decodes record `v` into a table of its metadata; `raw` keeps the record,
--- `wl` the length of its worker id (cut out by `record_worker` only when
--- asked: most steps leave it as it is) and `json_at` where its JSON starts
--- (cut out by `record_json` only when asked). Nil for a missing or damaged
--- record.
+-- Decodes inline record `v` into a table of its metadata; `raw` keeps the
+-- record, `wl` the length of its worker id (cut out by `record_worker`
+-- only when asked: most steps leave it as it is) and `json_at` where its
+-- JSON starts (cut out by `record_json` only when asked). Nil for a
+-- missing or damaged record.
 local function meta_decode(v)
     if not v or string.len(v) < META_LEN then
         return nil
@@ -71,6 +76,29 @@ local function meta_decode(v)
     }
 end
 
+-- Decodes split metadata `v` of task `id`, whose JSON is in `k_task`.
+local function split_decode(v, k_task, id)
+    if not v or string.len(v) < SPLIT_LEN then
+        return nil
+    end
+    local s, a, m, t, u, r, p, h, st = struct.unpack(SPLIT, v)
+    return {
+        state = s,
+        attempt = a,
+        max = m,
+        token = t,
+        updated = u,
+        run_at = r,
+        priority = p,
+        handler = h,
+        started = st,
+        worker = string.sub(v, SPLIT_LEN + 1),
+        split = true,
+        k_task = k_task,
+        id = id,
+    }
+end
+
 -- The worker id of decoded record `m`.
 local function record_worker(m)
     if not m.worker then
@@ -79,19 +107,24 @@ local function record_worker(m)
     return m.worker
 end
 
--- The task JSON of decoded record `m`.
+-- The task JSON of decoded record `m` (read from the `task` hash when the
+-- record is split).
 local function record_json(m)
     if not m.json then
-        m.json = string.sub(m.raw, m.json_at)
+        if m.split then
+            m.json = redis.call('HGET', m.k_task, m.id) or ''
+        else
+            m.json = string.sub(m.raw, m.json_at)
+        end
     end
     return m.json
 end
 
--- Packs `m` back into a record: its worker id (`m.worker`) and task JSON
--- (`m.json`) where a step set them, else those of the record it was
+-- Packs `m` into an inline record: its worker id (`m.worker`) and task
+-- JSON (`m.json`) where a step set them, else those of the record it was
 -- decoded from, copied in one piece when both are.
 local function meta_encode(m)
-    local w, tail = m.worker, nil
+    local w = m.worker
     if not w and not m.json then
         return struct.pack(META, m.state, m.attempt, m.max, m.token, m.updated, m.run_at,
             m.priority, m.handler, m.started, m.wl) .. string.sub(m.raw, META_LEN + 1)
@@ -104,47 +137,101 @@ local function meta_encode(m)
         m.priority, m.handler, m.started, string.len(w)) .. w .. record_json(m)
 end
 
--- The priority byte of record `v`, without unpacking the rest.
+-- Packs the metadata of `m` in the split form.
+local function split_encode(m)
+    return struct.pack(SPLIT, m.state, m.attempt, m.max, m.token, m.updated, m.run_at,
+        m.priority, m.handler, m.started) .. record_worker(m)
+end
+
+-- The priority byte of inline record `v`, without unpacking the rest.
 local function meta_priority(v)
     return v and string.byte(v, 32) or 0
 end
 
--- The records of `ids` in task hash `k_task`, as HMGET answers (false for
--- none). Records of an earlier version (metadata in `k_meta`) are
--- converted first; while no such record is left, this costs one EXISTS.
+-- The decoded records of `ids` (nil where there is none): split ones from
+-- `k_meta` (their JSON left where it is), the rest inline from `k_task`.
+-- While a queue holds no split record, the split side costs one EXISTS.
 local function records(k_task, k_meta, ids)
-    local vals = redis.call('HMGET', k_task, unpack(ids))
-    if redis.call('EXISTS', k_meta) == 0 then
-        return vals
-    end
-    local olds = redis.call('HMGET', k_meta, unpack(ids))
-    local args, dels, n = {}, {}, 0
-    for i = 1, #ids do
-        local old = olds[i]
-        if old and string.len(old) >= LEGACY_LEN then
-            local s, a, m, t, u, r, p, h, st = struct.unpack(LEGACY, old)
-            local w = string.sub(old, LEGACY_LEN + 1, LEGACY_LEN + 255)
-            vals[i] = struct.pack(META, s, a, m, t, u, r, p, h, st, string.len(w)) .. w
-                .. (vals[i] or '')
-            args[2 * n + 1] = ids[i]
-            args[2 * n + 2] = vals[i]
-            n = n + 1
-            dels[n] = ids[i]
+    local out, want, at, n = {}, ids, nil, #ids
+    if redis.call('EXISTS', k_meta) == 1 then
+        local splits = redis.call('HMGET', k_meta, unpack(ids))
+        want, at, n = {}, {}, 0
+        for i = 1, #ids do
+            if splits[i] then
+                out[i] = split_decode(splits[i], k_task, ids[i])
+            else
+                n = n + 1
+                want[n] = ids[i]
+                at[n] = i
+            end
         end
     end
     if n > 0 then
-        redis.call('HSET', k_task, unpack(args, 1, 2 * n))
-        redis.call('HDEL', k_meta, unpack(dels, 1, n))
+        local vals = redis.call('HMGET', k_task, unpack(want, 1, n))
+        for j = 1, n do
+            out[at and at[j] or j] = meta_decode(vals[j])
+        end
     end
-    return vals
+    return out
 end
 
 local function meta_get(k_task, k_meta, id)
-    return meta_decode(records(k_task, k_meta, {id})[1])
+    return records(k_task, k_meta, {id})[1]
 end
 
-local function meta_put(k_task, id, m)
-    redis.call('HSET', k_task, id, meta_encode(m))
+-- Batched writes of records, each in its form: `record_write` and
+-- `record_new` add one, `record_flush` sends them, one HSET per hash.
+local function record_writes()
+    return {task = {}, meta = {}, nt = 0, nm = 0}
+end
+
+-- Adds `m` (decoded by `records`) of task `id`; returns its inline record
+-- when it wrote one.
+local function record_write(w, id, m)
+    if m.split then
+        w.meta[w.nm + 1] = id
+        w.meta[w.nm + 2] = split_encode(m)
+        w.nm = w.nm + 2
+        return nil
+    end
+    local record = meta_encode(m)
+    w.task[w.nt + 1] = id
+    w.task[w.nt + 2] = record
+    w.nt = w.nt + 2
+    return record
+end
+
+-- Adds new inline record `record` (from Rust) of task `id`, split when its
+-- JSON is too large to copy on every change of state.
+local function record_new(w, id, record)
+    local m = string.len(record) > META_LEN + INLINE_MAX and meta_decode(record)
+    if m and string.len(record) - m.json_at >= INLINE_MAX then
+        w.task[w.nt + 1] = id
+        w.task[w.nt + 2] = record_json(m)
+        w.nt = w.nt + 2
+        w.meta[w.nm + 1] = id
+        w.meta[w.nm + 2] = split_encode(m)
+        w.nm = w.nm + 2
+    else
+        w.task[w.nt + 1] = id
+        w.task[w.nt + 2] = record
+        w.nt = w.nt + 2
+    end
+end
+
+local function record_flush(w, k_task, k_meta)
+    if w.nt > 0 then
+        redis.call('HSET', k_task, unpack(w.task, 1, w.nt))
+    end
+    if w.nm > 0 then
+        redis.call('HSET', k_meta, unpack(w.meta, 1, w.nm))
+    end
+end
+
+local function meta_put(k_task, k_meta, id, m)
+    local w = record_writes()
+    record_write(w, id, m)
+    record_flush(w, k_task, k_meta)
 end
 
 -- Priorities. A pending task of priority 0 (the default) waits in the
@@ -372,7 +459,7 @@ end
 -- max_queues). Exact: only for scripts that hold the whole queue at once.
 --
 -- q: {name, pending, active, scheduled, completed, dead, cancelled, task,
--- meta} (keys; `meta` holds only records of an earlier version)
+-- meta} (keys)
 local function settle(k_due, k_queues, q, completed_ttl, dead_ttl)
     local at = nil
     for _, set in ipairs({{q.scheduled, 0}, {q.active, 0}, {q.completed, completed_ttl},
@@ -495,13 +582,12 @@ local function flow_step_ended(k_flow, k_ready, k_flows, flow_id, i, id, ok, pay
     return readied
 end
 
--- Task `id` (its record in k_task) of the tenant whose keys start with
+-- Task `id` (decoded record `m`) of the tenant whose keys start with
 -- `tenant_base` died or was cancelled with `error` outside an ack: if it is
 -- a workflow step, its workflow hears of it as from an ack. Only the task's
 -- JSON says which workflow, so the workflow's keys are built here (they
 -- are the tenant's, in the same slot).
-local function flow_step_failed(tenant_base, k_task, id, error, now)
-    local m = meta_decode(redis.call('HGET', k_task, id))
+local function flow_step_failed(tenant_base, m, id, error, now)
     if not m or not string.find(record_json(m), '"workflow"', 1, true) then
         return
     end

@@ -2,7 +2,7 @@
 --
 -- KEYS[1] dead      (zset)
 -- KEYS[2] task      (hash) id -> record (see common.lua)
--- KEYS[3] meta      (hash) records of an earlier version
+-- KEYS[3] meta      (hash) split records' metadata (see common.lua)
 -- KEYS[4] progress  (hash)
 -- KEYS[5] error     (hash)
 --
@@ -20,10 +20,10 @@ local ids = redis.call('ZREVRANGE', KEYS[1], 0, limit - 1)
 if #ids == 0 then
     return out
 end
-for i, record in ipairs(records(KEYS[2], KEYS[3], ids)) do
-    local id = ids[i]
+local found = records(KEYS[2], KEYS[3], ids)
+for i, id in ipairs(ids) do
     out[#out + 1] = id
-    out[#out + 1] = record
+    out[#out + 1] = found[i] and meta_encode(found[i]) or false
     out[#out + 1] = redis.call('HGET', KEYS[4], id)
     out[#out + 1] = redis.call('HGET', KEYS[5], id)
 end

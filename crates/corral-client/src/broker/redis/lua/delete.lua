@@ -13,7 +13,7 @@
 -- KEYS[4] completed  (zset)
 -- KEYS[5] dead       (zset)
 -- KEYS[6] task       (hash)   id -> record (see common.lua)
--- KEYS[7] meta       (hash)   records of an earlier version
+-- KEYS[7] meta       (hash)   split records' metadata (see common.lua)
 -- KEYS[8] progress   (hash)
 -- KEYS[9] error      (hash)
 -- KEYS[10] cancelled (zset)

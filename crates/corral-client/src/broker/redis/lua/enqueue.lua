@@ -23,7 +23,8 @@
 -- KEYS[10] unique-ttl (zset) the tenant's unique keys by expiry (µs)
 -- KEYS[11] rate-limit (string) the tenant's rate limit, written (or
 --                            cleared) as ARGV[7] says
--- KEYS[12] wake      (list)  optional: the queue name's wake-up list, given
+-- KEYS[12] meta      (hash)  split records' metadata (see common.lua)
+-- KEYS[13] wake      (list)  optional: the queue name's wake-up list, given
 --                            only where it shares a server with the queue
 --                            (standalone Redis), so the wake-up is part of
 --                            the same call
@@ -42,7 +43,7 @@
 --         id, record (packed by Rust, see common.lua; state p or s), due
 --         (µs; empty = ready now), unique key and until when it holds (µs)
 --         (both empty: none)
---         then, with KEYS[12]: the wake-up token and how many tokens to keep
+--         then, with KEYS[13]: the wake-up token and how many tokens to keep
 --
 -- Returns {0, ready}   stored; `ready` of them went to pending
 --         {1, id}      nothing stored: task `id` already exists (or is
@@ -150,15 +151,13 @@ elseif ARGV[7] ~= '' then
     redis.call('SET', KEYS[11], ARGV[7])
 end
 
-local records, ready, delayed, prios = {}, {}, {}, nil
-local nt, nr, nd = 0, 0, 0
+local writes, ready, delayed, prios = record_writes(), {}, {}, nil
+local nr, nd = 0, 0
 local first_due = nil
 for i = 0, n - 1 do
     local base = first + i * stride
     local id, due = ARGV[base], ARGV[base + 2]
-    records[nt + 1] = id
-    records[nt + 2] = ARGV[base + 1]
-    nt = nt + 2
+    record_new(writes, id, ARGV[base + 1])
     if due ~= '' then
         local at = tonumber(due)
         if not first_due or at < first_due then
@@ -177,7 +176,7 @@ for i = 0, n - 1 do
         end
     end
 end
-redis.call('HSET', KEYS[4], unpack(records))
+record_flush(writes, KEYS[4], KEYS[12])
 if unique_until then
     local last = 0
     for i = 0, n - 1 do
@@ -205,10 +204,10 @@ if nd > 0 then
 end
 if nr > 0 then
     pend(KEYS[1], ready, prios, false)
-    if KEYS[12] then
+    if KEYS[13] then
         local wake_at = first + n * stride
-        redis.call('LPUSH', KEYS[12], ARGV[wake_at])
-        redis.call('LTRIM', KEYS[12], 0, tonumber(ARGV[wake_at + 1]) - 1)
+        redis.call('LPUSH', KEYS[13], ARGV[wake_at])
+        redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[wake_at + 1]) - 1)
     end
 end
 return {0, nr}

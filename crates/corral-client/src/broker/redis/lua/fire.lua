@@ -14,6 +14,7 @@
 -- KEYS[4] queues     (set)    the tenant's queue names
 -- KEYS[5] queued     (string) the tenant's count of queued tasks
 -- KEYS[6] cap        (string) the tenant's concurrency cap
+-- KEYS[7] meta       (hash)   split records' metadata (see common.lua)
 --
 -- ARGV[1] the schedule's name
 -- ARGV[2] the tick planned from (µs)
@@ -61,6 +62,8 @@ redis.call('INCRBY', KEYS[5], 1)
 if ARGV[9] ~= '' then
     redis.call('SET', KEYS[6], ARGV[9])
 end
-redis.call('HSET', KEYS[3], id, ARGV[5])
+local writes = record_writes()
+record_new(writes, id, ARGV[5])
+record_flush(writes, KEYS[3], KEYS[7])
 pend(KEYS[2], {id}, {meta_priority(ARGV[5])}, false)
 return 1

@@ -13,6 +13,7 @@
 -- KEYS[5] queues     (set)    the tenant's queue names
 -- KEYS[6] queued     (string) the tenant's count of queued tasks
 -- KEYS[7] cap        (string) the tenant's concurrency cap
+-- KEYS[8] meta       (hash)   split records' metadata (see common.lua)
 --
 -- ARGV[1] the workflow's id
 -- ARGV[2] the tenant's max_queued
@@ -37,7 +38,7 @@ local max_queued = tonumber(ARGV[2])
 local queue = ARGV[4]
 local codes = {}
 local refused = nil
-local tasks, ids, prios, marks, members = {}, {}, {}, {}, {}, {}
+local writes, ids, prios, marks, members = record_writes(), {}, {}, {}, {}
 local stored = 0
 for s = 0, n - 1 do
     local base = 7 + s * 3
@@ -59,8 +60,7 @@ for s = 0, n - 1 do
         codes[s + 1] = 4
     else
         stored = stored + 1
-        tasks[2 * stored - 1] = id
-        tasks[2 * stored] = ARGV[base + 2]
+        record_new(writes, id, ARGV[base + 2])
         ids[stored] = id
         prios[stored] = meta_priority(ARGV[base + 2])
         marks[2 * stored - 1] = 'x:' .. i
@@ -75,7 +75,7 @@ if stored > 0 then
     if ARGV[5] ~= '' then
         redis.call('SET', KEYS[7], ARGV[5])
     end
-    redis.call('HSET', KEYS[4], unpack(tasks, 1, 2 * stored))
+    record_flush(writes, KEYS[4], KEYS[8])
     pend(KEYS[3], ids, prios, false)
     redis.call('HSET', KEYS[2], unpack(marks, 1, 2 * stored))
     redis.call('ZREM', KEYS[1], unpack(members, 1, stored))

@@ -3,7 +3,7 @@
 -- KEYS[1] active  (zset)
 -- KEYS[2] task    (hash)   id -> record (see common.lua)
 -- KEYS[3] running (zset)   the tenant's active ids: extended alongside
--- KEYS[4] meta    (hash)   records of an earlier version
+-- KEYS[4] meta    (hash)   split records' metadata (see common.lua)
 --
 -- ARGV[1] new lease expiry (µs)
 -- ARGV[2] n; then 2 values per lease: id, token
@@ -24,7 +24,7 @@ local metas = records(KEYS[2], KEYS[4], ids)
 local zadd_args = {}
 for i = 0, n - 1 do
     local id, token = ids[i + 1], tonumber(ARGV[4 + i * 2])
-    local m = meta_decode(metas[i + 1])
+    local m = metas[i + 1]
     if leased(m, token) then
         zadd_args[#zadd_args + 1] = ARGV[1]
         zadd_args[#zadd_args + 1] = id

@@ -14,7 +14,7 @@
 --
 -- KEYS[1] the line or set (list for p, zset otherwise)
 -- KEYS[2] task      (hash) id -> record (see common.lua)
--- KEYS[3] meta      (hash) records of an earlier version
+-- KEYS[3] meta      (hash) split records' metadata (see common.lua)
 -- KEYS[4] progress  (hash)
 -- KEYS[5] error     (hash)
 --
@@ -53,8 +53,9 @@ for _, id in ipairs(entries) do
 end
 local found_records = {}
 if #ids > 0 then
-    for i, record in ipairs(records(KEYS[2], KEYS[3], ids)) do
-        found_records[ids[i]] = record
+    local decoded = records(KEYS[2], KEYS[3], ids)
+    for i, id in ipairs(ids) do
+        found_records[id] = decoded[i] or false
     end
 end
 local found = 0
@@ -63,12 +64,12 @@ for i, id in ipairs(entries) do
         out[1] = offset + i - 1
         return out
     end
-    local record = found_records[id]
-    local s = record and string.sub(record, 1, 1)
+    local m = found_records[id]
+    local s = m and m.state
     if s == state or (state == 'a' and s == 'k') then
         found = found + 1
         out[#out + 1] = id
-        out[#out + 1] = record
+        out[#out + 1] = meta_encode(m)
         out[#out + 1] = redis.call('HGET', KEYS[4], id)
         out[#out + 1] = redis.call('HGET', KEYS[5], id)
     end

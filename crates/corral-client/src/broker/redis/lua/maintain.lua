@@ -29,7 +29,7 @@
 -- KEYS[4] running    (zset)   the tenant's active ids: expired ones leave
 -- then 11 keys per queue, in the order of the names in ARGV:
 --   pending (list), active, scheduled, completed, dead (zsets),
---   task, meta (records of an earlier version), progress, error
+--   task, meta (see common.lua), progress, error
 --   (hashes), cancelled (zset), retrying (string)
 --
 -- ARGV[1] now (µs)
@@ -53,8 +53,8 @@ local completed_ttl, dead_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
 local more = 0
 local tenant_base = string.sub(KEYS[4], 1, -(#':running' + 1))
 
-local function step_failed(k_task, id, error)
-    flow_step_failed(tenant_base, k_task, id, error, now)
+local function step_failed(m, id, error)
+    flow_step_failed(tenant_base, m, id, error, now)
 end
 
 local function maintain(queue, base)
@@ -77,7 +77,7 @@ local function maintain(queue, base)
         if m and (m.state == 's' or m.state == 'r') then
             m.state = 'p'
             m.updated = now
-            meta_put(k_task, id, m)
+            meta_put(k_task, k_meta, id, m)
             pend(k_pending, {id}, {m.priority}, false)
             promoted = promoted + 1
         end
@@ -100,10 +100,10 @@ local function maintain(queue, base)
                 'the task was cancelled while it ran; its worker\'s lease expired before it reported back',
                 tonumber(m.handler))
             redis.call('HSET', k_error, id, error)
-            step_failed(k_task, id, error)
+            step_failed(m, id, error)
             redis.call('ZADD', k_cancelled, now, id)
             expired_dead = expired_dead + 1
-            meta_put(k_task, id, m)
+            meta_put(k_task, k_meta, id, m)
         elseif m and m.state == 'a' then
             m.updated = now
             if m.attempt >= m.max then
@@ -116,7 +116,7 @@ local function maintain(queue, base)
                     handler_index = tonumber(m.handler),
                 })
                 redis.call('HSET', k_error, id, error)
-                step_failed(k_task, id, error)
+                step_failed(m, id, error)
                 redis.call('ZADD', k_dead, now, id)
                 expired_dead = expired_dead + 1
             else
@@ -124,7 +124,7 @@ local function maintain(queue, base)
                 pend(k_pending, {id}, {m.priority}, false)
                 recovered = recovered + 1
             end
-            meta_put(k_task, id, m)
+            meta_put(k_task, k_meta, id, m)
         end
     end
 

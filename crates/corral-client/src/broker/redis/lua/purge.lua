@@ -18,10 +18,11 @@
 --
 -- Returns the number of queued tasks taken off the tenant's count.
 
--- Both layouts (see common.lua) start with the state byte: records of an
--- earlier version are counted from the `meta` hash, where the `task` hash
--- holds their JSON, which starts with no state byte.
+-- Both forms of a record (see common.lua) start with the state byte: split
+-- ones are counted from the `meta` hash, and the JSON they keep in the
+-- `task` hash (which a raw push may start with any byte) is not counted.
 local waiting = {p = true, s = true, r = true}
+local splits = redis.call('EXISTS', KEYS[7]) == 1
 local queued = 0
 for _, k in ipairs({KEYS[6], KEYS[7]}) do
     local cursor = '0'
@@ -30,7 +31,8 @@ for _, k in ipairs({KEYS[6], KEYS[7]}) do
         cursor = page[1]
         local fields = page[2]
         for i = 2, #fields, 2 do
-            if waiting[string.sub(fields[i], 1, 1)] then
+            if waiting[string.sub(fields[i], 1, 1)] and (k == KEYS[7] or not splits
+                or redis.call('HEXISTS', KEYS[7], fields[i - 1]) == 0) then
                 queued = queued + 1
             end
         end

@@ -71,7 +71,7 @@ if #entries > 0 then
     if #lookup > 0 then
         local metas = records(k_task, k_meta, lookup)
         for i, id in ipairs(lookup) do
-            local m = meta_decode(metas[i])
+            local m = metas[i]
             if m and m.state == state then
                 ids[#ids + 1] = id
             end

@@ -13,7 +13,7 @@
 -- KEYS[2] dead       (zset)
 -- KEYS[3] cancelled  (zset)
 -- KEYS[4] task       (hash)   id -> record (see common.lua)
--- KEYS[5] meta       (hash)   records of an earlier version
+-- KEYS[5] meta       (hash)   split records' metadata (see common.lua)
 -- KEYS[6] error      (hash)
 -- KEYS[7] queued     (string) the tenant's count of queued tasks
 --
@@ -51,8 +51,15 @@ for i, r in ipairs(ready) do
     m.attempt = 0
     m.run_at = 0
     m.updated = now
+    -- The new JSON decides the record's form; a split record that turns
+    -- inline leaves the `meta` hash.
     m.json = r[3]
-    meta_put(KEYS[4], id, m)
+    local writes = record_writes()
+    record_new(writes, id, meta_encode(m))
+    record_flush(writes, KEYS[4], KEYS[5])
+    if m.split and writes.nm == 0 then
+        redis.call('HDEL', KEYS[5], id)
+    end
     redis.call('HDEL', KEYS[6], id)
     pushed[i] = id
     prios[i] = m.priority

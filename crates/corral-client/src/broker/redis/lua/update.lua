@@ -4,7 +4,7 @@
 -- KEYS[1] task      (hash) id -> record (see common.lua)
 -- KEYS[2] progress  (hash)
 -- KEYS[3] usage     (hash) the tenant's usage of the day
--- KEYS[4] meta      (hash) records of an earlier version
+-- KEYS[4] meta      (hash) split records' metadata (see common.lua)
 --
 -- ARGV[1] id
 -- ARGV[2] fencing token the caller holds
@@ -25,7 +25,7 @@ if not leased(m, tonumber(ARGV[2])) then
 end
 m.updated = ARGV[3]
 m.handler = ARGV[4]
-meta_put(KEYS[1], id, m)
+meta_put(KEYS[1], KEYS[4], id, m)
 redis.call('HSET', KEYS[2], id, ARGV[5])
 local u = {}
 add_calls(u, 7)
