@@ -2,7 +2,7 @@
 --
 -- A task's record takes one of two forms, by the size of its JSON.
 --
--- Inline (JSON of less than INLINE_MAX bytes: most tasks): one field of
+-- Inline (JSON of at most INLINE_MAX bytes: most tasks): one field of
 -- the queue's `task` hash holding the metadata, packed with Lua's struct
 -- library (big-endian) rather than written as text, then the worker's id,
 -- then the task JSON as Rust wrote it. One field per task instead of two
