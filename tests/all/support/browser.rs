@@ -333,6 +333,12 @@ impl Browser {
         if let Some(value) = self.poll(expression, Instant::now() + bound).await {
             return value;
         }
+        panic!("waited {bound:?} for {what}; {}", self.page_state().await);
+    }
+
+    /// The page's address, status line and last refresh, and what it
+    /// reported: what a failed wait shows.
+    async fn page_state(&self) -> String {
         let page = self
             .eval(
                 "JSON.stringify({hash: location.hash, \
@@ -340,10 +346,7 @@ impl Browser {
                  updated: (document.getElementById('updated') || {}).textContent})",
             )
             .await;
-        panic!(
-            "waited {bound:?} for {what}; the page: {page}; reports: {:?}",
-            self.reports()
-        );
+        format!("the page: {page}; reports: {:?}", self.reports())
     }
 
     /// `expression`'s value once it is truthy, or `None` if it is not by
@@ -381,10 +384,12 @@ impl Browser {
             if self.poll(expression, settle).await.is_some() {
                 return;
             }
-            assert!(
-                Instant::now() < give_up,
-                "clicking `{selector}` never gave {what} within {bound:?}"
-            );
+            if Instant::now() >= give_up {
+                panic!(
+                    "clicking `{selector}` never gave {what} within {bound:?}; {}",
+                    self.page_state().await
+                );
+            }
         }
     }
 

@@ -16,6 +16,10 @@ const STATES = ["pending", "scheduled", "active", "retrying", "completed", "dead
 // A purge deletes every task of one state; `active` is refused by the API.
 const PURGEABLE = ["pending", "scheduled", "retrying", "completed", "dead", "cancelled"];
 const REFRESH_MS = 2000;
+// How long one API call may take: past it the call fails (and with it its
+// refresh, which says so), so one answer that never comes cannot hold
+// every later refresh back.
+const REQUEST_MS = 15000;
 const PAGE_SIZE = 50;
 const TASK_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -99,6 +103,7 @@ async function api(method, path, params, scoped = true) {
     cache: "no-store",
     credentials: "omit",
     redirect: "error",
+    signal: AbortSignal.timeout(REQUEST_MS),
   });
   const text = await r.text();
   let body = null;
