@@ -14,8 +14,8 @@
 //! | `P:{q:T}:Q:dead` | zset | dead ids, scored by the time they died (µs) |
 //! | `P:{q:T}:Q:cancelled` | zset | cancelled ids, scored by the time they were cancelled (µs) |
 //! | `P:{q:T}:Q:retrying` | string | how many of the ids in `scheduled` wait after a failure (state `r`) |
-//! | `P:{q:T}:Q:task` | hash | id → the task's record: packed metadata (state, attempt, max_attempts, fencing token, times, handler index, worker), then the task's JSON as enqueued or as pushed raw (layout in `lua/common.lua`) |
-//! | `P:{q:T}:Q:meta` | hash | written only by earlier versions (packed metadata, with the task's JSON alone in `task`); scripts convert each record they meet, so it empties as its records are touched or expire |
+//! | `P:{q:T}:Q:task` | hash | id → the task's record: packed metadata (state, attempt, max_attempts, fencing token, times, handler index, worker), then the task's JSON as enqueued or as pushed raw; for a JSON of more than 512 bytes, the JSON alone (layouts in `lua/common.lua`) |
+//! | `P:{q:T}:Q:meta` | hash | id → packed metadata of a task whose JSON is kept alone in `task` (a JSON of more than 512 bytes, or any record of a version before one-field records) |
 //! | `P:{q:T}:Q:progress` | hash | id → the last checkpoint's JSON |
 //! | `P:{q:T}:Q:error` | hash | id → the last failure's JSON |
 //! | `P:{q:T}:queues` | set | the tenant's queue names (plain, not encoded) that hold any task record; bounded by the tenant's `max_queues` |
@@ -226,10 +226,10 @@ pub struct QueueKeys {
     pub cancelled: String,
     /// How many scheduled ids are retrying (string).
     pub retrying: String,
-    /// id → the task's record: metadata, then JSON (hash).
+    /// id → the task's record: metadata, then JSON; or the JSON alone,
+    /// when it is large (hash).
     pub task: String,
-    /// id → metadata of records an earlier version wrote (hash; the
-    /// scripts convert each record they meet).
+    /// id → the metadata of a record whose JSON is alone in `task` (hash).
     pub meta: String,
     /// id → last checkpoint JSON (hash).
     pub progress: String,

@@ -6,10 +6,12 @@
 //! scripts keep (state, attempt, fencing token, times, worker; format in
 //! `lua/common.lua`) followed by the task JSON as enqueued ([`StoredTask`]:
 //! what the metadata or a default already says is left out) or as pushed
-//! raw; the last checkpoint's JSON and the last error's JSON. Scripts only
-//! ever store JSON that Rust wrote and edit the small metadata in front of
-//! it, so no script parses or re-encodes task JSON (Lua's cjson would turn
-//! `[]` into `{}` and round large numbers).
+//! raw; the last checkpoint's JSON and the last error's JSON. (Scripts keep
+//! a large JSON apart from its metadata, but always answer with this one
+//! form, which is all Rust reads and writes.) Scripts only ever store JSON
+//! that Rust wrote and edit the small metadata in front of it, so no script
+//! parses or re-encodes task JSON (Lua's cjson would turn `[]` into `{}`
+//! and round large numbers).
 //!
 //! This module owns the metadata format on the Rust side and the overlay
 //! rules. It never talks to Redis and never panics on what Redis returns:
