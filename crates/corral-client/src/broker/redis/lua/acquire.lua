@@ -209,19 +209,7 @@ if max > 0 then
     end
 end
 if popped then
-    local lookup = {}
-    for _, item in ipairs(popped) do
-        if string.len(item) == 36 then
-            lookup[#lookup + 1] = item
-        end
-    end
-    local known = {}
-    if #lookup > 0 then
-        local metas = records(k_task, k_meta, lookup)
-        for i, id in ipairs(lookup) do
-            known[id] = metas[i]
-        end
-    end
+    local known = records_by_id(k_task, k_meta, popped)
     for i, item in ipairs(popped) do
         local m = known[item]
         if m then

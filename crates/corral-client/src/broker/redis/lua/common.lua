@@ -47,6 +47,21 @@ local SPLIT = '>c1I4I4dddBI3d'
 local SPLIT_LEN = 45
 local INLINE_MAX = 512
 
+-- The metadata's fields, as both forms hold them.
+local function meta_fields(s, a, m, t, u, r, p, h, st)
+    return {
+        state = s,
+        attempt = a,
+        max = m,
+        token = t,
+        updated = u,
+        run_at = r,
+        priority = p,
+        handler = h,
+        started = st,
+    }
+end
+
 -- Decodes inline record `v` into a table of its metadata; `raw` keeps the
 -- record, `wl` the length of its worker id (cut out by `record_worker`
 -- only when asked: most steps leave it as it is) and `json_at` where its
@@ -60,20 +75,9 @@ local function meta_decode(v)
     if string.len(v) < META_LEN + wl then
         return nil
     end
-    return {
-        state = s,
-        attempt = a,
-        max = m,
-        token = t,
-        updated = u,
-        run_at = r,
-        priority = p,
-        handler = h,
-        started = st,
-        raw = v,
-        wl = wl,
-        json_at = META_LEN + wl + 1,
-    }
+    local out = meta_fields(s, a, m, t, u, r, p, h, st)
+    out.raw, out.wl, out.json_at = v, wl, META_LEN + wl + 1
+    return out
 end
 
 -- Decodes split metadata `v` of task `id`, whose JSON is in `k_task`.
@@ -81,22 +85,9 @@ local function split_decode(v, k_task, id)
     if not v or string.len(v) < SPLIT_LEN then
         return nil
     end
-    local s, a, m, t, u, r, p, h, st = struct.unpack(SPLIT, v)
-    return {
-        state = s,
-        attempt = a,
-        max = m,
-        token = t,
-        updated = u,
-        run_at = r,
-        priority = p,
-        handler = h,
-        started = st,
-        worker = string.sub(v, SPLIT_LEN + 1),
-        split = true,
-        k_task = k_task,
-        id = id,
-    }
+    local out = meta_fields(struct.unpack(SPLIT, v))
+    out.worker, out.split, out.k_task, out.id = string.sub(v, SPLIT_LEN + 1), true, k_task, id
+    return out
 end
 
 -- The worker id of decoded record `m`.
@@ -170,6 +161,26 @@ local function records(k_task, k_meta, ids)
         local vals = redis.call('HMGET', k_task, unpack(want, 1, n))
         for j = 1, n do
             out[at and at[j] or j] = meta_decode(vals[j])
+        end
+    end
+    return out
+end
+
+-- The decoded records of the ids among `entries` (a line's entries: raw
+-- entries and other text are not ids, and are not looked up), by id.
+local function records_by_id(k_task, k_meta, entries)
+    local ids, n = {}, 0
+    for _, e in ipairs(entries) do
+        if string.len(e) == 36 then
+            n = n + 1
+            ids[n] = e
+        end
+    end
+    local out = {}
+    if n > 0 then
+        local found = records(k_task, k_meta, ids)
+        for i = 1, n do
+            out[ids[i]] = found[i]
         end
     end
     return out

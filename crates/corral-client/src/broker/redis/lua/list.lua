@@ -44,20 +44,7 @@ if state == 'p' then
 else
     entries = redis.call('ZREVRANGE', KEYS[1], offset, offset + scan - 1)
 end
--- Raw entries and other text are not ids: only ids are looked up.
-local ids = {}
-for _, id in ipairs(entries) do
-    if string.len(id) == 36 then
-        ids[#ids + 1] = id
-    end
-end
-local found_records = {}
-if #ids > 0 then
-    local decoded = records(KEYS[2], KEYS[3], ids)
-    for i, id in ipairs(ids) do
-        found_records[id] = decoded[i] or false
-    end
-end
+local found_records = records_by_id(KEYS[2], KEYS[3], entries)
 local found = 0
 for i, id in ipairs(entries) do
     if found == limit then

@@ -61,21 +61,11 @@ else
 end
 
 local ids = {}
-if #entries > 0 then
-    local lookup = {}
-    for _, e in ipairs(entries) do
-        if string.len(e) == 36 then
-            lookup[#lookup + 1] = e
-        end
-    end
-    if #lookup > 0 then
-        local metas = records(k_task, k_meta, lookup)
-        for i, id in ipairs(lookup) do
-            local m = metas[i]
-            if m and m.state == state then
-                ids[#ids + 1] = id
-            end
-        end
+local found = records_by_id(k_task, k_meta, entries)
+for _, e in ipairs(entries) do
+    local m = found[e]
+    if m and m.state == state then
+        ids[#ids + 1] = e
     end
 end
 if #ids > 0 then
