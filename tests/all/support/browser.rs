@@ -385,8 +385,16 @@ impl Browser {
                 return;
             }
             if Instant::now() >= give_up {
+                let selector_js = serde_json::to_string(selector).expect("a selector as JSON");
+                let boxes = self
+                    .eval(&format!(
+                        "(() => {{ const e = document.querySelector({selector_js}); \
+                         return e ? Array.from(e.getClientRects(), \
+                         (r) => [r.x, r.y, r.width, r.height]) : null; }})()"
+                    ))
+                    .await;
                 panic!(
-                    "clicking `{selector}` never gave {what} within {bound:?}; {}",
+                    "clicking `{selector}` (boxes {boxes}) never gave {what} within {bound:?}; {}",
                     self.page_state().await
                 );
             }
@@ -394,8 +402,10 @@ impl Browser {
     }
 
     /// Clicks the element `selector` names as a user would: scrolled into
-    /// view, the mouse pressed and released over its centre. Fails the
-    /// test if there is no such element, or it is hidden or disabled.
+    /// view, the mouse pressed and released over the centre of its first
+    /// box (a link that wraps over two lines has two; the centre of their
+    /// union can be beside both). Fails the test if there is no such
+    /// element, or it is hidden or disabled.
     pub async fn click(&self, selector: &str) {
         let selector_js = serde_json::to_string(selector).expect("a selector as JSON");
         let at = self
@@ -403,7 +413,7 @@ impl Browser {
                 "(() => {{ const e = document.querySelector({selector_js}); \
                  if (!e || e.disabled) return null; \
                  e.scrollIntoView({{block: 'center', inline: 'center'}}); \
-                 const r = e.getBoundingClientRect(); \
+                 const r = e.getClientRects()[0] || e.getBoundingClientRect(); \
                  if (r.width === 0 || r.height === 0) return null; \
                  return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
             ))
