@@ -192,14 +192,15 @@ pub const META_LEN: usize = 44;
 
 /// The longest worker id a record keeps; longer ones are cut (at a
 /// character boundary).
-pub const MAX_WORKER_LEN: usize = 255;
+const MAX_WORKER_LEN: usize = 255;
 
 /// The largest fencing token the six bytes of a record hold.
 const MAX_TOKEN: u64 = (1 << 48) - 1;
 
 impl Meta {
     /// Parses the packed metadata `lua/common.lua` describes, followed by
-    /// nothing (the task JSON, if any, already cut off: see [`split`]).
+    /// nothing (the task JSON, if any, already cut off: see
+    /// [`RawRecord::from_fields`]).
     pub fn parse(raw: &[u8]) -> Result<Self, String> {
         if raw.len() < META_LEN {
             return Err(format!("metadata of {} bytes is too short", raw.len()));
@@ -274,14 +275,7 @@ impl Meta {
             TaskState::Dead => b'd',
             TaskState::Cancelled => b'x',
         };
-        let mut worker = self.worker.as_str();
-        if worker.len() > MAX_WORKER_LEN {
-            let mut end = MAX_WORKER_LEN;
-            while !worker.is_char_boundary(end) {
-                end -= 1;
-            }
-            worker = &worker[..end];
-        }
+        let worker = &self.worker[..self.worker.floor_char_boundary(MAX_WORKER_LEN)];
         let mut out = Vec::with_capacity(META_LEN + worker.len() + json.len());
         out.push(state);
         out.extend_from_slice(&self.attempt.to_be_bytes());
@@ -304,15 +298,14 @@ impl Meta {
     }
 }
 
-/// Where record `record`'s metadata ends and its task JSON starts: the
-/// metadata's fixed part, then the worker id its last byte counts. A record
-/// too short to say is all metadata (and fails to parse as such).
-pub fn split(record: &[u8]) -> (&[u8], &[u8]) {
-    let at = match record.get(META_LEN - 1) {
+/// Where record `record`'s metadata ends and its task JSON starts: after
+/// the metadata's fixed part and the worker id its last byte counts. A
+/// record too short to say is all metadata (and fails to parse as such).
+fn meta_len(record: &[u8]) -> usize {
+    match record.get(META_LEN - 1) {
         Some(&n) => (META_LEN + usize::from(n)).min(record.len()),
         None => record.len(),
-    };
-    record.split_at(at)
+    }
 }
 
 /// What Redis holds for one task, fields as stored.
@@ -332,7 +325,7 @@ impl RawRecord {
     /// A record as the scripts answer it: the task field (metadata, then
     /// the task JSON), the checkpoint and the error.
     pub fn from_fields(task: Vec<u8>, progress: Option<Vec<u8>>, error: Option<Vec<u8>>) -> Self {
-        let at = split(&task).0.len();
+        let at = meta_len(&task);
         let mut meta = task;
         let json = meta.split_off(at);
         Self {
