@@ -699,6 +699,33 @@ async fn records_an_earlier_version_wrote_are_read_and_run() {
         .query(&mut conn)
         .expect("GET");
     assert_eq!(queued, 0);
+
+    // Run again, the dead one gets new (small) JSON: its record turns
+    // inline and leaves the `meta` hash.
+    broker
+        .retry("default", dead.task_id, &TenantQuota::UNLIMITED)
+        .await
+        .expect("retry the dead task");
+    let registry = support::registry(&[("text-stats", PIPELINE, Limits::default())]).await;
+    let worker = RunningWorker::start(broker.clone(), registry, support::worker_config(2));
+    let again = support::wait(&Client::new(broker.clone()), &dead, 30).await;
+    assert_eq!(again.state, TaskState::Completed, "{:?}", again.error);
+    assert_eq!(
+        again.error_history.first().map(|e| e.message.as_str()),
+        Some("an earlier failure")
+    );
+    worker.stop().await;
+    let split: usize = redis::cmd("HLEN")
+        .arg(&keys.meta)
+        .query(&mut conn)
+        .expect("HLEN");
+    assert_eq!(split, 2);
+    let record: Vec<u8> = redis::cmd("HGET")
+        .arg(&keys.task)
+        .arg(dead.task_id.to_string())
+        .query(&mut conn)
+        .expect("HGET");
+    assert_eq!(record.first(), Some(&b'c'), "inline, completed");
 }
 
 /// A task with a large JSON keeps it apart from its metadata, so a change
